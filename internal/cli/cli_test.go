@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+func run(t *testing.T, env map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = Run(context.Background(), Env{Stdout: &out, Stderr: &errOut, Getenv: func(k string) string { return env[k] }}, args)
+	return code, out.String(), errOut.String()
+}
+
+func TestHelpListsCommands(t *testing.T) {
+	code, out, _ := run(t, nil, "--help")
+	if code != ExitOK {
+		t.Fatalf("exit %d", code)
+	}
+	for _, c := range commands() {
+		if !strings.Contains(out, "  "+c.name+" ") {
+			t.Errorf("help does not list %q:\n%s", c.name, out)
+		}
+	}
+}
+
+func TestNoArgsIsUsageError(t *testing.T) {
+	code, _, errOut := run(t, nil)
+	if code != ExitUsage || !strings.Contains(errOut, "Usage: iotpipe") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	code, _, errOut := run(t, nil, "frobnicate")
+	if code != ExitUsage || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := run(t, nil, "version")
+	if code != ExitOK || !strings.HasPrefix(out, "iotpipe ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("exit %d, out %q", code, out)
+	}
+}
+
+func TestNotYetAvailableCommandsSaySo(t *testing.T) {
+	code, _, errOut := run(t, nil, "bridge")
+	if code != ExitFailed || !strings.Contains(errOut, "not available in this version yet") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestInitHelpShowsFlagsAndEnv(t *testing.T) {
+	code, out, _ := run(t, nil, "init", "--help")
+	if code != ExitOK {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"--kafka-brokers", "IOTPIPE_KAFKA_BROKERS", "--pg-dsn", "IOTPIPE_PG_DSN", "--s3-bucket", "--raw-partitions", "(default 6)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("init --help lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "secret-from-env") {
+		t.Error("help printed a secret")
+	}
+}
+
+func validInitEnv() map[string]string {
+	return map[string]string{
+		"IOTPIPE_KAFKA_BROKERS": "127.0.0.1:9092",
+		"IOTPIPE_PG_DSN":        "postgres://u:p@127.0.0.1:5432/db",
+		"IOTPIPE_S3_ACCESS_KEY": "a",
+		"IOTPIPE_S3_SECRET_KEY": "secret-from-env",
+	}
+}
+
+func TestInitCheckConfig(t *testing.T) {
+	code, out, errOut := run(t, validInitEnv(), "init", "--check-config")
+	if code != ExitOK || !strings.Contains(out, "settings are valid") {
+		t.Fatalf("exit %d, out %q, err %q", code, out, errOut)
+	}
+}
+
+func TestInitBadSettingsNameTheSetting(t *testing.T) {
+	cases := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"broker without port", map[string]string{"IOTPIPE_KAFKA_BROKERS": "kafka"}, nil, "--kafka-brokers (IOTPIPE_KAFKA_BROKERS=\"kafka\")"},
+		{"flag wins over env", map[string]string{"IOTPIPE_KAFKA_BROKERS": "good:1"}, []string{"--kafka-brokers", "bad"}, `--kafka-brokers (IOTPIPE_KAFKA_BROKERS="bad")`},
+		{"partitions", nil, []string{"--raw-partitions", "0"}, "--raw-partitions"},
+		{"bad duration in env", map[string]string{"IOTPIPE_TIMEOUT": "soon"}, nil, "IOTPIPE_TIMEOUT (--timeout)"},
+		{"flavor", nil, []string{"--pg-flavor", "oracle"}, "--pg-flavor"},
+		{"dsn", nil, []string{"--pg-dsn", "postgres://h:notaport/db"}, "--pg-dsn (IOTPIPE_PG_DSN)"},
+		{"s3 endpoint", nil, []string{"--s3-endpoint", "localhost:7070"}, "--s3-*"},
+		{"skip", nil, []string{"--skip", "redis"}, "--skip"},
+		{"log format", nil, []string{"--log-format", "xml"}, "--log-format"},
+		{"unknown flag", nil, []string{"--no-such-flag"}, "flag provided but not defined"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := validInitEnv()
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			code, _, errOut := run(t, env, append([]string{"init", "--check-config"}, tc.args...)...)
+			if code != ExitUsage {
+				t.Fatalf("exit %d, want %d; stderr %q", code, ExitUsage, errOut)
+			}
+			if !strings.Contains(errOut, tc.want) {
+				t.Fatalf("stderr %q does not name %q", errOut, tc.want)
+			}
+			if strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+				t.Fatalf("error is not one line: %q", errOut)
+			}
+			if strings.Contains(errOut, "secret-from-env") || strings.Contains(errOut, ":p@") {
+				t.Fatalf("error leaks a secret: %q", errOut)
+			}
+		})
+	}
+}
+
+func TestFlagsEnvPrecedence(t *testing.T) {
+	var s string
+	var d time.Duration
+	f := NewFlags("x", "")
+	f.getenv = func(k string) string {
+		return map[string]string{"IOTPIPE_NAME": "from-env", "IOTPIPE_WAIT": "3s"}[k]
+	}
+	f.String(&s, "name", "def", "")
+	f.Duration(&d, "wait", time.Second, "")
+	if err := f.Parse([]string{"--name", "from-flag"}, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if s != "from-flag" || d != 3*time.Second {
+		t.Fatalf("name=%q wait=%s", s, d)
+	}
+	if f.Source("name") != "flag" || f.Source("wait") != "env" {
+		t.Fatalf("sources %q %q", f.Source("name"), f.Source("wait"))
+	}
+}

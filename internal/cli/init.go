@@ -1,0 +1,249 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/minio/minio-go/v7"
+
+	"github.com/iotpipe/iotpipe/internal/setup"
+	"github.com/iotpipe/iotpipe/schemas/migrations"
+)
+
+const initSummary = `Prepare the systems iotpipe runs on, idempotently:
+  - Kafka: the topics telemetry.raw, telemetry.metrics, telemetry.dlq and the
+    processor's compacted changelog, with their partitions and retention;
+  - object store: the lake bucket;
+  - PostgreSQL/TimescaleDB: the schema, migrated to the latest version
+    (TimescaleDB hypertables, compression, retention and continuous aggregates
+    when the timescaledb extension can be created, plain tables otherwise).
+A second run changes nothing and says so. Exits 0 on success, 1 when a system
+fails (the message names the setting that reaches it), 2 on bad settings.`
+
+type initFlags struct {
+	kafka kafkaFlags
+	s3    s3Flags
+	log   logFlags
+
+	topicRaw, topicMetrics, topicDLQ, topicChangelog string
+	rawParts, metricsParts, dlqParts                 int
+	rawRet, metricsRet, dlqRet                       time.Duration
+	replication                                      int
+
+	pgDSN, pgSchema, pgFlavor, pgWriter, pgReader string
+	pgReadingsRet, pgMetricsRet, pgCompressAfter  time.Duration
+
+	timeout     time.Duration
+	skip        string
+	checkConfig bool
+}
+
+func (o *initFlags) bind(f *Flags) {
+	f.Group("General")
+	f.Duration(&o.timeout, "timeout", 15*time.Second, "time each system has to answer and finish its part; an unreachable one fails after it")
+	f.String(&o.skip, "skip", "", "comma-separated systems to leave alone: kafka, s3, postgres")
+	f.Bool(&o.checkConfig, "check-config", false, "validate the settings, print them and exit without contacting anything")
+	o.kafka.bind(f, "iotpipe-init")
+	f.Group("Topics")
+	f.String(&o.topicRaw, "topic-raw", "telemetry.raw", "topic of canonical readings (key = device id)")
+	f.String(&o.topicMetrics, "topic-metrics", "telemetry.metrics", "topic of window aggregates and activity records")
+	f.String(&o.topicDLQ, "topic-dlq", "telemetry.dlq", "dead-letter topic: rejected input with the reason in headers")
+	f.String(&o.topicChangelog, "topic-processor-changelog", "iotpipe.processor.changelog", "compacted topic holding the processor's open windows (same partition count as the raw topic)")
+	f.Int(&o.rawParts, "raw-partitions", 6, "partitions of the raw topic (and of the changelog); the unit of parallelism of every stage")
+	f.Int(&o.metricsParts, "metrics-partitions", 6, "partitions of the metrics topic")
+	f.Int(&o.dlqParts, "dlq-partitions", 3, "partitions of the dead-letter topic")
+	f.Duration(&o.rawRet, "raw-retention", 7*24*time.Hour, "retention of the raw topic")
+	f.Duration(&o.metricsRet, "metrics-retention", 7*24*time.Hour, "retention of the metrics topic")
+	f.Duration(&o.dlqRet, "dlq-retention", 30*24*time.Hour, "retention of the dead-letter topic")
+	f.Int(&o.replication, "replication-factor", -1, "replication factor of new topics; -1 uses the broker's default")
+	o.s3.bind(f)
+	f.Group("PostgreSQL / TimescaleDB")
+	f.Secret(&o.pgDSN, "pg-dsn", "postgres://iotpipe@localhost:5432/iotpipe?sslmode=disable", "database URL of the schema owner, who runs the migrations")
+	f.String(&o.pgSchema, "pg-schema", "iotpipe", "schema that holds the tables")
+	f.String(&o.pgFlavor, "pg-flavor", "auto", "auto: TimescaleDB when the extension can be created, plain PostgreSQL otherwise; timescaledb: require it; postgres: plain tables")
+	f.String(&o.pgWriter, "pg-writer-role", "iotpipe_writer", "group role granted write access (the sink's login role is a member)")
+	f.String(&o.pgReader, "pg-reader-role", "iotpipe_reader", "group role granted read access (Grafana and analysts)")
+	f.Duration(&o.pgReadingsRet, "pg-readings-retention", 30*24*time.Hour, "TimescaleDB retention of raw readings; 0 keeps them forever")
+	f.Duration(&o.pgMetricsRet, "pg-metrics-retention", 365*24*time.Hour, "TimescaleDB retention of window metrics and activity; 0 keeps them forever")
+	f.Duration(&o.pgCompressAfter, "pg-compress-after", 24*time.Hour, "TimescaleDB compresses readings chunks older than this")
+	o.log.bind(f, "text")
+}
+
+func (o *initFlags) config() (setup.Config, error) {
+	var errs []error
+	kc, err := o.kafka.config()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	skip := map[setup.Component]bool{}
+	for _, s := range strings.Split(o.skip, ",") {
+		switch c := setup.Component(strings.TrimSpace(s)); c {
+		case "":
+		case setup.Kafka, setup.Postgres, setup.S3:
+			skip[c] = true
+		default:
+			errs = append(errs, settingErr("skip", o.skip, fmt.Errorf("unknown system %q: want kafka, s3 or postgres", c)))
+		}
+	}
+	for _, p := range []struct {
+		name string
+		v    int
+	}{{"raw-partitions", o.rawParts}, {"metrics-partitions", o.metricsParts}, {"dlq-partitions", o.dlqParts}} {
+		if p.v < 1 || p.v > 10000 {
+			errs = append(errs, settingErr(p.name, fmt.Sprint(p.v), errors.New("must be between 1 and 10000")))
+		}
+	}
+	if o.replication == 0 || o.replication < -1 || o.replication > 32767 {
+		errs = append(errs, settingErr("replication-factor", fmt.Sprint(o.replication), errors.New("must be -1 (broker default) or at least 1")))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"raw-retention", o.rawRet}, {"metrics-retention", o.metricsRet}, {"dlq-retention", o.dlqRet}} {
+		if d.v < time.Minute {
+			errs = append(errs, settingErr(d.name, d.v.String(), errors.New("must be at least 1m")))
+		}
+	}
+	if o.timeout <= 0 {
+		errs = append(errs, settingErr("timeout", o.timeout.String(), errors.New("must be positive")))
+	}
+	if _, err := pgx.ParseConfig(o.pgDSN); err != nil && !skip[setup.Postgres] {
+		errs = append(errs, settingErr("pg-dsn", "", fmt.Errorf("invalid database URL: %w", err)))
+	}
+	flavor := migrations.Flavor(o.pgFlavor)
+	switch flavor {
+	case migrations.FlavorAuto, migrations.FlavorTimescaleDB, migrations.FlavorPostgres:
+	default:
+		errs = append(errs, settingErr("pg-flavor", o.pgFlavor, errors.New("want auto, timescaledb or postgres")))
+	}
+	mopts := migrations.Options{
+		Schema:            o.pgSchema,
+		Flavor:            flavor,
+		WriterRole:        o.pgWriter,
+		ReaderRole:        o.pgReader,
+		ReadingsRetention: o.pgReadingsRet,
+		MetricsRetention:  o.pgMetricsRet,
+		CompressAfter:     o.pgCompressAfter,
+	}
+	if err := mopts.Validate(); err != nil && !skip[setup.Postgres] {
+		errs = append(errs, &UsageError{fmt.Errorf("--pg-* settings: %w", err)})
+	}
+	if err := o.s3.c.Validate(); err != nil && !skip[setup.S3] {
+		errs = append(errs, &UsageError{fmt.Errorf("--s3-* settings (IOTPIPE_S3_*): %w", err)})
+	}
+	if len(errs) > 0 {
+		return setup.Config{}, &UsageError{errors.Join(errs...)}
+	}
+	return setup.Config{
+		Kafka:             kc,
+		ReplicationFactor: int16(o.replication),
+		Topics: []setup.Topic{
+			{Name: o.topicRaw, Partitions: int32(o.rawParts), Purpose: "raw readings",
+				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.rawRet)}},
+			{Name: o.topicMetrics, Partitions: int32(o.metricsParts), Purpose: "window metrics",
+				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.metricsRet)}},
+			{Name: o.topicDLQ, Partitions: int32(o.dlqParts), Purpose: "dead letters",
+				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.dlqRet)}},
+			{Name: o.topicChangelog, Partitions: int32(o.rawParts), Purpose: "processor changelog",
+				Configs: map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}},
+		},
+		PostgresDSN: o.pgDSN,
+		Migrations:  mopts,
+		S3:          o.s3.c,
+		Timeout:     o.timeout,
+		Skip:        skip,
+	}, nil
+}
+
+func runInit(ctx context.Context, env Env, args []string) error {
+	var o initFlags
+	f := newFlags(env, "iotpipe init", initSummary)
+	o.bind(f)
+	if err := f.Parse(args, env.Stdout); err != nil {
+		return usageErr(err)
+	}
+	log, err := o.log.logger(env)
+	if err != nil {
+		return err
+	}
+	cfg, err := o.config()
+	if err != nil {
+		return err
+	}
+	if o.checkConfig {
+		fmt.Fprintf(env.Stdout, "settings are valid: kafka %s, s3 %s bucket %s, postgres schema %s (%s)\n",
+			strings.Join(cfg.Kafka.Brokers, ","), cfg.S3.Endpoint, cfg.S3.Bucket, cfg.Migrations.Schema, cfg.Migrations.Flavor)
+		return nil
+	}
+	start := time.Now()
+	rep, err := setup.Run(ctx, cfg, log)
+	printReport(env, &rep)
+	if err != nil {
+		return nameSetting(err, &o)
+	}
+	if rep.Changed() {
+		fmt.Fprintf(env.Stdout, "init: done in %s\n", time.Since(start).Round(time.Millisecond))
+	} else {
+		fmt.Fprintf(env.Stdout, "init: done in %s, nothing to change\n", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
+
+func printReport(env Env, rep *setup.Report) {
+	for _, t := range rep.Topics {
+		line := fmt.Sprintf("kafka: topic %s (%d partitions): %s", t.Name, t.Partitions, t.Action)
+		if len(t.Changed) > 0 {
+			line += " " + strings.Join(t.Changed, " ")
+		}
+		if t.Warning != "" {
+			line += "; warning: " + t.Warning
+		}
+		fmt.Fprintln(env.Stdout, line)
+	}
+	if rep.Bucket != "" {
+		state := "exists"
+		if rep.BucketCreated {
+			state = "created"
+		}
+		fmt.Fprintf(env.Stdout, "s3: bucket %s: %s\n", rep.Bucket, state)
+	}
+	if m := rep.Migrations; m.To > 0 {
+		line := fmt.Sprintf("postgres: schema at version %d (%s)", m.To, m.Flavor)
+		if len(m.Applied) == 0 {
+			line += ": up to date"
+		} else {
+			line += fmt.Sprintf(": applied %s (was version %d)", strings.Join(m.Applied, ", "), m.From)
+		}
+		if m.FallbackReason != "" {
+			line += "; plain PostgreSQL because " + m.FallbackReason
+		}
+		fmt.Fprintln(env.Stdout, line)
+	}
+}
+
+// nameSetting rewrites a component failure so that it names the settings
+// that reach the component.
+func nameSetting(err error, o *initFlags) error {
+	var se *setup.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	switch se.Component {
+	case setup.Kafka:
+		return fmt.Errorf("cannot prepare Kafka at --kafka-brokers (%s=%q): %w", EnvName("kafka-brokers"), o.kafka.brokers, se.Err)
+	case setup.S3:
+		var resp minio.ErrorResponse
+		if errors.As(se.Err, &resp) && (resp.Code == "InvalidAccessKeyId" || resp.Code == "SignatureDoesNotMatch" || resp.Code == "AccessDenied") {
+			return fmt.Errorf("object store at --s3-endpoint (%s=%q) refused the credentials --s3-access-key/--s3-secret-key (%s, %s): %w",
+				EnvName("s3-endpoint"), o.s3.c.Endpoint, EnvName("s3-access-key"), EnvName("s3-secret-key"), se.Err)
+		}
+		return fmt.Errorf("cannot prepare the object store at --s3-endpoint (%s=%q): %w", EnvName("s3-endpoint"), o.s3.c.Endpoint, se.Err)
+	case setup.Postgres:
+		return fmt.Errorf("cannot prepare the database at --pg-dsn (%s): %w", EnvName("pg-dsn"), se.Err)
+	}
+	return err
+}

@@ -1,0 +1,35 @@
+// Package logging builds the slog logger every iotpipe command uses: JSON
+// lines for services (machine-readable), text for people at a terminal.
+package logging
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+)
+
+// Config selects the log format and level.
+type Config struct {
+	// Format is "json" or "text".
+	Format string
+	// Level is "debug", "info", "warn" or "error".
+	Level string
+}
+
+// New returns a logger writing to w.
+func New(w io.Writer, c Config) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(strings.ToLower(c.Level))); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", c.Level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch strings.ToLower(c.Format) {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("log format %q: want json or text", c.Format)
+	}
+}
