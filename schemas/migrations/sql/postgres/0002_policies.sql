@@ -1,0 +1,8 @@
+-- 0002_policies (plain PostgreSQL): nothing to create. Plain PostgreSQL has
+-- no background jobs, so retention and compression are not enforced by the
+-- database on this flavor. Prune old rows with a scheduled job of your own,
+-- for example:
+--
+--   DELETE FROM iotpipe.readings WHERE time < now() - INTERVAL '30 days';
+--   DELETE FROM iotpipe.device_metrics WHERE bucket < now() - INTERVAL '365 days';
+--   DELETE FROM iotpipe.device_activity WHERE bucket < now() - INTERVAL '365 days';
