@@ -1,0 +1,355 @@
+// Package testenv gives integration tests clients for the real services
+// that scripts/services.sh runs (Mosquitto, Kafka, PostgreSQL, versitygw),
+// a unique topic, consumer group, bucket, schema or MQTT topic prefix per
+// test, and polling helpers to use instead of sleeps.
+//
+// The services are found through the IOTPIPE_* variables printed by
+// `scripts/services.sh env`. When one is missing, the test fails with a
+// message saying how to start them: integration tests are never skipped.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/minio/minio-go/v7"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/objstore"
+)
+
+// Env holds the addresses and credentials of the real services.
+type Env struct {
+	StateDir string
+
+	MQTTURL            string
+	MQTTUsername       string
+	MQTTPassword       string
+	MQTTDeviceUsername string
+	MQTTDevicePassword string
+
+	KafkaBrokers []string
+
+	PGDSN       string // schema owner, runs migrations
+	PGWriterDSN string // sink role
+	PGReaderDSN string // read-only role
+	PGAdminDSN  string // superuser
+
+	S3Config objstore.Config
+}
+
+const howToStart = `integration tests need the real services: run 'make test', or 'scripts/services.sh up && eval "$(scripts/services.sh env)"' before 'go test -tags integration'`
+
+// Load reads the service settings from the environment and fails the test
+// when any is missing.
+func Load(t testing.TB) *Env {
+	t.Helper()
+	var missing []string
+	get := func(k string) string {
+		v := os.Getenv(k)
+		if v == "" {
+			missing = append(missing, k)
+		}
+		return v
+	}
+	e := &Env{
+		StateDir:           os.Getenv("IOTPIPE_STATE_DIR"),
+		MQTTURL:            get("IOTPIPE_MQTT_URL"),
+		MQTTUsername:       get("IOTPIPE_MQTT_USERNAME"),
+		MQTTPassword:       get("IOTPIPE_MQTT_PASSWORD"),
+		MQTTDeviceUsername: get("IOTPIPE_MQTT_DEVICE_USERNAME"),
+		MQTTDevicePassword: get("IOTPIPE_MQTT_DEVICE_PASSWORD"),
+		KafkaBrokers:       strings.Split(get("IOTPIPE_KAFKA_BROKERS"), ","),
+		PGDSN:              get("IOTPIPE_PG_DSN"),
+		PGWriterDSN:        get("IOTPIPE_PG_WRITER_DSN"),
+		PGReaderDSN:        get("IOTPIPE_PG_READER_DSN"),
+		PGAdminDSN:         get("IOTPIPE_PG_ADMIN_DSN"),
+		S3Config: objstore.Config{
+			Endpoint:  get("IOTPIPE_S3_ENDPOINT"),
+			AccessKey: get("IOTPIPE_S3_ACCESS_KEY"),
+			SecretKey: get("IOTPIPE_S3_SECRET_KEY"),
+			Region:    get("IOTPIPE_S3_REGION"),
+			Bucket:    get("IOTPIPE_S3_BUCKET"),
+		},
+	}
+	if len(missing) > 0 {
+		t.Fatalf("missing %s; %s", strings.Join(missing, ", "), howToStart)
+	}
+	return e
+}
+
+// Context returns a context cancelled when the test ends or after d.
+func Context(t testing.TB, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var unsafeChars = regexp.MustCompile(`[^a-z0-9]+`)
+
+// Name returns a name unique to this test run: prefix, the test name
+// reduced to [a-z0-9-] and a random suffix, at most 60 characters. It is
+// valid as a Kafka topic, consumer group, bucket, SQL identifier (after
+// replacing '-' by '_', see SchemaName) and MQTT topic level.
+func Name(t testing.TB, prefix string) string {
+	t.Helper()
+	base := strings.Trim(unsafeChars.ReplaceAllString(strings.ToLower(t.Name()), "-"), "-")
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatalf("random name: %v", err)
+	}
+	suffix := hex.EncodeToString(b[:])
+	maxBase := 60 - len(prefix) - len(suffix) - 2
+	if len(base) > maxBase {
+		base = strings.Trim(base[:maxBase], "-")
+	}
+	return prefix + "-" + base + "-" + suffix
+}
+
+// Eventually polls cond every interval until it returns nil or timeout
+// passes; then the test fails with the last error cond returned.
+func Eventually(t testing.TB, timeout, interval time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s: %v", timeout, err)
+		}
+		select {
+		case <-t.Context().Done():
+			t.Fatalf("test ended while waiting: %v", err)
+		case <-time.After(interval):
+		}
+	}
+}
+
+// WaitPort polls until a TCP connection to addr succeeds.
+func WaitPort(t testing.TB, addr string, timeout time.Duration) {
+	t.Helper()
+	Eventually(t, timeout, 50*time.Millisecond, func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}
+
+// ---- Kafka ----
+
+// Kafka returns a client of the real Kafka, closed when the test ends.
+func (e *Env) Kafka(t testing.TB, opts ...kgo.Opt) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(e.KafkaBrokers...)}, opts...)...)
+	if err != nil {
+		t.Fatalf("kafka client: %v", err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+// KafkaAdmin returns an admin client of the real Kafka.
+func (e *Env) KafkaAdmin(t testing.TB) *kadm.Client {
+	t.Helper()
+	return kadm.NewClient(e.Kafka(t))
+}
+
+// Topic creates a topic with a unique name and the given partitions,
+// deleted when the test ends, and returns its name.
+func (e *Env) Topic(t testing.TB, partitions int32, configs map[string]string) string {
+	t.Helper()
+	name := Name(t, "t")
+	adm := e.KafkaAdmin(t)
+	cfg := map[string]*string{}
+	for k, v := range configs {
+		cfg[k] = &v
+	}
+	ctx := Context(t, 30*time.Second)
+	resp, err := adm.CreateTopic(ctx, partitions, 1, cfg, name)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil {
+		t.Fatalf("create topic %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _ = adm.DeleteTopics(ctx, name)
+	})
+	return name
+}
+
+// Group returns a unique consumer group name.
+func (e *Env) Group(t testing.TB) string { return Name(t, "g") }
+
+// ---- PostgreSQL ----
+
+// PG returns a connection pool as the schema owner (IOTPIPE_PG_DSN).
+func (e *Env) PG(t testing.TB) *pgxpool.Pool { return e.pool(t, e.PGDSN) }
+
+// PGAdmin returns a connection pool as the superuser.
+func (e *Env) PGAdmin(t testing.TB) *pgxpool.Pool { return e.pool(t, e.PGAdminDSN) }
+
+func (e *Env) pool(t testing.TB, dsn string) *pgxpool.Pool {
+	t.Helper()
+	ctx := Context(t, 30*time.Second)
+	p, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatalf("postgres pool: %v", err)
+	}
+	if err := p.Ping(ctx); err != nil {
+		t.Fatalf("postgres ping: %v; %s", err, howToStart)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// SchemaName returns a unique schema name (a valid unquoted identifier).
+func SchemaName(t testing.TB) string {
+	return strings.ReplaceAll(Name(t, "t"), "-", "_")
+}
+
+// Schema returns a unique schema name and drops that schema (with
+// everything in it) when the test ends. It does not create it: the code
+// under test (migrations) does.
+func (e *Env) Schema(t testing.TB) string {
+	t.Helper()
+	name := SchemaName(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, e.PGAdminDSN)
+		if err != nil {
+			t.Logf("drop schema %s: %v", name, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{name}.Sanitize()+" CASCADE"); err != nil {
+			t.Logf("drop schema %s: %v", name, err)
+		}
+	})
+	return name
+}
+
+// ---- S3 ----
+
+// S3 returns a client of the real object store.
+func (e *Env) S3(t testing.TB) *minio.Client {
+	t.Helper()
+	cl, err := objstore.New(e.S3Config)
+	if err != nil {
+		t.Fatalf("s3 client: %v", err)
+	}
+	return cl
+}
+
+// BucketName returns a unique bucket name and removes that bucket and its
+// objects when the test ends. It does not create it.
+func (e *Env) BucketName(t testing.TB) string {
+	t.Helper()
+	name := Name(t, "t")
+	cl := e.S3(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if ok, err := cl.BucketExists(ctx, name); err != nil || !ok {
+			return
+		}
+		for obj := range cl.ListObjects(ctx, name, minio.ListObjectsOptions{Recursive: true}) {
+			if obj.Err == nil {
+				_ = cl.RemoveObject(ctx, name, obj.Key, minio.RemoveObjectOptions{})
+			}
+		}
+		if err := cl.RemoveBucket(ctx, name); err != nil {
+			t.Logf("remove bucket %s: %v", name, err)
+		}
+	})
+	return name
+}
+
+// Bucket creates a unique bucket, removed with its objects when the test
+// ends, and returns its name.
+func (e *Env) Bucket(t testing.TB) string {
+	t.Helper()
+	name := e.BucketName(t)
+	if err := e.S3(t).MakeBucket(Context(t, 30*time.Second), name, minio.MakeBucketOptions{Region: e.S3Config.Region}); err != nil {
+		t.Fatalf("make bucket %s: %v", name, err)
+	}
+	return name
+}
+
+// ---- MQTT ----
+
+// MQTTAddr returns the broker's host:port.
+func (e *Env) MQTTAddr(t testing.TB) string {
+	t.Helper()
+	u, err := url.Parse(e.MQTTURL)
+	if err != nil || u.Host == "" {
+		t.Fatalf("IOTPIPE_MQTT_URL %q: not a mqtt://host:port URL", e.MQTTURL)
+	}
+	return u.Host
+}
+
+// MQTTPrefix returns a unique first topic level for this test, so that
+// tests sharing the broker never see each other's messages.
+func (e *Env) MQTTPrefix(t testing.TB) string { return Name(t, "t") }
+
+// MQTTClient connects an MQTT v5 client with the given credentials and a
+// clean session, disconnected when the test ends. Messages received are
+// passed to onPublish (may be nil).
+func (e *Env) MQTTClient(t testing.TB, username, password string, onPublish func(paho.PublishReceived) (bool, error)) *paho.Client {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", e.MQTTAddr(t), 5*time.Second)
+	if err != nil {
+		t.Fatalf("mqtt dial: %v; %s", err, howToStart)
+	}
+	cfg := paho.ClientConfig{Conn: conn}
+	if onPublish != nil {
+		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){onPublish}
+	}
+	c := paho.NewClient(cfg)
+	ctx := Context(t, 10*time.Second)
+	ack, err := c.Connect(ctx, &paho.Connect{
+		ClientID:     Name(t, "c"),
+		CleanStart:   true,
+		KeepAlive:    30,
+		Username:     username,
+		UsernameFlag: true,
+		Password:     []byte(password),
+		PasswordFlag: true,
+	})
+	if err != nil {
+		_ = conn.Close()
+		t.Fatalf("mqtt connect as %s: %v", username, err)
+	}
+	if ack.ReasonCode != 0 {
+		_ = conn.Close()
+		t.Fatalf("mqtt connect as %s refused: reason %d", username, ack.ReasonCode)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{ReasonCode: 0}) })
+	return c
+}
+
+// String describes the environment for test logs (no secrets).
+func (e *Env) String() string {
+	return fmt.Sprintf("mqtt=%s kafka=%s s3=%s", e.MQTTURL, strings.Join(e.KafkaBrokers, ","), e.S3Config.Endpoint)
+}
