@@ -1,0 +1,1024 @@
+#!/usr/bin/env bash
+# scripts/services.sh — the real services that tests and the demo use, on loopback.
+#
+#   scripts/services.sh up     [service...]   install what is missing, start, wait until each answers
+#   scripts/services.sh down   [--purge] [service...]   stop what `up` started (--purge: also delete data and logs)
+#   scripts/services.sh purge  [service...]   same as `down --purge`
+#   scripts/services.sh status [service...]   one line per service; exit 0 when all are running, 3 otherwise
+#   scripts/services.sh env    [--plain]      `export KEY=VALUE` lines for eval / Makefile include (stdout only)
+#   scripts/services.sh logs   [-f] [-n N] [service...]   log paths; with one service, its tail
+#
+# Services: mqtt (Mosquitto), kafka (Apache Kafka, KRaft), postgres (PostgreSQL), s3 (versitygw).
+# Default: all four. Everything lives under ${IOTPIPE_STATE_DIR:-<repo>/.state}; progress goes to
+# stderr. Ports: IOTPIPE_MQTT_PORT, IOTPIPE_KAFKA_PORT, IOTPIPE_KAFKA_CONTROLLER_PORT,
+# IOTPIPE_PG_PORT, IOTPIPE_S3_PORT. Opt-in: IOTPIPE_PG_TIMESCALEDB=1 preloads TimescaleDB.
+set -euo pipefail
+
+# ---------------------------------------------------------------------------------------------
+# Pinned versions and fixed development credentials (local loopback services only).
+KAFKA_VERSION=4.1.1                       # keep in sync with scripts/kafka/pom.xml
+VERSITYGW_MODULE=github.com/versity/versitygw
+VERSITYGW_VERSION=v1.8.0
+PG_MIN_MAJOR=15
+
+MQTT_USER=iotpipe MQTT_PASS=iotpipe-dev
+MQTT_DEVICE_USER=device MQTT_DEVICE_PASS=device-dev
+PG_SUPER_PASS=postgres-dev
+PG_OWNER=iotpipe PG_OWNER_PASS=iotpipe-dev
+PG_WRITER=iotpipe_sink PG_WRITER_PASS=sink-dev
+PG_READER=grafana PG_READER_PASS=grafana-dev
+PG_DB=iotpipe
+S3_ACCESS=iotpipe S3_SECRET=iotpipe-dev-secret S3_REGION=us-east-1 S3_BUCKET=iotpipe-lake
+
+ALL_SERVICES=(mqtt kafka postgres s3)
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+STATE_DIR=$(realpath -m "${IOTPIPE_STATE_DIR:-$REPO_ROOT/.state}")
+
+MQTT_PORT=${IOTPIPE_MQTT_PORT:-11883}
+KAFKA_PORT=${IOTPIPE_KAFKA_PORT:-19092}
+KAFKA_CONTROLLER_PORT=${IOTPIPE_KAFKA_CONTROLLER_PORT:-19093}
+PG_PORT=${IOTPIPE_PG_PORT:-15432}
+S3_PORT=${IOTPIPE_S3_PORT:-17070}
+HOST=127.0.0.1
+
+# Clean environment for the daemons, so that stray VGW_*, JAVA_TOOL_OPTIONS, PG* … of the
+# caller do not change how they run.
+DAEMON_ENV=(env -i "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "HOME=${HOME:-/root}" "LANG=C.UTF-8" "TZ=UTC")
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+say() { printf 'services: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+usage() {
+  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+check_port_value() { # name value
+  if ! [[ $2 =~ ^[0-9]+$ ]] || (($2 < 1 || $2 > 65535)); then
+    die "$1=$2 is not a valid TCP port"
+  fi
+}
+
+now() { date +%s; }
+
+# port_busy PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
+port_busy() {
+  (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
+}
+
+# port_owner PORT: best-effort "name pid N" of the listener (needs ss, root for other users).
+port_owner() {
+  local line
+  line=$(ss -Hltnp "sport = :$1" 2>/dev/null | head -n1) || true
+  if [[ $line =~ users:\(\(\"([^\"]+)\",pid=([0-9]+) ]]; then
+    printf ' (by %s, pid %s)' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+  fi
+}
+
+sha256_of() { sha256sum "$@" | sha256sum | cut -c1-16; }
+
+# rotate_log FILE: keep one previous generation when a log grows past 50 MiB.
+rotate_log() {
+  local f=$1
+  if [[ -f $f ]] && (($(stat -c %s "$f") > 52428800)); then
+    mv -f "$f" "$f.1"
+  fi
+}
+
+SUDO=()
+if ((EUID != 0)); then
+  SUDO=(sudo)
+fi
+
+APT_UPDATED=0
+# apt_install PKG...: install the Debian packages that are not installed yet (one apt-get update per run).
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+      missing+=("$p")
+    fi
+  done
+  ((${#missing[@]})) || return 0
+  command -v apt-get >/dev/null || die "need Debian packages ${missing[*]} but apt-get is not available"
+  say "installing ${missing[*]} (apt)..."
+  if ((APT_UPDATED == 0)); then
+    "${SUDO[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Process tracking. Each daemon is started by launch() in its own session (setsid), with its pid
+# in <state>/<svc>/pid. A pid counts as ours only while /proc/<pid>/cmdline still contains the
+# service's tag (a path inside our state dir, or our PostgreSQL data dir).
+
+svc_dir() { printf '%s/%s' "$STATE_DIR" "$1"; }
+
+svc_port() {
+  case $1 in
+    mqtt) echo "$MQTT_PORT" ;;
+    kafka) echo "$KAFKA_PORT" ;;
+    postgres) echo "$PG_PORT" ;;
+    s3) echo "$S3_PORT" ;;
+  esac
+}
+
+svc_tag() {
+  case $1 in
+    mqtt) echo "$STATE_DIR/mqtt/mosquitto.conf" ;;
+    kafka) echo "$STATE_DIR/kafka/server.properties" ;;
+    postgres) pg_locate && echo "$PG_DATA" ;;
+    s3) echo "$STATE_DIR/s3/data" ;;
+  esac
+}
+
+svc_log() {
+  case $1 in
+    mqtt) echo "$STATE_DIR/mqtt/logs/mosquitto.log" ;;
+    kafka) echo "$STATE_DIR/kafka/logs/server.log" ;;
+    postgres) pg_locate && echo "$PG_LOG" ;;
+    s3) echo "$STATE_DIR/s3/logs/versitygw.log" ;;
+  esac
+}
+
+svc_pid_file() {
+  if [[ $1 == postgres ]]; then
+    pg_locate && echo "$PG_DATA/postmaster.pid"
+  else
+    echo "$STATE_DIR/$1/pid"
+  fi
+}
+
+# proc_stat PID N: field N (N >= 3) of /proc/PID/stat (fields counted after the "(comm)").
+proc_stat() {
+  local st
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  st=${st##*) }
+  awk -v n="$(($2 - 2))" '{print $n}' <<<"$st"
+}
+
+# pid_is_ours PID TAG
+pid_is_ours() {
+  local pid=$1 tag=$2 cmd state
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  state=$(proc_stat "$pid" 3) || return 1
+  [[ $state != Z && $state != X ]] || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmd == *"$tag"* ]]
+}
+
+# svc_pid SVC: print the pid of our running daemon, or fail.
+svc_pid() {
+  local f pid
+  f=$(svc_pid_file "$1") || return 1
+  [[ -f $f ]] || return 1
+  pid=$(head -n1 "$f" 2>/dev/null | tr -dc '0-9') || return 1
+  pid_is_ours "$pid" "$(svc_tag "$1")" || return 1
+  echo "$pid"
+}
+
+svc_running() { svc_pid "$1" >/dev/null 2>&1; }
+
+# launch SVC LOG CMD...: start CMD detached (own session and process group, stdin /dev/null,
+# output appended to LOG, no inherited lock fd), record its pid.
+launch() {
+  local svc=$1 log=$2 pidf
+  shift 2
+  pidf=$(svc_pid_file "$svc")
+  rm -f "$pidf"
+  rotate_log "$log"
+  printf '=== %s: starting %s\n' "$(date -u +%FT%TZ)" "$svc" >>"$log"
+  # The inner shell writes its own pid, then execs the daemon, so the pid file names the daemon.
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  setsid "${DAEMON_ENV[@]}" bash -c 'echo $$ >"$1"; shift; exec "$@"' launch "$pidf" "$@" \
+    </dev/null >>"$log" 2>&1 9>&- &
+  local i
+  for ((i = 0; i < 50; i++)); do
+    [[ -s $pidf ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# kill_group SVC PID TAG TIMEOUT: SIGTERM the daemon's process group, SIGKILL after TIMEOUT seconds.
+kill_group() {
+  local svc=$1 pid=$2 tag=$3 timeout=$4 deadline target
+  target=$pid
+  # Signal the whole group when the daemon leads its own (it does when launch() started it).
+  if [[ $(proc_stat "$pid" 5) == "$pid" ]]; then
+    target=-$pid
+  fi
+  kill -TERM -- "$target" 2>/dev/null || true
+  deadline=$(($(now) + timeout))
+  while pid_is_ours "$pid" "$tag"; do
+    if (($(now) >= deadline)); then
+      say "$svc did not stop within ${timeout}s, sending SIGKILL"
+      kill -KILL -- "$target" 2>/dev/null || true
+      deadline=$(($(now) + 10))
+      while pid_is_ours "$pid" "$tag" && (($(now) < deadline)); do sleep 0.1; done
+      break
+    fi
+    sleep 0.2
+  done
+}
+
+# fail_start SVC WHY: the one-line failure report plus log tail; stops what we started; exits.
+fail_start() {
+  local svc=$1 why=$2 log pid
+  log=$(svc_log "$svc" 2>/dev/null) || log="(unknown)"
+  if [[ $svc == postgres ]]; then
+    stop_postgres quiet || true
+  elif pid=$(svc_pid "$svc" 2>/dev/null); then
+    kill_group "$svc" "$pid" "$(svc_tag "$svc")" 10 || true
+  fi
+  if [[ $svc != postgres ]]; then
+    rm -f "$(svc_pid_file "$svc")"
+  fi
+  if [[ -f $log ]]; then
+    printf '=== %s: %s failed to start: %s\n' "$(date -u +%FT%TZ)" "$svc" "$why" >>"$log" 2>/dev/null || true
+  fi
+  {
+    printf 'services: %s failed to start: %s\n' "$svc" "$why"
+    printf 'log: %s\n' "$log"
+    if [[ -f $log ]]; then
+      printf -- '--- last 20 lines of %s ---\n' "$log"
+      tail -n 20 "$log"
+      printf -- '---\n'
+    fi
+  } >&2
+  exit 1
+}
+
+# wait_ready SVC TIMEOUT STARTED_AT: poll the service's real readiness check.
+wait_ready() {
+  local svc=$1 timeout=$2 t0=$3 deadline why
+  deadline=$((t0 + timeout))
+  while :; do
+    if ! svc_running "$svc"; then
+      why="process exited during startup"
+      if [[ $svc == postgres ]]; then why="postmaster is not running"; fi
+      fail_start "$svc" "$why"
+    fi
+    if "ready_$svc"; then
+      say "$svc ready in $(($(now) - t0))s ($(svc_desc "$svc"))"
+      return 0
+    fi
+    if (($(now) >= deadline)); then
+      fail_start "$svc" "not answering on $HOST:$(svc_port "$svc") after ${timeout}s"
+    fi
+    sleep 0.5
+  done
+}
+
+svc_desc() {
+  case $1 in
+    mqtt) echo "mqtt://$HOST:$MQTT_PORT" ;;
+    kafka) echo "$HOST:$KAFKA_PORT" ;;
+    postgres) echo "$HOST:$PG_PORT" ;;
+    s3) echo "http://$HOST:$S3_PORT" ;;
+  esac
+}
+
+# Before starting: refuse when a port is taken by someone else (clear error, instead of a
+# readiness check that might talk to a foreign server).
+require_free_ports() {
+  local svc=$1 p
+  shift
+  for p in "$@"; do
+    if port_busy "$p"; then
+      fail_start "$svc" "port $HOST:$p is already in use$(port_owner "$p")"
+    fi
+  done
+}
+
+# A service started on other ports than the ones now configured would make `env` lie.
+check_running_port() {
+  local svc=$1 want=$2 have
+  have=$(cat "$STATE_DIR/$svc/port" 2>/dev/null || true)
+  if [[ -n $have && $have != "$want" ]]; then
+    die "$svc is running on port $have but port $want is configured now; run: $0 down $svc"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# mqtt: Mosquitto
+
+install_mqtt() {
+  apt_install mosquitto mosquitto-clients
+}
+
+mosquitto_bin() {
+  if command -v mosquitto >/dev/null; then command -v mosquitto; else echo /usr/sbin/mosquitto; fi
+}
+
+configure_mqtt() {
+  local d=$STATE_DIR/mqtt tmp
+  mkdir -p "$d/data" "$d/logs"
+  tmp=$(mktemp "$d/passwd.XXXXXX")
+  mosquitto_passwd -b "$tmp" "$MQTT_USER" "$MQTT_PASS" >/dev/null 2>&1 \
+    || { rm -f "$tmp"; die "mosquitto_passwd failed"; }
+  mosquitto_passwd -b "$tmp" "$MQTT_DEVICE_USER" "$MQTT_DEVICE_PASS" >/dev/null 2>&1 \
+    || { rm -f "$tmp"; die "mosquitto_passwd failed"; }
+  chmod 600 "$tmp"
+  mv -f "$tmp" "$d/passwd"
+  cat >"$d/acl" <<EOF
+# Generated by scripts/services.sh; rewritten on every start.
+# Bridge / services: everything (and the broker's \$SYS tree, used by the readiness check).
+user $MQTT_USER
+topic readwrite #
+topic read \$SYS/#
+
+# Devices: publish telemetry only.
+user $MQTT_DEVICE_USER
+topic write devices/#
+EOF
+  cat >"$d/mosquitto.conf" <<EOF
+# Generated by scripts/services.sh; rewritten on every start.
+per_listener_settings false
+# Stay the user that started us (root would otherwise switch to "mosquitto", which then cannot
+# write the state dir).
+user $(id -un)
+
+listener $MQTT_PORT $HOST
+allow_anonymous false
+password_file $d/passwd
+acl_file $d/acl
+
+persistence true
+persistence_location $d/data/
+persistence_file mosquitto.db
+# Also saved on a clean shutdown (SIGTERM), which is what "down" sends.
+autosave_interval 60
+
+max_queued_messages 1000000
+max_queued_bytes 0
+max_inflight_messages 100
+set_tcp_nodelay true
+
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+log_timestamp true
+log_timestamp_format %Y-%m-%dT%H:%M:%S
+EOF
+}
+
+start_mqtt() {
+  require_free_ports mqtt "$MQTT_PORT"
+  configure_mqtt
+  launch mqtt "$(svc_log mqtt)" "$(mosquitto_bin)" -c "$STATE_DIR/mqtt/mosquitto.conf" \
+    || fail_start mqtt "could not launch mosquitto"
+}
+
+ready_mqtt() {
+  # A real MQTT round trip with the service credentials: the retained $SYS version message.
+  # shellcheck disable=SC2016 # a literal MQTT topic
+  timeout 10 mosquitto_sub -h "$HOST" -p "$MQTT_PORT" -u "$MQTT_USER" -P "$MQTT_PASS" \
+    -i "iotpipe-services-check-$$" -t '$SYS/broker/version' -C 1 -W 3 >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------------------------------------
+# kafka: Apache Kafka, KRaft, one combined broker+controller node
+
+KAFKA_POM=$SCRIPT_DIR/kafka/pom.xml
+
+java_major() {
+  local v
+  v=$(java -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')
+  echo "${v%%.*}"
+}
+
+install_kafka() {
+  local d=$STATE_DIR/kafka libs marker want
+  libs=$d/libs
+  marker=$libs/.installed
+  apt_install kcat
+  if ! command -v java >/dev/null || (($(java_major) < 17)); then
+    apt_install openjdk-17-jre-headless
+  fi
+  command -v java >/dev/null || die "java not found"
+  (($(java_major) >= 17)) || die "Kafka $KAFKA_VERSION needs Java >= 17 (java on PATH is $(java_major))"
+  want="kafka $KAFKA_VERSION $(sha256_of "$KAFKA_POM")"
+  if [[ -f $marker && $(cat "$marker") == "$want" ]]; then
+    return 0
+  fi
+  command -v mvn >/dev/null || apt_install maven
+  say "installing Kafka $KAFKA_VERSION jars (mvn dependency:copy-dependencies)..."
+  rm -rf "$libs"
+  mkdir -p "$libs"
+  if ! mvn -q -B -Dstyle.color=never -f "$KAFKA_POM" dependency:copy-dependencies \
+    -DoutputDirectory="$libs" -DincludeScope=runtime >"$d/mvn.log" 2>&1; then
+    tail -n 20 "$d/mvn.log" >&2
+    die "kafka: mvn could not fetch the Kafka jars (log: $d/mvn.log)"
+  fi
+  [[ -f $libs/kafka_2.13-$KAFKA_VERSION.jar ]] || die "kafka: kafka_2.13-$KAFKA_VERSION.jar missing after mvn"
+  echo "$want" >"$marker"
+}
+
+configure_kafka() {
+  local d=$STATE_DIR/kafka
+  mkdir -p "$d/data" "$d/logs"
+  cat >"$d/server.properties" <<EOF
+# Generated by scripts/services.sh; rewritten on every start.
+process.roles=broker,controller
+node.id=1
+# Static single-voter quorum: the voter is taken from this file on every start, so changing
+# the controller port later does not clash with the endpoint recorded at format time.
+controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$d/data
+
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+# Share groups stay off (no share.version feature at format time); classic and consumer
+# (KIP-848) group protocols are on.
+group.coordinator.rebalance.protocols=classic,consumer
+
+num.network.threads=3
+num.io.threads=4
+log.retention.hours=168
+log.segment.bytes=268435456
+EOF
+  cat >"$d/log4j2.xml" <<'EOF'
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Generated by scripts/services.sh. Everything goes to stdout, which is appended to logs/server.log. -->
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d{ISO8601}] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="STDOUT"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="kafka.network.RequestChannel$" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Logger name="kafka.authorizer.logger" level="WARN"/>
+    <Logger name="kafka.log.LogCleaner" level="WARN"/>
+    <Logger name="org.apache.kafka.storage.internals.log.LogCleaner" level="WARN"/>
+  </Loggers>
+</Configuration>
+EOF
+}
+
+kafka_java() { # MAIN_CLASS ARGS...: the JVM command line for a Kafka main class
+  local d=$STATE_DIR/kafka
+  printf '%s\0' "$(command -v java)" -Xms256m "-Xmx${IOTPIPE_KAFKA_HEAP:-768m}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+    "-Dlog4j2.configurationFile=$d/log4j2.xml" "-Dkafka.logs.dir=$d/logs" \
+    -cp "$d/libs/*" "$@"
+}
+
+kafka_cluster_id() {
+  local f=$STATE_DIR/kafka/cluster.id id
+  if [[ ! -s $f ]]; then
+    # Same shape as `kafka-storage random-uuid`: 16 random bytes, URL-safe base64, no padding,
+    # not starting with '-'.
+    while :; do
+      id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+      [[ $id != -* ]] && break
+    done
+    echo "$id" >"$f"
+  fi
+  cat "$f"
+}
+
+start_kafka() {
+  local d=$STATE_DIR/kafka cmd=()
+  require_free_ports kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+  configure_kafka
+  if [[ ! -f $d/data/meta.properties ]]; then
+    say "formatting Kafka storage (KRaft)..."
+    mapfile -d '' cmd < <(kafka_java kafka.tools.StorageTool format -t "$(kafka_cluster_id)" -c "$d/server.properties")
+    if ! "${DAEMON_ENV[@]}" "${cmd[@]}" >>"$d/logs/server.log" 2>&1; then
+      fail_start kafka "kafka-storage format failed"
+    fi
+  fi
+  mapfile -d '' cmd < <(kafka_java kafka.Kafka "$d/server.properties")
+  launch kafka "$(svc_log kafka)" "${cmd[@]}" || fail_start kafka "could not launch java"
+}
+
+ready_kafka() {
+  # A real metadata round trip: the broker must list itself on the advertised listener.
+  local out
+  out=$(timeout 10 kcat -b "$HOST:$KAFKA_PORT" -L -m 3 2>/dev/null) || return 1
+  [[ $out == *"broker 1 at $HOST:$KAFKA_PORT"* ]]
+}
+
+# ---------------------------------------------------------------------------------------------
+# postgres: PostgreSQL (Debian package), run as the postgres user in a data dir of our own
+
+PG_BIN="" PG_BASE="" PG_DATA="" PG_RUN="" PG_LOG=""
+
+pg_find_bin() {
+  local b best="" v
+  for b in /usr/lib/postgresql/*/bin/postgres; do
+    [[ -x $b ]] || continue
+    v=$(basename "$(dirname "$(dirname "$b")")")
+    if ! [[ $v =~ ^[0-9]+$ ]] || ((v < PG_MIN_MAJOR)); then continue; fi
+    if [[ -z $best ]] || ((v > best)); then best=$v; fi
+  done
+  [[ -n $best ]] || return 1
+  PG_BIN=/usr/lib/postgresql/$best/bin
+}
+
+# pg_user_cmd CMD...: run as the postgres OS user (or as ourselves when not root).
+as_pg() {
+  if ((EUID == 0)); then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+# pg_locate: decide (once, then remembered in <state>/postgres/base) where the PostgreSQL files
+# live. Normally <state>/postgres; when the postgres user cannot reach the state dir (e.g. under
+# /root with mode 700), or the socket path would be too long, /var/tmp/iotpipe-pg-<hash>.
+pg_locate() {
+  local rec=$STATE_DIR/postgres/base base
+  if [[ -s $rec ]]; then
+    base=$(cat "$rec")
+  else
+    base=$STATE_DIR/postgres
+  fi
+  PG_BASE=$base PG_DATA=$base/data PG_RUN=$base/run PG_LOG=$base/logs/postgresql.log
+}
+
+pg_choose_base() {
+  local d=$STATE_DIR/postgres base sock
+  mkdir -p "$d"
+  if [[ -s $d/base ]]; then
+    pg_locate
+    return 0
+  fi
+  chmod 755 "$d"
+  base=$d
+  sock="$d/run/.s.PGSQL.$PG_PORT"
+  if ((EUID == 0)) && ! runuser -u postgres -- test -x "$d" 2>/dev/null; then
+    base=/var/tmp/iotpipe-pg-$(printf '%s' "$STATE_DIR" | sha256sum | cut -c1-12)
+    say "postgres: the postgres user cannot reach $STATE_DIR; using $base for its files"
+  elif ((${#sock} > 100)); then
+    base=/var/tmp/iotpipe-pg-$(printf '%s' "$STATE_DIR" | sha256sum | cut -c1-12)
+    say "postgres: socket path under $STATE_DIR would be too long; using $base for its files"
+  fi
+  echo "$base" >"$d/base"
+  pg_locate
+}
+
+install_postgres() {
+  if ! pg_find_bin; then
+    apt_install postgresql postgresql-contrib
+    pg_find_bin || die "postgres: no PostgreSQL >= $PG_MIN_MAJOR found under /usr/lib/postgresql after install"
+  fi
+  command -v psql >/dev/null || apt_install postgresql-client
+  if ((EUID == 0)) && ! id postgres >/dev/null 2>&1; then
+    die "postgres: the 'postgres' OS user is missing (is the postgresql package installed?)"
+  fi
+}
+
+pg_init() {
+  local pw
+  pg_choose_base
+  mkdir -p "$PG_BASE" "$PG_RUN" "$(dirname "$PG_LOG")"
+  touch "$PG_LOG"
+  if ((EUID == 0)); then
+    # pg_ctl -l opens the log as the postgres user.
+    chown postgres:postgres "$PG_BASE" "$PG_RUN" "$(dirname "$PG_LOG")" "$PG_LOG"
+  fi
+  if [[ ! -f $PG_DATA/PG_VERSION ]]; then
+    say "initializing PostgreSQL cluster in $PG_DATA..."
+    rm -rf "$PG_DATA"
+    pw=$(mktemp "$PG_BASE/pwfile.XXXXXX")
+    printf '%s\n' "$PG_SUPER_PASS" >"$pw"
+    if ((EUID == 0)); then chown postgres "$pw"; fi
+    if ! as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --pwfile="$pw" -E UTF8 --locale=C.UTF-8 \
+      --auth-local=trust --auth-host=scram-sha-256 >>"$PG_LOG" 2>&1; then
+      rm -f "$pw"
+      fail_start postgres "initdb failed"
+    fi
+    rm -f "$pw"
+    echo "include_if_exists = 'iotpipe.conf'" | as_pg tee -a "$PG_DATA/postgresql.conf" >/dev/null
+  fi
+}
+
+pg_configure() {
+  local preload="" libdir
+  if [[ ${IOTPIPE_PG_TIMESCALEDB:-0} == 1 ]]; then
+    libdir=$("$PG_BIN/pg_config" --pkglibdir 2>/dev/null || echo "$(dirname "$PG_BIN")/lib")
+    if [[ ! -f $libdir/timescaledb.so ]]; then
+      fail_start postgres "IOTPIPE_PG_TIMESCALEDB=1 but $libdir/timescaledb.so does not exist (install TimescaleDB for PostgreSQL $(basename "$(dirname "$PG_BIN")"))"
+    fi
+    preload="shared_preload_libraries = 'timescaledb'"
+  fi
+  as_pg tee "$PG_DATA/iotpipe.conf" >/dev/null <<EOF
+# Generated by scripts/services.sh; rewritten on every start.
+listen_addresses = '$HOST'
+port = $PG_PORT
+unix_socket_directories = '$PG_RUN'
+max_connections = 200
+timezone = 'UTC'
+log_timezone = 'UTC'
+log_line_prefix = '%m [%p] %q%u@%d '
+$preload
+EOF
+}
+
+start_postgres() {
+  require_free_ports postgres "$PG_PORT"
+  pg_init
+  pg_configure
+  rotate_log "$PG_LOG"
+  # setsid: the postmaster gets its own session, so a Ctrl-C in the calling terminal does not reach it.
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  if ! setsid -w "${DAEMON_ENV[@]}" bash -c 'if [ "$(id -u)" = 0 ]; then exec runuser -u postgres -- "$@"; else exec "$@"; fi' \
+    start-pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 start </dev/null >/dev/null 2>&1 9>&-; then
+    fail_start postgres "pg_ctl start failed"
+  fi
+}
+
+pg_provision() {
+  # Roles and database, idempotently, as the superuser over our unix socket.
+  local out
+  if ! out=$(as_pg "$PG_BIN/psql" -X -q -h "$PG_RUN" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 2>&1 <<EOF
+DO \$\$
+DECLARE r text;
+BEGIN
+  FOREACH r IN ARRAY ARRAY['$PG_OWNER','$PG_WRITER','$PG_READER','iotpipe_writer','iotpipe_reader'] LOOP
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+      EXECUTE format('CREATE ROLE %I', r);
+    END IF;
+  END LOOP;
+END
+\$\$;
+ALTER ROLE postgres PASSWORD '$PG_SUPER_PASS';
+ALTER ROLE $PG_OWNER LOGIN CREATEROLE PASSWORD '$PG_OWNER_PASS';
+ALTER ROLE $PG_WRITER LOGIN PASSWORD '$PG_WRITER_PASS';
+ALTER ROLE $PG_READER LOGIN PASSWORD '$PG_READER_PASS';
+ALTER ROLE iotpipe_writer NOLOGIN;
+ALTER ROLE iotpipe_reader NOLOGIN;
+SET client_min_messages = warning;
+GRANT iotpipe_writer TO $PG_WRITER;
+GRANT iotpipe_reader TO $PG_READER;
+SELECT format('CREATE DATABASE %I OWNER %I', '$PG_DB', '$PG_OWNER')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$PG_DB') \gexec
+ALTER DATABASE $PG_DB OWNER TO $PG_OWNER;
+EOF
+  ); then
+    printf '%s\n' "$out" >>"$PG_LOG"
+    fail_start postgres "creating roles/database failed: $(printf '%s' "$out" | tail -n1)"
+  fi
+}
+
+PG_PROVISIONED=0
+ready_postgres() {
+  local out
+  if ((PG_PROVISIONED == 0)); then
+    # The server answers the superuser on our unix socket first; then roles and database are
+    # made sure of (idempotent, also after a restart), then the real check below.
+    as_pg "$PG_BIN/psql" -X -q -h "$PG_RUN" -p "$PG_PORT" -U postgres -d postgres -Atc 'SELECT 1' \
+      >/dev/null 2>&1 || return 1
+    pg_provision
+    PG_PROVISIONED=1
+  fi
+  out=$(PGCONNECT_TIMEOUT=5 timeout 10 "$PG_BIN/psql" -X -At "$(pg_dsn "$PG_OWNER" "$PG_OWNER_PASS" "$PG_DB")" \
+    -c 'SELECT 1' 2>/dev/null) || return 1
+  [[ $out == 1 ]]
+}
+
+pg_dsn() { printf 'postgres://%s:%s@%s:%s/%s?sslmode=disable' "$1" "$2" "$HOST" "$PG_PORT" "$3"; }
+
+stop_postgres() { # [quiet]
+  local pid tag
+  pg_locate
+  pid=$(svc_pid postgres) || return 0
+  tag=$(svc_tag postgres)
+  pg_find_bin || die "postgres: PostgreSQL binaries not found"
+  if [[ ${1:-} != quiet ]]; then
+    say "stopping postgres (pid $pid)..."
+  fi
+  if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null 2>&1; then
+    kill_group postgres "$pid" "$tag" 5
+  fi
+  while pid_is_ours "$pid" "$tag"; do sleep 0.2; done
+}
+
+# ---------------------------------------------------------------------------------------------
+# s3: versitygw (go install), posix backend
+
+VGW_BIN() { echo "$STATE_DIR/bin/versitygw"; }
+
+find_go() {
+  if command -v go >/dev/null; then
+    command -v go
+  elif [[ -x /usr/local/go/bin/go ]]; then
+    echo /usr/local/go/bin/go
+  else
+    return 1
+  fi
+}
+
+install_s3() {
+  local bin go have
+  bin=$(VGW_BIN)
+  command -v curl >/dev/null || apt_install curl
+  if [[ -x $bin ]]; then
+    go=$(find_go) || go=""
+    if [[ -n $go ]]; then
+      have=$("$go" version -m "$bin" 2>/dev/null | awk '$1 == "mod" {print $3}')
+    else
+      have=$(cat "$STATE_DIR/bin/versitygw.version" 2>/dev/null || true)
+    fi
+    [[ $have == "$VERSITYGW_VERSION" ]] && return 0
+  fi
+  go=$(find_go) || die "s3: Go is needed to install versitygw ($VERSITYGW_MODULE@$VERSITYGW_VERSION) but 'go' is not on PATH"
+  say "installing versitygw $VERSITYGW_VERSION (go install; the first build takes a few minutes)..."
+  mkdir -p "$STATE_DIR/bin" "$STATE_DIR/s3/logs"
+  # From a neutral directory with neutral flags, so the repo's go.mod / GOFLAGS play no part.
+  if ! (cd "$STATE_DIR" && GOBIN="$STATE_DIR/bin" GOFLAGS=-mod=mod GOWORK=off CGO_ENABLED=0 \
+    "$go" install "$VERSITYGW_MODULE/cmd/versitygw@$VERSITYGW_VERSION") >"$STATE_DIR/s3/logs/install.log" 2>&1; then
+    tail -n 20 "$STATE_DIR/s3/logs/install.log" >&2
+    die "s3: go install of versitygw failed (log: $STATE_DIR/s3/logs/install.log)"
+  fi
+  echo "$VERSITYGW_VERSION" >"$STATE_DIR/bin/versitygw.version"
+}
+
+start_s3() {
+  require_free_ports s3 "$S3_PORT"
+  mkdir -p "$STATE_DIR/s3/data" "$STATE_DIR/s3/logs"
+  launch s3 "$(svc_log s3)" "$(VGW_BIN)" --access "$S3_ACCESS" --secret "$S3_SECRET" \
+    --region "$S3_REGION" --port "$HOST:$S3_PORT" posix "$STATE_DIR/s3/data" \
+    || fail_start s3 "could not launch versitygw"
+}
+
+ready_s3() {
+  # A real, SigV4-signed S3 request: ListBuckets must answer 200 with its XML document.
+  local out
+  out=$(curl -sS --max-time 5 --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_ACCESS:$S3_SECRET" \
+    -H 'x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' \
+    -w '\n%{http_code}' "http://$HOST:$S3_PORT/" 2>/dev/null) || return 1
+  [[ ${out##*$'\n'} == 200 && $out == *ListAllMyBucketsResult* ]]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+lock_state() {
+  mkdir -p "$STATE_DIR"
+  exec 9>"$STATE_DIR/.lock"
+  if ! flock -n 9; then
+    say "waiting for another services.sh run on $STATE_DIR..."
+    flock -w 900 9 || die "timed out waiting for the lock $STATE_DIR/.lock"
+  fi
+}
+
+parse_services() { # fills SERVICES from the arguments (default: all)
+  SERVICES=()
+  local a s ok
+  for a in "$@"; do
+    ok=0
+    for s in "${ALL_SERVICES[@]}"; do
+      [[ $a == "$s" ]] && ok=1
+    done
+    ((ok)) || die "unknown service '$a' (known: ${ALL_SERVICES[*]})"
+    SERVICES+=("$a")
+  done
+  ((${#SERVICES[@]})) || SERVICES=("${ALL_SERVICES[@]}")
+}
+
+cmd_up() {
+  parse_services "$@"
+  lock_state
+  local svc pid t0 to_wait=() started_at=()
+  # 1. install what is missing
+  for svc in "${SERVICES[@]}"; do
+    "install_$svc"
+  done
+  # 2. start what is not running (slowest first)
+  for svc in kafka mqtt s3 postgres; do
+    [[ " ${SERVICES[*]} " == *" $svc "* ]] || continue
+    if pid=$(svc_pid "$svc"); then
+      check_running_port "$svc" "$(svc_port "$svc")"
+      if "ready_$svc"; then
+        say "$svc already running (pid $pid, $(svc_desc "$svc"))"
+        continue
+      fi
+      say "$svc running (pid $pid) but not answering yet; waiting"
+      to_wait+=("$svc")
+      started_at+=("$(now)")
+      continue
+    fi
+    say "starting $svc on $(svc_desc "$svc")..."
+    t0=$(now)
+    "start_$svc"
+    svc_port "$svc" >"$STATE_DIR/$svc/port"
+    to_wait+=("$svc")
+    started_at+=("$t0")
+  done
+  # 3. wait until each really answers (quick ones first)
+  local i timeout w
+  for w in mqtt s3 postgres kafka; do
+    for i in "${!to_wait[@]}"; do
+      [[ ${to_wait[$i]} == "$w" ]] || continue
+      svc=$w
+    case $svc in
+      kafka) timeout=90 ;;
+      postgres) timeout=60 ;;
+      mqtt) timeout=60 ;;
+      *) timeout=30 ;;
+    esac
+      wait_ready "$svc" "$timeout" "${started_at[$i]}"
+    done
+  done
+}
+
+cmd_down() {
+  local purge=0 args=() a
+  for a in "$@"; do
+    case $a in
+      --purge) purge=1 ;;
+      *) args+=("$a") ;;
+    esac
+  done
+  parse_services "${args[@]+"${args[@]}"}"
+  [[ -d $STATE_DIR ]] || { say "nothing to stop ($STATE_DIR does not exist)"; return 0; }
+  lock_state
+  local svc pid tag timeout
+  for svc in "${SERVICES[@]}"; do
+    if [[ $svc == postgres ]]; then
+      if svc_running postgres; then
+        stop_postgres
+        say "postgres stopped"
+      else
+        say "postgres not running"
+      fi
+    elif pid=$(svc_pid "$svc"); then
+      tag=$(svc_tag "$svc")
+      case $svc in
+        kafka) timeout=60 ;;
+        mqtt) timeout=60 ;;
+        *) timeout=15 ;;
+      esac
+      say "stopping $svc (pid $pid)..."
+      kill_group "$svc" "$pid" "$tag" "$timeout"
+      say "$svc stopped"
+    else
+      say "$svc not running"
+    fi
+    [[ $svc == postgres ]] || rm -f "$STATE_DIR/$svc/pid"
+    rm -f "$STATE_DIR/$svc/port"
+    if ((purge)); then
+      purge_data "$svc"
+    fi
+  done
+}
+
+purge_data() {
+  local svc=$1
+  say "purging $svc data and logs"
+  case $svc in
+    mqtt) rm -rf "$STATE_DIR/mqtt/data" "$STATE_DIR/mqtt/logs" ;;
+    kafka) rm -rf "$STATE_DIR/kafka/data" "$STATE_DIR/kafka/logs" "$STATE_DIR/kafka/cluster.id" ;;
+    s3) rm -rf "$STATE_DIR/s3/data" "$STATE_DIR/s3/logs/versitygw.log"* ;;
+    postgres)
+      pg_locate
+      rm -rf "$PG_DATA" "$PG_RUN" "$(dirname "$PG_LOG")"
+      if [[ $PG_BASE != "$STATE_DIR/postgres" ]]; then
+        rm -rf "$PG_BASE"
+      fi
+      rm -f "$STATE_DIR/postgres/base"
+      ;;
+  esac
+}
+
+cmd_status() {
+  parse_services "$@"
+  local svc pid all=0
+  for svc in "${SERVICES[@]}"; do
+    if pid=$(svc_pid "$svc" 2>/dev/null); then
+      printf '%-9s running  pid %-8s %s:%s\n' "$svc" "$pid" "$HOST" \
+        "$(cat "$STATE_DIR/$svc/port" 2>/dev/null || svc_port "$svc")"
+    else
+      printf '%-9s stopped\n' "$svc"
+      all=3
+    fi
+  done
+  return "$all"
+}
+
+# Quote a value for the shell only when needed; plain values stay plain so that a Makefile
+# `include` of the same output reads them unchanged. ('?' needs no quoting in an assignment.)
+env_line() {
+  local k=$1 v=$2
+  if ((plain)); then
+    printf '%s=%s\n' "$k" "$v"
+  elif [[ $v =~ ^[A-Za-z0-9_./:@%+=,?-]*$ ]]; then
+    printf 'export %s=%s\n' "$k" "$v"
+  else
+    printf "export %s='%s'\n" "$k" "${v//\'/\'\\\'\'}"
+  fi
+}
+
+cmd_env() {
+  plain=0
+  local a
+  for a in "$@"; do
+    case $a in
+      --plain) plain=1 ;;
+      *) die "env: unknown argument '$a'" ;;
+    esac
+  done
+  env_line IOTPIPE_STATE_DIR "$STATE_DIR"
+  env_line IOTPIPE_MQTT_URL "mqtt://$HOST:$MQTT_PORT"
+  env_line IOTPIPE_MQTT_USERNAME "$MQTT_USER"
+  env_line IOTPIPE_MQTT_PASSWORD "$MQTT_PASS"
+  env_line IOTPIPE_MQTT_DEVICE_USERNAME "$MQTT_DEVICE_USER"
+  env_line IOTPIPE_MQTT_DEVICE_PASSWORD "$MQTT_DEVICE_PASS"
+  env_line IOTPIPE_KAFKA_BROKERS "$HOST:$KAFKA_PORT"
+  env_line IOTPIPE_PG_DSN "$(pg_dsn "$PG_OWNER" "$PG_OWNER_PASS" "$PG_DB")"
+  env_line IOTPIPE_PG_WRITER_DSN "$(pg_dsn "$PG_WRITER" "$PG_WRITER_PASS" "$PG_DB")"
+  env_line IOTPIPE_PG_READER_DSN "$(pg_dsn "$PG_READER" "$PG_READER_PASS" "$PG_DB")"
+  env_line IOTPIPE_PG_ADMIN_DSN "$(pg_dsn postgres "$PG_SUPER_PASS" postgres)"
+  env_line IOTPIPE_S3_ENDPOINT "http://$HOST:$S3_PORT"
+  env_line IOTPIPE_S3_ACCESS_KEY "$S3_ACCESS"
+  env_line IOTPIPE_S3_SECRET_KEY "$S3_SECRET"
+  env_line IOTPIPE_S3_REGION "$S3_REGION"
+  env_line IOTPIPE_S3_BUCKET "$S3_BUCKET"
+}
+
+cmd_logs() {
+  local follow=0 lines=50 args=()
+  while (($#)); do
+    case $1 in
+      -f) follow=1 ;;
+      -n) shift; lines=${1:?-n needs a number} ;;
+      *) args+=("$1") ;;
+    esac
+    shift
+  done
+  parse_services "${args[@]+"${args[@]}"}"
+  local svc log
+  if ((${#SERVICES[@]} > 1)); then
+    for svc in "${SERVICES[@]}"; do
+      printf '%-9s %s\n' "$svc" "$(svc_log "$svc")"
+    done
+    return 0
+  fi
+  svc=${SERVICES[0]}
+  log=$(svc_log "$svc")
+  say "log: $log"
+  [[ -f $log ]] || die "$svc has no log yet"
+  if ((follow)); then
+    exec tail -n "$lines" -F "$log"
+  fi
+  tail -n "$lines" "$log"
+}
+
+main() {
+  check_port_value IOTPIPE_MQTT_PORT "$MQTT_PORT"
+  check_port_value IOTPIPE_KAFKA_PORT "$KAFKA_PORT"
+  check_port_value IOTPIPE_KAFKA_CONTROLLER_PORT "$KAFKA_CONTROLLER_PORT"
+  check_port_value IOTPIPE_PG_PORT "$PG_PORT"
+  check_port_value IOTPIPE_S3_PORT "$S3_PORT"
+  (($#)) || usage
+  pg_locate
+  local verb=$1
+  shift
+  case $verb in
+    up | start) cmd_up "$@" ;;
+    down | stop) cmd_down "$@" ;;
+    purge) cmd_down --purge "$@" ;;
+    status) cmd_status "$@" ;;
+    env) cmd_env "$@" ;;
+    logs | log) cmd_logs "$@" ;;
+    -h | --help | help) usage ;;
+    *) say "unknown command '$verb'"; usage ;;
+  esac
+}
+
+main "$@"
