@@ -12,6 +12,8 @@
 # Default: all four. Everything lives under ${IOTPIPE_STATE_DIR:-<repo>/.state}; progress goes to
 # stderr. Ports: IOTPIPE_MQTT_PORT, IOTPIPE_KAFKA_PORT, IOTPIPE_KAFKA_CONTROLLER_PORT,
 # IOTPIPE_PG_PORT, IOTPIPE_S3_PORT. Opt-in: IOTPIPE_PG_TIMESCALEDB=1 preloads TimescaleDB.
+# IOTPIPE_INSTALL_DIR (default: the state dir) holds the Kafka jars and versitygw, so a second,
+# private set of services (own state dir and ports) can reuse the installs of the first.
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------
@@ -35,6 +37,10 @@ ALL_SERVICES=(mqtt kafka postgres s3)
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 STATE_DIR=$(realpath -m "${IOTPIPE_STATE_DIR:-$REPO_ROOT/.state}")
+# Installed software (Kafka jars, versitygw) can be shared between state dirs: tests that need a
+# private instance of a service (to stop it under load) run with their own IOTPIPE_STATE_DIR and
+# IOTPIPE_INSTALL_DIR pointing at the main state dir.
+INSTALL_DIR=$(realpath -m "${IOTPIPE_INSTALL_DIR:-$STATE_DIR}")
 
 MQTT_PORT=${IOTPIPE_MQTT_PORT:-11883}
 KAFKA_PORT=${IOTPIPE_KAFKA_PORT:-19092}
@@ -54,7 +60,7 @@ say() { printf 'services: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -401,7 +407,7 @@ java_major() {
 }
 
 install_kafka() {
-  local d=$STATE_DIR/kafka libs marker want
+  local d=$INSTALL_DIR/kafka libs marker want
   libs=$d/libs
   marker=$libs/.installed
   apt_install kcat
@@ -492,7 +498,7 @@ kafka_java() { # MAIN_CLASS ARGS...: the JVM command line for a Kafka main class
   printf '%s\0' "$(command -v java)" -Xms256m "-Xmx${IOTPIPE_KAFKA_HEAP:-768m}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
     "-Dlog4j2.configurationFile=$d/log4j2.xml" "-Dkafka.logs.dir=$d/logs" \
-    -cp "$d/libs/*" "$@"
+    -cp "$INSTALL_DIR/kafka/libs/*" "$@"
 }
 
 kafka_cluster_id() {
@@ -731,7 +737,7 @@ stop_postgres() { # [quiet]
 # ---------------------------------------------------------------------------------------------
 # s3: versitygw (go install), posix backend
 
-VGW_BIN() { echo "$STATE_DIR/bin/versitygw"; }
+VGW_BIN() { echo "$INSTALL_DIR/bin/versitygw"; }
 
 find_go() {
   if command -v go >/dev/null; then
@@ -752,20 +758,20 @@ install_s3() {
     if [[ -n $go ]]; then
       have=$("$go" version -m "$bin" 2>/dev/null | awk '$1 == "mod" {print $3}')
     else
-      have=$(cat "$STATE_DIR/bin/versitygw.version" 2>/dev/null || true)
+      have=$(cat "$INSTALL_DIR/bin/versitygw.version" 2>/dev/null || true)
     fi
     [[ $have == "$VERSITYGW_VERSION" ]] && return 0
   fi
   go=$(find_go) || die "s3: Go is needed to install versitygw ($VERSITYGW_MODULE@$VERSITYGW_VERSION) but 'go' is not on PATH"
   say "installing versitygw $VERSITYGW_VERSION (go install; the first build takes a few minutes)..."
-  mkdir -p "$STATE_DIR/bin" "$STATE_DIR/s3/logs"
+  mkdir -p "$INSTALL_DIR/bin" "$STATE_DIR/s3/logs"
   # From a neutral directory with neutral flags, so the repo's go.mod / GOFLAGS play no part.
-  if ! (cd "$STATE_DIR" && GOBIN="$STATE_DIR/bin" GOFLAGS=-mod=mod GOWORK=off CGO_ENABLED=0 \
+  if ! (cd "$INSTALL_DIR" && GOBIN="$INSTALL_DIR/bin" GOFLAGS=-mod=mod GOWORK=off CGO_ENABLED=0 \
     "$go" install "$VERSITYGW_MODULE/cmd/versitygw@$VERSITYGW_VERSION") >"$STATE_DIR/s3/logs/install.log" 2>&1; then
     tail -n 20 "$STATE_DIR/s3/logs/install.log" >&2
     die "s3: go install of versitygw failed (log: $STATE_DIR/s3/logs/install.log)"
   fi
-  echo "$VERSITYGW_VERSION" >"$STATE_DIR/bin/versitygw.version"
+  echo "$VERSITYGW_VERSION" >"$INSTALL_DIR/bin/versitygw.version"
 }
 
 start_s3() {

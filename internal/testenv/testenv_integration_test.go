@@ -136,3 +136,22 @@ func TestMQTT(t *testing.T) {
 		return nil
 	})
 }
+
+func TestPrivateKafkaRestart(t *testing.T) {
+	p := testenv.StartPrivate(t, "kafka")
+	topic := p.Topic(t, 1, nil)
+	ctx := testenv.Context(t, 2*time.Minute)
+	cl := p.Kafka(t, kgo.DefaultProduceTopic(topic))
+	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("before")}).FirstErr(); err != nil {
+		t.Fatalf("produce to private kafka: %v", err)
+	}
+	p.Stop("kafka")
+	p.Start("kafka")
+	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("after")}).FirstErr(); err != nil {
+		t.Fatalf("produce after restart: %v", err)
+	}
+	shared := testenv.Load(t)
+	if strings.Join(shared.KafkaBrokers, ",") == strings.Join(p.KafkaBrokers, ",") {
+		t.Fatalf("private kafka uses the shared address %v", p.KafkaBrokers)
+	}
+}

@@ -1,0 +1,138 @@
+package testenv
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Private is a set of real services of the test's own, started by
+// scripts/services.sh in a temporary state folder on free ports, reusing
+// the installs of the shared services. A test that stops or restarts a
+// service (an outage under load) uses a private one, so that tests running
+// at the same time against the shared services are not disturbed.
+type Private struct {
+	*Env
+	t        testing.TB
+	script   string
+	environ  []string
+	services []string
+}
+
+// repoRoot finds the repository root from this source file.
+func repoRoot(t testing.TB) string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("cannot locate the repository")
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+func freePort(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// StartPrivate starts the named services ("mqtt", "kafka", "postgres",
+// "s3") of the test's own and stops them, deleting their data, when the
+// test ends. Settings of services not started are those of the shared
+// ones.
+func StartPrivate(t testing.TB, services ...string) *Private {
+	t.Helper()
+	shared := Load(t)
+	root := repoRoot(t)
+	install := shared.StateDir
+	if install == "" {
+		install = filepath.Join(root, ".state")
+	}
+	state, err := os.MkdirTemp("", "iotpipe-private-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Private{t: t, script: filepath.Join(root, "scripts", "services.sh"), services: services}
+	p.environ = append(os.Environ(),
+		"IOTPIPE_STATE_DIR="+state,
+		"IOTPIPE_INSTALL_DIR="+install,
+		"IOTPIPE_MQTT_PORT="+freePort(t),
+		"IOTPIPE_KAFKA_PORT="+freePort(t),
+		"IOTPIPE_KAFKA_CONTROLLER_PORT="+freePort(t),
+		"IOTPIPE_PG_PORT="+freePort(t),
+		"IOTPIPE_S3_PORT="+freePort(t),
+	)
+	t.Cleanup(func() {
+		p.run(2*time.Minute, append([]string{"down", "--purge"}, services...)...)
+		_ = os.RemoveAll(state)
+	})
+	p.Start(services...)
+	env := *shared
+	vars := p.vars()
+	for _, s := range services {
+		switch s {
+		case "mqtt":
+			env.MQTTURL = vars["IOTPIPE_MQTT_URL"]
+		case "kafka":
+			env.KafkaBrokers = strings.Split(vars["IOTPIPE_KAFKA_BROKERS"], ",")
+		case "postgres":
+			env.PGDSN, env.PGWriterDSN = vars["IOTPIPE_PG_DSN"], vars["IOTPIPE_PG_WRITER_DSN"]
+			env.PGReaderDSN, env.PGAdminDSN = vars["IOTPIPE_PG_READER_DSN"], vars["IOTPIPE_PG_ADMIN_DSN"]
+		case "s3":
+			env.S3Config.Endpoint = vars["IOTPIPE_S3_ENDPOINT"]
+		default:
+			t.Fatalf("unknown service %q", s)
+		}
+	}
+	env.StateDir = state
+	p.Env = &env
+	return p
+}
+
+func (p *Private) run(timeout time.Duration, args ...string) string {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, p.script, args...)
+	cmd.Env = p.environ
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		p.t.Fatalf("scripts/services.sh %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
+	}
+	return out.String()
+}
+
+func (p *Private) vars() map[string]string {
+	vars := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(p.run(time.Minute, "env", "--plain")))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			vars[k] = v
+		}
+	}
+	return vars
+}
+
+// Stop stops the named private services (SIGTERM, as an operator would);
+// their data is kept.
+func (p *Private) Stop(services ...string) {
+	p.t.Helper()
+	p.run(2*time.Minute, append([]string{"down"}, services...)...)
+}
+
+// Start starts the named private services and waits until they answer.
+func (p *Private) Start(services ...string) {
+	p.t.Helper()
+	p.run(5*time.Minute, append([]string{"up"}, services...)...)
+}
