@@ -46,9 +46,9 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"init", "create the Kafka topics, the object store bucket and the database schema (idempotent)", runInit},
-		{"bridge", "move device readings from MQTT to Kafka (not available yet)", notYet("bridge")},
-		{"processor", "compute per-device windowed metrics, exactly once (not available yet)", notYet("processor")},
-		{"sink", "write Kafka records to the lake or TimescaleDB (not available yet)", notYet("sink")},
+		{"bridge", bridgeSummary, runBridge},
+		{"processor", processorSummary, runProcessor},
+		{"sink", sinkSummary, runSink},
 		{"simulate", "run a simulated device fleet against an MQTT broker (not available yet)", notYet("simulate")},
 		{"demo", "run the whole pipeline locally (not available yet)", notYet("demo")},
 		{"version", "print the version of this binary", runVersion},

@@ -8,6 +8,7 @@ import (
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/logging"
 	"github.com/iotpipe/iotpipe/internal/objstore"
+	"github.com/iotpipe/iotpipe/internal/service"
 )
 
 func newFlags(env Env, name, summary string) *Flags {
@@ -74,4 +75,12 @@ func settingErr(flagName, value string, err error) error {
 		return &UsageError{fmt.Errorf("--%s (%s=%q): %w", flagName, EnvName(flagName), value, err)}
 	}
 	return &UsageError{fmt.Errorf("--%s (%s): %w", flagName, EnvName(flagName), err)}
+}
+
+// httpFlags binds where a stage serves /metrics, /healthz and /readyz.
+type httpFlags struct{ c service.Config }
+
+func (h *httpFlags) bind(f *Flags, defAddr string) {
+	f.Group("Metrics and health")
+	f.String(&h.c.Addr, "http-addr", defAddr, "address of /metrics, /healthz and /readyz (host:port; empty disables)")
 }

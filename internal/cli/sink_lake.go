@@ -1,0 +1,5 @@
+package cli
+
+// This file is owned by the lake sink: `iotpipe sink lake`.
+
+var runSinkLake = notYet("sink lake")
