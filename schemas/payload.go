@@ -1,0 +1,502 @@
+package schemas
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Defaults of DecodeOptions, used for fields left at zero.
+const (
+	DefaultMaxPayloadBytes = 64 << 10
+	DefaultMaxMeasurements = 256
+	DefaultMaxFutureSkew   = 5 * time.Minute
+	DefaultMaxPastSkew     = 7 * 24 * time.Hour
+	DefaultMaxDepth        = 16
+)
+
+// Fixed limits on device payload tags.
+const (
+	// MaxTags is the largest number of tags a reading may carry.
+	MaxTags = 64
+	// MaxTagValueLen is the longest tag value, in bytes.
+	MaxTagValueLen = 256
+)
+
+// DecodeOptions configures a Decoder. The zero value of every field means its
+// default.
+type DecodeOptions struct {
+	// Topic maps MQTT topics to device ids; nil means DefaultTopicTemplate.
+	Topic *TopicTemplate
+	// MaxPayloadBytes rejects longer payloads before parsing
+	// (default DefaultMaxPayloadBytes, 64 KiB).
+	MaxPayloadBytes int
+	// MaxMeasurements rejects payloads with more measurements
+	// (default DefaultMaxMeasurements, 256).
+	MaxMeasurements int
+	// MaxFutureSkew rejects readings whose event time is later than the
+	// received time by more than this (default DefaultMaxFutureSkew, 5m).
+	MaxFutureSkew time.Duration
+	// MaxPastSkew rejects readings whose event time is earlier than the
+	// received time by more than this (default DefaultMaxPastSkew, 7 days).
+	MaxPastSkew time.Duration
+	// MaxDepth rejects payloads whose objects and arrays nest deeper than
+	// this; the payload object itself is depth 1, "metrics" depth 2
+	// (default DefaultMaxDepth, 16; at least 2, at most 300).
+	MaxDepth int
+}
+
+// maxDepthLimit bounds DecodeOptions.MaxDepth.
+const maxDepthLimit = 300
+
+// WithDefaults returns o with every zero field set to its default.
+func (o DecodeOptions) WithDefaults() DecodeOptions {
+	if o.Topic == nil {
+		o.Topic = defaultTopic
+	}
+	if o.MaxPayloadBytes == 0 {
+		o.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if o.MaxMeasurements == 0 {
+		o.MaxMeasurements = DefaultMaxMeasurements
+	}
+	if o.MaxFutureSkew == 0 {
+		o.MaxFutureSkew = DefaultMaxFutureSkew
+	}
+	if o.MaxPastSkew == 0 {
+		o.MaxPastSkew = DefaultMaxPastSkew
+	}
+	if o.MaxDepth == 0 {
+		o.MaxDepth = DefaultMaxDepth
+	}
+	return o
+}
+
+var defaultTopic = MustParseTopicTemplate(DefaultTopicTemplate)
+
+// Validate reports the first field of o (after WithDefaults) that is out of
+// range, naming it.
+func (o DecodeOptions) Validate() error {
+	o = o.WithDefaults()
+	switch {
+	case o.MaxPayloadBytes < 0:
+		return fmt.Errorf("DecodeOptions.MaxPayloadBytes is %d, want > 0 (0 means %d)", o.MaxPayloadBytes, DefaultMaxPayloadBytes)
+	case o.MaxMeasurements < 0:
+		return fmt.Errorf("DecodeOptions.MaxMeasurements is %d, want > 0 (0 means %d)", o.MaxMeasurements, DefaultMaxMeasurements)
+	case o.MaxFutureSkew < 0:
+		return fmt.Errorf("DecodeOptions.MaxFutureSkew is %s, want > 0 (0 means %s)", o.MaxFutureSkew, DefaultMaxFutureSkew)
+	case o.MaxPastSkew < 0:
+		return fmt.Errorf("DecodeOptions.MaxPastSkew is %s, want > 0 (0 means %s)", o.MaxPastSkew, DefaultMaxPastSkew)
+	case o.MaxDepth < 2 || o.MaxDepth > maxDepthLimit:
+		return fmt.Errorf("DecodeOptions.MaxDepth is %d, want 2..%d (0 means %d)", o.MaxDepth, maxDepthLimit, DefaultMaxDepth)
+	}
+	return nil
+}
+
+// Decoder turns device payloads into Readings. It reuses its buffers between
+// calls and keeps a bounded table of the measurement names and tags it has
+// seen, so that decoding a steady stream allocates nothing. A Decoder is not
+// safe for concurrent use: keep one per goroutine.
+type Decoder struct {
+	opts  DecodeOptions
+	rd    jsonReader
+	names interner
+	// last holds the measurement names of the previous payload by
+	// position: devices repeat the same names in the same order, and a
+	// string comparison is cheaper than a map lookup.
+	last []string
+
+	// perm, when permOK, is the permutation that sorts d.last[:len(perm)]
+	// by name, which are unique: a payload whose names all match d.last
+	// by position needs neither sorting nor a duplicate check.
+	perm    []int
+	permOK  bool
+	scratch []Measurement
+
+	top     []field // numeric top-level fields
+	metrics []field // members of "metrics"
+	tagKVs  []field // members of "tags"
+}
+
+// field is a member of a JSON object as read: key and value unescaped (for
+// strings), the literal text for numbers, nothing for other kinds.
+type field struct {
+	key  []byte
+	kind byte
+	val  []byte
+	dec  decimal // for numbers
+}
+
+// NewDecoder returns a Decoder for opts, after applying defaults; it fails
+// when opts.Validate does.
+func NewDecoder(opts DecodeOptions) (*Decoder, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	return &Decoder{opts: opts.WithDefaults()}, nil
+}
+
+// Options returns the options of d, with defaults applied.
+func (d *Decoder) Options() DecodeOptions { return d.opts }
+
+// Decode validates one MQTT message and fills r with the reading it carries,
+// or returns a *RejectError saying why the message can never be accepted.
+//
+// topic is the MQTT topic the message was published on; the device id is
+// taken from it with the topic template. A "device_id" field in the payload
+// is ignored: the topic, which the broker can authenticate, always wins.
+// received is when the bridge received the message; it becomes
+// r.ReceivedTime (UTC, truncated to microseconds) and is the reference for
+// the skew limits.
+//
+// The payload is one JSON object (strict RFC 8259, UTF-8, no byte order
+// mark) with:
+//
+//   - "ts" (required): an RFC 3339 date-time string with any UTC offset, or
+//     an epoch number whose unit is detected by magnitude (see
+//     EpochMillisThreshold). The event time is kept in UTC, truncated to
+//     microseconds.
+//   - "seq" (optional, null = absent): the device's message counter, an
+//     integer in [0, 2^63-1] (42.0 counts as 42).
+//   - "metrics" (optional): an object of measurement name to number. When
+//     present it holds all the measurements, and every value must be a
+//     number.
+//   - Without "metrics", every top-level field with a numeric value, except
+//     the reserved ts, seq, tags and device_id, is a measurement.
+//   - "tags" (optional, null = absent): an object of string values, at most
+//     MaxTags, copied into r.Tags.
+//
+// Other top-level fields that are not numbers (strings, booleans, null,
+// arrays, objects) are ignored, but must still be well-formed JSON. Values
+// are float64: integers beyond 2^53 are rounded. Measurement names must
+// satisfy ValidName and be unique; values must be finite. See the Reason
+// constants for every rejection.
+//
+// Decode overwrites every field of r and may reuse the backing arrays of
+// r.Measurements and r.Tags; Clone a Reading that must outlive the next call.
+// On error r is left in an unspecified state. Decode does not retain payload.
+func (d *Decoder) Decode(topic string, payload []byte, received time.Time, r *Reading) error {
+	if len(payload) > d.opts.MaxPayloadBytes {
+		return reject(ReasonPayloadTooLarge, fmt.Sprintf("payload is %d bytes, more than the maximum of %d", len(payload), d.opts.MaxPayloadBytes))
+	}
+	if skipWS(payload, 0) == len(payload) {
+		if len(payload) == 0 {
+			return reject(ReasonEmptyPayload, "payload is empty")
+		}
+		return reject(ReasonEmptyPayload, "payload holds only whitespace")
+	}
+	id, ok := d.opts.Topic.DeviceID(topic)
+	if !ok {
+		return reject(ReasonNoDeviceID, fmt.Sprintf("topic %s does not match template %s with a valid device id", quote(topic), quote(d.opts.Topic.String())))
+	}
+
+	// Read the whole document first, so that any syntax error is reported
+	// as malformed_json whatever else is wrong.
+	var ts, seq, metrics, tags field
+	if err := d.read(payload, &ts, &seq, &metrics, &tags); err != nil {
+		return err
+	}
+
+	r.DeviceID = id
+	r.ReceivedTime = truncMicro(received)
+	if err := d.eventTime(ts, r); err != nil {
+		return err
+	}
+	if err := d.seq(seq, r); err != nil {
+		return err
+	}
+	r.Measurements = r.Measurements[:0]
+	fields := d.top
+	if metrics.kind != kindNone {
+		if metrics.kind != kindObject {
+			return reject(ReasonInvalidMeasurement, fmt.Sprintf("metrics is %s, want an object", kindName(metrics.kind)))
+		}
+		fields = d.metrics
+		if len(fields) == 0 {
+			return reject(ReasonNoMeasurements, "metrics object is empty")
+		}
+	} else if len(fields) == 0 {
+		return reject(ReasonNoMeasurements, "no numeric top-level field and no metrics object")
+	}
+	if len(fields) > d.opts.MaxMeasurements {
+		return reject(ReasonTooManyMeasurements, fmt.Sprintf("%d measurements, more than the maximum of %d", len(fields), d.opts.MaxMeasurements))
+	}
+	allHit := true
+	for i := range fields {
+		hit, err := d.addMeasurement(i, &fields[i], r)
+		if err != nil {
+			return err
+		}
+		allHit = allHit && hit
+	}
+	if err := d.sortMeasurements(r, allHit); err != nil {
+		return err
+	}
+	return d.tags(tags, r)
+}
+
+// read parses the payload into the reserved fields, d.top, d.metrics and
+// d.tagKVs.
+func (d *Decoder) read(payload []byte, ts, seq, metrics, tags *field) error {
+	rd := &d.rd
+	rd.reset(payload, d.opts.MaxDepth)
+	d.top, d.metrics, d.tagKVs = d.top[:0], d.metrics[:0], d.tagKVs[:0]
+	if k := rd.kind(); k != kindObject {
+		rd.skip()
+		rd.end()
+		if rd.err == nil {
+			return reject(ReasonMalformedJSON, fmt.Sprintf("payload is %s, want an object", kindName(k)))
+		}
+		return d.malformed(payload)
+	}
+	rd.enterObject()
+	var dup []byte
+	for first := true; ; first = false {
+		key, ok := rd.nextKey(first)
+		if !ok {
+			break
+		}
+		var slot *field
+		switch string(key) {
+		case "ts":
+			slot = ts
+		case "seq":
+			slot = seq
+		case "metrics":
+			slot = metrics
+		case "tags":
+			slot = tags
+		case "device_id":
+			rd.skip()
+			continue
+		default:
+			if rd.kind() == kindNumber {
+				d.top = append(d.top, field{key: key, kind: kindNumber})
+				rd.numInto(&d.top[len(d.top)-1])
+			} else {
+				rd.skip()
+			}
+			continue
+		}
+		if slot.kind != kindNone && dup == nil {
+			dup = key
+		}
+		switch {
+		case slot == metrics && rd.kind() == kindObject:
+			slot.kind = kindObject
+			d.metrics = d.readMembers(d.metrics)
+		case slot == tags && rd.kind() == kindObject:
+			slot.kind = kindObject
+			d.tagKVs = d.readMembers(d.tagKVs)
+		default:
+			*slot = field{}
+			readField(rd, slot)
+		}
+	}
+	rd.end()
+	if rd.err != nil {
+		return d.malformed(payload)
+	}
+	if dup != nil {
+		return reject(ReasonMalformedJSON, fmt.Sprintf("key %s occurs more than once", quote(string(dup))))
+	}
+	return nil
+}
+
+// readMembers reads an object and appends its members to dst.
+func (d *Decoder) readMembers(dst []field) []field {
+	rd := &d.rd
+	if !rd.enterObject() {
+		return dst
+	}
+	for first := true; ; first = false {
+		key, ok := rd.nextKey(first)
+		if !ok {
+			return dst
+		}
+		dst = append(dst, field{key: key})
+		readField(rd, &dst[len(dst)-1])
+	}
+}
+
+func (d *Decoder) malformed(payload []byte) error {
+	jerr := d.rd.err
+	switch {
+	case hasPrefix(payload, "\xef\xbb\xbf"):
+		return reject(ReasonMalformedJSON, "payload starts with a UTF-8 byte order mark, which JSON does not allow")
+	case jerr.tooDeep:
+		return reject(ReasonMalformedJSON, fmt.Sprintf("JSON nests deeper than the maximum depth of %d at byte %d", d.opts.MaxDepth, jerr.off))
+	}
+	return reject(ReasonMalformedJSON, fmt.Sprintf("invalid JSON at byte %d: %s", jerr.off, jerr.msg))
+}
+
+func (d *Decoder) eventTime(ts field, r *Reading) error {
+	var us int64
+	var msg string
+	switch ts.kind {
+	case kindNone:
+		return reject(ReasonMissingTimestamp, `payload has no "ts" field`)
+	case kindNull:
+		return reject(ReasonMissingTimestamp, `"ts" is null`)
+	case kindString:
+		us, msg = parseRFC3339(ts.val)
+		if msg != "" {
+			return reject(ReasonInvalidTimestamp, fmt.Sprintf("%s: %s", msg, quote(string(ts.val))))
+		}
+	case kindNumber:
+		us, msg = parseEpoch(ts.dec)
+		if msg != "" {
+			return reject(ReasonInvalidTimestamp, fmt.Sprintf("%s: %s", msg, ts.val))
+		}
+	default:
+		return reject(ReasonInvalidTimestamp, fmt.Sprintf("ts is %s, want an RFC 3339 string or an epoch number", kindName(ts.kind)))
+	}
+	r.EventTime = microTime(us)
+	if ahead := r.EventTime.Sub(r.ReceivedTime); ahead > d.opts.MaxFutureSkew {
+		return reject(ReasonTimestampSkew, fmt.Sprintf("event time %s is %s in the future of received time %s (maximum %s)",
+			r.EventTime.Format(time.RFC3339Nano), ahead, r.ReceivedTime.Format(time.RFC3339Nano), d.opts.MaxFutureSkew))
+	}
+	if behind := r.ReceivedTime.Sub(r.EventTime); behind > d.opts.MaxPastSkew {
+		return reject(ReasonTimestampSkew, fmt.Sprintf("event time %s is %s in the past of received time %s (maximum %s)",
+			r.EventTime.Format(time.RFC3339Nano), behind, r.ReceivedTime.Format(time.RFC3339Nano), d.opts.MaxPastSkew))
+	}
+	return nil
+}
+
+func (d *Decoder) seq(f field, r *Reading) error {
+	r.Seq, r.HasSeq = 0, false
+	switch f.kind {
+	case kindNone, kindNull:
+		return nil
+	case kindNumber:
+	default:
+		return reject(ReasonInvalidSeq, fmt.Sprintf("seq is %s, want a non-negative integer", kindName(f.kind)))
+	}
+	dec := f.dec
+	n, ok := dec.scaled(0)
+	if dec.neg && dec.mant != 0 || !dec.integral() || !ok || n > math.MaxInt64 {
+		return reject(ReasonInvalidSeq, fmt.Sprintf("seq %s is not an integer in [0, 2^63-1]", f.val))
+	}
+	r.Seq, r.HasSeq = int64(n), true
+	return nil
+}
+
+// addMeasurement appends the i-th measurement after checking its name and
+// value, and reports whether its name matched d.last. Top-level fields reach
+// it only when they are numbers.
+func (d *Decoder) addMeasurement(i int, f *field, r *Reading) (hit bool, err error) {
+	var name string
+	if i < len(d.last) && d.last[i] == string(f.key) {
+		name, hit = d.last[i], true
+	} else {
+		if !validNameBytes(f.key) {
+			return false, reject(ReasonInvalidMeasurement, fmt.Sprintf("measurement name %s is empty, longer than %d bytes or holds a control character", quote(string(f.key)), MaxNameLen))
+		}
+		name = d.names.get(f.key)
+		d.permOK = false
+		if i < len(d.last) {
+			d.last[i] = name
+		} else {
+			d.last = append(d.last, name) // i == len(d.last): fields come in order
+		}
+	}
+	switch f.kind {
+	case kindNumber:
+	case kindString:
+		if isNonFiniteWord(f.val) {
+			return false, reject(ReasonNonFinite, fmt.Sprintf("measurement %s is %s", quote(name), quote(string(f.val))))
+		}
+		fallthrough
+	default:
+		return false, reject(ReasonInvalidMeasurement, fmt.Sprintf("measurement %s under metrics is %s, want a number", quote(name), kindName(f.kind)))
+	}
+	v := floatOf(f.dec, f.val)
+	if math.IsInf(v, 0) {
+		return false, reject(ReasonNonFinite, fmt.Sprintf("measurement %s: %s is beyond the float64 range", quote(name), quote(string(f.val))))
+	}
+	r.Measurements = append(r.Measurements, Measurement{Name: name, Value: v})
+	return hit, nil
+}
+
+// isNonFiniteWord reports whether s spells NaN or an infinity, in any case,
+// as devices written in JavaScript or Python tend to send them.
+func isNonFiniteWord(s []byte) bool {
+	if len(s) > 0 && (s[0] == '+' || s[0] == '-') {
+		s = s[1:]
+	}
+	switch len(s) {
+	case 3:
+		return strings.EqualFold(string(s), "nan") || strings.EqualFold(string(s), "inf")
+	case 8:
+		return strings.EqualFold(string(s), "infinity")
+	}
+	return false
+}
+
+// sortMeasurements sorts r.Measurements by name and rejects duplicate
+// names. When every name matched the previous payload's by position, the
+// permutation found then is reused.
+func (d *Decoder) sortMeasurements(r *Reading, allHit bool) error {
+	ms := r.Measurements
+	d.scratch = append(d.scratch[:0], ms...)
+	if !allHit || !d.permOK || len(d.perm) != len(ms) {
+		d.perm = d.perm[:0]
+		for i := range ms {
+			d.perm = append(d.perm, i)
+		}
+		slices.SortFunc(d.perm, func(a, b int) int { return strings.Compare(ms[a].Name, ms[b].Name) })
+		for i := 1; i < len(d.perm); i++ {
+			if ms[d.perm[i]].Name == ms[d.perm[i-1]].Name {
+				return reject(ReasonInvalidMeasurement, fmt.Sprintf("measurement %s occurs more than once", quote(ms[d.perm[i]].Name)))
+			}
+		}
+		d.permOK = true
+	}
+	for i, p := range d.perm {
+		ms[i] = d.scratch[p]
+	}
+	return nil
+}
+
+func (d *Decoder) tags(f field, r *Reading) error {
+	switch f.kind {
+	case kindNone, kindNull:
+		r.Tags = nil
+		return nil
+	case kindObject:
+	default:
+		return reject(ReasonInvalidTags, fmt.Sprintf("tags is %s, want an object of strings", kindName(f.kind)))
+	}
+	n := len(d.tagKVs)
+	if n > MaxTags {
+		return reject(ReasonInvalidTags, fmt.Sprintf("%d tags, more than the maximum of %d", n, MaxTags))
+	}
+	if n == 0 {
+		r.Tags = nil
+		return nil
+	}
+	if r.Tags == nil {
+		r.Tags = make(map[string]string, n)
+	} else {
+		clear(r.Tags)
+	}
+	for _, t := range d.tagKVs {
+		if !validNameBytes(t.key) {
+			return reject(ReasonInvalidTags, fmt.Sprintf("tag key %s is empty, longer than %d bytes or holds a control character", quote(string(t.key)), MaxNameLen))
+		}
+		if t.kind != kindString {
+			return reject(ReasonInvalidTags, fmt.Sprintf("tag %s is %s, want a string", quote(string(t.key)), kindName(t.kind)))
+		}
+		if len(t.val) > MaxTagValueLen || !validTextBytes(t.val, true) {
+			return reject(ReasonInvalidTags, fmt.Sprintf("tag %s: value is longer than %d bytes or holds a control character", quote(string(t.key)), MaxTagValueLen))
+		}
+		key := d.names.get(t.key)
+		if _, dup := r.Tags[key]; dup {
+			return reject(ReasonInvalidTags, fmt.Sprintf("tag %s occurs more than once", quote(key)))
+		}
+		r.Tags[key] = d.names.get(t.val)
+	}
+	return nil
+}
