@@ -54,10 +54,12 @@ func (s *s3Flags) bind(f *Flags) {
 // logFlags binds the logging settings.
 type logFlags struct{ c logging.Config }
 
-func (l *logFlags) bind(f *Flags, format string) {
+func (l *logFlags) bind(f *Flags, format string) { l.bindLevel(f, format, "info") }
+
+func (l *logFlags) bindLevel(f *Flags, format, level string) {
 	f.Group("Logging")
 	f.String(&l.c.Format, "log-format", format, "log format: json or text")
-	f.String(&l.c.Level, "log-level", "info", "log level: debug, info, warn or error")
+	f.String(&l.c.Level, "log-level", level, "log level: debug, info, warn or error")
 }
 
 func (l *logFlags) logger(env Env) (*slog.Logger, error) {

@@ -70,7 +70,9 @@ func (o *initFlags) bind(f *Flags) {
 	f.Duration(&o.pgReadingsRet, "pg-readings-retention", 30*24*time.Hour, "TimescaleDB retention of raw readings; 0 keeps them forever")
 	f.Duration(&o.pgMetricsRet, "pg-metrics-retention", 365*24*time.Hour, "TimescaleDB retention of window metrics and activity; 0 keeps them forever")
 	f.Duration(&o.pgCompressAfter, "pg-compress-after", 24*time.Hour, "TimescaleDB compresses readings chunks older than this")
-	o.log.bind(f, "text")
+	// The summary on stdout says what was done; logs add warnings only,
+	// unless asked for more.
+	o.log.bindLevel(f, "text", "warn")
 }
 
 func (o *initFlags) config() (setup.Config, error) {
