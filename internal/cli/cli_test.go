@@ -49,7 +49,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestNotYetAvailableCommandsSaySo(t *testing.T) {
-	code, _, errOut := run(t, nil, "bridge")
+	code, _, errOut := run(t, nil, "demo")
 	if code != ExitFailed || !strings.Contains(errOut, "not available in this version yet") {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
 	}
