@@ -1,0 +1,205 @@
+//go:build integration
+
+package timescale
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/testenv"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	binPath   string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// iotpipeBinary builds cmd/iotpipe once per test binary.
+func iotpipeBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+		dir, err := os.MkdirTemp("", "iotpipe-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binDir = dir
+		binPath = filepath.Join(dir, "iotpipe")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/iotpipe")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// sinkProcess starts `iotpipe sink timescale` for the fixture.
+func (f *fixture) sinkProcess(t testing.TB, extra ...string) *exec.Cmd {
+	t.Helper()
+	args := []string{"sink", "timescale",
+		"--kafka-brokers", strings.Join(f.brokers, ","),
+		"--group", f.group, "--group-instance-id", f.group + "-0",
+		"--topic-raw", f.raw, "--topic-metrics", f.metrics, "--topic-dlq", f.dlq,
+		"--pg-writer-dsn", f.writerDSN, "--pg-schema", f.schema,
+		"--http-addr", "", "--log-level", "warn", "--retry-min", "50ms", "--retry-max", "500ms",
+	}
+	cmd := exec.Command(iotpipeBinary(t), append(args, extra...)...)
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "IOTPIPE_") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = env
+	cmd.Stderr = &prefixWriter{t: t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return cmd
+}
+
+type prefixWriter struct {
+	t  testing.TB
+	mu sync.Mutex
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if os.Getenv("IOTPIPE_TEST_VERBOSE") != "" {
+		w.t.Logf("sink: %s", strings.TrimSpace(string(p)))
+	}
+	return len(p), nil
+}
+
+// TestSinkCrash kills the sink process with SIGKILL in the middle of its
+// batches, again and again, and restarts it: readings must hold every
+// record exactly once and device_metrics the highest revision of every
+// window. IOTPIPE_FULL=1 runs a larger version.
+func TestSinkCrash(t *testing.T) {
+	readings, kills, windows := 3000, 5, 300
+	if os.Getenv("IOTPIPE_FULL") == "1" {
+		readings, kills, windows = 200_000, 20, 5000
+	}
+	env := testenv.Load(t)
+	f := newFixture(t, env, 3, 3)
+	base := time.Now().Add(-2 * time.Hour).Truncate(time.Minute)
+
+	// All input, cut into kills+1 chunks: each run gets new work, so every
+	// kill lands while batches are being written.
+	var raw, met []*kgo.Record
+	for i := range readings {
+		dev := fmt.Sprintf("dev-%03d", i%50)
+		raw = append(raw, readingRecord(f.raw, dev, int64(i), base.Add(time.Duration(i)*time.Millisecond), float64(i)))
+	}
+	for w := range windows {
+		dev := fmt.Sprintf("dev-%03d", w%50)
+		start := base.Add(time.Duration(w/50) * time.Minute)
+		revs := []int64{1, 2, 3}
+		rand.Shuffle(3, func(i, j int) { revs[i], revs[j] = revs[j], revs[i] })
+		for _, r := range revs {
+			m := window(dev, "temp", start, r)
+			met = append(met, metricRecord(f.metrics, &m))
+		}
+		a2, a1 := activity(dev, start, 2), activity(dev, start, 1)
+		met = append(met, activityRecord(f.metrics, &a2), activityRecord(f.metrics, &a1))
+	}
+	chunk := func(recs []*kgo.Record, i, n int) []*kgo.Record {
+		return recs[len(recs)*i/n : len(recs)*(i+1)/n]
+	}
+
+	last := int64(0)
+	for k := range kills {
+		f.produce(t, chunk(raw, k, kills+1))
+		f.produce(t, chunk(met, k, kills+1))
+		cmd := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
+		// Kill once this run has committed something new: the next batch
+		// is then in flight.
+		step := int64(1 + rand.IntN(400))
+		testenv.Eventually(t, 2*time.Minute, 5*time.Millisecond, func() error {
+			if n := f.count(t, `SELECT count(*) FROM $S.readings`); n < last+step {
+				return fmt.Errorf("run %d: readings = %d, waiting for > %d", k, n, last+step)
+			}
+			return nil
+		})
+		// Then a random moment later (fault injection, not synchronisation):
+		// mid-COPY, mid-upsert, before or during COMMIT.
+		<-time.After(time.Duration(rand.IntN(150)) * time.Millisecond)
+		if err := syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+		last = f.count(t, `SELECT count(*) FROM $S.readings`)
+		t.Logf("kill %d: %d readings rows committed", k+1, last)
+	}
+	f.produce(t, chunk(raw, kills, kills+1))
+	f.produce(t, chunk(met, kills, kills+1))
+	cmd := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
+	want := int64(2 * readings)
+	f.waitCount(t, 5*time.Minute, want, `SELECT count(*) FROM $S.readings`)
+	f.waitCount(t, time.Minute, int64(windows), `SELECT count(*) FROM $S.device_metrics`)
+	f.waitCount(t, time.Minute, int64(windows), `SELECT count(*) FROM $S.device_activity`)
+	f.waitCount(t, time.Minute, int64(len(raw)+len(met)), `SELECT sum(next_offset)::bigint FROM $S.sink_offsets`)
+
+	if n := f.count(t, `SELECT count(*) FROM (SELECT DISTINCT device_id, metric, seq FROM $S.readings) d`); n != want {
+		t.Fatalf("distinct readings = %d, want %d (duplicates or losses)", n, want)
+	}
+	if n := f.count(t, `SELECT count(*) FROM $S.readings WHERE metric = 'temp' AND value <> seq`); n != 0 {
+		t.Fatalf("%d readings with wrong values", n)
+	}
+	if n := f.count(t, `SELECT count(*) FROM $S.device_metrics WHERE revision = 3 AND count = 3 AND mean = 30 AND min = 29 AND max = 31 AND p95 = 30.9`); n != int64(windows) {
+		t.Fatalf("device_metrics at the final revision = %d, want %d", n, windows)
+	}
+	if n := f.count(t, `SELECT count(*) FROM $S.device_activity WHERE revision = 2 AND messages = 20`); n != int64(windows) {
+		t.Fatalf("device_activity at the final revision = %d, want %d", n, windows)
+	}
+
+	// Clean stop: SIGTERM, exit 0.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testenv.Context(t, 30*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("sink exit after SIGTERM: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("sink did not exit within 30s of SIGTERM")
+	}
+}

@@ -1,0 +1,490 @@
+package timescale
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/schemas/migrations"
+)
+
+// Errors the sink branches on.
+var (
+	// ErrConflict: another writer moved this consumer group's offsets
+	// between our read and our write (a zombie or a rebalance race). The
+	// transaction is rolled back; the next attempt skips what the other
+	// writer wrote.
+	ErrConflict = errors.New("timescale: sink_offsets changed under the batch (another writer)")
+	// ErrSchemaMissing: the schema has no iotpipe tables; run `iotpipe init`.
+	ErrSchemaMissing = errors.New("timescale: schema is not migrated (run iotpipe init)")
+)
+
+// Staging tables, one set per connection (temporary, emptied on commit).
+const (
+	stageMetrics  = "iotpipe_stage_metrics"
+	stageActivity = "iotpipe_stage_activity"
+)
+
+var (
+	readingCols  = []string{"time", "device_id", "metric", "value", "seq", "received_at"}
+	metricCols   = []string{"bucket", "bucket_end", "device_id", "metric", "count", "sum", "min", "max", "mean", "stddev", "first", "last", "p50", "p95", "p99", "first_time", "last_time", "revision"}
+	activityCols = []string{"bucket", "bucket_end", "device_id", "messages", "seq_gaps", "late", "duplicates", "first_seen", "last_seen", "revision"}
+)
+
+// store writes batches to the database.
+type store struct {
+	pool  *pgxpool.Pool
+	group string
+
+	readings, metricsTbl, activityTbl, offsets pgx.Identifier
+	upsertMetrics, upsertActivity              string
+	readOffsets, allOffsets                    string
+	casOffset, insertOffset                    string
+}
+
+func newStore(cfg *Config) (*store, error) {
+	pc, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("DSN: %w", err)
+	}
+	pc.MaxConns = 4
+	pc.MinConns = 0
+	pc.HealthCheckPeriod = 5 * time.Second
+	s := &store{
+		group:       cfg.Group,
+		readings:    pgx.Identifier{cfg.Schema, "readings"},
+		metricsTbl:  pgx.Identifier{cfg.Schema, "device_metrics"},
+		activityTbl: pgx.Identifier{cfg.Schema, "device_activity"},
+		offsets:     pgx.Identifier{cfg.Schema, "sink_offsets"},
+	}
+	s.upsertMetrics = upsertSQL(s.metricsTbl.Sanitize(), stageMetrics, metricCols, "device_id, metric, bucket")
+	s.upsertActivity = upsertSQL(s.activityTbl.Sanitize(), stageActivity, activityCols, "device_id, bucket")
+	off := s.offsets.Sanitize()
+	s.readOffsets = `SELECT o.topic, o.partition, o.next_offset FROM ` + off + ` o
+		JOIN unnest($2::text[], $3::int[]) AS k(topic, partition) USING (topic, partition)
+		WHERE o.consumer_group = $1 FOR UPDATE OF o`
+	s.allOffsets = `SELECT topic, partition, next_offset FROM ` + off + ` WHERE consumer_group = $1 AND topic = ANY($2::text[])`
+	s.casOffset = `UPDATE ` + off + ` SET next_offset = $4, updated_at = now()
+		WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $5`
+	s.insertOffset = `INSERT INTO ` + off + ` (consumer_group, topic, partition, next_offset)
+		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`
+	// Each connection gets its staging tables: COPY into them, then one
+	// INSERT … SELECT … ON CONFLICT per table. ON COMMIT DELETE ROWS keeps
+	// them empty between transactions.
+	stageDDL := fmt.Sprintf(`CREATE TEMP TABLE IF NOT EXISTS %s ON COMMIT DELETE ROWS AS SELECT %s FROM %s WITH NO DATA;
+		CREATE TEMP TABLE IF NOT EXISTS %s ON COMMIT DELETE ROWS AS SELECT %s FROM %s WITH NO DATA`,
+		stageMetrics, strings.Join(metricCols, ", "), s.metricsTbl.Sanitize(),
+		stageActivity, strings.Join(activityCols, ", "), s.activityTbl.Sanitize())
+	pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, stageDDL)
+		return err
+	}
+	s.pool, err = pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		return nil, fmt.Errorf("DSN: %w", err)
+	}
+	return s, nil
+}
+
+// upsertSQL moves the staged rows into table; an existing row is replaced
+// only by a higher revision (an equal revision is a replay: no-op).
+func upsertSQL(table, stage string, cols []string, key string) string {
+	var set []string
+	for _, c := range cols {
+		if !strings.Contains(", "+key+",", ", "+c+",") {
+			set = append(set, c+" = EXCLUDED."+c)
+		}
+	}
+	set = append(set, "updated_at = EXCLUDED.updated_at")
+	list := strings.Join(cols, ", ")
+	return fmt.Sprintf(`INSERT INTO %s AS t (%s, updated_at) SELECT %s, now() FROM %s
+		ON CONFLICT (%s) DO UPDATE SET %s WHERE t.revision < EXCLUDED.revision`,
+		table, list, list, stage, key, strings.Join(set, ", "))
+}
+
+// ready checks that the database answers and holds the schema.
+func (s *store) ready(ctx context.Context, schema string) error {
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	v, _, err := migrations.Status(ctx, c.Conn(), schema)
+	if err != nil {
+		return err
+	}
+	if v == 0 {
+		return fmt.Errorf("schema %q: %w", schema, ErrSchemaMissing)
+	}
+	return nil
+}
+
+// storedOffsets returns the next offsets stored for this group's topics.
+func (s *store) storedOffsets(ctx context.Context, topics []string) (map[tp]int64, error) {
+	rows, err := s.pool.Query(ctx, s.allOffsets, s.group, topics)
+	if err != nil {
+		return nil, err
+	}
+	out := map[tp]int64{}
+	var k tp
+	var n int64
+	_, err = pgx.ForEachRow(rows, []any{&k.topic, &k.partition, &n}, func() error {
+		out[k] = n
+		return nil
+	})
+	return out, err
+}
+
+// rejection is a record that goes to the DLQ.
+type rejection struct {
+	src    int
+	reason schemas.Reason
+	err    string
+}
+
+// writeResult is what one committed batch did.
+type writeResult struct {
+	readings, metrics, activity int // rows written
+	skipped                     int // records already in the database
+	rejected                    []rejection
+}
+
+// write writes the batch in one transaction together with the offsets it
+// covers: records at offsets the database already holds are skipped;
+// records the database refuses are isolated (bisection in savepoints)
+// and, with records that did not decode, handed to dlq before the commit.
+// On error nothing was committed.
+func (s *store) write(ctx context.Context, b *batch, dlq func(context.Context, []rejection) error) (res writeResult, err error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return res, fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = tx.Rollback(rctx)
+			cancel()
+		}
+	}()
+
+	parts := b.partitions()
+	topics := make([]string, 0, len(parts))
+	nums := make([]int32, 0, len(parts))
+	for k := range parts {
+		topics = append(topics, k.topic)
+		nums = append(nums, k.partition)
+	}
+	rows, err := tx.Query(ctx, s.readOffsets, s.group, topics, nums)
+	if err != nil {
+		return res, fmt.Errorf("read sink_offsets: %w", err)
+	}
+	stored := map[tp]int64{}
+	var k tp
+	var n int64
+	if _, err = pgx.ForEachRow(rows, []any{&k.topic, &k.partition, &n}, func() error {
+		stored[k] = n
+		return nil
+	}); err != nil {
+		return res, fmt.Errorf("read sink_offsets: %w", err)
+	}
+
+	idxs := make([]int, 0, len(b.srcs))
+	for i := range b.srcs {
+		src := &b.srcs[i]
+		if n, ok := stored[tp{src.rec.Topic, src.rec.Partition}]; ok && src.rec.Offset < n {
+			res.skipped++
+			continue
+		}
+		switch {
+		case src.kind == kindInvalid:
+			res.rejected = append(res.rejected, rejection{i, schemas.ReasonInvalidRecord, src.err})
+		case src.superseded:
+		default:
+			idxs = append(idxs, i)
+		}
+	}
+	if err = s.writeIsolating(ctx, tx, b, idxs, &res); err != nil {
+		return res, err
+	}
+	if len(res.rejected) > 0 {
+		if err = dlq(ctx, res.rejected); err != nil {
+			return res, fmt.Errorf("%w: %w", errDLQ, err)
+		}
+	}
+	// Move each partition's offset, compare-and-set against what we read.
+	var ob pgx.Batch
+	var cas []tp
+	for k, r := range parts {
+		next := r[1] + 1
+		if old, ok := stored[k]; ok {
+			if next <= old {
+				continue
+			}
+			ob.Queue(s.casOffset, s.group, k.topic, k.partition, next, old)
+		} else {
+			ob.Queue(s.insertOffset, s.group, k.topic, k.partition, next)
+		}
+		cas = append(cas, k)
+	}
+	if len(cas) > 0 {
+		br := tx.SendBatch(ctx, &ob)
+		for _, k := range cas {
+			tag, e := br.Exec()
+			if e != nil {
+				_ = br.Close()
+				return res, fmt.Errorf("write sink_offsets: %w", e)
+			}
+			if tag.RowsAffected() != 1 {
+				_ = br.Close()
+				return res, fmt.Errorf("%s/%d: %w", k.topic, k.partition, ErrConflict)
+			}
+		}
+		if err = br.Close(); err != nil {
+			return res, fmt.Errorf("write sink_offsets: %w", err)
+		}
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return res, fmt.Errorf("commit: %w", err)
+	}
+	return res, nil
+}
+
+// writeIsolating writes the rows of the records idxs in a savepoint. When
+// the database refuses a row for a data reason, it rolls the savepoint back
+// and splits the records in halves until the refused records are alone;
+// those become rejections, everything else is written.
+func (s *store) writeIsolating(ctx context.Context, tx pgx.Tx, b *batch, idxs []int, res *writeResult) error {
+	if len(idxs) == 0 {
+		return nil
+	}
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("savepoint: %w", err)
+	}
+	nr, nm, na, err := s.writeRows(ctx, sp, b, idxs)
+	if err == nil {
+		if err = sp.Commit(ctx); err == nil {
+			res.readings += nr
+			res.metrics += nm
+			res.activity += na
+			return nil
+		}
+	}
+	_ = sp.Rollback(ctx)
+	if !isDataError(err) {
+		return err
+	}
+	if len(idxs) == 1 {
+		res.rejected = append(res.rejected, rejection{idxs[0], schemas.ReasonRejectedByDatabase, err.Error()})
+		return nil
+	}
+	mid := len(idxs) / 2
+	if err := s.writeIsolating(ctx, tx, b, idxs[:mid], res); err != nil {
+		return err
+	}
+	return s.writeIsolating(ctx, tx, b, idxs[mid:], res)
+}
+
+// writeRows writes the rows of records idxs: readings by binary COPY,
+// metrics and activity by COPY into the staging tables and one upsert each.
+func (s *store) writeRows(ctx context.Context, tx pgx.Tx, b *batch, idxs []int) (nr, nm, na int, err error) {
+	var haveR, haveM, haveA bool
+	for _, i := range idxs {
+		switch b.srcs[i].kind {
+		case kindReading:
+			haveR = true
+		case kindMetric:
+			haveM = true
+		case kindActivity:
+			haveA = true
+		}
+	}
+	if haveR {
+		n, err := tx.CopyFrom(ctx, s.readings, readingCols, &readingSource{b: b, idxs: idxs, vals: make([]any, len(readingCols))})
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("copy readings: %w", err)
+		}
+		nr = int(n)
+	}
+	if haveM {
+		if _, err := tx.Exec(ctx, "TRUNCATE "+stageMetrics); err != nil {
+			return 0, 0, 0, fmt.Errorf("stage device_metrics: %w", err)
+		}
+		n, err := tx.CopyFrom(ctx, pgx.Identifier{stageMetrics}, metricCols, &metricSource{b: b, idxs: idxs, vals: make([]any, len(metricCols))})
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("stage device_metrics: %w", err)
+		}
+		if _, err := tx.Exec(ctx, s.upsertMetrics); err != nil {
+			return 0, 0, 0, fmt.Errorf("upsert device_metrics: %w", err)
+		}
+		nm = int(n)
+	}
+	if haveA {
+		if _, err := tx.Exec(ctx, "TRUNCATE "+stageActivity); err != nil {
+			return 0, 0, 0, fmt.Errorf("stage device_activity: %w", err)
+		}
+		n, err := tx.CopyFrom(ctx, pgx.Identifier{stageActivity}, activityCols, &activitySource{b: b, idxs: idxs, vals: make([]any, len(activityCols))})
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("stage device_activity: %w", err)
+		}
+		if _, err := tx.Exec(ctx, s.upsertActivity); err != nil {
+			return 0, 0, 0, fmt.Errorf("upsert device_activity: %w", err)
+		}
+		na = int(n)
+	}
+	return nr, nm, na, nil
+}
+
+// isDataError reports whether the database refused the data itself
+// (data exception, integrity constraint violation, program limit such as
+// a row too large): retrying cannot help, so the rows go to the DLQ. Every
+// other error (connection lost, server shutting down, serialization
+// failure, missing privilege) is retried.
+func isDataError(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "23", "54":
+		return true
+	}
+	return false
+}
+
+// nullTime is a timestamptz that is NULL when zero.
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t
+}
+
+// readingSource streams the readings rows of records idxs to COPY.
+type readingSource struct {
+	b    *batch
+	idxs []int
+	i    int // position in idxs
+	row  int // next row of the current record
+	cur  *readingRow
+	vals []any
+}
+
+func (r *readingSource) Next() bool {
+	for r.i < len(r.idxs) {
+		src := &r.b.srcs[r.idxs[r.i]]
+		if src.kind != kindReading {
+			r.i++
+			continue
+		}
+		if r.row < src.lo {
+			r.row = src.lo
+		}
+		if r.row < src.hi {
+			r.cur = &r.b.readings[r.row]
+			r.row++
+			return true
+		}
+		r.i++
+		r.row = 0
+	}
+	return false
+}
+
+func (r *readingSource) Values() ([]any, error) {
+	c := r.cur
+	r.vals[0], r.vals[1], r.vals[2], r.vals[3] = c.time, c.device, c.metric, c.value
+	if c.hasSeq {
+		r.vals[4] = c.seq
+	} else {
+		r.vals[4] = nil
+	}
+	r.vals[5] = nullTime(c.received)
+	return r.vals, nil
+}
+
+func (r *readingSource) Err() error { return nil }
+
+type metricSource struct {
+	b    *batch
+	idxs []int
+	i    int
+	cur  *schemas.WindowMetric
+	vals []any
+}
+
+func (m *metricSource) Next() bool {
+	for m.i < len(m.idxs) {
+		src := &m.b.srcs[m.idxs[m.i]]
+		m.i++
+		if src.kind == kindMetric {
+			m.cur = &m.b.metrics[src.lo]
+			return true
+		}
+	}
+	return false
+}
+
+func (m *metricSource) Values() ([]any, error) {
+	w := m.cur
+	copy(m.vals, []any{w.WindowStart, w.WindowEnd, w.DeviceID, w.Metric, w.Count, w.Sum, w.Min, w.Max,
+		w.Mean, w.Stddev, w.First, w.Last, w.P50, w.P95, w.P99, nullTime(w.FirstTime), nullTime(w.LastTime), w.Revision})
+	return m.vals, nil
+}
+
+func (m *metricSource) Err() error { return nil }
+
+type activitySource struct {
+	b    *batch
+	idxs []int
+	i    int
+	cur  *schemas.Activity
+	vals []any
+}
+
+func (a *activitySource) Next() bool {
+	for a.i < len(a.idxs) {
+		src := &a.b.srcs[a.idxs[a.i]]
+		a.i++
+		if src.kind == kindActivity {
+			a.cur = &a.b.activity[src.lo]
+			return true
+		}
+	}
+	return false
+}
+
+func (a *activitySource) Values() ([]any, error) {
+	v := a.cur
+	copy(a.vals, []any{v.WindowStart, v.WindowEnd, v.DeviceID, v.Messages, v.SeqGaps, v.Late, v.Duplicates,
+		nullTime(v.FirstSeen), nullTime(v.LastSeen), v.Revision})
+	return a.vals, nil
+}
+
+func (a *activitySource) Err() error { return nil }
+
+// deadLetters turns rejections into DLQ records.
+func deadLetters(b *batch, rej []rejection, topic string, now time.Time) []*kgo.Record {
+	out := make([]*kgo.Record, 0, len(rej))
+	for _, r := range rej {
+		src := b.srcs[r.src].rec
+		d := schemas.DeadLetter{
+			Value: src.Value, Key: src.Key, Reason: r.reason, Error: r.err,
+			Stage:       schemas.StageSinkTimescale,
+			SourceTopic: src.Topic, SourcePartition: src.Partition, SourceOffset: src.Offset,
+			Time: now.UTC().Truncate(time.Microsecond),
+		}
+		rec := d.Record()
+		rec.Topic = topic
+		out = append(out, rec)
+	}
+	return out
+}
