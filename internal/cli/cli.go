@@ -51,6 +51,7 @@ func commands() []command {
 		{"sink", sinkSummary, runSink},
 		{"simulate", "run a simulated device fleet against an MQTT broker (not available yet)", notYet("simulate")},
 		{"demo", "run the whole pipeline locally (not available yet)", notYet("demo")},
+		{"healthcheck", "exit 0 when a running stage answers ready (for container healthchecks)", runHealthcheck},
 		{"version", "print the version of this binary", runVersion},
 	}
 }

@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -144,5 +146,26 @@ func TestFlagsEnvPrecedence(t *testing.T) {
 	}
 	if f.Source("name") != "flag" || f.Source("wait") != "env" {
 		t.Fatalf("sources %q %q", f.Source("name"), f.Source("wait"))
+	}
+}
+
+func TestHealthcheck(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"ready":false}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"ready":true}`))
+	}))
+	defer srv.Close()
+	if code, out, errOut := run(t, nil, "healthcheck", "--url", srv.URL+"/readyz"); code != ExitOK || !strings.Contains(out, `"ready":true`) {
+		t.Fatalf("ready: exit %d %q %q", code, out, errOut)
+	}
+	if code, _, errOut := run(t, nil, "healthcheck", "--url", srv.URL+"/other"); code != ExitFailed || !strings.Contains(errOut, "503") {
+		t.Fatalf("not ready: exit %d %q", code, errOut)
+	}
+	if code, _, errOut := run(t, nil, "healthcheck", "--url", "localhost:1"); code != ExitUsage || !strings.Contains(errOut, "--url") {
+		t.Fatalf("bad url: exit %d %q", code, errOut)
 	}
 }
