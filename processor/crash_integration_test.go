@@ -1,0 +1,236 @@
+//go:build integration
+
+package processor
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/iotpipe/iotpipe/internal/testenv"
+)
+
+// buildBinary builds cmd/iotpipe once per test binary run.
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func iotpipeBinary(t *testing.T) string {
+	buildOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Dir(filepath.Dir(file))
+		dir, err := os.MkdirTemp("", "iotpipe-processor-test")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "iotpipe")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/iotpipe")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/iotpipe: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// proc is one `iotpipe processor` child process.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	lines  chan string
+	exited chan error
+}
+
+func startProc(t *testing.T, env *testenv.Env, topics Topics, group, instance string, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{"processor",
+		"--kafka-brokers", strings.Join(env.KafkaBrokers, ","),
+		"--group", group, "--instance-id", instance,
+		"--topic-raw", topics.Raw, "--topic-metrics", topics.Metrics, "--topic-dlq", topics.DLQ,
+		"--topic-processor-changelog", topics.Changelog,
+		"--window", "2s", "--lateness", "1s", "--idle-timeout", "4s",
+		"--commit-interval", "200ms", "--session-timeout", "6s", "--transaction-timeout", "10s",
+		"--http-addr", "127.0.0.1:0", "--log-format", "json",
+	}, extra...)
+	cmd := exec.Command(iotpipeBinary(t), args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{name: instance, cmd: cmd, lines: make(chan string, 1024), exited: make(chan error, 1)}
+	logPath := filepath.Join(t.TempDir(), fmt.Sprintf("processor-%s-%d.log", instance, cmd.Process.Pid))
+	logf, _ := os.Create(logPath)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log of processor %s (pid %d): %s", instance, cmd.Process.Pid, logPath)
+		}
+	})
+	go func() {
+		if logf != nil {
+			defer logf.Close()
+		}
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if logf != nil {
+				fmt.Fprintln(logf, line)
+			}
+			if os.Getenv("IOTPIPE_TEST_LOGS") != "" {
+				fmt.Fprintf(os.Stderr, "[%s] %s\n", instance, line)
+			}
+			select {
+			case p.lines <- line:
+			default:
+			}
+		}
+		p.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() { p.kill() })
+	return p
+}
+
+func (p *proc) kill() {
+	if p.cmd.ProcessState == nil {
+		_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+}
+
+// waitLine waits for a log line containing s.
+func (p *proc) waitLine(t *testing.T, s string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l := <-p.lines:
+			if strings.Contains(l, s) {
+				return
+			}
+		case err := <-p.exited:
+			t.Fatalf("processor %s exited (%v) while waiting for %q", p.name, err, s)
+		case <-deadline:
+			t.Fatalf("processor %s: no %q within %s", p.name, s, timeout)
+		}
+	}
+}
+
+// stop sends SIGTERM and waits for exit status 0.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("processor %s: exit after SIGTERM: %v", p.name, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("processor %s did not exit within 30s of SIGTERM", p.name)
+	}
+}
+
+func (p *proc) sigkill(t *testing.T) {
+	t.Helper()
+	_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("processor %s survived SIGKILL", p.name)
+	}
+}
+
+// TestCrashExactlyOnce is the crash test: a processor child process is
+// SIGKILLed at random moments (one of them inside a transaction commit)
+// and restarted while input flows, and for a while a second instance joins
+// and leaves (two rebalances). The final aggregates, read read_committed,
+// must equal the batch computation over the input, with no revision
+// emitted twice and nothing late. CI size: 50k readings, 100 devices, 3
+// kills; IOTPIPE_FULL=1: 1M readings, 1k devices, 6 kills.
+func TestCrashExactlyOnce(t *testing.T) {
+	env := testenv.Load(t)
+	n, devices, kills, rate := 50_000, 100, 3, 4000.0
+	if os.Getenv("IOTPIPE_FULL") == "1" {
+		n, devices, kills, rate = 1_000_000, 1000, 6, 25000.0
+	}
+	ctx := testenv.Context(t, 15*time.Minute)
+	topics := testTopics(t, env, 6)
+	group := env.Group(t)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d: %d readings from %d devices at %.0f/s, %d kills", seed, n, devices, rate, kills)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	step := 20 * time.Millisecond
+	w, batches := genWorkload(rng, n, devices, time.Now().Add(-time.Hour).Truncate(2*time.Second), step)
+	iotpipeBinary(t)
+	out := readOutputs(ctx, t, env, topics)
+
+	prod := env.Kafka(t)
+	produced := make(chan error, 1)
+	go func() { produced <- produce(ctx, t, prod, topics.Raw, batches, rate) }()
+	start := time.Now()
+	produceFor := time.Duration(float64(w.records) / rate * float64(time.Second))
+
+	a := startProc(t, env, topics, group, "a")
+	a.waitLine(t, "restored state", 60*time.Second)
+	randomWait := func() time.Duration {
+		return time.Duration(500+rng.IntN(int(produceFor.Milliseconds())/(kills+3)+1)) * time.Millisecond
+	}
+	for k := 0; k < kills; k++ {
+		if k == 1 {
+			// Kill inside a transaction commit: this run sleeps 300ms
+			// between flushing the outputs and committing offsets and the
+			// transaction, and says so in its log.
+			a.sigkill(t)
+			a = startProc(t, env, topics, group, "a", "--debug-commit-delay", "300ms")
+			a.waitLine(t, "restored state", 60*time.Second)
+			time.Sleep(time.Duration(rng.IntN(1500)) * time.Millisecond)
+			a.waitLine(t, "transaction commit started", 30*time.Second)
+			time.Sleep(time.Duration(rng.IntN(250)) * time.Millisecond)
+			t.Logf("kill %d (inside a transaction commit) at %s", k+1, time.Since(start).Round(time.Millisecond))
+			a.sigkill(t)
+		} else {
+			time.Sleep(randomWait())
+			t.Logf("kill %d at %s", k+1, time.Since(start).Round(time.Millisecond))
+			a.sigkill(t)
+		}
+		a = startProc(t, env, topics, group, "a")
+		if k == 0 {
+			// Two instances: b joins (rebalance), works a while, and
+			// leaves with SIGTERM (rebalance back).
+			a.waitLine(t, "restored state", 60*time.Second)
+			b := startProc(t, env, topics, group, "b")
+			b.waitLine(t, "restored state", 60*time.Second)
+			a.waitLine(t, "partitions revoked", 30*time.Second)
+			t.Logf("rebalance: instance b joined at %s", time.Since(start).Round(time.Millisecond))
+			time.Sleep(randomWait())
+			b.stop(t)
+			t.Logf("instance b left at %s", time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if err := <-produced; err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	t.Logf("input produced: %d records in %s", w.records, time.Since(start).Round(time.Millisecond))
+	out.waitFinal(t, w, 2*time.Second, 5*time.Minute)
+	t.Logf("all windows final %s after start", time.Since(start).Round(time.Millisecond))
+	a.stop(t)
+}

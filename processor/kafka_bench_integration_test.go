@@ -1,0 +1,175 @@
+//go:build integration
+
+package processor
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/testenv"
+	"github.com/iotpipe/iotpipe/schemas"
+)
+
+// The Kafka benchmarks each read an input topic of benchN readings
+// (IOTPIPE_BENCH_READINGS) from 1000 devices at 1 Hz, two metrics each.
+var benchN = 300_000
+
+// benchInput creates the benchmark's own input topic (deleted when the
+// benchmark ends) and fills it.
+func benchInput(b *testing.B, env *testenv.Env) string {
+	var benchTopic string
+	func() {
+		if n, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_READINGS")); err == nil && n > 0 {
+			benchN = n
+		}
+		benchTopic = env.Topic(b, 3, nil)
+		cl := env.Kafka(b, kgo.ProducerLinger(5*time.Millisecond), kgo.ProducerBatchMaxBytes(1<<20))
+		rs := benchReadings(benchN, 1000)
+		ctx := testenv.Context(b, 5*time.Minute)
+		var wg sync.WaitGroup
+		var perr error
+		var mu sync.Mutex
+		for _, r := range rs {
+			wg.Add(1)
+			rec := schemas.RawRecord(schemas.AppendRaw(nil, r), r, "")
+			rec.Topic = benchTopic
+			cl.Produce(ctx, rec, func(rec *kgo.Record, err error) {
+				if err != nil {
+					mu.Lock()
+					perr = err
+					mu.Unlock()
+				}
+				wg.Done()
+			})
+		}
+		wg.Wait()
+		if perr != nil {
+			b.Fatal(perr)
+		}
+	}()
+	return benchTopic
+}
+
+// BenchmarkKafkaCeilingDecode is the ceiling: a consumer group reading the
+// input read_committed and decoding each record, nothing else.
+// readings/s counts from the first record to the last.
+func BenchmarkKafkaCeilingDecode(b *testing.B) {
+	env := testenv.Load(b)
+	topic := benchInput(b, env)
+	for range b.N {
+		cl := env.Kafka(b, kgo.ConsumerGroup(env.Group(b)), kgo.ConsumeTopics(topic), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		ctx := testenv.Context(b, 5*time.Minute)
+		var dec schemas.RawDecoder
+		var r schemas.Reading
+		n := 0
+		var start time.Time
+		for n < benchN {
+			fs := cl.PollRecords(ctx, 10000)
+			if err := ctx.Err(); err != nil {
+				b.Fatal(err)
+			}
+			fs.EachRecord(func(rec *kgo.Record) {
+				if start.IsZero() {
+					start = time.Now()
+				}
+				if err := dec.Decode(rec.Value, &r); err != nil {
+					b.Fatal(err)
+				}
+				n++
+			})
+		}
+		el := time.Since(start)
+		b.ReportMetric(float64(n)/el.Seconds(), "readings/s")
+		b.ReportMetric(el.Seconds()*1e6/float64(n), "µs/reading")
+		cl.Close()
+	}
+}
+
+// BenchmarkKafkaExactlyOnce runs the processor (exactly once: transactions,
+// changelog, read_committed) over the input until every input offset is
+// committed. readings/s counts from the first record processed to the
+// commit of the last.
+func BenchmarkKafkaExactlyOnce(b *testing.B) {
+	env := testenv.Load(b)
+	topic := benchInput(b, env)
+	for range b.N {
+		topics := Topics{Raw: topic, Metrics: env.Topic(b, 3, nil), DLQ: env.Topic(b, 1, nil),
+			Changelog: env.Topic(b, 3, map[string]string{"cleanup.policy": "compact"})}
+		group := env.Group(b)
+		cfg := Config{
+			Kafka: kafkax.Config{Brokers: env.KafkaBrokers}, Group: group, InstanceID: "bench", Topics: topics,
+			Window: WindowConfig{Size: time.Minute, Lateness: 5 * time.Second, IdleTimeout: time.Hour},
+		}
+		if d, err := time.ParseDuration(os.Getenv("IOTPIPE_BENCH_COMMIT_INTERVAL")); err == nil {
+			cfg.CommitInterval = d
+		}
+		p, err := New(cfg, benchLogger())
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		adm := env.KafkaAdmin(b)
+		tctx := testenv.Context(b, 10*time.Minute)
+		ends, err := adm.ListEndOffsets(tctx, topic)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var start time.Time
+		for start.IsZero() {
+			if testutil.ToFloat64(p.m.recordsIn) > 0 {
+				start = time.Now()
+			}
+			time.Sleep(time.Millisecond)
+		}
+		for {
+			offs, err := adm.FetchOffsets(tctx, group)
+			if err == nil && caughtUp(offs, ends, topic) {
+				break
+			}
+			if tctx.Err() != nil {
+				b.Fatal("timeout")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		el := time.Since(start)
+		b.ReportMetric(float64(benchN)/el.Seconds(), "readings/s")
+		b.ReportMetric(el.Seconds()*1e6/float64(benchN), "µs/reading")
+		b.ReportMetric(testutil.ToFloat64(p.m.txns.WithLabelValues("committed")), "txns")
+		b.ReportMetric(testutil.ToFloat64(p.m.changelogBytes)/float64(benchN), "changelog-B/reading")
+		cancel()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func caughtUp(offs kadm.OffsetResponses, ends kadm.ListedOffsets, topic string) bool {
+	ok := true
+	ends.Each(func(e kadm.ListedOffset) {
+		o, found := offs.Lookup(topic, e.Partition)
+		if !found || o.At < e.Offset {
+			ok = false
+		}
+	})
+	return ok
+}
+
+func benchLogger() *slog.Logger {
+	if os.Getenv("IOTPIPE_TEST_LOGS") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return nil
+}

@@ -1,0 +1,113 @@
+package processor
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/schemas"
+)
+
+// task processes the records of one input partition: decode, aggregate,
+// and turn what the engine emits, rejects and changes into Kafka records.
+// It does no I/O itself: records go to out, and the caller produces them
+// inside its transaction.
+type task struct {
+	partition int32
+	eng       *Engine
+	topics    Topics
+	m         *metrics
+	dec       schemas.RawDecoder
+	r         schemas.Reading
+}
+
+// Topics names the topics a processor reads and writes.
+type Topics struct {
+	// Raw is the input: telemetry.raw records.
+	Raw string
+	// Metrics receives WindowMetric and Activity records.
+	Metrics string
+	// DLQ receives undecodable and late input.
+	DLQ string
+	// Changelog is the compacted topic holding the state of open windows,
+	// with as many partitions as Raw.
+	Changelog string
+}
+
+func newTask(partition int32, eng *Engine, topics Topics, m *metrics) *task {
+	return &task{partition: partition, eng: eng, topics: topics, m: m}
+}
+
+// handle processes one input record at wall-clock time now.
+func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
+	t.m.recordsIn.Inc()
+	if err := t.dec.Decode(rec.Value, &t.r); err != nil {
+		t.m.rejected(schemas.ReasonInvalidRecord)
+		out(t.deadLetter(rec, schemas.ReasonInvalidRecord, err.Error(), now))
+		return
+	}
+	switch t.eng.Add(&t.r, now) {
+	case Accepted:
+		t.m.accepted.Inc()
+	case Duplicate:
+		t.m.duplicates.Inc()
+	case Late:
+		t.m.rejected(schemas.ReasonLate)
+		wm, _ := t.eng.Watermark()
+		out(t.deadLetter(rec, schemas.ReasonLate, fmt.Sprintf(
+			"event time %s is in a window that closed for good: its end plus the allowed lateness %s is not after the watermark %s",
+			t.r.EventTime.Format(time.RFC3339Nano), t.eng.cfg.Lateness, wm.Format(time.RFC3339Nano)), now))
+	}
+}
+
+func (t *task) deadLetter(rec *kgo.Record, reason schemas.Reason, msg string, now time.Time) *kgo.Record {
+	d := schemas.DeadLetter{
+		Value: rec.Value, Key: rec.Key, Reason: reason, Error: msg, Stage: schemas.StageProcessor,
+		SourceTopic: rec.Topic, SourcePartition: rec.Partition, SourceOffset: rec.Offset,
+		Time: now.UTC().Truncate(time.Microsecond),
+	}
+	r := d.Record()
+	r.Topic = t.topics.DLQ
+	return r
+}
+
+// advance lets the engine emit what the watermark allows at now, and
+// appends the metrics records to out.
+func (t *task) advance(now time.Time, out func(*kgo.Record)) {
+	t.eng.Advance(now, func(em *Emission) {
+		var v []byte
+		var key string
+		var ws time.Time
+		if em.Metric != nil {
+			v = schemas.AppendMetric(make([]byte, 0, 512), em.Metric)
+			key, ws = em.Metric.DeviceID, em.Metric.WindowStart
+			t.m.emitted.WithLabelValues("metric").Inc()
+			if em.Metric.Revision == 1 {
+				t.m.emitDelay.Observe(now.Sub(em.Metric.WindowEnd).Seconds())
+			}
+		} else {
+			v = schemas.AppendActivity(make([]byte, 0, 320), em.Activity)
+			key, ws = em.Activity.DeviceID, em.Activity.WindowStart
+			t.m.emitted.WithLabelValues("activity").Inc()
+		}
+		out(&kgo.Record{
+			Topic: t.topics.Metrics, Key: []byte(key), Value: v, Timestamp: ws,
+			Headers: schemas.RecordHeaders(""),
+		})
+	})
+}
+
+// changes appends the changelog records of the state changed since the
+// last call; they go to the changelog partition numbered like the input
+// partition.
+func (t *task) changes(out func(*kgo.Record)) {
+	t.eng.Changes(func(k, v []byte) {
+		r := &kgo.Record{Topic: t.topics.Changelog, Partition: t.partition, Key: append([]byte(nil), k...)}
+		if v != nil {
+			r.Value = append([]byte(nil), v...)
+			t.m.changelogBytes.Add(float64(len(k) + len(v)))
+		}
+		out(r)
+	})
+}
