@@ -151,7 +151,10 @@ func (o *initFlags) config() (setup.Config, error) {
 			{Name: o.topicDLQ, Partitions: int32(o.dlqParts), Purpose: "dead letters",
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.dlqRet)}},
 			{Name: o.topicChangelog, Partitions: int32(o.rawParts), Purpose: "processor changelog",
-				Configs: map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}},
+				// Compaction never touches the active segment, so roll it
+				// often: the processor's restore time stays bounded.
+				Configs: map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+					"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}},
 		},
 		PostgresDSN: o.pgDSN,
 		Migrations:  mopts,
