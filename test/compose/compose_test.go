@@ -1,0 +1,206 @@
+// Package compose tests docker-compose.yml without Docker (no image can be
+// pulled where the tests run): the file loads and validates with the
+// Compose specification's own loader, every IOTPIPE_* variable it gives an
+// iotpipe service is one that command reads, every long-running service has
+// a healthcheck, depends_on has no cycle, and every iotpipe stage accepts
+// its compose settings (--check-config).
+package compose
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+
+	composecli "github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/iotpipe/iotpipe/internal/cli"
+)
+
+func repoRoot(t *testing.T) string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("cannot locate the repository")
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+func load(t *testing.T) *types.Project {
+	t.Helper()
+	root := repoRoot(t)
+	opts, err := composecli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+		composecli.WithWorkingDirectory(root),
+		composecli.WithProfiles([]string{"*"}),
+		composecli.WithEnv([]string{}), // defaults only: what `docker compose up` uses on a clean machine
+		composecli.WithDiscardEnvFile,
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatalf("docker-compose.yml does not load: %v", err)
+	}
+	return p
+}
+
+// iotpipeArgs returns the iotpipe command line of a service that runs the
+// iotpipe image, or nil.
+func iotpipeArgs(s types.ServiceConfig) []string {
+	if !strings.HasPrefix(s.Image, "iotpipe") && !strings.Contains(s.Image, "IOTPIPE_IMAGE") && s.Build == nil {
+		return nil
+	}
+	return []string(s.Command)
+}
+
+var envName = regexp.MustCompile(`IOTPIPE_[A-Z0-9_]+`)
+
+// readsEnv lists the IOTPIPE_* variables a command reads, from its --help
+// (which shows every flag's variable).
+func readsEnv(t *testing.T, args []string) map[string]bool {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := cli.Run(context.Background(), cli.Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}, append(append([]string{}, args...), "--help"))
+	if code != cli.ExitOK {
+		t.Fatalf("iotpipe %s --help: exit %d: %s", strings.Join(args, " "), code, errOut.String())
+	}
+	vars := map[string]bool{}
+	for _, v := range envName.FindAllString(out.String(), -1) {
+		vars[v] = true
+	}
+	if len(vars) == 0 {
+		t.Fatalf("iotpipe %s --help names no IOTPIPE_* variable", strings.Join(args, " "))
+	}
+	return vars
+}
+
+func TestServicesUseOnlyVariablesTheBinaryReads(t *testing.T) {
+	p := load(t)
+	stages := 0
+	for name, s := range p.Services {
+		args := iotpipeArgs(s)
+		if args == nil {
+			continue
+		}
+		stages++
+		reads := readsEnv(t, args)
+		for k := range s.Environment {
+			if strings.HasPrefix(k, "IOTPIPE_") && !reads[k] {
+				t.Errorf("service %s sets %s, which `iotpipe %s` does not read", name, k, strings.Join(args, " "))
+			}
+		}
+	}
+	if stages < 5 {
+		t.Fatalf("found %d iotpipe services, want init, bridge, processor and both sinks", stages)
+	}
+}
+
+func TestStagesAcceptComposeSettings(t *testing.T) {
+	p := load(t)
+	for name, s := range p.Services {
+		args := iotpipeArgs(s)
+		if args == nil {
+			continue
+		}
+		env := map[string]string{}
+		for k, v := range s.Environment {
+			if v != nil {
+				env[k] = *v
+			}
+		}
+		var out, errOut bytes.Buffer
+		code := cli.Run(context.Background(), cli.Env{Stdout: &out, Stderr: &errOut, Getenv: func(k string) string { return env[k] }},
+			append(append([]string{}, args...), "--check-config"))
+		if code != cli.ExitOK {
+			t.Errorf("service %s: iotpipe %s --check-config: exit %d: %s", name, strings.Join(args, " "), code, errOut.String())
+		}
+	}
+}
+
+func TestHealthchecks(t *testing.T) {
+	p := load(t)
+	jobs := map[string]bool{}
+	for _, s := range p.Services {
+		for dep, d := range s.DependsOn {
+			if d.Condition == types.ServiceConditionCompletedSuccessfully {
+				jobs[dep] = true
+			}
+		}
+	}
+	for name, s := range p.Services {
+		if jobs[name] {
+			if s.Restart != "no" {
+				t.Errorf("one-shot job %s must not restart (restart: %q)", name, s.Restart)
+			}
+			continue
+		}
+		if s.HealthCheck == nil || s.HealthCheck.Disable || len(s.HealthCheck.Test) == 0 {
+			t.Errorf("service %s has no healthcheck", name)
+		}
+	}
+}
+
+func TestDependsOnHasNoCycle(t *testing.T) {
+	p := load(t)
+	const (
+		unvisited = iota
+		visiting
+		done
+	)
+	state := map[string]int{}
+	var path []string
+	var visit func(string)
+	visit = func(n string) {
+		switch state[n] {
+		case visiting:
+			t.Fatalf("depends_on cycle: %s -> %s", strings.Join(path, " -> "), n)
+		case done:
+			return
+		}
+		state[n] = visiting
+		path = append(path, n)
+		s, ok := p.Services[n]
+		if !ok {
+			t.Fatalf("depends_on names unknown service %s", n)
+		}
+		deps := make([]string, 0, len(s.DependsOn))
+		for d := range s.DependsOn {
+			deps = append(deps, d)
+		}
+		sort.Strings(deps)
+		for _, d := range deps {
+			visit(d)
+		}
+		path = path[:len(path)-1]
+		state[n] = done
+	}
+	for n := range p.Services {
+		visit(n)
+	}
+}
+
+var withDefault = regexp.MustCompile(`\$\{[A-Z0-9_]+:-[^}]*\}`)
+
+// TestNoPasswordsBakedIn checks that every development password in the
+// file is the default of a variable, so operators can set their own.
+func TestNoPasswordsBakedIn(t *testing.T) {
+	load(t)
+	raw := readFile(t, filepath.Join(repoRoot(t), "docker-compose.yml"))
+	for _, line := range strings.Split(raw, "\n") {
+		l := strings.TrimSpace(line)
+		if strings.HasPrefix(l, "#") {
+			continue
+		}
+		rest := withDefault.ReplaceAllString(l, "")
+		for _, secret := range []string{"iotpipe-dev", "sink-dev", "grafana-dev", "device-dev"} {
+			if strings.Contains(rest, secret) {
+				t.Errorf("password %q not taken from a variable: %s", secret, l)
+			}
+		}
+	}
+}
