@@ -1,0 +1,339 @@
+//go:build integration
+
+package bridge
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+
+	"github.com/iotpipe/iotpipe/internal/devicesim"
+	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/testenv"
+)
+
+// BenchmarkBridgeVsPipeline measures how fast a queued load drains from
+// Mosquitto through the bridge into Kafka (QoS 1, ack after Kafka), and
+// the same load through `mosquitto_sub -q 1 | kcat -P` (no guarantee: the
+// subscriber acknowledges on receipt), in the same run. Each consumer has
+// its own persistent session in its own share group; the fleet publishes
+// the load once while they are all offline, then each drains its copy in
+// turn. Reported: messages/s, CPU µs per message of the consuming
+// processes (from /proc), and for the bridge heap allocations per
+// message (go_memstats_mallocs_total). Load: IOTPIPE_BENCH_MESSAGES
+// (default 100000) from 1000 devices.
+//
+//	go test -tags integration -run '^$' -bench BridgeVsPipeline -benchtime 1x ./bridge/
+func BenchmarkBridgeVsPipeline(b *testing.B) {
+	n := 100_000
+	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_MESSAGES")); err == nil && v > 0 {
+		n = v
+	}
+	env := testenv.Load(b)
+	prefix := env.MQTTPrefix(b)
+	template := prefix + "/{device_id}/telemetry"
+	filter := prefix + "/+/telemetry"
+	variants := []string{"lz4", "zstd", "snappy", "none"}
+	type target struct {
+		name, group, clientID, topic string
+	}
+	var targets []target
+	for _, c := range variants {
+		targets = append(targets, target{"bridge-" + c, testenv.Name(b, "g"), testenv.Name(b, "bridge"), envTopic(b, env)})
+	}
+	targets = append(targets, target{"pipeline", testenv.Name(b, "g"), testenv.Name(b, "sub"), envTopic(b, env)})
+	dlq := envTopic(b, env)
+	for _, tg := range targets {
+		b.Cleanup(func() { endSessionTB(b, env, tg.clientID) })
+	}
+	bin := binary(b)
+	bridgeArgs := func(tg target, compression string) []string {
+		args := []string{"bridge", "--mqtt-url", env.MQTTURL, "--mqtt-client-id", tg.clientID,
+			"--mqtt-username", env.MQTTUsername, "--mqtt-password", env.MQTTPassword,
+			"--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
+			"--kafka-brokers", strings.Join(env.KafkaBrokers, ","), "--topic-raw", tg.topic, "--topic-dlq", dlq,
+			"--topic-template", template, "--kafka-compression", compression, "--log-format", "json"}
+		// IOTPIPE_BENCH_BRIDGE_ARGS adds flags, e.g. "--mqtt-receive-maximum 4000".
+		args = append(args, strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
+		return args
+	}
+	subArgs := func(tg target, extra ...string) []string {
+		host, port, _ := net.SplitHostPort(env.MQTTAddr(b))
+		return append([]string{"-h", host, "-p", port, "-u", env.MQTTUsername, "-P", env.MQTTPassword, "-V", "5",
+			"-q", "1", "-c", "-i", tg.clientID, "-x", "600", "-t", "$share/" + tg.group + "/" + filter}, extra...)
+	}
+	// 1. Create every session and subscription, then go offline.
+	for i, tg := range targets {
+		if tg.name == "pipeline" {
+			if out, err := exec.Command("mosquitto_sub", subArgs(tg, "-E")...).CombinedOutput(); err != nil {
+				b.Fatalf("mosquitto_sub -E: %v %s", err, out)
+			}
+			continue
+		}
+		p := startBench(b, bin, append(bridgeArgs(tg, variants[i]), "--http-addr", ""))
+		p.stop(b)
+	}
+	// 2. Publish the load once; every session queues a copy.
+	sim, err := devicesim.New(devicesim.Config{URL: env.MQTTURL, Username: env.MQTTUsername, Password: env.MQTTPassword,
+		Devices: 1000, MessagesPerDevice: n / 1000, TopicTemplate: template})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pubStart := time.Now()
+	var ru0, ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	if err := sim.Run(testenv.Context(b, 10*time.Minute)); err != nil {
+		b.Fatal(err)
+	}
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	st := sim.Stats()
+	simCPU := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
+	b.Logf("fleet published %d QoS 1 messages in %s (%.0f msg/s), devicesim CPU %.2f µs/msg", st.Acked, time.Since(pubStart).Round(time.Millisecond),
+		float64(st.Acked)/time.Since(pubStart).Seconds(), float64(simCPU.Microseconds())/float64(st.Acked))
+	total := int(st.Acked)
+	adm := env.KafkaAdmin(b)
+
+	results := map[string]float64{}
+	b.ResetTimer()
+	for i, tg := range targets {
+		b.Run(tg.name, func(b *testing.B) {
+			if b.N > 1 {
+				b.Skip("the queued load drains once: use -benchtime 1x")
+			}
+			start := time.Now()
+			var cpu func() time.Duration
+			var mallocs func() float64
+			var stop func()
+			if tg.name == "pipeline" {
+				// -C: exit after the load, so that its buffered stdout
+				// reaches kcat.
+				sub := exec.Command("mosquitto_sub", subArgs(tg, "-C", strconv.Itoa(total))...)
+				kc := exec.Command("kcat", "-P", "-b", strings.Join(env.KafkaBrokers, ","), "-t", tg.topic,
+					"-z", "lz4", "-X", "linger.ms=5", "-X", "acks=all")
+				pipe, err := sub.StdoutPipe()
+				if err != nil {
+					b.Fatal(err)
+				}
+				kc.Stdin = pipe
+				if err := kc.Start(); err != nil {
+					b.Fatal(err)
+				}
+				if err := sub.Start(); err != nil {
+					b.Fatal(err)
+				}
+				cpu = func() time.Duration { return procCPU(b, sub.Process.Pid) + procCPU(b, kc.Process.Pid) }
+				stop = func() {
+					_ = sub.Process.Signal(syscall.SIGTERM)
+					_ = sub.Wait()
+					_ = kc.Wait()
+				}
+			} else {
+				addr := freeAddr(b)
+				p := startBench(b, bin, append(bridgeArgs(tg, variants[i]), "--http-addr", addr))
+				cpu = func() time.Duration { return procCPU(b, p.cmd.Process.Pid) }
+				base := metric(b, addr, "go_memstats_mallocs_total")
+				mallocs = func() float64 { return metric(b, addr, "go_memstats_mallocs_total") - base }
+				stop = func() { p.stop(b) }
+			}
+			waitOffsets(b, adm, tg.topic, total)
+			el := time.Since(start)
+			c := cpu()
+			rate := float64(total) / el.Seconds()
+			results[tg.name] = rate
+			b.ReportMetric(rate, "msgs/s")
+			b.ReportMetric(float64(c.Microseconds())/float64(total), "cpu-µs/msg")
+			if mallocs != nil {
+				b.ReportMetric(mallocs()/float64(total), "allocs/msg")
+			}
+			b.ReportMetric(0, "ns/op")
+			stop()
+		})
+	}
+	if p := results["pipeline"]; p > 0 {
+		for _, c := range variants {
+			b.Logf("bridge (%s) / pipeline throughput: %.2f (%.0f vs %.0f msg/s)", c, results["bridge-"+c]/p, results["bridge-"+c], p)
+		}
+	}
+}
+
+func envTopic(b *testing.B, env *testenv.Env) string { return env.Topic(b, 6, nil) }
+
+func endSessionTB(b *testing.B, env *testenv.Env, clientID string) {
+	host, port, _ := net.SplitHostPort(env.MQTTAddr(b))
+	_ = exec.Command("mosquitto_sub", "-h", host, "-p", port, "-u", env.MQTTUsername, "-P", env.MQTTPassword,
+		"-V", "5", "-i", clientID, "-t", "x/never", "-E").Run()
+}
+
+type benchProc struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+func startBench(b *testing.B, bin string, args []string) *benchProc {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &benchProc{cmd: cmd, exited: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		once := false
+		for sc.Scan() {
+			if !once && strings.Contains(sc.Text(), `"mqtt subscribed"`) {
+				once = true
+				close(ready)
+			}
+		}
+		_ = cmd.Wait()
+		close(p.exited)
+	}()
+	b.Cleanup(func() { _ = cmd.Process.Kill(); <-p.exited })
+	select {
+	case <-ready:
+	case <-p.exited:
+		b.Fatal("bridge exited")
+	case <-time.After(time.Minute):
+		b.Fatal("bridge not ready")
+	}
+	return p
+}
+
+func (p *benchProc) stop(b *testing.B) {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(time.Minute):
+		b.Fatal("bridge did not stop")
+	}
+}
+
+// procCPU is the user+system CPU time of a process.
+func procCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	stt, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+stt) * (time.Second / 100)
+}
+
+func freeAddr(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func metric(b *testing.B, addr, name string) float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			v, _ := strconv.ParseFloat(rest, 64)
+			return v
+		}
+	}
+	b.Fatalf("metric %s not found", name)
+	return 0
+}
+
+func waitOffsets(b *testing.B, adm *kadm.Client, topic string, want int) {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		offs, err := adm.ListEndOffsets(ctx, topic)
+		cancel()
+		if err == nil {
+			sum := int64(0)
+			offs.Each(func(o kadm.ListedOffset) { sum += o.Offset })
+			if sum >= int64(want) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("topic %s: fewer than %d records after 5 minutes", topic, want)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+// BenchmarkBridgeDrain drains a queued load through a bridge running in
+// this process, so that -cpuprofile and -memprofile show where the
+// bridge's time and allocations go (the fleet publishes before the timer
+// starts, while the bridge is offline).
+//
+//	go test -tags integration -run '^$' -bench BridgeDrain -benchtime 1x -cpuprofile cpu.out ./bridge/
+func BenchmarkBridgeDrain(b *testing.B) {
+	n := 100_000
+	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_MESSAGES")); err == nil && v > 0 {
+		n = v
+	}
+	env := testenv.Load(b)
+	s := &setup{env: env, prefix: env.MQTTPrefix(b), raw: env.Topic(b, 6, nil), dlq: env.Topic(b, 2, nil), group: testenv.Name(b, "share")}
+	clientID := testenv.Name(b, "bridge")
+	b.Cleanup(func() { endSessionTB(b, env, clientID) })
+	cfg := Config{
+		MQTT: MQTTConfig{URLs: []string{env.MQTTURL}, ClientID: clientID, Username: env.MQTTUsername,
+			Password: env.MQTTPassword, ShareGroup: s.group, SessionExpiry: 10 * time.Minute},
+		Kafka:    kafkax.Config{Brokers: env.KafkaBrokers},
+		TopicRaw: s.raw, TopicDLQ: s.dlq, TopicTemplate: s.template(),
+	}
+	run := func() (*Bridge, context.CancelFunc, chan error) {
+		br, err := New(cfg, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- br.Run(ctx) }()
+		for br.MQTTReady(ctx) != nil {
+			time.Sleep(10 * time.Millisecond) // polling for readiness
+		}
+		return br, cancel, done
+	}
+	_, cancel, done := run()
+	cancel()
+	<-done
+	sim, err := devicesim.New(devicesim.Config{URL: env.MQTTURL, Username: env.MQTTUsername, Password: env.MQTTPassword,
+		Devices: 1000, MessagesPerDevice: n / 1000, TopicTemplate: s.template()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := sim.Run(testenv.Context(b, 10*time.Minute)); err != nil {
+		b.Fatal(err)
+	}
+	adm := env.KafkaAdmin(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	_, cancel, done = run()
+	waitOffsets(b, adm, s.raw, int(sim.Stats().Acked))
+	el := time.Since(start)
+	b.StopTimer()
+	cancel()
+	<-done
+	b.ReportMetric(float64(sim.Stats().Acked)/el.Seconds(), "msgs/s")
+}

@@ -1,0 +1,587 @@
+package bridge
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/schemas"
+)
+
+// ReasonKafkaRejected is the DLQ reason of a valid reading whose
+// telemetry.raw record Kafka refused for good (for example a record too
+// large for the topic). It is not (yet) one of the schemas reasons.
+const ReasonKafkaRejected schemas.Reason = "kafka_rejected"
+
+// ErrDLQRejected is returned by Run when Kafka refused a dead letter for
+// good: the message cannot be stored anywhere, so it is left
+// unacknowledged (the broker keeps it) and the bridge stops instead of
+// dropping it.
+var ErrDLQRejected = errors.New("kafka refused a dead-letter record")
+
+// ErrMissingTopic is returned by Run when a configured Kafka topic does
+// not exist (the bridge does not create topics; see `iotpipe init`).
+var ErrMissingTopic = errors.New("kafka topic does not exist")
+
+// Stats are the bridge's counters since New, for tests and reports.
+type Stats struct {
+	Received    int64
+	ProducedRaw int64
+	ProducedDLQ int64
+	Unacked     int64
+	Connections int64
+	// Redelivered counts messages the broker sent again (DUP flag).
+	Redelivered int64
+}
+
+// Bridge moves MQTT messages into Kafka. Create it with New and run it
+// with Run, once.
+type Bridge struct {
+	cfg  Config
+	log  *slog.Logger
+	m    *metrics
+	tmpl *schemas.TopicTemplate
+
+	// dec and reading are used only by paho's router goroutine, of which
+	// one runs at a time (autopaho waits for a connection's goroutines to
+	// end before it reconnects).
+	dec     *schemas.Decoder
+	reading schemas.Reading
+
+	slots    chan struct{} // in-flight limit: one token per record not yet acknowledged by Kafka
+	pending  sync.WaitGroup
+	stopping atomic.Bool
+	stopCh   chan struct{}
+	fatal    chan error
+
+	kcl        atomic.Pointer[kgo.Client]
+	mqttUp     atomic.Bool
+	subscribed atomic.Bool
+
+	received, producedRaw, producedDLQ, unacked, connections atomic.Int64
+	redelivered, redeliveredLogged                           atomic.Int64
+	acked, maxUnacked                                        atomic.Int64
+}
+
+// New validates cfg and returns a bridge. reg receives the bridge's
+// metrics (nil: not registered).
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Bridge, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("bridge config: %w", err)
+	}
+	cfg = cfg.WithDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tmpl, err := schemas.ParseTopicTemplate(cfg.TopicTemplate)
+	if err != nil {
+		return nil, fmt.Errorf("bridge config: TopicTemplate: %w", err)
+	}
+	opts := cfg.Decode
+	opts.Topic = tmpl
+	dec, err := schemas.NewDecoder(opts)
+	if err != nil {
+		return nil, fmt.Errorf("bridge config: Decode: %w", err)
+	}
+	return &Bridge{
+		cfg:    cfg,
+		log:    log,
+		m:      newMetrics(reg),
+		tmpl:   tmpl,
+		dec:    dec,
+		slots:  make(chan struct{}, cfg.MQTT.ReceiveMaximum),
+		stopCh: make(chan struct{}),
+		fatal:  make(chan error, 1),
+	}, nil
+}
+
+// Config returns the configuration in use, defaults applied.
+func (b *Bridge) Config() Config { return b.cfg }
+
+// Stats returns the counters since New.
+func (b *Bridge) Stats() Stats {
+	return Stats{
+		Received: b.received.Load(), ProducedRaw: b.producedRaw.Load(), ProducedDLQ: b.producedDLQ.Load(),
+		Unacked: b.unacked.Load(), Connections: b.connections.Load(), Redelivered: b.redelivered.Load(),
+	}
+}
+
+// MQTTReady is a readiness check: nil while the MQTT connection is up and
+// the subscriptions of this connection are confirmed.
+func (b *Bridge) MQTTReady(context.Context) error {
+	if !b.mqttUp.Load() {
+		return errors.New("not connected to the MQTT broker")
+	}
+	if !b.subscribed.Load() {
+		return errors.New("connected to the MQTT broker, subscription not confirmed")
+	}
+	return nil
+}
+
+// KafkaReady is a readiness check: nil when a Kafka broker answers.
+func (b *Bridge) KafkaReady(ctx context.Context) error {
+	cl := b.kcl.Load()
+	if cl == nil {
+		return errors.New("kafka client not started")
+	}
+	return cl.Ping(ctx)
+}
+
+func (b *Bridge) kafkaOpts() []kgo.Opt {
+	codec, _ := compressionCodec(b.cfg.Compression)
+	return b.cfg.Kafka.Opts(
+		// acks=all and idempotence are franz-go's defaults; retries are
+		// unlimited and there is no delivery timeout, so an outage means
+		// waiting, never loss.
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerBatchCompression(codec),
+		kgo.ProducerLinger(b.cfg.Linger),
+		kgo.ProducerBatchMaxBytes(int32(b.cfg.BatchMaxBytes)),
+		// The in-flight limit (slots) keeps fewer records than this
+		// buffered, so Produce never blocks; a DLQ fallback may add one
+		// record per slot.
+		kgo.MaxBufferedRecords(2*b.cfg.MQTT.ReceiveMaximum+16),
+		kgo.RecordDeliveryTimeout(0),
+	)
+}
+
+// Run connects to Kafka and the MQTT broker and moves messages until ctx
+// is cancelled; then it drains (see Config.ShutdownTimeout) and returns
+// nil. It returns an error when a topic is missing or Kafka refuses a
+// dead letter (ErrDLQRejected).
+func (b *Bridge) Run(ctx context.Context) error {
+	kcl, err := kgo.NewClient(b.kafkaOpts()...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer kcl.Close()
+	b.kcl.Store(kcl)
+
+	if err := b.checkTopics(ctx, kcl); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+
+	var subs sync.WaitGroup
+	mqttCtx, mqttCancel := context.WithCancel(context.Background())
+	defer mqttCancel()
+	cm, err := autopaho.NewConnection(mqttCtx, b.mqttConfig(kcl, mqttCtx, &subs))
+	if err != nil {
+		return fmt.Errorf("mqtt: %w", err)
+	}
+	b.log.Info("bridge started", "mqtt", b.cfg.MQTT.URLs, "client_id", b.cfg.MQTT.ClientID,
+		"filters", b.sharedFilters(), "raw", b.cfg.TopicRaw, "dlq", b.cfg.TopicDLQ,
+		"receive_maximum", b.cfg.MQTT.ReceiveMaximum)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-b.fatal:
+		b.log.Error("bridge stopping on a fatal error", "err", runErr)
+	}
+	b.shutdown(cm, kcl)
+	mqttCancel()
+	subs.Wait()
+	return runErr
+}
+
+// shutdown is the two-phase stop: stop taking messages, wait for the
+// records in flight and their acknowledgements (soft), then disconnect
+// (hard, at ShutdownTimeout at the latest).
+func (b *Bridge) shutdown(cm *autopaho.ConnectionManager, kcl *kgo.Client) {
+	start := time.Now()
+	b.stopping.Store(true)
+	close(b.stopCh)
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
+	defer cancel()
+
+	drained := make(chan struct{})
+	go func() { b.pending.Wait(); close(drained) }()
+	select {
+	case <-drained:
+		// paho sends released acknowledgements every AckInterval.
+		t := time.NewTimer(3*b.cfg.MQTT.AckInterval + 20*time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	case <-ctx.Done():
+		b.log.Warn("shutdown timeout: leaving in-flight messages unacknowledged for redelivery",
+			"in_flight", len(b.slots), "timeout", b.cfg.ShutdownTimeout)
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer dcancel()
+	if err := cm.Disconnect(dctx); err != nil {
+		b.log.Warn("mqtt disconnect", "err", err)
+	}
+	b.log.Info("bridge stopped", "drain", time.Since(start).Round(time.Millisecond),
+		"received", b.received.Load(), "raw", b.producedRaw.Load(), "dlq", b.producedDLQ.Load(),
+		"unacknowledged", b.unacked.Load(), "max_in_flight", b.maxUnacked.Load())
+}
+
+// checkTopics waits until Kafka answers, then checks that both topics
+// exist.
+func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
+	adm := kadm.NewClient(kcl)
+	start := time.Now()
+	backoff := 100 * time.Millisecond
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		td, err := adm.ListTopics(tctx, b.cfg.TopicRaw, b.cfg.TopicDLQ)
+		cancel()
+		if err == nil {
+			err = nil
+			for _, t := range []string{b.cfg.TopicRaw, b.cfg.TopicDLQ} {
+				d, ok := td[t]
+				switch {
+				case !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition):
+					// A topic created a moment ago may not be in the
+					// metadata yet: give it a few seconds.
+					if time.Since(start) > 10*time.Second {
+						return fmt.Errorf("%w: %s (create it with `iotpipe init`)", ErrMissingTopic, t)
+					}
+					err = fmt.Errorf("%w: %s", ErrMissingTopic, t)
+				case d.Err != nil:
+					err = fmt.Errorf("topic %s: %w", t, d.Err)
+				}
+			}
+			if err == nil {
+				return nil
+			}
+		}
+		b.log.Warn("kafka not reachable yet; waiting", "brokers", b.cfg.Kafka.Brokers, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (b *Bridge) sharedFilters() []string {
+	out := make([]string, len(b.cfg.MQTT.Filters))
+	for i, f := range b.cfg.MQTT.Filters {
+		out[i] = "$share/" + b.cfg.MQTT.ShareGroup + "/" + f
+	}
+	return out
+}
+
+func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.WaitGroup) autopaho.ClientConfig {
+	mc := b.cfg.MQTT
+	urls := make([]*url.URL, 0, len(mc.URLs))
+	for _, s := range mc.URLs {
+		u, _ := parseBrokerURL(s)
+		urls = append(urls, u)
+	}
+	expiry := uint32(mc.SessionExpiry / time.Second)
+	recvMax := uint16(mc.ReceiveMaximum)
+	cfg := autopaho.ClientConfig{
+		ServerUrls:                    urls,
+		KeepAlive:                     uint16(mc.KeepAlive / time.Second),
+		CleanStartOnInitialConnection: false,
+		SessionExpiryInterval:         expiry,
+		ConnectTimeout:                mc.ConnectTimeout,
+		ReconnectBackoff:              autopaho.NewExponentialBackoff(mc.ReconnectMin, mc.ReconnectMax, 2*mc.ReconnectMin, 1.5),
+		ConnectUsername:               mc.Username,
+		ConnectPassword:               []byte(mc.Password),
+		AttemptConnection:             dialBuffered,
+		ConnectPacketBuilder: func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			if cp.Properties == nil {
+				cp.Properties = &paho.ConnectProperties{}
+			}
+			cp.Properties.SessionExpiryInterval = &expiry
+			cp.Properties.ReceiveMaximum = &recvMax
+			return cp, nil
+		},
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, ca *paho.Connack) {
+			b.mqttUp.Store(true)
+			b.m.connected.Set(1)
+			b.m.connections.Inc()
+			n := b.connections.Add(1)
+			b.log.Info("mqtt connected", "session_present", ca.SessionPresent, "connection", n)
+			subs.Add(1)
+			go func() { // OnConnectionUp must not block
+				defer subs.Done()
+				b.subscribe(ctx, cm)
+			}()
+		},
+		OnConnectionDown: func() bool {
+			b.mqttUp.Store(false)
+			b.subscribed.Store(false)
+			b.m.connected.Set(0)
+			b.log.Warn("mqtt connection lost; reconnecting")
+			return true
+		},
+		OnConnectError: func(err error) {
+			b.m.connectErrors.Inc()
+			b.log.Warn("mqtt connect failed", "err", err)
+		},
+		ClientConfig: paho.ClientConfig{
+			ClientID:                   mc.ClientID,
+			EnableManualAcknowledgment: true,
+			SendAcksInterval:           mc.AckInterval,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+				func(pr paho.PublishReceived) (bool, error) { return b.onPublish(kcl, pr) },
+			},
+			OnClientError: func(err error) { b.log.Warn("mqtt client error", "err", err) },
+			OnServerDisconnect: func(d *paho.Disconnect) {
+				b.log.Warn("mqtt broker disconnected us", "reason_code", d.ReasonCode)
+			},
+		},
+	}
+	if mc.AckInterval == 0 {
+		cfg.SendAcksInterval = time.Millisecond
+	}
+	return cfg
+}
+
+// bufferedConn buffers both directions of the MQTT connection. paho
+// reads each packet with several small reads (fixed header, length,
+// body) and writes each PUBACK with its own write: one system call each
+// on a bare connection, which the profile showed as the bridge's largest
+// cost. Reads go through a bufio.Reader (only paho's reader goroutine
+// reads). Writes are appended to a buffer that a flusher goroutine
+// writes out at once: writes made while one flush is under way go out
+// together in the next. Close flushes what is pending first.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+
+	mu      sync.Mutex
+	pending []byte
+	err     error
+	closed  bool
+	wake    chan struct{}
+	done    chan struct{}
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *bufferedConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	c.pending = append(c.pending, p...)
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (c *bufferedConn) flusher() {
+	defer close(c.done)
+	var out []byte
+	for range c.wake {
+		c.mu.Lock()
+		out, c.pending = c.pending, out[:0]
+		c.mu.Unlock()
+		if len(out) == 0 {
+			continue
+		}
+		if _, err := c.Conn.Write(out); err != nil {
+			c.mu.Lock()
+			c.err = err
+			c.mu.Unlock()
+		}
+	}
+}
+
+func (c *bufferedConn) Close() error {
+	c.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		close(c.wake) // the flusher writes what is pending, then ends
+	}
+	c.mu.Unlock()
+	t := time.NewTimer(2 * time.Second)
+	select {
+	case <-c.done:
+	case <-t.C: // a write stuck on a dead peer: closing unblocks it
+	}
+	t.Stop()
+	return c.Conn.Close()
+}
+
+func dialBuffered(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+	d := net.Dialer{Timeout: cfg.ConnectTimeout}
+	conn, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return nil, err
+	}
+	c := &bufferedConn{Conn: conn, r: bufio.NewReaderSize(conn, 64<<10), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go c.flusher()
+	return c, nil
+}
+
+func (b *Bridge) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) {
+	sub := &paho.Subscribe{}
+	for _, f := range b.sharedFilters() {
+		sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1})
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.cfg.MQTT.ConnectTimeout)
+	defer cancel()
+	sa, err := cm.Subscribe(sctx, sub)
+	if err != nil {
+		if ctx.Err() == nil {
+			b.log.Error("mqtt subscribe failed (the session keeps earlier subscriptions)", "filters", b.sharedFilters(), "err", err)
+		}
+		return
+	}
+	ok := true
+	for i, rc := range sa.Reasons {
+		if rc >= 0x80 {
+			ok = false
+			b.log.Error("mqtt subscription refused", "filter", sub.Subscriptions[min(i, len(sub.Subscriptions)-1)].Topic, "reason_code", rc)
+		}
+	}
+	if !ok {
+		return
+	}
+	b.subscribed.Store(true)
+	b.log.Info("mqtt subscribed", "filters", b.sharedFilters())
+}
+
+// onPublish handles one MQTT message on paho's router goroutine: decode,
+// produce, and acknowledge from the produce promise.
+func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, error) {
+	p := pr.Packet
+	if b.stopping.Load() {
+		b.noteUnacked(p)
+		return true, nil
+	}
+	select {
+	case b.slots <- struct{}{}:
+	case <-b.stopCh:
+		b.noteUnacked(p)
+		return true, nil
+	}
+	now := time.Now()
+	b.received.Add(1)
+	b.m.received.Inc()
+	if d := b.received.Load() - b.acked.Load(); d > b.maxUnacked.Load() {
+		b.maxUnacked.Store(d)
+	}
+	if p.Duplicate() {
+		b.redelivered.Add(1)
+		b.m.redelivered.Inc()
+	} else if n := b.redeliveredLogged.Load(); n != b.redelivered.Load() {
+		b.redeliveredLogged.Store(b.redelivered.Load())
+		b.log.Info("broker redelivered unacknowledged messages", "count", b.redelivered.Load()-n, "max_in_flight", b.maxUnacked.Load())
+	}
+	b.m.inFlight.Inc()
+	b.pending.Add(1)
+
+	var rec *kgo.Record
+	isRaw := false
+	if err := b.dec.Decode(p.Topic, p.Payload, now, &b.reading); err != nil {
+		rec = b.deadLetter(p, err, now)
+	} else {
+		value := schemas.AppendRaw(make([]byte, 0, 64+len(p.Payload)), &b.reading)
+		rec = schemas.RawRecord(value, &b.reading, p.Topic)
+		rec.Topic = b.cfg.TopicRaw
+		isRaw = true
+	}
+	cli := pr.Client
+	var promise func(*kgo.Record, error)
+	promise = func(r *kgo.Record, err error) {
+		switch {
+		case err == nil:
+			if isRaw {
+				b.producedRaw.Add(1)
+				b.m.producedRaw.Inc()
+			} else {
+				b.producedDLQ.Add(1)
+				b.m.producedDLQ.Inc()
+			}
+			b.acked.Add(1)
+			if p.QoS > 0 {
+				// An error here means the connection that delivered the
+				// message is gone; the broker redelivers it.
+				_ = cli.Ack(p)
+			}
+			b.m.produceLatency.Observe(time.Since(now).Seconds())
+		case errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+			b.noteUnacked(p)
+		case isRaw:
+			// Kafka refused the reading for good: keep it in the DLQ.
+			b.m.produceErrors.WithLabelValues("raw").Inc()
+			b.log.Error("kafka refused a raw record; sending it to the DLQ", "mqtt_topic", p.Topic, "err", err)
+			isRaw = false
+			dl := b.deadLetter(p, &schemas.RejectError{Reason: ReasonKafkaRejected, Detail: err.Error()}, now)
+			kcl.Produce(context.Background(), dl, promise)
+			return
+		default:
+			b.m.produceErrors.WithLabelValues("dlq").Inc()
+			b.noteUnacked(p)
+			select {
+			case b.fatal <- fmt.Errorf("%w (topic %s, mqtt topic %q): %w", ErrDLQRejected, b.cfg.TopicDLQ, p.Topic, err):
+			default:
+			}
+		}
+		b.m.inFlight.Dec()
+		<-b.slots
+		b.pending.Done()
+	}
+	kcl.Produce(context.Background(), rec, promise)
+	return true, nil
+}
+
+func (b *Bridge) noteUnacked(p *paho.Publish) {
+	if p.QoS > 0 {
+		b.unacked.Add(1)
+		b.m.unacked.Inc()
+	}
+}
+
+// deadLetter builds the DLQ record of a rejected message and counts it.
+func (b *Bridge) deadLetter(p *paho.Publish, err error, now time.Time) *kgo.Record {
+	reason, ok := schemas.ReasonOf(err)
+	if !ok {
+		reason = schemas.ReasonMalformedJSON
+	}
+	b.m.reject(reason)
+	dl := schemas.DeadLetter{
+		Value:           p.Payload,
+		Reason:          reason,
+		Error:           err.Error(),
+		Stage:           schemas.StageBridge,
+		SourceMQTTTopic: p.Topic,
+		SourcePartition: -1,
+		SourceOffset:    -1,
+		Time:            now.UTC().Truncate(time.Microsecond),
+	}
+	if id, ok := b.tmpl.DeviceID(p.Topic); ok {
+		dl.Key = []byte(id)
+	}
+	if n := len(dl.Value); n > b.cfg.DLQMaxValueBytes {
+		dl.Value = dl.Value[:b.cfg.DLQMaxValueBytes]
+		dl.Error = fmt.Sprintf("%s (value cut to its first %d of %d bytes)", dl.Error, b.cfg.DLQMaxValueBytes, n)
+	}
+	rec := dl.Record()
+	rec.Topic = b.cfg.TopicDLQ
+	return rec
+}

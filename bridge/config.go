@@ -1,0 +1,326 @@
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/schemas"
+)
+
+// Defaults of Config, used for fields left at zero by WithDefaults.
+const (
+	DefaultShareGroup       = "iotpipe"
+	DefaultSessionExpiry    = 24 * time.Hour
+	DefaultReceiveMaximum   = 1000
+	DefaultAckInterval      = 5 * time.Millisecond
+	DefaultKeepAlive        = 30 * time.Second
+	DefaultConnectTimeout   = 10 * time.Second
+	DefaultReconnectMin     = 500 * time.Millisecond
+	DefaultReconnectMax     = 5 * time.Second
+	DefaultCompression      = "lz4"
+	DefaultLinger           = 5 * time.Millisecond
+	DefaultBatchMaxBytes    = 1 << 20
+	DefaultDLQMaxValueBytes = 512 << 10
+	DefaultShutdownTimeout  = 30 * time.Second
+)
+
+// ClientIDPrefix is the start of the default MQTT client id; the host name
+// follows it, so that a restarted bridge resumes its own session.
+const ClientIDPrefix = "iotpipe-bridge-"
+
+// DefaultClientID returns ClientIDPrefix followed by the host name.
+func DefaultClientID() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "local"
+	}
+	return ClientIDPrefix + h
+}
+
+// MQTTConfig is how the bridge reaches the MQTT broker.
+type MQTTConfig struct {
+	// URLs are the broker addresses (mqtt://host:port), tried in order.
+	URLs []string
+	// ClientID must be stable across restarts of one bridge and unique
+	// among the bridges: the broker keeps the session (subscriptions and
+	// unacknowledged messages) under it.
+	ClientID string
+	// Username and Password authenticate the bridge; empty means none.
+	Username, Password string
+	// ShareGroup is the shared-subscription group: bridges of one group
+	// split the messages ($share/<group>/<filter>).
+	ShareGroup string
+	// Filters are the MQTT topic filters subscribed to (without the
+	// $share prefix). Empty means the filter of the topic template.
+	Filters []string
+	// SessionExpiry is how long the broker keeps the session, and queues
+	// QoS 1 messages for it, while the bridge is disconnected.
+	SessionExpiry time.Duration
+	// ReceiveMaximum is the MQTT v5 Receive Maximum sent in CONNECT: the
+	// most QoS 1 messages the broker sends without a PUBACK. It is the
+	// bridge's in-flight limit, bounding memory while Kafka is slow or
+	// down, and the bound on duplicates after a crash.
+	ReceiveMaximum int
+	// AckInterval is how often acknowledgements (PUBACKs), released in
+	// receive order, are sent.
+	AckInterval time.Duration
+	// KeepAlive is the MQTT keep-alive period.
+	KeepAlive time.Duration
+	// ConnectTimeout bounds one connection attempt.
+	ConnectTimeout time.Duration
+	// ReconnectMin and ReconnectMax bound the exponential backoff between
+	// connection attempts.
+	ReconnectMin, ReconnectMax time.Duration
+}
+
+// Config configures a Bridge. Zero fields take the defaults of
+// WithDefaults.
+type Config struct {
+	MQTT  MQTTConfig
+	Kafka kafkax.Config
+
+	// TopicRaw and TopicDLQ are the Kafka topics of accepted readings and
+	// of rejected messages.
+	TopicRaw, TopicDLQ string
+	// TopicTemplate maps MQTT topics to device ids
+	// (default schemas.DefaultTopicTemplate).
+	TopicTemplate string
+	// Decode holds the payload limits; Decode.Topic is set from
+	// TopicTemplate.
+	Decode schemas.DecodeOptions
+
+	// Compression is the Kafka batch compression: none, gzip, snappy, lz4
+	// or zstd.
+	Compression string
+	// Linger is how long the producer waits to fill a batch.
+	Linger time.Duration
+	// BatchMaxBytes is the largest record batch the producer builds.
+	BatchMaxBytes int
+	// DLQMaxValueBytes caps the original bytes kept in a dead letter; a
+	// longer payload is cut and the error header says so, because a record
+	// the DLQ topic refuses would stop the bridge.
+	DLQMaxValueBytes int
+
+	// ShutdownTimeout bounds the drain on shutdown: in-flight records are
+	// flushed and their acknowledgements sent within it; what is left is
+	// not acknowledged, and the broker redelivers it.
+	ShutdownTimeout time.Duration
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	m := &c.MQTT
+	if m.ClientID == "" {
+		m.ClientID = DefaultClientID()
+	}
+	if m.ShareGroup == "" {
+		m.ShareGroup = DefaultShareGroup
+	}
+	if m.SessionExpiry == 0 {
+		m.SessionExpiry = DefaultSessionExpiry
+	}
+	if m.ReceiveMaximum == 0 {
+		m.ReceiveMaximum = DefaultReceiveMaximum
+	}
+	if m.AckInterval == 0 {
+		m.AckInterval = DefaultAckInterval
+	}
+	if m.KeepAlive == 0 {
+		m.KeepAlive = DefaultKeepAlive
+	}
+	if m.ConnectTimeout == 0 {
+		m.ConnectTimeout = DefaultConnectTimeout
+	}
+	if m.ReconnectMin == 0 {
+		m.ReconnectMin = DefaultReconnectMin
+	}
+	if m.ReconnectMax == 0 {
+		m.ReconnectMax = DefaultReconnectMax
+	}
+	if c.TopicRaw == "" {
+		c.TopicRaw = schemas.TopicRaw
+	}
+	if c.TopicDLQ == "" {
+		c.TopicDLQ = schemas.TopicDLQ
+	}
+	if c.TopicTemplate == "" {
+		c.TopicTemplate = schemas.DefaultTopicTemplate
+	}
+	if c.Compression == "" {
+		c.Compression = DefaultCompression
+	}
+	if c.Linger == 0 {
+		c.Linger = DefaultLinger
+	}
+	if c.BatchMaxBytes == 0 {
+		c.BatchMaxBytes = DefaultBatchMaxBytes
+	}
+	if c.DLQMaxValueBytes == 0 {
+		c.DLQMaxValueBytes = DefaultDLQMaxValueBytes
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	c.Decode = c.Decode.WithDefaults()
+	if m.Filters == nil {
+		if tt, err := schemas.ParseTopicTemplate(c.TopicTemplate); err == nil {
+			m.Filters = []string{tt.Filter()}
+		}
+	}
+	return c
+}
+
+// Validate reports every invalid field of c (after WithDefaults), naming
+// each.
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	var errs []error
+	bad := func(field string, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	m := c.MQTT
+	if len(m.URLs) == 0 {
+		bad("MQTT.URLs", "no broker URL given")
+	}
+	for _, s := range m.URLs {
+		if _, err := parseBrokerURL(s); err != nil {
+			bad("MQTT.URLs", "%v", err)
+		}
+	}
+	if m.ClientID == "" || len(m.ClientID) > 256 || strings.ContainsAny(m.ClientID, "/+#\x00") {
+		bad("MQTT.ClientID", "%q must be 1 to 256 bytes without '/', '+', '#' or NUL", m.ClientID)
+	}
+	if m.ShareGroup == "" || strings.ContainsAny(m.ShareGroup, "/+#\x00") {
+		bad("MQTT.ShareGroup", "%q must be non-empty without '/', '+', '#' or NUL", m.ShareGroup)
+	}
+	if len(m.Filters) == 0 {
+		bad("MQTT.Filters", "no topic filter (and the topic template gives none)")
+	}
+	for _, f := range m.Filters {
+		if err := validFilter(f); err != nil {
+			bad("MQTT.Filters", "%v", err)
+		}
+	}
+	if m.SessionExpiry < time.Second || m.SessionExpiry > time.Duration(1<<32-1)*time.Second {
+		bad("MQTT.SessionExpiry", "%s must be between 1s and 2^32-1 seconds", m.SessionExpiry)
+	}
+	if m.ReceiveMaximum < 1 || m.ReceiveMaximum > 65535 {
+		bad("MQTT.ReceiveMaximum", "%d must be between 1 and 65535", m.ReceiveMaximum)
+	}
+	if m.AckInterval < 0 || m.AckInterval > 10*time.Second {
+		bad("MQTT.AckInterval", "%s must be between 0 and 10s", m.AckInterval)
+	}
+	if m.KeepAlive < time.Second || m.KeepAlive > 65535*time.Second {
+		bad("MQTT.KeepAlive", "%s must be between 1s and 65535s", m.KeepAlive)
+	}
+	if m.ConnectTimeout <= 0 {
+		bad("MQTT.ConnectTimeout", "%s must be positive", m.ConnectTimeout)
+	}
+	if m.ReconnectMin <= 0 || m.ReconnectMax < m.ReconnectMin {
+		bad("MQTT.ReconnectMin/ReconnectMax", "%s/%s: need 0 < min <= max", m.ReconnectMin, m.ReconnectMax)
+	}
+	if err := c.Kafka.Validate(); err != nil {
+		bad("Kafka.Brokers", "%v", err)
+	}
+	if err := validTopic(c.TopicRaw); err != nil {
+		bad("TopicRaw", "%v", err)
+	}
+	if err := validTopic(c.TopicDLQ); err != nil {
+		bad("TopicDLQ", "%v", err)
+	}
+	if c.TopicRaw == c.TopicDLQ {
+		bad("TopicDLQ", "must differ from TopicRaw (%q)", c.TopicRaw)
+	}
+	if _, err := schemas.ParseTopicTemplate(c.TopicTemplate); err != nil {
+		bad("TopicTemplate", "%v", err)
+	}
+	if err := c.Decode.Validate(); err != nil {
+		bad("Decode", "%v", err)
+	}
+	if _, err := compressionCodec(c.Compression); err != nil {
+		bad("Compression", "%v", err)
+	}
+	if c.Linger < 0 || c.Linger > time.Minute {
+		bad("Linger", "%s must be between 0 and 1m", c.Linger)
+	}
+	if c.BatchMaxBytes < 1<<10 || c.BatchMaxBytes > 1<<30 {
+		bad("BatchMaxBytes", "%d must be between 1 KiB and 1 GiB", c.BatchMaxBytes)
+	}
+	if c.DLQMaxValueBytes < 1<<10 || c.DLQMaxValueBytes > c.BatchMaxBytes-(16<<10) {
+		bad("DLQMaxValueBytes", "%d must be between 1 KiB and BatchMaxBytes-16KiB (%d)", c.DLQMaxValueBytes, c.BatchMaxBytes-(16<<10))
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("ShutdownTimeout", "%s must be positive", c.ShutdownTimeout)
+	}
+	return errors.Join(errs...)
+}
+
+func parseBrokerURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("broker URL %q: %w", s, err)
+	}
+	switch u.Scheme {
+	case "mqtt", "tcp":
+	default:
+		return nil, fmt.Errorf("broker URL %q: scheme must be mqtt:// or tcp:// (TLS is not supported yet)", s)
+	}
+	if u.Host == "" || u.Port() == "" {
+		return nil, fmt.Errorf("broker URL %q: want mqtt://host:port", s)
+	}
+	return u, nil
+}
+
+func validFilter(f string) error {
+	if f == "" || strings.ContainsRune(f, 0) {
+		return fmt.Errorf("topic filter %q is empty or holds NUL", f)
+	}
+	if strings.HasPrefix(f, "$share/") {
+		return fmt.Errorf("topic filter %q: give it without $share/<group>/ (see ShareGroup)", f)
+	}
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
+			return fmt.Errorf("topic filter %q: '#' must be the whole last level", f)
+		}
+		if strings.Contains(l, "+") && l != "+" {
+			return fmt.Errorf("topic filter %q: '+' must be a whole level", f)
+		}
+	}
+	return nil
+}
+
+func validTopic(t string) error {
+	if t == "" || len(t) > 249 {
+		return fmt.Errorf("topic %q must be 1 to 249 characters", t)
+	}
+	for _, r := range t {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return fmt.Errorf("topic %q may hold only [a-zA-Z0-9._-]", t)
+		}
+	}
+	return nil
+}
+
+func compressionCodec(name string) (kgo.CompressionCodec, error) {
+	switch strings.ToLower(name) {
+	case "none":
+		return kgo.NoCompression(), nil
+	case "gzip":
+		return kgo.GzipCompression(), nil
+	case "snappy":
+		return kgo.SnappyCompression(), nil
+	case "lz4":
+		return kgo.Lz4Compression(), nil
+	case "zstd":
+		return kgo.ZstdCompression(), nil
+	}
+	return kgo.NoCompression(), fmt.Errorf("compression %q: want none, gzip, snappy, lz4 or zstd", name)
+}

@@ -1,0 +1,64 @@
+//go:build integration
+
+package bridge
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/iotpipe/iotpipe/internal/devicesim"
+	"github.com/iotpipe/iotpipe/internal/testenv"
+)
+
+// Mosquitto honours the MQTT v5 Receive Maximum of a subscriber: with
+// nothing acknowledged it sends no more than that many QoS 1 messages.
+// This is what bounds the bridge's memory and its duplicates.
+func TestMosquittoHonoursReceiveMaximum(t *testing.T) {
+	env := testenv.Load(t)
+	s := newSetup(t, env)
+	ctx := testenv.Context(t, time.Minute)
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", env.MQTTAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got atomic.Int64
+	c := paho.NewClient(paho.ClientConfig{Conn: conn, EnableManualAcknowledgment: true,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(paho.PublishReceived) (bool, error) {
+			got.Add(1)
+			return true, nil
+		}}})
+	rm := uint16(10)
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: testenv.Name(t, "rm"), CleanStart: true,
+		Username: env.MQTTUsername, UsernameFlag: true, Password: []byte(env.MQTTPassword), PasswordFlag: true,
+		Properties: &paho.ConnectProperties{ReceiveMaximum: &rm}}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/" + s.group + "/" + s.prefix + "/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	st := s.fleet(t, env, devicesim.Config{Devices: 5, MessagesPerDevice: 10}, nil)
+	if st.Acked != 50 {
+		t.Fatalf("fleet %+v", st)
+	}
+	// Give the broker the chance to overrun the limit: poll until the
+	// count is stable.
+	var last int64 = -1
+	testenv.Eventually(t, 10*time.Second, 200*time.Millisecond, func() error {
+		n := got.Load()
+		if n != last {
+			last = n
+			return context.DeadlineExceeded
+		}
+		return nil
+	})
+	if n := got.Load(); n != int64(rm) {
+		t.Fatalf("received %d unacknowledged messages with Receive Maximum %d", n, rm)
+	}
+}

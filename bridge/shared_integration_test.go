@@ -1,0 +1,86 @@
+//go:build integration
+
+package bridge
+
+import (
+	"testing"
+	"time"
+
+	"github.com/iotpipe/iotpipe/internal/devicesim"
+	"github.com/iotpipe/iotpipe/internal/testenv"
+)
+
+// Two bridges in one share group split the load; every message arrives
+// once.
+func TestBridgeShareGroupSplitsLoad(t *testing.T) {
+	env := testenv.Load(t)
+	s := newSetup(t, env)
+	a := startBridge(t, s.config(t, ""))
+	b := startBridge(t, s.config(t, ""))
+	e := newExpect()
+	st := s.fleet(t, env, devicesim.Config{Devices: 100, MessagesPerDevice: 100, InvalidFraction: 0.02}, e)
+	valid, invalid := e.counts()
+	g := s.readAll(t, env, valid, invalid, time.Minute)
+	g.check(t, e, false)
+	na, nb := a.b.Stats().Received, b.b.Stats().Received
+	t.Logf("fleet acked %d; bridge A received %d, bridge B %d", st.Acked, na, nb)
+	if na+nb != st.Acked || na < st.Acked/4 || nb < st.Acked/4 {
+		t.Fatalf("load not split: A %d, B %d of %d", na, nb, st.Acked)
+	}
+	if g.rawN != valid || g.dlqN != invalid {
+		t.Fatalf("raw %d of %d, dlq %d of %d", g.rawN, valid, g.dlqN, invalid)
+	}
+}
+
+// While every bridge of the group is offline, the broker queues the
+// messages for their persistent sessions; when a bridge comes back with
+// its client id, they all arrive.
+func TestBridgeGroupOfflineQueues(t *testing.T) {
+	env := testenv.Load(t)
+	s := newSetup(t, env)
+	cfg := s.config(t, "")
+	r := startBridge(t, cfg)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	e := newExpect()
+	st := s.fleet(t, env, devicesim.Config{Devices: 50, MessagesPerDevice: 40, InvalidFraction: 0.02}, e)
+	r = startBridge(t, cfg)
+	valid, invalid := e.counts()
+	g := s.readAll(t, env, valid, invalid, time.Minute)
+	g.check(t, e, false)
+	t.Logf("%d messages published while the group was offline; all %d arrived after the restart", st.Acked, g.rawN+g.dlqN)
+}
+
+// Mosquitto hands shared messages round-robin to every member of the
+// group, offline members with a persistent session included: while one
+// bridge of two is away, its share waits in its session and arrives when
+// it comes back (and would be lost if its session expired first).
+func TestBridgeGroupMemberOfflineKeepsItsShare(t *testing.T) {
+	env := testenv.Load(t)
+	s := newSetup(t, env)
+	cfgB := s.config(t, "")
+	a := startBridge(t, s.config(t, ""))
+	b := startBridge(t, cfgB)
+	if err := b.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	e := newExpect()
+	st := s.fleet(t, env, devicesim.Config{Devices: 50, MessagesPerDevice: 40}, e)
+	testenv.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if a.b.Stats().ProducedRaw == 0 {
+			return errString("bridge A produced nothing")
+		}
+		return nil
+	})
+	onlyA := a.b.Stats().Received
+	b = startBridge(t, cfgB)
+	valid, invalid := e.counts()
+	g := s.readAll(t, env, valid, invalid, time.Minute)
+	g.check(t, e, false)
+	t.Logf("%d published while B was away: A received %d at once, B %d when it came back", st.Acked, onlyA, b.b.Stats().Received)
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }

@@ -1,0 +1,600 @@
+// Package devicesim is a cheap simulated device fleet: N devices publish
+// telemetry over MQTT v5 at QoS 1, each at a set rate, with a per-device
+// sequence number ("seq") and a configurable fraction of invalid payloads.
+// It counts the messages whose PUBACK it received: with QoS 1 those are
+// the ones the broker took responsibility for, so they must arrive.
+//
+// Several devices share one MQTT connection (DevicesPerConn). The
+// publisher is written against the wire format directly (PUBLISH packets
+// are encoded into a buffered writer and pipelined up to the broker's
+// Receive Maximum) so that it costs little CPU per message, leaving the
+// machine to the system under test. A device's messages go out in seq
+// order on one connection, so the broker delivers them in that order.
+//
+// When a connection drops, the messages still waiting for their PUBACK
+// are counted as Unconfirmed (they may or may not have reached the
+// broker, and are not sent again), and the connection is re-established
+// with backoff; the devices continue with their next seq.
+package devicesim
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.golang/packets"
+
+	"github.com/iotpipe/iotpipe/schemas"
+)
+
+// Config configures a simulated fleet.
+type Config struct {
+	// URL is the broker, mqtt://host:port.
+	URL string
+	// Username and Password authenticate every connection.
+	Username, Password string
+	// ClientIDPrefix starts the client id of each connection (a counter
+	// follows); default "iotpipe-sim-" plus a random suffix.
+	ClientIDPrefix string
+
+	// Devices is the fleet size (default 10).
+	Devices int
+	// FirstDevice numbers the first device (default 0), so that several
+	// simulators can run disjoint fleets.
+	FirstDevice int
+	// DeviceIDPrefix starts every device id (default "dev-"); the device
+	// number follows, zero-padded to 6 digits.
+	DeviceIDPrefix string
+	// DevicesPerConn is how many devices share one MQTT connection
+	// (default 100).
+	DevicesPerConn int
+	// TopicTemplate is where devices publish; "{device_id}" is replaced
+	// (default schemas.DefaultTopicTemplate).
+	TopicTemplate string
+
+	// Rate is messages per second per device; 0 publishes as fast as the
+	// broker acknowledges.
+	Rate float64
+	// MessagesPerDevice stops each device after that many messages;
+	// 0 runs until the context ends.
+	MessagesPerDevice int
+	// InvalidFraction of the messages (0 to 1) carry an invalid payload,
+	// chosen deterministically by device and seq among InvalidKinds.
+	InvalidFraction float64
+	// InvalidKinds are the bad inputs to use (default DefaultInvalidKinds).
+	InvalidKinds []Kind
+	// ValidKinds are the valid formats to rotate through (default all).
+	ValidKinds []Kind
+
+	// MaxInFlight caps unacknowledged messages per connection (default
+	// 1000); the broker's Receive Maximum lowers it.
+	MaxInFlight int
+	// OnAck, when set, is called for each message whose PUBACK reported
+	// success, on that connection's reader goroutine; the Message is only
+	// valid during the call.
+	OnAck func(*Message)
+	// Now gives the event time of each reading (default time.Now).
+	Now func() time.Time
+}
+
+// Message is one simulated publication.
+type Message struct {
+	// Device is the device number; DeviceID its id.
+	Device   int
+	DeviceID string
+	// Seq is the device's message counter, starting at 0 (also in the
+	// payload for every kind that carries JSON fields).
+	Seq     int64
+	Kind    Kind
+	Topic   string
+	Payload []byte
+}
+
+// Stats counts the fleet's messages.
+type Stats struct {
+	// Published is the number of PUBLISH packets written.
+	Published int64
+	// Acked got a successful PUBACK; AckedValid and AckedInvalid split it.
+	Acked, AckedValid, AckedInvalid int64
+	// Refused got a PUBACK with an error reason code.
+	Refused int64
+	// NoSubscribers got a PUBACK with reason 0x10 "no matching
+	// subscribers": the broker accepted the message and dropped it, as
+	// nobody subscribed. They are not counted in Acked nor passed to
+	// OnAck.
+	NoSubscribers int64
+	// Unconfirmed were written but the connection dropped before their
+	// PUBACK.
+	Unconfirmed int64
+	// Connections made, the first ones included.
+	Connections int64
+}
+
+// Sim is a simulated fleet.
+type Sim struct {
+	cfg   Config
+	conns []*conn
+
+	published, acked, ackedValid, ackedInvalid, refused, unconfirmed, connections, noSubs atomic.Int64
+}
+
+// New validates cfg and returns a fleet.
+func New(cfg Config) (*Sim, error) {
+	if cfg.Devices == 0 {
+		cfg.Devices = 10
+	}
+	if cfg.DevicesPerConn == 0 {
+		cfg.DevicesPerConn = 100
+	}
+	if cfg.DeviceIDPrefix == "" {
+		cfg.DeviceIDPrefix = "dev-"
+	}
+	if cfg.TopicTemplate == "" {
+		cfg.TopicTemplate = schemas.DefaultTopicTemplate
+	}
+	if cfg.ClientIDPrefix == "" {
+		cfg.ClientIDPrefix = fmt.Sprintf("iotpipe-sim-%x-", time.Now().UnixNano()&0xffffff)
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = 1000
+	}
+	if cfg.InvalidKinds == nil {
+		cfg.InvalidKinds = DefaultInvalidKinds
+	}
+	if cfg.ValidKinds == nil {
+		for k := Kind(0); k < numValid; k++ {
+			cfg.ValidKinds = append(cfg.ValidKinds, k)
+		}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	var errs []error
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "mqtt" && u.Scheme != "tcp") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("URL %q: want mqtt://host:port", cfg.URL))
+	}
+	if cfg.Devices < 0 || cfg.DevicesPerConn < 0 || cfg.FirstDevice < 0 || cfg.MessagesPerDevice < 0 {
+		errs = append(errs, errors.New("Devices, DevicesPerConn, FirstDevice and MessagesPerDevice must not be negative"))
+	}
+	if cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0) {
+		errs = append(errs, fmt.Errorf("Rate %v must be a non-negative number", cfg.Rate))
+	}
+	if !(cfg.InvalidFraction >= 0 && cfg.InvalidFraction <= 1) {
+		errs = append(errs, fmt.Errorf("InvalidFraction %v must be between 0 and 1", cfg.InvalidFraction))
+	}
+	if cfg.InvalidFraction > 0 && len(cfg.InvalidKinds) == 0 {
+		errs = append(errs, errors.New("InvalidKinds is empty"))
+	}
+	for _, k := range cfg.InvalidKinds {
+		if k.Valid() || k.Reason() == "" {
+			errs = append(errs, fmt.Errorf("InvalidKinds: %v is not an invalid kind", k))
+		}
+	}
+	for _, k := range cfg.ValidKinds {
+		if !k.Valid() {
+			errs = append(errs, fmt.Errorf("ValidKinds: %v is not a valid kind", k))
+		}
+	}
+	if len(cfg.ValidKinds) == 0 {
+		errs = append(errs, errors.New("ValidKinds is empty"))
+	}
+	if cfg.MaxInFlight < 1 || cfg.MaxInFlight > 65535 {
+		errs = append(errs, fmt.Errorf("MaxInFlight %d must be between 1 and 65535", cfg.MaxInFlight))
+	}
+	if strings.Count(cfg.TopicTemplate, schemas.DeviceIDPlaceholder) != 1 {
+		errs = append(errs, fmt.Errorf("TopicTemplate %q must hold %s once", cfg.TopicTemplate, schemas.DeviceIDPlaceholder))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("devicesim: %w", err)
+	}
+	s := &Sim{cfg: cfg}
+	for first := 0; first < cfg.Devices; first += cfg.DevicesPerConn {
+		n := min(cfg.DevicesPerConn, cfg.Devices-first)
+		c := &conn{sim: s, addr: u.Host, clientID: cfg.ClientIDPrefix + strconv.Itoa(len(s.conns))}
+		for i := range n {
+			d := cfg.FirstDevice + first + i
+			id := DeviceID(cfg.DeviceIDPrefix, d)
+			c.devs = append(c.devs, device{num: d, id: id, topic: strings.Replace(cfg.TopicTemplate, schemas.DeviceIDPlaceholder, id, 1)})
+		}
+		c.badTopic = strings.Replace(cfg.TopicTemplate, schemas.DeviceIDPlaceholder, strings.Repeat("x", schemas.MaxDeviceIDLen+1), 1)
+		s.conns = append(s.conns, c)
+	}
+	return s, nil
+}
+
+// DeviceID returns the id of device number n.
+func DeviceID(prefix string, n int) string {
+	return fmt.Sprintf("%s%06d", prefix, n)
+}
+
+// Stats returns the counters so far.
+func (s *Sim) Stats() Stats {
+	return Stats{
+		Published: s.published.Load(), Acked: s.acked.Load(), AckedValid: s.ackedValid.Load(),
+		AckedInvalid: s.ackedInvalid.Load(), Refused: s.refused.Load(), NoSubscribers: s.noSubs.Load(), Unconfirmed: s.unconfirmed.Load(),
+		Connections: s.connections.Load(),
+	}
+}
+
+// KindOf returns the kind of device dev's message seq under cfg's
+// fraction and kinds: the same answer Run uses.
+func (s *Sim) KindOf(dev int, seq int64) Kind {
+	h := uint64(dev)*0x9E3779B97F4A7C15 ^ uint64(seq)*0xC2B2AE3D27D4EB4F
+	h ^= h >> 29
+	h *= 0xBF58476D1CE4E5B9
+	h ^= h >> 32
+	if s.cfg.InvalidFraction > 0 && float64(h%1_000_000) < s.cfg.InvalidFraction*1_000_000 {
+		return s.cfg.InvalidKinds[(h>>20)%uint64(len(s.cfg.InvalidKinds))]
+	}
+	return s.cfg.ValidKinds[uint64(seq)%uint64(len(s.cfg.ValidKinds))]
+}
+
+// Run publishes until every device sent MessagesPerDevice messages and got
+// their PUBACKs (or lost them with a connection), or until ctx ends. It
+// returns nil then, and an error only when a connection is refused (bad
+// credentials, for example).
+func (s *Sim) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(s.conns))
+	for _, c := range s.conns {
+		wg.Go(func() {
+			if err := c.run(ctx); err != nil {
+				errc <- err
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+type device struct {
+	num   int
+	id    string
+	topic string
+	seq   int64
+}
+
+type conn struct {
+	sim      *Sim
+	addr     string
+	clientID string
+	devs     []device
+	badTopic string
+	next     int // index into devs of the next device to publish
+	sent     int // messages started on this connection over its lifetime
+}
+
+// errRefused marks a CONNACK with an error: retrying will not help.
+var errRefused = errors.New("mqtt connection refused")
+
+func (c *conn) total() int {
+	if c.sim.cfg.MessagesPerDevice == 0 {
+		return math.MaxInt
+	}
+	return c.sim.cfg.MessagesPerDevice * len(c.devs)
+}
+
+func (c *conn) run(ctx context.Context) error {
+	backoff := 50 * time.Millisecond
+	start := time.Now()
+	for ctx.Err() == nil && c.sent < c.total() {
+		err := c.session(ctx, start)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, errRefused) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+	return nil
+}
+
+type slot struct {
+	used bool
+	msg  Message
+	buf  []byte
+}
+
+// session runs one connection until it fails, every message is
+// acknowledged, or ctx ends (nil in the last two cases).
+func (c *conn) session(ctx context.Context, start time.Time) error {
+	cfg := &c.sim.cfg
+	d := net.Dialer{Timeout: 5 * time.Second}
+	nc, err := d.DialContext(ctx, "tcp", c.addr)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
+	defer stop()
+
+	cp := &packets.Connect{
+		ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: c.clientID, CleanStart: true, KeepAlive: 0,
+		Username: cfg.Username, UsernameFlag: cfg.Username != "", Password: []byte(cfg.Password), PasswordFlag: cfg.Password != "",
+		Properties: &packets.Properties{},
+	}
+	if _, err := cp.WriteTo(nc); err != nil {
+		return err
+	}
+	br := bufio.NewReaderSize(nc, 64<<10)
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	pkt, err := packets.ReadPacket(br)
+	if err != nil {
+		return fmt.Errorf("read CONNACK: %w", err)
+	}
+	_ = nc.SetReadDeadline(time.Time{})
+	ca, ok := pkt.Content.(*packets.Connack)
+	if !ok {
+		return fmt.Errorf("expected CONNACK, got packet type %d", pkt.Type)
+	}
+	if ca.ReasonCode >= 0x80 {
+		return fmt.Errorf("%w: reason code 0x%x for %s", errRefused, ca.ReasonCode, c.clientID)
+	}
+	c.sim.connections.Add(1)
+	maxIn := cfg.MaxInFlight
+	if ca.Properties != nil && ca.Properties.ReceiveMaximum != nil && int(*ca.Properties.ReceiveMaximum) < maxIn {
+		maxIn = int(*ca.Properties.ReceiveMaximum)
+	}
+
+	slots := make([]slot, maxIn+1) // index = packet id
+	free := make(chan uint16, maxIn)
+	for id := 1; id <= maxIn; id++ {
+		free <- uint16(id)
+	}
+	var mu sync.Mutex // guards slots[*].used against the final accounting
+	readErr := make(chan error, 1)
+	go func() { readErr <- c.readAcks(br, slots, free, &mu) }()
+
+	gotRead := false
+	bw := bufio.NewWriterSize(nc, 64<<10)
+	total := c.total()
+	var rate float64
+	if cfg.Rate > 0 {
+		rate = cfg.Rate * float64(len(c.devs))
+	}
+	werr := func() error {
+		var timer, batchTimer *time.Timer
+		batch := max(1, maxIn/4)
+		ready := make([]uint16, 0, batch)
+		for c.sent < total {
+			if rate > 0 {
+				due := start.Add(time.Duration(float64(c.sent) / rate * float64(time.Second)))
+				if wait := time.Until(due); wait > 0 {
+					if err := bw.Flush(); err != nil {
+						return err
+					}
+					if timer == nil {
+						timer = time.NewTimer(wait)
+					} else {
+						timer.Reset(wait)
+					}
+					select {
+					case <-timer.C:
+					case <-ctx.Done():
+						return nil
+					case err := <-readErr:
+						gotRead = true
+						return err
+					}
+				}
+			}
+			var id uint16
+			if len(ready) > 0 {
+				id, ready = ready[len(ready)-1], ready[:len(ready)-1]
+			} else {
+				select {
+				case id = <-free:
+				default:
+					// The window is full: write what is buffered, then
+					// wait for a quarter of the window (or 1 ms) so that
+					// the next write carries many messages, not one.
+					if err := bw.Flush(); err != nil {
+						return err
+					}
+					select {
+					case id = <-free:
+					case <-ctx.Done():
+						return nil
+					case err := <-readErr:
+						gotRead = true
+						return err
+					}
+					if batchTimer == nil {
+						batchTimer = time.NewTimer(time.Millisecond)
+					} else {
+						batchTimer.Reset(time.Millisecond)
+					}
+				collect:
+					for len(ready) < batch-1 && c.sent+len(ready)+1 < total {
+						select {
+						case x := <-free:
+							ready = append(ready, x)
+						case <-batchTimer.C:
+							break collect
+						}
+					}
+					batchTimer.Stop()
+				}
+			}
+			dv := &c.devs[c.next]
+			c.next = (c.next + 1) % len(c.devs)
+			seq := dv.seq
+			dv.seq++
+			c.sent++
+			kind := c.sim.KindOf(dv.num, seq)
+			s := &slots[id]
+			s.buf = AppendPayload(s.buf[:0], kind, dv.num, seq, cfg.Now())
+			topic := dv.topic
+			if kind == NoDeviceID {
+				topic = c.badTopic
+			}
+			s.msg = Message{Device: dv.num, DeviceID: dv.id, Seq: seq, Kind: kind, Topic: topic, Payload: s.buf}
+			mu.Lock()
+			s.used = true
+			mu.Unlock()
+			writePublish(bw, topic, id, s.buf)
+			c.sim.published.Add(1)
+		}
+		return bw.Flush()
+	}()
+	if werr == nil && ctx.Err() == nil {
+		// Wait for the last PUBACKs.
+		for len(free) < maxIn && werr == nil {
+			select {
+			case werr = <-readErr:
+				gotRead = true
+			case <-ctx.Done():
+			case <-time.After(5 * time.Millisecond):
+			}
+			if ctx.Err() != nil {
+				break
+			}
+		}
+	}
+	_ = nc.Close()
+	if !gotRead {
+		<-readErr
+	}
+	for i := range slots {
+		if slots[i].used {
+			slots[i].used = false
+			c.sim.unconfirmed.Add(1)
+		}
+	}
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case werr == nil && c.sent >= total:
+		return nil
+	case werr == nil:
+		return io.ErrUnexpectedEOF
+	}
+	return werr
+}
+
+// writePublish encodes an MQTT v5 QoS 1 PUBLISH without properties.
+func writePublish(bw *bufio.Writer, topic string, id uint16, payload []byte) {
+	rem := 2 + len(topic) + 2 + 1 + len(payload)
+	_ = bw.WriteByte(0x32)
+	for {
+		b := byte(rem & 0x7f)
+		rem >>= 7
+		if rem > 0 {
+			b |= 0x80
+		}
+		_ = bw.WriteByte(b)
+		if rem == 0 {
+			break
+		}
+	}
+	var hdr [2]byte
+	binary.BigEndian.PutUint16(hdr[:], uint16(len(topic)))
+	_, _ = bw.Write(hdr[:])
+	_, _ = bw.WriteString(topic)
+	binary.BigEndian.PutUint16(hdr[:], id)
+	_, _ = bw.Write(hdr[:])
+	_ = bw.WriteByte(0) // property length
+	_, _ = bw.Write(payload)
+}
+
+// readAcks reads PUBACKs until the connection fails.
+func (c *conn) readAcks(br *bufio.Reader, slots []slot, free chan<- uint16, mu *sync.Mutex) error {
+	var body []byte
+	for {
+		typ, err := br.ReadByte()
+		if err != nil {
+			return err
+		}
+		var n, shift int
+		for {
+			b, err := br.ReadByte()
+			if err != nil {
+				return err
+			}
+			n |= int(b&0x7f) << shift
+			if b&0x80 == 0 {
+				break
+			}
+			shift += 7
+			if shift > 21 {
+				return errors.New("malformed remaining length")
+			}
+		}
+		if cap(body) < n {
+			body = make([]byte, n)
+		}
+		body = body[:n]
+		if _, err := io.ReadFull(br, body); err != nil {
+			return err
+		}
+		switch typ >> 4 {
+		case 4: // PUBACK
+			if n < 2 {
+				return errors.New("short PUBACK")
+			}
+			id := binary.BigEndian.Uint16(body)
+			if int(id) >= len(slots) {
+				return fmt.Errorf("PUBACK for unknown packet id %d", id)
+			}
+			rc := byte(0)
+			if n >= 3 {
+				rc = body[2]
+			}
+			s := &slots[id]
+			mu.Lock()
+			used := s.used
+			s.used = false
+			mu.Unlock()
+			if !used {
+				return fmt.Errorf("PUBACK for packet id %d not in flight", id)
+			}
+			switch {
+			case rc == 0x10:
+				c.sim.noSubs.Add(1)
+			case rc < 0x80:
+				c.sim.acked.Add(1)
+				if s.msg.Kind.Valid() {
+					c.sim.ackedValid.Add(1)
+				} else {
+					c.sim.ackedInvalid.Add(1)
+				}
+				if f := c.sim.cfg.OnAck; f != nil {
+					f(&s.msg)
+				}
+			default:
+				c.sim.refused.Add(1)
+			}
+			free <- id
+		case 13: // PINGRESP
+		case 14: // DISCONNECT
+			rc := byte(0)
+			if n > 0 {
+				rc = body[0]
+			}
+			return fmt.Errorf("broker sent DISCONNECT, reason code 0x%x", rc)
+		default:
+			return fmt.Errorf("unexpected packet type %d", typ>>4)
+		}
+	}
+}
