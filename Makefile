@@ -45,8 +45,9 @@ fuzz: ## fuzz the payload and raw-record decoders for FUZZTIME each (default 5m)
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./schemas/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRaw$$' -fuzztime $(FUZZTIME) ./schemas/
 
-bench: ## run the Go benchmarks (decoder); the full suite arrives with the benchmark issue
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./schemas/...
+bench: services-up ## run the benchmarks: decoders and window engine, then each stage on the real services
+	$(GO) test -run '^$$' -bench . -benchmem ./schemas/... ./processor/...
+	$(WITH_ENV) $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 30m ./bridge/ ./processor/ ./sink/...
 
 init: build services-up ## create topics, bucket and schema on the local services
 	$(WITH_ENV) bin/iotpipe init
