@@ -1,0 +1,260 @@
+//go:build integration
+
+package lake
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/iotpipe/iotpipe/internal/testenv"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// iotpipeBinary builds the iotpipe binary once per test run.
+func iotpipeBinary(t testing.TB) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "lake-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "iotpipe")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/iotpipe")
+		cmd.Dir = repoRoot(t)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// child is one `iotpipe sink lake` process.
+type child struct {
+	cmd   *exec.Cmd
+	lines chan string // log lines that matter to the test
+	done  chan error
+}
+
+func startChild(t testing.TB, env []string, logFile io.Writer, args ...string) *child {
+	t.Helper()
+	cmd := exec.Command(iotpipeBinary(t), append([]string{"sink", "lake"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, lines: make(chan string, 1000), done: make(chan error, 1)}
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			l := sc.Text()
+			fmt.Fprintln(logFile, l)
+			if strings.Contains(l, "failpoint reached") || strings.Contains(l, "partition assigned") {
+				select {
+				case c.lines <- l:
+				default:
+				}
+			}
+		}
+	}()
+	go func() {
+		<-scanned
+		c.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+	})
+	return c
+}
+
+func (c *child) kill(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(c.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	<-c.done
+}
+
+// waitLine waits for a log line containing s.
+func (c *child) waitLine(t testing.TB, s string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l := <-c.lines:
+			if strings.Contains(l, s) {
+				return l
+			}
+		case err := <-c.done:
+			t.Fatalf("sink exited (%v) before logging %q", err, s)
+		case <-deadline:
+			t.Fatalf("sink did not log %q within %s", s, timeout)
+		}
+	}
+}
+
+// TestCrashExactlyOnce SIGKILLs the sink (a real child process) while input
+// keeps arriving: during an upload, between upload and commit, between
+// commit and intent deletion, and at random moments. The union of the
+// objects in the bucket must hold every input record exactly once.
+// IOTPIPE_FULL=1 runs a larger input with more kills.
+func TestCrashExactlyOnce(t *testing.T) {
+	env := testenv.Load(t)
+	raw, dlq := env.Topic(t, 3, nil), env.Topic(t, 1, nil)
+	bucket, group := env.Bucket(t), env.Group(t)
+	n, randomKills, step, killWithin := 30_000, 3, 10*time.Second, 1500
+	if os.Getenv("IOTPIPE_FULL") == "1" { // ~6 min of input, kills spread over it
+		n, randomKills, step, killWithin = 1_000_000, 15, 400*time.Millisecond, 25_000
+	}
+	logPath := filepath.Join(t.TempDir(), "sink.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("sink log:\n%s", b)
+		}
+	})
+	childEnv := []string{
+		"IOTPIPE_KAFKA_BROKERS=" + strings.Join(env.KafkaBrokers, ","),
+		"IOTPIPE_S3_ENDPOINT=" + env.S3Config.Endpoint,
+		"IOTPIPE_S3_ACCESS_KEY=" + env.S3Config.AccessKey,
+		"IOTPIPE_S3_SECRET_KEY=" + env.S3Config.SecretKey,
+		"IOTPIPE_S3_REGION=" + env.S3Config.Region,
+		"IOTPIPE_S3_BUCKET=" + bucket,
+		"IOTPIPE_PREFIX=lake",
+		"IOTPIPE_TOPIC_RAW=" + raw,
+		"IOTPIPE_TOPIC_METRICS=-",
+		"IOTPIPE_TOPIC_DLQ=" + dlq,
+		"IOTPIPE_GROUP=" + group,
+		"IOTPIPE_KAFKA_INSTANCE_ID=" + group + "-0",
+		"IOTPIPE_KAFKA_SESSION_TIMEOUT=6s",
+		"IOTPIPE_MAX_AGE=400ms",
+		"IOTPIPE_ROW_GROUP_ROWS=2000",
+		"IOTPIPE_RETRY_MIN=50ms",
+		"IOTPIPE_HTTP_ADDR=127.0.0.1:0",
+		"IOTPIPE_LOG_LEVEL=info",
+	}
+
+	// Input keeps arriving during the kills.
+	cl := env.Kafka(t)
+	base := pastBase(6) // 30k readings × 10 s ≈ 3.5 days (1M in FULL: use 1 s steps)
+	produced := make(chan struct{})
+	ctx := testenv.Context(t, 20*time.Minute)
+	go func() {
+		defer close(produced)
+		// Slow enough that batches close by age (400ms) rather than by rows,
+		// so that a replay after a kill would cut them differently.
+		const chunk = 300
+		for i := 0; i < n; i += chunk {
+			produceReadings(t, cl, raw, i, min(chunk, n-i), 200, base, step)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond): // spread the input over the kills
+			}
+		}
+	}()
+
+	// Runs alternate between two file sizes, as after an operator changes
+	// --max-rows: a restarted sink then cuts the same offsets differently.
+	maxRows := [2]int{4000, 700}
+	kills := 0
+	// Each failpoint pauses at its 8th arrival: past the backlog read at
+	// start-up. Event times advance 10 s per reading, so a batch spans
+	// several hours and a replay cut shorter leaves other hour files.
+	for _, fp := range []string{FailpointBeforeCommit, FailpointMidUpload, FailpointAfterCommit} {
+		c := startChild(t, childEnv, logFile, "--test-failpoints", fp+"=1m@8", "--max-rows", fmt.Sprint(maxRows[kills%2]))
+		l := c.waitLine(t, "failpoint reached", 90*time.Second)
+		c.kill(t)
+		kills++
+		t.Logf("kill %d at %s: %s", kills, fp, l)
+	}
+	for range randomKills {
+		c := startChild(t, childEnv, logFile, "--max-rows", fmt.Sprint(maxRows[kills%2]))
+		c.waitLine(t, "partition assigned", 60*time.Second)
+		d := time.Duration(200+rand.IntN(killWithin)) * time.Millisecond
+		select {
+		case <-time.After(d): // the kill moment, not a synchronisation
+		case err := <-c.done:
+			t.Fatalf("sink exited early: %v", err)
+		}
+		c.kill(t)
+		kills++
+		t.Logf("kill %d after %s", kills, d)
+	}
+	<-produced
+	if t.Failed() {
+		return
+	}
+
+	// A last run consumes everything, then stops cleanly on SIGTERM.
+	c := startChild(t, childEnv, logFile)
+	c.waitLine(t, "partition assigned", 60*time.Second)
+	testenv.Eventually(t, 5*time.Minute, 250*time.Millisecond, func() error {
+		return committedAll(ctx, env, t, group, raw)
+	})
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.done:
+		if err != nil {
+			t.Fatalf("sink exit after SIGTERM: %v (want 0)", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("sink did not exit within 60s of SIGTERM")
+	}
+
+	want := offsetsOf(t, env, raw, n)
+	lake := readLake(t, env.S3(t), bucket, "lake/")
+	rows := readingRows(t, lake["readings"])
+	checkExactlyOnce(t, rows, want)
+	var intents []string
+	for o := range env.S3(t).ListObjects(context.Background(), bucket, minio.ListObjectsOptions{Prefix: "lake/_intents/", Recursive: true}) {
+		intents = append(intents, o.Key)
+	}
+	if len(intents) > 0 {
+		t.Errorf("intents left after a clean stop: %v", intents)
+	}
+	logText, _ := os.ReadFile(logPath)
+	replays := strings.Count(string(logText), "replaying the batch in flight")
+	t.Logf("%d kills, %d replayed batches; %d readings, %d rows in %d files, each exactly once",
+		kills, replays, n, len(rows), lake["readings"].Files)
+	if replays == 0 {
+		t.Errorf("no batch was replayed: the kills did not hit an upload in flight")
+	}
+}
