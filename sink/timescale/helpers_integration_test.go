@@ -126,18 +126,32 @@ func (f *fixture) produce(t testing.TB, recs []*kgo.Record) {
 
 func (f *fixture) count(t testing.TB, query string, args ...any) int64 {
 	t.Helper()
-	var n int64
-	q := strings.ReplaceAll(query, "$S.", pgx.Identifier{f.schema}.Sanitize()+".")
-	if err := f.owner.QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", q, err)
+	n, err := f.tryCount(query, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return n
 }
 
+func (f *fixture) tryCount(query string, args ...any) (int64, error) {
+	var n int64
+	q := strings.ReplaceAll(query, "$S.", pgx.Identifier{f.schema}.Sanitize()+".")
+	if err := f.owner.QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("%s: %w", q, err)
+	}
+	return n, nil
+}
+
+// waitCount polls until the query returns want. A failing query is retried
+// like a wrong count: tests restart the database under it.
 func (f *fixture) waitCount(t testing.TB, timeout time.Duration, want int64, query string, args ...any) {
 	t.Helper()
 	testenv.Eventually(t, timeout, 100*time.Millisecond, func() error {
-		if got := f.count(t, query, args...); got != want {
+		got, err := f.tryCount(query, args...)
+		if err != nil {
+			return err
+		}
+		if got != want {
 			return fmt.Errorf("%s = %d, want %d", query, got, want)
 		}
 		return nil
