@@ -52,9 +52,8 @@ bench: services-up ## run the benchmarks: decoders and window engine, then each 
 init: build services-up ## create topics, bucket and schema on the local services
 	$(WITH_ENV) bin/iotpipe init
 
-demo: init ## start the local stack (the stages join it as they are built)
-	@echo "demo: services are up and initialised; the bridge, processor, sinks and simulator"
-	@echo "demo: are not part of this version yet. Services: '$(SERVICES) status', stop: 'make services-down'."
+demo: build services-up ## start the services, then init, every stage and a simulated fleet with live progress (Ctrl-C stops)
+	$(WITH_ENV) exec bin/iotpipe demo
 
 clean: ## remove build outputs (not the services' state: see '$(SERVICES) down --purge')
 	rm -rf bin

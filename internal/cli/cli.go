@@ -49,22 +49,10 @@ func commands() []command {
 		{"bridge", bridgeSummary, runBridge},
 		{"processor", processorSummary, runProcessor},
 		{"sink", sinkSummary, runSink},
-		{"simulate", "run a simulated device fleet against an MQTT broker (not available yet)", notYet("simulate")},
-		{"demo", "run the whole pipeline locally (not available yet)", notYet("demo")},
+		{"simulate", "run a simulated device fleet against an MQTT broker (realistic signals, bad input, duplicates, late data)", runSimulate},
+		{"demo", "run the whole pipeline locally on the running services, with live progress (make demo)", runDemo},
 		{"healthcheck", "exit 0 when a running stage answers ready (for container healthchecks)", runHealthcheck},
 		{"version", "print the version of this binary", runVersion},
-	}
-}
-
-func notYet(name string) func(context.Context, Env, []string) error {
-	return func(_ context.Context, env Env, args []string) error {
-		for _, a := range args {
-			if a == "-h" || a == "--help" || a == "-help" {
-				fmt.Fprintf(env.Stdout, "iotpipe %s is not available in this version yet.\n", name)
-				return nil
-			}
-		}
-		return fmt.Errorf("iotpipe %s is not available in this version yet (see `iotpipe --help`)", name)
 	}
 }
 

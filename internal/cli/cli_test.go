@@ -50,13 +50,6 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func TestNotYetAvailableCommandsSaySo(t *testing.T) {
-	code, _, errOut := run(t, nil, "demo")
-	if code != ExitFailed || !strings.Contains(errOut, "not available in this version yet") {
-		t.Fatalf("exit %d, stderr %q", code, errOut)
-	}
-}
-
 func TestInitHelpShowsFlagsAndEnv(t *testing.T) {
 	code, out, _ := run(t, nil, "init", "--help")
 	if code != ExitOK {

@@ -55,7 +55,7 @@ var AllInvalidKinds = append(append([]Kind(nil), DefaultInvalidKinds...), Oversi
 const OversizedBytes = schemas.DefaultMaxPayloadBytes + 6<<10
 
 // Valid reports whether payloads of kind k are accepted by the bridge.
-func (k Kind) Valid() bool { return k < numValid }
+func (k Kind) Valid() bool { return k < numValid || k == Realistic }
 
 // Reason is the rejection reason of an invalid kind, "" for valid ones
 // (with the bridge's default decode limits).
@@ -91,6 +91,8 @@ func (k Kind) String() string {
 		return "valid_epoch_us"
 	case ValidEpochNanos:
 		return "valid_epoch_ns"
+	case Realistic:
+		return "realistic"
 	case MalformedJSON:
 		return "malformed_json"
 	case BinaryGarbage:
@@ -170,6 +172,8 @@ func AppendPayload(b []byte, k Kind, dev int, seq int64, ts time.Time) []byte {
 		b = append(b, `,"metrics":{`...)
 		b = appendMeasurements(b, dev, seq)
 		return append(b, "}}"...)
+	case Realistic:
+		return appendRealistic(b, dev, seq, ts)
 	case MalformedJSON:
 		b = head(b)
 		b = append(b, `,"ts":`...)

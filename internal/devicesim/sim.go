@@ -77,6 +77,21 @@ type Config struct {
 	// ValidKinds are the valid formats to rotate through (default all).
 	ValidKinds []Kind
 
+	// DuplicateFraction of the messages (0 to 1) repeat the device's
+	// previous message exactly (same seq, event time and values) in place
+	// of a new one.
+	DuplicateFraction float64
+	// OutOfOrderFraction of the valid messages carry an event time
+	// OutOfOrderBy (default DefaultOutOfOrderBy) in the past: behind the
+	// device's previous readings but within the processor's lateness.
+	OutOfOrderFraction float64
+	OutOfOrderBy       time.Duration
+	// LateFraction of the valid messages carry an event time LateBy
+	// (default DefaultLateBy) in the past: later than a window's allowed
+	// lateness, so the processor sends them to the DLQ as late.
+	LateFraction float64
+	LateBy       time.Duration
+
 	// MaxInFlight caps unacknowledged messages per connection (default
 	// 1000); the broker's Receive Maximum lowers it.
 	MaxInFlight int
@@ -119,6 +134,9 @@ type Stats struct {
 	Unconfirmed int64
 	// Connections made, the first ones included.
 	Connections int64
+	// Duplicates, OutOfOrder and Late count the PUBLISH packets written
+	// with those modifications (see Config).
+	Duplicates, OutOfOrder, Late int64
 }
 
 // Sim is a simulated fleet.
@@ -127,6 +145,7 @@ type Sim struct {
 	conns []*conn
 
 	published, acked, ackedValid, ackedInvalid, refused, unconfirmed, connections, noSubs atomic.Int64
+	duplicates, outOfOrder, late                                                          atomic.Int64
 }
 
 // New validates cfg and returns a fleet.
@@ -160,6 +179,12 @@ func New(cfg Config) (*Sim, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.OutOfOrderBy == 0 {
+		cfg.OutOfOrderBy = DefaultOutOfOrderBy
+	}
+	if cfg.LateBy == 0 {
+		cfg.LateBy = DefaultLateBy
+	}
 	var errs []error
 	u, err := url.Parse(cfg.URL)
 	if err != nil || (u.Scheme != "mqtt" && u.Scheme != "tcp") || u.Host == "" {
@@ -173,6 +198,17 @@ func New(cfg Config) (*Sim, error) {
 	}
 	if !(cfg.InvalidFraction >= 0 && cfg.InvalidFraction <= 1) {
 		errs = append(errs, fmt.Errorf("InvalidFraction %v must be between 0 and 1", cfg.InvalidFraction))
+	}
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"DuplicateFraction", cfg.DuplicateFraction}, {"OutOfOrderFraction", cfg.OutOfOrderFraction}, {"LateFraction", cfg.LateFraction}} {
+		if !(f.v >= 0 && f.v <= 1) {
+			errs = append(errs, fmt.Errorf("%s %v must be between 0 and 1", f.name, f.v))
+		}
+	}
+	if cfg.OutOfOrderBy < 0 || cfg.LateBy < 0 {
+		errs = append(errs, errors.New("OutOfOrderBy and LateBy must not be negative"))
 	}
 	if cfg.InvalidFraction > 0 && len(cfg.InvalidKinds) == 0 {
 		errs = append(errs, errors.New("InvalidKinds is empty"))
@@ -225,6 +261,7 @@ func (s *Sim) Stats() Stats {
 		Published: s.published.Load(), Acked: s.acked.Load(), AckedValid: s.ackedValid.Load(),
 		AckedInvalid: s.ackedInvalid.Load(), Refused: s.refused.Load(), NoSubscribers: s.noSubs.Load(), Unconfirmed: s.unconfirmed.Load(),
 		Connections: s.connections.Load(),
+		Duplicates:  s.duplicates.Load(), OutOfOrder: s.outOfOrder.Load(), Late: s.late.Load(),
 	}
 }
 
@@ -268,6 +305,11 @@ type device struct {
 	id    string
 	topic string
 	seq   int64
+
+	// The previous message, for duplicates.
+	lastTS   time.Time
+	lastKind Kind
+	lastDup  bool
 }
 
 type conn struct {
@@ -279,6 +321,10 @@ type conn struct {
 	next     int // index into devs of the next device to publish
 	sent     int // messages started on this connection over its lifetime
 }
+
+// paceSlack is how early a rate-limited message may go out, so that the
+// messages due within it share one wake-up and one write.
+const paceSlack = 5 * time.Millisecond
 
 // errRefused marks a CONNACK with an error: retrying will not help.
 var errRefused = errors.New("mqtt connection refused")
@@ -380,7 +426,9 @@ func (c *conn) session(ctx context.Context, start time.Time) error {
 		for c.sent < total {
 			if rate > 0 {
 				due := start.Add(time.Duration(float64(c.sent) / rate * float64(time.Second)))
-				if wait := time.Until(due); wait > 0 {
+				// Messages due within paceSlack go out now, in one write:
+				// one wake-up per batch instead of one per message.
+				if wait := time.Until(due); wait > paceSlack {
 					if err := bw.Flush(); err != nil {
 						return err
 					}
@@ -439,12 +487,35 @@ func (c *conn) session(ctx context.Context, start time.Time) error {
 			}
 			dv := &c.devs[c.next]
 			c.next = (c.next + 1) % len(c.devs)
-			seq := dv.seq
-			dv.seq++
 			c.sent++
-			kind := c.sim.KindOf(dv.num, seq)
+			var (
+				seq  int64
+				kind Kind
+				ts   time.Time
+			)
+			if dv.seq > 0 && !dv.lastDup && chance(dv.num, dv.seq, saltDuplicate, cfg.DuplicateFraction) {
+				seq, kind, ts = dv.seq-1, dv.lastKind, dv.lastTS
+				dv.lastDup = true
+				c.sim.duplicates.Add(1)
+			} else {
+				seq = dv.seq
+				dv.seq++
+				kind = c.sim.KindOf(dv.num, seq)
+				ts = cfg.Now()
+				if kind.Valid() {
+					switch {
+					case chance(dv.num, seq, saltLate, cfg.LateFraction):
+						ts = ts.Add(-cfg.LateBy)
+						c.sim.late.Add(1)
+					case chance(dv.num, seq, saltOutOfOrder, cfg.OutOfOrderFraction):
+						ts = ts.Add(-cfg.OutOfOrderBy)
+						c.sim.outOfOrder.Add(1)
+					}
+				}
+				dv.lastTS, dv.lastKind, dv.lastDup = ts, kind, false
+			}
 			s := &slots[id]
-			s.buf = AppendPayload(s.buf[:0], kind, dv.num, seq, cfg.Now())
+			s.buf = AppendPayload(s.buf[:0], kind, dv.num, seq, ts)
 			topic := dv.topic
 			if kind == NoDeviceID {
 				topic = c.badTopic

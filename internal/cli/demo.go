@@ -1,0 +1,585 @@
+package cli
+
+// This file is `iotpipe demo`: the whole pipeline on the local services.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/iotpipe/iotpipe/internal/demo"
+)
+
+const demoSummary = `Run the whole pipeline locally: init, bridge, processor, sink timescale,
+sink lake and a simulated fleet, each as a child process of this binary,
+against services whose settings are in the IOTPIPE_* environment (make demo
+starts them and loads 'scripts/services.sh env'). The processor runs with
+short windows (--window 10s, --lateness 2s, --idle-timeout 5s) and the lake
+sink closes files after --lake-max-age 10s, so rows appear within seconds.
+Every --progress-interval it prints the rates of each stage (scraped from
+their /metrics), lag, windows emitted and dead letters by reason, and it
+reports when the first device_metrics row of this run appears. Child logs go
+to <state-dir>/demo/. Ctrl-C (SIGINT/SIGTERM) stops the simulator, then the
+bridge, the processor and the sinks, and exits 0 when they all exit 0. A
+child that dies early stops the demo with its log's tail and exit code 1.`
+
+type demoFlags struct {
+	stateDir, groupPrefix            string
+	devices                          int
+	rate, invalid, dup, ooo, late    string
+	window, lateness, idle, lakeAge  time.Duration
+	progress, readyTimeout, stopWait time.Duration
+	httpBridge, httpProcessor        string
+	httpTimescale, httpLake          string
+	readerDSN, pgSchema              string
+	s3                               s3Flags
+	prefix                           string
+	checkConfig                      bool
+}
+
+func (o *demoFlags) bind(f *Flags) {
+	f.Group("General")
+	f.Bool(&o.checkConfig, "check-config", false, "validate the settings, print them and exit without starting anything")
+	f.String(&o.stateDir, "state-dir", ".state", "directory of local state; child logs go to its demo/ subdirectory")
+	f.Duration(&o.progress, "progress-interval", 2*time.Second, "how often to print progress")
+	f.Duration(&o.readyTimeout, "ready-timeout", 90*time.Second, "how long the bridge may take to become ready before the demo gives up")
+	f.Duration(&o.stopWait, "stop-timeout", 30*time.Second, "on Ctrl-C, how long each child may take to exit after SIGTERM before it is killed")
+	f.String(&o.groupPrefix, "group-prefix", "iotpipe-demo", "prefix of the consumer groups, MQTT client id and share group, and processor instance id of the demo's stages")
+	f.Group("Fleet")
+	f.Int(&o.devices, "devices", 50, "simulated devices")
+	f.String(&o.rate, "rate", "1", "messages per second per device")
+	f.String(&o.invalid, "invalid-fraction", "0.01", "fraction of invalid messages (to the DLQ)")
+	f.String(&o.dup, "duplicate-fraction", "0.005", "fraction of duplicated messages")
+	f.String(&o.ooo, "out-of-order-fraction", "0.01", "fraction of messages a few seconds out of order")
+	f.String(&o.late, "late-fraction", "0.002", "fraction of messages too late for their window (to the DLQ as late)")
+	f.Group("Stages")
+	f.Duration(&o.window, "window", 10*time.Second, "processor window size (short, so the first rows come fast)")
+	f.Duration(&o.lateness, "lateness", 2*time.Second, "processor allowed lateness")
+	f.Duration(&o.idle, "idle-timeout", 5*time.Second, "processor idle timeout")
+	f.Duration(&o.lakeAge, "lake-max-age", 10*time.Second, "lake sink --max-age: how soon files reach the lake")
+	f.String(&o.httpBridge, "bridge-http-addr", "127.0.0.1:9101", "/metrics address of the bridge")
+	f.String(&o.httpProcessor, "processor-http-addr", "127.0.0.1:9102", "/metrics address of the processor")
+	f.String(&o.httpLake, "sink-lake-http-addr", "127.0.0.1:9103", "/metrics address of the lake sink")
+	f.String(&o.httpTimescale, "sink-timescale-http-addr", "127.0.0.1:9104", "/metrics address of the TimescaleDB sink")
+	f.Group("Where to look")
+	f.Secret(&o.readerDSN, "pg-reader-dsn", "", "read-only PostgreSQL URL, to find the first metric row (empty: skip that)")
+	f.String(&o.pgSchema, "pg-schema", "iotpipe", "schema that holds the tables")
+	o.s3.bind(f)
+	f.String(&o.prefix, "prefix", "", "key prefix of the lake inside the bucket")
+}
+
+func (o *demoFlags) validate() error {
+	var errs []error
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"progress-interval", o.progress}, {"ready-timeout", o.readyTimeout}, {"stop-timeout", o.stopWait},
+		{"window", o.window}, {"idle-timeout", o.idle}, {"lake-max-age", o.lakeAge}} {
+		if d.v <= 0 {
+			errs = append(errs, settingErr(d.name, d.v.String(), errors.New("must be positive")))
+		}
+	}
+	if o.lateness < 0 {
+		errs = append(errs, settingErr("lateness", o.lateness.String(), errors.New("must not be negative")))
+	}
+	if o.devices < 1 {
+		errs = append(errs, settingErr("devices", strconv.Itoa(o.devices), errors.New("must be at least 1")))
+	}
+	for _, s := range []struct{ name, v string }{{"rate", o.rate}, {"invalid-fraction", o.invalid},
+		{"duplicate-fraction", o.dup}, {"out-of-order-fraction", o.ooo}, {"late-fraction", o.late}} {
+		x, err := strconv.ParseFloat(s.v, 64)
+		hi := 1.0
+		if s.name == "rate" {
+			hi = 1e6
+		}
+		if err != nil || !(x >= 0 && x <= hi) {
+			errs = append(errs, settingErr(s.name, s.v, fmt.Errorf("want a number between 0 and %g", hi)))
+		}
+	}
+	addrs := map[string]string{}
+	for _, a := range []struct{ name, v string }{{"bridge-http-addr", o.httpBridge}, {"processor-http-addr", o.httpProcessor},
+		{"sink-timescale-http-addr", o.httpTimescale}, {"sink-lake-http-addr", o.httpLake}} {
+		host, port, err := splitHostPort(a.v)
+		if err != nil || port == "0" {
+			errs = append(errs, settingErr(a.name, a.v, errors.New("want host:port with a fixed port (the demo scrapes it)")))
+			continue
+		}
+		_ = host
+		if other, dup := addrs[a.v]; dup {
+			errs = append(errs, settingErr(a.name, a.v, fmt.Errorf("same address as --%s", other)))
+		}
+		addrs[a.v] = a.name
+	}
+	if o.groupPrefix == "" {
+		errs = append(errs, settingErr("group-prefix", "", errors.New("must not be empty")))
+	}
+	if o.stateDir == "" {
+		errs = append(errs, settingErr("state-dir", "", errors.New("must not be empty")))
+	}
+	return errors.Join(errs...)
+}
+
+func splitHostPort(a string) (string, string, error) {
+	i := strings.LastIndexByte(a, ':')
+	if i < 0 {
+		return "", "", errors.New("no port")
+	}
+	if _, err := strconv.Atoi(a[i+1:]); err != nil {
+		return "", "", err
+	}
+	return a[:i], a[i+1:], nil
+}
+
+// scrapeURL turns a listen address into the URL to scrape.
+func scrapeURL(addr, path string) string {
+	host, port, _ := splitHostPort(addr)
+	if host == "" || host == "0.0.0.0" || host == "[::]" {
+		host = "127.0.0.1"
+	}
+	return "http://" + host + ":" + port + path
+}
+
+// demoChild is one child process of the demo.
+type demoChild struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	logFile *os.File
+	done    chan struct{}
+	err     error
+	elapsed time.Duration
+}
+
+func (c *demoChild) exitCode() int {
+	if c.cmd.ProcessState == nil {
+		return -1
+	}
+	return c.cmd.ProcessState.ExitCode()
+}
+
+func (c *demoChild) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM, waits up to wait, then kills.
+func (c *demoChild) stop(wait time.Duration) {
+	if c.exited() {
+		return
+	}
+	start := time.Now()
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(wait):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+	c.elapsed = time.Since(start)
+}
+
+type demoRun struct {
+	env      Env
+	o        *demoFlags
+	bin, dir string
+	children []*demoChild
+	exitc    chan *demoChild
+	pids     *os.File
+	mu       sync.Mutex
+}
+
+func (d *demoRun) start(name string, args ...string) (*demoChild, error) {
+	logPath := filepath.Join(d.dir, strings.ReplaceAll(name, " ", "-")+".log")
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(d.bin, args...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.Env = os.Environ()
+	// Own process group: a terminal's Ctrl-C reaches only the demo, which
+	// stops the children in order; Pdeathsig stops them if the demo dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	c := &demoChild{name: name, cmd: cmd, logPath: logPath, logFile: lf, done: make(chan struct{})}
+	go func() {
+		c.err = cmd.Wait()
+		lf.Close()
+		close(c.done)
+		d.exitc <- c
+	}()
+	d.mu.Lock()
+	d.children = append(d.children, c)
+	d.mu.Unlock()
+	fmt.Fprintf(d.pids, "%s %d\n", name, cmd.Process.Pid)
+	fmt.Fprintf(d.env.Stdout, "demo: started %-14s pid %-7d log %s\n", name, cmd.Process.Pid, logPath)
+	return c, nil
+}
+
+// tail returns the last n lines of a file.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(cannot read " + path + ": " + err.Error() + ")"
+	}
+	if len(b) > 64<<10 {
+		b = b[len(b)-64<<10:]
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// lastLineWith returns the last line of the file that starts with prefix.
+func lastLineWith(path, prefix string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	if len(b) > 16<<10 {
+		b = b[len(b)-16<<10:]
+	}
+	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	for i := len(lines) - 1; i >= 0; i-- {
+		if bytes.HasPrefix(lines[i], []byte(prefix)) {
+			return string(lines[i])
+		}
+	}
+	return ""
+}
+
+// stopAll stops the running children in start order (the simulator is
+// started last but stopped first) and reports their exit codes. It
+// returns an error if one did not exit 0.
+func (d *demoRun) stopAll() error {
+	d.mu.Lock()
+	cs := append([]*demoChild(nil), d.children...)
+	d.mu.Unlock()
+	order := make([]*demoChild, 0, len(cs))
+	for _, c := range cs {
+		if c.name == "simulate" {
+			order = append([]*demoChild{c}, order...)
+		} else if c.name != "init" {
+			order = append(order, c)
+		}
+	}
+	var bad []string
+	for _, c := range order {
+		wasRunning := !c.exited()
+		c.stop(d.o.stopWait)
+		how := "already exited"
+		if wasRunning {
+			how = fmt.Sprintf("stopped in %.1fs", c.elapsed.Seconds())
+		}
+		fmt.Fprintf(d.env.Stdout, "demo: %-14s exit %d (%s)\n", c.name, c.exitCode(), how)
+		if c.exitCode() != 0 {
+			bad = append(bad, fmt.Sprintf("%s exited %d (log %s)", c.name, c.exitCode(), c.logPath))
+		}
+	}
+	if len(bad) > 0 {
+		return errors.New(strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+func runDemo(ctx context.Context, env Env, args []string) error {
+	var o demoFlags
+	f := newFlags(env, "iotpipe demo", demoSummary)
+	o.bind(f)
+	if err := f.Parse(args, env.Stdout); err != nil {
+		return usageErr(err)
+	}
+	if err := o.validate(); err != nil {
+		return err
+	}
+	if o.checkConfig {
+		fmt.Fprintf(env.Stdout, "settings are valid: %d devices at %s msg/s, window %s, lateness %s, idle timeout %s, lake max age %s, logs in %s\n",
+			o.devices, o.rate, o.window, o.lateness, o.idle, o.lakeAge, filepath.Join(o.stateDir, "demo"))
+		return nil
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this binary: %w", err)
+	}
+	dir, err := filepath.Abs(filepath.Join(o.stateDir, "demo"))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("--state-dir: %w", err)
+	}
+	pids, err := os.Create(filepath.Join(dir, "pids"))
+	if err != nil {
+		return err
+	}
+	defer pids.Close()
+	d := &demoRun{env: env, o: &o, bin: bin, dir: dir, exitc: make(chan *demoChild, 16), pids: pids}
+	fmt.Fprintf(env.Stdout, "demo: logs of every process in %s (Ctrl-C stops everything)\n", dir)
+	err = d.run(ctx)
+	if serr := d.stopAll(); serr != nil && err == nil {
+		err = serr
+	}
+	if err == nil {
+		fmt.Fprintln(env.Stdout, "demo: stopped cleanly; the services keep running ('make services-down' stops them)")
+	}
+	return err
+}
+
+// run starts everything and shows progress until ctx ends (nil) or a
+// child fails (an error).
+func (d *demoRun) run(ctx context.Context) error {
+	o, w := d.o, d.env.Stdout
+	t0 := time.Now()
+	ini, err := d.start("init", "init")
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-ini.done:
+		<-d.exitc
+	}
+	if ini.exitCode() != 0 {
+		return fmt.Errorf("iotpipe init failed (exit %d); last lines of %s:\n%s", ini.exitCode(), ini.logPath, tail(ini.logPath, 20))
+	}
+	fmt.Fprintf(w, "demo: init done in %.1fs (topics, bucket and schema exist)\n", time.Since(t0).Seconds())
+	gp := o.groupPrefix
+	stages := []struct {
+		name string
+		args []string
+	}{
+		{"bridge", []string{"bridge", "--http-addr", o.httpBridge, "--mqtt-client-id", gp + "-bridge", "--mqtt-share-group", gp}},
+		{"processor", []string{"processor", "--http-addr", o.httpProcessor, "--group", gp + "-processor", "--instance-id", gp + "-processor-1",
+			"--window", o.window.String(), "--lateness", o.lateness.String(), "--idle-timeout", o.idle.String()}},
+		{"sink timescale", []string{"sink", "timescale", "--http-addr", o.httpTimescale, "--group", gp + "-sink-timescale"}},
+		{"sink lake", []string{"sink", "lake", "--http-addr", o.httpLake, "--group", gp + "-sink-lake", "--max-age", o.lakeAge.String()}},
+	}
+	for _, s := range stages {
+		if _, err := d.start(s.name, s.args...); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(w, "demo: processor windows %s, lateness %s, idle timeout %s; lake files close after %s — short, so rows appear fast\n",
+		o.window, o.lateness, o.idle, o.lakeAge)
+
+	// The simulator starts once the bridge is subscribed, or the broker
+	// drops its messages for want of a subscriber.
+	readyBy := time.Now().Add(o.readyTimeout)
+	for {
+		if httpOK(ctx, scrapeURL(o.httpBridge, "/readyz")) {
+			break
+		}
+		if time.Now().After(readyBy) {
+			return fmt.Errorf("the bridge was not ready after %s; last lines of %s:\n%s", o.readyTimeout,
+				d.children[1].logPath, tail(d.children[1].logPath, 20))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case c := <-d.exitc:
+			return d.died(c)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	sim, err := d.start("simulate", "simulate", "--devices", strconv.Itoa(o.devices), "--rate", o.rate,
+		"--invalid-fraction", o.invalid, "--duplicate-fraction", o.dup, "--out-of-order-fraction", o.ooo,
+		"--late-fraction", o.late, "--progress-interval", o.progress.String(), "--duration", "0")
+	if err != nil {
+		return err
+	}
+	simStart := time.Now()
+	d.whereToLook()
+
+	first := newFirstRow(o.readerDSN, o.pgSchema, simStart.Add(-o.window))
+	defer first.close()
+	tick := time.NewTicker(o.progress)
+	defer tick.Stop()
+	var prev demo.Snapshot
+	urls := map[string]string{
+		demo.Bridge: scrapeURL(o.httpBridge, "/metrics"), demo.Processor: scrapeURL(o.httpProcessor, "/metrics"),
+		demo.SinkTimescale: scrapeURL(o.httpTimescale, "/metrics"), demo.SinkLake: scrapeURL(o.httpLake, "/metrics"),
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(w, "demo: stopping (simulator first, then bridge, processor and sinks)…")
+			return nil
+		case c := <-d.exitc:
+			return d.died(c)
+		case <-tick.C:
+		}
+		cur := scrapeAll(ctx, urls)
+		for _, l := range demo.Progress(prev, cur, time.Since(t0)) {
+			fmt.Fprintln(w, l)
+		}
+		if l := lastLineWith(sim.logPath, "simulate:"); l != "" {
+			fmt.Fprintln(w, "        "+l)
+		}
+		prev = cur
+		if found, err := first.check(ctx); err != nil {
+			fmt.Fprintf(w, "demo: cannot query the first metric row: %v\n", err)
+		} else if found {
+			fmt.Fprintf(w, "demo: first metric row after %.0f s (%.0f s after the simulator started) — try the psql line above\n",
+				time.Since(t0).Seconds(), time.Since(simStart).Seconds())
+		}
+	}
+}
+
+// died reports a child that exited on its own.
+func (d *demoRun) died(c *demoChild) error {
+	return fmt.Errorf("%s exited early (exit %d); last lines of %s:\n%s", c.name, c.exitCode(), c.logPath, tail(c.logPath, 20))
+}
+
+func (d *demoRun) whereToLook() {
+	o, w := d.o, d.env.Stdout
+	fmt.Fprintf(w, `demo: where to look
+  window metrics:  psql "$IOTPIPE_PG_READER_DSN" -c 'SELECT bucket, device_id, metric, count, round(mean::numeric, 2) AS mean, min, max FROM %[1]s.device_metrics ORDER BY bucket DESC, device_id, metric LIMIT 12'
+  readings:        psql "$IOTPIPE_PG_READER_DSN" -c 'SELECT metric, count(*), round(avg(value)::numeric, 2) AS avg FROM %[1]s.readings GROUP BY metric'
+  lake:            s3://%[2]s/%[3]sreadings/date=YYYY-MM-DD/hour=HH/*.parquet (also %[3]smetrics/, %[3]sactivity/)
+  DuckDB:          duckdb -c "INSTALL httpfs; LOAD httpfs; SET s3_endpoint='%[4]s'; SET s3_use_ssl=%[5]t; SET s3_url_style='path'; SET s3_region='%[6]s'; SET s3_access_key_id='$IOTPIPE_S3_ACCESS_KEY'; SET s3_secret_access_key='$IOTPIPE_S3_SECRET_KEY'; SELECT device_id, metric, count(*) AS n, round(avg(value), 2) AS avg FROM read_parquet('s3://%[2]s/%[3]sreadings/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY n DESC LIMIT 10"
+  metrics:         curl -s %[7]s | grep ^iotpipe_   (processor %[8]s, sinks %[9]s %[10]s)
+`, o.pgSchema, o.s3.c.Bucket, o.prefix, hostOf(o.s3.c.Endpoint), strings.HasPrefix(o.s3.c.Endpoint, "https://"), o.s3.c.Region,
+		scrapeURL(o.httpBridge, "/metrics"), scrapeURL(o.httpProcessor, "/metrics"), scrapeURL(o.httpTimescale, "/metrics"), scrapeURL(o.httpLake, "/metrics"))
+}
+
+func hostOf(endpoint string) string {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" {
+		return endpoint
+	}
+	return u.Host
+}
+
+func httpOK(ctx context.Context, u string) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// scrapeAll scrapes every stage in parallel; a stage that does not answer
+// has nil Metrics.
+func scrapeAll(ctx context.Context, urls map[string]string) demo.Snapshot {
+	snap := demo.Snapshot{At: time.Now(), Stages: map[string]demo.Metrics{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for name, u := range urls {
+		wg.Go(func() {
+			m := scrape(ctx, u)
+			mu.Lock()
+			snap.Stages[name] = m
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return snap
+}
+
+func scrape(ctx context.Context, u string) demo.Metrics {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	m, err := demo.Parse(resp.Body)
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
+// firstRow watches device_metrics for the first row of this run: it
+// counts the rows of recent windows when it starts and reports once when
+// the count grows.
+type firstRow struct {
+	dsn, schema string
+	since       time.Time
+	conn        *pgx.Conn
+	baseline    int64
+	haveBase    bool
+	done        bool
+}
+
+func newFirstRow(dsn, schema string, since time.Time) *firstRow {
+	return &firstRow{dsn: dsn, schema: schema, since: since, done: dsn == ""}
+}
+
+func (f *firstRow) close() {
+	if f.conn != nil {
+		_ = f.conn.Close(context.Background())
+	}
+}
+
+// check reports true once, when the first row of this run is seen.
+func (f *firstRow) check(ctx context.Context) (bool, error) {
+	if f.done {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if f.conn == nil {
+		c, err := pgx.Connect(ctx, f.dsn)
+		if err != nil {
+			return false, err
+		}
+		f.conn = c
+	}
+	var n int64
+	q := fmt.Sprintf("SELECT count(*) FROM %s.device_metrics WHERE bucket >= $1", pgx.Identifier{f.schema}.Sanitize())
+	if err := f.conn.QueryRow(ctx, q, f.since).Scan(&n); err != nil {
+		_ = f.conn.Close(context.Background())
+		f.conn = nil
+		return false, err
+	}
+	if !f.haveBase {
+		f.baseline, f.haveBase = n, true
+		return false, nil
+	}
+	if n > f.baseline {
+		f.done = true
+		return true, nil
+	}
+	return false, nil
+}

@@ -1,0 +1,220 @@
+//go:build integration
+
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/iotpipe/iotpipe/internal/testenv"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type lockedLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lockedLines) add(s string) { l.mu.Lock(); l.lines = append(l.lines, s); l.mu.Unlock() }
+func (l *lockedLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+type demoProc struct {
+	cmd    *exec.Cmd
+	out    *lockedLines
+	errOut *strings.Builder
+	done   chan error
+	state  string
+	bucket string
+	schema string
+}
+
+// startDemo builds the binary and starts `iotpipe demo` on unique topics,
+// schema, bucket, groups and MQTT topics, with extra environment.
+func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...string) *demoProc {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	bin := filepath.Join(t.TempDir(), "iotpipe")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/iotpipe")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	id := testenv.Name(t, "demo")
+	d := &demoProc{out: &lockedLines{}, errOut: &strings.Builder{}, done: make(chan error, 1), state: t.TempDir(),
+		schema: env.Schema(t), bucket: env.BucketName(t)}
+	topics := []string{id + ".raw", id + ".metrics", id + ".dlq", id + ".changelog"}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _ = env.KafkaAdmin(t).DeleteTopics(cctx, topics...)
+	})
+	d.cmd = exec.Command(bin, "demo", "--devices", "20", "--rate", "2", "--progress-interval", "1s",
+		"--bridge-http-addr", freeAddr(t), "--processor-http-addr", freeAddr(t),
+		"--sink-timescale-http-addr", freeAddr(t), "--sink-lake-http-addr", freeAddr(t))
+	d.cmd.Env = append(append(os.Environ(),
+		"IOTPIPE_TOPIC_RAW="+topics[0], "IOTPIPE_TOPIC_METRICS="+topics[1], "IOTPIPE_TOPIC_DLQ="+topics[2],
+		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+topics[3],
+		"IOTPIPE_PG_SCHEMA="+d.schema, "IOTPIPE_S3_BUCKET="+d.bucket, "IOTPIPE_STATE_DIR="+d.state,
+		"IOTPIPE_GROUP_PREFIX="+id, "IOTPIPE_TOPIC_TEMPLATE=devices/"+id+"/{device_id}/telemetry",
+		"IOTPIPE_RAW_PARTITIONS=2", "IOTPIPE_METRICS_PARTITIONS=1", "IOTPIPE_DLQ_PARTITIONS=1",
+		"IOTPIPE_LOG_FORMAT=json"), extra...)
+	stdout, err := d.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Stderr = d.errOut
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			d.out.add(sc.Text())
+		}
+	}()
+	go func() { <-scanned; d.done <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			_ = d.cmd.Process.Kill()
+			<-d.done
+		}
+		if t.Failed() {
+			t.Logf("demo stdout:\n%s\nstderr:\n%s", d.out, d.errOut.String())
+			for _, f := range []string{"bridge", "processor", "sink-timescale", "sink-lake", "simulate"} {
+				t.Logf("--- %s.log:\n%s", f, tail(filepath.Join(d.state, "demo", f+".log"), 15))
+			}
+		}
+	})
+	return d
+}
+
+// checkNoChild checks that every child pid the demo recorded is gone and
+// that at least want were recorded.
+func (d *demoProc) checkNoChild(t *testing.T, want int) {
+	t.Helper()
+	pids, err := os.ReadFile(filepath.Join(d.state, "demo", "pids"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(pids)), "\n") {
+		f := strings.Fields(line)
+		pid, err := strconv.Atoi(f[len(f)-1])
+		if err != nil {
+			t.Fatalf("pids line %q", line)
+		}
+		n++
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("child %q (pid %d) still exists after the demo exited (kill -0: %v)", line, pid, err)
+		}
+	}
+	if n < want {
+		t.Errorf("%d child pids recorded, want at least %d:\n%s", n, want, pids)
+	}
+}
+
+// `iotpipe demo` runs the whole pipeline as child processes on the real
+// services, prints progress and the first metric row, and stops every
+// child on SIGINT, exiting 0.
+func TestDemoRunsAndStopsCleanly(t *testing.T) {
+	env := testenv.Load(t)
+	ctx := testenv.Context(t, 90*time.Second)
+	d := startDemo(t, env, ctx)
+	cmd, out, done, state, bucket, schema := d.cmd, d.out, d.done, d.state, d.bucket, d.schema
+
+	testenv.Eventually(t, 70*time.Second, 500*time.Millisecond, func() error {
+		select {
+		case err := <-done:
+			t.Fatalf("demo exited early: %v", err)
+		default:
+		}
+		s := out.String()
+		if !strings.Contains(s, "first metric row after") {
+			return errors.New("no first metric row reported yet")
+		}
+		if strings.Count(s, "] bridge ") < 3 {
+			return errors.New("fewer than 3 progress lines")
+		}
+		return nil
+	})
+	var rows int64
+	if err := env.PG(t).QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM %s.device_metrics", schema)).Scan(&rows); err != nil || rows == 0 {
+		t.Fatalf("device_metrics rows: %d (%v)", rows, err)
+	}
+	s := out.String()
+	for _, want := range []string{"psql \"$IOTPIPE_PG_READER_DSN\"", "s3://" + bucket + "/readings/", "duckdb -c", "dlq: ", state + "/demo"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo exit after SIGINT: %v", err)
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatal("demo still running 45s after SIGINT")
+	}
+	s = out.String()
+	for _, name := range []string{"simulate", "bridge", "processor", "sink timescale", "sink lake"} {
+		if !strings.Contains(s, fmt.Sprintf("demo: %-14s exit 0", name)) {
+			t.Errorf("no clean exit reported for %s", name)
+		}
+	}
+	d.checkNoChild(t, 6) // init, 4 stages, simulate
+}
+
+// A stage that dies early (here the lake sink, given a bad setting) makes
+// the demo say which one, show its log, stop the others and exit 1.
+func TestDemoStopsWhenAChildDies(t *testing.T) {
+	env := testenv.Load(t)
+	ctx := testenv.Context(t, 60*time.Second)
+	d := startDemo(t, env, ctx, "IOTPIPE_ZSTD_LEVEL=99")
+	select {
+	case err := <-d.done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != ExitFailed {
+			t.Fatalf("demo exit: %v, want exit %d", err, ExitFailed)
+		}
+	case <-ctx.Done():
+		t.Fatal("demo did not stop after a child died")
+	}
+	if e := d.errOut.String(); !strings.Contains(e, "sink lake exited early (exit 2)") || !strings.Contains(e, "--zstd-level") {
+		t.Errorf("stderr does not name the dead child and its log tail: %q", e)
+	}
+	d.checkNoChild(t, 5) // init and the 4 stages (and the simulator if the bridge was ready first)
+}

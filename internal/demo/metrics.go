@@ -1,0 +1,208 @@
+package demo
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Sample is one sample of a metric: its labels and value.
+type Sample struct {
+	Labels map[string]string
+	Value  float64
+}
+
+// Metrics is one scrape: samples by metric name.
+type Metrics map[string][]Sample
+
+// Parse reads the Prometheus text exposition format. Comments and
+// malformed lines are skipped; histogram series come as their _bucket,
+// _sum and _count names.
+func Parse(r io.Reader) (Metrics, error) {
+	m := Metrics{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, labels, rest := line, map[string]string(nil), ""
+		if i := strings.IndexByte(line, '{'); i >= 0 {
+			j := strings.LastIndexByte(line, '}')
+			if j < i {
+				continue
+			}
+			name, labels, rest = line[:i], parseLabels(line[i+1:j]), strings.TrimSpace(line[j+1:])
+		} else if i := strings.IndexAny(line, " \t"); i >= 0 {
+			name, rest = line[:i], strings.TrimSpace(line[i+1:])
+		} else {
+			continue
+		}
+		if f := strings.Fields(rest); len(f) > 0 {
+			rest = f[0] // drop a timestamp
+		}
+		v, err := strconv.ParseFloat(rest, 64)
+		if err != nil {
+			continue
+		}
+		m[name] = append(m[name], Sample{Labels: labels, Value: v})
+	}
+	return m, sc.Err()
+}
+
+func parseLabels(s string) map[string]string {
+	l := map[string]string{}
+	for len(s) > 0 {
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 || eq+1 >= len(s) || s[eq+1] != '"' {
+			break
+		}
+		key := strings.TrimSpace(strings.TrimLeft(s[:eq], ", "))
+		var b strings.Builder
+		i := eq + 2
+		for ; i < len(s) && s[i] != '"'; i++ {
+			if s[i] == '\\' && i+1 < len(s) {
+				i++
+				switch s[i] {
+				case 'n':
+					b.WriteByte('\n')
+				default:
+					b.WriteByte(s[i])
+				}
+				continue
+			}
+			b.WriteByte(s[i])
+		}
+		l[key] = b.String()
+		if i >= len(s) {
+			break
+		}
+		s = s[i+1:]
+	}
+	return l
+}
+
+// Has reports whether the scrape holds metric name.
+func (m Metrics) Has(name string) bool { _, ok := m[name]; return ok }
+
+// Sum adds the samples of name whose labels include every key=value pair
+// of match (pairs given as "k", "v", ...).
+func (m Metrics) Sum(name string, match ...string) float64 {
+	var t float64
+	for _, s := range m[name] {
+		if matches(s.Labels, match) {
+			t += s.Value
+		}
+	}
+	return t
+}
+
+func matches(l map[string]string, match []string) bool {
+	for i := 0; i+1 < len(match); i += 2 {
+		if l[match[i]] != match[i+1] {
+			return false
+		}
+	}
+	return true
+}
+
+// By sums name's samples by the value of label.
+func (m Metrics) By(name, label string) map[string]float64 {
+	out := map[string]float64{}
+	for _, s := range m[name] {
+		out[s.Labels[label]] += s.Value
+	}
+	return out
+}
+
+// Stage names, as the demo shows them.
+const (
+	Bridge        = "bridge"
+	Processor     = "processor"
+	SinkTimescale = "sink timescale"
+	SinkLake      = "sink lake"
+)
+
+// Snapshot is one scrape of every stage (a nil Metrics: that stage did
+// not answer) and when it was taken.
+type Snapshot struct {
+	At     time.Time
+	Stages map[string]Metrics
+}
+
+// Progress formats the progress lines for the interval prev → cur, prev
+// may be the zero Snapshot (then totals are shown without rates). elapsed
+// is the time since the demo started.
+func Progress(prev, cur Snapshot, elapsed time.Duration) []string {
+	dt := cur.At.Sub(prev.At).Seconds()
+	rate := func(stage, name string, match ...string) string {
+		c := cur.Stages[stage]
+		if c == nil {
+			return "-"
+		}
+		v := c.Sum(name, match...)
+		p := prev.Stages[stage]
+		if p == nil || dt <= 0 {
+			return fmt.Sprintf("%.0f", v)
+		}
+		return fmt.Sprintf("%.1f/s", math.Max(0, v-p.Sum(name, match...))/dt)
+	}
+	total := func(stage, name string, match ...string) string {
+		c := cur.Stages[stage]
+		if c == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%.0f", c.Sum(name, match...))
+	}
+	lines := []string{
+		fmt.Sprintf("[%4.0fs] bridge %s in, %s to raw | processor %s readings, windows emitted %s (%s) | timescale %s rows | lake %s rows, %s files",
+			elapsed.Seconds(),
+			rate(Bridge, "iotpipe_bridge_received_total"),
+			rate(Bridge, "iotpipe_bridge_produced_total", "topic", "raw"),
+			rate(Processor, "iotpipe_processor_readings_accepted_total"),
+			total(Processor, "iotpipe_processor_emitted_total", "kind", "metric"),
+			rate(Processor, "iotpipe_processor_emitted_total", "kind", "metric"),
+			rate(SinkTimescale, "iotpipe_sink_timescale_rows_total"),
+			rate(SinkLake, "iotpipe_lake_rows_total"),
+			total(SinkLake, "iotpipe_lake_files_total")),
+	}
+	var lag []string
+	if c := cur.Stages[SinkTimescale]; c.Has("iotpipe_sink_timescale_consumer_lag_records") {
+		lag = append(lag, fmt.Sprintf("timescale sink %.0f records", c.Sum("iotpipe_sink_timescale_consumer_lag_records")))
+	}
+	if c := cur.Stages[Processor]; c.Has("iotpipe_processor_watermark_lag_seconds") {
+		lag = append(lag, fmt.Sprintf("processor watermark %.1fs behind", c.Sum("iotpipe_processor_watermark_lag_seconds")))
+	}
+	if len(lag) > 0 {
+		lines = append(lines, "        lag: "+strings.Join(lag, ", ")+" (bridge, processor and lake sink expose no Kafka lag)")
+	}
+	var dlq []string
+	add := func(stage, name, label, prefix string) {
+		for reason, v := range cur.Stages[stage].By(name, label) {
+			if v > 0 {
+				dlq = append(dlq, fmt.Sprintf("%s%s %.0f", prefix, reason, v))
+			}
+		}
+	}
+	add(Bridge, "iotpipe_bridge_rejected_total", "reason", "bridge/")
+	add(Processor, "iotpipe_processor_dlq_total", "reason", "processor/")
+	add(SinkTimescale, "iotpipe_sink_timescale_rejected_total", "reason", "timescale/")
+	add(SinkLake, "iotpipe_lake_dlq_records_total", "reason", "lake/")
+	sort.Strings(dlq)
+	if len(dlq) == 0 {
+		dlq = []string{"none"}
+	}
+	lines = append(lines, "        dlq: "+strings.Join(dlq, ", "))
+	if c := cur.Stages[Processor]; c != nil {
+		if d := c.Sum("iotpipe_processor_duplicates_total"); d > 0 {
+			lines[len(lines)-1] += fmt.Sprintf(" | duplicates dropped %.0f", d)
+		}
+	}
+	return lines
+}
