@@ -61,6 +61,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.received, m.redelivered, m.producedRaw, m.producedDLQ, m.rejected, m.inFlight, m.produceLatency,
 			m.produceErrors, m.unacked, m.connected, m.connections, m.connectErrors)
 	}
+	// Export the error series from the start (at 0), so dashboards and
+	// alerts see them before the first error.
+	for _, k := range []string{"raw", "dlq"} {
+		m.produceErrors.WithLabelValues(k)
+	}
 	return m
 }
 

@@ -1,6 +1,10 @@
 package lake
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/iotpipe/iotpipe/schemas"
+)
 
 // metrics are the sink's Prometheus collectors (namespace iotpipe_lake).
 type metrics struct {
@@ -51,6 +55,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, op := range []string{"put", "intent", "delete", "list", "commit", "dlq"} {
 		m.retries.WithLabelValues(op)
 	}
+	// Export the dead-letter series from the start (at 0), so dashboards
+	// and alerts see them before the first bad record.
+	m.dlq.WithLabelValues(string(schemas.ReasonInvalidRecord))
 	for ds := range numDatasets {
 		m.rows.WithLabelValues(ds.String())
 		m.files.WithLabelValues(ds.String())

@@ -54,6 +54,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, t := range []string{tableReadings, tableMetrics, tableActivity} {
 		m.rows.WithLabelValues(t)
 	}
+	for _, c := range []string{"database", "dlq", "conflict"} {
+		m.retries.WithLabelValues(c)
+	}
 	if reg != nil {
 		reg.MustRegister(m.records, m.rows, m.batchRows, m.commit, m.retries, m.rejected, m.skipped, m.dbUp, m.lag)
 	}

@@ -12,9 +12,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -241,6 +244,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	}
 	defer reader.Close()
 	checkDashboards(t, ctx, reader, schema)
+	checkPrometheusQueries(t, bridge, processor, sinkTS, sinkLake)
 
 	// 6. Clean shutdown, source to sink.
 	bridge.stop(t, 30*time.Second)
@@ -353,4 +357,63 @@ func checkDashboards(t *testing.T, ctx context.Context, db *pgxpool.Pool, schema
 		}
 	}
 	t.Logf("ran %d dashboard queries as the read-only role", queries)
+}
+
+var (
+	metricsAddr = regexp.MustCompile(`"msg":"serving metrics and health"[^\n]*"addr":"([^"]+)"`)
+	metricName  = regexp.MustCompile(`\biotpipe_[a-z0-9_]+`)
+)
+
+// checkPrometheusQueries scrapes every stage's /metrics and checks that
+// each iotpipe_* metric the Prometheus panels query is one a stage
+// exports, so a renamed metric cannot leave a panel silently empty.
+func checkPrometheusQueries(t *testing.T, stages ...*stage) {
+	t.Helper()
+	exported := map[string]bool{}
+	for _, s := range stages {
+		m := metricsAddr.FindStringSubmatch(s.log.String())
+		if m == nil {
+			t.Errorf("%s did not log its metrics address", s.name)
+			continue
+		}
+		resp, err := http.Get("http://" + m[1] + "/metrics")
+		if err != nil {
+			t.Errorf("%s /metrics: %v", s.name, err)
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Errorf("%s /metrics: %v", s.name, err)
+			continue
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			// "# HELP name" lines name every family, also those without samples yet.
+			line = strings.TrimPrefix(strings.TrimPrefix(line, "# HELP "), "# TYPE ")
+			if n := metricName.FindString(line); n != "" && strings.HasPrefix(line, n) {
+				exported[n] = true
+			}
+		}
+	}
+	ds, err := grafana.Dashboards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, d := range ds {
+		for _, p := range d.Panels {
+			for _, tg := range p.Targets {
+				for _, n := range metricName.FindAllString(tg.Expr, -1) {
+					checked++
+					if !exported[n] && !exported[strings.TrimSuffix(n, "_bucket")] {
+						t.Errorf("%s / %s queries %s, which no stage exports", d.Title, p.Title, n)
+					}
+				}
+			}
+		}
+	}
+	if checked == 0 {
+		t.Error("no Prometheus query found in the dashboards")
+	}
+	t.Logf("checked %d metric references of the Prometheus panels against %d exported families", checked, len(exported))
 }
