@@ -13,7 +13,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/iotpipe/iotpipe/internal/devicesim"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -39,6 +42,7 @@ type simulateFlags struct {
 	duration, progress       time.Duration
 	perDevice                int
 	checkConfig              bool
+	http                     httpFlags
 }
 
 func (o *simulateFlags) bind(f *Flags) {
@@ -66,6 +70,7 @@ func (o *simulateFlags) bind(f *Flags) {
 	f.String(&o.late, "late-fraction", "0", "valid messages with their event time --late-by in the past (the processor sends them to the DLQ as late)")
 	f.Duration(&o.oooBy, "out-of-order-by", devicesim.DefaultOutOfOrderBy, "how far back an out-of-order message's event time is")
 	f.Duration(&o.lateBy, "late-by", devicesim.DefaultLateBy, "how far back a late message's event time is (more than the processor's window plus lateness)")
+	o.http.bind(f, "")
 }
 
 // simulateConfig turns the flags into a devicesim config; errors name the
@@ -164,6 +169,14 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 	}
 	fmt.Fprintf(env.Stdout, "simulate: %d devices at %g msg/s each (%g msg/s), format %s, %s as %q\n",
 		cfg.Devices, cfg.Rate, cfg.Rate*float64(cfg.Devices), o.format, cfg.URL, cfg.Username)
+	srv, err := simulateServer(o.http.c, sim)
+	if err != nil {
+		return settingErr("http-addr", o.http.c.Addr, err)
+	}
+	sctx, stopServer := context.WithCancel(context.WithoutCancel(ctx))
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx) }()
+	defer func() { stopServer(); <-served }()
 	start := time.Now()
 	cpu0 := cpuTime()
 	done := make(chan error, 1)
@@ -240,4 +253,34 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// simulateServer serves the fleet's counters on /metrics and, on /readyz,
+// whether it has connected to the broker (for container healthchecks).
+// With an empty address it serves nothing.
+func simulateServer(c service.Config, sim *devicesim.Sim) (*service.Server, error) {
+	srv := service.New(c, nil)
+	counter := func(name, help string, v func(devicesim.Stats) int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "iotpipe", Subsystem: "simulate", Name: name, Help: help},
+			func() float64 { return float64(v(sim.Stats())) })
+	}
+	srv.Registry.MustRegister(
+		counter("published_total", "PUBLISH packets written.", func(s devicesim.Stats) int64 { return s.Published }),
+		counter("acked_total", "Messages the broker acknowledged with success.", func(s devicesim.Stats) int64 { return s.Acked }),
+		counter("acked_invalid_total", "Acknowledged messages that carried an invalid payload on purpose.", func(s devicesim.Stats) int64 { return s.AckedInvalid }),
+		counter("refused_total", "Messages the broker refused (error reason code).", func(s devicesim.Stats) int64 { return s.Refused }),
+		counter("no_subscribers_total", "Messages the broker dropped for lack of a subscriber (PUBACK 0x10).", func(s devicesim.Stats) int64 { return s.NoSubscribers }),
+		counter("unconfirmed_total", "Messages whose connection dropped before their PUBACK.", func(s devicesim.Stats) int64 { return s.Unconfirmed }),
+		counter("connections_total", "MQTT connections made.", func(s devicesim.Stats) int64 { return s.Connections }),
+	)
+	srv.AddCheck("mqtt", func(context.Context) error {
+		if sim.Stats().Connections == 0 {
+			return errors.New("not connected to the broker yet")
+		}
+		return nil
+	})
+	if err := srv.Listen(); err != nil {
+		return nil, err
+	}
+	return srv, nil
 }
