@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -373,10 +374,11 @@ func (d *demoRun) run(ctx context.Context) error {
 		args []string
 	}{
 		{"bridge", []string{"bridge", "--http-addr", o.httpBridge, "--mqtt-client-id", gp + "-bridge", "--mqtt-share-group", gp}},
-		{"processor", []string{"processor", "--http-addr", o.httpProcessor, "--group", gp + "-processor", "--instance-id", gp + "-processor-1",
-			"--window", o.window.String(), "--lateness", o.lateness.String(), "--idle-timeout", o.idle.String()}},
+		{"processor", append([]string{"processor", "--http-addr", o.httpProcessor, "--group", gp + "-processor", "--instance-id", gp + "-processor-1"},
+			settingArgs(o.stageSettings()["processor"])...)},
 		{"sink timescale", []string{"sink", "timescale", "--http-addr", o.httpTimescale, "--group", gp + "-sink-timescale"}},
-		{"sink lake", []string{"sink", "lake", "--http-addr", o.httpLake, "--group", gp + "-sink-lake", "--max-age", o.lakeAge.String()}},
+		{"sink lake", append([]string{"sink", "lake", "--http-addr", o.httpLake, "--group", gp + "-sink-lake"},
+			settingArgs(o.stageSettings()["sink-lake"])...)},
 	}
 	for _, s := range stages {
 		if _, err := d.start(s.name, s.args...); err != nil {
@@ -405,9 +407,8 @@ func (d *demoRun) run(ctx context.Context) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	sim, err := d.start("simulate", "simulate", "--devices", strconv.Itoa(o.devices), "--rate", o.rate,
-		"--invalid-fraction", o.invalid, "--duplicate-fraction", o.dup, "--out-of-order-fraction", o.ooo,
-		"--late-fraction", o.late, "--progress-interval", o.progress.String(), "--duration", "0")
+	sim, err := d.start("simulate", append([]string{"simulate", "--progress-interval", o.progress.String(), "--duration", "0"},
+		settingArgs(o.stageSettings()["simulator"])...)...)
 	if err != nil {
 		return err
 	}
@@ -582,4 +583,45 @@ func (f *firstRow) check(ctx context.Context) (bool, error) {
 		return true, nil
 	}
 	return false, nil
+}
+
+// stageSettings are the settings the demo gives its stages beyond the
+// connection settings they share and the names that keep runs apart,
+// by docker compose service name and flag name.
+func (o *demoFlags) stageSettings() map[string]map[string]string {
+	return map[string]map[string]string{
+		"processor": {"window": o.window.String(), "lateness": o.lateness.String(), "idle-timeout": o.idle.String()},
+		"sink-lake": {"max-age": o.lakeAge.String()},
+		"simulator": {"devices": strconv.Itoa(o.devices), "rate": o.rate, "invalid-fraction": o.invalid,
+			"duplicate-fraction": o.dup, "out-of-order-fraction": o.ooo, "late-fraction": o.late},
+	}
+}
+
+// settingArgs turns settings into flags, in a stable order.
+func settingArgs(settings map[string]string) []string {
+	names := make([]string, 0, len(settings))
+	for n := range settings {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var args []string
+	for _, n := range names {
+		args = append(args, "--"+n, settings[n])
+	}
+	return args
+}
+
+// DemoStageSettings returns what `iotpipe demo` (and so `make demo`) sets
+// for each stage with its default settings, keyed by docker compose service
+// name and flag name. docker-compose.yml sets the same, which test/compose
+// checks, so the compose stack and the demo behave alike.
+func DemoStageSettings() (map[string]map[string]string, error) {
+	var o demoFlags
+	f := NewFlags("iotpipe demo", "")
+	f.getenv = func(string) string { return "" }
+	o.bind(f)
+	if err := f.Parse(nil, io.Discard); err != nil {
+		return nil, err
+	}
+	return o.stageSettings(), nil
 }

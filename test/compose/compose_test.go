@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	composecli "github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
@@ -203,4 +204,41 @@ func TestNoPasswordsBakedIn(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestSettingsEqualTheDemo checks that the compose stages run with the
+// settings `make demo` gives them (window, lateness, lake file age, fleet).
+func TestSettingsEqualTheDemo(t *testing.T) {
+	p := load(t)
+	demo, err := cli.DemoStageSettings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for service, settings := range demo {
+		s, ok := p.Services[service]
+		if !ok {
+			t.Errorf("the demo runs %s, docker-compose.yml has no such service", service)
+			continue
+		}
+		for flag, want := range settings {
+			v := s.Environment[cli.EnvName(flag)]
+			if v == nil {
+				t.Errorf("service %s does not set %s; make demo uses --%s %s", service, cli.EnvName(flag), flag, want)
+				continue
+			}
+			if !sameSetting(*v, want) {
+				t.Errorf("service %s sets %s=%s; make demo uses --%s %s", service, cli.EnvName(flag), *v, flag, want)
+			}
+		}
+	}
+}
+
+// sameSetting compares two values of one setting, durations by value.
+func sameSetting(a, b string) bool {
+	if a == b {
+		return true
+	}
+	da, errA := time.ParseDuration(a)
+	db, errB := time.ParseDuration(b)
+	return errA == nil && errB == nil && da == db
 }
