@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/iotpipe/iotpipe/bridge"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -183,12 +181,7 @@ func fieldFlagHint(msg string) string {
 
 func runBridge(ctx context.Context, env Env, args []string) error {
 	var o bridgeFlags
-	f := newFlags(env, "iotpipe bridge", bridgeHelp)
-	o.bind(f)
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
-	}
-	log, err := o.log.logger(env)
+	log, err := parseStage(env, args, "iotpipe bridge", bridgeHelp, o.bind, &o.log)
 	if err != nil {
 		return err
 	}
@@ -209,19 +202,7 @@ func runBridge(ctx context.Context, env Env, args []string) error {
 	}
 	srv.AddCheck("mqtt", b.MQTTReady)
 	srv.AddCheck("kafka", b.KafkaReady)
-	if err := srv.Listen(); err != nil {
-		return settingErr("http-addr", o.http.c.Addr, err)
-	}
-	// The HTTP server outlives the drain so that /metrics shows it.
-	srvCtx, stopSrv := context.WithCancel(context.Background())
-	g, _ := errgroup.WithContext(srvCtx)
-	g.Go(func() error { return srv.Serve(srvCtx) })
-	runErr := b.Run(ctx)
-	stopSrv()
-	if err := g.Wait(); err != nil && runErr == nil {
-		runErr = err
-	}
-	if runErr != nil {
+	if runErr := serveWhile(ctx, srv, o.http.c.Addr, b.Run); runErr != nil {
 		if errors.Is(runErr, bridge.ErrMissingTopic) {
 			return fmt.Errorf("%w (--topic-raw %s=%q, --topic-dlq %s=%q)", runErr, EnvName("topic-raw"), cfg.TopicRaw, EnvName("topic-dlq"), cfg.TopicDLQ)
 		}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -85,4 +86,34 @@ type httpFlags struct{ c service.Config }
 func (h *httpFlags) bind(f *Flags, defAddr string) {
 	f.Group("Metrics and health")
 	f.String(&h.c.Addr, "http-addr", defAddr, "address of /metrics, /healthz and /readyz (host:port; empty disables)")
+}
+
+// parseStage is the prologue of every stage command: it parses the command
+// line into the flags bind defines and builds the logger they select.
+func parseStage(env Env, args []string, name, help string, bind func(*Flags), lf *logFlags) (*slog.Logger, error) {
+	f := newFlags(env, name, help)
+	bind(f)
+	if err := f.Parse(args, env.Stdout); err != nil {
+		return nil, usageErr(err)
+	}
+	return lf.logger(env)
+}
+
+// serveWhile serves srv's /metrics, /healthz and /readyz while run runs
+// the stage. It listens first, so a port in use fails before the stage
+// starts; the server outlives the stage's drain, so /metrics shows it, and
+// stops once run has returned.
+func serveWhile(ctx context.Context, srv *service.Server, addr string, run func(context.Context) error) error {
+	if err := srv.Listen(); err != nil {
+		return settingErr("http-addr", addr, err)
+	}
+	srvCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(srvCtx) }()
+	runErr := run(ctx)
+	stop()
+	if err := <-served; err != nil && runErr == nil {
+		runErr = err
+	}
+	return runErr
 }

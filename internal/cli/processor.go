@@ -154,12 +154,7 @@ func (o *processorFlags) config() (processor.Config, error) {
 
 func runProcessor(ctx context.Context, env Env, args []string) error {
 	var o processorFlags
-	f := newFlags(env, "iotpipe processor", processorHelp)
-	o.bind(f)
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
-	}
-	log, err := o.log.logger(env)
+	log, err := parseStage(env, args, "iotpipe processor", processorHelp, o.bind, &o.log)
 	if err != nil {
 		return err
 	}

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/sink/lake"
 )
@@ -145,12 +143,7 @@ func (o *sinkLakeFlags) config() (lake.Config, error) {
 
 func runSinkLake(ctx context.Context, env Env, args []string) error {
 	var o sinkLakeFlags
-	f := newFlags(env, "iotpipe sink lake", sinkLakeSummary)
-	o.bind(f)
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
-	}
-	log, err := o.log.logger(env)
+	log, err := parseStage(env, args, "iotpipe sink lake", sinkLakeSummary, o.bind, &o.log)
 	if err != nil {
 		return err
 	}
@@ -165,27 +158,11 @@ func runSinkLake(ctx context.Context, env Env, args []string) error {
 		return nil
 	}
 	srv := service.New(o.http.c, log)
-	if o.http.c.Addr != "" {
-		if err := srv.Listen(); err != nil {
-			return settingErr("http-addr", o.http.c.Addr, err)
-		}
-	}
 	sink, err := lake.New(cfg, log, srv.Registry)
 	if err != nil {
 		return &UsageError{err}
 	}
 	srv.AddCheck("kafka", sink.CheckKafka)
 	srv.AddCheck("s3", sink.CheckS3)
-	// The server outlives the sink's shutdown so /metrics stays readable
-	// while it drains; it stops once the sink has returned.
-	srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
-	var g errgroup.Group
-	if o.http.c.Addr != "" {
-		g.Go(func() error { return srv.Serve(srvCtx) })
-	}
-	g.Go(func() error {
-		defer stopSrv()
-		return sink.Run(ctx)
-	})
-	return g.Wait()
+	return serveWhile(ctx, srv, o.http.c.Addr, sink.Run)
 }

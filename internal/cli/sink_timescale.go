@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/sink/timescale"
 )
@@ -105,12 +103,7 @@ func (o *sinkTimescaleFlags) config() (timescale.Config, error) {
 
 func runSinkTimescale(ctx context.Context, env Env, args []string) error {
 	var o sinkTimescaleFlags
-	f := newFlags(env, "iotpipe sink timescale", sinkTimescaleSummary)
-	o.bind(f)
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
-	}
-	log, err := o.log.logger(env)
+	log, err := parseStage(env, args, "iotpipe sink timescale", sinkTimescaleSummary, o.bind, &o.log)
 	if err != nil {
 		return err
 	}
@@ -130,21 +123,5 @@ func runSinkTimescale(ctx context.Context, env Env, args []string) error {
 	}
 	srv.AddCheck("postgres", sink.CheckDB)
 	srv.AddCheck("kafka", sink.CheckKafka)
-	if o.http.c.Addr != "" {
-		if err := srv.Listen(); err != nil {
-			return settingErr("http-addr", o.http.c.Addr, err)
-		}
-	}
-	// The HTTP server lives as long as the sink: it stops after the sink
-	// has drained, so /metrics shows the drain.
-	srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
-	g, gctx := errgroup.WithContext(srvCtx)
-	if o.http.c.Addr != "" {
-		g.Go(func() error { return srv.Serve(gctx) })
-	}
-	g.Go(func() error {
-		defer stopSrv()
-		return sink.Run(ctx)
-	})
-	return g.Wait()
+	return serveWhile(ctx, srv, o.http.c.Addr, sink.Run)
 }
