@@ -57,7 +57,7 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 	for _, tg := range targets {
 		b.Cleanup(func() { endSessionTB(b, env, tg.clientID) })
 	}
-	bin := binary(b)
+	bin := testenv.Binary(b)
 	bridgeArgs := func(tg target, compression string) []string {
 		args := []string{"bridge", "--mqtt-url", env.MQTTURL, "--mqtt-client-id", tg.clientID,
 			"--mqtt-username", env.MQTTUsername, "--mqtt-password", env.MQTTPassword,

@@ -6,8 +6,6 @@ import (
 	"bufio"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,38 +15,6 @@ import (
 
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// binary builds the iotpipe binary once per test process.
-func binary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		_, file, _, _ := runtime.Caller(0)
-		root := filepath.Dir(filepath.Dir(file))
-		dir, err := os.MkdirTemp("", "iotpipe-bridge-test-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "iotpipe")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/iotpipe")
-		cmd.Dir = root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = err
-			binPath = string(out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("go build: %v\n%s", buildErr, binPath)
-	}
-	return binPath
-}
 
 // proc is a bridge running as a child process.
 type proc struct {
@@ -76,7 +42,7 @@ func startProc(t *testing.T, cfg Config, extra ...string) *proc {
 		"--http-addr", "", "--log-format", "json", "--log-level", "info",
 	}
 	args = append(args, extra...)
-	cmd := exec.Command(binary(t), args...)
+	cmd := exec.Command(testenv.Binary(t), args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -10,44 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
-
-// buildBinary builds cmd/iotpipe once per test binary run.
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-func iotpipeBinary(t *testing.T) string {
-	buildOnce.Do(func() {
-		_, file, _, _ := runtime.Caller(0)
-		root := filepath.Dir(filepath.Dir(file))
-		dir, err := os.MkdirTemp("", "iotpipe-processor-test")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "iotpipe")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/iotpipe")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/iotpipe: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
 
 // proc is one `iotpipe processor` child process.
 type proc struct {
@@ -68,7 +37,7 @@ func startProc(t *testing.T, env *testenv.Env, topics Topics, group, instance st
 		"--commit-interval", "200ms", "--session-timeout", "6s", "--transaction-timeout", "10s",
 		"--http-addr", "127.0.0.1:0", "--log-format", "json",
 	}, extra...)
-	cmd := exec.Command(iotpipeBinary(t), args...)
+	cmd := exec.Command(testenv.Binary(t), args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -180,7 +149,7 @@ func TestCrashExactlyOnce(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	step := 20 * time.Millisecond
 	w, batches := genWorkload(rng, n, devices, time.Now().Add(-time.Hour).Truncate(2*time.Second), step)
-	iotpipeBinary(t)
+	testenv.Binary(t)
 	out := readOutputs(ctx, t, env, topics)
 
 	prod := env.Kafka(t)

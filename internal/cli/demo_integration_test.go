@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,14 +57,7 @@ type demoProc struct {
 // schema, bucket, groups and MQTT topics, with extra environment.
 func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...string) *demoProc {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-	bin := filepath.Join(t.TempDir(), "iotpipe")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/iotpipe")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testenv.Binary(t)
 
 	id := testenv.Name(t, "demo")
 	d := &demoProc{out: &lockedLines{}, errOut: &strings.Builder{}, done: make(chan error, 1), state: t.TempDir(),

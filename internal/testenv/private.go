@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -135,4 +137,43 @@ func (p *Private) Stop(services ...string) {
 func (p *Private) Start(services ...string) {
 	p.t.Helper()
 	p.run(5*time.Minute, append([]string{"up"}, services...)...)
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// Binary builds cmd/iotpipe once per test process and returns its path,
+// for tests that run a stage as a child process (to SIGKILL it, or to run
+// the pipeline the way an operator does).
+func Binary(t testing.TB) string {
+	t.Helper()
+	root := repoRoot(t)
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "iotpipe-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "iotpipe")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/iotpipe")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build ./cmd/iotpipe: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// RemoveBinary deletes what Binary built; call it from TestMain after
+// m.Run.
+func RemoveBinary() {
+	if binPath != "" {
+		_ = os.RemoveAll(filepath.Dir(binPath))
+	}
 }

@@ -20,7 +20,7 @@ import (
 // answers 200 once Kafka and S3 are reachable, and SIGTERM exits 0.
 func TestCommand(t *testing.T) {
 	env := testenv.Load(t)
-	bin := iotpipeBinary(t)
+	bin := testenv.Binary(t)
 
 	out, err := exec.Command(bin, "sink", "lake", "--max-age", "1ms", "--s3-access-key", "a", "--s3-secret-key", "b").CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "IOTPIPE_MAX_AGE") {

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,35 +20,6 @@ import (
 
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// iotpipeBinary builds the iotpipe binary once per test run.
-func iotpipeBinary(t testing.TB) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "lake-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "iotpipe")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/iotpipe")
-		cmd.Dir = repoRoot(t)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
 
 // child is one `iotpipe sink lake` process.
 type child struct {
@@ -60,7 +30,7 @@ type child struct {
 
 func startChild(t testing.TB, env []string, logFile io.Writer, args ...string) *child {
 	t.Helper()
-	cmd := exec.Command(iotpipeBinary(t), append([]string{"sink", "lake"}, args...)...)
+	cmd := exec.Command(testenv.Binary(t), append([]string{"sink", "lake"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

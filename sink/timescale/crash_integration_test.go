@@ -7,8 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,44 +18,10 @@ import (
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	binPath   string
-	buildErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
+	testenv.RemoveBinary()
 	os.Exit(code)
-}
-
-// iotpipeBinary builds cmd/iotpipe once per test binary.
-func iotpipeBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		_, file, _, _ := runtime.Caller(0)
-		root := filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-		dir, err := os.MkdirTemp("", "iotpipe-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binDir = dir
-		binPath = filepath.Join(dir, "iotpipe")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/iotpipe")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
 }
 
 // sinkProcess starts `iotpipe sink timescale` for the fixture.
@@ -70,7 +34,7 @@ func (f *fixture) sinkProcess(t testing.TB, extra ...string) *exec.Cmd {
 		"--pg-writer-dsn", f.writerDSN, "--pg-schema", f.schema,
 		"--http-addr", "", "--log-level", "warn", "--retry-min", "50ms", "--retry-max", "500ms",
 	}
-	cmd := exec.Command(iotpipeBinary(t), append(args, extra...)...)
+	cmd := exec.Command(testenv.Binary(t), append(args, extra...)...)
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "IOTPIPE_") {

@@ -16,9 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,25 +32,6 @@ import (
 	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
-
-func repoRoot(t *testing.T) string {
-	_, f, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot locate the repository")
-	}
-	return filepath.Clean(filepath.Join(filepath.Dir(f), "..", ".."))
-}
-
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "iotpipe")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/iotpipe")
-	cmd.Dir = repoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 type stage struct {
 	name string
@@ -127,7 +106,7 @@ func (s *stage) stop(t *testing.T, within time.Duration) {
 func TestPipelineEndToEnd(t *testing.T) {
 	env := testenv.Load(t)
 	ctx := testenv.Context(t, 5*time.Minute)
-	bin := buildBinary(t)
+	bin := testenv.Binary(t)
 
 	id := testenv.Name(t, "e2e")
 	schema := env.Schema(t)
