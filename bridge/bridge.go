@@ -62,7 +62,8 @@ type Bridge struct {
 	dec     *schemas.Decoder
 	reading schemas.Reading
 
-	slots    chan struct{} // in-flight limit: one token per record not yet acknowledged by Kafka
+	slots    chan struct{} // in-flight limit: one token per message taken and not yet acknowledged to the broker
+	win      window        // the messages holding a slot, in receive order
 	pending  sync.WaitGroup
 	stopping atomic.Bool
 	stopCh   chan struct{}
@@ -104,6 +105,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Bridge, erro
 		tmpl:   tmpl,
 		dec:    dec,
 		slots:  make(chan struct{}, cfg.MQTT.ReceiveMaximum),
+		win:    window{ring: make([]*inflight, cfg.MQTT.ReceiveMaximum)},
 		stopCh: make(chan struct{}),
 		fatal:  make(chan error, 1),
 	}, nil
@@ -276,10 +278,16 @@ func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
 	}
 }
 
+// sharedFilters are the filters subscribed to: $share/<group>/<filter>,
+// or the filters themselves with MQTTConfig.PlainSubscription.
 func (b *Bridge) sharedFilters() []string {
 	out := make([]string, len(b.cfg.MQTT.Filters))
 	for i, f := range b.cfg.MQTT.Filters {
-		out[i] = "$share/" + b.cfg.MQTT.ShareGroup + "/" + f
+		if b.cfg.MQTT.PlainSubscription {
+			out[i] = f
+		} else {
+			out[i] = "$share/" + b.cfg.MQTT.ShareGroup + "/" + f
+		}
 	}
 	return out
 }
@@ -505,7 +513,7 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 		rec.Topic = b.cfg.TopicRaw
 		isRaw = true
 	}
-	cli := pr.Client
+	e := b.win.push(p, pr.Client)
 	var promise func(*kgo.Record, error)
 	promise = func(r *kgo.Record, err error) {
 		switch {
@@ -518,11 +526,7 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 				b.m.producedDLQ.Inc()
 			}
 			b.acked.Add(1)
-			if p.QoS > 0 {
-				// An error here means the connection that delivered the
-				// message is gone; the broker redelivers it.
-				_ = cli.Ack(p)
-			}
+			e.ack = p.QoS > 0
 			b.m.produceLatency.Observe(time.Since(now).Seconds())
 		case errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 			b.noteUnacked(p)
@@ -542,12 +546,23 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 			default:
 			}
 		}
-		b.m.inFlight.Dec()
-		<-b.slots
-		b.pending.Done()
+		b.win.complete(e, b.release)
 	}
 	kcl.Produce(context.Background(), rec, promise)
 	return true, nil
+}
+
+// release ends one message's stay in the in-flight window: its PUBACK
+// (if any) is handed to paho, in receive order, and its slot freed.
+func (b *Bridge) release(e *inflight) {
+	if e.ack {
+		// An error here means the connection that delivered the message
+		// is gone; the broker redelivers it.
+		_ = e.cli.Ack(e.p)
+	}
+	b.m.inFlight.Dec()
+	<-b.slots
+	b.pending.Done()
 }
 
 func (b *Bridge) noteUnacked(p *paho.Publish) {

@@ -57,6 +57,14 @@ type MQTTConfig struct {
 	// ShareGroup is the shared-subscription group: bridges of one group
 	// split the messages ($share/<group>/<filter>).
 	ShareGroup string
+	// PlainSubscription subscribes to the filters themselves instead of
+	// $share/<ShareGroup>/<filter>: for a single bridge on a broker that
+	// does not keep shared subscriptions across its own restart
+	// (Mosquitto before 2.0.12), where a plain subscription of a
+	// persistent session survives the restart and nothing published
+	// before the bridge reconnects is dropped. Every bridge with a plain
+	// subscription receives every message, so run only one.
+	PlainSubscription bool
 	// Filters are the MQTT topic filters subscribed to (without the
 	// $share prefix). Empty means the filter of the topic template.
 	Filters []string

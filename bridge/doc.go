@@ -25,15 +25,25 @@
 //   - Duplicates are possible: after a crash or a lost connection,
 //     messages whose record reached Kafka but whose PUBACK did not reach
 //     the broker are delivered again (iotpipe_bridge_redelivered_total
-//     counts the DUP-flagged ones). In principle the MQTT v5 Receive
-//     Maximum (MQTTConfig.ReceiveMaximum) bounds them, as the broker may
-//     not keep more unacknowledged messages in flight. Mosquitto 2.0.11
-//     holds to it only while nothing is acknowledged: once PUBACKs flow
-//     it sends past it (measured: Receive Maximum 10, 5 acknowledged,
-//     60 sent), and after repeated SIGKILLs of the bridge the duplicates
-//     grew far beyond the bound (see the issue report). Nothing was
-//     lost. Downstream stages must treat telemetry.raw as at-least-once
-//     and deduplicate by (device, seq) where it matters.
+//     counts the DUP-flagged ones). The bridge bounds them on its side:
+//     a message keeps its in-flight slot until its PUBACK is handed to
+//     paho, in receive order (paho sends acknowledgements in that
+//     order, so a slot freed as soon as Kafka answered would let stored
+//     messages pile up behind one slow record), so at most
+//     MQTTConfig.ReceiveMaximum stored messages are unacknowledged at
+//     any time. A broker that honours the MQTT v5 Receive Maximum has
+//     no more than that in flight either, so a crash duplicates at most
+//     ReceiveMaximum messages. Mosquitto 2.0.11 (Debian 12) does not:
+//     once PUBACKs flow it sends past the Receive Maximum (measured:
+//     Receive Maximum 10, 5 acknowledged, 60 sent; fixed in 2.0.13,
+//     "inflight quota management", #2306), and it reads one packet per
+//     connection per event-loop turn, so under load the bridge's
+//     PUBACKs wait unread in the broker's socket buffer and are lost
+//     with the connection when the bridge dies. On that broker the
+//     duplicates after SIGKILLs under load are not bounded (10 kills of
+//     100k messages: 6k to 97k duplicates); nothing is lost. Downstream
+//     stages treat telemetry.raw as at-least-once and deduplicate by
+//     (device, seq) where it matters.
 //   - Bounded memory. At most ReceiveMaximum records are in flight to
 //     Kafka (the bridge's own limit, whatever the broker does); messages
 //     beyond it wait in paho's queue (ReceiveMaximum long) and then in
@@ -64,16 +74,22 @@
 // With persistence on, Mosquitto keeps the bridge's session across a
 // restart: messages queued for it and those in flight are delivered after
 // the bridge reconnects (session present), and nothing a device got a
-// successful PUBACK for is lost (TestBridgeMosquittoRestart). Mosquitto
-// 2.0.11 does not restore shared subscriptions ($share/...) from its
+// successful PUBACK for is lost. Mosquitto before 2.0.12 (Debian 12 ships
+// 2.0.11) does not restore shared subscriptions ($share/...) from its
 // persistence file, though (plain subscriptions it does): until the
 // bridge reconnects and subscribes again, which it does on every
 // connection, messages matching no other subscription are answered with
-// PUBACK reason 0x10 "no matching subscribers" and dropped by the broker.
-// Devices are told, but most ignore that reason code. The window is the
-// bridge's reconnect delay, which is why the reconnect backoff is capped
-// at a few seconds (MQTTConfig.ReconnectMax). Newer Mosquitto releases
-// or a broker that persists shared subscriptions close it.
+// PUBACK reason 0x10 "no matching subscribers" and dropped by the broker
+// (measured: 440 of 10,000 messages in TestBridgeMosquittoRestart). A
+// device is told, but 0x10 is a success code and most devices do not
+// resend. Two ways out: a broker that keeps shared subscriptions
+// (Mosquitto 2.0.12 or later, e.g. the eclipse-mosquitto:2 image of the
+// compose file), or, with a single bridge, MQTTConfig.PlainSubscription
+// (--mqtt-plain-subscription): the bridge subscribes to the filters
+// themselves, which the broker restores with the session, and nothing is
+// dropped (TestBridgeMosquittoRestartPlainSubscription: 0 of 10,000).
+// With several bridges a plain subscription gives every bridge every
+// message, so it is for one bridge only.
 //
 // # Several bridges: shared subscriptions
 //

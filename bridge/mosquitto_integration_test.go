@@ -4,7 +4,9 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -61,4 +63,51 @@ func TestMosquittoHonoursReceiveMaximum(t *testing.T) {
 	if n := got.Load(); n != int64(rm) {
 		t.Fatalf("received %d unacknowledged messages with Receive Maximum %d", n, rm)
 	}
+}
+
+// brokerVersion reads the broker's version from $SYS/broker/version
+// (e.g. "2.0.11"; "unknown" when the broker does not publish it).
+func brokerVersion(t *testing.T, env *testenv.Env) string {
+	t.Helper()
+	got := make(chan string, 1)
+	c := env.MQTTClient(t, env.MQTTUsername, env.MQTTPassword, func(pr paho.PublishReceived) (bool, error) {
+		select {
+		case got <- string(pr.Packet.Payload):
+		default:
+		}
+		return true, nil
+	})
+	ctx := testenv.Context(t, 10*time.Second)
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$SYS/broker/version", QoS: 0}}}); err != nil {
+		t.Fatalf("subscribe to $SYS/broker/version: %v", err)
+	}
+	select {
+	case v := <-got:
+		return strings.TrimPrefix(v, "mosquitto version ")
+	case <-ctx.Done():
+		return "unknown"
+	}
+}
+
+// keepsSharedSubscriptions reports whether a Mosquitto version restores
+// the shared subscriptions of persistent sessions after a restart: fixed
+// in 2.0.12 ("Fix $share subscriptions not being recovered for durable
+// clients", ChangeLog).
+func keepsSharedSubscriptions(version string) bool {
+	var major, minor, patch int
+	if _, err := fmt.Sscanf(version, "%d.%d.%d", &major, &minor, &patch); err != nil {
+		return false
+	}
+	return major > 2 || major == 2 && (minor > 0 || patch >= 12)
+}
+
+// honoursReceiveMaximum reports whether a Mosquitto version keeps to the
+// client's Receive Maximum while PUBACKs flow: "Various fixes around
+// inflight quota management" came in 2.0.13 (ChangeLog, #2306).
+func honoursReceiveMaximum(version string) bool {
+	var major, minor, patch int
+	if _, err := fmt.Sscanf(version, "%d.%d.%d", &major, &minor, &patch); err != nil {
+		return false
+	}
+	return major > 2 || major == 2 && (minor > 0 || patch >= 13)
 }

@@ -3,7 +3,6 @@
 package bridge
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -77,14 +76,26 @@ func TestBridgeSurvivesSIGKILL(t *testing.T) {
 	dups := g.check(t, e, true)
 	t.Logf("%d kills, %d messages acked to devices: raw %d (valid %d), dlq %d (invalid %d), duplicates %d (bound %d per kill)",
 		kills, st.Acked, g.rawN, valid, g.dlqN, invalid, dups, DefaultReceiveMaximum)
-	// The broker redelivers what it had in flight for the session, which
-	// should be at most the Receive Maximum per kill. Mosquitto 2.0.11
-	// does not hold to it once PUBACKs flow (it keeps sending past the
-	// client's Receive Maximum), and the duplicates measured here grow
-	// with the number of kills in quick succession (see the report in
-	// doc.go). Loss is what this test fails on; duplicates are reported.
-	if dups > kills*DefaultReceiveMaximum {
-		t.Logf("duplicate bound NOT met: %d duplicates > %d kills × receive maximum %d", dups, kills, DefaultReceiveMaximum)
+	// A duplicate is a message whose record Kafka stored but whose PUBACK
+	// the broker had not processed when the bridge died. The bridge holds
+	// at most ReceiveMaximum stored-but-unacknowledged messages (its
+	// window releases them in receive order), and a broker that honours
+	// the Receive Maximum has at most that many unacknowledged in flight,
+	// so each kill duplicates at most ReceiveMaximum messages. Mosquitto
+	// before 2.0.13 keeps sending past it once PUBACKs flow and reads one
+	// packet per connection per loop, so PUBACKs wait unread in its
+	// socket buffer and die with the connection: there the bound cannot
+	// hold and the test reports the figure (see doc.go).
+	bound := kills * DefaultReceiveMaximum
+	version := brokerVersion(t, env)
+	switch {
+	case dups <= bound:
+		t.Logf("duplicate bound met on Mosquitto %s: %d duplicates ≤ %d kills × receive maximum %d", version, dups, kills, DefaultReceiveMaximum)
+	case honoursReceiveMaximum(version):
+		t.Errorf("Mosquitto %s: %d duplicates > %d kills × receive maximum %d", version, dups, kills, DefaultReceiveMaximum)
+	default:
+		t.Logf("duplicate bound NOT met on Mosquitto %s (inflight quota fixed in 2.0.13): %d duplicates > %d kills × receive maximum %d",
+			version, dups, kills, DefaultReceiveMaximum)
 	}
 	if err := p.term(t, 15*time.Second); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
@@ -142,13 +153,43 @@ func TestBridgeKafkaOutage(t *testing.T) {
 	}
 }
 
-// Mosquitto (private) restarted mid-stream: the bridge reconnects and
-// resumes its session; every message a device got a PUBACK for arrives.
+// Mosquitto (private) restarted mid-stream, the bridge on a shared
+// subscription: the bridge reconnects and resumes its session; every
+// message a device got a PUBACK with reason 0x00 for arrives. Whether the
+// broker keeps the shared subscription across its restart depends on its
+// version (Mosquitto 2.0.11 does not; 2.0.12 and later do): messages
+// published before the bridge subscribes again are answered 0x10 "no
+// matching subscribers" and dropped by such a broker. The test reports
+// their number and fails on it when the broker is one that keeps shared
+// subscriptions.
 func TestBridgeMosquittoRestart(t *testing.T) {
+	noSubs, version := mosquittoRestart(t, false)
+	if keepsSharedSubscriptions(version) && noSubs > 0 {
+		t.Errorf("Mosquitto %s answered %d messages with 0x10 after its restart although it keeps shared subscriptions", version, noSubs)
+	}
+}
+
+// Mosquitto (private) restarted mid-stream, the bridge on a plain
+// subscription (--mqtt-plain-subscription): the broker keeps it in the
+// session across the restart, so no message is answered 0x10 and every
+// message a device got a successful PUBACK for arrives, on any version.
+func TestBridgeMosquittoRestartPlainSubscription(t *testing.T) {
+	if noSubs, version := mosquittoRestart(t, true); noSubs > 0 {
+		t.Errorf("Mosquitto %s answered %d messages with 0x10 (no matching subscribers) after its restart: they were dropped", version, noSubs)
+	}
+}
+
+// mosquittoRestart runs a fleet through a bridge while the (private)
+// broker restarts and checks that every message a device got a PUBACK
+// 0x00 for arrives. It returns how many PUBACKs said 0x10 "no matching
+// subscribers" (the broker dropped those) and the broker's version.
+func mosquittoRestart(t *testing.T, plain bool) (noSubs int64, version string) {
 	priv := testenv.StartPrivate(t, "mqtt")
 	env := priv.Env
+	version = brokerVersion(t, env)
 	s := newSetup(t, env)
 	cfg := s.config(t, "")
+	cfg.MQTT.PlainSubscription = plain
 	r := startBridge(t, cfg)
 	e := newExpect()
 	devices, per := 100, 100
@@ -163,15 +204,13 @@ func TestBridgeMosquittoRestart(t *testing.T) {
 	g := s.readAll(t, env, valid, invalid, 2*time.Minute)
 	dups := g.check(t, e, true)
 	bs := r.b.Stats()
-	// NoSubscribers: PUBACK 0x10 after the restart, before the bridge
-	// subscribed again (Mosquitto 2.0.11 does not restore shared
-	// subscriptions); the broker dropped those and told the device.
-	t.Logf("fleet %+v; raw %d, dlq %d (acked valid %d, invalid %d), duplicates %d; bridge %+v", st, g.rawN, g.dlqN, valid, invalid, dups, bs)
+	t.Logf("Mosquitto %s, plain subscription %v: fleet %+v; raw %d, dlq %d (acked valid %d, invalid %d), duplicates %d; answered 0x10 (dropped by the broker) %d; bridge %+v",
+		version, plain, st, g.rawN, g.dlqN, valid, invalid, dups, st.NoSubscribers, bs)
 	if bs.Connections < 2 {
 		t.Fatalf("bridge connected %d times, want a reconnection", bs.Connections)
 	}
 	if err := r.stop(t); err != nil {
 		t.Fatal(err)
 	}
-	_ = context.Background
+	return st.NoSubscribers, version
 }

@@ -37,6 +37,7 @@ type bridgeFlags struct {
 	mqttURL, clientID, username, password, group, filters string
 	sessionExpiry, ackInterval, keepAlive, connectTimeout time.Duration
 	receiveMax                                            int
+	plainSub                                              bool
 
 	topicRaw, topicDLQ, topicTemplate string
 	maxPayload, maxMeasurements       int
@@ -61,6 +62,7 @@ func (o *bridgeFlags) bind(f *Flags) {
 	f.String(&o.username, "mqtt-username", "", "MQTT user name")
 	f.Secret(&o.password, "mqtt-password", "", "MQTT password")
 	f.String(&o.group, "mqtt-share-group", bridge.DefaultShareGroup, "shared-subscription group; bridges of one group split the messages")
+	f.Bool(&o.plainSub, "mqtt-plain-subscription", false, "subscribe to the filters directly, not through $share/<group>/: for ONE bridge on a broker that loses shared subscriptions when it restarts (Mosquitto before 2.0.12); every bridge subscribed this way gets every message")
 	f.String(&o.filters, "mqtt-filters", "", "comma-separated topic filters (without $share/...); default: the filter of --topic-template")
 	f.Duration(&o.sessionExpiry, "mqtt-session-expiry", bridge.DefaultSessionExpiry, "how long the broker keeps the session and queues messages while the bridge is away")
 	f.Int(&o.receiveMax, "mqtt-receive-maximum", bridge.DefaultReceiveMaximum, "MQTT v5 Receive Maximum: messages in flight (received, not yet acknowledged); bounds memory and duplicates after a crash")
@@ -98,7 +100,7 @@ func splitList(s string) []string {
 
 // fieldFlags maps bridge.Config fields (as named by Validate) to flags.
 var bridgeFieldFlags = []struct{ field, flag string }{
-	{"MQTT.URLs", "mqtt-url"}, {"MQTT.ClientID", "mqtt-client-id"}, {"MQTT.ShareGroup", "mqtt-share-group"},
+	{"MQTT.URLs", "mqtt-url"}, {"MQTT.ClientID", "mqtt-client-id"}, {"MQTT.ShareGroup", "mqtt-share-group"}, {"MQTT.PlainSubscription", "mqtt-plain-subscription"},
 	{"MQTT.Filters", "mqtt-filters"}, {"MQTT.SessionExpiry", "mqtt-session-expiry"},
 	{"MQTT.ReceiveMaximum", "mqtt-receive-maximum"}, {"MQTT.AckInterval", "mqtt-ack-interval"},
 	{"MQTT.KeepAlive", "mqtt-keepalive"}, {"MQTT.ConnectTimeout", "mqtt-connect-timeout"},
@@ -117,7 +119,7 @@ func (o *bridgeFlags) config() (bridge.Config, error) {
 	cfg := bridge.Config{
 		MQTT: bridge.MQTTConfig{
 			URLs: splitList(o.mqttURL), ClientID: o.clientID, Username: o.username, Password: o.password,
-			ShareGroup: o.group, Filters: splitList(o.filters), SessionExpiry: o.sessionExpiry,
+			ShareGroup: o.group, PlainSubscription: o.plainSub, Filters: splitList(o.filters), SessionExpiry: o.sessionExpiry,
 			ReceiveMaximum: o.receiveMax, AckInterval: o.ackInterval, KeepAlive: o.keepAlive,
 			ConnectTimeout: o.connectTimeout,
 		},
