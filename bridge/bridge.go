@@ -278,19 +278,7 @@ func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
 	}
 }
 
-// sharedFilters are the filters subscribed to: $share/<group>/<filter>,
-// or the filters themselves with MQTTConfig.PlainSubscription.
-func (b *Bridge) sharedFilters() []string {
-	out := make([]string, len(b.cfg.MQTT.Filters))
-	for i, f := range b.cfg.MQTT.Filters {
-		if b.cfg.MQTT.PlainSubscription {
-			out[i] = f
-		} else {
-			out[i] = "$share/" + b.cfg.MQTT.ShareGroup + "/" + f
-		}
-	}
-	return out
-}
+func (b *Bridge) sharedFilters() []string { return b.cfg.Subscriptions() }
 
 func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.WaitGroup) autopaho.ClientConfig {
 	mc := b.cfg.MQTT

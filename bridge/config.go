@@ -332,3 +332,18 @@ func compressionCodec(name string) (kgo.CompressionCodec, error) {
 	}
 	return kgo.NoCompression(), fmt.Errorf("compression %q: want none, gzip, snappy, lz4 or zstd", name)
 }
+
+// Subscriptions are the topic filters the bridge subscribes to:
+// $share/<ShareGroup>/<filter> for each filter, or the filters themselves
+// with MQTT.PlainSubscription.
+func (c Config) Subscriptions() []string {
+	out := make([]string, len(c.MQTT.Filters))
+	for i, f := range c.MQTT.Filters {
+		if c.MQTT.PlainSubscription {
+			out[i] = f
+		} else {
+			out[i] = "$share/" + c.MQTT.ShareGroup + "/" + f
+		}
+	}
+	return out
+}

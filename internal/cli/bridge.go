@@ -193,7 +193,7 @@ func runBridge(ctx context.Context, env Env, args []string) error {
 	}
 	if o.checkConfig {
 		fmt.Fprintf(env.Stdout, "settings are valid: mqtt %s client id %s, subscribing to %s at QoS 1 (receive maximum %d, session expiry %s); kafka %s → %s, dlq %s (%s, linger %s); metrics on %q\n",
-			strings.Join(cfg.MQTT.URLs, ","), cfg.MQTT.ClientID, sharedFilters(cfg), cfg.MQTT.ReceiveMaximum, cfg.MQTT.SessionExpiry,
+			strings.Join(cfg.MQTT.URLs, ","), cfg.MQTT.ClientID, strings.Join(cfg.Subscriptions(), ","), cfg.MQTT.ReceiveMaximum, cfg.MQTT.SessionExpiry,
 			strings.Join(cfg.Kafka.Brokers, ","), cfg.TopicRaw, cfg.TopicDLQ, cfg.Compression, cfg.Linger, o.http.c.Addr)
 		return nil
 	}
@@ -211,12 +211,4 @@ func runBridge(ctx context.Context, env Env, args []string) error {
 		return runErr
 	}
 	return nil
-}
-
-func sharedFilters(cfg bridge.Config) string {
-	var out []string
-	for _, f := range cfg.MQTT.Filters {
-		out = append(out, "$share/"+cfg.MQTT.ShareGroup+"/"+f)
-	}
-	return strings.Join(out, ",")
 }
