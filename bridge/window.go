@@ -20,13 +20,18 @@ type inflight struct {
 //
 // paho sends manual acknowledgements in receive order: a PUBACK waits
 // until every earlier message is acknowledged too. Records of one
-// connection go to many partitions and Kafka answers them out of order,
-// so freeing a message's in-flight slot as soon as Kafka stored it would
-// let the bridge take (and store) ever more messages behind one slow
-// record while their PUBACKs wait in paho; a crash then makes all of them
-// duplicates. Releasing slots in receive order keeps the stored but not
-// yet acknowledged messages within the in-flight limit, so a crash
-// duplicates at most ReceiveMaximum messages, whatever the broker sends.
+// connection go to many partitions and Kafka answers them out of order.
+// If a slot were freed as soon as Kafka stored its record, a broker that
+// sends past the Receive Maximum (Mosquitto before 2.0.13 does) could
+// have the bridge store any number of messages behind one slow record
+// while their PUBACKs wait in paho. Releasing slots in receive order
+// keeps the stored-but-unacknowledged messages within the in-flight limit
+// whatever the broker does. (With a broker that honours the Receive
+// Maximum the broker's own limit bounds them too: measured on Mosquitto
+// 2.0.20, 10 SIGKILLs under load gave 9,693 duplicates with this window
+// and 6,634–8,370 without, both within 10 × 1,000. On 2.0.11 the
+// duplicates stay unbounded either way, because its unread PUBACKs die
+// with the connection; see doc.go.)
 type window struct {
 	mu         sync.Mutex
 	ring       []*inflight // capacity = the in-flight limit (slots)
