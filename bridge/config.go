@@ -60,7 +60,7 @@ type MQTTConfig struct {
 	// PlainSubscription subscribes to the filters themselves instead of
 	// $share/<ShareGroup>/<filter>: for a single bridge on a broker that
 	// does not keep shared subscriptions across its own restart
-	// (Mosquitto before 2.0.12), where a plain subscription of a
+	// (every Mosquitto 2.0.x), where a plain subscription of a
 	// persistent session survives the restart and nothing published
 	// before the bridge reconnects is dropped. Every bridge with a plain
 	// subscription receives every message, so run only one.

@@ -62,7 +62,7 @@ func (o *bridgeFlags) bind(f *Flags) {
 	f.String(&o.username, "mqtt-username", "", "MQTT user name")
 	f.Secret(&o.password, "mqtt-password", "", "MQTT password")
 	f.String(&o.group, "mqtt-share-group", bridge.DefaultShareGroup, "shared-subscription group; bridges of one group split the messages")
-	f.Bool(&o.plainSub, "mqtt-plain-subscription", false, "subscribe to the filters directly, not through $share/<group>/: for ONE bridge on a broker that loses shared subscriptions when it restarts (Mosquitto before 2.0.12); every bridge subscribed this way gets every message")
+	f.Bool(&o.plainSub, "mqtt-plain-subscription", false, "subscribe to the filters directly, not through $share/<group>/: for ONE bridge on a broker that loses shared subscriptions when it restarts (every Mosquitto 2.0.x); every bridge subscribed this way gets every message")
 	f.String(&o.filters, "mqtt-filters", "", "comma-separated topic filters (without $share/...); default: the filter of --topic-template")
 	f.Duration(&o.sessionExpiry, "mqtt-session-expiry", bridge.DefaultSessionExpiry, "how long the broker keeps the session and queues messages while the bridge is away")
 	f.Int(&o.receiveMax, "mqtt-receive-maximum", bridge.DefaultReceiveMaximum, "MQTT v5 Receive Maximum: messages in flight (received, not yet acknowledged); bounds memory and duplicates after a crash")
