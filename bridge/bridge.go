@@ -76,6 +76,11 @@ type Bridge struct {
 	received, producedRaw, producedDLQ, unacked, connections atomic.Int64
 	redelivered, redeliveredLogged                           atomic.Int64
 	acked, maxUnacked                                        atomic.Int64
+
+	// holding is true while onPublish waits for a slot; heldUntil is when
+	// it last stopped waiting (UnixNano). See pinger.
+	holding   atomic.Bool
+	heldUntil atomic.Int64
 }
 
 // New validates cfg and returns a bridge. reg receives the bridge's
@@ -333,6 +338,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 		ClientConfig: paho.ClientConfig{
 			ClientID:                   mc.ClientID,
 			EnableManualAcknowledgment: true,
+			PingHandler:                newPinger(b.heldBack),
 			SendAcksInterval:           mc.AckInterval,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) { return b.onPublish(kcl, pr) },
@@ -471,9 +477,20 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	}
 	select {
 	case b.slots <- struct{}{}:
-	case <-b.stopCh:
-		b.noteUnacked(p)
-		return true, nil
+	default:
+		// Every slot is taken: hold back (paho stops reading meanwhile;
+		// the pinger knows why no PINGRESP comes).
+		b.holding.Store(true)
+		select {
+		case b.slots <- struct{}{}:
+		case <-b.stopCh:
+		}
+		b.heldUntil.Store(time.Now().UnixNano())
+		b.holding.Store(false)
+		if b.stopping.Load() {
+			b.noteUnacked(p)
+			return true, nil
+		}
 	}
 	now := time.Now()
 	b.received.Add(1)
@@ -551,6 +568,18 @@ func (b *Bridge) release(e *inflight) {
 	b.m.inFlight.Dec()
 	<-b.slots
 	b.pending.Done()
+}
+
+// heldBack is when the bridge last held back reading for want of an
+// in-flight slot: now while it does, the zero time if never.
+func (b *Bridge) heldBack() time.Time {
+	if b.holding.Load() {
+		return time.Now()
+	}
+	if n := b.heldUntil.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 func (b *Bridge) noteUnacked(p *paho.Publish) {

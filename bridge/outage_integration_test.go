@@ -104,7 +104,10 @@ func TestBridgeSurvivesSIGKILL(t *testing.T) {
 
 // Kafka (private) stopped while devices keep publishing: the bridge
 // neither crashes nor grows, and every message arrives when Kafka
-// returns.
+// returns. With a 2 s keep-alive the outage spans many keep-alive
+// periods in which the bridge, holding back, reads nothing (no PINGRESP
+// either): it must keep its MQTT connection (see pinger), since a
+// reconnect makes the broker redeliver everything in flight.
 func TestBridgeKafkaOutage(t *testing.T) {
 	priv := testenv.StartPrivate(t, "kafka")
 	env := priv.Env
@@ -114,7 +117,7 @@ func TestBridgeKafkaOutage(t *testing.T) {
 	if full() {
 		outage = 30 * time.Second
 	}
-	p := startProc(t, cfg)
+	p := startProc(t, cfg, "--mqtt-keepalive", "2s")
 	e := newExpect()
 	devices, rate := 100, 20.0 // 2k msg/s
 	per := int(rate * (outage.Seconds() + 8))
@@ -147,6 +150,9 @@ func TestBridgeKafkaOutage(t *testing.T) {
 		sim.Stats().Acked, g.rawN, g.dlqN, dups, rssBefore, rssOutage, rss)
 	if rss > 200<<10 {
 		t.Fatalf("peak RSS %d KiB: memory not bounded", rss)
+	}
+	if n := p.logCount(`"mqtt connected"`); n != 1 {
+		t.Errorf("bridge connected to MQTT %d times: it lost its connection while holding back", n)
 	}
 	if err := p.term(t, 15*time.Second); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
@@ -211,4 +217,43 @@ func mosquittoRestart(t *testing.T, plain bool) (noSubs int64, version string) {
 		t.Fatal(err)
 	}
 	return st.NoSubscribers, version
+}
+
+// A backlog queued in the bridge's session while it was away, drained
+// slowly (linger 300 ms: about 3k messages/s): a broker that sends past
+// the Receive Maximum (Mosquitto 2.0.11) puts the PINGRESP behind
+// thousands of messages the bridge reads only as Kafka acknowledges, far
+// later than one keep-alive period (1 s here). The bridge must keep its
+// connection: a reconnect would have the broker redeliver the whole
+// backlog in flight, and the bridge would store it twice.
+func TestBridgeKeepsConnectionDrainingBacklog(t *testing.T) {
+	env := testenv.Load(t)
+	s := newSetup(t, env)
+	cfg := s.config(t, "")
+	p := startProc(t, cfg)
+	if err := p.term(t, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e := newExpect()
+	const devices, per = 100, 200
+	if st := s.fleet(t, env, devicesim.Config{Devices: devices, MessagesPerDevice: per}, e); st.Acked != devices*per {
+		t.Fatalf("fleet %+v", st)
+	}
+	start := time.Now()
+	p = startProc(t, cfg, "--mqtt-keepalive", "1s", "--kafka-linger", "300ms")
+	valid, invalid := e.counts()
+	g := s.readAll(t, env, valid, invalid, 2*time.Minute)
+	drain := time.Since(start)
+	dups := g.check(t, e, true)
+	conns := p.logCount(`"mqtt connected"`)
+	t.Logf("backlog of %d drained in %s with keep-alive 1s: %d connection(s), %d duplicates", devices*per, drain.Round(time.Millisecond), conns, dups)
+	if conns != 1 {
+		t.Errorf("bridge connected %d times while draining: it dropped a live connection", conns)
+	}
+	if dups != 0 {
+		t.Errorf("%d duplicates without any failure", dups)
+	}
+	if err := p.term(t, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -91,6 +91,19 @@ func startProc(t *testing.T, cfg Config, extra ...string) *proc {
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
 
+// logCount returns how many log lines so far contain s.
+func (p *proc) logCount(s string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, l := range p.lines {
+		if strings.Contains(l, s) {
+			n++
+		}
+	}
+	return n
+}
+
 // kill SIGKILLs the bridge and waits for it to go.
 func (p *proc) kill(t *testing.T) {
 	t.Helper()

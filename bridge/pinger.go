@@ -1,0 +1,120 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/eclipse/paho.golang/packets"
+	"github.com/eclipse/paho.golang/paho/log"
+)
+
+// pinger is the bridge's MQTT keep-alive (a paho.Pinger). It sends a
+// PINGREQ when nothing was sent or received for a keep-alive period, like
+// paho's DefaultPinger, but it judges the connection differently.
+//
+// paho's reader goroutine hands each PUBLISH to the router and waits
+// while the router is busy, and the bridge's router waits for an
+// in-flight slot while Kafka is slow: back-pressure stops reading, by
+// design. A PINGRESP then sits in the socket behind messages the bridge
+// has not read yet, and DefaultPinger, which wants it within one
+// keep-alive period, drops a healthy connection. Under overload that is
+// costly: every message the broker had sent is redelivered (Mosquitto
+// 2.0.11, which sends past the Receive Maximum, redelivered about a
+// million in one benchmark run), and the bridge stores them again.
+//
+// This pinger declares the connection dead only when a ping it sent a
+// keep-alive period ago has had no packet at all come back since, and
+// the bridge has not held back reading within that period either.
+// A half-open connection is still found: once the bridge reads again and
+// nothing arrives, the rule fires a keep-alive period later.
+type pinger struct {
+	// heldBack returns when the bridge last held back reading (now while
+	// it does; zero if never).
+	heldBack func() time.Time
+
+	mu       sync.Mutex
+	lastSent time.Time
+	lastRecv time.Time
+	debug    log.Logger
+}
+
+func newPinger(heldBack func() time.Time) *pinger {
+	return &pinger{heldBack: heldBack, debug: log.NOOPLogger{}}
+}
+
+// Run sends pings on conn and returns an error when the connection is
+// judged dead, nil when ctx ends.
+func (p *pinger) Run(ctx context.Context, conn net.Conn, keepAlive uint16) error {
+	if keepAlive == 0 {
+		return nil
+	}
+	if conn == nil {
+		return fmt.Errorf("conn is nil")
+	}
+	interval := time.Duration(keepAlive) * time.Second
+	p.mu.Lock()
+	start := time.Now()
+	p.lastSent, p.lastRecv = start, start
+	p.mu.Unlock()
+	tick := time.NewTicker(max(interval/4, 50*time.Millisecond))
+	defer tick.Stop()
+	errCh := make(chan error, 1)
+	var pingSent time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errCh:
+			return err
+		case now := <-tick.C:
+			p.mu.Lock()
+			sent, recv := p.lastSent, p.lastRecv
+			p.mu.Unlock()
+			if !pingSent.IsZero() && recv.Before(pingSent) && now.Sub(pingSent) >= interval &&
+				now.Sub(p.heldBack()) >= interval {
+				return fmt.Errorf("no answer to PINGREQ and no packet from the broker for %s", now.Sub(pingSent).Round(time.Millisecond))
+			}
+			if now.Sub(sent) < interval && now.Sub(recv) < interval {
+				continue
+			}
+			if !pingSent.IsZero() && now.Sub(pingSent) < interval {
+				continue // at most one ping per keep-alive period
+			}
+			pingSent = now
+			go func() {
+				// A write can block on a congested link; closing the
+				// connection unblocks it, so this does not leak.
+				if _, err := packets.NewControlPacket(packets.PINGREQ).WriteTo(conn); err != nil {
+					select {
+					case errCh <- fmt.Errorf("failed to send PINGREQ: %w", err):
+					default:
+					}
+				}
+			}()
+		}
+	}
+}
+
+// PacketSent is called by paho for every packet it sends.
+func (p *pinger) PacketSent() {
+	p.mu.Lock()
+	p.lastSent = time.Now()
+	p.mu.Unlock()
+}
+
+// PacketReceived is called by paho for every packet it reads.
+func (p *pinger) PacketReceived() {
+	p.mu.Lock()
+	p.lastRecv = time.Now()
+	p.mu.Unlock()
+}
+
+// PingResp is called by paho for a PINGRESP (PacketReceived was called
+// for it too).
+func (p *pinger) PingResp() {}
+
+// SetDebug sets paho's debug logger.
+func (p *pinger) SetDebug(l log.Logger) { p.debug = l }
