@@ -49,7 +49,18 @@
 //     beyond it wait in paho's queue (ReceiveMaximum long) and then in
 //     the TCP window, so the broker queues the rest for the session. When
 //     Kafka is slow or down the bridge stops acknowledging and waits; it
-//     never drops.
+//     never drops. Holding back does not cost the MQTT connection: the
+//     bridge's keep-alive (pinger) calls a connection dead only when
+//     nothing came back for a keep-alive period after a ping while the
+//     bridge was reading, because a PINGRESP waits behind the messages
+//     the bridge has not read yet.
+//   - The broker's queue is the buffer for a backlog, and it is bounded:
+//     Mosquitto keeps at most max_queued_messages (1,000,000 in
+//     scripts/services.sh and deploy/mosquitto) for the bridge's session
+//     and drops what comes beyond it, after the device got its PUBACK
+//     (its log says "Outgoing messages are being dropped for client").
+//     Size it for the longest Kafka outage or overload to ride out:
+//     messages per second × seconds.
 //   - Bad input never stops the bridge and is never dropped silently:
 //     every rejection is a DLQ record and a count in
 //     iotpipe_bridge_rejected_total{reason}. A payload longer than
