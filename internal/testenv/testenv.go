@@ -237,7 +237,18 @@ func (e *Env) Schema(t testing.TB) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		conn, err := pgx.Connect(ctx, e.PGAdminDSN)
+		// As the administrator (whoever created objects in it), but in the
+		// pipeline's database: the admin DSN names the maintenance
+		// database "postgres", where the schema is not.
+		cfg, err := pgx.ParseConfig(e.PGAdminDSN)
+		if err != nil {
+			t.Logf("drop schema %s: %v", name, err)
+			return
+		}
+		if own, err := pgx.ParseConfig(e.PGDSN); err == nil {
+			cfg.Database = own.Database
+		}
+		conn, err := pgx.ConnectConfig(ctx, cfg)
 		if err != nil {
 			t.Logf("drop schema %s: %v", name, err)
 			return
