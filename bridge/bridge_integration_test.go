@@ -32,7 +32,7 @@ func TestBridgeDeliversEveryMessage(t *testing.T) {
 		t.Fatalf("fleet stats %+v", st)
 	}
 	valid, invalid := e.counts()
-	g := s.readAll(t, env, valid, invalid, 2*time.Minute)
+	g := s.readAll(t, env, e, 2*time.Minute)
 	t.Logf("%d messages (%d valid, %d invalid) published in %s, all in Kafka after %s; bridge %+v",
 		st.Acked, valid, invalid, pub.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), r.b.Stats())
 	g.check(t, e, false)
@@ -57,7 +57,7 @@ func TestBridgeBadInput(t *testing.T) {
 	st := s.fleet(t, env, devicesim.Config{Devices: 20, MessagesPerDevice: 30, InvalidFraction: 0.5,
 		InvalidKinds: devicesim.AllInvalidKinds}, e)
 	valid, invalid := e.counts()
-	g := s.readAll(t, env, valid, invalid, time.Minute)
+	g := s.readAll(t, env, e, time.Minute)
 	g.check(t, e, false)
 	if g.rawN != valid || g.dlqN != invalid {
 		t.Fatalf("raw %d (want %d), dlq %d (want %d); fleet %+v", g.rawN, valid, g.dlqN, invalid, st)

@@ -218,9 +218,12 @@ type got struct {
 	reasons map[schemas.Reason]int
 }
 
-// readAll consumes both topics from the start until at least wantRaw and
-// wantDLQ records arrived and the topics stay quiet for a moment.
-func (s *setup) readAll(t *testing.T, env *testenv.Env, wantRaw, wantDLQ int, timeout time.Duration) *got {
+// readAll consumes both topics from the start until every message e
+// expects arrived (each acked valid reading in raw, each acked invalid
+// message in the DLQ: counted by identity, since redelivered duplicates
+// would make plain counts complete early) and the topics stay quiet for a
+// moment (to catch late duplicates).
+func (s *setup) readAll(t *testing.T, env *testenv.Env, e *expect, timeout time.Duration) *got {
 	t.Helper()
 	cl := env.Kafka(t, kgo.ConsumeTopics(s.raw, s.dlq), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	g := &got{raw: map[string][]int64{}, dlq: map[string]int{}, dlqWhy: map[string]schemas.Reason{}, reasons: map[schemas.Reason]int{}}
@@ -262,13 +265,40 @@ func (s *setup) readAll(t *testing.T, env *testenv.Env, wantRaw, wantDLQ int, ti
 		} else if quietSince.IsZero() {
 			quietSince = time.Now()
 		}
-		if g.rawN >= wantRaw && g.dlqN >= wantDLQ && !quietSince.IsZero() && time.Since(quietSince) > time.Second {
+		if !quietSince.IsZero() && time.Since(quietSince) > time.Second && g.missing(e) == 0 {
 			return g
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after %s: raw %d of %d, dlq %d of %d", timeout, g.rawN, wantRaw, g.dlqN, wantDLQ)
+			valid, invalid := e.counts()
+			t.Errorf("after %s: %d expected messages still missing (raw %d records for %d acked valid, dlq %d for %d acked invalid)",
+				timeout, g.missing(e), g.rawN, valid, g.dlqN, invalid)
+			return g // check names them
 		}
 	}
+}
+
+// missing returns how many messages e expects have not arrived.
+func (g *got) missing(e *expect) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for dev, want := range e.valid {
+		have := make(map[int64]bool, len(g.raw[dev]))
+		for _, q := range g.raw[dev] {
+			have[q] = true
+		}
+		for _, q := range want {
+			if !have[q] {
+				n++
+			}
+		}
+	}
+	for k, c := range e.dlq {
+		if g.dlq[k] < c {
+			n += c - g.dlq[k]
+		}
+	}
+	return n
 }
 
 // check compares what arrived with what was acknowledged to the fleet:

@@ -25,9 +25,9 @@ import (
 // 2.0.11, which sends past the Receive Maximum, redelivered about a
 // million in one benchmark run), and the bridge stores them again.
 //
-// This pinger declares the connection dead only when a ping it sent a
-// keep-alive period ago has had no packet at all come back since, and
-// the bridge has not held back reading within that period either.
+// This pinger declares the connection dead only when a ping it sent 1.5
+// keep-alive periods ago has had no packet at all come back since, and
+// the bridge has not held back reading within that time either.
 // A half-open connection is still found: once the bridge reads again and
 // nothing arrives, the rule fires a keep-alive period later.
 type pinger struct {
@@ -55,6 +55,9 @@ func (p *pinger) Run(ctx context.Context, conn net.Conn, keepAlive uint16) error
 		return fmt.Errorf("conn is nil")
 	}
 	interval := time.Duration(keepAlive) * time.Second
+	// As the broker grants the client 1.5 keep-alive periods (MQTT
+	// 3.1.2-22), a busy broker gets as long to answer.
+	grace := interval * 3 / 2
 	p.mu.Lock()
 	start := time.Now()
 	p.lastSent, p.lastRecv = start, start
@@ -62,7 +65,9 @@ func (p *pinger) Run(ctx context.Context, conn net.Conn, keepAlive uint16) error
 	tick := time.NewTicker(max(interval/4, 50*time.Millisecond))
 	defer tick.Stop()
 	errCh := make(chan error, 1)
-	var pingSent time.Time
+	// pingSent is the last ping; waiting is the first ping since which
+	// nothing has come back (zero: none).
+	var pingSent, waiting time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -73,9 +78,11 @@ func (p *pinger) Run(ctx context.Context, conn net.Conn, keepAlive uint16) error
 			p.mu.Lock()
 			sent, recv := p.lastSent, p.lastRecv
 			p.mu.Unlock()
-			if !pingSent.IsZero() && recv.Before(pingSent) && now.Sub(pingSent) >= interval &&
-				now.Sub(p.heldBack()) >= interval {
-				return fmt.Errorf("no answer to PINGREQ and no packet from the broker for %s", now.Sub(pingSent).Round(time.Millisecond))
+			if !waiting.IsZero() && !recv.Before(waiting) {
+				waiting = time.Time{} // something came back
+			}
+			if !waiting.IsZero() && now.Sub(waiting) >= grace && now.Sub(p.heldBack()) >= grace {
+				return fmt.Errorf("no answer to PINGREQ and no packet from the broker for %s", now.Sub(waiting).Round(time.Millisecond))
 			}
 			if now.Sub(sent) < interval && now.Sub(recv) < interval {
 				continue
@@ -84,6 +91,9 @@ func (p *pinger) Run(ctx context.Context, conn net.Conn, keepAlive uint16) error
 				continue // at most one ping per keep-alive period
 			}
 			pingSent = now
+			if waiting.IsZero() {
+				waiting = now
+			}
 			go func() {
 				// A write can block on a congested link; closing the
 				// connection unblocks it, so this does not leak.
