@@ -14,7 +14,7 @@ WITH_ENV    := set -a; eval "$$($(SERVICES) env)"; set +a;
 
 export IOTPIPE_STATE_DIR := $(STATE)
 
-.PHONY: help build test test-unit test-integration vet fuzz bench demo services-up services-down services-status init clean
+.PHONY: help build test test-unit test-integration vet fuzz bench bench-quick bench-compare demo services-up services-down services-status init clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -45,9 +45,14 @@ fuzz: ## fuzz the payload and raw-record decoders for FUZZTIME each (default 5m)
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./schemas/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRaw$$' -fuzztime $(FUZZTIME) ./schemas/
 
-bench: services-up ## run the benchmarks: decoders and window engine, then each stage on the real services
-	$(GO) test -run '^$$' -bench . -benchmem ./schemas/... ./processor/...
-	$(WITH_ENV) $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 30m ./bridge/ ./processor/ ./sink/...
+bench: services-up build ## benchmark suite, full size (~15 min): each stage vs its ceiling, then end to end; writes bench/results/<UTC time>.json (BENCH_FLAGS: e.g. --skip e2e)
+	$(WITH_ENV) $(GO) run ./bench/run --binary bin/iotpipe $(BENCH_FLAGS)
+
+bench-quick: services-up build ## benchmark suite at small sizes (under 3 min), same result file and table
+	$(WITH_ENV) $(GO) run ./bench/run --quick --binary bin/iotpipe $(BENCH_FLAGS)
+
+bench-compare: ## change of every figure between two results: OLD=a.json NEW=b.json (default: the two newest in bench/results)
+	$(GO) run ./bench/compare $(OLD) $(NEW)
 
 init: build services-up ## create topics, bucket and schema on the local services
 	$(WITH_ENV) bin/iotpipe init

@@ -1,0 +1,268 @@
+// Package result is the benchmark suite's result file: the File type
+// written by bench/run as bench/results/<UTC timestamp>.json, the parser of
+// `go test -bench` output that fills it, the terminal table, and the
+// comparison of two files used by bench/compare.
+//
+// Field names are stable snake_case: results are compared across runs by
+// name, so a field is never renamed; new figures get new fields. Every
+// stage object carries an "error" string when that stage failed, and the
+// figures it could still read.
+package result
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/iotpipe/iotpipe/bench/e2e"
+)
+
+// SchemaVersion is the version of the File layout. It rises only when a
+// field changes meaning; added fields do not change it.
+const SchemaVersion = 1
+
+// Goals from the stage issues, next to each figure in the file and table.
+const (
+	GoalBridgeRatio            = 1.0     // bridge msgs/s ≥ 1.0× the mosquitto_sub | kcat -P pipeline (#3)
+	GoalProcessorPerCore       = 500_000 // processor readings/s on one core, exactly-once (#4)
+	GoalLakeRowsPerCPUSecond   = 300_000 // lake sink rows per CPU-second (#5)
+	GoalLakeSmallerThanRawJSON = 8.0     // lake Parquet ≥ 8× smaller than telemetry.raw JSON (#5)
+	GoalTimescaleRatio         = 0.8     // TimescaleDB sink rows/s ≥ 0.8× psql \copy (#6)
+	GoalEndToEndRatio          = 0.5     // pipeline ≥ 0.5× the broker-only ceiling, nothing lost (#8)
+)
+
+// File is one run of the suite.
+type File struct {
+	SchemaVersion int       `json:"schema_version"`
+	StartedAt     time.Time `json:"started_at"`
+	DurationS     float64   `json:"duration_s"`
+	Quick         bool      `json:"quick"`
+	// StageDurationS is the wall time of each stage that ran, by stage
+	// name (bridge, processor, timescale, lake, micro, end_to_end).
+	StageDurationS map[string]float64 `json:"stage_duration_s"`
+	Machine        Machine            `json:"machine"`
+	Versions       Versions           `json:"versions"`
+	// Stages; nil when skipped.
+	Bridge    *Bridge    `json:"bridge,omitempty"`
+	Processor *Processor `json:"processor,omitempty"`
+	Timescale *Timescale `json:"timescale,omitempty"`
+	Lake      *Lake      `json:"lake,omitempty"`
+	Micro     *Micro     `json:"micro,omitempty"`
+	EndToEnd  *EndToEnd  `json:"end_to_end,omitempty"`
+	// Failed lists the stages that failed (their "error" fields say why)
+	// and "end_to_end.count_check" when the count check failed.
+	Failed []string `json:"failed"`
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	Cores        int        `json:"cores"`
+	GOMAXPROCS   int        `json:"gomaxprocs"`
+	MemoryBytes  int64      `json:"memory_bytes"`
+	CPUModel     string     `json:"cpu_model"`
+	Kernel       string     `json:"kernel"`
+	LoadAvgStart [3]float64 `json:"load_avg_start"` // 1, 5, 15 minutes
+	LoadAvgEnd   [3]float64 `json:"load_avg_end"`
+}
+
+// Versions are the software versions the figures were measured with.
+type Versions struct {
+	Go          string `json:"go"`
+	Commit      string `json:"commit"`
+	Dirty       bool   `json:"dirty"`
+	Kafka       string `json:"kafka"`
+	Java        string `json:"java"`
+	Mosquitto   string `json:"mosquitto"`
+	Kcat        string `json:"kcat"`
+	PostgreSQL  string `json:"postgresql"`
+	TimescaleDB string `json:"timescaledb"` // extension version, or "plain PostgreSQL"
+	Versitygw   string `json:"versitygw"`
+}
+
+// Benchmarks holds every metric of every parsed benchmark line of a stage,
+// by benchmark name (without the -GOMAXPROCS suffix) and unit key (see
+// UnitKey), so that figures the stage benchmarks add later are kept and
+// compared without a change here.
+type Benchmarks map[string]map[string]float64
+
+// Bridge: BenchmarkBridgeVsPipeline. The bridge (QoS 1, PUBACK after the
+// Kafka ack, default compression) and the no-guarantee pipeline
+// `mosquitto_sub -q 1 | kcat -P` drain the same queued load.
+type Bridge struct {
+	Messages            int     `json:"messages"`
+	Compression         string  `json:"compression"`
+	MsgsPerS            float64 `json:"msgs_per_s"`
+	CPUMicrosPerMsg     float64 `json:"cpu_us_per_msg"`
+	AllocsPerMsg        float64 `json:"allocs_per_msg"`
+	CeilingMsgsPerS     float64 `json:"ceiling_msgs_per_s"`
+	CeilingCPUMicrosMsg float64 `json:"ceiling_cpu_us_per_msg"`
+	Ratio               float64 `json:"ratio"`     // msgs_per_s / ceiling_msgs_per_s
+	CPURatio            float64 `json:"cpu_ratio"` // cpu_us_per_msg / ceiling_cpu_us_per_msg (lower is better)
+	GoalRatio           float64 `json:"goal_ratio"`
+	GoalMet             bool    `json:"goal_met"`
+	// Variants: the same figures for every compression codec measured.
+	Variants   map[string]BridgeVariant `json:"variants,omitempty"`
+	Benchmarks Benchmarks               `json:"benchmarks,omitempty"`
+	Error      string                   `json:"error,omitempty"`
+}
+
+// BridgeVariant is the bridge with one compression codec.
+type BridgeVariant struct {
+	MsgsPerS        float64 `json:"msgs_per_s"`
+	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg"`
+	AllocsPerMsg    float64 `json:"allocs_per_msg"`
+	Ratio           float64 `json:"ratio"`
+}
+
+// Processor: BenchmarkKafkaExactlyOnce against BenchmarkKafkaCeilingDecode,
+// both with GOMAXPROCS=1 (-cpu 1), so that readings/s is per core.
+type Processor struct {
+	Readings                   int        `json:"readings"`
+	ReadingsPerSPerCore        float64    `json:"readings_per_s_per_core"`
+	MicrosPerReading           float64    `json:"us_per_reading"`
+	ChangelogBytesPerReading   float64    `json:"changelog_bytes_per_reading"`
+	Transactions               float64    `json:"transactions"`
+	CeilingReadingsPerSPerCore float64    `json:"ceiling_readings_per_s_per_core"`
+	CeilingMicrosPerReading    float64    `json:"ceiling_us_per_reading"`
+	Ratio                      float64    `json:"ratio"`
+	GoalReadingsPerSPerCore    float64    `json:"goal_readings_per_s_per_core"`
+	GoalMet                    bool       `json:"goal_met"`
+	Benchmarks                 Benchmarks `json:"benchmarks,omitempty"`
+	Error                      string     `json:"error,omitempty"`
+}
+
+// Timescale: BenchmarkReadings of sink/timescale. The whole sink (Kafka
+// fetch, decode, write, commit) and its database path alone, against psql
+// \copy of the same rows into the same table.
+type Timescale struct {
+	Readings        int     `json:"readings"`
+	Rows            int     `json:"rows"`
+	RowsPerS        float64 `json:"rows_per_s"`         // whole sink, Kafka → PostgreSQL (sink_e2e)
+	CeilingRowsPerS float64 `json:"ceiling_rows_per_s"` // psql \copy (psql_copy)
+	Ratio           float64 `json:"ratio"`
+	// The database path (binary COPY + offsets, one transaction per
+	// batch) and psql \copy run alternately (interleaved).
+	DBPathRowsPerS        float64    `json:"db_path_rows_per_s"`
+	DBPathCeilingRowsPerS float64    `json:"db_path_ceiling_rows_per_s"`
+	DBPathRatio           float64    `json:"db_path_ratio"`
+	DBPathGoalMet         bool       `json:"db_path_goal_met"`
+	GoalRatio             float64    `json:"goal_ratio"`
+	GoalMet               bool       `json:"goal_met"` // on ratio (the whole sink)
+	Benchmarks            Benchmarks `json:"benchmarks,omitempty"`
+	Error                 string     `json:"error,omitempty"`
+}
+
+// Lake: BenchmarkSink of sink/lake (the whole sink against real Kafka and
+// versitygw) and BenchmarkEncode (the CPU ceiling: decode + Parquet encode
+// on one core, no I/O).
+type Lake struct {
+	Readings               int        `json:"readings"`
+	RowsPerS               float64    `json:"rows_per_s"`
+	RowsPerCPUSecond       float64    `json:"rows_per_cpu_s"`
+	CeilingRowsPerS        float64    `json:"ceiling_rows_per_s"` // encode only, one core
+	Ratio                  float64    `json:"ratio"`              // rows_per_cpu_s / ceiling_rows_per_s
+	ParquetBytesPerReading float64    `json:"parquet_bytes_per_reading"`
+	RawJSONBytesPerReading float64    `json:"rawjson_bytes_per_reading"`
+	TimesSmaller           float64    `json:"x_smaller"`
+	WorstCaseTimesSmaller  float64    `json:"worst_case_x_smaller"` // full-precision random doubles (encode only)
+	GoalRowsPerCPUSecond   float64    `json:"goal_rows_per_cpu_s"`
+	GoalTimesSmaller       float64    `json:"goal_x_smaller"`
+	GoalMet                bool       `json:"goal_met"` // both goals
+	Benchmarks             Benchmarks `json:"benchmarks,omitempty"`
+	Error                  string     `json:"error,omitempty"`
+}
+
+// Micro: the in-process micro benchmarks (schemas decoders and encoders,
+// the processor's window engine). No ceiling; tracked across runs.
+type Micro struct {
+	DecodeNsPerOp           float64    `json:"decode_ns_per_op"` // device payload, metrics object, epoch ms, 5 measurements
+	DecodeAllocsPerOp       float64    `json:"decode_allocs_per_op"`
+	DecodeRawNsPerOp        float64    `json:"decode_raw_ns_per_op"` // telemetry.raw record, RawDecoder
+	WindowUpdateNsPerOp     float64    `json:"window_update_ns_per_op"`
+	WindowUpdateAllocsPerOp float64    `json:"window_update_allocs_per_op"`
+	TaskHandleNsPerOp       float64    `json:"task_handle_ns_per_op"`
+	StateBytesPerKey        float64    `json:"state_bytes_per_key"`
+	Benchmarks              Benchmarks `json:"benchmarks,omitempty"`
+	Error                   string     `json:"error,omitempty"`
+}
+
+// EndToEnd is the e2e benchmark's result as it is, plus the ratio to the
+// broker-only ceiling and the goal.
+type EndToEnd struct {
+	*e2e.Result
+	// Ratio is max_sustainable_ratio_to_ceiling: the highest offered load
+	// the pipeline sustained, over the broker-only ceiling.
+	Ratio     float64 `json:"ratio"`
+	GoalRatio float64 `json:"goal_ratio"`
+	// GoalMet: ratio ≥ goal_ratio and the count check passed.
+	GoalMet bool   `json:"goal_met"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Write stores f as indented JSON in dir/<UTC start time>.json and
+// returns the path.
+func (f *File) Write(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("encode result: %w", err)
+	}
+	path := filepath.Join(dir, FileName(f.StartedAt))
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// FileName is the result file name of a run started at t: the UTC time,
+// so that names sort in time order.
+func FileName(t time.Time) string { return t.UTC().Format("20060102T150405Z") + ".json" }
+
+// Read loads a result file.
+func Read(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var f File
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &f, nil
+}
+
+// Newest returns the paths of the n newest result files in dir (by name,
+// oldest first).
+func Newest(dir string, n int) ([]string, error) {
+	m, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(m)
+	if len(m) < n {
+		return nil, fmt.Errorf("%s holds %d result files, need %d", dir, len(m), n)
+	}
+	return m[len(m)-n:], nil
+}
+
+// UnitKey turns a benchmark unit into a JSON key: "ns/op" → "ns_per_op",
+// "cpu-µs/msg" → "cpu_us_per_msg", "B/op" → "bytes_per_op".
+func UnitKey(unit string) string {
+	r := strings.NewReplacer("µ", "u", "/", "_per_", "-", "_", ".", "_")
+	u := unit
+	switch {
+	case strings.HasPrefix(u, "B/"):
+		u = "bytes" + u[1:]
+	case strings.Contains(u, "_B/"):
+		u = strings.Replace(u, "_B/", "_bytes/", 1)
+	case u == "MB/s":
+		u = "mb/s"
+	}
+	return strings.ToLower(r.Replace(u))
+}

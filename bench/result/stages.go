@@ -1,0 +1,199 @@
+package result
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/iotpipe/iotpipe/bench/e2e"
+)
+
+// Names of the stage benchmarks the figures come from.
+const (
+	BridgeBench           = "BenchmarkBridgeVsPipeline"
+	BridgePipeline        = BridgeBench + "/pipeline"
+	ProcessorBench        = "BenchmarkKafkaExactlyOnce"
+	ProcessorCeilingBench = "BenchmarkKafkaCeilingDecode"
+	TimescaleBench        = "BenchmarkReadings"
+	LakeBench             = "BenchmarkSink"
+	LakeCeilingBench      = "BenchmarkEncode/sensor-resolution"
+	LakeWorstCaseBench    = "BenchmarkEncode/full-precision"
+	DecodeBench           = "BenchmarkDecode/metrics_object/epoch_ms"
+	DecodeRawBench        = "BenchmarkDecodeRaw/RawDecoder"
+	WindowUpdateBench     = "BenchmarkWindowUpdate"
+	TaskHandleBench       = "BenchmarkTaskHandle"
+	StateBytesPerKeyBench = "BenchmarkStateBytesPerKey"
+	DefaultBridgeVariant  = "lz4" // bridge.DefaultCompression
+	bridgeVariantPrefix   = BridgeBench + "/bridge-"
+	timescalePsqlCopy     = TimescaleBench + "/psql_copy"
+	timescaleInterleaved  = TimescaleBench + "/interleaved"
+	timescaleSinkEndToEnd = TimescaleBench + "/sink_e2e"
+)
+
+// missing collects the figures a stage could not find.
+type missing []string
+
+func (m *missing) get(bs []Bench, name, unit string) float64 {
+	v, ok := Get(bs, name, unit)
+	if !ok {
+		*m = append(*m, name+" "+unit)
+	}
+	return v
+}
+
+func (m missing) err() string {
+	if len(m) == 0 {
+		return ""
+	}
+	return "missing figures: " + strings.Join(m, ", ")
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// BridgeFrom fills the bridge figures from BenchmarkBridgeVsPipeline's
+// lines. compression names the variant that is the bridge's figure.
+func BridgeFrom(bs []Bench, messages int, compression string) *Bridge {
+	var m missing
+	r := &Bridge{Messages: messages, Compression: compression, GoalRatio: GoalBridgeRatio,
+		Variants: map[string]BridgeVariant{}, Benchmarks: Collect(bs)}
+	r.CeilingMsgsPerS = m.get(bs, BridgePipeline, "msgs/s")
+	r.CeilingCPUMicrosMsg = m.get(bs, BridgePipeline, "cpu-µs/msg")
+	for _, b := range bs {
+		c, ok := strings.CutPrefix(b.Name, bridgeVariantPrefix)
+		if !ok {
+			continue
+		}
+		v := BridgeVariant{MsgsPerS: b.Metrics["msgs/s"], CPUMicrosPerMsg: b.Metrics["cpu-µs/msg"], AllocsPerMsg: b.Metrics["allocs/msg"]}
+		v.Ratio = ratio(v.MsgsPerS, r.CeilingMsgsPerS)
+		r.Variants[c] = v
+	}
+	name := bridgeVariantPrefix + compression
+	r.MsgsPerS = m.get(bs, name, "msgs/s")
+	r.CPUMicrosPerMsg = m.get(bs, name, "cpu-µs/msg")
+	r.AllocsPerMsg = m.get(bs, name, "allocs/msg")
+	r.Ratio = ratio(r.MsgsPerS, r.CeilingMsgsPerS)
+	r.CPURatio = ratio(r.CPUMicrosPerMsg, r.CeilingCPUMicrosMsg)
+	r.Error = m.err()
+	r.GoalMet = r.Error == "" && r.Ratio >= r.GoalRatio
+	return r
+}
+
+// ProcessorFrom fills the processor figures (benchmarks run with -cpu 1).
+func ProcessorFrom(bs []Bench, readings int) *Processor {
+	var m missing
+	r := &Processor{Readings: readings, GoalReadingsPerSPerCore: GoalProcessorPerCore, Benchmarks: Collect(bs)}
+	r.ReadingsPerSPerCore = m.get(bs, ProcessorBench, "readings/s")
+	r.MicrosPerReading = m.get(bs, ProcessorBench, "µs/reading")
+	r.ChangelogBytesPerReading, _ = Get(bs, ProcessorBench, "changelog-B/reading")
+	r.Transactions, _ = Get(bs, ProcessorBench, "txns")
+	r.CeilingReadingsPerSPerCore = m.get(bs, ProcessorCeilingBench, "readings/s")
+	r.CeilingMicrosPerReading = m.get(bs, ProcessorCeilingBench, "µs/reading")
+	r.Ratio = ratio(r.ReadingsPerSPerCore, r.CeilingReadingsPerSPerCore)
+	r.Error = m.err()
+	r.GoalMet = r.Error == "" && r.ReadingsPerSPerCore >= r.GoalReadingsPerSPerCore
+	return r
+}
+
+// TimescaleFrom fills the TimescaleDB sink figures (4 rows per reading).
+func TimescaleFrom(bs []Bench, readings int) *Timescale {
+	var m missing
+	r := &Timescale{Readings: readings, Rows: 4 * readings, GoalRatio: GoalTimescaleRatio, Benchmarks: Collect(bs)}
+	r.RowsPerS = m.get(bs, timescaleSinkEndToEnd, "rows/s")
+	r.CeilingRowsPerS = m.get(bs, timescalePsqlCopy, "rows/s")
+	r.Ratio = ratio(r.RowsPerS, r.CeilingRowsPerS)
+	r.DBPathRowsPerS = m.get(bs, timescaleInterleaved, "sink_rows/s")
+	r.DBPathCeilingRowsPerS = m.get(bs, timescaleInterleaved, "psql_rows/s")
+	r.DBPathRatio = ratio(r.DBPathRowsPerS, r.DBPathCeilingRowsPerS)
+	r.Error = m.err()
+	r.GoalMet = r.Error == "" && r.Ratio >= r.GoalRatio
+	r.DBPathGoalMet = r.Error == "" && r.DBPathRatio >= r.GoalRatio
+	return r
+}
+
+// LakeFrom fills the lake sink figures.
+func LakeFrom(bs []Bench, readings int) *Lake {
+	var m missing
+	r := &Lake{Readings: readings, GoalRowsPerCPUSecond: GoalLakeRowsPerCPUSecond, GoalTimesSmaller: GoalLakeSmallerThanRawJSON, Benchmarks: Collect(bs)}
+	r.RowsPerS = m.get(bs, LakeBench, "rows/s")
+	r.RowsPerCPUSecond = m.get(bs, LakeBench, "rows/cpu-s")
+	r.ParquetBytesPerReading = m.get(bs, LakeBench, "parquet_B/reading")
+	r.RawJSONBytesPerReading = m.get(bs, LakeBench, "rawjson_B/reading")
+	r.TimesSmaller = ratio(r.RawJSONBytesPerReading, r.ParquetBytesPerReading)
+	r.CeilingRowsPerS = m.get(bs, LakeCeilingBench, "rows/s")
+	r.WorstCaseTimesSmaller, _ = Get(bs, LakeWorstCaseBench, "x_smaller_than_raw")
+	r.Ratio = ratio(r.RowsPerCPUSecond, r.CeilingRowsPerS)
+	r.Error = m.err()
+	r.GoalMet = r.Error == "" && r.RowsPerCPUSecond >= r.GoalRowsPerCPUSecond && r.TimesSmaller >= r.GoalTimesSmaller
+	return r
+}
+
+// MicroFrom fills the micro-benchmark figures.
+func MicroFrom(bs []Bench) *Micro {
+	var m missing
+	r := &Micro{Benchmarks: Collect(bs)}
+	r.DecodeNsPerOp = m.get(bs, DecodeBench, "ns/op")
+	r.DecodeAllocsPerOp, _ = Get(bs, DecodeBench, "allocs/op")
+	r.DecodeRawNsPerOp = m.get(bs, DecodeRawBench, "ns/op")
+	r.WindowUpdateNsPerOp = m.get(bs, WindowUpdateBench, "ns/op")
+	r.WindowUpdateAllocsPerOp, _ = Get(bs, WindowUpdateBench, "allocs/op")
+	r.TaskHandleNsPerOp, _ = Get(bs, TaskHandleBench, "ns/op")
+	r.StateBytesPerKey, _ = Get(bs, StateBytesPerKeyBench, "bytes/key")
+	r.Error = m.err()
+	return r
+}
+
+// EndToEndFrom wraps the e2e result (res may be nil when the run failed).
+func EndToEndFrom(res *e2e.Result, runErr error) *EndToEnd {
+	r := &EndToEnd{Result: res, GoalRatio: GoalEndToEndRatio}
+	if res != nil {
+		r.Ratio = res.MaxSustainableRatio
+		if r.Ratio == 0 && res.BrokerCeilingMsgsPerS > 0 {
+			r.Ratio = ratio(res.MaxSustainableMsgsPerS, res.BrokerCeilingMsgsPerS)
+		}
+	}
+	if runErr != nil {
+		r.Error = runErr.Error()
+	}
+	r.GoalMet = r.Error == "" && res != nil && res.Count.OK && r.Ratio >= r.GoalRatio
+	return r
+}
+
+// Finish computes f.Failed from the stages' errors and the count check.
+func (f *File) Finish() {
+	f.Failed = []string{}
+	for _, e := range f.Errors() {
+		f.Failed = append(f.Failed, e[0])
+	}
+	if e := f.EndToEnd; e != nil && e.Error == "" && (e.Result == nil || !e.Count.OK) {
+		f.Failed = append(f.Failed, "end_to_end.count_check")
+	}
+	sort.Strings(f.Failed)
+}
+
+// stageError joins a run error and a figures error.
+func stageError(run error, figures string) string {
+	switch {
+	case run == nil:
+		return figures
+	case figures == "":
+		return run.Error()
+	default:
+		return fmt.Sprintf("%v; %s", run, figures)
+	}
+}
+
+// WithRunError sets a stage's error from the error of its go test run
+// (kept together with any missing-figure error) and clears its goal.
+func WithRunError(run error, errField *string, goal ...*bool) {
+	*errField = stageError(run, *errField)
+	if *errField != "" {
+		for _, g := range goal {
+			*g = false
+		}
+	}
+}

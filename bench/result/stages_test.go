@@ -1,0 +1,129 @@
+package result
+
+import (
+	"errors"
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/iotpipe/iotpipe/bench/e2e"
+)
+
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+
+func TestBridgeFrom(t *testing.T) {
+	b := BridgeFrom(parseFile(t, "bridge.txt"), 10000, "lz4")
+	if b.Error != "" {
+		t.Fatal(b.Error)
+	}
+	if b.MsgsPerS != 36852 || b.CPUMicrosPerMsg != 12 || b.AllocsPerMsg != 47.7 || b.CeilingMsgsPerS != 7882 || b.CeilingCPUMicrosMsg != 26 {
+		t.Errorf("figures: %+v", b)
+	}
+	if !near(b.Ratio, 36852.0/7882) || !b.GoalMet || b.GoalRatio != 1 {
+		t.Errorf("ratio %v goal %v met %v", b.Ratio, b.GoalRatio, b.GoalMet)
+	}
+	if len(b.Variants) != 4 || b.Variants["zstd"].MsgsPerS != 17675 {
+		t.Errorf("variants: %+v", b.Variants)
+	}
+	if b.Benchmarks["BenchmarkBridgeVsPipeline/pipeline"]["cpu_us_per_msg"] != 26 {
+		t.Errorf("benchmarks: %+v", b.Benchmarks)
+	}
+}
+
+func TestBridgeFromMissingPipeline(t *testing.T) {
+	var bs []Bench
+	for _, b := range parseFile(t, "bridge.txt") {
+		if b.Name != BridgePipeline {
+			bs = append(bs, b)
+		}
+	}
+	b := BridgeFrom(bs, 10000, "lz4")
+	if !strings.Contains(b.Error, "missing figures: BenchmarkBridgeVsPipeline/pipeline msgs/s") || b.GoalMet {
+		t.Errorf("error %q, goal met %v", b.Error, b.GoalMet)
+	}
+	if b.MsgsPerS != 36852 {
+		t.Errorf("the bridge's own figures are kept: %+v", b)
+	}
+}
+
+func TestProcessorFrom(t *testing.T) {
+	p := ProcessorFrom(parseFile(t, "processor.txt"), 100000)
+	if p.Error != "" {
+		t.Fatal(p.Error)
+	}
+	if p.ReadingsPerSPerCore != 192858 || p.CeilingReadingsPerSPerCore != 1068060 || p.MicrosPerReading != 5.185 || p.Transactions != 1 || p.ChangelogBytesPerReading != 6.923 {
+		t.Errorf("figures: %+v", p)
+	}
+	if p.GoalMet || !near(p.Ratio, 192858.0/1068060) {
+		t.Errorf("ratio %v met %v", p.Ratio, p.GoalMet)
+	}
+}
+
+func TestTimescaleFrom(t *testing.T) {
+	ts := TimescaleFrom(parseFile(t, "timescale.txt"), 50000)
+	if ts.Error != "" {
+		t.Fatal(ts.Error)
+	}
+	if ts.Rows != 200000 || ts.RowsPerS != 129178 || ts.DBPathRatio != 0 && !near(ts.DBPathRatio, ts.DBPathRowsPerS/ts.DBPathCeilingRowsPerS) {
+		t.Errorf("figures: %+v", ts)
+	}
+	if !near(ts.Ratio, ts.RowsPerS/ts.CeilingRowsPerS) || ts.GoalMet != (ts.Ratio >= 0.8) {
+		t.Errorf("ratio %v met %v", ts.Ratio, ts.GoalMet)
+	}
+}
+
+func TestLakeFrom(t *testing.T) {
+	l := LakeFrom(parseFile(t, "lake.txt"), 100000)
+	if l.Error != "" {
+		t.Fatal(l.Error)
+	}
+	if l.RowsPerCPUSecond != 794590 || l.RowsPerS != 350268 || l.CeilingRowsPerS != 1114537 || l.ParquetBytesPerReading != 14.97 || l.RawJSONBytesPerReading != 200.2 {
+		t.Errorf("figures: %+v", l)
+	}
+	if !near(l.TimesSmaller, 200.2/14.97) || l.WorstCaseTimesSmaller != 7.369 || !l.GoalMet {
+		t.Errorf("x smaller %v worst %v met %v", l.TimesSmaller, l.WorstCaseTimesSmaller, l.GoalMet)
+	}
+}
+
+func TestMicroFrom(t *testing.T) {
+	m := MicroFrom(parseFile(t, "micro.txt"))
+	if m.Error != "" {
+		t.Fatal(m.Error)
+	}
+	if m.DecodeNsPerOp == 0 || m.DecodeRawNsPerOp == 0 || m.WindowUpdateNsPerOp == 0 || m.TaskHandleNsPerOp == 0 || m.StateBytesPerKey == 0 {
+		t.Errorf("figures: %+v", m)
+	}
+}
+
+func TestWithRunError(t *testing.T) {
+	b := BridgeFrom(parseFile(t, "bridge.txt"), 10000, "lz4")
+	WithRunError(errors.New("go test ./bridge/: exit status 1"), &b.Error, &b.GoalMet)
+	if b.Error != "go test ./bridge/: exit status 1" || b.GoalMet {
+		t.Errorf("error %q met %v", b.Error, b.GoalMet)
+	}
+	ts := TimescaleFrom(nil, 10)
+	WithRunError(errors.New("boom"), &ts.Error, &ts.GoalMet)
+	if !strings.HasPrefix(ts.Error, "boom; missing figures: ") {
+		t.Errorf("error %q", ts.Error)
+	}
+}
+
+func TestEndToEndFromAndFinish(t *testing.T) {
+	f := &File{EndToEnd: EndToEndFrom(nil, errors.New("e2e: not implemented yet")), Bridge: &Bridge{}}
+	f.Finish()
+	if got := strings.Join(f.Failed, ","); got != "end_to_end" || f.EndToEnd.GoalMet {
+		t.Errorf("failed %q", got)
+	}
+	res := &e2e.Result{BrokerCeilingMsgsPerS: 10000, MaxSustainableMsgsPerS: 6000, MaxSustainableRatio: 0.6, Count: e2e.Count{OK: false}}
+	f = &File{EndToEnd: EndToEndFrom(res, nil)}
+	f.Finish()
+	if got := strings.Join(f.Failed, ","); got != "end_to_end.count_check" || f.EndToEnd.GoalMet || f.EndToEnd.Ratio != 0.6 {
+		t.Errorf("failed %q, %+v", got, f.EndToEnd)
+	}
+	res.Count.OK = true
+	f = &File{EndToEnd: EndToEndFrom(res, nil)}
+	f.Finish()
+	if len(f.Failed) != 0 || !f.EndToEnd.GoalMet {
+		t.Errorf("failed %v, %+v", f.Failed, f.EndToEnd)
+	}
+}
