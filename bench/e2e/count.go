@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -134,6 +136,14 @@ FROM (SELECT device_id, metric, count(*) AS n, max(seq) - min(seq) + 1 AS span F
 			r.note("count check: %d messages were unconfirmed when a simulator was stopped; Kafka holds %d of them", c.Unconfirmed, extra)
 		}
 	}
+	if inKafka < c.PublishedAcked {
+		// Where did they go? Mosquitto says so in its log when it drops
+		// messages queued for a session.
+		if n, first := brokerDrops(r.e.stateDir, r.n.bridgeClient); n > 0 {
+			errs = append(errs, fmt.Sprintf("Mosquitto dropped messages queued for the bridge's session after acknowledging them to the devices (%d log lines %q, first: %s)",
+				n, "Outgoing messages are being dropped for client "+r.n.bridgeClient, first))
+		}
+	}
 	diff(c.DLQRecords == 0, "%d dead letters (the load has no invalid messages)", c.DLQRecords)
 	diff(c.MeasurementsPerMsg == measurements, "%d measurements per message, want %d", c.MeasurementsPerMsg, measurements)
 	diff(c.ReadingsRows == c.RawRecords*measurements, "readings rows %d ≠ %d raw records × %d", c.ReadingsRows, c.RawRecords, measurements)
@@ -152,3 +162,26 @@ FROM (SELECT device_id, metric, count(*) AS n, max(seq) - min(seq) + 1 AS span F
 }
 
 func inKafkaTotal(c *Count) int64 { return c.RawRecords + c.DLQRecords }
+
+// brokerDrops counts the lines of the local Mosquitto's log
+// (<stateDir>/mqtt/logs/mosquitto.log, as scripts/services.sh writes it)
+// that report dropping messages queued for client, and returns the first.
+func brokerDrops(stateDir, client string) (n int, first string) {
+	if stateDir == "" {
+		return 0, ""
+	}
+	b, err := os.ReadFile(filepath.Join(stateDir, "mqtt", "logs", "mosquitto.log"))
+	if err != nil {
+		return 0, ""
+	}
+	want := "Outgoing messages are being dropped for client " + client + "."
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, want) {
+			if n == 0 {
+				first = strings.TrimSpace(l)
+			}
+			n++
+		}
+	}
+	return n, first
+}

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -223,5 +225,25 @@ func TestLimitedBy(t *testing.T) {
 	}
 	if got := limitedBy(ps, 0.5); !strings.HasPrefix(got, "no process") {
 		t.Errorf("limitedBy = %q, want no process", got)
+	}
+}
+
+func TestBrokerDrops(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "mqtt", "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := "2026-11-27T18:25:07: Outgoing messages are being dropped for client e2e-1-ceiling-sub.\n" +
+		"2026-11-27T18:33:18: Outgoing messages are being dropped for client e2e-1-bridge.\n" +
+		"2026-11-27T18:33:19: Outgoing messages are being dropped for client e2e-1-bridge.\n"
+	if err := os.WriteFile(filepath.Join(dir, "mqtt", "logs", "mosquitto.log"), []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n, first := brokerDrops(dir, "e2e-1-bridge")
+	if n != 2 || !strings.HasPrefix(first, "2026-11-27T18:33:18") {
+		t.Fatalf("brokerDrops = %d, %q", n, first)
+	}
+	if n, _ := brokerDrops(dir, "e2e-2-bridge"); n != 0 {
+		t.Fatalf("another client's drops counted: %d", n)
 	}
 }
