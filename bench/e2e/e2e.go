@@ -35,7 +35,7 @@ type Options struct {
 	// load (at least 5 minutes for the full run).
 	FixedDuration time.Duration
 	// FixedOfSustained sets the fixed offered load as this fraction of the
-	// highest sustained step's offered load (0.9), so that the fixed phase
+	// highest sustained step's offered load (0.75), so that the fixed phase
 	// runs at a load the stepped search showed to be sustainable.
 	FixedOfSustained float64
 	// FixedRate, when > 0, is the fixed offered load in messages/s
@@ -204,7 +204,7 @@ func DefaultOptions(quick bool) Options {
 		StepDuration: 20 * time.Second,
 		Steps:        []float64{0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0},
 		MaxBacklog:   200_000, DrainTimeout: 3 * time.Minute,
-		FixedDuration: 5 * time.Minute, FixedOfSustained: 0.9}
+		FixedDuration: 5 * time.Minute, FixedOfSustained: 0.75}
 	if quick {
 		o.Devices, o.CeilingDuration, o.StepDuration, o.FixedDuration = 200, 8*time.Second, 8*time.Second, 30*time.Second
 		o.Steps = []float64{0.15, 0.25, 0.35, 0.45}
