@@ -45,7 +45,7 @@ fuzz: ## fuzz the payload and raw-record decoders for FUZZTIME each (default 5m)
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./schemas/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRaw$$' -fuzztime $(FUZZTIME) ./schemas/
 
-bench: services-up build ## benchmark suite, full size (~15 min): each stage vs its ceiling, then end to end; writes bench/results/<UTC time>.json (BENCH_FLAGS: e.g. --skip e2e)
+bench: services-up build ## benchmark suite, full size (~11 min): each stage vs its ceiling, then end to end; writes bench/results/<UTC time>.json (BENCH_FLAGS: e.g. --skip e2e)
 	$(WITH_ENV) $(GO) run ./bench/run --binary bin/iotpipe $(BENCH_FLAGS)
 
 bench-quick: services-up build ## benchmark suite at small sizes (under 3 min), same result file and table
