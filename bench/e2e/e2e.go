@@ -207,7 +207,7 @@ func DefaultOptions(quick bool) Options {
 		FixedDuration: 5 * time.Minute, FixedOfSustained: 0.75}
 	if quick {
 		o.Devices, o.CeilingDuration, o.StepDuration, o.FixedDuration = 200, 8*time.Second, 8*time.Second, 30*time.Second
-		o.Steps = []float64{0.15, 0.25, 0.35, 0.45}
+		o.Steps = []float64{0.05, 0.1, 0.2, 0.3, 0.4}
 		o.DrainTimeout = time.Minute
 	}
 	return o
