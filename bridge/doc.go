@@ -36,12 +36,13 @@
 //     broker sends. Mosquitto 2.0.11 (Debian 12) does not honour it:
 //     once PUBACKs flow it sends past the Receive Maximum (measured:
 //     Receive Maximum 10, 5 acknowledged, 60 sent; fixed in 2.0.13,
-//     "inflight quota management", #2306), and it reads one packet per
-//     connection per event-loop turn, so under load the bridge's
-//     PUBACKs wait unread in the broker's socket buffer and are lost
-//     with the connection when the bridge dies. On that broker the
+//     "inflight quota management", #2306). On that broker the
 //     duplicates after SIGKILLs under load are not bounded (10 kills of
-//     100k messages: 6k to 97k duplicates); nothing is lost. Downstream
+//     100k messages: 6k to 97k duplicates): it redelivers messages whose
+//     PUBACK the bridge had sent. How 2.0.11 loses track of those
+//     PUBACKs is not established (its socket's receive queue from the
+//     bridge was empty in a check at 10k msg/s, so they are not simply
+//     left unread); 2.0.20 keeps to the bound. Nothing is lost. Downstream
 //     stages treat telemetry.raw as at-least-once and deduplicate by
 //     (device, seq) where it matters.
 //   - Bounded memory. At most ReceiveMaximum records are in flight to

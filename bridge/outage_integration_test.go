@@ -82,10 +82,9 @@ func TestBridgeSurvivesSIGKILL(t *testing.T) {
 	// window releases them in receive order), and a broker that honours
 	// the Receive Maximum has at most that many unacknowledged in flight,
 	// so each kill duplicates at most ReceiveMaximum messages. Mosquitto
-	// before 2.0.13 keeps sending past it once PUBACKs flow and reads one
-	// packet per connection per loop, so PUBACKs wait unread in its
-	// socket buffer and die with the connection: there the bound cannot
-	// hold and the test reports the figure (see doc.go).
+	// before 2.0.13 keeps sending past it once PUBACKs flow and, after a
+	// kill, redelivers messages whose PUBACK the bridge had sent: there
+	// the bound does not hold and the test reports the figure (doc.go).
 	bound := kills * DefaultReceiveMaximum
 	version := brokerVersion(t, env)
 	switch {

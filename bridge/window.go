@@ -30,8 +30,8 @@ type inflight struct {
 // Maximum the broker's own limit bounds them too: measured on Mosquitto
 // 2.0.20, 10 SIGKILLs under load gave 9,693 duplicates with this window
 // and 6,634–8,370 without, both within 10 × 1,000. On 2.0.11 the
-// duplicates stay unbounded either way, because its unread PUBACKs die
-// with the connection; see doc.go.)
+// duplicates stay unbounded either way: that broker redelivers messages
+// the bridge had acknowledged; see doc.go.)
 type window struct {
 	mu         sync.Mutex
 	ring       []*inflight // capacity = the in-flight limit (slots)
