@@ -193,7 +193,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 		return fmt.Errorf("mqtt: %w", err)
 	}
 	b.log.Info("bridge started", "mqtt", b.cfg.MQTT.URLs, "client_id", b.cfg.MQTT.ClientID,
-		"filters", b.sharedFilters(), "raw", b.cfg.TopicRaw, "dlq", b.cfg.TopicDLQ,
+		"filters", b.cfg.Subscriptions(), "raw", b.cfg.TopicRaw, "dlq", b.cfg.TopicDLQ,
 		"receive_maximum", b.cfg.MQTT.ReceiveMaximum)
 
 	var runErr error
@@ -282,8 +282,6 @@ func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
 		backoff = min(2*backoff, 5*time.Second)
 	}
 }
-
-func (b *Bridge) sharedFilters() []string { return b.cfg.Subscriptions() }
 
 func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.WaitGroup) autopaho.ClientConfig {
 	mc := b.cfg.MQTT
@@ -441,7 +439,7 @@ func dialBuffered(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (n
 
 func (b *Bridge) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) {
 	sub := &paho.Subscribe{}
-	for _, f := range b.sharedFilters() {
+	for _, f := range b.cfg.Subscriptions() {
 		sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1})
 	}
 	sctx, cancel := context.WithTimeout(ctx, b.cfg.MQTT.ConnectTimeout)
@@ -449,7 +447,7 @@ func (b *Bridge) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) 
 	sa, err := cm.Subscribe(sctx, sub)
 	if err != nil {
 		if ctx.Err() == nil {
-			b.log.Error("mqtt subscribe failed (the session keeps earlier subscriptions)", "filters", b.sharedFilters(), "err", err)
+			b.log.Error("mqtt subscribe failed (the session keeps earlier subscriptions)", "filters", b.cfg.Subscriptions(), "err", err)
 		}
 		return
 	}
@@ -464,7 +462,7 @@ func (b *Bridge) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) 
 		return
 	}
 	b.subscribed.Store(true)
-	b.log.Info("mqtt subscribed", "filters", b.sharedFilters())
+	b.log.Info("mqtt subscribed", "filters", b.cfg.Subscriptions())
 }
 
 // onPublish handles one MQTT message on paho's router goroutine: decode,

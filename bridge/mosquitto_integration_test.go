@@ -23,28 +23,9 @@ import (
 func TestMosquittoHonoursReceiveMaximum(t *testing.T) {
 	env := testenv.Load(t)
 	s := newSetup(t, env)
-	ctx := testenv.Context(t, time.Minute)
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", env.MQTTAddr(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	const rm = 10
 	var got atomic.Int64
-	c := paho.NewClient(paho.ClientConfig{Conn: conn, EnableManualAcknowledgment: true,
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(paho.PublishReceived) (bool, error) {
-			got.Add(1)
-			return true, nil
-		}}})
-	rm := uint16(10)
-	if _, err := c.Connect(ctx, &paho.Connect{ClientID: testenv.Name(t, "rm"), CleanStart: true,
-		Username: env.MQTTUsername, UsernameFlag: true, Password: []byte(env.MQTTPassword), PasswordFlag: true,
-		Properties: &paho.ConnectProperties{ReceiveMaximum: &rm}}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Disconnect(&paho.Disconnect{})
-	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/" + s.group + "/" + s.prefix + "/#", QoS: 1}}}); err != nil {
-		t.Fatal(err)
-	}
+	rmSubscriber(t, env, s, rm, 0, func(*paho.Client, *paho.Publish) { got.Add(1) })
 	st := s.fleet(t, env, devicesim.Config{Devices: 5, MessagesPerDevice: 10}, nil)
 	if st.Acked != 50 {
 		t.Fatalf("fleet %+v", st)
@@ -78,40 +59,17 @@ func TestMosquittoReceiveMaximumWhileAcking(t *testing.T) {
 	env := testenv.Load(t)
 	version := brokerVersion(t, env)
 	s := newSetup(t, env)
-	ctx := testenv.Context(t, time.Minute)
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", env.MQTTAddr(t))
-	if err != nil {
-		t.Fatal(err)
-	}
 	const rm = 10
 	var received, acked, peak atomic.Int64
-	var c *paho.Client
-	ready := make(chan struct{})
-	c = paho.NewClient(paho.ClientConfig{Conn: conn, EnableManualAcknowledgment: true, SendAcksInterval: time.Millisecond,
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			<-ready
-			if out := received.Add(1) - acked.Load(); out > peak.Load() {
-				peak.Store(out) // only paho's router goroutine writes peak
-			}
-			p := pr.Packet
-			time.AfterFunc(2*time.Millisecond, func() {
-				acked.Add(1)
-				_ = c.Ack(p)
-			})
-			return true, nil
-		}}})
-	close(ready)
-	recvMax := uint16(rm)
-	if _, err := c.Connect(ctx, &paho.Connect{ClientID: testenv.Name(t, "rm"), CleanStart: true,
-		Username: env.MQTTUsername, UsernameFlag: true, Password: []byte(env.MQTTPassword), PasswordFlag: true,
-		Properties: &paho.ConnectProperties{ReceiveMaximum: &recvMax}}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Disconnect(&paho.Disconnect{})
-	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/" + s.group + "/" + s.prefix + "/#", QoS: 1}}}); err != nil {
-		t.Fatal(err)
-	}
+	rmSubscriber(t, env, s, rm, time.Millisecond, func(c *paho.Client, p *paho.Publish) {
+		if out := received.Add(1) - acked.Load(); out > peak.Load() {
+			peak.Store(out) // only paho's router goroutine writes peak
+		}
+		time.AfterFunc(2*time.Millisecond, func() {
+			acked.Add(1)
+			_ = c.Ack(p)
+		})
+	})
 	const total = 2000
 	if st := s.fleet(t, env, devicesim.Config{Devices: 20, MessagesPerDevice: total / 20}, nil); st.Acked != total {
 		t.Fatalf("fleet %+v", st)
@@ -129,6 +87,38 @@ func TestMosquittoReceiveMaximumWhileAcking(t *testing.T) {
 		t.Errorf("Mosquitto %s: %d messages outstanding with Receive Maximum %d", version, p, rm)
 	default:
 		t.Logf("Mosquitto %s does not honour the Receive Maximum while acknowledgements flow (fixed in 2.0.13): %d messages outstanding with Receive Maximum %d", version, p, rm)
+	}
+}
+
+// rmSubscriber connects a manually acknowledging MQTT v5 client with
+// Receive Maximum rm (acks sent every ackInterval; 0: paho's default) and
+// subscribes it at QoS 1 to the setup's topics through its share group;
+// onMsg sees each message on paho's router goroutine.
+func rmSubscriber(t *testing.T, env *testenv.Env, s *setup, rm uint16, ackInterval time.Duration, onMsg func(*paho.Client, *paho.Publish)) {
+	t.Helper()
+	ctx := testenv.Context(t, time.Minute)
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", env.MQTTAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c *paho.Client
+	ready := make(chan struct{})
+	c = paho.NewClient(paho.ClientConfig{Conn: conn, EnableManualAcknowledgment: true, SendAcksInterval: ackInterval,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			<-ready // c is set
+			onMsg(c, pr.Packet)
+			return true, nil
+		}}})
+	close(ready)
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: testenv.Name(t, "rm"), CleanStart: true,
+		Username: env.MQTTUsername, UsernameFlag: true, Password: []byte(env.MQTTPassword), PasswordFlag: true,
+		Properties: &paho.ConnectProperties{ReceiveMaximum: &rm}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/" + s.group + "/" + s.prefix + "/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
 	}
 }
 

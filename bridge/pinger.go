@@ -38,11 +38,10 @@ type pinger struct {
 	mu       sync.Mutex
 	lastSent time.Time
 	lastRecv time.Time
-	debug    log.Logger
 }
 
 func newPinger(heldBack func() time.Time) *pinger {
-	return &pinger{heldBack: heldBack, debug: log.NOOPLogger{}}
+	return &pinger{heldBack: heldBack}
 }
 
 // Run sends pings on conn and returns an error when the connection is
@@ -126,5 +125,6 @@ func (p *pinger) PacketReceived() {
 // for it too).
 func (p *pinger) PingResp() {}
 
-// SetDebug sets paho's debug logger.
-func (p *pinger) SetDebug(l log.Logger) { p.debug = l }
+// SetDebug is part of paho.Pinger; the bridge logs through slog, and
+// paho reports Run's error (OnClientError).
+func (p *pinger) SetDebug(log.Logger) {}
