@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // DefaultTopicTemplate is the MQTT topic template used when none is configured.
@@ -65,30 +66,9 @@ func validNameBytes(b []byte) bool {
 	return len(b) <= MaxNameLen && validTextBytes(b, false)
 }
 
-// validTextBytes is validText for bytes.
+// validTextBytes is validText for bytes, without copying them.
 func validTextBytes(b []byte, allowEmpty bool) bool {
-	if len(b) == 0 {
-		return allowEmpty
-	}
-	for i := 0; i < len(b); {
-		c := b[i]
-		if c < utf8.RuneSelf {
-			if c < 0x20 || c == 0x7f {
-				return false
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRune(b[i:])
-		if r == utf8.RuneError && size == 1 {
-			return false
-		}
-		if r >= 0x80 && r <= 0x9f {
-			return false
-		}
-		i += size
-	}
-	return true
+	return validText(unsafe.String(unsafe.SliceData(b), len(b)), allowEmpty)
 }
 
 type levelKind uint8
