@@ -19,7 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/iotpipe/iotpipe/internal/devicesim"
-	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
@@ -85,8 +85,18 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 		p.stop(b)
 	}
 	// 2. Publish the load once; every session queues a copy.
-	sim, err := devicesim.New(devicesim.Config{URL: env.MQTTURL, Username: env.MQTTUsername, Password: env.MQTTPassword,
-		Devices: 1000, MessagesPerDevice: n / 1000, TopicTemplate: template})
+	sim, err := devicesim.New(func() devicesim.Config {
+		c := devicesim.DefaultConfig()
+		c.URL = env.MQTTURL
+		c.Username = env.MQTTUsername
+		c.Password = env.MQTTPassword
+		c.Devices = 1000
+		c.MessagesPerDevice = n / 1000
+		c.TopicTemplate = template
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+		return c
+	}(), service.Deps{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -295,14 +305,14 @@ func BenchmarkBridgeDrain(b *testing.B) {
 	s := &setup{env: env, prefix: env.MQTTPrefix(b), raw: env.Topic(b, 6, nil), dlq: env.Topic(b, 2, nil), group: testenv.Name(b, "share")}
 	clientID := testenv.Name(b, "bridge")
 	b.Cleanup(func() { endSessionTB(b, env, clientID) })
-	cfg := Config{
-		MQTT: MQTTConfig{URLs: []string{env.MQTTURL}, ClientID: clientID, Username: env.MQTTUsername,
-			Password: env.MQTTPassword, ShareGroup: s.group, SessionExpiry: 10 * time.Minute},
-		Kafka:    kafkax.Config{Brokers: env.KafkaBrokers},
-		TopicRaw: s.raw, TopicDLQ: s.dlq, TopicTemplate: s.template(),
-	}
+	cfg := DefaultConfig()
+	cfg.MQTT.URLs, cfg.MQTT.ClientID = []string{env.MQTTURL}, clientID
+	cfg.MQTT.Username, cfg.MQTT.Password = env.MQTTUsername, env.MQTTPassword
+	cfg.MQTT.ShareGroup, cfg.MQTT.SessionExpiry = s.group, 10*time.Minute
+	cfg.Kafka.Brokers = env.KafkaBrokers
+	cfg.TopicRaw, cfg.TopicDLQ, cfg.TopicTemplate = s.raw, s.dlq, s.template()
 	run := func() (*Bridge, context.CancelFunc, chan error) {
-		br, err := New(cfg, nil, nil)
+		br, err := New(cfg, service.Deps{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -317,8 +327,18 @@ func BenchmarkBridgeDrain(b *testing.B) {
 	_, cancel, done := run()
 	cancel()
 	<-done
-	sim, err := devicesim.New(devicesim.Config{URL: env.MQTTURL, Username: env.MQTTUsername, Password: env.MQTTPassword,
-		Devices: 1000, MessagesPerDevice: n / 1000, TopicTemplate: s.template()})
+	sim, err := devicesim.New(func() devicesim.Config {
+		c := devicesim.DefaultConfig()
+		c.URL = env.MQTTURL
+		c.Username = env.MQTTUsername
+		c.Password = env.MQTTPassword
+		c.Devices = 1000
+		c.MessagesPerDevice = n / 1000
+		c.TopicTemplate = s.template()
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+		return c
+	}(), service.Deps{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,11 +14,11 @@ import (
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -83,16 +83,15 @@ type Bridge struct {
 	heldUntil atomic.Int64
 }
 
-// New validates cfg and returns a bridge. reg receives the bridge's
-// metrics (nil: not registered).
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Bridge, error) {
+// New validates cfg (the errors are *config.FieldError) and returns a
+// bridge; nothing is contacted before Run. deps.Registry receives the
+// bridge's metrics (nil: not registered).
+func New(cfg Config, deps service.Deps) (*Bridge, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bridge config: %w", err)
 	}
-	cfg = cfg.WithDefaults()
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	cfg.MQTT.Filters = cfg.filters()
+	log, reg := deps.Logger(), deps.Registry
 	tmpl, err := schemas.ParseTopicTemplate(cfg.TopicTemplate)
 	if err != nil {
 		return nil, fmt.Errorf("bridge config: TopicTemplate: %w", err)
@@ -116,7 +115,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Bridge, erro
 	}, nil
 }
 
-// Config returns the configuration in use, defaults applied.
+// Config returns the configuration in use.
 func (b *Bridge) Config() Config { return b.cfg }
 
 // Stats returns the counters since New.
@@ -137,6 +136,12 @@ func (b *Bridge) MQTTReady(context.Context) error {
 		return errors.New("connected to the MQTT broker, subscription not confirmed")
 	}
 	return nil
+}
+
+// Checks are the readiness checks: mqtt (MQTTReady) and kafka
+// (KafkaReady).
+func (b *Bridge) Checks() map[string]service.Check {
+	return map[string]service.Check{"mqtt": b.MQTTReady, "kafka": b.KafkaReady}
 }
 
 // KafkaReady is a readiness check: nil when a Kafka broker answers.

@@ -26,7 +26,14 @@ func TestBridgeDeliversEveryMessage(t *testing.T) {
 	}
 	e := newExpect()
 	start := time.Now()
-	st := s.fleet(t, env, devicesim.Config{Devices: devices, DevicesPerConn: 100, MessagesPerDevice: per, InvalidFraction: 0.05}, e)
+	st := s.fleet(t, env, func(c *devicesim.Config) {
+		c.Devices = devices
+		c.DevicesPerConn = 100
+		c.MessagesPerDevice = per
+		c.InvalidFraction = 0.05
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e)
 	pub := time.Since(start)
 	if st.Acked != int64(devices*per) {
 		t.Fatalf("fleet stats %+v", st)
@@ -54,8 +61,14 @@ func TestBridgeBadInput(t *testing.T) {
 	s := newSetup(t, env)
 	r := startBridge(t, s.config(t, ""))
 	e := newExpect()
-	st := s.fleet(t, env, devicesim.Config{Devices: 20, MessagesPerDevice: 30, InvalidFraction: 0.5,
-		InvalidKinds: devicesim.AllInvalidKinds}, e)
+	st := s.fleet(t, env, func(c *devicesim.Config) {
+		c.Devices = 20
+		c.MessagesPerDevice = 30
+		c.InvalidFraction = 0.5
+		c.InvalidKinds = devicesim.AllInvalidKinds
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e)
 	valid, invalid := e.counts()
 	g := s.readAll(t, env, e, time.Minute)
 	g.check(t, e, false)

@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -10,11 +9,12 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
-// Defaults of Config, used for fields left at zero by WithDefaults.
+// Defaults of Config (see DefaultConfig).
 const (
 	DefaultShareGroup       = "iotpipe"
 	DefaultSessionExpiry    = 24 * time.Hour
@@ -66,7 +66,7 @@ type MQTTConfig struct {
 	// subscription receives every message, so run only one.
 	PlainSubscription bool
 	// Filters are the MQTT topic filters subscribed to (without the
-	// $share prefix). Empty means the filter of the topic template.
+	// $share prefix). Empty subscribes to the filter of the topic template.
 	Filters []string
 	// SessionExpiry is how long the broker keeps the session, and queues
 	// QoS 1 messages for it, while the bridge is disconnected.
@@ -88,8 +88,8 @@ type MQTTConfig struct {
 	ReconnectMin, ReconnectMax time.Duration
 }
 
-// Config configures a Bridge. Zero fields take the defaults of
-// WithDefaults.
+// Config configures a Bridge. Start from DefaultConfig: a zero field means
+// zero (or is refused by Validate), never a default.
 type Config struct {
 	MQTT  MQTTConfig
 	Kafka kafkax.Config
@@ -122,152 +122,129 @@ type Config struct {
 	ShutdownTimeout time.Duration
 }
 
-// WithDefaults returns c with every zero field set to its default.
-func (c Config) WithDefaults() Config {
-	m := &c.MQTT
-	if m.ClientID == "" {
-		m.ClientID = DefaultClientID()
+// DefaultConfig returns every default of Config: the local broker and
+// Kafka, client id from the host name, the standard topics and template.
+func DefaultConfig() Config {
+	return Config{
+		MQTT: MQTTConfig{
+			URLs:           []string{"mqtt://localhost:1883"},
+			ClientID:       DefaultClientID(),
+			ShareGroup:     DefaultShareGroup,
+			SessionExpiry:  DefaultSessionExpiry,
+			ReceiveMaximum: DefaultReceiveMaximum,
+			AckInterval:    DefaultAckInterval,
+			KeepAlive:      DefaultKeepAlive,
+			ConnectTimeout: DefaultConnectTimeout,
+			ReconnectMin:   DefaultReconnectMin,
+			ReconnectMax:   DefaultReconnectMax,
+		},
+		Kafka:         kafkax.DefaultConfig("iotpipe-bridge"),
+		TopicRaw:      schemas.TopicRaw,
+		TopicDLQ:      schemas.TopicDLQ,
+		TopicTemplate: schemas.DefaultTopicTemplate,
+		Decode: schemas.DecodeOptions{
+			MaxPayloadBytes: schemas.DefaultMaxPayloadBytes,
+			MaxMeasurements: schemas.DefaultMaxMeasurements,
+			MaxFutureSkew:   schemas.DefaultMaxFutureSkew,
+			MaxPastSkew:     schemas.DefaultMaxPastSkew,
+			MaxDepth:        schemas.DefaultMaxDepth,
+		},
+		Compression:      DefaultCompression,
+		Linger:           DefaultLinger,
+		BatchMaxBytes:    DefaultBatchMaxBytes,
+		DLQMaxValueBytes: DefaultDLQMaxValueBytes,
+		ShutdownTimeout:  DefaultShutdownTimeout,
 	}
-	if m.ShareGroup == "" {
-		m.ShareGroup = DefaultShareGroup
-	}
-	if m.SessionExpiry == 0 {
-		m.SessionExpiry = DefaultSessionExpiry
-	}
-	if m.ReceiveMaximum == 0 {
-		m.ReceiveMaximum = DefaultReceiveMaximum
-	}
-	if m.AckInterval == 0 {
-		m.AckInterval = DefaultAckInterval
-	}
-	if m.KeepAlive == 0 {
-		m.KeepAlive = DefaultKeepAlive
-	}
-	if m.ConnectTimeout == 0 {
-		m.ConnectTimeout = DefaultConnectTimeout
-	}
-	if m.ReconnectMin == 0 {
-		m.ReconnectMin = DefaultReconnectMin
-	}
-	if m.ReconnectMax == 0 {
-		m.ReconnectMax = DefaultReconnectMax
-	}
-	if c.TopicRaw == "" {
-		c.TopicRaw = schemas.TopicRaw
-	}
-	if c.TopicDLQ == "" {
-		c.TopicDLQ = schemas.TopicDLQ
-	}
-	if c.TopicTemplate == "" {
-		c.TopicTemplate = schemas.DefaultTopicTemplate
-	}
-	if c.Compression == "" {
-		c.Compression = DefaultCompression
-	}
-	if c.Linger == 0 {
-		c.Linger = DefaultLinger
-	}
-	if c.BatchMaxBytes == 0 {
-		c.BatchMaxBytes = DefaultBatchMaxBytes
-	}
-	if c.DLQMaxValueBytes == 0 {
-		c.DLQMaxValueBytes = DefaultDLQMaxValueBytes
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
-	}
-	c.Decode = c.Decode.WithDefaults()
-	if m.Filters == nil {
-		if tt, err := schemas.ParseTopicTemplate(c.TopicTemplate); err == nil {
-			m.Filters = []string{tt.Filter()}
-		}
-	}
-	return c
 }
 
-// Validate reports every invalid field of c (after WithDefaults), naming
-// each.
-func (c Config) Validate() error {
-	c = c.WithDefaults()
-	var errs []error
-	bad := func(field string, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+// filters are the topic filters subscribed to: MQTT.Filters, or the
+// filter of the topic template when there are none.
+func (c *Config) filters() []string {
+	if len(c.MQTT.Filters) > 0 {
+		return c.MQTT.Filters
 	}
-	m := c.MQTT
-	if len(m.URLs) == 0 {
-		bad("MQTT.URLs", "no broker URL given")
+	if tt, err := schemas.ParseTopicTemplate(c.TopicTemplate); err == nil {
+		return []string{tt.Filter()}
 	}
+	return nil
+}
+
+// Validate reports every invalid field of c as a *config.FieldError.
+// A zero is never replaced by a default: where zero is not a valid value
+// it is reported.
+func (c *Config) Validate() error {
+	var p config.Problems
+	m := &c.MQTT
+	p.Check(len(m.URLs) == 0, "MQTT.URLs", "no broker URL given")
 	for _, s := range m.URLs {
 		if _, err := parseBrokerURL(s); err != nil {
-			bad("MQTT.URLs", "%v", err)
+			p.Add("MQTT.URLs", "%v", err)
 		}
 	}
 	if m.ClientID == "" || len(m.ClientID) > 256 || strings.ContainsAny(m.ClientID, "/+#\x00") {
-		bad("MQTT.ClientID", "%q must be 1 to 256 bytes without '/', '+', '#' or NUL", m.ClientID)
+		p.Add("MQTT.ClientID", "%q must be 1 to 256 bytes without '/', '+', '#' or NUL", m.ClientID)
 	}
 	if m.ShareGroup == "" || strings.ContainsAny(m.ShareGroup, "/+#\x00") {
-		bad("MQTT.ShareGroup", "%q must be non-empty without '/', '+', '#' or NUL", m.ShareGroup)
-	}
-	if len(m.Filters) == 0 {
-		bad("MQTT.Filters", "no topic filter (and the topic template gives none)")
+		p.Add("MQTT.ShareGroup", "%q must be non-empty without '/', '+', '#' or NUL", m.ShareGroup)
 	}
 	for _, f := range m.Filters {
 		if err := validFilter(f); err != nil {
-			bad("MQTT.Filters", "%v", err)
+			p.Add("MQTT.Filters", "%v", err)
 		}
 	}
 	if m.SessionExpiry < time.Second || m.SessionExpiry > time.Duration(1<<32-1)*time.Second {
-		bad("MQTT.SessionExpiry", "%s must be between 1s and 2^32-1 seconds", m.SessionExpiry)
+		p.Add("MQTT.SessionExpiry", "%s must be between 1s and 2^32-1 seconds", m.SessionExpiry)
 	}
 	if m.ReceiveMaximum < 1 || m.ReceiveMaximum > 65535 {
-		bad("MQTT.ReceiveMaximum", "%d must be between 1 and 65535", m.ReceiveMaximum)
+		p.Add("MQTT.ReceiveMaximum", "%d must be between 1 and 65535", m.ReceiveMaximum)
 	}
 	if m.AckInterval < 0 || m.AckInterval > 10*time.Second {
-		bad("MQTT.AckInterval", "%s must be between 0 and 10s", m.AckInterval)
+		p.Add("MQTT.AckInterval", "%s must be between 0 and 10s", m.AckInterval)
 	}
 	if m.KeepAlive < time.Second || m.KeepAlive > 65535*time.Second {
-		bad("MQTT.KeepAlive", "%s must be between 1s and 65535s", m.KeepAlive)
+		p.Add("MQTT.KeepAlive", "%s must be between 1s and 65535s", m.KeepAlive)
 	}
-	if m.ConnectTimeout <= 0 {
-		bad("MQTT.ConnectTimeout", "%s must be positive", m.ConnectTimeout)
-	}
-	if m.ReconnectMin <= 0 || m.ReconnectMax < m.ReconnectMin {
-		bad("MQTT.ReconnectMin/ReconnectMax", "%s/%s: need 0 < min <= max", m.ReconnectMin, m.ReconnectMax)
-	}
-	if err := c.Kafka.Validate(); err != nil {
-		bad("Kafka.Brokers", "%v", err)
-	}
+	p.Check(m.ConnectTimeout <= 0, "MQTT.ConnectTimeout", "must be positive")
+	p.Check(m.ReconnectMin <= 0, "MQTT.ReconnectMin", "must be positive")
+	p.Check(m.ReconnectMax < m.ReconnectMin, "MQTT.ReconnectMax", "must be at least MQTT.ReconnectMin")
+	p.Nested("Kafka", c.Kafka.Validate())
 	if err := validTopic(c.TopicRaw); err != nil {
-		bad("TopicRaw", "%v", err)
+		p.Add("TopicRaw", "%v", err)
 	}
 	if err := validTopic(c.TopicDLQ); err != nil {
-		bad("TopicDLQ", "%v", err)
+		p.Add("TopicDLQ", "%v", err)
 	}
 	if c.TopicRaw == c.TopicDLQ {
-		bad("TopicDLQ", "must differ from TopicRaw (%q)", c.TopicRaw)
+		p.Add("TopicDLQ", "must differ from the raw topic (%q)", c.TopicRaw)
 	}
 	if _, err := schemas.ParseTopicTemplate(c.TopicTemplate); err != nil {
-		bad("TopicTemplate", "%v", err)
+		p.Add("TopicTemplate", "%v", err)
+	} else if len(c.filters()) == 0 {
+		p.Add("MQTT.Filters", "no topic filter (and the topic template gives none)")
 	}
-	if err := c.Decode.Validate(); err != nil {
-		bad("Decode", "%v", err)
+	d := &c.Decode
+	// schemas.DecodeOptions would read a zero as its default: refuse it.
+	p.Check(d.MaxPayloadBytes <= 0, "Decode.MaxPayloadBytes", "must be positive")
+	p.Check(d.MaxMeasurements <= 0, "Decode.MaxMeasurements", "must be positive")
+	p.Check(d.MaxFutureSkew <= 0, "Decode.MaxFutureSkew", "must be positive")
+	p.Check(d.MaxPastSkew <= 0, "Decode.MaxPastSkew", "must be positive")
+	if d.MaxDepth < 2 || d.MaxDepth > 300 {
+		p.Add("Decode.MaxDepth", "%d must be between 2 and 300", d.MaxDepth)
 	}
 	if _, err := compressionCodec(c.Compression); err != nil {
-		bad("Compression", "%v", err)
+		p.Add("Compression", "%v", err)
 	}
 	if c.Linger < 0 || c.Linger > time.Minute {
-		bad("Linger", "%s must be between 0 and 1m", c.Linger)
+		p.Add("Linger", "%s must be between 0 and 1m", c.Linger)
 	}
 	if c.BatchMaxBytes < 1<<10 || c.BatchMaxBytes > 1<<30 {
-		bad("BatchMaxBytes", "%d must be between 1 KiB and 1 GiB", c.BatchMaxBytes)
+		p.Add("BatchMaxBytes", "%d must be between 1 KiB and 1 GiB", c.BatchMaxBytes)
 	}
 	if c.DLQMaxValueBytes < 1<<10 || c.DLQMaxValueBytes > c.BatchMaxBytes-(16<<10) {
-		bad("DLQMaxValueBytes", "%d must be between 1 KiB and BatchMaxBytes-16KiB (%d)", c.DLQMaxValueBytes, c.BatchMaxBytes-(16<<10))
+		p.Add("DLQMaxValueBytes", "%d must be between 1 KiB and the batch size - 16KiB (%d)", c.DLQMaxValueBytes, c.BatchMaxBytes-(16<<10))
 	}
-	if c.ShutdownTimeout <= 0 {
-		bad("ShutdownTimeout", "%s must be positive", c.ShutdownTimeout)
-	}
-	return errors.Join(errs...)
+	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	return p.Err()
 }
 
 func parseBrokerURL(s string) (*url.URL, error) {
@@ -336,9 +313,10 @@ func compressionCodec(name string) (kgo.CompressionCodec, error) {
 // Subscriptions are the topic filters the bridge subscribes to:
 // $share/<ShareGroup>/<filter> for each filter, or the filters themselves
 // with MQTT.PlainSubscription.
-func (c Config) Subscriptions() []string {
-	out := make([]string, len(c.MQTT.Filters))
-	for i, f := range c.MQTT.Filters {
+func (c *Config) Subscriptions() []string {
+	filters := c.filters()
+	out := make([]string, len(filters))
+	for i, f := range filters {
 		if c.MQTT.PlainSubscription {
 			out[i] = f
 		} else {

@@ -7,24 +7,26 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
-	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
 func validConfig() Config {
-	return Config{
-		MQTT:  MQTTConfig{URLs: []string{"mqtt://127.0.0.1:1883"}, ClientID: "b1"},
-		Kafka: kafkax.Config{Brokers: []string{"127.0.0.1:9092"}},
-	}
+	c := DefaultConfig()
+	c.MQTT.URLs = []string{"mqtt://127.0.0.1:1883"}
+	c.MQTT.ClientID = "b1"
+	c.Kafka.Brokers = []string{"127.0.0.1:9092"}
+	return c
 }
 
 func TestConfigDefaults(t *testing.T) {
-	c := validConfig().WithDefaults()
+	c := validConfig()
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.MQTT.Filters; len(got) != 1 || got[0] != "devices/+/telemetry" {
-		t.Fatalf("default filter %v", got)
+	if got := c.Subscriptions(); len(got) != 1 || got[0] != "$share/iotpipe/devices/+/telemetry" {
+		t.Fatalf("default subscription %v", got)
 	}
 	if c.TopicRaw != schemas.TopicRaw || c.TopicDLQ != schemas.TopicDLQ || c.MQTT.ReceiveMaximum != DefaultReceiveMaximum ||
 		c.MQTT.SessionExpiry != 24*time.Hour || c.MQTT.ShareGroup != "iotpipe" {
@@ -52,13 +54,20 @@ func TestConfigValidateNamesField(t *testing.T) {
 		{"TopicRaw", func(c *Config) { c.TopicRaw = "bad topic" }},
 		{"TopicTemplate", func(c *Config) { c.TopicTemplate = "devices/#" }},
 		{"Compression", func(c *Config) { c.Compression = "brotli" }},
-		{"Decode", func(c *Config) { c.Decode.MaxDepth = 1 }},
+		{"Decode.MaxDepth", func(c *Config) { c.Decode.MaxDepth = 1 }},
+		{"Decode.MaxFutureSkew", func(c *Config) { c.Decode.MaxFutureSkew = 0 }},
+		{"MQTT.ReceiveMaximum", func(c *Config) { c.MQTT.ReceiveMaximum = 0 }},
+		{"Kafka.DialTimeout", func(c *Config) { c.Kafka.DialTimeout = 0 }},
 		{"DLQMaxValueBytes", func(c *Config) { c.DLQMaxValueBytes = 10 }},
 	} {
 		c := validConfig()
 		tc.mod(&c)
 		err := c.Validate()
-		if err == nil || !strings.Contains(err.Error(), tc.field+":") {
+		found := false
+		for _, fe := range config.Fields(err) {
+			found = found || fe.Field == tc.field
+		}
+		if !found {
 			t.Errorf("%s: got %v", tc.field, err)
 		}
 	}
@@ -70,7 +79,7 @@ func TestDeadLetterRecord(t *testing.T) {
 	cfg := validConfig()
 	cfg.TopicDLQ = "dlq"
 	cfg.DLQMaxValueBytes = 1 << 10
-	b, err := New(cfg, nil, nil)
+	b, err := New(cfg, service.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/devicesim"
-	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 	"github.com/iotpipe/iotpipe/schemas"
 )
@@ -55,19 +55,15 @@ func (s *setup) config(t *testing.T, clientID string) Config {
 		clientID = testenv.Name(t, "bridge")
 	}
 	t.Cleanup(func() { endSession(t, s.env, clientID) })
-	return Config{
-		MQTT: MQTTConfig{
-			URLs: []string{s.env.MQTTURL}, ClientID: clientID,
-			Username: s.env.MQTTUsername, Password: s.env.MQTTPassword,
-			ShareGroup: s.group, SessionExpiry: 10 * time.Minute,
-			ReconnectMin: 100 * time.Millisecond, ReconnectMax: time.Second,
-		},
-		Kafka:           kafkax.Config{Brokers: s.env.KafkaBrokers, ClientID: clientID},
-		TopicRaw:        s.raw,
-		TopicDLQ:        s.dlq,
-		TopicTemplate:   s.template(),
-		ShutdownTimeout: 10 * time.Second,
-	}
+	c := DefaultConfig()
+	c.MQTT.URLs, c.MQTT.ClientID = []string{s.env.MQTTURL}, clientID
+	c.MQTT.Username, c.MQTT.Password = s.env.MQTTUsername, s.env.MQTTPassword
+	c.MQTT.ShareGroup, c.MQTT.SessionExpiry = s.group, 10*time.Minute
+	c.MQTT.ReconnectMin, c.MQTT.ReconnectMax = 100*time.Millisecond, time.Second
+	c.Kafka.Brokers, c.Kafka.ClientID = s.env.KafkaBrokers, clientID
+	c.TopicRaw, c.TopicDLQ, c.TopicTemplate = s.raw, s.dlq, s.template()
+	c.ShutdownTimeout = 10 * time.Second
+	return c
 }
 
 // endSession removes a persistent MQTT session from the broker (a clean
@@ -102,7 +98,7 @@ func startBridge(t *testing.T, cfg Config) *running {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	reg := prometheus.NewRegistry()
-	b, err := New(cfg, log, reg)
+	b, err := New(cfg, service.Deps{Log: log, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,24 +180,28 @@ func (e *expect) counts() (valid, invalid int) {
 }
 
 // fleet runs a simulated fleet on this setup's topics to the end.
-func (s *setup) fleet(t *testing.T, env *testenv.Env, cfg devicesim.Config, e *expect) devicesim.Stats {
+func (s *setup) fleet(t *testing.T, env *testenv.Env, edit func(*devicesim.Config), e *expect) devicesim.Stats {
 	t.Helper()
-	sim := s.newFleet(t, env, cfg, e)
+	sim := s.newFleet(t, env, edit, e)
 	if err := sim.Run(testenv.Context(t, 5*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	return sim.Stats()
 }
 
-func (s *setup) newFleet(t *testing.T, env *testenv.Env, cfg devicesim.Config, e *expect) *devicesim.Sim {
+// newFleet builds a fleet of devicesim.DefaultConfig changed by edit, on
+// this setup's broker and topics.
+func (s *setup) newFleet(t *testing.T, env *testenv.Env, edit func(*devicesim.Config), e *expect) *devicesim.Sim {
 	t.Helper()
+	cfg := devicesim.DefaultConfig()
+	edit(&cfg)
 	cfg.URL = env.MQTTURL
 	cfg.Username, cfg.Password = env.MQTTUsername, env.MQTTPassword
 	cfg.TopicTemplate = s.template()
 	if e != nil {
 		cfg.OnAck = e.onAck
 	}
-	sim, err := devicesim.New(cfg)
+	sim, err := devicesim.New(cfg, service.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

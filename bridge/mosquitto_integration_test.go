@@ -26,7 +26,12 @@ func TestMosquittoHonoursReceiveMaximum(t *testing.T) {
 	const rm = 10
 	var got atomic.Int64
 	rmSubscriber(t, env, s, rm, 0, func(*paho.Client, *paho.Publish) { got.Add(1) })
-	st := s.fleet(t, env, devicesim.Config{Devices: 5, MessagesPerDevice: 10}, nil)
+	st := s.fleet(t, env, func(c *devicesim.Config) {
+		c.Devices = 5
+		c.MessagesPerDevice = 10
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, nil)
 	if st.Acked != 50 {
 		t.Fatalf("fleet %+v", st)
 	}
@@ -71,7 +76,12 @@ func TestMosquittoReceiveMaximumWhileAcking(t *testing.T) {
 		})
 	})
 	const total = 2000
-	if st := s.fleet(t, env, devicesim.Config{Devices: 20, MessagesPerDevice: total / 20}, nil); st.Acked != total {
+	if st := s.fleet(t, env, func(c *devicesim.Config) {
+		c.Devices = 20
+		c.MessagesPerDevice = total / 20
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, nil); st.Acked != total {
 		t.Fatalf("fleet %+v", st)
 	}
 	testenv.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {

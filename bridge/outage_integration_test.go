@@ -13,9 +13,9 @@ import (
 
 // runFleet runs a fleet in the background and returns it with a channel
 // that yields Run's error.
-func (s *setup) runFleet(t *testing.T, env *testenv.Env, cfg devicesim.Config, e *expect) (*devicesim.Sim, chan error) {
+func (s *setup) runFleet(t *testing.T, env *testenv.Env, edit func(*devicesim.Config), e *expect) (*devicesim.Sim, chan error) {
 	t.Helper()
-	sim := s.newFleet(t, env, cfg, e)
+	sim := s.newFleet(t, env, edit, e)
 	done := make(chan error, 1)
 	ctx := testenv.Context(t, 10*time.Minute)
 	go func() { done <- sim.Run(ctx) }()
@@ -60,7 +60,13 @@ func TestBridgeSurvivesSIGKILL(t *testing.T) {
 	p := startProc(t, cfg)
 	e := newExpect()
 	total := int64(devices * per)
-	sim, done := s.runFleet(t, env, devicesim.Config{Devices: devices, MessagesPerDevice: per, Rate: rate, InvalidFraction: 0.02}, e)
+	sim, done := s.runFleet(t, env, func(c *devicesim.Config) {
+		c.Devices = devices
+		c.MessagesPerDevice = per
+		c.Rate = rate
+		c.InvalidFraction = 0.02
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e)
 	for k := 1; k <= kills; k++ {
 		waitAcked(t, sim, total*int64(k)/int64(kills+1))
 		p.kill(t)
@@ -119,7 +125,13 @@ func TestBridgeKafkaOutage(t *testing.T) {
 	devices, rate := 100, 20.0 // 2k msg/s
 	per := int(rate * (outage.Seconds() + 8))
 	total := int64(devices * per)
-	sim, done := s.runFleet(t, env, devicesim.Config{Devices: devices, MessagesPerDevice: per, Rate: rate, InvalidFraction: 0.02}, e)
+	sim, done := s.runFleet(t, env, func(c *devicesim.Config) {
+		c.Devices = devices
+		c.MessagesPerDevice = per
+		c.Rate = rate
+		c.InvalidFraction = 0.02
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e)
 	waitAcked(t, sim, total/8)
 	rssBefore := p.peakRSS(t)
 	priv.Stop("kafka")
@@ -194,7 +206,13 @@ func mosquittoRestart(t *testing.T, plain bool) (noSubs int64, version string) {
 	e := newExpect()
 	devices, per := 100, 100
 	total := int64(devices * per)
-	sim, done := s.runFleet(t, env, devicesim.Config{Devices: devices, MessagesPerDevice: per, Rate: 25, InvalidFraction: 0.02}, e)
+	sim, done := s.runFleet(t, env, func(c *devicesim.Config) {
+		c.Devices = devices
+		c.MessagesPerDevice = per
+		c.Rate = 25
+		c.InvalidFraction = 0.02
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e)
 	waitAcked(t, sim, total/3)
 	priv.Stop("mqtt")
 	priv.Start("mqtt")
@@ -232,7 +250,12 @@ func TestBridgeKeepsConnectionDrainingBacklog(t *testing.T) {
 	}
 	e := newExpect()
 	const devices, per = 100, 200
-	if st := s.fleet(t, env, devicesim.Config{Devices: devices, MessagesPerDevice: per}, e); st.Acked != devices*per {
+	if st := s.fleet(t, env, func(c *devicesim.Config) {
+		c.Devices = devices
+		c.MessagesPerDevice = per
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e); st.Acked != devices*per {
 		t.Fatalf("fleet %+v", st)
 	}
 	start := time.Now()

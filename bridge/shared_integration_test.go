@@ -18,7 +18,13 @@ func TestBridgeShareGroupSplitsLoad(t *testing.T) {
 	a := startBridge(t, s.config(t, ""))
 	b := startBridge(t, s.config(t, ""))
 	e := newExpect()
-	st := s.fleet(t, env, devicesim.Config{Devices: 100, MessagesPerDevice: 100, InvalidFraction: 0.02}, e)
+	st := s.fleet(t, env, func(c *devicesim.Config) {
+		c.Devices = 100
+		c.MessagesPerDevice = 100
+		c.InvalidFraction = 0.02
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e)
 	valid, invalid := e.counts()
 	g := s.readAll(t, env, e, time.Minute)
 	g.check(t, e, false)
@@ -44,7 +50,13 @@ func TestBridgeGroupOfflineQueues(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newExpect()
-	st := s.fleet(t, env, devicesim.Config{Devices: 50, MessagesPerDevice: 40, InvalidFraction: 0.02}, e)
+	st := s.fleet(t, env, func(c *devicesim.Config) {
+		c.Devices = 50
+		c.MessagesPerDevice = 40
+		c.InvalidFraction = 0.02
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e)
 	r = startBridge(t, cfg)
 	g := s.readAll(t, env, e, time.Minute)
 	g.check(t, e, false)
@@ -65,7 +77,12 @@ func TestBridgeGroupMemberOfflineKeepsItsShare(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newExpect()
-	st := s.fleet(t, env, devicesim.Config{Devices: 50, MessagesPerDevice: 40}, e)
+	st := s.fleet(t, env, func(c *devicesim.Config) {
+		c.Devices = 50
+		c.MessagesPerDevice = 40
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e)
 	testenv.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
 		if a.b.Stats().ProducedRaw == 0 {
 			return errString("bridge A produced nothing")

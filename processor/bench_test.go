@@ -37,7 +37,7 @@ func BenchmarkWindowUpdate(b *testing.B) {
 	const devices = 1000
 	tmpl := benchReadings(devices, devices)
 	t0 := tmpl[0].EventTime
-	eng, _ := NewEngine(WindowConfig{Size: time.Minute, Lateness: 5 * time.Second})
+	eng, _ := NewEngine(benchWindow())
 	now := time.Now()
 	emit := func(*Emission) {}
 	b.ReportAllocs()
@@ -64,7 +64,7 @@ func BenchmarkTaskHandle(b *testing.B) {
 	}
 	m := newMetrics(prometheus.NewRegistry())
 	newT := func() *task {
-		eng, _ := NewEngine(WindowConfig{Size: time.Minute, Lateness: 5 * time.Second})
+		eng, _ := NewEngine(benchWindow())
 		return newTask(0, eng, goldenTopics, m)
 	}
 	tk := newT()
@@ -94,7 +94,7 @@ func BenchmarkStateBytesPerKey(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		eng, _ := NewEngine(WindowConfig{Size: time.Minute, Lateness: 5 * time.Second})
+		eng, _ := NewEngine(benchWindow())
 		now := time.Now()
 		for _, r := range rs {
 			eng.Add(r, now)
@@ -109,4 +109,12 @@ func BenchmarkStateBytesPerKey(b *testing.B) {
 		runtime.KeepAlive(eng)
 		runtime.KeepAlive(rs)
 	}
+}
+
+// benchWindow is the default window config with 1m windows and 5s
+// lateness.
+func benchWindow() WindowConfig {
+	w := DefaultWindowConfig()
+	w.Size, w.Lateness = time.Minute, 5*time.Second
+	return w
 }

@@ -1,15 +1,16 @@
 package processor
 
 import (
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/service"
 )
 
 func TestConfigValidate(t *testing.T) {
-	ok := Config{Kafka: kafkax.Config{Brokers: []string{"localhost:9092"}}, InstanceID: "a"}.WithDefaults()
+	ok := DefaultConfig()
+	ok.InstanceID = "a"
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
@@ -21,9 +22,12 @@ func TestConfigValidate(t *testing.T) {
 		mod   func(*Config)
 	}{
 		{"InstanceID", func(c *Config) { c.InstanceID = "" }},
-		{"Kafka", func(c *Config) { c.Kafka.Brokers = []string{"nope"} }},
+		{"Kafka.Brokers", func(c *Config) { c.Kafka.Brokers = []string{"nope"} }},
+		{"Window.Lateness", func(c *Config) { c.Window.Lateness = -time.Second }},
+		{"Window.IdleTimeout", func(c *Config) { c.Window.IdleTimeout = 0 }},
+		{"MaxPollRecords", func(c *Config) { c.MaxPollRecords = 0 }},
 		{"Topics.Changelog", func(c *Config) { c.Topics.Changelog = c.Topics.Raw }},
-		{"Window", func(c *Config) { c.Window.Size = time.Nanosecond }},
+		{"Window.Size", func(c *Config) { c.Window.Size = time.Nanosecond }},
 		{"CommitInterval", func(c *Config) { c.CommitInterval = time.Hour }},
 		{"MaxKeys", func(c *Config) { c.MaxKeys = -1 }},
 		{"TransactionTimeout", func(c *Config) { c.TransactionTimeout = time.Millisecond }},
@@ -31,17 +35,26 @@ func TestConfigValidate(t *testing.T) {
 		c := ok
 		tc.mod(&c)
 		err := c.Validate()
-		if err == nil || !strings.Contains(err.Error(), tc.field) {
+		found := false
+		for _, fe := range config.Fields(err) {
+			found = found || fe.Field == tc.field
+		}
+		if !found {
 			t.Errorf("%s: error %v does not name the field", tc.field, err)
 		}
 	}
-	if _, err := New(Config{}, nil); err == nil {
+	zero := DefaultConfig()
+	zero.Window.Lateness, zero.Window.LateRetention = 0, 0
+	if err := zero.Validate(); err != nil {
+		t.Errorf("lateness and late retention 0 must be valid: %v", err)
+	}
+	if _, err := New(Config{}, service.Deps{}); err == nil {
 		t.Error("New accepted an empty config")
 	}
 }
 
 func TestChangelogRejectsGarbage(t *testing.T) {
-	eng, _ := NewEngine(WindowConfig{})
+	eng, _ := NewEngine(DefaultWindowConfig())
 	for _, kv := range [][2][]byte{
 		{[]byte("short"), []byte{1}},
 		{append(make([]byte, 8), 'd'), []byte{9}},
@@ -56,13 +69,13 @@ func TestChangelogRejectsGarbage(t *testing.T) {
 
 // FuzzRestore: a corrupt changelog record is an error, never a panic.
 func FuzzRestore(f *testing.F) {
-	eng, _ := NewEngine(WindowConfig{})
+	eng, _ := NewEngine(DefaultWindowConfig())
 	for _, r := range benchReadings(50, 2) {
 		eng.Add(r, time.Now())
 	}
 	eng.Changes(func(k, v []byte) { f.Add(append([]byte(nil), k...), append([]byte(nil), v...)) })
 	f.Fuzz(func(t *testing.T, k, v []byte) {
-		e, _ := NewEngine(WindowConfig{})
+		e, _ := NewEngine(DefaultWindowConfig())
 		_ = e.Restore(k, v)
 		e.FinishRestore(time.Now())
 		e.Advance(time.Now().Add(time.Hour), func(*Emission) {})

@@ -7,13 +7,14 @@ import (
 	"slices"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
 // WindowConfig sets the event-time windowing of an Engine.
 type WindowConfig struct {
 	// Size is the length of the tumbling windows; they are aligned to the
-	// Unix epoch: [k·Size, (k+1)·Size). Default 1m.
+	// Unix epoch: [k·Size, (k+1)·Size). Default 1m (DefaultWindowConfig).
 	Size time.Duration
 	// Lateness is the allowed lateness. The watermark trails the largest
 	// event time seen by Lateness, a window is first emitted when the
@@ -40,38 +41,24 @@ const (
 	DefaultLateRetention = 5 * time.Minute
 )
 
-// WithDefaults returns c with zero fields set to their defaults.
-func (c WindowConfig) WithDefaults() WindowConfig {
-	if c.Size == 0 {
-		c.Size = DefaultWindowSize
-	}
-	if c.Lateness == 0 {
-		c.Lateness = DefaultLateness
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = DefaultIdleTimeout
-	}
-	if c.LateRetention == 0 {
-		c.LateRetention = DefaultLateRetention
-	}
-	return c
+// DefaultWindowConfig returns the defaults of WindowConfig.
+func DefaultWindowConfig() WindowConfig {
+	return WindowConfig{Size: DefaultWindowSize, Lateness: DefaultLateness, IdleTimeout: DefaultIdleTimeout, LateRetention: DefaultLateRetention}
 }
 
-// Validate reports the first field out of range, by name.
-func (c WindowConfig) Validate() error {
+// Validate reports every field out of range as a *config.FieldError.
+func (c *WindowConfig) Validate() error {
+	var p config.Problems
 	switch {
 	case c.Size < time.Millisecond || c.Size%time.Microsecond != 0:
-		return fmt.Errorf("window Size %s: must be at least 1ms, in whole microseconds", c.Size)
+		p.Add("Size", "%s: must be at least 1ms, in whole microseconds", c.Size)
 	case c.Size > 24*time.Hour:
-		return fmt.Errorf("window Size %s: must be at most 24h", c.Size)
-	case c.Lateness < 0:
-		return fmt.Errorf("Lateness %s: must not be negative", c.Lateness)
-	case c.IdleTimeout <= 0:
-		return fmt.Errorf("IdleTimeout %s: must be positive", c.IdleTimeout)
-	case c.LateRetention < 0:
-		return fmt.Errorf("LateRetention %s: must not be negative", c.LateRetention)
+		p.Add("Size", "%s: must be at most 24h", c.Size)
 	}
-	return nil
+	p.Check(c.Lateness < 0, "Lateness", "must not be negative")
+	p.Check(c.IdleTimeout <= 0, "IdleTimeout", "must be positive")
+	p.Check(c.LateRetention < 0, "LateRetention", "must not be negative")
+	return p.Err()
 }
 
 // Outcome says what an Engine did with a reading.
@@ -166,9 +153,9 @@ type devWin struct {
 
 type tseq struct{ t, seq int64 }
 
-// NewEngine returns an empty engine. cfg gets defaults for zero fields.
+// NewEngine returns an empty engine; it fails when cfg.Validate does (a
+// zero field is not replaced by a default: start from DefaultWindowConfig).
 func NewEngine(cfg WindowConfig) (*Engine, error) {
-	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

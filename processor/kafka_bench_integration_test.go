@@ -15,7 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 	"github.com/iotpipe/iotpipe/schemas"
 )
@@ -107,14 +107,13 @@ func BenchmarkKafkaExactlyOnce(b *testing.B) {
 		topics := Topics{Raw: topic, Metrics: env.Topic(b, 3, nil), DLQ: env.Topic(b, 1, nil),
 			Changelog: env.Topic(b, 3, map[string]string{"cleanup.policy": "compact"})}
 		group := env.Group(b)
-		cfg := Config{
-			Kafka: kafkax.Config{Brokers: env.KafkaBrokers}, Group: group, InstanceID: "bench", Topics: topics,
-			Window: WindowConfig{Size: time.Minute, Lateness: 5 * time.Second, IdleTimeout: time.Hour},
-		}
+		cfg := DefaultConfig()
+		cfg.Kafka.Brokers, cfg.Group, cfg.InstanceID, cfg.Topics = env.KafkaBrokers, group, "bench", topics
+		cfg.Window.Size, cfg.Window.Lateness, cfg.Window.IdleTimeout = time.Minute, 5*time.Second, time.Hour
 		if d, err := time.ParseDuration(os.Getenv("IOTPIPE_BENCH_COMMIT_INTERVAL")); err == nil {
 			cfg.CommitInterval = d
 		}
-		p, err := New(cfg, benchLogger())
+		p, err := New(cfg, service.Deps{Log: benchLogger()})
 		if err != nil {
 			b.Fatal(err)
 		}

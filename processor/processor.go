@@ -9,11 +9,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
-	"golang.org/x/sync/errgroup"
 
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -23,8 +24,8 @@ import (
 // topic (created by `iotpipe init` with as many partitions as the raw topic).
 const DefaultChangelogTopic = "iotpipe.processor.changelog"
 
-// Config configures a Processor. Zero fields get the defaults documented
-// on them (see WithDefaults).
+// Config configures a Processor. Start from DefaultConfig: a zero field
+// means zero (or is refused by Validate), never a default.
 type Config struct {
 	// Kafka is how to reach the cluster.
 	Kafka kafkax.Config
@@ -36,7 +37,7 @@ type Config struct {
 	// running processors of a group and stable across restarts of the same
 	// one: a restarted instance then takes its partitions back at once, and
 	// fences its predecessor's producer, aborting a transaction the
-	// predecessor left open. Required.
+	// predecessor left open. Required; default the host name.
 	InstanceID string
 	// Topics names the input, output and changelog topics (defaults from
 	// package schemas and DefaultChangelogTopic).
@@ -70,8 +71,6 @@ type Config struct {
 	// ShutdownTimeout bounds the soft stop: ending the current transaction
 	// and leaving the group. Default 15s.
 	ShutdownTimeout time.Duration
-	// HTTP is where /metrics, /healthz and /readyz are served.
-	HTTP service.Config
 	// DebugCommitDelay, for crash tests only, sleeps inside every
 	// transaction commit, after the outputs are flushed and before the
 	// offsets and the transaction are committed, and logs
@@ -91,84 +90,50 @@ const (
 	DefaultShutdownTimeout    = 15 * time.Second
 )
 
-// WithDefaults returns c with zero fields set to their defaults.
-func (c Config) WithDefaults() Config {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
+// DefaultConfig returns every default of Config; InstanceID is the host
+// name.
+func DefaultConfig() Config {
+	return Config{
+		Kafka:      kafkax.DefaultConfig("iotpipe-processor"),
+		Group:      DefaultGroup,
+		InstanceID: kafkax.HostInstanceID(),
+		Topics: Topics{Raw: schemas.TopicRaw, Metrics: schemas.TopicMetrics, DLQ: schemas.TopicDLQ,
+			Changelog: DefaultChangelogTopic},
+		Window:             DefaultWindowConfig(),
+		CommitInterval:     DefaultCommitInterval,
+		MaxPollRecords:     DefaultMaxPollRecords,
+		MaxKeys:            DefaultMaxKeys,
+		TransactionTimeout: DefaultTransactionTimeout,
+		SessionTimeout:     DefaultSessionTimeout,
+		RestoreTimeout:     DefaultRestoreTimeout,
+		ShutdownTimeout:    DefaultShutdownTimeout,
 	}
-	def(&c.Group, DefaultGroup)
-	def(&c.Topics.Raw, schemas.TopicRaw)
-	def(&c.Topics.Metrics, schemas.TopicMetrics)
-	def(&c.Topics.DLQ, schemas.TopicDLQ)
-	def(&c.Topics.Changelog, DefaultChangelogTopic)
-	c.Window = c.Window.WithDefaults()
-	dur := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	dur(&c.CommitInterval, DefaultCommitInterval)
-	dur(&c.TransactionTimeout, DefaultTransactionTimeout)
-	dur(&c.SessionTimeout, DefaultSessionTimeout)
-	dur(&c.RestoreTimeout, DefaultRestoreTimeout)
-	dur(&c.ShutdownTimeout, DefaultShutdownTimeout)
-	if c.MaxPollRecords == 0 {
-		c.MaxPollRecords = DefaultMaxPollRecords
-	}
-	if c.MaxKeys == 0 {
-		c.MaxKeys = DefaultMaxKeys
-	}
-	return c
 }
 
-// Validate reports every field out of range, by name.
+// Validate reports every field out of range as a *config.FieldError.
 func (c *Config) Validate() error {
-	var errs []error
-	bad := func(field string, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
-	}
-	if err := c.Kafka.Validate(); err != nil {
-		bad("Kafka", "%v", err)
-	}
-	if c.InstanceID == "" {
-		bad("InstanceID", "required: a name unique to this processor and stable across its restarts")
-	}
-	for name, v := range map[string]string{"Group": c.Group, "Topics.Raw": c.Topics.Raw, "Topics.Metrics": c.Topics.Metrics,
-		"Topics.DLQ": c.Topics.DLQ, "Topics.Changelog": c.Topics.Changelog} {
-		if v == "" {
-			bad(name, "must not be empty")
-		}
-	}
-	if c.Topics.Changelog == c.Topics.Raw || c.Topics.Changelog == c.Topics.Metrics || c.Topics.Changelog == c.Topics.DLQ {
-		bad("Topics.Changelog", "must be a topic of its own")
-	}
-	if err := c.Window.Validate(); err != nil {
-		bad("Window", "%v", err)
-	}
+	var p config.Problems
+	p.Nested("Kafka", c.Kafka.Validate())
+	p.Check(c.InstanceID == "", "InstanceID", "required: a name unique to this processor and stable across its restarts")
+	p.Check(c.Group == "", "Group", "must not be empty")
+	p.Check(c.Topics.Raw == "", "Topics.Raw", "must not be empty")
+	p.Check(c.Topics.Metrics == "", "Topics.Metrics", "must not be empty")
+	p.Check(c.Topics.DLQ == "", "Topics.DLQ", "must not be empty")
+	p.Check(c.Topics.Changelog == "", "Topics.Changelog", "must not be empty")
+	p.Check(c.Topics.Changelog != "" && (c.Topics.Changelog == c.Topics.Raw || c.Topics.Changelog == c.Topics.Metrics || c.Topics.Changelog == c.Topics.DLQ),
+		"Topics.Changelog", "must be a topic of its own")
+	p.Nested("Window", c.Window.Validate())
 	if c.CommitInterval < time.Millisecond || c.CommitInterval > time.Minute {
-		bad("CommitInterval", "%s: must be between 1ms and 1m", c.CommitInterval)
+		p.Add("CommitInterval", "%s: must be between 1ms and 1m", c.CommitInterval)
 	}
-	if c.MaxPollRecords < 1 {
-		bad("MaxPollRecords", "%d: must be at least 1", c.MaxPollRecords)
-	}
-	if c.MaxKeys < 1 {
-		bad("MaxKeys", "%d: must be at least 1", c.MaxKeys)
-	}
-	if c.TransactionTimeout < time.Second {
-		bad("TransactionTimeout", "%s: must be at least 1s", c.TransactionTimeout)
-	}
-	if c.SessionTimeout < time.Second {
-		bad("SessionTimeout", "%s: must be at least 1s", c.SessionTimeout)
-	}
-	if c.RestoreTimeout <= 0 || c.ShutdownTimeout <= 0 {
-		bad("RestoreTimeout/ShutdownTimeout", "must be positive")
-	}
-	if c.DebugCommitDelay < 0 {
-		bad("DebugCommitDelay", "must not be negative")
-	}
-	return errors.Join(errs...)
+	p.Check(c.MaxPollRecords < 1, "MaxPollRecords", "must be at least 1")
+	p.Check(c.MaxKeys < 1, "MaxKeys", "must be at least 1")
+	p.Check(c.TransactionTimeout < time.Second, "TransactionTimeout", "must be at least 1s")
+	p.Check(c.SessionTimeout < time.Second, "SessionTimeout", "must be at least 1s")
+	p.Check(c.RestoreTimeout <= 0, "RestoreTimeout", "must be positive")
+	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	p.Check(c.DebugCommitDelay < 0, "DebugCommitDelay", "must not be negative")
+	return p.Err()
 }
 
 // TransactionalID is the transactional id the processor uses.
@@ -179,7 +144,6 @@ func (c *Config) TransactionalID() string { return "iotpipe-processor." + c.Grou
 type Processor struct {
 	cfg Config
 	log *slog.Logger
-	srv *service.Server
 	m   *metrics
 	now func() time.Time
 
@@ -195,30 +159,31 @@ type Processor struct {
 	bytesKey        float64
 }
 
-// New validates cfg (after defaults) and returns a processor; nothing is
-// contacted before Run.
-func New(cfg Config, log *slog.Logger) (*Processor, error) {
-	cfg = cfg.WithDefaults()
+// New validates cfg (the errors are *config.FieldError) and returns a
+// processor; nothing is contacted before Run. deps.Registry receives the
+// metrics (nil: a private registry).
+func New(cfg Config, deps service.Deps) (*Processor, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("processor config: %w", err)
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	reg := deps.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
 	}
-	srv := service.New(cfg.HTTP, log)
-	p := &Processor{cfg: cfg, log: log, srv: srv, m: newMetrics(srv.Registry), now: time.Now,
-		assigned: map[int32]bool{}, tasks: map[int32]*task{}, bytesKey: BytesPerKeyEstimate}
-	srv.AddCheck("processor", func(context.Context) error {
+	return &Processor{cfg: cfg, log: deps.Logger(), m: newMetrics(reg), now: time.Now,
+		assigned: map[int32]bool{}, tasks: map[int32]*task{}, bytesKey: BytesPerKeyEstimate}, nil
+}
+
+// Checks are the readiness checks: "processor" passes once the group has
+// been joined and the assigned partitions' state restored.
+func (p *Processor) Checks() map[string]service.Check {
+	return map[string]service.Check{"processor": func(context.Context) error {
 		if !p.ready.Load() {
 			return errors.New("not consuming yet (joining the group or restoring state)")
 		}
 		return nil
-	})
-	return p, nil
+	}}
 }
-
-// Server returns the HTTP server of the metrics and health endpoints.
-func (p *Processor) Server() *service.Server { return p.srv }
 
 const maxProduceFailures = 5
 
@@ -234,26 +199,7 @@ const BytesPerKeyEstimate = 1800
 // process cannot fix (the transaction then aborts, and a restart resumes
 // from the last commit).
 func (p *Processor) Run(ctx context.Context) error {
-	if p.cfg.HTTP.Addr != "" {
-		if err := p.srv.Listen(); err != nil {
-			return fmt.Errorf("listen on %s: %w", p.cfg.HTTP.Addr, err)
-		}
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	if p.cfg.HTTP.Addr != "" {
-		g.Go(func() error { return p.srv.Serve(gctx) })
-	}
-	loopCtx, stopLoop := context.WithCancel(gctx)
-	defer stopLoop()
-	g.Go(func() error {
-		defer stopLoop()
-		return p.loop(loopCtx)
-	})
-	err := g.Wait()
-	if ctx.Err() != nil && err == nil {
-		return nil
-	}
-	return err
+	return p.loop(ctx)
 }
 
 // partitioner sends changelog records to the partition they name (that of

@@ -4,32 +4,29 @@ package processor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
 func testConfig(env *testenv.Env, t *testing.T, topics Topics, group, instance string) Config {
-	return Config{
-		Kafka:          kafkax.Config{Brokers: env.KafkaBrokers, ClientID: "test-processor"},
-		Group:          group,
-		InstanceID:     instance,
-		Topics:         topics,
-		Window:         WindowConfig{Size: 2 * time.Second, Lateness: time.Second, IdleTimeout: 3 * time.Second},
-		CommitInterval: 200 * time.Millisecond,
-		SessionTimeout: 6 * time.Second,
-	}
+	c := DefaultConfig()
+	c.Kafka.Brokers, c.Kafka.ClientID = env.KafkaBrokers, "test-processor"
+	c.Group, c.InstanceID, c.Topics = group, instance, topics
+	c.Window.Size, c.Window.Lateness, c.Window.IdleTimeout = 2*time.Second, time.Second, 3*time.Second
+	c.CommitInterval, c.SessionTimeout = 200*time.Millisecond, 6*time.Second
+	return c
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -54,11 +51,11 @@ func TestProcessorExactlyOnce(t *testing.T) {
 	out := readOutputs(ctx, t, env, topics)
 
 	var p *Processor
+	reg := service.NewRegistry()
 	run := func(ctx context.Context) chan error {
 		cfg := testConfig(env, t, topics, group, "a")
-		cfg.HTTP.Addr = "127.0.0.1:0"
 		var err error
-		p, err = New(cfg, testLogger(t))
+		p, err = New(cfg, service.Deps{Log: testLogger(t), Registry: reg})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,13 +83,9 @@ func TestProcessorExactlyOnce(t *testing.T) {
 	}
 	out.waitFinal(t, w, 2*time.Second, 60*time.Second)
 	// The endpoints: ready, and the metrics say what happened.
-	testenv.Eventually(t, 10*time.Second, 100*time.Millisecond, func() error {
-		if p.Server().Addr() == "" {
-			return errors.New("not listening yet")
-		}
-		return nil
-	})
-	base := "http://" + p.Server().Addr()
+	srv := httptest.NewServer(service.Handler(reg, p.Checks(), 2*time.Second))
+	defer srv.Close()
+	base := srv.URL
 	if code, _ := httpGet(t, base+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz: %d", code)
 	}
@@ -141,7 +134,7 @@ func TestStateCap(t *testing.T) {
 	cfg.MaxKeys = 30 // 10 devices × 2 metrics need 20 per window, 40 for two
 	cfg.MaxPollRecords = 50
 	cfg.Window.IdleTimeout = time.Second
-	p, err := New(cfg, testLogger(t))
+	p, err := New(cfg, service.Deps{Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

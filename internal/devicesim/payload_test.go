@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -46,7 +47,15 @@ func TestPayloadKinds(t *testing.T) {
 }
 
 func TestKindOfFraction(t *testing.T) {
-	s, err := New(Config{URL: "mqtt://127.0.0.1:1", Devices: 10, InvalidFraction: 0.1})
+	s, err := New(func() Config {
+		c := DefaultConfig()
+		c.URL = "mqtt://127.0.0.1:1"
+		c.Devices = 10
+		c.InvalidFraction = 0.1
+		c.Rate = 0
+		c.ValidKinds = AllValidKinds()
+		return c
+	}(), service.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

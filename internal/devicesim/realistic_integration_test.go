@@ -10,6 +10,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 	"github.com/iotpipe/iotpipe/schemas"
 )
@@ -64,11 +65,21 @@ func TestSimImperfections(t *testing.T) {
 	if _, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: prefix + "/#", QoS: 1}}}); err != nil {
 		t.Fatal(err)
 	}
-	sim, err := New(Config{
-		URL: env.MQTTURL, Username: env.MQTTUsername, Password: env.MQTTPassword,
-		Devices: 40, MessagesPerDevice: 100, TopicTemplate: prefix + "/{device_id}/telemetry",
-		ValidKinds: []Kind{Realistic}, DuplicateFraction: 0.05, OutOfOrderFraction: 0.05, LateFraction: 0.05,
-	})
+	sim, err := New(func() Config {
+		c := DefaultConfig()
+		c.URL = env.MQTTURL
+		c.Username = env.MQTTUsername
+		c.Password = env.MQTTPassword
+		c.Devices = 40
+		c.MessagesPerDevice = 100
+		c.TopicTemplate = prefix + "/{device_id}/telemetry"
+		c.ValidKinds = []Kind{Realistic}
+		c.DuplicateFraction = 0.05
+		c.OutOfOrderFraction = 0.05
+		c.LateFraction = 0.05
+		c.Rate = 0
+		return c
+	}(), service.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -101,17 +102,30 @@ func TestChanceFractions(t *testing.T) {
 }
 
 func TestNewRejectsBadFractions(t *testing.T) {
-	for _, c := range []Config{
-		{URL: "mqtt://x:1", DuplicateFraction: 1.5},
-		{URL: "mqtt://x:1", LateFraction: -0.1},
-		{URL: "mqtt://x:1", OutOfOrderFraction: math.NaN()},
-		{URL: "mqtt://x:1", LateBy: -time.Second},
+	for _, edit := range []func(*Config){
+		func(c *Config) { c.DuplicateFraction = 1.5 },
+		func(c *Config) { c.LateFraction = -0.1 },
+		func(c *Config) { c.OutOfOrderFraction = math.NaN() },
+		func(c *Config) { c.LateBy = -time.Second },
+		func(c *Config) { c.LateBy = 0 },
+		func(c *Config) { c.DevicesPerConn = 0 },
 	} {
-		if _, err := New(c); err == nil {
+		c := DefaultConfig()
+		edit(&c)
+		if _, err := New(c, service.Deps{}); err == nil {
 			t.Errorf("New(%+v) accepted", c)
 		}
 	}
-	if _, err := New(Config{URL: "mqtt://x:1", ValidKinds: []Kind{Realistic}, DuplicateFraction: 0.1, LateFraction: 0.1, OutOfOrderFraction: 0.1}); err != nil {
+	if _, err := New(func() Config {
+		c := DefaultConfig()
+		c.URL = "mqtt://x:1"
+		c.ValidKinds = []Kind{Realistic}
+		c.DuplicateFraction = 0.1
+		c.LateFraction = 0.1
+		c.OutOfOrderFraction = 0.1
+		c.Rate = 0
+		return c
+	}(), service.Deps{}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/url"
@@ -35,6 +36,8 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 
+	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -45,7 +48,7 @@ type Config struct {
 	// Username and Password authenticate every connection.
 	Username, Password string
 	// ClientIDPrefix starts the client id of each connection (a counter
-	// follows); default "iotpipe-sim-" plus a random suffix.
+	// follows); empty: "iotpipe-sim-" plus a random suffix.
 	ClientIDPrefix string
 
 	// Devices is the fleet size (default 10).
@@ -99,8 +102,16 @@ type Config struct {
 	// success, on that connection's reader goroutine; the Message is only
 	// valid during the call.
 	OnAck func(*Message)
-	// Now gives the event time of each reading (default time.Now).
+	// Now gives the event time of each reading (nil: time.Now).
 	Now func() time.Time
+
+	// Duration stops the fleet after this long (0: when ctx ends or every
+	// device sent MessagesPerDevice).
+	Duration time.Duration
+	// Progress, when set, receives a progress line every ProgressInterval
+	// (0: none) and a summary when Run ends.
+	Progress         io.Writer
+	ProgressInterval time.Duration
 }
 
 // Message is one simulated publication.
@@ -142,100 +153,107 @@ type Stats struct {
 // Sim is a simulated fleet.
 type Sim struct {
 	cfg   Config
+	log   *slog.Logger
 	conns []*conn
 
 	published, acked, ackedValid, ackedInvalid, refused, unconfirmed, connections, noSubs atomic.Int64
 	duplicates, outOfOrder, late                                                          atomic.Int64
 }
 
-// New validates cfg and returns a fleet.
-func New(cfg Config) (*Sim, error) {
-	if cfg.Devices == 0 {
-		cfg.Devices = 10
+// DefaultConfig returns every default of Config: 10 devices publishing
+// realistic payloads once a second each to a local broker, no imperfection.
+func DefaultConfig() Config {
+	return Config{
+		URL:              "mqtt://localhost:1883",
+		Devices:          10,
+		DeviceIDPrefix:   "dev-",
+		DevicesPerConn:   100,
+		TopicTemplate:    schemas.DefaultTopicTemplate,
+		Rate:             1,
+		InvalidKinds:     DefaultInvalidKinds,
+		ValidKinds:       []Kind{Realistic},
+		OutOfOrderBy:     DefaultOutOfOrderBy,
+		LateBy:           DefaultLateBy,
+		MaxInFlight:      1000,
+		ProgressInterval: 5 * time.Second,
 	}
-	if cfg.DevicesPerConn == 0 {
-		cfg.DevicesPerConn = 100
+}
+
+// AllValidKinds are every valid payload format (every timestamp format the
+// bridge accepts, and Realistic).
+func AllValidKinds() []Kind {
+	var out []Kind
+	for k := Kind(0); k < numValid; k++ {
+		out = append(out, k)
 	}
-	if cfg.DeviceIDPrefix == "" {
-		cfg.DeviceIDPrefix = "dev-"
+	return out
+}
+
+// Validate reports every invalid field as a *config.FieldError.
+func (cfg *Config) Validate() error {
+	var p config.Problems
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "mqtt" && u.Scheme != "tcp") || u.Host == "" {
+		p.Add("URL", "%q: want mqtt://host:port", cfg.URL)
 	}
-	if cfg.TopicTemplate == "" {
-		cfg.TopicTemplate = schemas.DefaultTopicTemplate
+	p.Check(cfg.Devices < 1, "Devices", "must be at least 1")
+	p.Check(cfg.FirstDevice < 0, "FirstDevice", "must not be negative")
+	p.Check(cfg.DevicesPerConn < 1, "DevicesPerConn", "must be at least 1")
+	p.Check(cfg.MessagesPerDevice < 0, "MessagesPerDevice", "must not be negative")
+	if cfg.DeviceIDPrefix == "" || strings.ContainsAny(cfg.DeviceIDPrefix, "/+#") ||
+		len(DeviceID(cfg.DeviceIDPrefix, cfg.FirstDevice+cfg.Devices)) > schemas.MaxDeviceIDLen {
+		p.Add("DeviceIDPrefix", "%q must be non-empty, without / + #, and leave device ids of at most %d bytes", cfg.DeviceIDPrefix, schemas.MaxDeviceIDLen)
+	}
+	if strings.Count(cfg.TopicTemplate, schemas.DeviceIDPlaceholder) != 1 {
+		p.Add("TopicTemplate", "%q must hold %s exactly once", cfg.TopicTemplate, schemas.DeviceIDPlaceholder)
+	}
+	p.Check(!(cfg.Rate >= 0 && cfg.Rate <= 1e6), "Rate", "must be between 0 and 1e6")
+	p.Check(!(cfg.InvalidFraction >= 0 && cfg.InvalidFraction <= 1), "InvalidFraction", "must be between 0 and 1")
+	p.Check(!(cfg.DuplicateFraction >= 0 && cfg.DuplicateFraction <= 1), "DuplicateFraction", "must be between 0 and 1")
+	p.Check(!(cfg.OutOfOrderFraction >= 0 && cfg.OutOfOrderFraction <= 1), "OutOfOrderFraction", "must be between 0 and 1")
+	p.Check(!(cfg.LateFraction >= 0 && cfg.LateFraction <= 1), "LateFraction", "must be between 0 and 1")
+	p.Check(cfg.OutOfOrderBy <= 0, "OutOfOrderBy", "must be positive")
+	p.Check(cfg.LateBy <= 0, "LateBy", "must be positive")
+	p.Check(cfg.InvalidFraction > 0 && len(cfg.InvalidKinds) == 0, "InvalidKinds", "empty while InvalidFraction > 0")
+	for _, k := range cfg.InvalidKinds {
+		if k.Valid() || k.Reason() == "" {
+			p.Add("InvalidKinds", "%v is not an invalid kind", k)
+		}
+	}
+	p.Check(len(cfg.ValidKinds) == 0, "ValidKinds", "must not be empty")
+	for _, k := range cfg.ValidKinds {
+		if !k.Valid() {
+			p.Add("ValidKinds", "%v is not a valid kind", k)
+		}
+	}
+	if cfg.MaxInFlight < 1 || cfg.MaxInFlight > 65535 {
+		p.Add("MaxInFlight", "%d must be between 1 and 65535", cfg.MaxInFlight)
+	}
+	p.Check(cfg.Duration < 0, "Duration", "must not be negative")
+	p.Check(cfg.ProgressInterval < 0, "ProgressInterval", "must not be negative")
+	return p.Err()
+}
+
+// New validates cfg (the errors are *config.FieldError) and returns a
+// fleet; nothing is contacted before Run. deps.Registry receives the
+// fleet's counters (nil: not registered).
+func New(cfg Config, deps service.Deps) (*Sim, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("devicesim: %w", err)
 	}
 	if cfg.ClientIDPrefix == "" {
 		cfg.ClientIDPrefix = fmt.Sprintf("iotpipe-sim-%x-", time.Now().UnixNano()&0xffffff)
 	}
-	if cfg.MaxInFlight == 0 {
-		cfg.MaxInFlight = 1000
-	}
-	if cfg.InvalidKinds == nil {
-		cfg.InvalidKinds = DefaultInvalidKinds
-	}
-	if cfg.ValidKinds == nil {
-		for k := Kind(0); k < numValid; k++ {
-			cfg.ValidKinds = append(cfg.ValidKinds, k)
-		}
-	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.OutOfOrderBy == 0 {
-		cfg.OutOfOrderBy = DefaultOutOfOrderBy
-	}
-	if cfg.LateBy == 0 {
-		cfg.LateBy = DefaultLateBy
-	}
-	var errs []error
-	u, err := url.Parse(cfg.URL)
-	if err != nil || (u.Scheme != "mqtt" && u.Scheme != "tcp") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("URL %q: want mqtt://host:port", cfg.URL))
-	}
-	if cfg.Devices < 0 || cfg.DevicesPerConn < 0 || cfg.FirstDevice < 0 || cfg.MessagesPerDevice < 0 {
-		errs = append(errs, errors.New("Devices, DevicesPerConn, FirstDevice and MessagesPerDevice must not be negative"))
-	}
-	if cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0) {
-		errs = append(errs, fmt.Errorf("Rate %v must be a non-negative number", cfg.Rate))
-	}
-	if !(cfg.InvalidFraction >= 0 && cfg.InvalidFraction <= 1) {
-		errs = append(errs, fmt.Errorf("InvalidFraction %v must be between 0 and 1", cfg.InvalidFraction))
-	}
-	for _, f := range []struct {
-		name string
-		v    float64
-	}{{"DuplicateFraction", cfg.DuplicateFraction}, {"OutOfOrderFraction", cfg.OutOfOrderFraction}, {"LateFraction", cfg.LateFraction}} {
-		if !(f.v >= 0 && f.v <= 1) {
-			errs = append(errs, fmt.Errorf("%s %v must be between 0 and 1", f.name, f.v))
+	u, _ := url.Parse(cfg.URL)
+	s := &Sim{cfg: cfg, log: deps.Logger()}
+	if deps.Registry != nil {
+		if err := s.register(deps.Registry); err != nil {
+			return nil, fmt.Errorf("devicesim metrics: %w", err)
 		}
 	}
-	if cfg.OutOfOrderBy < 0 || cfg.LateBy < 0 {
-		errs = append(errs, errors.New("OutOfOrderBy and LateBy must not be negative"))
-	}
-	if cfg.InvalidFraction > 0 && len(cfg.InvalidKinds) == 0 {
-		errs = append(errs, errors.New("InvalidKinds is empty"))
-	}
-	for _, k := range cfg.InvalidKinds {
-		if k.Valid() || k.Reason() == "" {
-			errs = append(errs, fmt.Errorf("InvalidKinds: %v is not an invalid kind", k))
-		}
-	}
-	for _, k := range cfg.ValidKinds {
-		if !k.Valid() {
-			errs = append(errs, fmt.Errorf("ValidKinds: %v is not a valid kind", k))
-		}
-	}
-	if len(cfg.ValidKinds) == 0 {
-		errs = append(errs, errors.New("ValidKinds is empty"))
-	}
-	if cfg.MaxInFlight < 1 || cfg.MaxInFlight > 65535 {
-		errs = append(errs, fmt.Errorf("MaxInFlight %d must be between 1 and 65535", cfg.MaxInFlight))
-	}
-	if strings.Count(cfg.TopicTemplate, schemas.DeviceIDPlaceholder) != 1 {
-		errs = append(errs, fmt.Errorf("TopicTemplate %q must hold %s once", cfg.TopicTemplate, schemas.DeviceIDPlaceholder))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("devicesim: %w", err)
-	}
-	s := &Sim{cfg: cfg}
 	for first := 0; first < cfg.Devices; first += cfg.DevicesPerConn {
 		n := min(cfg.DevicesPerConn, cfg.Devices-first)
 		c := &conn{sim: s, addr: u.Host, clientID: cfg.ClientIDPrefix + strconv.Itoa(len(s.conns))}
@@ -283,6 +301,18 @@ func (s *Sim) KindOf(dev int, seq int64) Kind {
 // returns nil then, and an error only when a connection is refused (bad
 // credentials, for example).
 func (s *Sim) Run(ctx context.Context) error {
+	if s.cfg.Duration > 0 {
+		var stop context.CancelFunc
+		ctx, stop = context.WithTimeout(ctx, s.cfg.Duration)
+		defer stop()
+	}
+	if s.cfg.Progress == nil {
+		return s.run(ctx)
+	}
+	return s.runWithProgress(ctx)
+}
+
+func (s *Sim) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -12,6 +12,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
@@ -31,19 +32,28 @@ func TestSimPublishesInOrder(t *testing.T) {
 	}
 	var ackMu sync.Mutex
 	seqs := map[string]int64{}
-	sim, err := New(Config{
-		URL: env.MQTTURL, Username: env.MQTTUsername, Password: env.MQTTPassword,
-		Devices: 50, DevicesPerConn: 20, MessagesPerDevice: 100, InvalidFraction: 0.05,
-		TopicTemplate: prefix + "/{device_id}/telemetry",
-		OnAck: func(m *Message) {
+	sim, err := New(func() Config {
+		c := DefaultConfig()
+		c.URL = env.MQTTURL
+		c.Username = env.MQTTUsername
+		c.Password = env.MQTTPassword
+		c.Devices = 50
+		c.DevicesPerConn = 20
+		c.MessagesPerDevice = 100
+		c.InvalidFraction = 0.05
+		c.TopicTemplate = prefix + "/{device_id}/telemetry"
+		c.OnAck = func(m *Message) {
 			ackMu.Lock()
 			defer ackMu.Unlock()
 			if seqs[m.DeviceID] != m.Seq {
 				outOfOrder.Add(1)
 			}
 			seqs[m.DeviceID] = m.Seq + 1
-		},
-	})
+		}
+		c.Rate = 0
+		c.ValidKinds = AllValidKinds()
+		return c
+	}(), service.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

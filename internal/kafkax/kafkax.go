@@ -4,14 +4,15 @@ package kafkax
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/config"
 )
 
 // Config is how a stage reaches Kafka.
@@ -22,6 +23,18 @@ type Config struct {
 	ClientID string
 	// DialTimeout bounds one connection attempt.
 	DialTimeout time.Duration
+}
+
+// HostInstanceID is the default static group member id of a stage: the
+// host name (a pod name in Kubernetes, the container id in Compose), so a
+// restarted process takes its partitions back at once (KIP-345). Two
+// copies on one host need their own --instance-id.
+func HostInstanceID() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
 }
 
 // ParseBrokers splits a comma-separated broker list, trimming blanks.
@@ -35,18 +48,27 @@ func ParseBrokers(s string) []string {
 	return out
 }
 
-// Validate checks that every broker is a host:port pair.
+// DefaultConfig is the default connection of a stage that names itself
+// clientID to the brokers: localhost:9092, 5 s dial timeout.
+func DefaultConfig(clientID string) Config {
+	return Config{Brokers: []string{"localhost:9092"}, ClientID: clientID, DialTimeout: 5 * time.Second}
+}
+
+// Validate checks that every broker is a host:port pair and that the dial
+// timeout is positive; each problem is a *config.FieldError.
 func (c *Config) Validate() error {
+	var p config.Problems
 	if len(c.Brokers) == 0 {
-		return errors.New("no Kafka broker given")
+		p.Add("Brokers", "no Kafka broker given")
 	}
 	for _, b := range c.Brokers {
 		host, port, err := net.SplitHostPort(b)
 		if err != nil || host == "" || port == "" {
-			return fmt.Errorf("broker %q is not host:port", b)
+			p.Add("Brokers", "broker %q is not host:port", b)
 		}
 	}
-	return nil
+	p.Check(c.DialTimeout <= 0, "DialTimeout", "must be positive")
+	return p.Err()
 }
 
 // Opts returns the franz-go options for c, followed by extra.
@@ -55,7 +77,7 @@ func (c *Config) Opts(extra ...kgo.Opt) []kgo.Opt {
 	if c.ClientID != "" {
 		opts = append(opts, kgo.ClientID(c.ClientID))
 	}
-	if c.DialTimeout > 0 {
+	if c.DialTimeout > 0 { // zero only in configs that skipped Validate (tests)
 		opts = append(opts, kgo.DialTimeout(c.DialTimeout))
 	}
 	return append(opts, extra...)

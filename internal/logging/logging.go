@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+
+	"github.com/iotpipe/iotpipe/internal/config"
 )
 
 // Config selects the log format and level.
@@ -15,6 +17,24 @@ type Config struct {
 	Format string
 	// Level is "debug", "info", "warn" or "error".
 	Level string
+}
+
+// DefaultConfig is JSON lines at level info.
+func DefaultConfig() Config { return Config{Format: "json", Level: "info"} }
+
+// Validate reports an unknown format or level as a *config.FieldError.
+func (c *Config) Validate() error {
+	var p config.Problems
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(strings.ToLower(c.Level))); err != nil {
+		p.Add("Level", "%q: want debug, info, warn or error", c.Level)
+	}
+	switch strings.ToLower(c.Format) {
+	case "json", "text":
+	default:
+		p.Add("Format", "%q: want json or text", c.Format)
+	}
+	return p.Err()
 }
 
 // New returns a logger writing to w.

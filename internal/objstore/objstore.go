@@ -14,6 +14,8 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
+
+	"github.com/iotpipe/iotpipe/internal/config"
 )
 
 // Config is how to reach the object store.
@@ -29,18 +31,25 @@ type Config struct {
 	Bucket string
 }
 
-// Validate checks the settings without contacting the server.
+// DefaultConfig is a local versitygw: http://localhost:7070, region
+// us-east-1, bucket iotpipe-lake, no credentials.
+func DefaultConfig() Config {
+	return Config{Endpoint: "http://localhost:7070", Region: "us-east-1", Bucket: "iotpipe-lake"}
+}
+
+// Validate checks the settings without contacting the server; each
+// problem is a *config.FieldError.
 func (c *Config) Validate() error {
+	var p config.Problems
 	if _, _, err := c.endpoint(); err != nil {
-		return err
+		p.Add("Endpoint", "%v", err)
 	}
-	if c.AccessKey == "" || c.SecretKey == "" {
-		return errors.New("access key and secret key are required")
-	}
+	p.Check(c.AccessKey == "", "AccessKey", "required")
+	p.Check(c.SecretKey == "", "SecretKey", "required")
 	if err := s3utils.CheckValidBucketNameStrict(c.Bucket); err != nil {
-		return fmt.Errorf("bucket %q: %w", c.Bucket, err)
+		p.Add("Bucket", "%q: %v", c.Bucket, err)
 	}
-	return nil
+	return p.Err()
 }
 
 func (c *Config) endpoint() (host string, secure bool, err error) {

@@ -1,12 +1,21 @@
-// Package service is the plumbing every iotpipe stage shares: an HTTP
-// server with Prometheus /metrics, /healthz (the process is alive) and
-// /readyz (every readiness check passes), and a run helper that ties the
-// stage's lifetime to that server's.
+// Package service owns the lifecycle of every iotpipe stage: one Run for
+// all of them.
 //
-// /healthz answers 200 while the process runs. /readyz runs every
-// registered check with a short timeout and answers 200 when all pass,
-// 503 with the failing checks otherwise; orchestrators route traffic and
-// alerts on it.
+// Contract of Run(ctx, stage, opts):
+//   - It listens on Options.Addr before the stage starts, so a port in use
+//     fails at once, with a *config.FieldError for field "Addr" (the command
+//     names --http-addr), and the stage never runs.
+//   - It serves /metrics (Options.Registry), /healthz (200 while the process
+//     runs) and /readyz (200 when every check of Stage.Checks passes, 503
+//     with the failing ones otherwise) from before the stage starts until
+//     after it has returned: through the whole drain.
+//   - When ctx ends (SIGTERM) the stage's own context ends: soft stop. The
+//     stage drains and returns; Run returns what the stage returned (nil on
+//     a clean stop).
+//   - Hard stop: if the stage has not returned ShutdownTimeout after ctx
+//     ended, Run returns an error wrapping ErrStopTimeout without waiting
+//     for it; the process must then exit (non-zero), which ends the stage's
+//     goroutines.
 package service
 
 import (
@@ -18,94 +27,181 @@ import (
 	"net"
 	"net/http"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/iotpipe/iotpipe/internal/config"
 )
 
 // Check reports whether one dependency is usable; nil means ready.
 type Check func(ctx context.Context) error
 
-// Config is the HTTP side of a stage.
-type Config struct {
-	// Addr is where /metrics, /healthz and /readyz listen (host:port);
-	// empty disables the server.
-	Addr string
-	// CheckTimeout bounds each readiness check.
-	CheckTimeout time.Duration
+// Stage is what Run runs: a stage package's value built by its New.
+type Stage interface {
+	// Run works until ctx ends, then stops softly (stop taking input,
+	// flush, commit) and returns nil after a clean stop.
+	Run(ctx context.Context) error
+	// Checks are the readiness checks of /readyz, by name.
+	Checks() map[string]Check
 }
 
-// Server serves the metrics and health endpoints of one stage.
-type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	Registry *prometheus.Registry
-
-	mu     sync.Mutex
-	checks map[string]Check
-
-	ln net.Listener
+// Deps is what every stage's New receives besides its Config.
+type Deps struct {
+	// Log is the stage's logger (nil: discard).
+	Log *slog.Logger
+	// Registry receives the stage's metrics (nil: not registered).
+	Registry prometheus.Registerer
 }
 
-// New returns a server with a fresh registry holding the Go runtime and
-// process collectors. It does not listen until Listen.
-func New(cfg Config, log *slog.Logger) *Server {
-	if cfg.CheckTimeout <= 0 {
-		cfg.CheckTimeout = 2 * time.Second
+// Logger returns d.Log, or a logger that discards when it is nil.
+func (d Deps) Logger() *slog.Logger {
+	if d.Log == nil {
+		return slog.New(slog.DiscardHandler)
 	}
+	return d.Log
+}
+
+// Options configure Run.
+type Options struct {
+	// Addr is where /metrics, /healthz and /readyz listen (host:port);
+	// empty serves nothing.
+	Addr string
+	// ShutdownTimeout bounds the soft stop: the stage has this long after
+	// ctx ends to return. Must be positive.
+	ShutdownTimeout time.Duration
+	// CheckTimeout bounds each readiness check. Must be positive.
+	CheckTimeout time.Duration
+	// Registry is served on /metrics; give the same one to the stage's New.
+	Registry *prometheus.Registry
+	// Log receives the lifecycle messages (nil: discard).
+	Log *slog.Logger
+}
+
+// DefaultOptions are the defaults of Options (Addr is per stage).
+func DefaultOptions() Options {
+	return Options{ShutdownTimeout: 30 * time.Second, CheckTimeout: 2 * time.Second}
+}
+
+// Validate reports every invalid field as a *config.FieldError.
+func (o *Options) Validate() error {
+	var p config.Problems
+	if o.Addr != "" {
+		if _, _, err := net.SplitHostPort(o.Addr); err != nil {
+			p.Add("Addr", "%q is not host:port: %v", o.Addr, err)
+		}
+	}
+	p.Check(o.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	p.Check(o.CheckTimeout <= 0, "CheckTimeout", "must be positive")
+	return p.Err()
+}
+
+// ErrStopTimeout is wrapped by Run's error when the stage did not return
+// within ShutdownTimeout of its context ending.
+var ErrStopTimeout = errors.New("the stage did not stop in time")
+
+// NewRegistry returns a registry holding the Go runtime and process
+// collectors, for Options.Registry and the stage's Deps.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Run runs stage under the contract of the package comment.
+func Run(ctx context.Context, stage Stage, opts Options) error {
+	if err := opts.Validate(); err != nil {
+		return err
+	}
+	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &Server{cfg: cfg, log: log, Registry: reg, checks: map[string]Check{}}
-}
-
-// AddCheck registers a readiness check under name.
-func (s *Server) AddCheck(name string, c Check) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.checks[name] = c
-}
-
-// Ready runs every check and returns the failures by name.
-func (s *Server) Ready(ctx context.Context) map[string]string {
-	s.mu.Lock()
-	names := make([]string, 0, len(s.checks))
-	for n := range s.checks {
-		names = append(names, n)
+	if opts.Registry == nil {
+		opts.Registry = NewRegistry()
 	}
-	checks := make(map[string]Check, len(s.checks))
-	for n, c := range s.checks {
-		checks[n] = c
-	}
-	s.mu.Unlock()
-	sort.Strings(names)
-	failed := map[string]string{}
-	for _, n := range names {
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.CheckTimeout)
-		err := checks[n](cctx)
-		cancel()
+	var ln net.Listener
+	if opts.Addr != "" {
+		var err error
+		ln, err = net.Listen("tcp", opts.Addr)
 		if err != nil {
-			failed[n] = err.Error()
+			return &config.FieldError{Field: "Addr", Err: err}
 		}
 	}
-	return failed
+	srv := &http.Server{Handler: Handler(opts.Registry, stage.Checks(), opts.CheckTimeout), ReadHeaderTimeout: 5 * time.Second}
+	var served chan error // nil (never ready) without a listener
+	if ln != nil {
+		served = make(chan error, 1)
+		log.Info("serving metrics and health", "addr", ln.Addr().String())
+		go func() { served <- srv.Serve(ln) }()
+	}
+	stageCtx, stopStage := context.WithCancel(ctx)
+	defer stopStage()
+	done := make(chan error, 1)
+	go func() { done <- stage.Run(stageCtx) }()
+
+	var runErr, srvErr error
+	select {
+	case runErr = <-done:
+	case err := <-served:
+		// The server failed while the stage runs: stop the stage softly
+		// and report the server's error.
+		srvErr = fmt.Errorf("http server on %s: %w", opts.Addr, err)
+		log.Error("stopping", "error", srvErr)
+		stopStage()
+		runErr = waitStop(done, opts.ShutdownTimeout, log)
+	case <-ctx.Done():
+		log.Info("stopping", "within", opts.ShutdownTimeout)
+		runErr = waitStop(done, opts.ShutdownTimeout, log)
+	}
+	if ln != nil && srvErr == nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = srv.Shutdown(sctx)
+		cancel()
+	}
+	return errors.Join(srvErr, runErr)
 }
 
-// Handler returns the HTTP handler with /metrics, /healthz and /readyz.
-func (s *Server) Handler() http.Handler {
+// waitStop waits for the stage's result for at most timeout.
+func waitStop(done <-chan error, timeout time.Duration, log *slog.Logger) error {
+	hard := time.NewTimer(timeout)
+	defer hard.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-hard.C:
+		err := fmt.Errorf("%w: still draining %s after the stop signal (--shutdown-timeout)", ErrStopTimeout, timeout)
+		log.Error("hard stop", "error", err)
+		return err
+	}
+}
+
+// Handler returns the HTTP handler with /metrics (reg), /healthz and
+// /readyz (checks, each bounded by checkTimeout).
+func Handler(reg *prometheus.Registry, checks map[string]Check, checkTimeout time.Duration) http.Handler {
+	names := make([]string, 0, len(checks))
+	for n := range checks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{Registry: s.Registry}))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		failed := s.Ready(r.Context())
+		failed := map[string]string{}
+		for _, n := range names {
+			cctx, cancel := context.WithTimeout(r.Context(), checkTimeout)
+			err := checks[n](cctx)
+			cancel()
+			if err != nil {
+				failed[n] = err.Error()
+			}
+		}
 		w.Header().Set("Content-Type", "application/json")
 		if len(failed) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -115,55 +211,4 @@ func (s *Server) Handler() http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]any{"ready": true})
 	})
 	return mux
-}
-
-// Listen binds the address, so that a port in use fails before the stage
-// starts its work.
-func (s *Server) Listen() error {
-	if s.cfg.Addr == "" {
-		return nil
-	}
-	ln, err := net.Listen("tcp", s.cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
-	}
-	s.ln = ln
-	return nil
-}
-
-// Addr is the bound address (after Listen), or "".
-func (s *Server) Addr() string {
-	if s.ln == nil {
-		return ""
-	}
-	return s.ln.Addr().String()
-}
-
-// Serve serves until ctx ends, then shuts the server down within 5 s. It
-// calls Listen first when that has not been done.
-func (s *Server) Serve(ctx context.Context) error {
-	if s.ln == nil {
-		if err := s.Listen(); err != nil {
-			return err
-		}
-	}
-	if s.ln == nil {
-		<-ctx.Done()
-		return nil
-	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(s.ln) }()
-	s.log.Info("serving metrics and health", "addr", s.Addr())
-	select {
-	case err := <-errc:
-		return fmt.Errorf("http server on %s: %w", s.Addr(), err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
-	return nil
 }

@@ -1,11 +1,10 @@
 package lake
 
 import (
-	"errors"
-	"fmt"
 	"strings"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/objstore"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -28,8 +27,8 @@ const (
 	DefaultRebalanceTimeout = 60 * time.Second
 )
 
-// Config configures the lake sink. Zero fields take the defaults above
-// (see WithDefaults).
+// Config configures the lake sink. Start from DefaultConfig: a zero field
+// means zero (or is refused by Validate), never a default.
 type Config struct {
 	// Kafka is how to reach the brokers.
 	Kafka kafkax.Config
@@ -47,7 +46,8 @@ type Config struct {
 	Group string
 	// InstanceID, when set, makes this member static (KIP-345): a restarted
 	// sink with the same id takes its partitions back at once instead of
-	// waiting for the session timeout. Give every copy its own.
+	// waiting for the session timeout. Give every copy its own. Default the
+	// host name; empty: dynamic membership.
 	InstanceID string
 	// SessionTimeout and RebalanceTimeout are the consumer group timeouts.
 	SessionTimeout, RebalanceTimeout time.Duration
@@ -107,101 +107,70 @@ const (
 	FailpointAfterCommit = "after-commit"
 )
 
-// WithDefaults returns c with every zero field set to its default.
-func (c Config) WithDefaults() Config {
-	def := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
+// DefaultConfig returns every default of Config: the standard topics, the
+// local Kafka and object store, and the host name as static member id.
+func DefaultConfig() Config {
+	return Config{
+		Kafka:            kafkax.DefaultConfig("iotpipe-sink-lake"),
+		S3:               objstore.DefaultConfig(),
+		RawTopic:         schemas.TopicRaw,
+		MetricsTopic:     schemas.TopicMetrics,
+		DLQTopic:         schemas.TopicDLQ,
+		Group:            DefaultGroup,
+		InstanceID:       kafkax.HostInstanceID(),
+		SessionTimeout:   DefaultSessionTimeout,
+		RebalanceTimeout: DefaultRebalanceTimeout,
+		MaxRows:          DefaultMaxRows,
+		MaxBytes:         DefaultMaxBytes,
+		MaxAge:           DefaultMaxAge,
+		RowGroupRows:     DefaultRowGroupRows,
+		ZstdLevel:        DefaultZstdLevel,
+		MaxBuffered:      DefaultMaxBuffered,
+		PartSize:         DefaultPartSize,
+		RetryMin:         DefaultRetryMin,
+		RetryMax:         DefaultRetryMax,
+		ShutdownTimeout:  DefaultShutdownTimeout,
 	}
-	defd := func(p *time.Duration, v time.Duration) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	if c.RawTopic == "" {
-		c.RawTopic = schemas.TopicRaw
-	}
-	if c.MetricsTopic == "" {
-		c.MetricsTopic = schemas.TopicMetrics
-	}
-	if c.DLQTopic == "" {
-		c.DLQTopic = schemas.TopicDLQ
-	}
-	if c.Group == "" {
-		c.Group = DefaultGroup
-	}
-	if c.Prefix != "" && !strings.HasSuffix(c.Prefix, "/") {
-		c.Prefix += "/"
-	}
-	def(&c.MaxRows, DefaultMaxRows)
-	def(&c.MaxBytes, DefaultMaxBytes)
-	def(&c.RowGroupRows, DefaultRowGroupRows)
-	def(&c.ZstdLevel, DefaultZstdLevel)
-	def(&c.MaxBuffered, DefaultMaxBuffered)
-	def(&c.PartSize, DefaultPartSize)
-	defd(&c.MaxAge, DefaultMaxAge)
-	defd(&c.RetryMin, DefaultRetryMin)
-	defd(&c.RetryMax, DefaultRetryMax)
-	defd(&c.ShutdownTimeout, DefaultShutdownTimeout)
-	defd(&c.SessionTimeout, DefaultSessionTimeout)
-	defd(&c.RebalanceTimeout, DefaultRebalanceTimeout)
-	return c
 }
 
-// Validate reports the first invalid field of c (after WithDefaults),
-// naming it.
-func (c Config) Validate() error {
-	c = c.WithDefaults()
-	var errs []error
-	bad := func(field string, v any, why string) {
-		errs = append(errs, fmt.Errorf("%s (%v): %s", field, v, why))
+// keyPrefix is Prefix with a trailing "/" ("" stays "").
+func (c *Config) keyPrefix() string {
+	if c.Prefix != "" && !strings.HasSuffix(c.Prefix, "/") {
+		return c.Prefix + "/"
 	}
-	if err := c.Kafka.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("Kafka: %w", err))
-	}
-	if err := c.S3.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("S3: %w", err))
-	}
-	if c.RawTopic == "-" && c.MetricsTopic == "-" {
-		bad("RawTopic/MetricsTopic", "-", "at least one topic must be read")
-	}
-	if strings.HasPrefix(c.Prefix, "/") {
-		bad("Prefix", c.Prefix, "must not start with /")
-	}
-	if c.MaxRows < 1 {
-		bad("MaxRows", c.MaxRows, "must be at least 1")
-	}
-	if c.MaxBytes < 1<<10 {
-		bad("MaxBytes", c.MaxBytes, "must be at least 1KiB")
-	}
-	if c.MaxAge < 100*time.Millisecond {
-		bad("MaxAge", c.MaxAge, "must be at least 100ms")
-	}
-	if c.RowGroupRows < 1 {
-		bad("RowGroupRows", c.RowGroupRows, "must be at least 1")
-	}
-	if c.ZstdLevel < 1 || c.ZstdLevel > 22 {
-		bad("ZstdLevel", c.ZstdLevel, "must be between 1 and 22")
-	}
-	if c.MaxBuffered < c.MaxBytes {
-		bad("MaxBuffered", c.MaxBuffered, "must be at least MaxBytes")
-	}
-	if c.PartSize < 5<<20 {
-		bad("PartSize", c.PartSize, "must be at least 5MiB (S3 minimum)")
-	}
-	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
-		bad("RetryMin/RetryMax", fmt.Sprintf("%s/%s", c.RetryMin, c.RetryMax), "need 0 < RetryMin <= RetryMax")
-	}
-	if c.ShutdownTimeout <= 0 {
-		bad("ShutdownTimeout", c.ShutdownTimeout, "must be positive")
-	}
-	for name := range c.Failpoints {
+	return c.Prefix
+}
+
+// Validate reports every invalid field of c as a *config.FieldError.
+func (c *Config) Validate() error {
+	var p config.Problems
+	p.Nested("Kafka", c.Kafka.Validate())
+	p.Nested("S3", c.S3.Validate())
+	p.Check(c.RawTopic == "", "RawTopic", "must not be empty (- skips the topic)")
+	p.Check(c.MetricsTopic == "", "MetricsTopic", "must not be empty (- skips the topic)")
+	p.Check(c.RawTopic == "-" && c.MetricsTopic == "-", "MetricsTopic", "at least one topic must be read (both are -)")
+	p.Check(c.DLQTopic == "" || c.DLQTopic == "-", "DLQTopic", "must name a topic")
+	p.Check(c.Group == "", "Group", "must not be empty")
+	p.Check(c.SessionTimeout <= 0, "SessionTimeout", "must be positive")
+	p.Check(c.RebalanceTimeout <= 0, "RebalanceTimeout", "must be positive")
+	p.Check(strings.HasPrefix(c.Prefix, "/"), "Prefix", "must not start with /")
+	p.Check(c.MaxRows < 1, "MaxRows", "must be at least 1")
+	p.Check(c.MaxBytes < 1<<10, "MaxBytes", "must be at least 1KiB (1024)")
+	p.Check(c.MaxAge < 100*time.Millisecond, "MaxAge", "must be at least 100ms")
+	p.Check(c.RowGroupRows < 1, "RowGroupRows", "must be at least 1")
+	p.Check(c.ZstdLevel < 1 || c.ZstdLevel > 22, "ZstdLevel", "must be between 1 and 22")
+	p.Check(c.MaxBuffered < c.MaxBytes, "MaxBuffered", "must be at least MaxBytes")
+	p.Check(c.PartSize < 5<<20, "PartSize", "must be at least 5MiB (5242880, the S3 minimum)")
+	p.Check(c.RetryMin <= 0, "RetryMin", "must be positive")
+	p.Check(c.RetryMax < c.RetryMin, "RetryMax", "must be at least RetryMin")
+	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	for name, fp := range c.Failpoints {
 		switch name {
 		case FailpointMidUpload, FailpointBeforeCommit, FailpointAfterCommit:
 		default:
-			bad("Failpoints", name, "unknown failpoint")
+			p.Add("Failpoints", "%q: unknown failpoint", name)
 		}
+		p.Check(fp.Hit < 1, "Failpoints", "hit must be at least 1")
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }

@@ -5,15 +5,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/objstore"
 )
 
 func validConfig() Config {
-	return Config{
-		Kafka: kafkax.Config{Brokers: []string{"localhost:9092"}},
-		S3:    objstore.Config{Endpoint: "http://localhost:7070", AccessKey: "a", SecretKey: "b", Bucket: "lake"},
-	}
+	c := DefaultConfig()
+	c.S3 = objstore.Config{Endpoint: "http://localhost:7070", AccessKey: "a", SecretKey: "b", Bucket: "lake"}
+	return c
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -30,7 +28,9 @@ func TestConfigValidate(t *testing.T) {
 		{"no topics", func(c *Config) { c.RawTopic, c.MetricsTopic = "-", "-" }, "at least one topic"},
 		{"retry", func(c *Config) { c.RetryMin, c.RetryMax = time.Second, time.Millisecond }, "RetryMin"},
 		{"failpoint", func(c *Config) { c.Failpoints = map[string]Failpoint{"nope": {}} }, "Failpoints"},
-		{"bucket", func(c *Config) { c.S3.Bucket = "" }, "S3"},
+		{"bucket", func(c *Config) { c.S3.Bucket = "" }, "S3.Bucket"},
+		{"zero max rows", func(c *Config) { c.MaxRows = 0 }, "MaxRows"},
+		{"zero session", func(c *Config) { c.SessionTimeout = 0 }, "SessionTimeout"},
 		{"prefix", func(c *Config) { c.Prefix = "/x" }, "Prefix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,7 +42,7 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
-	if got := (Config{Prefix: "lake"}).WithDefaults().Prefix; got != "lake/" {
+	if got := (&Config{Prefix: "lake"}).keyPrefix(); got != "lake/" {
 		t.Errorf("prefix = %q, want lake/", got)
 	}
 }

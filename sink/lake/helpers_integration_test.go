@@ -25,6 +25,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/objstore"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 	"github.com/iotpipe/iotpipe/schemas"
 )
@@ -302,13 +303,13 @@ func committedAll(ctx context.Context, env *testenv.Env, t testing.TB, group str
 func testConfig(env *testenv.Env, bucket, raw, metrics, dlq, group string) Config {
 	s3 := env.S3Config
 	s3.Bucket = bucket
-	return Config{
-		Kafka:  kafkaConfig(env),
-		S3:     s3,
-		Prefix: "lake/", RawTopic: raw, MetricsTopic: metrics, DLQTopic: dlq, Group: group,
-		SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second,
-		RetryMin: 50 * time.Millisecond, RetryMax: time.Second, ShutdownTimeout: 30 * time.Second,
-	}
+	c := DefaultConfig()
+	c.Kafka, c.S3 = kafkaConfig(env), s3
+	c.Prefix, c.RawTopic, c.MetricsTopic, c.DLQTopic, c.Group = "lake/", raw, metrics, dlq, group
+	c.InstanceID = "" // several sinks of one group run in one process
+	c.SessionTimeout, c.RebalanceTimeout = 6*time.Second, 10*time.Second
+	c.RetryMin, c.RetryMax, c.ShutdownTimeout = 50*time.Millisecond, time.Second, 30*time.Second
+	return c
 }
 
 // runSink runs a sink in the background; stop cancels it and returns Run's
@@ -317,7 +318,7 @@ func runSink(t testing.TB, cfg Config) (s *Sink, reg *prometheus.Registry, stop 
 	t.Helper()
 	reg = prometheus.NewRegistry()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	s, err := New(cfg, log, reg)
+	s, err := New(cfg, service.Deps{Log: log, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

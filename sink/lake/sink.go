@@ -8,13 +8,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/objstore"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -77,13 +77,15 @@ type sealedBatch struct {
 	records     int
 }
 
-// New checks cfg and builds the sink's Kafka and S3 clients; nothing is
-// contacted until Run. reg receives the sink's metrics (may be nil).
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Sink, error) {
+// New validates cfg (the errors are *config.FieldError) and builds the
+// sink's Kafka and S3 clients; nothing is contacted until Run.
+// deps.Registry receives the sink's metrics (may be nil).
+func New(cfg Config, deps service.Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("lake sink config: %w", err)
 	}
-	cfg = cfg.WithDefaults()
+	cfg.Prefix = cfg.keyPrefix()
+	log, reg := deps.Logger(), deps.Registry
 	mc, err := objstore.New(cfg.S3)
 	if err != nil {
 		return nil, fmt.Errorf("lake sink S3 client: %w", err)
@@ -133,6 +135,11 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Sink, error)
 	s.cl = cl
 	s.adm = kadm.NewClient(cl)
 	return s, nil
+}
+
+// Checks are the readiness checks: kafka (CheckKafka) and s3 (CheckS3).
+func (s *Sink) Checks() map[string]service.Check {
+	return map[string]service.Check{"kafka": s.CheckKafka, "s3": s.CheckS3}
 }
 
 // CheckKafka is a readiness check: a broker answers.

@@ -1,12 +1,12 @@
 package timescale
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/schemas/migrations"
@@ -14,12 +14,12 @@ import (
 
 // Defaults of Config, used by DefaultConfig.
 const (
-	DefaultGroup        = "iotpipe-sink-timescale"
-	DefaultBatchRows    = 20000
-	DefaultBatchDelay   = 500 * time.Millisecond
-	DefaultRetryMin     = 200 * time.Millisecond
-	DefaultRetryMax     = 10 * time.Second
-	DefaultDrainTimeout = 10 * time.Second
+	DefaultGroup           = "iotpipe-sink-timescale"
+	DefaultBatchRows       = 20000
+	DefaultBatchDelay      = 500 * time.Millisecond
+	DefaultRetryMin        = 200 * time.Millisecond
+	DefaultRetryMax        = 10 * time.Second
+	DefaultShutdownTimeout = 10 * time.Second
 )
 
 // Config configures a Sink. Start from DefaultConfig.
@@ -34,14 +34,15 @@ type Config struct {
 	// (KIP-345): a restart with the same id takes its partitions back at
 	// once instead of waiting for the session timeout. Give each replica its
 	// own stable id (e.g. the pod name), never two running processes the
-	// same one.
+	// same one. Default the host name; empty: dynamic membership.
 	InstanceID string
+	// SessionTimeout is the consumer group session timeout: how soon a
+	// vanished member's partitions move.
+	SessionTimeout time.Duration
 	// TopicRaw, TopicMetrics and TopicDLQ name the input topics and the
-	// dead-letter topic.
+	// dead-letter topic. TopicRaw "-" (SkipTopic) skips the raw topic: the
+	// readings table is then not written.
 	TopicRaw, TopicMetrics, TopicDLQ string
-	// Readings writes telemetry.raw into the readings table. When false the
-	// raw topic is not consumed at all.
-	Readings bool
 	// DSN is the database URL of the sink's login role (a member of the
 	// writer role).
 	DSN string
@@ -57,75 +58,75 @@ type Config struct {
 	// RetryMin and RetryMax bound the exponential backoff between attempts
 	// when the database or Kafka fails.
 	RetryMin, RetryMax time.Duration
-	// DrainTimeout bounds the soft stop: on cancel the sink writes the batch
-	// it holds within this time, then rolls back what is left and exits.
-	DrainTimeout time.Duration
+	// ShutdownTimeout bounds the soft stop: on cancel the sink writes the
+	// batch it holds within this time, then rolls back what is left and
+	// exits.
+	ShutdownTimeout time.Duration
 }
 
-// DefaultConfig returns the documented defaults: group
-// iotpipe-sink-timescale, the standard topic names, readings on, schema
-// iotpipe, batches of 20000 rows or 500 ms.
+// SkipTopic as TopicRaw skips the raw topic (the readings table).
+const SkipTopic = "-"
+
+// DefaultSessionTimeout is the default consumer group session timeout.
+const DefaultSessionTimeout = 45 * time.Second
+
+// DefaultDSN is the local database as the sink's login role.
+const DefaultDSN = "postgres://iotpipe_sink@localhost:5432/iotpipe?sslmode=disable"
+
+// DefaultConfig returns the documented defaults: the local Kafka and
+// database, group iotpipe-sink-timescale, the host name as static member
+// id, the standard topic names, schema iotpipe, batches of 20000 rows or
+// 500 ms.
 func DefaultConfig() Config {
 	return Config{
-		Group:        DefaultGroup,
-		TopicRaw:     schemas.TopicRaw,
-		TopicMetrics: schemas.TopicMetrics,
-		TopicDLQ:     schemas.TopicDLQ,
-		Readings:     true,
-		Schema:       migrations.DefaultSchema,
-		BatchRows:    DefaultBatchRows,
-		BatchDelay:   DefaultBatchDelay,
-		RetryMin:     DefaultRetryMin,
-		RetryMax:     DefaultRetryMax,
-		DrainTimeout: DefaultDrainTimeout,
+		Kafka:           kafkax.DefaultConfig("iotpipe-sink-timescale"),
+		Group:           DefaultGroup,
+		InstanceID:      kafkax.HostInstanceID(),
+		SessionTimeout:  DefaultSessionTimeout,
+		TopicRaw:        schemas.TopicRaw,
+		TopicMetrics:    schemas.TopicMetrics,
+		TopicDLQ:        schemas.TopicDLQ,
+		DSN:             DefaultDSN,
+		Schema:          migrations.DefaultSchema,
+		BatchRows:       DefaultBatchRows,
+		BatchDelay:      DefaultBatchDelay,
+		RetryMin:        DefaultRetryMin,
+		RetryMax:        DefaultRetryMax,
+		ShutdownTimeout: DefaultShutdownTimeout,
 	}
 }
 
-// Validate reports every invalid field, each error naming its field.
+// readings tells whether the raw topic is consumed into the readings
+// table.
+func (c *Config) readings() bool { return c.TopicRaw != SkipTopic }
+
+// Validate reports every invalid field as a *config.FieldError.
 func (c *Config) Validate() error {
-	var errs []error
-	bad := func(field, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+	var p config.Problems
+	p.Nested("Kafka", c.Kafka.Validate())
+	p.Check(c.Group == "", "Group", "must not be empty")
+	p.Check(c.SessionTimeout <= 0, "SessionTimeout", "must be positive")
+	p.Check(c.TopicRaw == "", "TopicRaw", "must not be empty (- skips the topic)")
+	p.Check(c.TopicMetrics == "" || c.TopicMetrics == SkipTopic, "TopicMetrics", "must name a topic")
+	p.Check(c.TopicDLQ == "" || c.TopicDLQ == SkipTopic, "TopicDLQ", "must name a topic")
+	if c.TopicRaw == c.TopicMetrics || c.TopicRaw == c.TopicDLQ {
+		p.Add("TopicRaw", "must differ from the metrics and DLQ topics")
 	}
-	if err := c.Kafka.Validate(); err != nil {
-		bad("Kafka", "%v", err)
-	}
-	if c.Group == "" {
-		bad("Group", "must not be empty")
-	}
-	if c.TopicMetrics == "" {
-		bad("TopicMetrics", "must not be empty")
-	}
-	if c.Readings && c.TopicRaw == "" {
-		bad("TopicRaw", "must not be empty when Readings is on")
-	}
-	if c.TopicDLQ == "" {
-		bad("TopicDLQ", "must not be empty")
-	}
-	if c.TopicRaw != "" && (c.TopicRaw == c.TopicMetrics || c.TopicRaw == c.TopicDLQ) || c.TopicMetrics == c.TopicDLQ {
-		bad("TopicRaw/TopicMetrics/TopicDLQ", "must be three different topics")
-	}
+	p.Check(c.TopicMetrics == c.TopicDLQ, "TopicDLQ", "must differ from the metrics topic")
 	if c.DSN == "" {
-		bad("DSN", "must not be empty")
+		p.Add("DSN", "must not be empty")
 	} else if _, err := pgx.ParseConfig(c.DSN); err != nil {
-		bad("DSN", "invalid database URL: %v", err)
+		p.Add("DSN", "invalid database URL: %v", err)
 	}
-	if !validIdent(c.Schema) {
-		bad("Schema", "%q is not a lower-case SQL identifier", c.Schema)
-	}
+	p.Check(!validIdent(c.Schema), "Schema", fmt.Sprintf("%q is not a lower-case SQL identifier", c.Schema))
 	if c.BatchRows < 1 || c.BatchRows > 1_000_000 {
-		bad("BatchRows", "%d is not between 1 and 1000000", c.BatchRows)
+		p.Add("BatchRows", "%d is not between 1 and 1000000", c.BatchRows)
 	}
-	if c.BatchDelay <= 0 {
-		bad("BatchDelay", "must be positive")
-	}
-	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
-		bad("RetryMin/RetryMax", "want 0 < RetryMin <= RetryMax (got %s, %s)", c.RetryMin, c.RetryMax)
-	}
-	if c.DrainTimeout <= 0 {
-		bad("DrainTimeout", "must be positive")
-	}
-	return errors.Join(errs...)
+	p.Check(c.BatchDelay <= 0, "BatchDelay", "must be positive")
+	p.Check(c.RetryMin <= 0, "RetryMin", "must be positive")
+	p.Check(c.RetryMax < c.RetryMin, "RetryMax", "must be at least RetryMin")
+	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	return p.Err()
 }
 
 func validIdent(s string) bool {

@@ -37,7 +37,7 @@
 //     fetching stops once the client's buffers are full, and it resumes by
 //     itself when the database is back. /readyz fails while it retries.
 //   - Clean shutdown: on cancel the sink stops polling, writes the batch it
-//     holds within Config.DrainTimeout (else rolls it back: it is read
+//     holds within Config.ShutdownTimeout (else rolls it back: it is read
 //     again on restart), leaves the group and Run returns nil.
 //
 // # Writing

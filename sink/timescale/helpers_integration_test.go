@@ -16,7 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/schemas/migrations"
@@ -65,7 +65,8 @@ func newFixtureFlavor(t testing.TB, env *testenv.Env, flavor migrations.Flavor, 
 
 func (f *fixture) config() Config {
 	c := DefaultConfig()
-	c.Kafka = kafkax.Config{Brokers: f.brokers, ClientID: "test-sink"}
+	c.Kafka.Brokers, c.Kafka.ClientID = f.brokers, "test-sink"
+	c.InstanceID = "" // several sinks of one group run in one process
 	c.Group = f.group
 	c.TopicRaw, c.TopicMetrics, c.TopicDLQ = f.raw, f.metrics, f.dlq
 	c.DSN = f.writerDSN
@@ -88,7 +89,7 @@ func runSink(t testing.TB, cfg Config) (stop func()) {
 func runSinkReg(t testing.TB, cfg Config, reg prometheus.Registerer) (stop func(), s *Sink) {
 	t.Helper()
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s, err := New(cfg, lg, reg)
+	s, err := New(cfg, service.Deps{Log: lg, Registry: reg})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

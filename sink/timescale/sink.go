@@ -9,11 +9,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/service"
 )
 
 // Sink consumes telemetry.raw and telemetry.metrics and writes readings,
@@ -31,15 +31,14 @@ type Sink struct {
 	lastErr error // last failed database attempt, cleared on success
 }
 
-// New validates cfg and prepares the sink. It connects to nothing: Run
-// does. reg receives the sink's collectors (nil: none).
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Sink, error) {
+// New validates cfg (the errors are *config.FieldError) and prepares the
+// sink. It connects to nothing: Run does. deps.Registry receives the
+// sink's collectors (nil: none).
+func New(cfg Config, deps service.Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("timescale sink config: %w", err)
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log, reg := deps.Logger(), deps.Registry
 	st, err := newStore(&cfg)
 	if err != nil {
 		return nil, err
@@ -50,6 +49,12 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Sink, error)
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}
 	return &Sink{cfg: cfg, log: log, m: newMetrics(reg), st: st, admin: admin, now: time.Now}, nil
+}
+
+// Checks are the readiness checks: postgres (CheckDB) and kafka
+// (CheckKafka).
+func (s *Sink) Checks() map[string]service.Check {
+	return map[string]service.Check{"postgres": s.CheckDB, "kafka": s.CheckKafka}
 }
 
 // CheckDB is the readiness check of the database: it answers, and the last
@@ -84,7 +89,7 @@ func (s *Sink) setErr(err error) {
 }
 
 // Run consumes until ctx is cancelled, then drains: it writes the batch it
-// holds within DrainTimeout (or rolls it back: nothing is lost, the records
+// holds within ShutdownTimeout (or rolls it back: nothing is lost, the records
 // are read again on restart), leaves the group and returns nil. It returns
 // an error only when the sink cannot work at all.
 func (s *Sink) Run(ctx context.Context) error {
@@ -99,7 +104,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	s.setErr(nil)
 
 	topics := []string{s.cfg.TopicMetrics}
-	if s.cfg.Readings {
+	if s.cfg.readings() {
 		topics = append(topics, s.cfg.TopicRaw)
 	}
 	opts := []kgo.Opt{
@@ -110,6 +115,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.AdjustFetchOffsetsFn(s.seekStored),
+		kgo.SessionTimeout(s.cfg.SessionTimeout),
 	}
 	if s.cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(s.cfg.InstanceID))
@@ -175,7 +181,7 @@ func (s *Sink) Run(ctx context.Context) error {
 
 	// Soft stop: write what we hold within the drain timeout.
 	if !b.empty() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.DrainTimeout)
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 		if err := s.flush(dctx, cl, b); err != nil {
 			s.log.Warn("drain: batch rolled back, its records will be read again", "records", len(b.srcs), "err", err)
 		}
@@ -192,7 +198,7 @@ func (s *Sink) Run(ctx context.Context) error {
 }
 
 func (s *Sink) rawTopic() string {
-	if s.cfg.Readings {
+	if s.cfg.readings() {
 		return s.cfg.TopicRaw
 	}
 	return ""

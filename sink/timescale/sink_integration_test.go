@@ -148,7 +148,7 @@ func TestSinkReadingsOff(t *testing.T) {
 	m := window("dev-a", "temp", base, 1)
 	f.produce(t, []*kgo.Record{readingRecord(f.raw, "dev-a", 1, base, 1), metricRecord(f.metrics, &m)})
 	cfg := f.config()
-	cfg.Readings = false
+	cfg.TopicRaw = SkipTopic
 	runSink(t, cfg)
 	f.waitCount(t, time.Minute, 1, `SELECT count(*) FROM $S.device_metrics`)
 	if n := f.count(t, `SELECT count(*) FROM $S.readings`); n != 0 {

@@ -10,13 +10,12 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
 func validConfig() Config {
 	c := DefaultConfig()
-	c.Kafka = kafkax.Config{Brokers: []string{"localhost:9092"}}
 	c.DSN = "postgres://u@localhost/db"
 	return c
 }
@@ -28,18 +27,20 @@ func TestConfigValidate(t *testing.T) {
 		field string // "" = valid
 	}{
 		{"defaults", func(*Config) {}, ""},
-		{"readings off needs no raw topic", func(c *Config) { c.Readings, c.TopicRaw = false, "" }, ""},
-		{"no brokers", func(c *Config) { c.Kafka.Brokers = nil }, "Kafka"},
+		{"raw topic skipped", func(c *Config) { c.TopicRaw = SkipTopic }, ""},
+		{"no instance id: dynamic membership", func(c *Config) { c.InstanceID = "" }, ""},
+		{"zero session timeout", func(c *Config) { c.SessionTimeout = 0 }, "SessionTimeout"},
+		{"no brokers", func(c *Config) { c.Kafka.Brokers = nil }, "Kafka.Brokers"},
 		{"no group", func(c *Config) { c.Group = "" }, "Group"},
 		{"no raw topic", func(c *Config) { c.TopicRaw = "" }, "TopicRaw"},
-		{"same topics", func(c *Config) { c.TopicDLQ = c.TopicMetrics }, "TopicRaw/TopicMetrics/TopicDLQ"},
+		{"same topics", func(c *Config) { c.TopicDLQ = c.TopicMetrics }, "TopicDLQ"},
 		{"no dsn", func(c *Config) { c.DSN = "" }, "DSN"},
 		{"bad dsn", func(c *Config) { c.DSN = "postgres://u@host:notaport/db" }, "DSN"},
 		{"bad schema", func(c *Config) { c.Schema = "Drop Table" }, "Schema"},
 		{"zero batch", func(c *Config) { c.BatchRows = 0 }, "BatchRows"},
 		{"zero delay", func(c *Config) { c.BatchDelay = 0 }, "BatchDelay"},
-		{"retry order", func(c *Config) { c.RetryMax = c.RetryMin / 2 }, "RetryMin/RetryMax"},
-		{"zero drain", func(c *Config) { c.DrainTimeout = 0 }, "DrainTimeout"},
+		{"retry order", func(c *Config) { c.RetryMax = c.RetryMin / 2 }, "RetryMax"},
+		{"zero shutdown timeout", func(c *Config) { c.ShutdownTimeout = 0 }, "ShutdownTimeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,7 +50,7 @@ func TestConfigValidate(t *testing.T) {
 			switch {
 			case tt.field == "" && err != nil:
 				t.Fatalf("Validate: %v", err)
-			case tt.field != "" && (err == nil || !strings.HasPrefix(err.Error(), tt.field+":")):
+			case tt.field != "" && (len(config.Fields(err)) == 0 || config.Fields(err)[0].Field != tt.field):
 				t.Fatalf("Validate = %v, want an error naming %s", err, tt.field)
 			}
 		})

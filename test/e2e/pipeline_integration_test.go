@@ -30,6 +30,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/deploy/grafana"
 	"github.com/iotpipe/iotpipe/internal/devicesim"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
@@ -157,11 +158,21 @@ func TestPipelineEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
-	sim, err := devicesim.New(devicesim.Config{
-		URL: env.MQTTURL, Username: env.MQTTDeviceUsername, Password: env.MQTTDevicePassword,
-		Devices: devices, DeviceIDPrefix: "e2e-", TopicTemplate: template,
-		Rate: 10, MessagesPerDevice: perDevice, InvalidFraction: 0.1, InvalidKinds: invalid,
-	})
+	sim, err := devicesim.New(func() devicesim.Config {
+		c := devicesim.DefaultConfig()
+		c.URL = env.MQTTURL
+		c.Username = env.MQTTDeviceUsername
+		c.Password = env.MQTTDevicePassword
+		c.Devices = devices
+		c.DeviceIDPrefix = "e2e-"
+		c.TopicTemplate = template
+		c.Rate = 10
+		c.MessagesPerDevice = perDevice
+		c.InvalidFraction = 0.1
+		c.InvalidKinds = invalid
+		c.ValidKinds = devicesim.AllValidKinds()
+		return c
+	}(), service.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,409 @@
+// Package flags reads a command's settings from its command line and from
+// IOTPIPE_* environment variables straight into the fields of a stage's
+// Config.
+//
+// Contract:
+//   - Every flag is bound onto a field (f.Duration(&cfg.Window.Lateness,
+//     "lateness", "...")) and its default is the value the field holds when
+//     it is bound, so defaults come from the stage's DefaultConfig and are
+//     written nowhere else. A value given as 0 stays 0.
+//   - A flag given on the command line wins over its environment variable
+//     (--kafka-brokers is IOTPIPE_KAFKA_BROKERS), which wins over the
+//     default.
+//   - Old names (Alias) keep working, from the command line and from their
+//     own variable, for one release; Deprecated lists those used so the
+//     command can log a warning.
+//   - Explain turns the *config.FieldError of a Config's Validate into one
+//     line per problem naming the flag and its variable, by resolving the
+//     field's Go path to the field bound to a flag (reflection on the
+//     Config passed in).
+package flags
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unsafe"
+
+	"github.com/iotpipe/iotpipe/internal/config"
+)
+
+// EnvPrefix is the prefix of the environment variable that backs every flag:
+// --kafka-brokers is also read from IOTPIPE_KAFKA_BROKERS.
+const EnvPrefix = "IOTPIPE_"
+
+// EnvName returns the environment variable that backs the flag name.
+func EnvName(flagName string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Setting names a flag and its variable for messages:
+// "--lateness (IOTPIPE_LATENESS)".
+func Setting(flagName string) string {
+	return "--" + flagName + " (" + EnvName(flagName) + ")"
+}
+
+// ErrHelp is returned by Parse when -h or --help was given; the usage has
+// been written already.
+var ErrHelp = flag.ErrHelp
+
+// Kind is the kind of value a flag holds.
+type Kind int
+
+// Kinds of flag values.
+const (
+	KindString Kind = iota
+	KindBool
+	KindInt
+	KindFloat
+	KindDuration
+	KindList
+	KindOther
+)
+
+type fieldKey struct {
+	p unsafe.Pointer
+	t reflect.Type
+}
+
+// Flags is a flag set in which every flag can also be set through its
+// IOTPIPE_* environment variable.
+type Flags struct {
+	fs      *flag.FlagSet
+	name    string
+	summary string
+	groups  map[string]string // flag name -> group title
+	order   []string          // group titles in order of first use
+	group   string
+	secret  map[string]bool
+	getenv  func(string) string
+	source  map[string]string // flag name -> "flag" | "env" | "default"
+	defined []string          // flag names in definition order
+	kinds   map[string]Kind
+	fields  map[fieldKey]string // bound field -> flag name
+	ptrs    map[string]any      // flag name -> pointer to the bound field
+	aliases map[string]string   // old name -> flag name
+	used    []string            // deprecated names used, as "--old (IOTPIPE_OLD)"
+}
+
+// New returns a flag set for the command name (e.g. "iotpipe processor")
+// reading variables through getenv (nil: none).
+func New(name, summary string, getenv func(string) string) *Flags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	return &Flags{
+		fs: fs, name: name, summary: summary, getenv: getenv,
+		groups: map[string]string{}, secret: map[string]bool{}, source: map[string]string{},
+		kinds: map[string]Kind{}, fields: map[fieldKey]string{}, ptrs: map[string]any{}, aliases: map[string]string{},
+	}
+}
+
+// Name is the command name given to New.
+func (f *Flags) Name() string { return f.name }
+
+// Group starts a titled group of flags for --help.
+func (f *Flags) Group(title string) {
+	f.group = title
+	f.order = append(f.order, title)
+}
+
+func (f *Flags) note(name string, k Kind, p any) {
+	f.groups[name] = f.group
+	f.defined = append(f.defined, name)
+	f.kinds[name] = k
+	f.ptrs[name] = p
+	v := reflect.ValueOf(p)
+	f.fields[fieldKey{v.UnsafePointer(), v.Type().Elem()}] = name
+}
+
+// String binds a string flag onto *p; its default is *p.
+func (f *Flags) String(p *string, name, usage string) {
+	f.fs.StringVar(p, name, *p, usage)
+	f.note(name, KindString, p)
+}
+
+// Secret is String for a value that is never printed.
+func (f *Flags) Secret(p *string, name, usage string) {
+	f.String(p, name, usage)
+	f.secret[name] = true
+}
+
+// Int binds an int flag onto *p; its default is *p.
+func (f *Flags) Int(p *int, name, usage string) {
+	f.fs.IntVar(p, name, *p, usage)
+	f.note(name, KindInt, p)
+}
+
+// Float binds a float64 flag onto *p; its default is *p.
+func (f *Flags) Float(p *float64, name, usage string) {
+	f.fs.Var((*floatValue)(p), name, usage)
+	f.note(name, KindFloat, p)
+}
+
+// Bool binds a bool flag onto *p; its default is *p.
+func (f *Flags) Bool(p *bool, name, usage string) {
+	f.fs.BoolVar(p, name, *p, usage)
+	f.note(name, KindBool, p)
+}
+
+// Duration binds a duration flag (Go syntax: 90s, 5m, 720h) onto *p; its
+// default is *p.
+func (f *Flags) Duration(p *time.Duration, name, usage string) {
+	f.fs.DurationVar(p, name, *p, usage)
+	f.note(name, KindDuration, p)
+}
+
+// List binds a comma-separated list onto *p (blanks trimmed, empty items
+// dropped; "" is the empty list); its default is *p.
+func (f *Flags) List(p *[]string, name, usage string) {
+	f.fs.Var((*listValue)(p), name, usage)
+	f.note(name, KindList, p)
+}
+
+// Var binds a flag of any other kind: v parses into the field p points to.
+func (f *Flags) Var(v flag.Value, p any, name, usage string) {
+	f.fs.Var(v, name, usage)
+	f.note(name, KindOther, p)
+}
+
+// Alias makes old another name of the flag name, for one release: it is
+// read from the command line and from its own variable (after the new
+// name's), and Deprecated reports its use. It is listed at the end of
+// --help.
+func (f *Flags) Alias(old, name string) {
+	fl := f.fs.Lookup(name)
+	if fl == nil {
+		panic("flags: alias " + old + " of undefined flag " + name) // programming error, at definition time
+	}
+	f.fs.Var(fl.Value, old, "deprecated name of --"+name)
+	f.aliases[old] = name
+}
+
+// Parse parses args, then fills every flag not given on the command line
+// from its environment variable. Errors name both the flag and the
+// variable. On -h/--help it writes the usage to out and returns ErrHelp.
+func (f *Flags) Parse(args []string, out io.Writer) error {
+	if err := f.fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			f.Usage(out)
+			return ErrHelp
+		}
+		return fmt.Errorf("%s: %w (see %s --help)", f.name, err, f.name)
+	}
+	if f.fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q (see %s --help)", f.name, f.fs.Arg(0), f.name)
+	}
+	set := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) {
+		name := fl.Name
+		if n, old := f.aliases[name]; old {
+			f.used = append(f.used, fmt.Sprintf("--%s is deprecated, use --%s", name, n))
+			name = n
+		}
+		set[name] = true
+		f.source[name] = "flag"
+	})
+	byNew := map[string][]string{}
+	for old, n := range f.aliases {
+		byNew[n] = append(byNew[n], old)
+	}
+	var errs []error
+	for _, name := range f.defined {
+		if set[name] {
+			continue
+		}
+		fl := f.fs.Lookup(name)
+		env, from := EnvName(name), name
+		v, ok := lookup(f.getenv, env)
+		if !ok {
+			olds := byNew[name]
+			sort.Strings(olds)
+			for _, old := range olds {
+				if v, ok = lookup(f.getenv, EnvName(old)); ok {
+					env, from = EnvName(old), old
+					f.used = append(f.used, fmt.Sprintf("%s is deprecated, use %s", env, EnvName(name)))
+					break
+				}
+			}
+		}
+		if !ok {
+			f.source[name] = "default"
+			continue
+		}
+		if err := fl.Value.Set(v); err != nil {
+			errs = append(errs, fmt.Errorf("invalid value %q for %s (--%s): %w", v, env, from, err))
+			continue
+		}
+		f.source[name] = "env"
+	}
+	return errors.Join(errs...)
+}
+
+func lookup(getenv func(string) string, key string) (string, bool) {
+	if v := getenv(key); v != "" {
+		return v, true
+	}
+	return "", false
+}
+
+// Deprecated lists the deprecated names Parse met, one message each.
+func (f *Flags) Deprecated() []string { return append([]string(nil), f.used...) }
+
+// Source tells where a flag's value came from: "flag", "env" or "default".
+func (f *Flags) Source(name string) string { return f.source[name] }
+
+// Kind is the kind of the flag's value.
+func (f *Flags) Kind(name string) Kind { return f.kinds[name] }
+
+// Field returns the pointer to the field the flag is bound to.
+func (f *Flags) Field(name string) any { return f.ptrs[name] }
+
+// FlagOf returns the flag bound to the field at the Go path field below
+// root (a pointer to a struct), e.g. FlagOf(&cfg, "Window.Lateness").
+func (f *Flags) FlagOf(root any, field string) (string, bool) {
+	v := reflect.ValueOf(root)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return "", false
+	}
+	v = v.Elem()
+	for _, part := range strings.Split(field, ".") {
+		if v.Kind() != reflect.Struct {
+			return "", false
+		}
+		v = v.FieldByName(part)
+		if !v.IsValid() {
+			return "", false
+		}
+	}
+	name, ok := f.fields[fieldKey{v.Addr().UnsafePointer(), v.Type()}]
+	return name, ok
+}
+
+// SettingError is a problem with one setting, named by its flag and
+// variable: "--lateness (IOTPIPE_LATENESS): must not be negative".
+type SettingError struct {
+	// Flag is the flag name without dashes.
+	Flag string
+	// Field is the Go path of the Config field the flag is bound to.
+	Field string
+	Err   error
+}
+
+func (e *SettingError) Error() string { return Setting(e.Flag) + ": " + e.Err.Error() }
+func (e *SettingError) Unwrap() error { return e.Err }
+
+// Explain rewrites the *config.FieldError problems of err, a Validate
+// result of the Config root points to, as *SettingError naming the flag
+// bound to each field; problems of fields without a flag keep the field's
+// name. It returns nil for nil.
+func (f *Flags) Explain(err error, root any) error {
+	if err == nil {
+		return nil
+	}
+	fields := config.Fields(err)
+	if len(fields) == 0 {
+		return err
+	}
+	out := make([]error, 0, len(fields))
+	for _, fe := range fields {
+		if name, ok := f.FlagOf(root, fe.Field); ok {
+			out = append(out, &SettingError{Flag: name, Field: fe.Field, Err: fe.Err})
+		} else {
+			out = append(out, fe)
+		}
+	}
+	return errors.Join(out...)
+}
+
+// Usage writes the help text: summary, then every flag with its
+// environment variable and default, grouped.
+func (f *Flags) Usage(out io.Writer) {
+	fmt.Fprintf(out, "Usage: %s [flags]\n\n%s\n", f.name, strings.TrimSpace(f.summary))
+	byGroup := map[string][]*flag.Flag{}
+	for _, name := range f.defined {
+		byGroup[f.groups[name]] = append(byGroup[f.groups[name]], f.fs.Lookup(name))
+	}
+	titles := append([]string{""}, f.order...)
+	seen := map[string]bool{}
+	for _, title := range titles {
+		if seen[title] {
+			continue
+		}
+		seen[title] = true
+		fls := byGroup[title]
+		if len(fls) == 0 {
+			continue
+		}
+		if title == "" {
+			title = "Flags"
+		}
+		fmt.Fprintf(out, "\n%s:\n", title)
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		for _, fl := range fls {
+			def := fl.DefValue
+			if f.secret[fl.Name] && def != "" {
+				def = "(set)"
+			}
+			if def == "" {
+				def = `""`
+			}
+			fmt.Fprintf(tw, "  --%s\t%s\t%s (default %s)\n", fl.Name, EnvName(fl.Name), fl.Usage, def)
+		}
+		_ = tw.Flush()
+	}
+	if len(f.aliases) > 0 {
+		olds := make([]string, 0, len(f.aliases))
+		for old := range f.aliases {
+			olds = append(olds, old)
+		}
+		sort.Strings(olds)
+		fmt.Fprintf(out, "\nDeprecated names (still read for one release, with a warning):\n")
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		for _, old := range olds {
+			fmt.Fprintf(tw, "  --%s\t%s\tuse --%s\n", old, EnvName(old), f.aliases[old])
+		}
+		_ = tw.Flush()
+	}
+	fmt.Fprintf(out, "\nEvery flag can also be set through the environment variable shown next to it;\na flag on the command line wins over the environment.\n")
+}
+
+// Names lists every flag name in definition order (aliases excluded).
+func (f *Flags) Names() []string {
+	return append([]string(nil), f.defined...)
+}
+
+type floatValue float64
+
+func (v *floatValue) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
+func (v *floatValue) Set(s string) error {
+	x, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil {
+		return errors.New("not a number")
+	}
+	*v = floatValue(x)
+	return nil
+}
+
+type listValue []string
+
+func (v *listValue) String() string { return strings.Join(*v, ",") }
+func (v *listValue) Set(s string) error {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	*v = out
+	return nil
+}
