@@ -90,7 +90,9 @@ type Flags struct {
 	fields  map[fieldKey]string // bound field -> flag name
 	ptrs    map[string]any      // flag name -> pointer to the bound field
 	aliases map[string]string   // old name -> flag name
+	legacy  map[string]string   // deprecated flag of its own -> what to use instead
 	used    []string            // deprecated names used, as "--old (IOTPIPE_OLD)"
+	setErr  error               // why the command line's last value was refused
 }
 
 // New returns a flag set for the command name (e.g. "iotpipe processor")
@@ -105,6 +107,7 @@ func New(name, summary string, getenv func(string) string) *Flags {
 		fs: fs, name: name, summary: summary, getenv: getenv,
 		groups: map[string]string{}, secret: map[string]bool{}, source: map[string]string{},
 		kinds: map[string]Kind{}, fields: map[fieldKey]string{}, ptrs: map[string]any{}, aliases: map[string]string{},
+		legacy: map[string]string{},
 	}
 }
 
@@ -128,7 +131,7 @@ func (f *Flags) note(name string, k Kind, p any) {
 
 // String binds a string flag onto *p; its default is *p.
 func (f *Flags) String(p *string, name, usage string) {
-	f.fs.StringVar(p, name, *p, usage)
+	f.define((*stringValue)(p), name, usage)
 	f.note(name, KindString, p)
 }
 
@@ -140,39 +143,39 @@ func (f *Flags) Secret(p *string, name, usage string) {
 
 // Int binds an int flag onto *p; its default is *p.
 func (f *Flags) Int(p *int, name, usage string) {
-	f.fs.IntVar(p, name, *p, usage)
+	f.define((*intValue)(p), name, usage)
 	f.note(name, KindInt, p)
 }
 
 // Float binds a float64 flag onto *p; its default is *p.
 func (f *Flags) Float(p *float64, name, usage string) {
-	f.fs.Var((*floatValue)(p), name, usage)
+	f.define((*floatValue)(p), name, usage)
 	f.note(name, KindFloat, p)
 }
 
 // Bool binds a bool flag onto *p; its default is *p.
 func (f *Flags) Bool(p *bool, name, usage string) {
-	f.fs.BoolVar(p, name, *p, usage)
+	f.define((*boolValue)(p), name, usage)
 	f.note(name, KindBool, p)
 }
 
 // Duration binds a duration flag (Go syntax: 90s, 5m, 720h) onto *p; its
 // default is *p.
 func (f *Flags) Duration(p *time.Duration, name, usage string) {
-	f.fs.DurationVar(p, name, *p, usage)
+	f.define((*durationValue)(p), name, usage)
 	f.note(name, KindDuration, p)
 }
 
 // List binds a comma-separated list onto *p (blanks trimmed, empty items
 // dropped; "" is the empty list); its default is *p.
 func (f *Flags) List(p *[]string, name, usage string) {
-	f.fs.Var((*listValue)(p), name, usage)
+	f.define((*listValue)(p), name, usage)
 	f.note(name, KindList, p)
 }
 
 // Var binds a flag of any other kind: v parses into the field p points to.
 func (f *Flags) Var(v flag.Value, p any, name, usage string) {
-	f.fs.Var(v, name, usage)
+	f.define(v, name, usage)
 	f.note(name, KindOther, p)
 }
 
@@ -185,8 +188,17 @@ func (f *Flags) Alias(old, name string) {
 	if fl == nil {
 		panic("flags: alias " + old + " of undefined flag " + name) // programming error, at definition time
 	}
-	f.fs.Var(fl.Value, old, "deprecated name of --"+name)
+	f.fs.Var(&named{Value: fl.Value.(*named).Value, name: old, f: f}, old, "deprecated name of --"+name)
 	f.aliases[old] = name
+}
+
+// Legacy defines a deprecated flag that is not a plain rename (v applies
+// it to the Config), for one release: read from the command line and from
+// its variable, reported by Deprecated with instead, listed at the end of
+// --help.
+func (f *Flags) Legacy(v flag.Value, name, instead string) {
+	f.define(v, name, "deprecated: "+instead)
+	f.legacy[name] = instead
 }
 
 // Parse parses args, then fills every flag not given on the command line
@@ -198,10 +210,13 @@ func (f *Flags) Parse(args []string, out io.Writer) error {
 			f.Usage(out)
 			return ErrHelp
 		}
-		return fmt.Errorf("%s: %w (see %s --help)", f.name, err, f.name)
+		if f.setErr != nil {
+			return f.setErr
+		}
+		return fmt.Errorf("%w (see %s --help)", err, f.name)
 	}
 	if f.fs.NArg() > 0 {
-		return fmt.Errorf("%s: unexpected argument %q (see %s --help)", f.name, f.fs.Arg(0), f.name)
+		return fmt.Errorf("unexpected argument %q (see %s --help)", f.fs.Arg(0), f.name)
 	}
 	set := map[string]bool{}
 	f.fs.Visit(func(fl *flag.Flag) {
@@ -209,6 +224,9 @@ func (f *Flags) Parse(args []string, out io.Writer) error {
 		if n, old := f.aliases[name]; old {
 			f.used = append(f.used, fmt.Sprintf("--%s is deprecated, use --%s", name, n))
 			name = n
+		}
+		if instead, ok := f.legacy[name]; ok {
+			f.used = append(f.used, fmt.Sprintf("--%s is deprecated: %s", name, instead))
 		}
 		set[name] = true
 		f.source[name] = "flag"
@@ -241,10 +259,28 @@ func (f *Flags) Parse(args []string, out io.Writer) error {
 			continue
 		}
 		if err := fl.Value.Set(v); err != nil {
-			errs = append(errs, fmt.Errorf("invalid value %q for %s (--%s): %w", v, env, from, err))
+			errs = append(errs, fmt.Errorf("%s (--%s): invalid value %q: %w", env, from, v, unwrapSet(err)))
 			continue
 		}
 		f.source[name] = "env"
+	}
+	legacy := make([]string, 0, len(f.legacy))
+	for name := range f.legacy {
+		legacy = append(legacy, name)
+	}
+	sort.Strings(legacy)
+	for _, name := range legacy {
+		if set[name] {
+			continue
+		}
+		env := EnvName(name)
+		if v, ok := lookup(f.getenv, env); ok {
+			if err := f.fs.Lookup(name).Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s (--%s): invalid value %q: %w", env, name, v, unwrapSet(err)))
+				continue
+			}
+			f.used = append(f.used, fmt.Sprintf("%s is deprecated: %s", env, f.legacy[name]))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -361,16 +397,23 @@ func (f *Flags) Usage(out io.Writer) {
 		}
 		_ = tw.Flush()
 	}
-	if len(f.aliases) > 0 {
-		olds := make([]string, 0, len(f.aliases))
-		for old := range f.aliases {
+	if len(f.aliases)+len(f.legacy) > 0 {
+		instead := map[string]string{}
+		for old, n := range f.aliases {
+			instead[old] = "use --" + n
+		}
+		for old, why := range f.legacy {
+			instead[old] = why
+		}
+		olds := make([]string, 0, len(instead))
+		for old := range instead {
 			olds = append(olds, old)
 		}
 		sort.Strings(olds)
 		fmt.Fprintf(out, "\nDeprecated names (still read for one release, with a warning):\n")
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		for _, old := range olds {
-			fmt.Fprintf(tw, "  --%s\t%s\tuse --%s\n", old, EnvName(old), f.aliases[old])
+			fmt.Fprintf(tw, "  --%s\t%s\t%s\n", old, EnvName(old), instead[old])
 		}
 		_ = tw.Flush()
 	}
@@ -380,6 +423,82 @@ func (f *Flags) Usage(out io.Writer) {
 // Names lists every flag name in definition order (aliases excluded).
 func (f *Flags) Names() []string {
 	return append([]string(nil), f.defined...)
+}
+
+// named wraps a flag's value so that a value refused on the command line
+// is reported naming the flag and its variable.
+type named struct {
+	flag.Value
+	name string
+	f    *Flags
+}
+
+func (n *named) Set(s string) error {
+	if err := n.Value.Set(s); err != nil {
+		n.f.setErr = fmt.Errorf("%s: invalid value %q: %w", Setting(n.name), s, err)
+		return err
+	}
+	return nil
+}
+
+func (n *named) IsBoolFlag() bool {
+	b, ok := n.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+// unwrapSet drops the Value's own wrapping (strconv's "parsing ...").
+func unwrapSet(err error) error {
+	var ne *strconv.NumError
+	if errors.As(err, &ne) {
+		return ne.Err
+	}
+	return err
+}
+
+func (f *Flags) define(v flag.Value, name, usage string) {
+	f.fs.Var(&named{Value: v, name: name, f: f}, name, usage)
+}
+
+type stringValue string
+
+func (v *stringValue) String() string     { return string(*v) }
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+
+type boolValue bool
+
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return errors.New("want true or false")
+	}
+	*v = boolValue(b)
+	return nil
+}
+
+type intValue int
+
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+func (v *intValue) Set(s string) error {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 0, strconv.IntSize)
+	if err != nil {
+		return errors.New("not an integer")
+	}
+	*v = intValue(n)
+	return nil
+}
+
+type durationValue time.Duration
+
+func (v *durationValue) String() string { return time.Duration(*v).String() }
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("not a duration (e.g. 500ms, 30s, 5m, 24h)")
+	}
+	*v = durationValue(d)
+	return nil
 }
 
 type floatValue float64

@@ -4,10 +4,47 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/iotpipe/iotpipe/internal/config"
 )
+
+// fakeStage is a stage whose Run waits for ctx, then drains until
+// release is closed (or returns at once when release is nil).
+type fakeStage struct {
+	started  chan struct{}
+	draining chan struct{}
+	release  chan struct{}
+	ready    bool
+	err      error
+}
+
+func newFake() *fakeStage {
+	return &fakeStage{started: make(chan struct{}), draining: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (f *fakeStage) Run(ctx context.Context) error {
+	close(f.started)
+	<-ctx.Done()
+	close(f.draining)
+	<-f.release
+	return f.err
+}
+
+func (f *fakeStage) Checks() map[string]Check {
+	return map[string]Check{"fake": func(context.Context) error {
+		if !f.ready {
+			return errors.New("not ready yet")
+		}
+		return nil
+	}}
+}
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
@@ -20,50 +57,158 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func TestEndpoints(t *testing.T) {
-	s := New(Config{Addr: "127.0.0.1:0"}, nil)
-	var kafkaDown bool
-	s.AddCheck("kafka", func(context.Context) error {
-		if kafkaDown {
-			return errors.New("no broker answers")
-		}
-		return nil
-	})
-	if err := s.Listen(); err != nil {
+// freeAddr returns a loopback address nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+func options(addr string) Options {
+	o := DefaultOptions()
+	o.Addr = addr
+	o.ShutdownTimeout = 5 * time.Second
+	o.Registry = NewRegistry()
+	return o
+}
+
+func waitClosed(t *testing.T, c chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not happen within 5s", what)
+	}
+}
+
+// The endpoints answer while the stage runs and through its whole drain;
+// Run returns the stage's nil once the drain ends, then nothing listens.
+func TestServesThroughTheDrain(t *testing.T) {
+	addr := freeAddr(t)
+	st := newFake()
+	opts := options(addr)
+	drained := prometheus.NewCounter(prometheus.CounterOpts{Name: "fake_drain_steps_total", Help: "test"})
+	opts.Registry.MustRegister(drained)
+	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	base := "http://" + s.Addr()
+	go func() { done <- Run(ctx, st, opts) }()
+	waitClosed(t, st.started, "stage start")
+	base := "http://" + addr
 
 	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("healthz %d %q", code, body)
 	}
+	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "not ready yet") {
+		t.Fatalf("readyz before ready %d %q", code, body)
+	}
+	st.ready = true
 	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, `"ready":true`) {
 		t.Fatalf("readyz %d %q", code, body)
 	}
-	kafkaDown = true
-	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "no broker answers") {
-		t.Fatalf("readyz when down %d %q", code, body)
+
+	stop() // SIGTERM
+	waitClosed(t, st.draining, "soft stop")
+	drained.Inc()
+	code, body := get(t, base+"/metrics")
+	if code != 200 || !strings.Contains(body, "fake_drain_steps_total 1") || !strings.Contains(body, "go_goroutines") {
+		t.Fatalf("metrics during the drain: %d\n%s", code, body)
 	}
-	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
-		t.Fatalf("metrics %d", code)
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned during the drain: %v", err)
+	default:
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("serve: %v", err)
+	close(st.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after a clean drain: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after the drain")
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Fatal("still serving after Run returned")
 	}
 }
 
-func TestListenNamesAddress(t *testing.T) {
-	a := New(Config{Addr: "127.0.0.1:0"}, nil)
-	if err := a.Listen(); err != nil {
+// A port in use fails before the stage runs, once, as a FieldError of
+// Addr (the command names --http-addr).
+func TestListenFailureNamesAddr(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.ln.Close()
-	b := New(Config{Addr: a.Addr()}, nil)
-	if err := b.Listen(); err == nil || !strings.Contains(err.Error(), a.Addr()) {
-		t.Fatalf("second listen on %s: %v", a.Addr(), err)
+	defer ln.Close()
+	st := newFake()
+	err = Run(context.Background(), st, options(ln.Addr().String()))
+	var fe *config.FieldError
+	if !errors.As(err, &fe) || fe.Field != "Addr" {
+		t.Fatalf("Run on a taken port: %v", err)
+	}
+	if n := strings.Count(err.Error(), "address already in use"); n != 1 {
+		t.Errorf("the bind error is said %d times: %q", n, err)
+	}
+	select {
+	case <-st.started:
+		t.Fatal("the stage ran although the port was taken")
+	default:
+	}
+}
+
+// A stage that does not drain within ShutdownTimeout is given up: Run
+// returns ErrStopTimeout.
+func TestHardStop(t *testing.T) {
+	st := newFake() // release never closed: the drain hangs
+	opts := options("")
+	opts.ShutdownTimeout = 100 * time.Millisecond
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, st, opts) }()
+	waitClosed(t, st.started, "stage start")
+	stop()
+	start := time.Now()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrStopTimeout) || !strings.Contains(err.Error(), "--shutdown-timeout") {
+			t.Fatalf("hard stop: %v", err)
+		}
+		if d := time.Since(start); d < 100*time.Millisecond || d > 3*time.Second {
+			t.Fatalf("hard stop after %s, want about 100ms", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not give up on the stage")
+	}
+	close(st.release)
+}
+
+// A stage that fails by itself ends Run with its error.
+func TestStageError(t *testing.T) {
+	boom := errors.New("kafka refused")
+	failing := stageFunc(func(context.Context) error { return boom })
+	if err := Run(context.Background(), failing, options("")); !errors.Is(err, boom) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+type stageFunc func(context.Context) error
+
+func (f stageFunc) Run(ctx context.Context) error { return f(ctx) }
+func (stageFunc) Checks() map[string]Check        { return nil }
+
+func TestOptionsValidate(t *testing.T) {
+	o := DefaultOptions()
+	o.Addr, o.ShutdownTimeout = "nope", 0
+	fields := map[string]bool{}
+	for _, fe := range config.Fields(o.Validate()) {
+		fields[fe.Field] = true
+	}
+	if !fields["Addr"] || !fields["ShutdownTimeout"] {
+		t.Fatalf("fields %v", fields)
 	}
 }

@@ -3,25 +3,58 @@
 // Compose specification's own loader, every IOTPIPE_* variable it gives an
 // iotpipe service is one that command reads, every long-running service has
 // a healthcheck, depends_on has no cycle, and every iotpipe stage accepts
-// its compose settings (--check-config).
+// its compose settings (--check-config, run on the binary built from
+// cmd/iotpipe). That the compose stages run with the demo's settings is
+// checked next to the demo (cmd/iotpipe).
 package compose
 
 import (
 	"bytes"
 	"context"
+	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	composecli "github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 
-	"github.com/iotpipe/iotpipe/internal/cli"
+	"github.com/iotpipe/iotpipe/internal/testenv"
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.RemoveBinary()
+	os.Exit(code)
+}
+
+// iotpipe runs the binary built from cmd/iotpipe with exactly env as its
+// environment and returns its exit code and output.
+func iotpipe(t *testing.T, env map[string]string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(testenv.Binary(t), args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, out.String(), errOut.String()
+	case errors.As(err, &ee):
+		return ee.ExitCode(), out.String(), errOut.String()
+	}
+	t.Fatalf("iotpipe %s: %v", strings.Join(args, " "), err)
+	return 0, "", ""
+}
 
 func repoRoot(t *testing.T) string {
 	_, file, _, ok := runtime.Caller(0)
@@ -65,13 +98,12 @@ var envName = regexp.MustCompile(`IOTPIPE_[A-Z0-9_]+`)
 // (which shows every flag's variable).
 func readsEnv(t *testing.T, args []string) map[string]bool {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	code := cli.Run(context.Background(), cli.Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}, append(append([]string{}, args...), "--help"))
-	if code != cli.ExitOK {
-		t.Fatalf("iotpipe %s --help: exit %d: %s", strings.Join(args, " "), code, errOut.String())
+	code, out, errOut := iotpipe(t, nil, append(append([]string{}, args...), "--help")...)
+	if code != 0 {
+		t.Fatalf("iotpipe %s --help: exit %d: %s", strings.Join(args, " "), code, errOut)
 	}
 	vars := map[string]bool{}
-	for _, v := range envName.FindAllString(out.String(), -1) {
+	for _, v := range envName.FindAllString(out, -1) {
 		vars[v] = true
 	}
 	if len(vars) == 0 {
@@ -114,11 +146,9 @@ func TestStagesAcceptComposeSettings(t *testing.T) {
 				env[k] = *v
 			}
 		}
-		var out, errOut bytes.Buffer
-		code := cli.Run(context.Background(), cli.Env{Stdout: &out, Stderr: &errOut, Getenv: func(k string) string { return env[k] }},
-			append(append([]string{}, args...), "--check-config"))
-		if code != cli.ExitOK {
-			t.Errorf("service %s: iotpipe %s --check-config: exit %d: %s", name, strings.Join(args, " "), code, errOut.String())
+		code, _, errOut := iotpipe(t, env, append(append([]string{}, args...), "--check-config")...)
+		if code != 0 {
+			t.Errorf("service %s: iotpipe %s --check-config: exit %d: %s", name, strings.Join(args, " "), code, errOut)
 		}
 	}
 }
@@ -204,41 +234,4 @@ func TestNoPasswordsBakedIn(t *testing.T) {
 			}
 		}
 	}
-}
-
-// TestSettingsEqualTheDemo checks that the compose stages run with the
-// settings `make demo` gives them (window, lateness, lake file age, fleet).
-func TestSettingsEqualTheDemo(t *testing.T) {
-	p := load(t)
-	demo, err := cli.DemoStageSettings()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for service, settings := range demo {
-		s, ok := p.Services[service]
-		if !ok {
-			t.Errorf("the demo runs %s, docker-compose.yml has no such service", service)
-			continue
-		}
-		for flag, want := range settings {
-			v := s.Environment[cli.EnvName(flag)]
-			if v == nil {
-				t.Errorf("service %s does not set %s; make demo uses --%s %s", service, cli.EnvName(flag), flag, want)
-				continue
-			}
-			if !sameSetting(*v, want) {
-				t.Errorf("service %s sets %s=%s; make demo uses --%s %s", service, cli.EnvName(flag), *v, flag, want)
-			}
-		}
-	}
-}
-
-// sameSetting compares two values of one setting, durations by value.
-func sameSetting(a, b string) bool {
-	if a == b {
-		return true
-	}
-	da, errA := time.ParseDuration(a)
-	db, errB := time.ParseDuration(b)
-	return errA == nil && errB == nil && da == db
 }

@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"bytes"
@@ -7,7 +7,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 )
 
 func run(t *testing.T, env map[string]string, args ...string) (code int, stdout, stderr string) {
@@ -88,13 +87,13 @@ func TestInitBadSettingsNameTheSetting(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"broker without port", map[string]string{"IOTPIPE_KAFKA_BROKERS": "kafka"}, nil, "--kafka-brokers (IOTPIPE_KAFKA_BROKERS=\"kafka\")"},
-		{"flag wins over env", map[string]string{"IOTPIPE_KAFKA_BROKERS": "good:1"}, []string{"--kafka-brokers", "bad"}, `--kafka-brokers (IOTPIPE_KAFKA_BROKERS="bad")`},
+		{"broker without port", map[string]string{"IOTPIPE_KAFKA_BROKERS": "kafka"}, nil, "--kafka-brokers (IOTPIPE_KAFKA_BROKERS): broker \"kafka\" is not host:port"},
+		{"flag wins over env", map[string]string{"IOTPIPE_KAFKA_BROKERS": "good:1"}, []string{"--kafka-brokers", "bad"}, `--kafka-brokers (IOTPIPE_KAFKA_BROKERS): broker "bad" is not host:port`},
 		{"partitions", nil, []string{"--raw-partitions", "0"}, "--raw-partitions"},
 		{"bad duration in env", map[string]string{"IOTPIPE_TIMEOUT": "soon"}, nil, "IOTPIPE_TIMEOUT (--timeout)"},
 		{"flavor", nil, []string{"--pg-flavor", "oracle"}, "--pg-flavor"},
 		{"dsn", nil, []string{"--pg-dsn", "postgres://h:notaport/db"}, "--pg-dsn (IOTPIPE_PG_DSN)"},
-		{"s3 endpoint", nil, []string{"--s3-endpoint", "localhost:7070"}, "--s3-*"},
+		{"s3 endpoint", nil, []string{"--s3-endpoint", "localhost:7070"}, "--s3-endpoint (IOTPIPE_S3_ENDPOINT)"},
 		{"skip", nil, []string{"--skip", "redis"}, "--skip"},
 		{"log format", nil, []string{"--log-format", "xml"}, "--log-format"},
 		{"unknown flag", nil, []string{"--no-such-flag"}, "flag provided but not defined"},
@@ -119,26 +118,6 @@ func TestInitBadSettingsNameTheSetting(t *testing.T) {
 				t.Fatalf("error leaks a secret: %q", errOut)
 			}
 		})
-	}
-}
-
-func TestFlagsEnvPrecedence(t *testing.T) {
-	var s string
-	var d time.Duration
-	f := NewFlags("x", "")
-	f.getenv = func(k string) string {
-		return map[string]string{"IOTPIPE_NAME": "from-env", "IOTPIPE_WAIT": "3s"}[k]
-	}
-	f.String(&s, "name", "def", "")
-	f.Duration(&d, "wait", time.Second, "")
-	if err := f.Parse([]string{"--name", "from-flag"}, &bytes.Buffer{}); err != nil {
-		t.Fatal(err)
-	}
-	if s != "from-flag" || d != 3*time.Second {
-		t.Fatalf("name=%q wait=%s", s, d)
-	}
-	if f.Source("name") != "flag" || f.Source("wait") != "env" {
-		t.Fatalf("sources %q %q", f.Source("name"), f.Source("wait"))
 	}
 }
 

@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"context"
@@ -42,7 +42,7 @@ type initFlags struct {
 	checkConfig bool
 }
 
-func (o *initFlags) bind(f *Flags) {
+func (o *initFlags) bind(f *cmdFlags) {
 	f.Group("General")
 	f.Duration(&o.timeout, "timeout", 15*time.Second, "time each system has to answer and finish its part; an unreachable one fails after it")
 	f.String(&o.skip, "skip", "", "comma-separated systems to leave alone: kafka, s3, postgres")
@@ -75,9 +75,9 @@ func (o *initFlags) bind(f *Flags) {
 	o.log.bindLevel(f, "text", "warn")
 }
 
-func (o *initFlags) config() (setup.Config, error) {
+func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 	var errs []error
-	kc, err := o.kafka.config()
+	kc, err := o.kafka.config(f)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -135,7 +135,7 @@ func (o *initFlags) config() (setup.Config, error) {
 		errs = append(errs, &UsageError{fmt.Errorf("--pg-* settings: %w", err)})
 	}
 	if err := o.s3.c.Validate(); err != nil && !skip[setup.S3] {
-		errs = append(errs, &UsageError{fmt.Errorf("--s3-* settings (IOTPIPE_S3_*): %w", err)})
+		errs = append(errs, f.Explain(err, &o.s3.c))
 	}
 	if len(errs) > 0 {
 		return setup.Config{}, &UsageError{errors.Join(errs...)}
@@ -166,16 +166,16 @@ func (o *initFlags) config() (setup.Config, error) {
 
 func runInit(ctx context.Context, env Env, args []string) error {
 	var o initFlags
-	f := newFlags(env, "iotpipe init", initSummary)
+	f := newCmdFlags(env, "iotpipe init", initSummary)
 	o.bind(f)
 	if err := f.Parse(args, env.Stdout); err != nil {
 		return usageErr(err)
 	}
-	log, err := o.log.logger(env)
+	log, err := o.log.logger(env, f)
 	if err != nil {
 		return err
 	}
-	cfg, err := o.config()
+	cfg, err := o.config(f)
 	if err != nil {
 		return err
 	}
@@ -239,7 +239,7 @@ func nameSetting(err error, o *initFlags) error {
 	}
 	switch se.Component {
 	case setup.Kafka:
-		return fmt.Errorf("cannot prepare Kafka at --kafka-brokers (%s=%q): %w", EnvName("kafka-brokers"), o.kafka.brokers, se.Err)
+		return fmt.Errorf("cannot prepare Kafka at --kafka-brokers (%s=%q): %w", EnvName("kafka-brokers"), strings.Join(o.kafka.c.Brokers, ","), se.Err)
 	case setup.S3:
 		var resp minio.ErrorResponse
 		if errors.As(se.Err, &resp) && (resp.Code == "InvalidAccessKeyId" || resp.Code == "SignatureDoesNotMatch" || resp.Code == "AccessDenied") {

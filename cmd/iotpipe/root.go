@@ -1,7 +1,7 @@
-// Package cli is the iotpipe command tree: it reads flags and IOTPIPE_*
+// The iotpipe command tree: it reads flags and IOTPIPE_*
 // environment variables into each stage's Config, builds the stage and runs
 // it. It is the only package that reads the environment.
-package cli
+package main
 
 import (
 	"context"
@@ -112,6 +112,9 @@ func Run(ctx context.Context, env Env, args []string) int {
 			continue
 		}
 		err := c.run(ctx, env, args[1:])
+		if name == "sink" && len(args) > 1 && !strings.HasPrefix(args[1], "-") {
+			name += " " + args[1]
+		}
 		switch {
 		case err == nil, errors.Is(err, ErrHelp):
 			return ExitOK
@@ -134,18 +137,10 @@ func oneLine(err error) string {
 }
 
 func runVersion(_ context.Context, env Env, args []string) error {
-	f := NewFlags("iotpipe version", "Print the version, commit and Go version of this binary.")
-	f.getenv = env.Getenv
+	f := newCmdFlags(env, "iotpipe version", "Print the version, commit and Go version of this binary.")
 	if err := f.Parse(args, env.Stdout); err != nil {
 		return usageErr(err)
 	}
 	fmt.Fprintln(env.Stdout, buildinfo.Get().String())
 	return nil
-}
-
-func usageErr(err error) error {
-	if errors.Is(err, ErrHelp) {
-		return err
-	}
-	return &UsageError{err}
 }

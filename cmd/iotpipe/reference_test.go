@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"bytes"
@@ -26,9 +26,9 @@ func TestConfigReference(t *testing.T) {
 	}
 	have, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("%v (generate it with: go test ./internal/cli -run TestConfigReference -update)", err)
+		t.Fatalf("%v (generate it with: go test ./cmd/iotpipe -run TestConfigReference -update)", err)
 	}
 	if !bytes.Equal(have, buf.Bytes()) {
-		t.Fatal("docs/CONFIG.md is out of date with the flags: go test ./internal/cli -run TestConfigReference -update")
+		t.Fatal("docs/CONFIG.md is out of date with the flags: go test ./cmd/iotpipe -run TestConfigReference -update")
 	}
 }

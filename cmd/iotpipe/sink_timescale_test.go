@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"strings"
@@ -27,11 +27,15 @@ func TestSinkTimescaleCheckConfig(t *testing.T) {
 	}{
 		{"valid", nil, nil, ExitOK, "settings are valid"},
 		{"env", map[string]string{"IOTPIPE_BATCH_ROWS": "100", "IOTPIPE_READINGS": "false"}, nil, ExitOK, "batch 100 rows"},
-		{"bad batch", nil, []string{"--batch-rows", "0"}, ExitUsage, "--batch-rows (IOTPIPE_BATCH_ROWS=\"0\")"},
+		{"bad batch", nil, []string{"--batch-rows", "0"}, ExitUsage, "--batch-rows (IOTPIPE_BATCH_ROWS): 0 is not between"},
 		{"bad delay", map[string]string{"IOTPIPE_BATCH_DELAY": "-1s"}, nil, ExitUsage, "--batch-delay"},
 		{"bad brokers", nil, []string{"--kafka-brokers", "nope"}, ExitUsage, "--kafka-brokers"},
-		{"bad schema", nil, []string{"--pg-schema", "Bad-Name"}, ExitUsage, "Schema"},
-		{"no raw topic", nil, []string{"--topic-raw", ""}, ExitUsage, "--topic-raw"},
+		{"bad schema", nil, []string{"--pg-schema", "Bad-Name"}, ExitUsage, "--pg-schema (IOTPIPE_PG_SCHEMA): \"Bad-Name\" is not a lower-case SQL identifier"},
+		{"no raw topic", nil, []string{"--topic-raw", ""}, ExitUsage, "--topic-raw (IOTPIPE_TOPIC_RAW): must not be empty (- skips the topic)"},
+		{"raw topic skipped", nil, []string{"--topic-raw", "-"}, ExitOK, "topics raw=- metrics"},
+		{"old readings=false", map[string]string{"IOTPIPE_READINGS": "false"}, nil, ExitOK, "topics raw=- metrics"},
+		{"old group-instance-id", nil, []string{"--group-instance-id", "pod-7"}, ExitOK, `instance "pod-7"`},
+		{"old drain-timeout", nil, []string{"--drain-timeout", "0s"}, ExitUsage, "--shutdown-timeout (IOTPIPE_SHUTDOWN_TIMEOUT): must be positive"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,4 +1,4 @@
-package cli
+package main
 
 // This file is `iotpipe demo`: the whole pipeline on the local services.
 
@@ -52,7 +52,7 @@ type demoFlags struct {
 	checkConfig                      bool
 }
 
-func (o *demoFlags) bind(f *Flags) {
+func (o *demoFlags) bind(f *cmdFlags) {
 	f.Group("General")
 	f.Bool(&o.checkConfig, "check-config", false, "validate the settings, print them and exit without starting anything")
 	f.String(&o.stateDir, "state-dir", ".state", "directory of local state; child logs go to its demo/ subdirectory")
@@ -308,7 +308,7 @@ func (d *demoRun) stopAll() error {
 
 func runDemo(ctx context.Context, env Env, args []string) error {
 	var o demoFlags
-	f := newFlags(env, "iotpipe demo", demoSummary)
+	f := newCmdFlags(env, "iotpipe demo", demoSummary)
 	o.bind(f)
 	if err := f.Parse(args, env.Stdout); err != nil {
 		return usageErr(err)
@@ -617,8 +617,7 @@ func settingArgs(settings map[string]string) []string {
 // checks, so the compose stack and the demo behave alike.
 func DemoStageSettings() (map[string]map[string]string, error) {
 	var o demoFlags
-	f := NewFlags("iotpipe demo", "")
-	f.getenv = func(string) string { return "" }
+	f := newCmdFlags(Env{}, "iotpipe demo", "")
 	o.bind(f)
 	if err := f.Parse(nil, io.Discard); err != nil {
 		return nil, err

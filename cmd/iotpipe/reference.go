@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"bytes"
@@ -21,7 +21,7 @@ var referenceCommands = [][]string{
 // cannot drift from the binary (a test compares it).
 func WriteReference(w io.Writer) error {
 	fmt.Fprint(w, "# Configuration reference\n\n"+
-		"Generated from the flag definitions by `go test ./internal/cli -run TestConfigReference -update`;\n"+
+		"Generated from the flag definitions by `go test ./cmd/iotpipe -run TestConfigReference -update`;\n"+
 		"do not edit by hand. Every flag can also be set through the environment variable shown next\n"+
 		"to it; a flag on the command line wins over the environment.\n")
 	for _, args := range referenceCommands {

@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"context"
@@ -17,7 +17,7 @@ iotpipe image has no curl), e.g.
 func runHealthcheck(ctx context.Context, env Env, args []string) error {
 	var url string
 	var timeout time.Duration
-	f := newFlags(env, "iotpipe healthcheck", healthcheckSummary)
+	f := newCmdFlags(env, "iotpipe healthcheck", healthcheckSummary)
 	f.String(&url, "url", "http://127.0.0.1:9101/readyz", "readiness URL of the stage")
 	f.Duration(&timeout, "timeout", 3*time.Second, "how long to wait for the answer")
 	if err := f.Parse(args, env.Stdout); err != nil {

@@ -1,0 +1,81 @@
+package main
+
+// `iotpipe bridge`: flags → bridge.Config → bridge.New → service.Run.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/iotpipe/iotpipe/bridge"
+	"github.com/iotpipe/iotpipe/internal/flags"
+	"github.com/iotpipe/iotpipe/internal/service"
+)
+
+const bridgeSummary = "move device readings from MQTT to Kafka (QoS 1, acknowledged only after Kafka has them)"
+
+var bridgeCmd = stageCmd[bridge.Config, *bridge.Bridge]{
+	name: "bridge",
+	help: `Move device readings from an MQTT broker into Kafka without loss.
+
+The bridge subscribes to $share/<group>/<filter> at QoS 1 with a persistent
+session, decodes every message, writes valid readings to the raw topic (key =
+device id, timestamp = event time) and rejected ones to the DLQ topic (with
+the reason in headers), and acknowledges each MQTT message only after Kafka
+acknowledged its record. Several bridges with the same --mqtt-share-group
+split the load; each needs its own stable --mqtt-client-id.
+
+SIGTERM/SIGINT: stop taking messages, flush, send the pending acknowledgements,
+disconnect, exit 0 (within --shutdown-timeout).`,
+	addr:     ":9101",
+	config:   bridge.DefaultConfig,
+	newFunc:  bridge.New,
+	shutdown: func(c *bridge.Config) *time.Duration { return &c.ShutdownTimeout },
+	bind: func(f *Flags, c *bridge.Config) {
+		f.Group("MQTT")
+		f.List(&c.MQTT.URLs, "mqtt-url", "comma-separated broker URLs, mqtt://host:port, tried in order")
+		f.String(&c.MQTT.ClientID, "mqtt-client-id", "client id; must be stable across restarts and unique per bridge (the broker keeps the session under it)")
+		f.String(&c.MQTT.Username, "mqtt-username", "MQTT user name")
+		f.Secret(&c.MQTT.Password, "mqtt-password", "MQTT password")
+		f.String(&c.MQTT.ShareGroup, "mqtt-share-group", "shared-subscription group; bridges of one group split the messages")
+		f.Bool(&c.MQTT.PlainSubscription, "mqtt-plain-subscription", "subscribe to the filters directly, not through $share/<group>/: for ONE bridge on a broker that loses shared subscriptions when it restarts (every Mosquitto 2.0.x); every bridge subscribed this way gets every message")
+		f.List(&c.MQTT.Filters, "mqtt-filters", "comma-separated topic filters (without $share/...); empty: the filter of --topic-template")
+		f.Duration(&c.MQTT.SessionExpiry, "mqtt-session-expiry", "how long the broker keeps the session and queues messages while the bridge is away")
+		f.Int(&c.MQTT.ReceiveMaximum, "mqtt-receive-maximum", "MQTT v5 Receive Maximum: messages in flight (received, not yet acknowledged); bounds memory and duplicates after a crash")
+		f.Duration(&c.MQTT.AckInterval, "mqtt-ack-interval", "how often acknowledgements released by Kafka are sent to the broker (0: as soon as possible)")
+		f.Duration(&c.MQTT.KeepAlive, "mqtt-keepalive", "MQTT keep-alive period")
+		f.Duration(&c.MQTT.ConnectTimeout, "mqtt-connect-timeout", "timeout of one connection attempt")
+		f.Duration(&c.MQTT.ReconnectMin, "mqtt-reconnect-min", "first wait before reconnecting (doubles up to --mqtt-reconnect-max)")
+		f.Duration(&c.MQTT.ReconnectMax, "mqtt-reconnect-max", "longest wait between reconnection attempts")
+		bindKafka(f, &c.Kafka)
+		f.Group("Kafka producer")
+		f.String(&c.TopicRaw, "topic-raw", "topic of accepted readings (key = device id)")
+		f.String(&c.TopicDLQ, "topic-dlq", "dead-letter topic of rejected messages")
+		f.String(&c.Compression, "kafka-compression", "batch compression: none, gzip, snappy, lz4 or zstd")
+		f.Duration(&c.Linger, "kafka-linger", "how long the producer waits to fill a batch (0: send at once)")
+		f.Int(&c.BatchMaxBytes, "kafka-batch-max-bytes", "largest record batch (keep at most the topic's max.message.bytes)")
+		f.Int(&c.DLQMaxValueBytes, "dlq-max-value-bytes", "longest original payload kept in a dead letter; longer ones are cut and the error header says so")
+		f.Group("Payloads")
+		f.String(&c.TopicTemplate, "topic-template", "MQTT topic template; the {device_id} level gives the device id")
+		f.Int(&c.Decode.MaxPayloadBytes, "max-payload-bytes", "larger payloads go to the DLQ (payload_too_large)")
+		f.Int(&c.Decode.MaxMeasurements, "max-measurements", "more measurements in one payload go to the DLQ")
+		f.Int(&c.Decode.MaxDepth, "max-json-depth", "deeper JSON nesting goes to the DLQ (malformed_json)")
+		f.Duration(&c.Decode.MaxFutureSkew, "max-future-skew", "readings further in the future than this go to the DLQ (timestamp_skew)")
+		f.Duration(&c.Decode.MaxPastSkew, "max-past-skew", "readings further in the past than this go to the DLQ (timestamp_skew)")
+	},
+	describe: func(c *bridge.Config, o *service.Options) string {
+		return fmt.Sprintf("mqtt %s client id %s, subscribing to %s at QoS 1 (receive maximum %d, session expiry %s); kafka %s → %s, dlq %s (%s, linger %s); metrics on %q",
+			strings.Join(c.MQTT.URLs, ","), c.MQTT.ClientID, strings.Join(c.Subscriptions(), ","), c.MQTT.ReceiveMaximum, c.MQTT.SessionExpiry,
+			strings.Join(c.Kafka.Brokers, ","), c.TopicRaw, c.TopicDLQ, c.Compression, c.Linger, o.Addr)
+	},
+}
+
+func runBridge(ctx context.Context, env Env, args []string) error {
+	err := runStage(ctx, &bridgeCmd, env, args)
+	if errors.Is(err, bridge.ErrMissingTopic) {
+		return fmt.Errorf("%w (create it with iotpipe init; see %s and %s)", err, flags.Setting("topic-raw"), flags.Setting("topic-dlq"))
+	}
+	return err
+}

@@ -1,0 +1,86 @@
+package main
+
+// `iotpipe sink timescale`: flags → timescale.Config → timescale.New →
+// service.Run.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/iotpipe/iotpipe/internal/service"
+	"github.com/iotpipe/iotpipe/sink/timescale"
+)
+
+var sinkTimescaleCmd = stageCmd[timescale.Config, *timescale.Sink]{
+	name: "sink timescale",
+	help: `Write Kafka records to TimescaleDB or plain PostgreSQL ≥ 15, exactly once:
+  - telemetry.raw     → readings (one row per measurement; --topic-raw - skips it)
+  - telemetry.metrics → device_metrics (window aggregates, upserted: a lower
+                        revision never overwrites a higher one) and device_activity.
+Rows and the consumed Kafka offsets are committed in the same transaction
+(table sink_offsets); on partition assignment the sink resumes from there.
+Records that do not decode or that the database refuses go to the DLQ topic.
+While the database is down the sink stops consuming, retries with backoff and
+resumes by itself. Run 'iotpipe init' first to create the schema.
+SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
+	addr:     ":9104",
+	config:   timescale.DefaultConfig,
+	newFunc:  timescale.New,
+	shutdown: func(c *timescale.Config) *time.Duration { return &c.ShutdownTimeout },
+	bind: func(f *Flags, c *timescale.Config) {
+		f.Alias("drain-timeout", "shutdown-timeout")
+		bindKafka(f, &c.Kafka)
+		f.String(&c.Group, "group", "Kafka consumer group; also the key of the sink's offsets in sink_offsets")
+		f.String(&c.InstanceID, "instance-id", "static group member id (KIP-345), unique and stable per replica (a restart takes its partitions back at once); empty: dynamic membership")
+		f.Alias("group-instance-id", "instance-id")
+		f.Duration(&c.SessionTimeout, "session-timeout", "consumer group session timeout: how soon a dead member's partitions move")
+		f.Group("Topics")
+		f.String(&c.TopicRaw, "topic-raw", "topic of canonical readings, written to the readings table (- to skip)")
+		f.Legacy(readingsFlag{c}, "readings", "--readings=false is --topic-raw -")
+		f.String(&c.TopicMetrics, "topic-metrics", "topic of window aggregates and activity records")
+		f.String(&c.TopicDLQ, "topic-dlq", "dead-letter topic for records that do not decode or that the database refuses")
+		f.Group("PostgreSQL / TimescaleDB")
+		f.Secret(&c.DSN, "pg-writer-dsn", "database URL of the sink's login role, a member of the writer role (not the schema owner)")
+		f.String(&c.Schema, "pg-schema", "schema that holds the tables")
+		f.Group("Batching and retries")
+		f.Int(&c.BatchRows, "batch-rows", "write a batch once it holds this many rows")
+		f.Duration(&c.BatchDelay, "batch-delay", "longest time a record waits before its batch is written")
+		f.Duration(&c.RetryMin, "retry-min", "first wait after a failed database attempt (doubles up to --retry-max)")
+		f.Duration(&c.RetryMax, "retry-max", "longest wait between database attempts")
+	},
+	describe: func(c *timescale.Config, o *service.Options) string {
+		return fmt.Sprintf("kafka %v group %s instance %q, topics raw=%s metrics=%s dlq=%s, postgres schema %s, batch %d rows / %s, http %q",
+			c.Kafka.Brokers, c.Group, c.InstanceID, c.TopicRaw, c.TopicMetrics, c.TopicDLQ, c.Schema, c.BatchRows, c.BatchDelay, o.Addr)
+	},
+}
+
+func runSinkTimescale(ctx context.Context, env Env, args []string) error {
+	return runStage(ctx, &sinkTimescaleCmd, env, args)
+}
+
+// readingsFlag keeps the old --readings=false (IOTPIPE_READINGS=false)
+// working for one release: it sets TopicRaw to "-".
+type readingsFlag struct{ c *timescale.Config }
+
+func (r readingsFlag) String() string {
+	if r.c == nil {
+		return "true"
+	}
+	return strconv.FormatBool(r.c.TopicRaw != timescale.SkipTopic)
+}
+
+func (r readingsFlag) Set(s string) error {
+	on, err := strconv.ParseBool(s)
+	if err != nil {
+		return errors.New("want true or false")
+	}
+	if !on {
+		r.c.TopicRaw = timescale.SkipTopic
+	}
+	return nil
+}
+
+func (readingsFlag) IsBoolFlag() bool { return true }

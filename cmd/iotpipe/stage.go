@@ -1,0 +1,179 @@
+package main
+
+// The generic stage command: every long-running stage (bridge, processor,
+// sink lake, sink timescale, simulate) is one stageCmd. Its bind function
+// binds flags straight onto the stage's Config fields, defaults taken from
+// the stage's DefaultConfig; the stage's Validate is the only check, and
+// its *config.FieldError problems come back as one line per flag and
+// variable; service.Run owns the lifecycle. Adding a setting to a stage
+// touches three places: the Config field, its DefaultConfig value, and one
+// bind line here.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/iotpipe/iotpipe/internal/flags"
+	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/logging"
+	"github.com/iotpipe/iotpipe/internal/objstore"
+	"github.com/iotpipe/iotpipe/internal/service"
+)
+
+// hardStopGrace is how long after a stage's --shutdown-timeout (its own
+// soft-stop budget) service.Run waits before it gives up on the stage and
+// the process exits 1.
+const hardStopGrace = 5 * time.Second
+
+// validating is a pointer to a stage Config.
+type validating[C any] interface {
+	*C
+	Validate() error
+}
+
+// stageCmd describes one stage command.
+type stageCmd[C any, S service.Stage] struct {
+	name    string // as typed after iotpipe: "sink lake"
+	help    string
+	addr    string           // default --http-addr
+	config  func() C         // the stage's DefaultConfig
+	bind    func(*Flags, *C) // one line per setting
+	newFunc func(C, service.Deps) (S, error)
+	// shutdown is the stage's soft-stop budget field, bound to
+	// --shutdown-timeout; nil: the flag sets service.Run's bound itself.
+	shutdown func(*C) *time.Duration
+	// describe is the --check-config summary.
+	describe func(*C, *service.Options) string
+}
+
+// stageSettings are the settings of one stage command after parsing.
+type stageSettings[C any] struct {
+	f     *Flags
+	cfg   C
+	opts  service.Options
+	log   logging.Config
+	check bool
+}
+
+// parse reads the command line and environment into a stageSettings and
+// validates them; the error is a *UsageError naming every flag at fault.
+func parseStage[C any, PC validating[C], S service.Stage](sc *stageCmd[C, S], env Env, args []string) (*stageSettings[C], error) {
+	st := &stageSettings[C]{cfg: sc.config(), opts: service.DefaultOptions(), log: logging.DefaultConfig()}
+	st.opts.Addr = sc.addr
+	f := newFlags(env, "iotpipe "+sc.name, sc.help)
+	st.f = f
+	f.Group("General")
+	f.Bool(&st.check, "check-config", "validate the settings, print them and exit without contacting anything")
+	if sc.shutdown != nil {
+		f.Duration(sc.shutdown(&st.cfg), "shutdown-timeout", "on SIGTERM, time to drain (stop taking input, flush, commit) before exiting; the process is stopped 5s later if the stage has not")
+	} else {
+		f.Duration(&st.opts.ShutdownTimeout, "shutdown-timeout", "on SIGTERM, time to stop before the process exits 1")
+	}
+	sc.bind(f, &st.cfg)
+	f.Group("Metrics and health")
+	f.String(&st.opts.Addr, "http-addr", "address of /metrics, /healthz and /readyz (host:port; empty disables)")
+	bindLog(f, &st.log)
+	if err := f.Parse(args, env.Stdout); err != nil {
+		return nil, usageErr(err)
+	}
+	if sc.shutdown != nil {
+		st.opts.ShutdownTimeout = *sc.shutdown(&st.cfg) + hardStopGrace
+	}
+	err := errors.Join(
+		f.Explain(PC(&st.cfg).Validate(), &st.cfg),
+		f.Explain(st.opts.Validate(), &st.opts),
+		f.Explain(st.log.Validate(), &st.log))
+	if err != nil {
+		return st, &UsageError{err}
+	}
+	return st, nil
+}
+
+// runStage is the whole life of a stage command.
+func runStage[C any, PC validating[C], S service.Stage](ctx context.Context, sc *stageCmd[C, S], env Env, args []string) error {
+	st, err := parseStage[C, PC](sc, env, args)
+	if err != nil {
+		return err
+	}
+	log, err := logging.New(env.Stderr, st.log)
+	if err != nil {
+		return &UsageError{err}
+	}
+	for _, d := range st.f.Deprecated() {
+		log.Warn("deprecated setting: "+d, "removed_in", "the next release")
+	}
+	if st.check {
+		fmt.Fprintf(env.Stdout, "settings are valid: %s\n", sc.describe(&st.cfg, &st.opts))
+		return nil
+	}
+	reg := service.NewRegistry()
+	st.opts.Registry, st.opts.Log = reg, log
+	stage, err := sc.newFunc(st.cfg, service.Deps{Log: log, Registry: reg})
+	if err != nil {
+		return &UsageError{st.f.Explain(err, &st.cfg)}
+	}
+	if err := service.Run(ctx, stage, st.opts); err != nil {
+		if errors.Is(err, service.ErrStopTimeout) {
+			return err
+		}
+		if explained := st.f.Explain(err, &st.opts); explained != err {
+			return &UsageError{explained}
+		}
+		return err
+	}
+	return nil
+}
+
+// Flags is the command's flag set: internal/flags with the commands'
+// environment.
+type Flags = flags.Flags
+
+func newFlags(env Env, name, summary string) *Flags {
+	return flags.New(name, summary, env.Getenv)
+}
+
+// bindKafka binds the settings that reach Kafka onto c.
+func bindKafka(f *Flags, c *kafkax.Config) {
+	f.Group("Kafka")
+	f.List(&c.Brokers, "kafka-brokers", "comma-separated Kafka seed brokers, host:port")
+	f.String(&c.ClientID, "kafka-client-id", "client id this process shows to Kafka")
+	f.Duration(&c.DialTimeout, "kafka-dial-timeout", "timeout of one connection attempt to a broker")
+}
+
+// bindS3 binds the settings that reach the object store onto c.
+func bindS3(f *Flags, c *objstore.Config) {
+	f.Group("Object store (S3-compatible)")
+	f.String(&c.Endpoint, "s3-endpoint", "object store URL, http:// or https://")
+	f.String(&c.AccessKey, "s3-access-key", "S3 access key")
+	f.Secret(&c.SecretKey, "s3-secret-key", "S3 secret key")
+	f.String(&c.Region, "s3-region", "S3 region used in request signatures")
+	f.String(&c.Bucket, "s3-bucket", "bucket that holds the Parquet lake")
+}
+
+// bindLog binds the logging settings onto c.
+func bindLog(f *Flags, c *logging.Config) {
+	f.Group("Logging")
+	f.String(&c.Format, "log-format", "log format: json or text")
+	f.String(&c.Level, "log-level", "log level: debug, info, warn or error")
+}
+
+// newLogger builds the logger of a command that is not a stage.
+func newLogger(env Env, f *Flags, c *logging.Config) (*slog.Logger, error) {
+	if err := c.Validate(); err != nil {
+		return nil, &UsageError{f.Explain(err, c)}
+	}
+	return logging.New(env.Stderr, *c)
+}
+
+// settingErr names the flag and environment variable at fault, for
+// commands that are not stages. Secrets are never echoed: pass value ""
+// for them.
+func settingErr(flagName, value string, err error) error {
+	if value != "" {
+		return &UsageError{fmt.Errorf("--%s (%s=%q): %w", flagName, flags.EnvName(flagName), value, err)}
+	}
+	return &UsageError{fmt.Errorf("%s: %w", flags.Setting(flagName), err)}
+}
