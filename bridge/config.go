@@ -206,7 +206,7 @@ func (c *Config) Validate() error {
 	}
 	p.Check(m.ConnectTimeout <= 0, "MQTT.ConnectTimeout", "must be positive")
 	p.Check(m.ReconnectMin <= 0, "MQTT.ReconnectMin", "must be positive")
-	p.Check(m.ReconnectMax < m.ReconnectMin, "MQTT.ReconnectMax", "must be at least MQTT.ReconnectMin")
+	p.Check(m.ReconnectMax < m.ReconnectMin, "MQTT.ReconnectMax", "must be at least {MQTT.ReconnectMin}")
 	p.Nested("Kafka", c.Kafka.Validate())
 	if err := validTopic(c.TopicRaw); err != nil {
 		p.Add("TopicRaw", "%v", err)
@@ -215,7 +215,7 @@ func (c *Config) Validate() error {
 		p.Add("TopicDLQ", "%v", err)
 	}
 	if c.TopicRaw == c.TopicDLQ {
-		p.Add("TopicDLQ", "must differ from the raw topic (%q)", c.TopicRaw)
+		p.Add("TopicDLQ", "must differ from {TopicRaw} (%q)", c.TopicRaw)
 	}
 	if _, err := schemas.ParseTopicTemplate(c.TopicTemplate); err != nil {
 		p.Add("TopicTemplate", "%v", err)
@@ -241,7 +241,7 @@ func (c *Config) Validate() error {
 		p.Add("BatchMaxBytes", "%d must be between 1 KiB and 1 GiB", c.BatchMaxBytes)
 	}
 	if c.DLQMaxValueBytes < 1<<10 || c.DLQMaxValueBytes > c.BatchMaxBytes-(16<<10) {
-		p.Add("DLQMaxValueBytes", "%d must be between 1 KiB and the batch size - 16KiB (%d)", c.DLQMaxValueBytes, c.BatchMaxBytes-(16<<10))
+		p.Add("DLQMaxValueBytes", "%d must be between 1 KiB and {BatchMaxBytes} - 16KiB (%d)", c.DLQMaxValueBytes, c.BatchMaxBytes-(16<<10))
 	}
 	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
 	return p.Err()

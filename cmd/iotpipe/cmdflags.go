@@ -6,6 +6,7 @@ package main
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"time"
 
@@ -38,9 +39,25 @@ func (f *cmdFlags) Bool(p *bool, name string, def bool, usage string) {
 	*p = def
 	f.Flags.Bool(p, name, usage)
 }
+func (f *cmdFlags) Float(p *float64, name string, def float64, usage string) {
+	*p = def
+	f.Flags.Float(p, name, usage)
+}
 func (f *cmdFlags) Duration(p *time.Duration, name string, def time.Duration, usage string) {
 	*p = def
 	f.Flags.Duration(p, name, usage)
+}
+
+// onParsed, when set (by tests), sees every command's flags after Parse.
+var onParsed func(*Flags)
+
+// Parse parses args (see flags.Flags.Parse).
+func (f *cmdFlags) Parse(args []string, out io.Writer) error {
+	err := f.Flags.Parse(args, out)
+	if onParsed != nil {
+		onParsed(f.Flags)
+	}
+	return err
 }
 
 // kafkaFlags binds the settings that reach Kafka.

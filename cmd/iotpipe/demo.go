@@ -41,7 +41,7 @@ child that dies early stops the demo with its log's tail and exit code 1.`
 type demoFlags struct {
 	stateDir, groupPrefix            string
 	devices                          int
-	rate, invalid, dup, ooo, late    string
+	rate, invalid, dup, ooo, late    float64
 	window, lateness, idle, lakeAge  time.Duration
 	progress, readyTimeout, stopWait time.Duration
 	httpBridge, httpProcessor        string
@@ -62,11 +62,11 @@ func (o *demoFlags) bind(f *cmdFlags) {
 	f.String(&o.groupPrefix, "group-prefix", "iotpipe-demo", "prefix of the consumer groups, MQTT client id and share group, and processor instance id of the demo's stages")
 	f.Group("Fleet")
 	f.Int(&o.devices, "devices", 50, "simulated devices")
-	f.String(&o.rate, "rate", "1", "messages per second per device")
-	f.String(&o.invalid, "invalid-fraction", "0.01", "fraction of invalid messages (to the DLQ)")
-	f.String(&o.dup, "duplicate-fraction", "0.005", "fraction of duplicated messages")
-	f.String(&o.ooo, "out-of-order-fraction", "0.01", "fraction of messages a few seconds out of order")
-	f.String(&o.late, "late-fraction", "0.002", "fraction of messages too late for their window (to the DLQ as late)")
+	f.Float(&o.rate, "rate", 1, "messages per second per device (0: as fast as the broker acknowledges)")
+	f.Float(&o.invalid, "invalid-fraction", 0.01, "fraction of invalid messages (to the DLQ)")
+	f.Float(&o.dup, "duplicate-fraction", 0.005, "fraction of duplicated messages")
+	f.Float(&o.ooo, "out-of-order-fraction", 0.01, "fraction of messages a few seconds out of order")
+	f.Float(&o.late, "late-fraction", 0.002, "fraction of messages too late for their window (to the DLQ as late)")
 	f.Group("Stages")
 	f.Duration(&o.window, "window", 10*time.Second, "processor window size (short, so the first rows come fast)")
 	f.Duration(&o.lateness, "lateness", 2*time.Second, "processor allowed lateness")
@@ -100,15 +100,17 @@ func (o *demoFlags) validate() error {
 	if o.devices < 1 {
 		errs = append(errs, settingErr("devices", strconv.Itoa(o.devices), errors.New("must be at least 1")))
 	}
-	for _, s := range []struct{ name, v string }{{"rate", o.rate}, {"invalid-fraction", o.invalid},
+	for _, s := range []struct {
+		name string
+		v    float64
+	}{{"rate", o.rate}, {"invalid-fraction", o.invalid},
 		{"duplicate-fraction", o.dup}, {"out-of-order-fraction", o.ooo}, {"late-fraction", o.late}} {
-		x, err := strconv.ParseFloat(s.v, 64)
 		hi := 1.0
 		if s.name == "rate" {
 			hi = 1e6
 		}
-		if err != nil || !(x >= 0 && x <= hi) {
-			errs = append(errs, settingErr(s.name, s.v, fmt.Errorf("want a number between 0 and %g", hi)))
+		if !(s.v >= 0 && s.v <= hi) {
+			errs = append(errs, settingErr(s.name, fmtFloat(s.v), fmt.Errorf("want a number between 0 and %g", hi)))
 		}
 	}
 	addrs := map[string]string{}
@@ -317,7 +319,7 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	if o.checkConfig {
-		fmt.Fprintf(env.Stdout, "settings are valid: %d devices at %s msg/s, window %s, lateness %s, idle timeout %s, lake max age %s, logs in %s\n",
+		fmt.Fprintf(env.Stdout, "settings are valid: %d devices at %g msg/s, window %s, lateness %s, idle timeout %s, lake max age %s, logs in %s\n",
 			o.devices, o.rate, o.window, o.lateness, o.idle, o.lakeAge, filepath.Join(o.stateDir, "demo"))
 		return nil
 	}
@@ -592,8 +594,8 @@ func (o *demoFlags) stageSettings() map[string]map[string]string {
 	return map[string]map[string]string{
 		"processor": {"window": o.window.String(), "lateness": o.lateness.String(), "idle-timeout": o.idle.String()},
 		"sink-lake": {"max-age": o.lakeAge.String()},
-		"simulator": {"devices": strconv.Itoa(o.devices), "rate": o.rate, "invalid-fraction": o.invalid,
-			"duplicate-fraction": o.dup, "out-of-order-fraction": o.ooo, "late-fraction": o.late},
+		"simulator": {"devices": strconv.Itoa(o.devices), "rate": fmtFloat(o.rate), "invalid-fraction": fmtFloat(o.invalid),
+			"duplicate-fraction": fmtFloat(o.dup), "out-of-order-fraction": fmtFloat(o.ooo), "late-fraction": fmtFloat(o.late)},
 	}
 }
 
@@ -624,3 +626,5 @@ func DemoStageSettings() (map[string]map[string]string, error) {
 	}
 	return o.stageSettings(), nil
 }
+
+func fmtFloat(x float64) string { return strconv.FormatFloat(x, 'g', -1, 64) }

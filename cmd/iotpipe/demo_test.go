@@ -17,11 +17,11 @@ func TestDemoSettings(t *testing.T) {
 	}{
 		{"defaults", nil, []string{"--check-config"}, ExitOK, "50 devices at 1 msg/s, window 10s, lateness 2s, idle timeout 5s, lake max age 10s"},
 		{"state dir from env", map[string]string{"IOTPIPE_STATE_DIR": "/tmp/st"}, []string{"--check-config"}, ExitOK, "logs in /tmp/st/demo"},
-		{"zero window", nil, []string{"--check-config", "--window", "0s"}, ExitUsage, "--window (IOTPIPE_WINDOW=\"0s\"): must be positive"},
+		{"zero window", nil, []string{"--check-config", "--window", "0s"}, ExitUsage, "--window (IOTPIPE_WINDOW): 0s: must be positive"},
 		{"negative lateness", nil, []string{"--check-config", "--lateness", "-1s"}, ExitUsage, "--lateness"},
-		{"bad fraction", map[string]string{"IOTPIPE_INVALID_FRACTION": "2"}, []string{"--check-config"}, ExitUsage, "--invalid-fraction (IOTPIPE_INVALID_FRACTION=\"2\")"},
+		{"bad fraction", map[string]string{"IOTPIPE_INVALID_FRACTION": "2"}, []string{"--check-config"}, ExitUsage, "--invalid-fraction (IOTPIPE_INVALID_FRACTION): 2: want a number between 0 and 1"},
 		{"devices", nil, []string{"--check-config", "--devices", "0"}, ExitUsage, "--devices"},
-		{"same port", nil, []string{"--check-config", "--processor-http-addr", "127.0.0.1:9101"}, ExitUsage, "--processor-http-addr (IOTPIPE_PROCESSOR_HTTP_ADDR=\"127.0.0.1:9101\"): same address as --bridge-http-addr"},
+		{"same port", nil, []string{"--check-config", "--processor-http-addr", "127.0.0.1:9101"}, ExitUsage, "--processor-http-addr (IOTPIPE_PROCESSOR_HTTP_ADDR): 127.0.0.1:9101: same address as --bridge-http-addr"},
 		{"port 0", nil, []string{"--check-config", "--sink-lake-http-addr", "127.0.0.1:0"}, ExitUsage, "fixed port"},
 		{"no port", nil, []string{"--check-config", "--bridge-http-addr", "localhost"}, ExitUsage, "--bridge-http-addr"},
 	} {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,6 +23,9 @@ func runHealthcheck(ctx context.Context, env Env, args []string) error {
 	f.Duration(&timeout, "timeout", 3*time.Second, "how long to wait for the answer")
 	if err := f.Parse(args, env.Stdout); err != nil {
 		return usageErr(err)
+	}
+	if timeout <= 0 {
+		return settingErr("timeout", timeout.String(), errors.New("must be positive"))
 	}
 	if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
 		return settingErr("url", url, fmt.Errorf("want an http:// or https:// URL"))

@@ -76,13 +76,17 @@ func parseStage[C any, PC validating[C], S service.Stage](sc *stageCmd[C, S], en
 	f.Group("Metrics and health")
 	f.String(&st.opts.Addr, "http-addr", "address of /metrics, /healthz and /readyz (host:port; empty disables)")
 	bindLog(f, &st.log)
-	if err := f.Parse(args, env.Stdout); err != nil {
+	err := f.Parse(args, env.Stdout)
+	if onParsed != nil {
+		onParsed(f)
+	}
+	if err != nil {
 		return nil, usageErr(err)
 	}
 	if sc.shutdown != nil {
 		st.opts.ShutdownTimeout = *sc.shutdown(&st.cfg) + hardStopGrace
 	}
-	err := errors.Join(
+	err = errors.Join(
 		f.Explain(PC(&st.cfg).Validate(), &st.cfg),
 		f.Explain(st.opts.Validate(), &st.opts),
 		f.Explain(st.log.Validate(), &st.log))
@@ -169,11 +173,12 @@ func newLogger(env Env, f *Flags, c *logging.Config) (*slog.Logger, error) {
 }
 
 // settingErr names the flag and environment variable at fault, for
-// commands that are not stages. Secrets are never echoed: pass value ""
-// for them.
+// commands that are not stages, in the form of flags.SettingError:
+// "--timeout (IOTPIPE_TIMEOUT): 0s: must be positive". Secrets are never
+// echoed: pass value "" for them.
 func settingErr(flagName, value string, err error) error {
 	if value != "" {
-		return &UsageError{fmt.Errorf("--%s (%s=%q): %w", flagName, flags.EnvName(flagName), value, err)}
+		return &UsageError{fmt.Errorf("%s: %s: %w", flags.Setting(flagName), value, err)}
 	}
 	return &UsageError{fmt.Errorf("%s: %w", flags.Setting(flagName), err)}
 }

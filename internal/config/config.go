@@ -12,6 +12,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // FieldError says that the value of one Config field is not acceptable.
@@ -23,10 +24,33 @@ type FieldError struct {
 	Err error
 }
 
-func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason(nil) }
+
+// Reason is why the value is refused. A reason may name another field as
+// {Path}; name renders it (a command gives the flag), nil leaves the path.
+func (e *FieldError) Reason(name func(field string) string) string {
+	msg := e.Err.Error()
+	out := make([]byte, 0, len(msg))
+	for {
+		i := strings.IndexByte(msg, '{')
+		j := strings.IndexByte(msg[i+1:], '}')
+		if i < 0 || j < 0 {
+			break
+		}
+		field := msg[i+1 : i+1+j]
+		if name != nil {
+			field = name(field)
+		}
+		out = append(append(out, msg[:i]...), field...)
+		msg = msg[i+2+j:]
+	}
+	return string(append(out, msg...))
+}
 func (e *FieldError) Unwrap() error { return e.Err }
 
-// Problems collects the FieldErrors of one Validate call.
+// Problems collects the FieldErrors of one Validate call. A reason that
+// names another field writes it {Path} (e.g. "must be at least
+// {RetryMin}") so that a command can show that field's flag instead.
 type Problems struct{ errs []error }
 
 // Add records that field is invalid, for the reason format says.

@@ -351,11 +351,18 @@ func (f *Flags) Explain(err error, root any) error {
 		return err
 	}
 	out := make([]error, 0, len(fields))
+	flagName := func(field string) string {
+		if name, ok := f.FlagOf(root, field); ok {
+			return "--" + name
+		}
+		return field
+	}
 	for _, fe := range fields {
+		reason := errors.New(fe.Reason(flagName))
 		if name, ok := f.FlagOf(root, fe.Field); ok {
-			out = append(out, &SettingError{Flag: name, Field: fe.Field, Err: fe.Err})
+			out = append(out, &SettingError{Flag: name, Field: fe.Field, Err: reason})
 		} else {
-			out = append(out, fe)
+			out = append(out, &config.FieldError{Field: fe.Field, Err: reason})
 		}
 	}
 	return errors.Join(out...)

@@ -159,10 +159,10 @@ func (c *Config) Validate() error {
 	p.Check(c.MaxAge < 100*time.Millisecond, "MaxAge", "must be at least 100ms")
 	p.Check(c.RowGroupRows < 1, "RowGroupRows", "must be at least 1")
 	p.Check(c.ZstdLevel < 1 || c.ZstdLevel > 22, "ZstdLevel", "must be between 1 and 22")
-	p.Check(c.MaxBuffered < c.MaxBytes, "MaxBuffered", "must be at least MaxBytes")
+	p.Check(c.MaxBuffered < c.MaxBytes, "MaxBuffered", "must be at least {MaxBytes}")
 	p.Check(c.PartSize < 5<<20, "PartSize", "must be at least 5MiB (5242880, the S3 minimum)")
 	p.Check(c.RetryMin <= 0, "RetryMin", "must be positive")
-	p.Check(c.RetryMax < c.RetryMin, "RetryMax", "must be at least RetryMin")
+	p.Check(c.RetryMax < c.RetryMin, "RetryMax", "must be at least {RetryMin}")
 	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
 	for name, fp := range c.Failpoints {
 		switch name {

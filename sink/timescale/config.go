@@ -112,7 +112,7 @@ func (c *Config) Validate() error {
 	if c.TopicRaw == c.TopicMetrics || c.TopicRaw == c.TopicDLQ {
 		p.Add("TopicRaw", "must differ from the metrics and DLQ topics")
 	}
-	p.Check(c.TopicMetrics == c.TopicDLQ, "TopicDLQ", "must differ from the metrics topic")
+	p.Check(c.TopicMetrics == c.TopicDLQ, "TopicDLQ", "must differ from {TopicMetrics}")
 	if c.DSN == "" {
 		p.Add("DSN", "must not be empty")
 	} else if _, err := pgx.ParseConfig(c.DSN); err != nil {
@@ -124,7 +124,7 @@ func (c *Config) Validate() error {
 	}
 	p.Check(c.BatchDelay <= 0, "BatchDelay", "must be positive")
 	p.Check(c.RetryMin <= 0, "RetryMin", "must be positive")
-	p.Check(c.RetryMax < c.RetryMin, "RetryMax", "must be at least RetryMin")
+	p.Check(c.RetryMax < c.RetryMin, "RetryMax", "must be at least {RetryMin}")
 	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
 	return p.Err()
 }
