@@ -75,6 +75,7 @@ func parseStage[C any, PC validating[C], S service.Stage](sc *stageCmd[C, S], en
 	sc.bind(f, &st.cfg)
 	f.Group("Metrics and health")
 	f.String(&st.opts.Addr, "http-addr", "address of /metrics, /healthz and /readyz (host:port; empty disables)")
+	f.Duration(&st.opts.DebugStopDelay, "debug-stop-delay", "testing only: pass SIGTERM on to the stage this long after it came (drain tests scrape /metrics meanwhile)")
 	bindLog(f, &st.log)
 	err := f.Parse(args, env.Stdout)
 	if onParsed != nil {

@@ -78,6 +78,10 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Log receives the lifecycle messages (nil: discard).
 	Log *slog.Logger
+	// DebugStopDelay, for drain tests only, passes the stop signal on to
+	// the stage this long after it came (the stage keeps working, and the
+	// endpoints keep answering, meanwhile). 0: at once.
+	DebugStopDelay time.Duration
 }
 
 // DefaultOptions are the defaults of Options (Addr is per stage).
@@ -95,6 +99,7 @@ func (o *Options) Validate() error {
 	}
 	p.Check(o.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
 	p.Check(o.CheckTimeout <= 0, "CheckTimeout", "must be positive")
+	p.Check(o.DebugStopDelay < 0, "DebugStopDelay", "must not be negative")
 	return p.Err()
 }
 
@@ -137,8 +142,16 @@ func Run(ctx context.Context, stage Stage, opts Options) error {
 		log.Info("serving metrics and health", "addr", ln.Addr().String())
 		go func() { served <- srv.Serve(ln) }()
 	}
-	stageCtx, stopStage := context.WithCancel(ctx)
+	stageCtx, stopStage := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopStage()
+	stopOnSignal := context.AfterFunc(ctx, func() {
+		if opts.DebugStopDelay > 0 {
+			time.AfterFunc(opts.DebugStopDelay, stopStage)
+			return
+		}
+		stopStage()
+	})
+	defer stopOnSignal()
 	done := make(chan error, 1)
 	go func() { done <- stage.Run(stageCtx) }()
 
@@ -154,7 +167,7 @@ func Run(ctx context.Context, stage Stage, opts Options) error {
 		runErr = waitStop(done, opts.ShutdownTimeout, log)
 	case <-ctx.Done():
 		log.Info("stopping", "within", opts.ShutdownTimeout)
-		runErr = waitStop(done, opts.ShutdownTimeout, log)
+		runErr = waitStop(done, opts.ShutdownTimeout+opts.DebugStopDelay, log)
 	}
 	if ln != nil && srvErr == nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
