@@ -68,7 +68,7 @@ disconnect, exit 0 (within --shutdown-timeout).`,
 	describe: func(c *bridge.Config, o *service.Options) string {
 		return fmt.Sprintf("mqtt %s client id %s, subscribing to %s at QoS 1 (receive maximum %d, session expiry %s); kafka %s → %s, dlq %s (%s, linger %s); metrics on %q",
 			strings.Join(c.MQTT.URLs, ","), c.MQTT.ClientID, strings.Join(c.Subscriptions(), ","), c.MQTT.ReceiveMaximum, c.MQTT.SessionExpiry,
-			strings.Join(c.Kafka.Brokers, ","), c.TopicRaw, c.TopicDLQ, c.Compression, c.Linger, o.Addr)
+			strings.Join(c.Kafka.Brokers, ","), c.TopicRaw, c.TopicDLQ, c.Compression, c.Linger, listenAddr(o))
 	},
 }
 

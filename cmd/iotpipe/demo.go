@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/iotpipe/iotpipe/internal/demo"
+	"github.com/iotpipe/iotpipe/internal/service"
 )
 
 const demoSummary = `Run the whole pipeline locally: init, bridge, processor, sink timescale,
@@ -46,6 +47,7 @@ type demoFlags struct {
 	progress, readyTimeout, stopWait time.Duration
 	httpBridge, httpProcessor        string
 	httpTimescale, httpLake          string
+	portOffset                       int
 	readerDSN, pgSchema              string
 	s3                               s3Flags
 	prefix                           string
@@ -76,6 +78,7 @@ func (o *demoFlags) bind(f *cmdFlags) {
 	f.String(&o.httpProcessor, "processor-http-addr", "127.0.0.1:9102", "/metrics address of the processor")
 	f.String(&o.httpLake, "sink-lake-http-addr", "127.0.0.1:9103", "/metrics address of the lake sink")
 	f.String(&o.httpTimescale, "sink-timescale-http-addr", "127.0.0.1:9104", "/metrics address of the TimescaleDB sink")
+	f.Int(&o.portOffset, "http-port-offset", 0, "added to the port of every *-http-addr above: one setting moves the whole pipeline's ports (as IOTPIPE_HTTP_PORT_OFFSET does for each stage)")
 	f.Group("Where to look")
 	f.Secret(&o.readerDSN, "pg-reader-dsn", "", "read-only PostgreSQL URL, to find the first metric row (empty: skip that)")
 	f.String(&o.pgSchema, "pg-schema", "iotpipe", "schema that holds the tables")
@@ -112,6 +115,15 @@ func (o *demoFlags) validate() error {
 		if !(s.v >= 0 && s.v <= hi) {
 			errs = append(errs, settingErr(s.name, fmtFloat(s.v), fmt.Errorf("want a number between 0 and %g", hi)))
 		}
+	}
+	for _, a := range []*string{&o.httpBridge, &o.httpProcessor, &o.httpTimescale, &o.httpLake} {
+		so := service.Options{Addr: *a, PortOffset: o.portOffset}
+		moved, err := so.ListenAddr()
+		if err != nil || o.portOffset < 0 {
+			errs = append(errs, settingErr("http-port-offset", strconv.Itoa(o.portOffset), fmt.Errorf("cannot move %s: want 0 to 65535 and a port of at most 65535", *a)))
+			break
+		}
+		*a = moved
 	}
 	addrs := map[string]string{}
 	for _, a := range []struct{ name, v string }{{"bridge-http-addr", o.httpBridge}, {"processor-http-addr", o.httpProcessor},
@@ -375,11 +387,11 @@ func (d *demoRun) run(ctx context.Context) error {
 		name string
 		args []string
 	}{
-		{"bridge", []string{"bridge", "--http-addr", o.httpBridge, "--mqtt-client-id", gp + "-bridge", "--mqtt-share-group", gp}},
-		{"processor", append([]string{"processor", "--http-addr", o.httpProcessor, "--group", gp + "-processor", "--instance-id", gp + "-processor-1"},
+		{"bridge", []string{"bridge", "--http-port-offset", "0", "--http-addr", o.httpBridge, "--mqtt-client-id", gp + "-bridge", "--mqtt-share-group", gp}},
+		{"processor", append([]string{"processor", "--http-port-offset", "0", "--http-addr", o.httpProcessor, "--group", gp + "-processor", "--instance-id", gp + "-processor-1"},
 			settingArgs(o.stageSettings()["processor"])...)},
-		{"sink timescale", []string{"sink", "timescale", "--http-addr", o.httpTimescale, "--group", gp + "-sink-timescale"}},
-		{"sink lake", append([]string{"sink", "lake", "--http-addr", o.httpLake, "--group", gp + "-sink-lake"},
+		{"sink timescale", []string{"sink", "timescale", "--http-port-offset", "0", "--http-addr", o.httpTimescale, "--group", gp + "-sink-timescale"}},
+		{"sink lake", append([]string{"sink", "lake", "--http-port-offset", "0", "--http-addr", o.httpLake, "--group", gp + "-sink-lake"},
 			settingArgs(o.stageSettings()["sink-lake"])...)},
 	}
 	for _, s := range stages {

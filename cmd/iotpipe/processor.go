@@ -57,7 +57,7 @@ group and exits 0.`,
 	describe: func(c *processor.Config, o *service.Options) string {
 		return fmt.Sprintf("kafka %v, group %s, instance %s (transactional id %s), %s → %s (dlq %s, changelog %s), window %s, lateness %s, idle timeout %s, commit interval %s, max keys %d, http %q",
 			c.Kafka.Brokers, c.Group, c.InstanceID, c.TransactionalID(), c.Topics.Raw, c.Topics.Metrics, c.Topics.DLQ,
-			c.Topics.Changelog, c.Window.Size, c.Window.Lateness, c.Window.IdleTimeout, c.CommitInterval, c.MaxKeys, o.Addr)
+			c.Topics.Changelog, c.Window.Size, c.Window.Lateness, c.Window.IdleTimeout, c.CommitInterval, c.MaxKeys, listenAddr(o))
 	},
 }
 

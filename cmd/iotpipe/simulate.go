@@ -67,7 +67,7 @@ func simulateCmd(env Env) *stageCmd[devicesim.Config, *devicesim.Sim] {
 		describe: func(c *devicesim.Config, o *service.Options) string {
 			return fmt.Sprintf("%s, %d devices (%s…) at %g msg/s each, format %s, topic %s, invalid %g, duplicate %g, out-of-order %g (by %s), late %g (by %s), duration %s, http %q",
 				c.URL, c.Devices, devicesim.DeviceID(c.DeviceIDPrefix, c.FirstDevice), c.Rate, (*format)(&c.ValidKinds), c.TopicTemplate,
-				c.InvalidFraction, c.DuplicateFraction, c.OutOfOrderFraction, c.OutOfOrderBy, c.LateFraction, c.LateBy, c.Duration, o.Addr)
+				c.InvalidFraction, c.DuplicateFraction, c.OutOfOrderFraction, c.OutOfOrderBy, c.LateFraction, c.LateBy, c.Duration, listenAddr(o))
 		},
 	}
 }

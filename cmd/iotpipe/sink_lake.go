@@ -60,7 +60,7 @@ uploads, commits and exits 0.`,
 	describe: func(c *lake.Config, o *service.Options) string {
 		return fmt.Sprintf("kafka %s group %s instance %q, topics %s %s → s3 %s bucket %s prefix %q; files close at %d rows, %d bytes or %s; http %q",
 			strings.Join(c.Kafka.Brokers, ","), c.Group, c.InstanceID, c.RawTopic, c.MetricsTopic, c.S3.Endpoint, c.S3.Bucket,
-			c.Prefix, c.MaxRows, c.MaxBytes, c.MaxAge, o.Addr)
+			c.Prefix, c.MaxRows, c.MaxBytes, c.MaxAge, listenAddr(o))
 	},
 }
 

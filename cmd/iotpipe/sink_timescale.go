@@ -53,7 +53,7 @@ SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
 	},
 	describe: func(c *timescale.Config, o *service.Options) string {
 		return fmt.Sprintf("kafka %v group %s instance %q, topics raw=%s metrics=%s dlq=%s, postgres schema %s, batch %d rows / %s, http %q",
-			c.Kafka.Brokers, c.Group, c.InstanceID, c.TopicRaw, c.TopicMetrics, c.TopicDLQ, c.Schema, c.BatchRows, c.BatchDelay, o.Addr)
+			c.Kafka.Brokers, c.Group, c.InstanceID, c.TopicRaw, c.TopicMetrics, c.TopicDLQ, c.Schema, c.BatchRows, c.BatchDelay, listenAddr(o))
 	},
 }
 

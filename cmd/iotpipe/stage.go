@@ -75,6 +75,7 @@ func parseStage[C any, PC validating[C], S service.Stage](sc *stageCmd[C, S], en
 	sc.bind(f, &st.cfg)
 	f.Group("Metrics and health")
 	f.String(&st.opts.Addr, "http-addr", "address of /metrics, /healthz and /readyz (host:port; empty disables)")
+	f.Int(&st.opts.PortOffset, "http-port-offset", "added to the port of --http-addr: set it once (IOTPIPE_HTTP_PORT_OFFSET) to move every stage of a pipeline, e.g. 100 gives 9201-9205")
 	f.Duration(&st.opts.DebugStopDelay, "debug-stop-delay", "testing only: pass SIGTERM on to the stage this long after it came (drain tests scrape /metrics meanwhile)")
 	bindLog(f, &st.log)
 	err := f.Parse(args, env.Stdout)
@@ -182,4 +183,11 @@ func settingErr(flagName, value string, err error) error {
 		return &UsageError{fmt.Errorf("%s: %s: %w", flags.Setting(flagName), value, err)}
 	}
 	return &UsageError{fmt.Errorf("%s: %w", flags.Setting(flagName), err)}
+}
+
+// listenAddr is where the stage will listen (--http-addr moved by
+// --http-port-offset).
+func listenAddr(o *service.Options) string {
+	a, _ := o.ListenAddr()
+	return a
 }

@@ -27,6 +27,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -69,6 +70,10 @@ type Options struct {
 	// Addr is where /metrics, /healthz and /readyz listen (host:port);
 	// empty serves nothing.
 	Addr string
+	// PortOffset is added to Addr's port (unless it is 0, "any free
+	// port"): one setting moves the ports of every stage of a pipeline,
+	// so that two pipelines share a host.
+	PortOffset int
 	// ShutdownTimeout bounds the soft stop: the stage has this long after
 	// ctx ends to return. Must be positive.
 	ShutdownTimeout time.Duration
@@ -95,12 +100,37 @@ func (o *Options) Validate() error {
 	if o.Addr != "" {
 		if _, _, err := net.SplitHostPort(o.Addr); err != nil {
 			p.Add("Addr", "%q is not host:port: %v", o.Addr, err)
+		} else if _, err := o.ListenAddr(); err != nil {
+			p.Add("PortOffset", "%v", err)
 		}
 	}
+	p.Check(o.PortOffset < 0 || o.PortOffset > 65535, "PortOffset", "must be between 0 and 65535")
 	p.Check(o.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
 	p.Check(o.CheckTimeout <= 0, "CheckTimeout", "must be positive")
 	p.Check(o.DebugStopDelay < 0, "DebugStopDelay", "must not be negative")
 	return p.Err()
+}
+
+// ListenAddr is Addr with PortOffset added to its port ("" when Addr is).
+func (o *Options) ListenAddr() (string, error) {
+	if o.Addr == "" || o.PortOffset == 0 {
+		return o.Addr, nil
+	}
+	host, port, err := net.SplitHostPort(o.Addr)
+	if err != nil {
+		return "", err
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		return "", fmt.Errorf("port %q of %q is not a number", port, o.Addr)
+	}
+	if n == 0 {
+		return o.Addr, nil
+	}
+	if n+o.PortOffset > 65535 {
+		return "", fmt.Errorf("port %d of {Addr} plus %d is above 65535", n, o.PortOffset)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(n+o.PortOffset)), nil
 }
 
 // ErrStopTimeout is wrapped by Run's error when the stage did not return
@@ -128,9 +158,9 @@ func Run(ctx context.Context, stage Stage, opts Options) error {
 		opts.Registry = NewRegistry()
 	}
 	var ln net.Listener
-	if opts.Addr != "" {
+	if addr, _ := opts.ListenAddr(); addr != "" {
 		var err error
-		ln, err = net.Listen("tcp", opts.Addr)
+		ln, err = net.Listen("tcp", addr)
 		if err != nil {
 			return &config.FieldError{Field: "Addr", Err: err}
 		}
@@ -161,7 +191,7 @@ func Run(ctx context.Context, stage Stage, opts Options) error {
 	case err := <-served:
 		// The server failed while the stage runs: stop the stage softly
 		// and report the server's error.
-		srvErr = fmt.Errorf("http server on %s: %w", opts.Addr, err)
+		srvErr = fmt.Errorf("http server on %s: %w", ln.Addr(), err)
 		log.Error("stopping", "error", srvErr)
 		stopStage()
 		runErr = waitStop(done, opts.ShutdownTimeout, log)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -210,5 +211,41 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	if !fields["Addr"] || !fields["ShutdownTimeout"] {
 		t.Fatalf("fields %v", fields)
+	}
+}
+
+func TestPortOffset(t *testing.T) {
+	o := DefaultOptions()
+	o.Addr, o.PortOffset = "127.0.0.1:9101", 100
+	if a, err := o.ListenAddr(); err != nil || a != "127.0.0.1:9201" {
+		t.Fatalf("ListenAddr = %q, %v", a, err)
+	}
+	o.Addr = ":0"
+	if a, _ := o.ListenAddr(); a != ":0" {
+		t.Fatalf("port 0 moved: %q", a)
+	}
+	o.Addr, o.PortOffset = ":65000", 1000
+	var fe *config.FieldError
+	if err := o.Validate(); !errors.As(err, &fe) || fe.Field != "PortOffset" {
+		t.Fatalf("offset past 65535: %v", err)
+	}
+	// The offset applies to where Run listens.
+	addr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(addr)
+	below, _ := strconv.Atoi(port)
+	opts := options(net.JoinHostPort(host, strconv.Itoa(below-1)))
+	opts.PortOffset = 1
+	st := newFake()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, st, opts) }()
+	waitClosed(t, st.started, "stage start")
+	if code, _ := get(t, "http://"+addr+"/healthz"); code != 200 {
+		t.Fatalf("healthz on the moved port: %d", code)
+	}
+	stop()
+	close(st.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
