@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -139,5 +140,27 @@ func TestHealthcheck(t *testing.T) {
 	}
 	if code, _, errOut := run(t, nil, "healthcheck", "--url", "localhost:1"); code != ExitUsage || !strings.Contains(errOut, "--url") {
 		t.Fatalf("bad url: exit %d %q", code, errOut)
+	}
+}
+
+// A taken metrics port fails the stage before it starts, in one line that
+// names --http-addr and says the bind error once.
+func TestTakenPortNamesHTTPAddr(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, args := range [][]string{
+		{"simulate", "--mqtt-url", "mqtt://127.0.0.1:1"},
+		{"processor", "--kafka-brokers", "127.0.0.1:1"},
+	} {
+		code, _, errOut := run(t, nil, append(args, "--http-addr", ln.Addr().String(), "--log-level", "error")...)
+		line := strings.TrimSpace(errOut)
+		if code != ExitUsage || strings.Contains(line, "\n") ||
+			!strings.HasPrefix(line, "iotpipe "+args[0]+": --http-addr (IOTPIPE_HTTP_ADDR): listen tcp "+ln.Addr().String()) ||
+			strings.Count(line, "address already in use") != 1 {
+			t.Errorf("%s: exit %d, stderr %q", args[0], code, errOut)
+		}
 	}
 }
