@@ -33,12 +33,7 @@ func simulateCmd(env Env) *stageCmd[devicesim.Config, *devicesim.Sim] {
 		config: devicesim.DefaultConfig,
 		newFunc: func(c devicesim.Config, deps service.Deps) (*devicesim.Sim, error) {
 			c.Progress = env.Stdout
-			sim, err := devicesim.New(c, deps)
-			if err == nil {
-				fmt.Fprintf(env.Stdout, "simulate: %d devices at %g msg/s each (%g msg/s), format %s, %s as %q\n",
-					c.Devices, c.Rate, c.Rate*float64(c.Devices), (*format)(&c.ValidKinds), c.URL, c.Username)
-			}
-			return sim, err
+			return devicesim.New(c, deps)
 		},
 		bind: func(f *Flags, c *devicesim.Config) {
 			f.Duration(&c.Duration, "duration", "how long to run (0: until SIGINT/SIGTERM or --messages-per-device)")

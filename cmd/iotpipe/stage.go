@@ -109,7 +109,7 @@ func runStage[C any, PC validating[C], S service.Stage](ctx context.Context, sc 
 		return &UsageError{err}
 	}
 	for _, d := range st.f.Deprecated() {
-		log.Warn("deprecated setting: "+d, "removed_in", "the next release")
+		log.Warn(d + "; the old name goes in the next release")
 	}
 	if st.check {
 		fmt.Fprintf(env.Stdout, "settings are valid: %s\n", sc.describe(&st.cfg, &st.opts))

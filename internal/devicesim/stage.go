@@ -53,6 +53,13 @@ func (s *Sim) Checks() map[string]service.Check {
 // a summary at the end, written to Progress.
 func (s *Sim) runWithProgress(ctx context.Context) error {
 	w := s.cfg.Progress
+	c := &s.cfg
+	format := "mixed"
+	if len(c.ValidKinds) == 1 && c.ValidKinds[0] == Realistic {
+		format = "realistic"
+	}
+	fmt.Fprintf(w, "simulate: %d devices at %g msg/s each (%g msg/s), format %s, %s as %q\n",
+		c.Devices, c.Rate, c.Rate*float64(c.Devices), format, c.URL, c.Username)
 	start := time.Now()
 	cpu0 := cpuTime()
 	done := make(chan error, 1)
