@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
@@ -51,9 +53,10 @@ func TestProcessorExactlyOnce(t *testing.T) {
 	out := readOutputs(ctx, t, env, topics)
 
 	var p *Processor
-	reg := service.NewRegistry()
+	var reg *prometheus.Registry // of the latest run
 	run := func(ctx context.Context) chan error {
 		cfg := testConfig(env, t, topics, group, "a")
+		reg = service.NewRegistry()
 		var err error
 		p, err = New(cfg, service.Deps{Log: testLogger(t), Registry: reg})
 		if err != nil {
