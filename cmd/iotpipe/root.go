@@ -1,7 +1,7 @@
-// The iotpipe command tree: it reads flags and IOTPIPE_*
-// environment variables into each stage's Config, builds the stage and runs
-// it. It is the only package that reads the environment.
 package main
+
+// The command tree: Main dispatches to the commands below; every stage
+// command is a stageCmd (stage.go).
 
 import (
 	"context"
