@@ -100,8 +100,8 @@ type Config struct {
 	// TopicTemplate maps MQTT topics to device ids
 	// (default schemas.DefaultTopicTemplate).
 	TopicTemplate string
-	// Decode holds the payload limits; Decode.Topic is set from
-	// TopicTemplate.
+	// Decode holds the payload limits; Decode.Topic is ignored: New sets
+	// it from TopicTemplate.
 	Decode schemas.DecodeOptions
 
 	// Compression is the Kafka batch compression: none, gzip, snappy, lz4
@@ -138,17 +138,11 @@ func DefaultConfig() Config {
 			ReconnectMin:   DefaultReconnectMin,
 			ReconnectMax:   DefaultReconnectMax,
 		},
-		Kafka:         kafkax.DefaultConfig("iotpipe-bridge"),
-		TopicRaw:      schemas.TopicRaw,
-		TopicDLQ:      schemas.TopicDLQ,
-		TopicTemplate: schemas.DefaultTopicTemplate,
-		Decode: schemas.DecodeOptions{
-			MaxPayloadBytes: schemas.DefaultMaxPayloadBytes,
-			MaxMeasurements: schemas.DefaultMaxMeasurements,
-			MaxFutureSkew:   schemas.DefaultMaxFutureSkew,
-			MaxPastSkew:     schemas.DefaultMaxPastSkew,
-			MaxDepth:        schemas.DefaultMaxDepth,
-		},
+		Kafka:            kafkax.DefaultConfig("iotpipe-bridge"),
+		TopicRaw:         schemas.TopicRaw,
+		TopicDLQ:         schemas.TopicDLQ,
+		TopicTemplate:    schemas.DefaultTopicTemplate,
+		Decode:           schemas.DefaultDecodeOptions(),
 		Compression:      DefaultCompression,
 		Linger:           DefaultLinger,
 		BatchMaxBytes:    DefaultBatchMaxBytes,
@@ -222,15 +216,9 @@ func (c *Config) Validate() error {
 	} else if len(c.filters()) == 0 {
 		p.Add("MQTT.Filters", "no topic filter (and the topic template gives none)")
 	}
-	d := &c.Decode
-	// schemas.DecodeOptions would read a zero as its default: refuse it.
-	p.Check(d.MaxPayloadBytes <= 0, "Decode.MaxPayloadBytes", "must be positive")
-	p.Check(d.MaxMeasurements <= 0, "Decode.MaxMeasurements", "must be positive")
-	p.Check(d.MaxFutureSkew <= 0, "Decode.MaxFutureSkew", "must be positive")
-	p.Check(d.MaxPastSkew <= 0, "Decode.MaxPastSkew", "must be positive")
-	if d.MaxDepth < 2 || d.MaxDepth > 300 {
-		p.Add("Decode.MaxDepth", "%d must be between 2 and 300", d.MaxDepth)
-	}
+	d := c.Decode
+	d.Topic = schemas.MustParseTopicTemplate(schemas.DefaultTopicTemplate) // New sets it from TopicTemplate
+	p.Nested("Decode", d.Validate())
 	if _, err := compressionCodec(c.Compression); err != nil {
 		p.Add("Compression", "%v", err)
 	}

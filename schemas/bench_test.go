@@ -23,7 +23,7 @@ func BenchmarkDecode(b *testing.B) {
 	const topic = "devices/sensor-0001/telemetry"
 	for _, bc := range benchPayloads {
 		b.Run(bc.name, func(b *testing.B) {
-			d, err := NewDecoder(DecodeOptions{})
+			d, err := NewDecoder(DefaultDecodeOptions())
 			if err != nil {
 				b.Fatal(err)
 			}

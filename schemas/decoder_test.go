@@ -2,10 +2,13 @@ package schemas
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/iotpipe/iotpipe/internal/config"
 )
 
 func TestTopicTemplate(t *testing.T) {
@@ -167,30 +170,34 @@ func TestParseEpoch(t *testing.T) {
 }
 
 func TestDecodeOptionsValidate(t *testing.T) {
-	if err := (DecodeOptions{}).Validate(); err != nil {
+	d := DefaultDecodeOptions()
+	if err := d.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	d := (DecodeOptions{}).WithDefaults()
 	if d.Topic.String() != DefaultTopicTemplate || d.MaxPayloadBytes != 64<<10 || d.MaxMeasurements != 256 ||
 		d.MaxFutureSkew != 5*time.Minute || d.MaxPastSkew != 7*24*time.Hour || d.MaxDepth != 16 {
 		t.Errorf("defaults = %+v", d)
 	}
-	for field, o := range map[string]DecodeOptions{
-		"MaxPayloadBytes": {MaxPayloadBytes: -1},
-		"MaxMeasurements": {MaxMeasurements: -1},
-		"MaxFutureSkew":   {MaxFutureSkew: -time.Second},
-		"MaxPastSkew":     {MaxPastSkew: -time.Second},
-		"MaxDepth":        {MaxDepth: 1},
+	for field, edit := range map[string]func(*DecodeOptions){
+		"MaxPayloadBytes": func(o *DecodeOptions) { o.MaxPayloadBytes = -1 },
+		"MaxMeasurements": func(o *DecodeOptions) { o.MaxMeasurements = 0 },
+		"MaxFutureSkew":   func(o *DecodeOptions) { o.MaxFutureSkew = -time.Second },
+		"MaxPastSkew":     func(o *DecodeOptions) { o.MaxPastSkew = 0 },
+		"MaxDepth":        func(o *DecodeOptions) { o.MaxDepth = 1 },
+		"Topic":           func(o *DecodeOptions) { o.Topic = nil },
 	} {
+		o := DefaultDecodeOptions()
+		edit(&o)
 		err := o.Validate()
-		if err == nil || !strings.Contains(err.Error(), "DecodeOptions."+field) {
+		var fe *config.FieldError
+		if !errors.As(err, &fe) || fe.Field != field {
 			t.Errorf("%s: Validate() = %v, want an error naming the field", field, err)
 		}
 		if _, err := NewDecoder(o); err == nil {
 			t.Errorf("%s: NewDecoder accepted invalid options", field)
 		}
 	}
-	if err := (DecodeOptions{MaxDepth: 301}).Validate(); err == nil {
+	if o := DefaultDecodeOptions(); func() error { o.MaxDepth = 301; return o.Validate() }() == nil {
 		t.Error("MaxDepth 301 accepted")
 	}
 }
@@ -198,7 +205,7 @@ func TestDecodeOptionsValidate(t *testing.T) {
 // TestDecodeNoAllocs guards the steady-state zero-allocation property.
 func TestDecodeNoAllocs(t *testing.T) {
 	received := time.Date(2026, 11, 27, 14, 0, 0, 0, time.UTC)
-	d, _ := NewDecoder(DecodeOptions{})
+	d, _ := NewDecoder(DefaultDecodeOptions())
 	for _, bc := range benchPayloads {
 		payload := []byte(bc.payload)
 		var r Reading
@@ -271,7 +278,7 @@ func TestReadingValueAndClone(t *testing.T) {
 
 func TestStringEscapes(t *testing.T) {
 	received := time.Date(2026, 11, 27, 14, 0, 0, 0, time.UTC)
-	d, _ := NewDecoder(DecodeOptions{})
+	d, _ := NewDecoder(DefaultDecodeOptions())
 	payload := `{"ts":"2026-11-27T14:00:00Z","metrics":{` +
 		`"\ud83d\ude00":1,"lone\ud800":2,"low\udc00x":3,"pair\ud800\u0041":4,"esc\/\"\\\b":5,"\u00e9\u4e2d":6}}`
 	var r Reading

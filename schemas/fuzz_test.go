@@ -49,11 +49,15 @@ func recordSeeds(f *testing.F) [][]byte {
 func FuzzDecode(f *testing.F) {
 	addPayloadSeeds(f)
 	received := goldenReceived(f)
-	plain, err := NewDecoder(DecodeOptions{})
+	plain, err := NewDecoder(DefaultDecodeOptions())
 	if err != nil {
 		f.Fatal(err)
 	}
-	plus, err := NewDecoder(DecodeOptions{Topic: MustParseTopicTemplate("+/{device_id}/+"), MaxDepth: 3, MaxMeasurements: 8})
+	plus, err := NewDecoder(func() DecodeOptions {
+		o := DefaultDecodeOptions()
+		o.Topic, o.MaxDepth, o.MaxMeasurements = MustParseTopicTemplate("+/{device_id}/+"), 3, 8
+		return o
+	}())
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -59,7 +59,7 @@ func loadPayloadCases(tb testing.TB) []payloadCase {
 			continue
 		}
 		dir := filepath.Join("testdata/payloads", e.Name())
-		c := payloadCase{name: e.Name(), dir: dir}
+		c := payloadCase{name: e.Name(), dir: dir, opts: DefaultDecodeOptions()}
 		topic, err := os.ReadFile(filepath.Join(dir, "topic.txt"))
 		if err != nil {
 			tb.Fatal(err)
@@ -81,9 +81,16 @@ func loadPayloadCases(tb testing.TB) []payloadCase {
 					tb.Fatalf("%s/options.json: %v", dir, err)
 				}
 			}
-			c.opts.MaxPayloadBytes = o.MaxPayloadBytes
-			c.opts.MaxMeasurements = o.MaxMeasurements
-			c.opts.MaxDepth = o.MaxDepth
+			// A setting the case file leaves out keeps its default.
+			if o.MaxPayloadBytes != 0 {
+				c.opts.MaxPayloadBytes = o.MaxPayloadBytes
+			}
+			if o.MaxMeasurements != 0 {
+				c.opts.MaxMeasurements = o.MaxMeasurements
+			}
+			if o.MaxDepth != 0 {
+				c.opts.MaxDepth = o.MaxDepth
+			}
 			if o.MaxFutureSkew != "" {
 				c.opts.MaxFutureSkew, _ = time.ParseDuration(o.MaxFutureSkew)
 			}
@@ -153,7 +160,7 @@ func checkGolden(t *testing.T, path string, got []byte) {
 
 func TestDecodeGolden(t *testing.T) {
 	received := goldenReceived(t)
-	shared, err := NewDecoder(DecodeOptions{})
+	shared, err := NewDecoder(DefaultDecodeOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +169,7 @@ func TestDecodeGolden(t *testing.T) {
 	for _, c := range loadPayloadCases(t) {
 		t.Run(c.name, func(t *testing.T) {
 			dec := shared
-			if c.opts != (DecodeOptions{}) {
+			if c.opts != DefaultDecodeOptions() {
 				if dec, err = NewDecoder(c.opts); err != nil {
 					t.Fatal(err)
 				}

@@ -6,9 +6,11 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/iotpipe/iotpipe/internal/config"
 )
 
-// Defaults of DecodeOptions, used for fields left at zero.
+// Defaults of DecodeOptions (see DefaultDecodeOptions).
 const (
 	DefaultMaxPayloadBytes = 64 << 10
 	DefaultMaxMeasurements = 256
@@ -25,10 +27,10 @@ const (
 	MaxTagValueLen = 256
 )
 
-// DecodeOptions configures a Decoder. The zero value of every field means its
-// default.
+// DecodeOptions configures a Decoder. Start from DefaultDecodeOptions: a
+// zero field is refused by Validate, never read as a default.
 type DecodeOptions struct {
-	// Topic maps MQTT topics to device ids; nil means DefaultTopicTemplate.
+	// Topic maps MQTT topics to device ids (default DefaultTopicTemplate).
 	Topic *TopicTemplate
 	// MaxPayloadBytes rejects longer payloads before parsing
 	// (default DefaultMaxPayloadBytes, 64 KiB).
@@ -51,48 +53,33 @@ type DecodeOptions struct {
 // maxDepthLimit bounds DecodeOptions.MaxDepth.
 const maxDepthLimit = 300
 
-// WithDefaults returns o with every zero field set to its default.
-func (o DecodeOptions) WithDefaults() DecodeOptions {
-	if o.Topic == nil {
-		o.Topic = defaultTopic
+// DefaultDecodeOptions returns every default of DecodeOptions.
+func DefaultDecodeOptions() DecodeOptions {
+	return DecodeOptions{
+		Topic:           defaultTopic,
+		MaxPayloadBytes: DefaultMaxPayloadBytes,
+		MaxMeasurements: DefaultMaxMeasurements,
+		MaxFutureSkew:   DefaultMaxFutureSkew,
+		MaxPastSkew:     DefaultMaxPastSkew,
+		MaxDepth:        DefaultMaxDepth,
 	}
-	if o.MaxPayloadBytes == 0 {
-		o.MaxPayloadBytes = DefaultMaxPayloadBytes
-	}
-	if o.MaxMeasurements == 0 {
-		o.MaxMeasurements = DefaultMaxMeasurements
-	}
-	if o.MaxFutureSkew == 0 {
-		o.MaxFutureSkew = DefaultMaxFutureSkew
-	}
-	if o.MaxPastSkew == 0 {
-		o.MaxPastSkew = DefaultMaxPastSkew
-	}
-	if o.MaxDepth == 0 {
-		o.MaxDepth = DefaultMaxDepth
-	}
-	return o
 }
 
 var defaultTopic = MustParseTopicTemplate(DefaultTopicTemplate)
 
-// Validate reports the first field of o (after WithDefaults) that is out of
-// range, naming it.
-func (o DecodeOptions) Validate() error {
-	o = o.WithDefaults()
-	switch {
-	case o.MaxPayloadBytes < 0:
-		return fmt.Errorf("DecodeOptions.MaxPayloadBytes is %d, want > 0 (0 means %d)", o.MaxPayloadBytes, DefaultMaxPayloadBytes)
-	case o.MaxMeasurements < 0:
-		return fmt.Errorf("DecodeOptions.MaxMeasurements is %d, want > 0 (0 means %d)", o.MaxMeasurements, DefaultMaxMeasurements)
-	case o.MaxFutureSkew < 0:
-		return fmt.Errorf("DecodeOptions.MaxFutureSkew is %s, want > 0 (0 means %s)", o.MaxFutureSkew, DefaultMaxFutureSkew)
-	case o.MaxPastSkew < 0:
-		return fmt.Errorf("DecodeOptions.MaxPastSkew is %s, want > 0 (0 means %s)", o.MaxPastSkew, DefaultMaxPastSkew)
-	case o.MaxDepth < 2 || o.MaxDepth > maxDepthLimit:
-		return fmt.Errorf("DecodeOptions.MaxDepth is %d, want 2..%d (0 means %d)", o.MaxDepth, maxDepthLimit, DefaultMaxDepth)
+// Validate reports every field of o that is out of range, each as a
+// *config.FieldError. A zero is never read as a default.
+func (o *DecodeOptions) Validate() error {
+	var p config.Problems
+	p.Check(o.Topic == nil, "Topic", "no topic template")
+	p.Check(o.MaxPayloadBytes <= 0, "MaxPayloadBytes", "must be positive")
+	p.Check(o.MaxMeasurements <= 0, "MaxMeasurements", "must be positive")
+	p.Check(o.MaxFutureSkew <= 0, "MaxFutureSkew", "must be positive")
+	p.Check(o.MaxPastSkew <= 0, "MaxPastSkew", "must be positive")
+	if o.MaxDepth < 2 || o.MaxDepth > maxDepthLimit {
+		p.Add("MaxDepth", "%d must be between 2 and %d", o.MaxDepth, maxDepthLimit)
 	}
-	return nil
+	return p.Err()
 }
 
 // Decoder turns device payloads into Readings. It reuses its buffers between
@@ -129,16 +116,15 @@ type field struct {
 	dec  decimal // for numbers
 }
 
-// NewDecoder returns a Decoder for opts, after applying defaults; it fails
-// when opts.Validate does.
+// NewDecoder returns a Decoder for opts; it fails when opts.Validate does.
 func NewDecoder(opts DecodeOptions) (*Decoder, error) {
 	if err := opts.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("decode options: %w", err)
 	}
-	return &Decoder{opts: opts.WithDefaults()}, nil
+	return &Decoder{opts: opts}, nil
 }
 
-// Options returns the options of d, with defaults applied.
+// Options returns the options of d.
 func (d *Decoder) Options() DecodeOptions { return d.opts }
 
 // Decode validates one MQTT message and fills r with the reading it carries,

@@ -11,7 +11,7 @@ import (
 // Every kind decodes as the bridge will see it: valid kinds to a reading
 // with the right seq and time, invalid ones to their Reason.
 func TestPayloadKinds(t *testing.T) {
-	dec, err := schemas.NewDecoder(schemas.DecodeOptions{})
+	dec, err := schemas.NewDecoder(schemas.DefaultDecodeOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,11 @@ import (
 func TestSimImperfections(t *testing.T) {
 	env := testenv.Load(t)
 	prefix := env.MQTTPrefix(t)
-	dec, err := schemas.NewDecoder(schemas.DecodeOptions{Topic: schemas.MustParseTopicTemplate(prefix + "/{device_id}/telemetry")})
+	dec, err := schemas.NewDecoder(func() schemas.DecodeOptions {
+		o := schemas.DefaultDecodeOptions()
+		o.Topic = schemas.MustParseTopicTemplate(prefix + "/{device_id}/telemetry")
+		return o
+	}())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 // A Realistic payload decodes to a reading with its four measurements,
 // seq and event time, and the values stay in plausible ranges.
 func TestRealisticPayloadDecodes(t *testing.T) {
-	dec, err := schemas.NewDecoder(schemas.DecodeOptions{})
+	dec, err := schemas.NewDecoder(schemas.DefaultDecodeOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
