@@ -58,7 +58,7 @@ type stageSettings[C any] struct {
 	check bool
 }
 
-// parse reads the command line and environment into a stageSettings and
+// parseStage reads the command line and environment into a stageSettings and
 // validates them; the error is a *UsageError naming every flag at fault.
 func parseStage[C any, PC validating[C], S service.Stage](sc *stageCmd[C, S], env Env, args []string) (*stageSettings[C], error) {
 	st := &stageSettings[C]{cfg: sc.config(), opts: service.DefaultOptions(), log: logging.DefaultConfig()}

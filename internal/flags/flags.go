@@ -30,7 +30,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unsafe"
 
 	"github.com/iotpipe/iotpipe/internal/config"
 )
@@ -68,8 +67,10 @@ const (
 	KindOther
 )
 
+// fieldKey identifies a bound field: its address and type (a struct and
+// its first field share an address).
 type fieldKey struct {
-	p unsafe.Pointer
+	p uintptr
 	t reflect.Type
 }
 
@@ -93,6 +94,7 @@ type Flags struct {
 	legacy  map[string]string   // deprecated flag of its own -> what to use instead
 	used    []string            // deprecated names used, as "--old (IOTPIPE_OLD)"
 	setErr  error               // why the command line's last value was refused
+	defErr  error               // a definition mistake (Parse reports it)
 }
 
 // New returns a flag set for the command name (e.g. "iotpipe processor")
@@ -126,7 +128,7 @@ func (f *Flags) note(name string, k Kind, p any) {
 	f.kinds[name] = k
 	f.ptrs[name] = p
 	v := reflect.ValueOf(p)
-	f.fields[fieldKey{v.UnsafePointer(), v.Type().Elem()}] = name
+	f.fields[fieldKey{v.Pointer(), v.Type().Elem()}] = name
 }
 
 // String binds a string flag onto *p; its default is *p.
@@ -186,7 +188,8 @@ func (f *Flags) Var(v flag.Value, p any, name, usage string) {
 func (f *Flags) Alias(old, name string) {
 	fl := f.fs.Lookup(name)
 	if fl == nil {
-		panic("flags: alias " + old + " of undefined flag " + name) // programming error, at definition time
+		f.defErr = errors.Join(f.defErr, fmt.Errorf("alias --%s of undefined flag --%s", old, name))
+		return
 	}
 	f.fs.Var(&named{Value: fl.Value.(*named).Value, name: old, f: f}, old, "deprecated name of --"+name)
 	f.aliases[old] = name
@@ -205,6 +208,9 @@ func (f *Flags) Legacy(v flag.Value, name, instead string) {
 // from its environment variable. Errors name both the flag and the
 // variable. On -h/--help it writes the usage to out and returns ErrHelp.
 func (f *Flags) Parse(args []string, out io.Writer) error {
+	if f.defErr != nil {
+		return f.defErr
+	}
 	if err := f.fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			f.Usage(out)
@@ -321,7 +327,7 @@ func (f *Flags) FlagOf(root any, field string) (string, bool) {
 			return "", false
 		}
 	}
-	name, ok := f.fields[fieldKey{v.Addr().UnsafePointer(), v.Type()}]
+	name, ok := f.fields[fieldKey{v.Addr().Pointer(), v.Type()}]
 	return name, ok
 }
 
