@@ -15,6 +15,11 @@
 // are counted as Unconfirmed (they may or may not have reached the
 // broker, and are not sent again), and the connection is re-established
 // with backoff; the devices continue with their next seq.
+//
+// It is also the `iotpipe simulate` stage, of the one shape of every
+// stage: Config starts from DefaultConfig (a zero is refused by Validate
+// or means zero, never a default), New(cfg, deps) validates, Run(ctx)
+// stops when ctx ends and returns nil, Checks are its readiness.
 package devicesim
 
 import (
@@ -41,7 +46,8 @@ import (
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
-// Config configures a simulated fleet.
+// Config configures a simulated fleet. Start from DefaultConfig; the
+// defaults noted below are its values.
 type Config struct {
 	// URL is the broker, mqtt://host:port.
 	URL string
