@@ -32,7 +32,7 @@ uploads, commits and exits 0.`,
 	shutdown: func(c *lake.Config) *time.Duration { return &c.ShutdownTimeout },
 	bind: func(f *Flags, c *lake.Config) {
 		bindKafka(f, &c.Kafka)
-		f.Group("Consumer")
+		f.Group("Consumer group")
 		f.String(&c.Group, "group", "Kafka consumer group; run more copies with the same group to scale out")
 		f.String(&c.RawTopic, "topic-raw", "topic of canonical readings, written to the readings dataset (- to skip)")
 		f.String(&c.MetricsTopic, "topic-metrics", "topic of window metrics and activity, written to the metrics and activity datasets (- to skip)")
