@@ -292,3 +292,39 @@ func TestDrainSimulate(t *testing.T) {
 	})
 	p.drain(t, addr, "iotpipe_simulate_published_total", nil)
 }
+
+// A stage stuck in its drain past --shutdown-timeout is given up: the
+// process exits 1 soon after, saying so (here the processor's commit
+// sleeps 60s, far past its 1s budget).
+func TestHardStopExitsNonZero(t *testing.T) {
+	env := testenv.Load(t)
+	raw := env.Topic(t, 1, nil)
+	produceRaw(t, env, raw, 50)
+	p := startStage(t, kafkaEnv(env), "processor", "--topic-raw", raw, "--topic-metrics", env.Topic(t, 1, nil),
+		"--topic-dlq", env.Topic(t, 1, nil), "--topic-processor-changelog", env.Topic(t, 1, map[string]string{"cleanup.policy": "compact"}),
+		"--group", env.Group(t), "--instance-id", testenv.Name(t, "p"), "--session-timeout", "6s",
+		"--commit-interval", "100ms", "--debug-commit-delay", "60s", "--shutdown-timeout", "1s")
+	p.waitLog(t, "transaction commit started", 60*time.Second)
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the process did not exit within 30s of SIGTERM")
+	}
+	took := time.Since(start)
+	var ee *exec.ExitError
+	if !errors.As(p.err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want 1", p.err)
+	}
+	want := "iotpipe processor: the stage did not stop in time: still draining 6s after the stop signal (--shutdown-timeout (IOTPIPE_SHUTDOWN_TIMEOUT) is 1s; the stage gets 5s more)"
+	if !strings.Contains(p.logText(), want) {
+		t.Fatalf("stderr does not say %q", want)
+	}
+	if took < 6*time.Second || took > 15*time.Second {
+		t.Errorf("hard stop %s after SIGTERM, want about 6s (1s + 5s grace)", took)
+	}
+	t.Logf("hard stop %s after SIGTERM, exit 1", took.Round(100*time.Millisecond))
+}

@@ -123,7 +123,10 @@ func runStage[C any, PC validating[C], S service.Stage](ctx context.Context, sc 
 	}
 	if err := service.Run(ctx, stage, st.opts); err != nil {
 		if errors.Is(err, service.ErrStopTimeout) {
-			return err
+			if sc.shutdown != nil {
+				return fmt.Errorf("%w (%s is %s; the stage gets %s more)", err, flags.Setting("shutdown-timeout"), *sc.shutdown(&st.cfg), hardStopGrace)
+			}
+			return fmt.Errorf("%w (%s is %s)", err, flags.Setting("shutdown-timeout"), st.opts.ShutdownTimeout)
 		}
 		if explained := st.f.Explain(err, &st.opts); explained != err {
 			return &UsageError{explained}

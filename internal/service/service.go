@@ -215,7 +215,7 @@ func waitStop(done <-chan error, timeout time.Duration, log *slog.Logger) error 
 	case err := <-done:
 		return err
 	case <-hard.C:
-		err := fmt.Errorf("%w: still draining %s after the stop signal (--shutdown-timeout)", ErrStopTimeout, timeout)
+		err := fmt.Errorf("%w: still draining %s after the stop signal", ErrStopTimeout, timeout)
 		log.Error("hard stop", "error", err)
 		return err
 	}

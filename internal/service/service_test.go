@@ -176,7 +176,7 @@ func TestHardStop(t *testing.T) {
 	start := time.Now()
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrStopTimeout) || !strings.Contains(err.Error(), "--shutdown-timeout") {
+		if !errors.Is(err, ErrStopTimeout) || !strings.Contains(err.Error(), "still draining 100ms after the stop signal") {
 			t.Fatalf("hard stop: %v", err)
 		}
 		if d := time.Since(start); d < 100*time.Millisecond || d > 3*time.Second {
