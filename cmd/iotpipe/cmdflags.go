@@ -29,8 +29,14 @@ func newCmdFlags(env Env, name, summary string) *cmdFlags {
 	return &cmdFlags{newFlags(env, name, summary)}
 }
 
-func (f *cmdFlags) String(p *string, name, def, usage string) { *p = def; f.Flags.String(p, name, usage) }
-func (f *cmdFlags) Secret(p *string, name, def, usage string) { *p = def; f.Flags.Secret(p, name, usage) }
+func (f *cmdFlags) String(p *string, name, def, usage string) {
+	*p = def
+	f.Flags.String(p, name, usage)
+}
+func (f *cmdFlags) Secret(p *string, name, def, usage string) {
+	*p = def
+	f.Flags.Secret(p, name, usage)
+}
 func (f *cmdFlags) Int(p *int, name string, def int, usage string) {
 	*p = def
 	f.Flags.Int(p, name, usage)
@@ -101,4 +107,3 @@ func usageErr(err error) error {
 	}
 	return &UsageError{err}
 }
-

@@ -102,4 +102,3 @@ func (f *format) Set(s string) error {
 	}
 	return nil
 }
-

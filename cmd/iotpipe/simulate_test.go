@@ -61,4 +61,3 @@ func TestSimulateHelpNamesEnv(t *testing.T) {
 		t.Error("help printed a secret")
 	}
 }
-
