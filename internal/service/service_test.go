@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ type fakeStage struct {
 	started  chan struct{}
 	draining chan struct{}
 	release  chan struct{}
-	ready    bool
+	ready    atomic.Bool
 	err      error
 }
 
@@ -40,7 +41,7 @@ func (f *fakeStage) Run(ctx context.Context) error {
 
 func (f *fakeStage) Checks() map[string]Check {
 	return map[string]Check{"fake": func(context.Context) error {
-		if !f.ready {
+		if !f.ready.Load() {
 			return errors.New("not ready yet")
 		}
 		return nil
@@ -107,7 +108,7 @@ func TestServesThroughTheDrain(t *testing.T) {
 	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "not ready yet") {
 		t.Fatalf("readyz before ready %d %q", code, body)
 	}
-	st.ready = true
+	st.ready.Store(true)
 	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, `"ready":true`) {
 		t.Fatalf("readyz %d %q", code, body)
 	}
