@@ -96,9 +96,7 @@ func TestBridgeSurvivesSIGKILL(t *testing.T) {
 		t.Logf("duplicate bound NOT met on Mosquitto %s (inflight quota fixed in 2.0.13): %d duplicates > %d kills × receive maximum %d",
 			version, dups, kills, DefaultReceiveMaximum)
 	}
-	if err := p.term(t, 15*time.Second); err != nil {
-		t.Fatalf("exit after SIGTERM: %v", err)
-	}
+	p.term(t, 15*time.Second)
 }
 
 // Kafka (private) stopped while devices keep publishing: the bridge
@@ -130,10 +128,8 @@ func TestBridgeKafkaOutage(t *testing.T) {
 		// nothing to poll for.
 		time.Sleep(d)
 	}
-	select {
-	case <-p.exited:
-		t.Fatalf("bridge exited during the Kafka outage: %v", p.err)
-	default:
+	if p.Exited() {
+		t.Fatalf("bridge exited during the Kafka outage: %v\n%s", p.Err(), p.Tail(30))
 	}
 	rssOutage := p.peakRSS(t)
 	priv.Start("kafka")
@@ -147,12 +143,10 @@ func TestBridgeKafkaOutage(t *testing.T) {
 	if rss > 200<<10 {
 		t.Fatalf("peak RSS %d KiB: memory not bounded", rss)
 	}
-	if n := p.logCount(`"mqtt connected"`); n != 1 {
+	if n := p.Count(`"mqtt connected"`); n != 1 {
 		t.Errorf("bridge connected to MQTT %d times: it lost its connection while holding back", n)
 	}
-	if err := p.term(t, 15*time.Second); err != nil {
-		t.Fatalf("exit after SIGTERM: %v", err)
-	}
+	p.term(t, 15*time.Second)
 }
 
 // Mosquitto (private) restarted mid-stream, the bridge on a shared
@@ -227,9 +221,7 @@ func TestBridgeKeepsConnectionDrainingBacklog(t *testing.T) {
 	s := newSetup(t, env)
 	cfg := s.config(t, "")
 	p := startProc(t, cfg)
-	if err := p.term(t, 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	p.term(t, 15*time.Second)
 	e := newExpect()
 	const devices, per = 100, 200
 	if st := s.fleet(t, env, devicesim.Config{Devices: devices, MessagesPerDevice: per}, e); st.Acked != devices*per {
@@ -240,7 +232,7 @@ func TestBridgeKeepsConnectionDrainingBacklog(t *testing.T) {
 	g := s.readAll(t, env, e, 2*time.Minute)
 	drain := time.Since(start)
 	dups := g.check(t, e, true)
-	conns := p.logCount(`"mqtt connected"`)
+	conns := p.Count(`"mqtt connected"`)
 	t.Logf("backlog of %d drained in %s with keep-alive 2s: %d connection(s), %d duplicates", devices*per, drain.Round(time.Millisecond), conns, dups)
 	if conns != 1 {
 		t.Errorf("bridge connected %d times while draining: it dropped a live connection", conns)
@@ -248,7 +240,5 @@ func TestBridgeKeepsConnectionDrainingBacklog(t *testing.T) {
 	if dups != 0 {
 		t.Errorf("%d duplicates without any failure", dups)
 	}
-	if err := p.term(t, 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	p.term(t, 15*time.Second)
 }

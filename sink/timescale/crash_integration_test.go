@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,8 +21,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// sinkProcess starts `iotpipe sink timescale` for the fixture.
-func (f *fixture) sinkProcess(t testing.TB, extra ...string) *exec.Cmd {
+// sinkProcess starts `iotpipe sink timescale` for the fixture, with flags
+// only (no IOTPIPE_* variable reaches it).
+func (f *fixture) sinkProcess(t testing.TB, extra ...string) *testenv.Proc {
 	t.Helper()
 	args := []string{"sink", "timescale",
 		"--kafka-brokers", strings.Join(f.brokers, ","),
@@ -34,39 +32,7 @@ func (f *fixture) sinkProcess(t testing.TB, extra ...string) *exec.Cmd {
 		"--pg-writer-dsn", f.writerDSN, "--pg-schema", f.schema,
 		"--http-addr", "", "--log-level", "warn", "--retry-min", "50ms", "--retry-max", "500ms",
 	}
-	cmd := exec.Command(testenv.Binary(t), append(args, extra...)...)
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "IOTPIPE_") {
-			env = append(env, kv)
-		}
-	}
-	cmd.Env = env
-	cmd.Stderr = &prefixWriter{t: t}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	return cmd
-}
-
-type prefixWriter struct {
-	t  testing.TB
-	mu sync.Mutex
-}
-
-func (w *prefixWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if os.Getenv("IOTPIPE_TEST_VERBOSE") != "" {
-		w.t.Logf("sink: %s", strings.TrimSpace(string(p)))
-	}
-	return len(p), nil
+	return testenv.StartProc(t, "sink timescale", nil, append(args, extra...)...)
 }
 
 // TestSinkCrash kills the sink process with SIGKILL in the middle of its
@@ -109,7 +75,7 @@ func TestSinkCrash(t *testing.T) {
 	for k := range kills {
 		f.produce(t, chunk(raw, k, kills+1))
 		f.produce(t, chunk(met, k, kills+1))
-		cmd := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
+		p := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
 		// Kill once this run has committed something new: the next batch
 		// is then in flight.
 		step := int64(1 + rand.IntN(400))
@@ -122,16 +88,16 @@ func TestSinkCrash(t *testing.T) {
 		// Then a random moment later (fault injection, not synchronisation):
 		// mid-COPY, mid-upsert, before or during COMMIT.
 		<-time.After(time.Duration(rand.IntN(150)) * time.Millisecond)
-		if err := syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
+		if p.Exited() {
+			t.Fatalf("run %d: the sink exited before its kill: %v", k, p.Err())
 		}
-		_ = cmd.Wait()
+		p.KillWait(10 * time.Second)
 		last = f.count(t, `SELECT count(*) FROM $S.readings`)
 		t.Logf("kill %d: %d readings rows committed", k+1, last)
 	}
 	f.produce(t, chunk(raw, kills, kills+1))
 	f.produce(t, chunk(met, kills, kills+1))
-	cmd := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
+	p := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
 	want := int64(2 * readings)
 	f.waitCount(t, 5*time.Minute, want, `SELECT count(*) FROM $S.readings`)
 	f.waitCount(t, time.Minute, int64(windows), `SELECT count(*) FROM $S.device_metrics`)
@@ -152,18 +118,5 @@ func TestSinkCrash(t *testing.T) {
 	}
 
 	// Clean stop: SIGTERM, exit 0.
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	ctx := testenv.Context(t, 30*time.Second)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("sink exit after SIGTERM: %v", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("sink did not exit within 30s of SIGTERM")
-	}
+	p.StopClean(30 * time.Second)
 }
