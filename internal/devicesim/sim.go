@@ -35,6 +35,7 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 
+	"github.com/iotpipe/iotpipe/internal/retry"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -336,24 +337,25 @@ func (c *conn) total() int {
 	return c.sim.cfg.MessagesPerDevice * len(c.devs)
 }
 
+// run runs sessions until every message is sent or ctx ends (nil in both
+// cases), reconnecting with jittered backoff (50ms … 1s, internal/retry)
+// after a failed session; a refused connection ends it with the error.
 func (c *conn) run(ctx context.Context) error {
-	backoff := 50 * time.Millisecond
 	start := time.Now()
-	for ctx.Err() == nil && c.sent < c.total() {
-		err := c.session(ctx, start)
-		if err == nil {
+	err := retry.Do(ctx, retry.New(50*time.Millisecond, time.Second), func() error {
+		if c.sent >= c.total() {
 			return nil
 		}
+		err := c.session(ctx, start)
 		if errors.Is(err, errRefused) {
-			return err
+			return retry.Permanent(err)
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
+		return err
+	}, nil)
+	if ctx.Err() != nil && !errors.Is(err, errRefused) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 type slot struct {

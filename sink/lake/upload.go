@@ -9,6 +9,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/iotpipe/iotpipe/internal/retry"
 )
 
 // startPart registers an assigned partition and starts its uploader.
@@ -51,28 +53,14 @@ func (s *Sink) startPart(k partKey, replay *intent) *partState {
 	return ps
 }
 
-// retry runs op until it succeeds or ctx ends, with exponential backoff.
+// retry runs op until it succeeds or ctx ends, with jittered exponential
+// backoff between RetryMin and RetryMax (internal/retry).
 func (s *Sink) retry(ctx context.Context, opName string, op func(context.Context) error) error {
-	wait := s.cfg.RetryMin
-	for {
-		err := op(ctx)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		s.m.retries.WithLabelValues(opName).Inc()
-		s.log.Warn("retrying", "op", opName, "in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		wait = min(wait*2, s.cfg.RetryMax)
-	}
+	return retry.Do(ctx, retry.New(s.cfg.RetryMin, s.cfg.RetryMax), func() error { return op(ctx) },
+		func(_ int, err error, wait time.Duration) {
+			s.m.retries.WithLabelValues(opName).Inc()
+			s.log.Warn("retrying", "op", opName, "in", wait, "err", err)
+		})
 }
 
 // upload makes one sealed batch durable and commits it:
