@@ -45,8 +45,11 @@ func waitFleet(t *testing.T, done chan error) {
 }
 
 // SIGKILL the bridge process mid-stream and restart it: nothing acked to
-// a device is missing; duplicates (Kafka acked, PUBACK not sent) are
-// bounded by the in-flight limit per kill.
+// a device is missing (asserted on every broker); duplicates (Kafka
+// acked, PUBACK not sent) are bounded by the in-flight limit per kill,
+// asserted on a broker that honours the Receive Maximum (Mosquitto
+// 2.0.13 on). Older Mosquitto overruns it (TestBrokerReceiveMaximumWhileAcking,
+// docs/brokers.md): there the duplicate figure is reported, not asserted.
 func TestBridgeSurvivesSIGKILL(t *testing.T) {
 	env := testenv.Load(t)
 	s := newSetup(t, env)
@@ -155,9 +158,12 @@ func TestBridgeKafkaOutage(t *testing.T) {
 // (every 2.0.x release, checked up to 2.0.20: persist__subs_save writes
 // plain subscriptions only) does not keep shared subscriptions across its
 // restart, so messages published before the bridge subscribes again are
-// answered 0x10 "no matching subscribers" and dropped by the broker; the
-// test reports how many (the documented broker behaviour; the plain
-// subscription test below shows the way around it).
+// answered 0x10 "no matching subscribers" and dropped by the broker.
+// Asserted: the reconnection and the arrival of every message acked with
+// 0x00. Reported, not asserted: how many were answered 0x10 (0 to about
+// 4k of 10k, depending on whether devices or the bridge reconnect first;
+// docs/brokers.md); the plain subscription test below shows the way
+// around it and asserts 0.
 func TestBridgeMosquittoRestart(t *testing.T) {
 	noSubs, version := mosquittoRestart(t, false)
 	t.Logf("Mosquitto %s dropped %d messages published while the shared subscription was gone (answered 0x10)", version, noSubs)
