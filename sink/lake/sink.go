@@ -80,13 +80,24 @@ type sealedBatch struct {
 // New checks cfg and builds the sink's Kafka and S3 clients; nothing is
 // contacted until Run. reg receives the sink's metrics (may be nil).
 func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Sink, error) {
+	return newSink(cfg, log, reg, nil)
+}
+
+// newSink is New with the object store given (nil: the S3 server of
+// cfg.S3); unit tests pass an in-memory one. The store must be in place
+// before the Kafka client exists: the group may assign partitions (and
+// onAssigned read the store) before New returns.
+func newSink(cfg Config, log *slog.Logger, reg prometheus.Registerer, store objectStore) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("lake sink config: %w", err)
 	}
 	cfg = cfg.WithDefaults()
-	mc, err := objstore.New(cfg.S3)
-	if err != nil {
-		return nil, fmt.Errorf("lake sink S3 client: %w", err)
+	if store == nil {
+		mc, err := objstore.New(cfg.S3)
+		if err != nil {
+			return nil, fmt.Errorf("lake sink S3 client: %w", err)
+		}
+		store = &minioStore{cl: mc, bucket: cfg.S3.Bucket, partSize: uint64(cfg.PartSize)}
 	}
 	runCtx, hardStop := context.WithCancel(context.Background())
 	s := &Sink{
@@ -94,7 +105,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Sink, error)
 		cfg:   cfg,
 		log:   log,
 		m:     newMetrics(reg),
-		store: &minioStore{cl: mc, bucket: cfg.S3.Bucket, partSize: uint64(cfg.PartSize)},
+		store: store,
 		opts:  FileOptions{RowGroupRows: cfg.RowGroupRows, ZstdLevel: cfg.ZstdLevel},
 		mem:   semaphore.NewWeighted(int64(cfg.MaxBuffered)),
 		parts: map[partKey]*partState{},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -203,10 +204,14 @@ func (s *Sink) failpoint(name string, attrs ...any) {
 // onAssigned recovers each new partition before it is consumed: it reads
 // the committed offset and the partition's intents, deletes the intents of
 // committed batches and arms the replay of the batch that was in flight.
-func (s *Sink) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
+// It uses the client it is given, not s.cl or s.adm: the group may assign
+// partitions before New has stored those (found by TestUploadOrder with
+// kfake under -race).
+func (s *Sink) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	adm := kadm.NewClient(cl)
 	committed := map[partKey]int64{}
 	if err := s.retry(s.runCtx, "list", func(ctx context.Context) error {
-		resp, err := s.adm.FetchOffsets(ctx, s.cfg.Group)
+		resp, err := adm.FetchOffsets(ctx, s.cfg.Group)
 		if err != nil {
 			return err
 		}
