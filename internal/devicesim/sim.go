@@ -1,20 +1,3 @@
-// Package devicesim is a cheap simulated device fleet: N devices publish
-// telemetry over MQTT v5 at QoS 1, each at a set rate, with a per-device
-// sequence number ("seq") and a configurable fraction of invalid payloads.
-// It counts the messages whose PUBACK it received: with QoS 1 those are
-// the ones the broker took responsibility for, so they must arrive.
-//
-// Several devices share one MQTT connection (DevicesPerConn). The
-// publisher is written against the wire format directly (PUBLISH packets
-// are encoded into a buffered writer and pipelined up to the broker's
-// Receive Maximum) so that it costs little CPU per message, leaving the
-// machine to the system under test. A device's messages go out in seq
-// order on one connection, so the broker delivers them in that order.
-//
-// When a connection drops, the messages still waiting for their PUBACK
-// are counted as Unconfirmed (they may or may not have reached the
-// broker, and are not sent again), and the connection is re-established
-// with backoff; the devices continue with their next seq.
 package devicesim
 
 import (
