@@ -261,8 +261,8 @@ func (fk *fakeKafka) run(t *testing.T, b *bucket, j *journal, done func([]event)
 	fk.mu.Unlock()
 }
 
-// committedAll is a done condition: the whole input is committed.
-func committedAll(ev []event) bool {
+// inputCommitted is a done condition: the whole input is committed.
+func inputCommitted(ev []event) bool {
 	return slices.ContainsFunc(ev, func(e event) bool { return e.op == "commit" && e.offset == orderRecords })
 }
 
@@ -355,7 +355,7 @@ func TestUploadOrder(t *testing.T) {
 	fk := newFakeKafka(t)
 	b := newBucket()
 	j := &journal{}
-	fk.run(t, b, j, committedAll)
+	fk.run(t, b, j, inputCommitted)
 	checkOrder(t, b, j.snapshot())
 	checkExactlyOnceInBucket(t, b)
 }
@@ -410,7 +410,7 @@ func TestCrashBetweenSteps(t *testing.T) {
 				t.Fatal("the run did not reach the crash point")
 			}
 			j := &journal{}
-			fk.run(t, b, j, committedAll)
+			fk.run(t, b, j, inputCommitted)
 			checkExactlyOnceInBucket(t, b)
 			t.Logf("crashed after %d steps; the recovering run took %d", len(crashed.snapshot()), len(j.snapshot()))
 		})
