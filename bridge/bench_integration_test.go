@@ -277,7 +277,9 @@ func BenchmarkBridgeDrain(b *testing.B) {
 	}
 	_, cancel, done := run()
 	cancel()
-	<-done
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
 	sim, err := devicesim.New(devicesim.Config{URL: env.MQTTURL, Username: env.MQTTUsername, Password: env.MQTTPassword,
 		Devices: 1000, MessagesPerDevice: n / 1000, TopicTemplate: s.template()})
 	if err != nil {
@@ -295,6 +297,8 @@ func BenchmarkBridgeDrain(b *testing.B) {
 	el := time.Since(start)
 	b.StopTimer()
 	cancel()
-	<-done
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
 	b.ReportMetric(float64(sim.Stats().Acked)/el.Seconds(), "msgs/s")
 }

@@ -45,7 +45,7 @@ func TestBridgeGroupOfflineQueues(t *testing.T) {
 	}
 	e := newExpect()
 	st := s.fleet(t, env, devicesim.Config{Devices: 50, MessagesPerDevice: 40, InvalidFraction: 0.02}, e)
-	r = startBridge(t, cfg)
+	startBridge(t, cfg) // stopped when the test ends
 	g := s.readAll(t, env, e, time.Minute)
 	g.check(t, e, false)
 	t.Logf("%d messages published while the group was offline; all %d arrived after the restart", st.Acked, g.rawN+g.dlqN)

@@ -530,7 +530,12 @@ func (c *conn) session(ctx context.Context, start time.Time) error {
 	}
 	_ = nc.Close()
 	if !gotRead {
-		<-readErr
+		// Wait for the reader. It ends with the error of the connection
+		// closed just above, which says nothing; any other error explains
+		// a session that ended early better than io.ErrUnexpectedEOF.
+		if rerr := <-readErr; werr == nil && c.sent < total && rerr != nil && !errors.Is(rerr, net.ErrClosed) {
+			werr = rerr
+		}
 	}
 	for i := range slots {
 		if slots[i].used {
