@@ -71,30 +71,42 @@ func TestSinkCrash(t *testing.T) {
 		return recs[len(recs)*i/n : len(recs)*(i+1)/n]
 	}
 
-	last := int64(0)
+	// Small batches, so that a run's rows take many transactions and a
+	// kill lands among them: mid-COPY, mid-upsert, before or during COMMIT.
+	last, midRun := int64(0), 0
 	for k := range kills {
 		f.produce(t, chunk(raw, k, kills+1))
 		f.produce(t, chunk(met, k, kills+1))
-		p := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
-		// Kill once this run has committed something new: the next batch
-		// is then in flight.
-		step := int64(1 + rand.IntN(400))
-		testenv.Eventually(t, 2*time.Minute, 5*time.Millisecond, func() error {
+		runRows := int64(2*readings*(k+1)/(kills+1)) - last // readings rows this run can write
+		p := f.sinkProcess(t, "--batch-rows", "50", "--batch-delay", "200ms")
+		// Kill once this run has committed a random part of its rows:
+		// the next batch is then in flight.
+		step := 1 + rand.Int64N(max(1, runRows*9/10))
+		testenv.Eventually(t, 2*time.Minute, 2*time.Millisecond, func() error {
 			if n := f.count(t, `SELECT count(*) FROM $S.readings`); n < last+step {
 				return fmt.Errorf("run %d: readings = %d, waiting for > %d", k, n, last+step)
 			}
 			return nil
 		})
-		// Then a random moment later (fault injection, not synchronisation):
-		// mid-COPY, mid-upsert, before or during COMMIT.
-		<-time.After(time.Duration(rand.IntN(150)) * time.Millisecond)
+		// Then a random moment later (fault injection, not synchronisation).
+		<-time.After(time.Duration(rand.IntN(20)) * time.Millisecond)
 		if p.Exited() {
 			t.Fatalf("run %d: the sink exited before its kill: %v", k, p.Err())
 		}
 		p.KillWait(10 * time.Second)
-		last = f.count(t, `SELECT count(*) FROM $S.readings`)
-		t.Logf("kill %d: %d readings rows committed", k+1, last)
+		n := f.count(t, `SELECT count(*) FROM $S.readings`)
+		if n < last+runRows {
+			midRun++
+		}
+		t.Logf("kill %d: %d readings rows committed (%d of the %d this run could write)", k+1, n, n-last, runRows)
+		last = n
 	}
+	// The kills must have interrupted the sink at work, or the test
+	// shows nothing about a crash mid-batch.
+	if midRun == 0 {
+		t.Fatalf("none of the %d kills landed before its run had written everything", kills)
+	}
+	t.Logf("%d of %d kills landed while the run was still writing", midRun, kills)
 	f.produce(t, chunk(raw, kills, kills+1))
 	f.produce(t, chunk(met, kills, kills+1))
 	p := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
