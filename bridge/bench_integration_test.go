@@ -3,7 +3,6 @@
 package bridge
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 
+	"github.com/iotpipe/iotpipe/internal/demo"
 	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/testenv"
@@ -210,15 +210,14 @@ func metric(b *testing.B, addr, name string) float64 {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			v, _ := strconv.ParseFloat(rest, 64)
-			return v
-		}
+	m, err := demo.Parse(resp.Body)
+	if err != nil {
+		b.Fatal(err)
 	}
-	b.Fatalf("metric %s not found", name)
-	return 0
+	if !m.Has(name) {
+		b.Fatalf("metric %s not found", name)
+	}
+	return m.Sum(name)
 }
 
 func waitOffsets(b *testing.B, adm *kadm.Client, topic string, want int) {
