@@ -123,7 +123,9 @@ func newSink(cfg Config, log *slog.Logger, reg prometheus.Registerer, store obje
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
+		// Offset fetches wait for pending transactional commits: franz-go
+		// always asks for stable offsets now (RequireStableFetchOffsets
+		// is a deprecated no-op).
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
