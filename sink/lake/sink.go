@@ -77,8 +77,10 @@ type sealedBatch struct {
 	records     int
 }
 
-// New checks cfg and builds the sink's Kafka and S3 clients; nothing is
-// contacted until Run. reg receives the sink's metrics (may be nil).
+// New checks cfg and builds the sink's Kafka and S3 clients. reg
+// receives the sink's metrics (may be nil). The Kafka client joins the
+// consumer group as soon as it exists (franz-go), so partitions can be
+// assigned, and recovered from S3, before Run is called.
 func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Sink, error) {
 	return newSink(cfg, log, reg, nil)
 }
