@@ -9,12 +9,15 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 COMMIT      ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS     := -X github.com/iotpipe/iotpipe/internal/buildinfo.Version=$(VERSION) -X github.com/iotpipe/iotpipe/internal/buildinfo.Commit=$(COMMIT)
 FUZZTIME    ?= 5m
+# golangci-lint, pinned; installed on first use into the state folder (not the repository).
+LINT_VERSION := v2.15.0
+LINT        := $(STATE)/tools/golangci-lint-$(LINT_VERSION)/golangci-lint
 # Loads the IOTPIPE_* settings of the local services into a recipe's shell.
 WITH_ENV    := set -a; eval "$$($(SERVICES) env)"; set +a;
 
 export IOTPIPE_STATE_DIR := $(STATE)
 
-.PHONY: help build test test-unit test-integration vet fuzz bench bench-quick bench-compare demo services-up services-down services-status init clean
+.PHONY: help build test test-unit test-integration vet lint fuzz bench bench-quick bench-compare demo services-up services-down services-status init clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -35,7 +38,11 @@ vet: ## go vet, unit and integration build tags
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./...
 
-test: vet services-up ## bring the real services up and run every test, integration included, with -race
+lint: ## golangci-lint with .golangci.yml (the pinned LINT_VERSION, installed into the state folder on first use)
+	@test -x '$(LINT)' || { echo "installing golangci-lint $(LINT_VERSION) into $(dir $(LINT))"; GOBIN='$(abspath $(dir $(LINT)))' $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(LINT_VERSION); }
+	'$(LINT)' run ./...
+
+test: vet lint services-up ## lint, bring the real services up and run every test, integration included, with -race
 	$(WITH_ENV) scripts/gotest.sh -race -count=1 -tags integration -timeout 15m ./...
 
 test-unit: ## run the tests that need no service, with -race

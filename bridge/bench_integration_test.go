@@ -3,7 +3,6 @@
 package bridge
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 
+	"github.com/iotpipe/iotpipe/internal/demo"
 	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
@@ -82,7 +82,7 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			continue
 		}
 		p := startBench(b, bin, append(bridgeArgs(tg, variants[i]), "--http-addr", ""))
-		p.stop(b)
+		p.Stop(time.Minute)
 	}
 	// 2. Publish the load once; every session queues a copy.
 	sim, err := devicesim.New(func() devicesim.Config {
@@ -151,10 +151,10 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			} else {
 				addr := freeAddr(b)
 				p := startBench(b, bin, append(bridgeArgs(tg, variants[i]), "--http-addr", addr))
-				cpu = func() time.Duration { return procCPU(b, p.cmd.Process.Pid) }
+				cpu = func() time.Duration { return procCPU(b, p.Pid()) }
 				base := metric(b, addr, "go_memstats_mallocs_total")
 				mallocs = func() float64 { return metric(b, addr, "go_memstats_mallocs_total") - base }
-				stop = func() { p.stop(b) }
+				stop = func() { p.Stop(time.Minute) }
 			}
 			waitOffsets(b, adm, tg.topic, total)
 			el := time.Since(start)
@@ -185,51 +185,12 @@ func endSessionTB(b *testing.B, env *testenv.Env, clientID string) {
 		"-V", "5", "-i", clientID, "-t", "x/never", "-E").Run()
 }
 
-type benchProc struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-func startBench(b *testing.B, bin string, args []string) *benchProc {
-	cmd := exec.Command(bin, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	p := &benchProc{cmd: cmd, exited: make(chan struct{})}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		once := false
-		for sc.Scan() {
-			if !once && strings.Contains(sc.Text(), `"mqtt subscribed"`) {
-				once = true
-				close(ready)
-			}
-		}
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
-	b.Cleanup(func() { _ = cmd.Process.Kill(); <-p.exited })
-	select {
-	case <-ready:
-	case <-p.exited:
-		b.Fatal("bridge exited")
-	case <-time.After(time.Minute):
-		b.Fatal("bridge not ready")
-	}
+// startBench starts the bridge binary bin with args (flags only) and
+// waits until it has subscribed.
+func startBench(b *testing.B, bin string, args []string) *testenv.Proc {
+	p := testenv.StartProcPath(b, bin, "bridge", nil, args...)
+	p.WaitLine(`"mqtt subscribed"`, time.Minute)
 	return p
-}
-
-func (p *benchProc) stop(b *testing.B) {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(time.Minute):
-		b.Fatal("bridge did not stop")
-	}
 }
 
 // procCPU is the user+system CPU time of a process.
@@ -259,15 +220,14 @@ func metric(b *testing.B, addr, name string) float64 {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			v, _ := strconv.ParseFloat(rest, 64)
-			return v
-		}
+	m, err := demo.Parse(resp.Body)
+	if err != nil {
+		b.Fatal(err)
 	}
-	b.Fatalf("metric %s not found", name)
-	return 0
+	if !m.Has(name) {
+		b.Fatalf("metric %s not found", name)
+	}
+	return m.Sum(name)
 }
 
 func waitOffsets(b *testing.B, adm *kadm.Client, topic string, want int) {
@@ -326,7 +286,9 @@ func BenchmarkBridgeDrain(b *testing.B) {
 	}
 	_, cancel, done := run()
 	cancel()
-	<-done
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
 	sim, err := devicesim.New(func() devicesim.Config {
 		c := devicesim.DefaultConfig()
 		c.URL = env.MQTTURL
@@ -354,6 +316,8 @@ func BenchmarkBridgeDrain(b *testing.B) {
 	el := time.Since(start)
 	b.StopTimer()
 	cancel()
-	<-done
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
 	b.ReportMetric(float64(sim.Stats().Acked)/el.Seconds(), "msgs/s")
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/service"
+	"github.com/iotpipe/iotpipe/internal/retry"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -249,43 +250,36 @@ func (b *Bridge) shutdown(cm *autopaho.ConnectionManager, kcl *kgo.Client) {
 }
 
 // checkTopics waits until Kafka answers, then checks that both topics
-// exist.
+// exist; it retries with jittered backoff (100ms … 5s, internal/retry) and
+// gives up on a topic still missing after 10 s.
 func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
 	adm := kadm.NewClient(kcl)
 	start := time.Now()
-	backoff := 100 * time.Millisecond
-	for {
+	return retry.Do(ctx, retry.New(100*time.Millisecond, 5*time.Second), func() error {
 		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		td, err := adm.ListTopics(tctx, b.cfg.TopicRaw, b.cfg.TopicDLQ)
 		cancel()
-		if err == nil {
-			err = nil
-			for _, t := range []string{b.cfg.TopicRaw, b.cfg.TopicDLQ} {
-				d, ok := td[t]
-				switch {
-				case !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition):
-					// A topic created a moment ago may not be in the
-					// metadata yet: give it a few seconds.
-					if time.Since(start) > 10*time.Second {
-						return fmt.Errorf("%w: %s (create it with `iotpipe init`)", ErrMissingTopic, t)
-					}
-					err = fmt.Errorf("%w: %s", ErrMissingTopic, t)
-				case d.Err != nil:
-					err = fmt.Errorf("topic %s: %w", t, d.Err)
+		if err != nil {
+			return err
+		}
+		for _, t := range []string{b.cfg.TopicRaw, b.cfg.TopicDLQ} {
+			d, ok := td[t]
+			switch {
+			case !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition):
+				// A topic created a moment ago may not be in the
+				// metadata yet: give it a few seconds.
+				if time.Since(start) > 10*time.Second {
+					return retry.Permanent(fmt.Errorf("%w: %s (create it with `iotpipe init`)", ErrMissingTopic, t))
 				}
-			}
-			if err == nil {
-				return nil
+				err = fmt.Errorf("%w: %s", ErrMissingTopic, t)
+			case d.Err != nil:
+				err = fmt.Errorf("topic %s: %w", t, d.Err)
 			}
 		}
+		return err
+	}, func(_ int, err error, _ time.Duration) {
 		b.log.Warn("kafka not reachable yet; waiting", "brokers", b.cfg.Kafka.Brokers, "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	})
 }
 
 func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.WaitGroup) autopaho.ClientConfig {

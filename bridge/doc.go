@@ -25,26 +25,15 @@
 //   - Duplicates are possible: after a crash or a lost connection,
 //     messages whose record reached Kafka but whose PUBACK did not reach
 //     the broker are delivered again (iotpipe_bridge_redelivered_total
-//     counts the DUP-flagged ones). A broker that honours the MQTT v5
-//     Receive Maximum has at most MQTTConfig.ReceiveMaximum messages in
-//     flight to the bridge, so a crash duplicates at most that many
-//     (measured on Mosquitto 2.0.20: 10 SIGKILLs under load, 9,693
-//     duplicates of 100k messages, bound 10,000). The bridge holds to
-//     the bound on its side too: a message keeps its in-flight slot
-//     until its PUBACK is handed to paho, in receive order, so at most
-//     ReceiveMaximum stored messages are unacknowledged whatever the
-//     broker sends. Mosquitto 2.0.11 (Debian 12) does not honour it:
-//     once PUBACKs flow it sends past the Receive Maximum (measured:
-//     Receive Maximum 10, 5 acknowledged, 60 sent; fixed in 2.0.13,
-//     "inflight quota management", #2306). On that broker the
-//     duplicates after SIGKILLs under load are not bounded (10 kills of
-//     100k messages: 6k to 97k duplicates): it redelivers messages whose
-//     PUBACK the bridge had sent. How 2.0.11 loses track of those
-//     PUBACKs is not established (its socket's receive queue from the
-//     bridge was empty in a check at 10k msg/s, so they are not simply
-//     left unread); 2.0.20 keeps to the bound. Nothing is lost. Downstream
-//     stages treat telemetry.raw as at-least-once and deduplicate by
-//     (device, seq) where it matters.
+//     counts the DUP-flagged ones). On a broker that honours the MQTT v5
+//     Receive Maximum, a crash duplicates at most
+//     MQTTConfig.ReceiveMaximum messages: the bridge holds to that bound
+//     on its side (a message keeps its in-flight slot until its PUBACK is
+//     handed to paho, in receive order). Mosquitto before 2.0.13 does not
+//     honour it once PUBACKs flow, and there duplicates are not bounded;
+//     nothing is lost either way. Figures per broker version:
+//     docs/brokers.md. Downstream stages treat telemetry.raw as
+//     at-least-once and deduplicate by (device, seq) where it matters.
 //   - Bounded memory. At most ReceiveMaximum records are in flight to
 //     Kafka (the bridge's own limit, whatever the broker does); messages
 //     beyond it wait in paho's queue (ReceiveMaximum long) and then in
@@ -55,13 +44,9 @@
 //     nothing came back for a keep-alive period after a ping while the
 //     bridge was reading, because a PINGRESP waits behind the messages
 //     the bridge has not read yet.
-//   - The broker's queue is the buffer for a backlog, and it is bounded:
-//     Mosquitto keeps at most max_queued_messages (1,000,000 in
-//     scripts/services.sh and deploy/mosquitto) for the bridge's session
-//     and drops what comes beyond it, after the device got its PUBACK
-//     (its log says "Outgoing messages are being dropped for client").
-//     Size it for the longest Kafka outage or overload to ride out:
-//     messages per second × seconds.
+//   - The broker's queue is the buffer for a backlog, and it is bounded
+//     by the broker (Mosquitto's max_queued_messages): size it for the
+//     longest Kafka outage to ride out (docs/brokers.md).
 //   - Bad input never stops the bridge and is never dropped silently:
 //     every rejection is a DLQ record and a count in
 //     iotpipe_bridge_rejected_total{reason}. A payload longer than
@@ -83,35 +68,22 @@
 //
 // # Broker restarts
 //
-// With persistence on, Mosquitto keeps the bridge's session across a
-// restart: messages queued for it and those in flight are delivered after
-// the bridge reconnects (session present), and nothing a device got a
-// successful PUBACK for is lost. But Mosquitto (every 2.0.x release,
-// checked on 2.0.11 and 2.0.20: its persistence file holds plain
-// subscriptions only) does not restore shared subscriptions ($share/...)
-// when it restarts. Until the bridge reconnects and subscribes again,
-// which it does on every connection, messages matching no other
-// subscription are answered with PUBACK reason 0x10 "no matching
-// subscribers" and dropped by the broker (measured: 0 to 4,094 of 10,000
-// messages in TestBridgeMosquittoRestart, depending on whether devices or
-// the bridge reconnect first). 0x10 is a success code and most devices do
-// not resend. Worse, if another client holds a plain subscription that
-// matches, devices get 0x00 and the bridge's share is lost silently.
-//
-// The way around it, for a single bridge: MQTTConfig.PlainSubscription
-// (--mqtt-plain-subscription). The bridge subscribes to the filters
-// themselves, the broker restores that subscription with the session and
-// queues for it while the bridge reconnects, and nothing is dropped
-// (TestBridgeMosquittoRestartPlainSubscription: 0 of 10,000, on 2.0.11
-// and 2.0.20). With several bridges a plain subscription gives every
-// bridge every message, so it is for one bridge only; a group of bridges
-// on shared subscriptions has this gap at every broker restart.
+// The bridge keeps its MQTT session (stable client id, clean start off,
+// session expiry), so a broker that persists sessions delivers, after a
+// restart, everything queued for the bridge and everything in flight.
+// Brokers that do not restore shared subscriptions ($share/...) across a
+// restart, every Mosquitto 2.0.x among them, answer messages published
+// before the bridge subscribes again with PUBACK 0x10 "no matching
+// subscribers" and drop them. For a single bridge,
+// MQTTConfig.PlainSubscription (--mqtt-plain-subscription) avoids that
+// gap; a group of bridges on shared subscriptions has it at every broker
+// restart. Details and figures: docs/brokers.md.
 //
 // # Several bridges: shared subscriptions
 //
 // Bridges with the same ShareGroup (and each its own client id) split the
-// messages: Mosquitto hands each message of a shared subscription to one
-// member of the group, round-robin. Two consequences:
+// messages: the broker hands each message of a shared subscription to one
+// member of the group. Two consequences:
 //
 //   - Per-device order across bridges: consecutive messages of one device
 //     can go to different bridges and reach Kafka in either order, so with
@@ -121,19 +93,9 @@
 //     lets it count gaps and duplicates), not by arrival order; a reading
 //     that arrives after its window closed is counted as late. Run one
 //     bridge per share group when arrival order itself matters.
-//   - Offline members keep their share. Mosquitto (measured on 2.0.11)
-//     counts a member with a persistent session as part of the group even
-//     while it is disconnected: it goes on assigning it every Nth message
-//     and queues those for its session. When every bridge of the group is
-//     offline, all messages are queued in their sessions and arrive when
-//     the bridges come back (TestBridgeGroupOfflineQueues). When one of
-//     several bridges is offline, its share waits until that bridge
-//     reconnects with the same client id
-//     (TestBridgeGroupMemberOfflineKeepsItsShare). A bridge removed for
-//     good keeps receiving its share into its session until the session
-//     expires, and the broker drops what is queued for a session that
-//     expires. Retiring a bridge without loss therefore needs an
-//     unsubscribe before its last drain; the bridge has no such mode yet,
-//     so scale the group down only with that in mind, and
-//     keep the session expiry longer than any planned outage.
+//   - Offline members keep their share: Mosquitto goes on assigning
+//     messages to a member with a persistent session while it is
+//     disconnected and queues them for it, so they arrive when it comes
+//     back with the same client id, and are lost when its session
+//     expires. Retire a bridge only with that in mind (docs/brokers.md).
 package bridge

@@ -105,7 +105,11 @@ func startBridge(t *testing.T, cfg Config) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{b: b, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- b.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
+	t.Cleanup(func() {
+		if err := r.stop(t); err != nil {
+			t.Errorf("bridge stopped with %v", err)
+		}
+	})
 	testenv.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
 		select {
 		case err := <-r.done:

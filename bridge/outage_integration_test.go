@@ -45,8 +45,11 @@ func waitFleet(t *testing.T, done chan error) {
 }
 
 // SIGKILL the bridge process mid-stream and restart it: nothing acked to
-// a device is missing; duplicates (Kafka acked, PUBACK not sent) are
-// bounded by the in-flight limit per kill.
+// a device is missing (asserted on every broker); duplicates (Kafka
+// acked, PUBACK not sent) are bounded by the in-flight limit per kill,
+// asserted on a broker that honours the Receive Maximum (Mosquitto
+// 2.0.13 on). Older Mosquitto overruns it (TestBrokerReceiveMaximumWhileAcking,
+// docs/brokers.md): there the duplicate figure is reported, not asserted.
 func TestBridgeSurvivesSIGKILL(t *testing.T) {
 	env := testenv.Load(t)
 	s := newSetup(t, env)
@@ -102,9 +105,7 @@ func TestBridgeSurvivesSIGKILL(t *testing.T) {
 		t.Logf("duplicate bound NOT met on Mosquitto %s (inflight quota fixed in 2.0.13): %d duplicates > %d kills × receive maximum %d",
 			version, dups, kills, DefaultReceiveMaximum)
 	}
-	if err := p.term(t, 15*time.Second); err != nil {
-		t.Fatalf("exit after SIGTERM: %v", err)
-	}
+	p.term(t, 15*time.Second)
 }
 
 // Kafka (private) stopped while devices keep publishing: the bridge
@@ -142,10 +143,8 @@ func TestBridgeKafkaOutage(t *testing.T) {
 		// nothing to poll for.
 		time.Sleep(d)
 	}
-	select {
-	case <-p.exited:
-		t.Fatalf("bridge exited during the Kafka outage: %v", p.err)
-	default:
+	if p.Exited() {
+		t.Fatalf("bridge exited during the Kafka outage: %v\n%s", p.Err(), p.Tail(30))
 	}
 	rssOutage := p.peakRSS(t)
 	priv.Start("kafka")
@@ -159,12 +158,10 @@ func TestBridgeKafkaOutage(t *testing.T) {
 	if rss > 200<<10 {
 		t.Fatalf("peak RSS %d KiB: memory not bounded", rss)
 	}
-	if n := p.logCount(`"mqtt connected"`); n != 1 {
+	if n := p.Count(`"mqtt connected"`); n != 1 {
 		t.Errorf("bridge connected to MQTT %d times: it lost its connection while holding back", n)
 	}
-	if err := p.term(t, 15*time.Second); err != nil {
-		t.Fatalf("exit after SIGTERM: %v", err)
-	}
+	p.term(t, 15*time.Second)
 }
 
 // Mosquitto (private) restarted mid-stream, the bridge on a shared
@@ -173,9 +170,12 @@ func TestBridgeKafkaOutage(t *testing.T) {
 // (every 2.0.x release, checked up to 2.0.20: persist__subs_save writes
 // plain subscriptions only) does not keep shared subscriptions across its
 // restart, so messages published before the bridge subscribes again are
-// answered 0x10 "no matching subscribers" and dropped by the broker; the
-// test reports how many (the documented broker behaviour; the plain
-// subscription test below shows the way around it).
+// answered 0x10 "no matching subscribers" and dropped by the broker.
+// Asserted: the reconnection and the arrival of every message acked with
+// 0x00. Reported, not asserted: how many were answered 0x10 (0 to about
+// 4k of 10k, depending on whether devices or the bridge reconnect first;
+// docs/brokers.md); the plain subscription test below shows the way
+// around it and asserts 0.
 func TestBridgeMosquittoRestart(t *testing.T) {
 	noSubs, version := mosquittoRestart(t, false)
 	t.Logf("Mosquitto %s dropped %d messages published while the shared subscription was gone (answered 0x10)", version, noSubs)
@@ -245,9 +245,7 @@ func TestBridgeKeepsConnectionDrainingBacklog(t *testing.T) {
 	s := newSetup(t, env)
 	cfg := s.config(t, "")
 	p := startProc(t, cfg)
-	if err := p.term(t, 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	p.term(t, 15*time.Second)
 	e := newExpect()
 	const devices, per = 100, 200
 	if st := s.fleet(t, env, func(c *devicesim.Config) {
@@ -263,7 +261,7 @@ func TestBridgeKeepsConnectionDrainingBacklog(t *testing.T) {
 	g := s.readAll(t, env, e, 2*time.Minute)
 	drain := time.Since(start)
 	dups := g.check(t, e, true)
-	conns := p.logCount(`"mqtt connected"`)
+	conns := p.Count(`"mqtt connected"`)
 	t.Logf("backlog of %d drained in %s with keep-alive 2s: %d connection(s), %d duplicates", devices*per, drain.Round(time.Millisecond), conns, dups)
 	if conns != 1 {
 		t.Errorf("bridge connected %d times while draining: it dropped a live connection", conns)
@@ -271,7 +269,5 @@ func TestBridgeKeepsConnectionDrainingBacklog(t *testing.T) {
 	if dups != 0 {
 		t.Errorf("%d duplicates without any failure", dups)
 	}
-	if err := p.term(t, 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	p.term(t, 15*time.Second)
 }

@@ -17,7 +17,7 @@ func runPinger(t *testing.T, d time.Duration, heldBack func() time.Time, behave 
 	client, server := net.Pipe()
 	defer client.Close()
 	defer server.Close()
-	go io.Copy(io.Discard, server)
+	go func() { _, _ = io.Copy(io.Discard, server) }() // ends when the pipe closes
 	p := newPinger(heldBack)
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()

@@ -3,13 +3,9 @@
 package bridge
 
 import (
-	"bufio"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,16 +14,11 @@ import (
 
 // proc is a bridge running as a child process.
 type proc struct {
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	lines  []string
-	ready  chan struct{}
-	exited chan struct{}
-	err    error
+	*testenv.Proc
 }
 
-// startProc starts `iotpipe bridge` with cfg's settings and waits until it
-// has subscribed.
+// startProc starts `iotpipe bridge` with cfg's settings (flags only, no
+// IOTPIPE_* variable) and waits until it has subscribed.
 func startProc(t *testing.T, cfg Config, extra ...string) *proc {
 	t.Helper()
 	args := []string{"bridge",
@@ -41,108 +32,49 @@ func startProc(t *testing.T, cfg Config, extra ...string) *proc {
 		"--topic-template", cfg.TopicTemplate,
 		"--http-addr", "", "--log-format", "json", "--log-level", "info",
 	}
-	args = append(args, extra...)
-	cmd := exec.Command(testenv.Binary(t), args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, ready: make(chan struct{}), exited: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		once := sync.Once{}
-		for sc.Scan() {
-			line := sc.Text()
-			p.mu.Lock()
-			p.lines = append(p.lines, line)
-			p.mu.Unlock()
-			if strings.Contains(line, `"mqtt subscribed"`) {
-				once.Do(func() { close(p.ready) })
-			}
-		}
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
+	p := &proc{testenv.StartProc(t, "bridge", nil, append(args, extra...)...)}
 	t.Cleanup(func() {
-		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
-		<-p.exited
-		p.mu.Lock()
-		for _, l := range p.lines {
-			if t.Failed() || strings.Contains(l, "redelivered") {
-				t.Logf("bridge[%d]: %s", cmd.Process.Pid, l)
+		// Redeliveries are what the duplicate figures come from: show
+		// them even when the test passes.
+		for l := range strings.SplitSeq(p.Log(), "\n") {
+			if !t.Failed() && strings.Contains(l, "redelivered") {
+				t.Logf("bridge[%d]: %s", p.Pid(), l)
 			}
 		}
-		p.mu.Unlock()
 	})
-	select {
-	case <-p.ready:
-	case <-p.exited:
-		t.Fatalf("bridge exited: %v\n%s", p.err, strings.Join(p.lines, "\n"))
-	case <-time.After(60 * time.Second):
-		t.Fatal("bridge did not subscribe within 60s")
-	}
+	p.WaitLine(`"mqtt subscribed"`, 60*time.Second)
 	return p
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-// logCount returns how many log lines so far contain s.
-func (p *proc) logCount(s string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, l := range p.lines {
-		if strings.Contains(l, s) {
-			n++
-		}
-	}
-	return n
 }
 
 // kill SIGKILLs the bridge and waits for it to go.
 func (p *proc) kill(t *testing.T) {
 	t.Helper()
-	if err := syscall.Kill(p.pid(), syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-p.exited
+	p.KillWait(10 * time.Second)
 }
 
-// term sends SIGTERM and returns the exit error (nil for status 0).
-func (p *proc) term(t *testing.T, within time.Duration) error {
+// term sends SIGTERM and fails the test unless the bridge exits 0 within
+// the bound.
+func (p *proc) term(t *testing.T, within time.Duration) {
 	t.Helper()
-	if err := syscall.Kill(p.pid(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.exited:
-		return p.err
-	case <-time.After(within):
-		t.Fatalf("bridge did not exit within %s of SIGTERM", within)
-	}
-	return nil
+	p.StopClean(within)
 }
 
 // peakRSS returns VmHWM of the process in KiB.
 func (p *proc) peakRSS(t *testing.T) int {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.pid()) + "/status")
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.Pid()) + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
+	for l := range strings.SplitSeq(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			if err != nil {
+				t.Fatalf("VmHWM %q: %v", rest, err)
+			}
 			return n
 		}
 	}
 	t.Fatal("no VmHWM")
 	return 0
 }
-
-var _ = testenv.Name

@@ -57,17 +57,21 @@ func TestBridgeGroupOfflineQueues(t *testing.T) {
 		c.Rate = 0
 		c.ValidKinds = devicesim.AllValidKinds()
 	}, e)
-	r = startBridge(t, cfg)
+	startBridge(t, cfg) // stopped when the test ends
 	g := s.readAll(t, env, e, time.Minute)
 	g.check(t, e, false)
 	t.Logf("%d messages published while the group was offline; all %d arrived after the restart", st.Acked, g.rawN+g.dlqN)
 }
 
-// Mosquitto hands shared messages round-robin to every member of the
-// group, offline members with a persistent session included: while one
-// bridge of two is away, its share waits in its session and arrives when
-// it comes back (and would be lost if its session expired first).
-func TestBridgeGroupMemberOfflineKeepsItsShare(t *testing.T) {
+// TestBrokerSharedOfflineMemberKeepsItsShare characterises the broker
+// (measured on Mosquitto 2.0.11 and 2.0.20; docs/brokers.md): it hands
+// shared messages round-robin to every member of the group, offline
+// members with a persistent session included, so while one bridge of two
+// is away its share waits in its session and arrives when it comes back
+// (and would be lost if its session expired first). Asserted: every
+// message arrives once, the bridge that stayed received only part of
+// them, and the one that came back received the rest.
+func TestBrokerSharedOfflineMemberKeepsItsShare(t *testing.T) {
 	env := testenv.Load(t)
 	s := newSetup(t, env)
 	cfgB := s.config(t, "")
@@ -93,7 +97,11 @@ func TestBridgeGroupMemberOfflineKeepsItsShare(t *testing.T) {
 	b = startBridge(t, cfgB)
 	g := s.readAll(t, env, e, time.Minute)
 	g.check(t, e, false)
-	t.Logf("%d published while B was away: A received %d at once, B %d when it came back", st.Acked, onlyA, b.b.Stats().Received)
+	na, nb := a.b.Stats().Received, b.b.Stats().Received
+	t.Logf("%d published while B was away: A received %d at once (%d in all), B %d when it came back", st.Acked, onlyA, na, nb)
+	if nb == 0 || na >= st.Acked || na+nb != st.Acked {
+		t.Errorf("A received %d, B %d of %d: want B's share (> 0) kept for it while away, A only the rest", na, nb, st.Acked)
+	}
 }
 
 type errString string

@@ -3,15 +3,9 @@
 package processor
 
 import (
-	"bufio"
-	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,12 +14,11 @@ import (
 
 // proc is one `iotpipe processor` child process.
 type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	lines  chan string
-	exited chan error
+	*testenv.Proc
 }
 
+// startProc starts `iotpipe processor` as instance of group, with flags
+// only (no IOTPIPE_* variable reaches it).
 func startProc(t *testing.T, env *testenv.Env, topics Topics, group, instance string, extra ...string) *proc {
 	t.Helper()
 	args := append([]string{"processor",
@@ -37,95 +30,24 @@ func startProc(t *testing.T, env *testenv.Env, topics Topics, group, instance st
 		"--commit-interval", "200ms", "--session-timeout", "6s", "--transaction-timeout", "10s",
 		"--http-addr", "127.0.0.1:0", "--log-format", "json",
 	}, extra...)
-	cmd := exec.Command(testenv.Binary(t), args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{name: instance, cmd: cmd, lines: make(chan string, 1024), exited: make(chan error, 1)}
-	logPath := filepath.Join(t.TempDir(), fmt.Sprintf("processor-%s-%d.log", instance, cmd.Process.Pid))
-	logf, _ := os.Create(logPath)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("log of processor %s (pid %d): %s", instance, cmd.Process.Pid, logPath)
-		}
-	})
-	go func() {
-		if logf != nil {
-			defer logf.Close()
-		}
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if logf != nil {
-				fmt.Fprintln(logf, line)
-			}
-			if os.Getenv("IOTPIPE_TEST_LOGS") != "" {
-				fmt.Fprintf(os.Stderr, "[%s] %s\n", instance, line)
-			}
-			select {
-			case p.lines <- line:
-			default:
-			}
-		}
-		p.exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() { p.kill() })
-	return p
+	return &proc{testenv.StartProc(t, "processor "+instance, nil, args...)}
 }
 
-func (p *proc) kill() {
-	if p.cmd.ProcessState == nil {
-		_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
-	}
-}
-
-// waitLine waits for a log line containing s.
+// waitLine waits for the next log line containing s.
 func (p *proc) waitLine(t *testing.T, s string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case l := <-p.lines:
-			if strings.Contains(l, s) {
-				return
-			}
-		case err := <-p.exited:
-			t.Fatalf("processor %s exited (%v) while waiting for %q", p.name, err, s)
-		case <-deadline:
-			t.Fatalf("processor %s: no %q within %s", p.name, s, timeout)
-		}
-	}
+	p.WaitLine(s, timeout)
 }
 
 // stop sends SIGTERM and waits for exit status 0.
 func (p *proc) stop(t *testing.T) {
 	t.Helper()
-	_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case err := <-p.exited:
-		if err != nil {
-			t.Fatalf("processor %s: exit after SIGTERM: %v", p.name, err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("processor %s did not exit within 30s of SIGTERM", p.name)
-	}
+	p.StopClean(30 * time.Second)
 }
 
 func (p *proc) sigkill(t *testing.T) {
 	t.Helper()
-	_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("processor %s survived SIGKILL", p.name)
-	}
+	p.KillWait(10 * time.Second)
 }
 
 // TestCrashExactlyOnce is the crash test: a processor child process is

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -10,86 +9,68 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/iotpipe/iotpipe/internal/demo"
+	"github.com/iotpipe/iotpipe/internal/proc"
 )
 
-// child is one child process of the benchmark. It runs in its own process
-// group and gets SIGKILL if the benchmark's thread dies (Pdeathsig).
+// child is one child process of the benchmark (see internal/proc: its
+// own process group, SIGKILL when the benchmark's thread dies, an explicit
+// environment).
 type child struct {
+	*proc.Proc
 	name    string
-	cmd     *exec.Cmd
 	logPath string
-	done    chan struct{}
-	lines   atomic.Int64 // lines read from stdout, when counted
-	stopped atomic.Bool  // stop was called: an exit is expected
+	lines   lineCounter // lines written to stdout, when counted
+	stopped atomic.Bool // stop was called: an exit is expected
 }
+
+// lineCounter counts the newlines written to it.
+type lineCounter struct{ n atomic.Int64 }
+
+func (c *lineCounter) Write(p []byte) (int, error) {
+	c.n.Add(int64(bytes.Count(p, []byte{'\n'})))
+	return len(p), nil
+}
+
+// Load is the number of lines so far.
+func (c *lineCounter) Load() int64 { return c.n.Load() }
 
 // children owns every process the benchmark starts.
 type children struct {
 	dir  string
+	env  []string // every child's whole environment
 	mu   sync.Mutex
 	all  []*child
 	died chan *child // children that exited without stop
 }
 
-func newChildren(dir string) *children {
-	return &children{dir: dir, died: make(chan *child, 64)}
+// newChildren starts children with exactly the environment env.
+func newChildren(dir string, env []string) *children {
+	return &children{dir: dir, env: env, died: make(chan *child, 64)}
 }
 
 // start runs bin with args; stdout and stderr go to <dir>/<name>.log, or
 // with countLines the stdout lines are only counted.
 func (cs *children) start(name, bin string, countLines bool, args ...string) (*child, error) {
-	logPath := filepath.Join(cs.dir, strings.ReplaceAll(name, " ", "-")+".log")
-	lf, err := os.Create(logPath)
+	c := &child{name: name, logPath: filepath.Join(cs.dir, strings.ReplaceAll(name, " ", "-")+".log")}
+	cfg := proc.Config{Name: name, Path: bin, Args: args, Env: cs.env, LogPath: c.logPath}
+	if countLines {
+		cfg.Stdout = &c.lines
+	}
+	p, err := proc.Start(cfg)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = os.Environ()
-	cmd.Stderr = lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	c := &child{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	var out io.ReadCloser
-	if countLines {
-		if out, err = cmd.StdoutPipe(); err != nil {
-			lf.Close()
-			return nil, err
-		}
-	} else {
-		cmd.Stdout = lf
-	}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	var counted sync.WaitGroup
-	if countLines {
-		counted.Go(func() {
-			r := bufio.NewReaderSize(out, 64<<10)
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := r.Read(buf)
-				c.lines.Add(int64(bytes.Count(buf[:n], []byte{'\n'})))
-				if err != nil {
-					return
-				}
-			}
-		})
-	}
+	c.Proc = p
 	go func() {
-		counted.Wait()
-		_ = cmd.Wait()
-		lf.Close()
-		close(c.done)
+		<-p.Done()
 		if !c.stopped.Load() {
 			cs.died <- c
 		}
@@ -100,41 +81,21 @@ func (cs *children) start(name, bin string, countLines bool, args ...string) (*c
 	return c, nil
 }
 
-func (c *child) pid() int { return c.cmd.Process.Pid }
+func (c *child) pid() int { return c.Pid() }
 
-func (c *child) exited() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
+func (c *child) exited() bool { return c.Exited() }
 
-func (c *child) exitCode() int {
-	if c.cmd.ProcessState == nil {
-		return -1
-	}
-	return c.cmd.ProcessState.ExitCode()
-}
+func (c *child) exitCode() int { return c.ExitCode() }
 
 // stop sends SIGTERM and waits up to wait for the exit, then kills the
 // process group. It returns an error unless the child exited 0.
 func (c *child) stop(wait time.Duration) error {
 	c.stopped.Store(true)
-	if !c.exited() {
-		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-c.done:
-		case <-time.After(wait):
-			_ = syscall.Kill(-c.pid(), syscall.SIGKILL)
-			<-c.done
-			return fmt.Errorf("%s did not exit %s after SIGTERM and was killed (log %s)", c.name, wait, c.logPath)
-		}
+	code, err := c.Stop(wait)
+	if err != nil {
+		return fmt.Errorf("%w (log %s)", err, c.logPath)
 	}
-	// The whole group: nothing it started may stay behind.
-	_ = syscall.Kill(-c.pid(), syscall.SIGKILL)
-	if code := c.exitCode(); code != 0 {
+	if code != 0 {
 		return fmt.Errorf("%s exited %d after SIGTERM (log %s):\n%s", c.name, code, c.logPath, tail(c.logPath, 10))
 	}
 	return nil
@@ -161,10 +122,7 @@ func (cs *children) killAll() {
 	defer cs.mu.Unlock()
 	for _, c := range cs.all {
 		c.stopped.Store(true)
-		if !c.exited() {
-			_ = syscall.Kill(-c.pid(), syscall.SIGKILL)
-			<-c.done
-		}
+		c.Kill()
 	}
 }
 

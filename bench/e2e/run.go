@@ -24,6 +24,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/objstore"
+	"github.com/iotpipe/iotpipe/internal/proc"
 )
 
 // Stage settings: short windows so that rows appear within seconds (the
@@ -55,7 +56,22 @@ type env struct {
 	devUser, devPass            string
 	brokers                     []string
 	pgDSN, pgReaderDSN          string
+	pgWriterDSN                 string
 	s3                          objstore.Config
+}
+
+// environ is the environment of every child process: PATH and the like
+// (proc.BaseEnv) and the services' settings, nothing else of ours.
+func (e env) environ() []string {
+	return append(proc.BaseEnv(),
+		"IOTPIPE_MQTT_URL="+e.mqttURL,
+		"IOTPIPE_MQTT_USERNAME="+e.mqttUser, "IOTPIPE_MQTT_PASSWORD="+e.mqttPass,
+		"IOTPIPE_MQTT_DEVICE_USERNAME="+e.devUser, "IOTPIPE_MQTT_DEVICE_PASSWORD="+e.devPass,
+		"IOTPIPE_KAFKA_BROKERS="+strings.Join(e.brokers, ","),
+		"IOTPIPE_PG_DSN="+e.pgDSN, "IOTPIPE_PG_WRITER_DSN="+e.pgWriterDSN, "IOTPIPE_PG_READER_DSN="+e.pgReaderDSN,
+		"IOTPIPE_S3_ENDPOINT="+e.s3.Endpoint, "IOTPIPE_S3_ACCESS_KEY="+e.s3.AccessKey,
+		"IOTPIPE_S3_SECRET_KEY="+e.s3.SecretKey, "IOTPIPE_S3_REGION="+e.s3.Region,
+	)
 }
 
 func loadEnv() (env, error) {
@@ -76,7 +92,7 @@ func loadEnv() (env, error) {
 		s3: objstore.Config{Endpoint: get("IOTPIPE_S3_ENDPOINT"), AccessKey: get("IOTPIPE_S3_ACCESS_KEY"),
 			SecretKey: get("IOTPIPE_S3_SECRET_KEY"), Region: get("IOTPIPE_S3_REGION")},
 	}
-	get("IOTPIPE_PG_WRITER_DSN") // the sink reads it from the environment
+	e.pgWriterDSN = get("IOTPIPE_PG_WRITER_DSN") // the sink reads it from the environment
 	if len(missing) > 0 {
 		return e, fmt.Errorf("missing %s: start the services and load their settings (make services-up; eval \"$(scripts/services.sh env)\")", strings.Join(missing, ", "))
 	}
@@ -210,7 +226,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	dpc := min(100, max(1, o.Devices/10))
-	r := &runner{o: o, log: o.Log, e: e, n: n, cs: newChildren(dir), dpc: dpc,
+	r := &runner{o: o, log: o.Log, e: e, n: n, cs: newChildren(dir, e.environ()), dpc: dpc,
 		stages: map[string]*child{}, addrs: map[string]string{},
 		res: &Result{Devices: o.Devices, RunID: n.id, LogDir: dir, Quick: o.Quick, StartedAt: time.Now().UTC(),
 			Cores: runtime.NumCPU(), DevicesPerConn: dpc, LatencyPollIntervalS: pollInterval.Seconds(),
@@ -366,7 +382,7 @@ func (r *runner) init(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-c.done:
+	case <-c.Done():
 	case <-time.After(3 * time.Minute):
 		return fmt.Errorf("iotpipe init did not finish in 3m (log %s)", c.logPath)
 	}
@@ -847,7 +863,7 @@ func (r *runner) phase(ctx context.Context, name string, offered float64, dur ti
 	select {
 	case <-ctx.Done():
 		return st, ctx.Err()
-	case <-sim.done:
+	case <-sim.Done():
 	case <-time.After(grace):
 		if !st.StoppedEarly {
 			r.note("%s: the simulator had not sent its %d messages per device %s after the phase; stopped", name, msgs, grace)

@@ -1,14 +1,18 @@
 package demo
 
 import (
-	"bufio"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Sample is one sample of a metric: its labels and value.
@@ -20,72 +24,71 @@ type Sample struct {
 // Metrics is one scrape: samples by metric name.
 type Metrics map[string][]Sample
 
-// Parse reads the Prometheus text exposition format. Comments and
-// malformed lines are skipped; histogram series come as their _bucket,
-// _sum and _count names.
+// Parse reads a page in the Prometheus text exposition format (with
+// prometheus/common/expfmt). A malformed page is an error. Histograms come
+// as their _bucket (label le), _sum and _count series and summaries as
+// their quantile series, _sum and _count, as on the page.
 func Parse(r io.Reader) (Metrics, error) {
-	m := Metrics{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		name, labels, rest := line, map[string]string(nil), ""
-		if i := strings.IndexByte(line, '{'); i >= 0 {
-			j := strings.LastIndexByte(line, '}')
-			if j < i {
-				continue
-			}
-			name, labels, rest = line[:i], parseLabels(line[i+1:j]), strings.TrimSpace(line[j+1:])
-		} else if i := strings.IndexAny(line, " \t"); i >= 0 {
-			name, rest = line[:i], strings.TrimSpace(line[i+1:])
-		} else {
-			continue
-		}
-		if f := strings.Fields(rest); len(f) > 0 {
-			rest = f[0] // drop a timestamp
-		}
-		v, err := strconv.ParseFloat(rest, 64)
-		if err != nil {
-			continue
-		}
-		m[name] = append(m[name], Sample{Labels: labels, Value: v})
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, fmt.Errorf("parse metrics page: %w", err)
 	}
-	return m, sc.Err()
+	m := Metrics{}
+	for name, f := range fams {
+		for _, x := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range x.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			with := func(k, v string) map[string]string {
+				l := maps.Clone(labels)
+				l[k] = v
+				return l
+			}
+			add := func(n string, l map[string]string, v float64) {
+				m[n] = append(m[n], Sample{Labels: l, Value: v})
+			}
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				add(name, labels, x.GetCounter().GetValue())
+			case dto.MetricType_GAUGE:
+				add(name, labels, x.GetGauge().GetValue())
+			case dto.MetricType_SUMMARY:
+				sm := x.GetSummary()
+				for _, q := range sm.GetQuantile() {
+					add(name, with(model.QuantileLabel, formatFloat(q.GetQuantile())), q.GetValue())
+				}
+				add(name+"_sum", labels, sm.GetSampleSum())
+				add(name+"_count", labels, float64(sm.GetSampleCount()))
+			case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+				h := x.GetHistogram()
+				count := float64(h.GetSampleCount()) + h.GetSampleCountFloat()
+				inf := false
+				for _, b := range h.GetBucket() {
+					inf = inf || math.IsInf(b.GetUpperBound(), 1)
+					add(name+"_bucket", with(model.BucketLabel, formatFloat(b.GetUpperBound())),
+						float64(b.GetCumulativeCount())+b.GetCumulativeCountFloat())
+				}
+				if !inf {
+					add(name+"_bucket", with(model.BucketLabel, "+Inf"), count)
+				}
+				add(name+"_sum", labels, h.GetSampleSum())
+				add(name+"_count", labels, count)
+			default: // untyped
+				add(name, labels, x.GetUntyped().GetValue())
+			}
+		}
+	}
+	return m, nil
 }
 
-func parseLabels(s string) map[string]string {
-	l := map[string]string{}
-	for len(s) > 0 {
-		eq := strings.IndexByte(s, '=')
-		if eq < 0 || eq+1 >= len(s) || s[eq+1] != '"' {
-			break
-		}
-		key := strings.TrimSpace(strings.TrimLeft(s[:eq], ", "))
-		var b strings.Builder
-		i := eq + 2
-		for ; i < len(s) && s[i] != '"'; i++ {
-			if s[i] == '\\' && i+1 < len(s) {
-				i++
-				switch s[i] {
-				case 'n':
-					b.WriteByte('\n')
-				default:
-					b.WriteByte(s[i])
-				}
-				continue
-			}
-			b.WriteByte(s[i])
-		}
-		l[key] = b.String()
-		if i >= len(s) {
-			break
-		}
-		s = s[i+1:]
+// formatFloat writes a le or quantile label value as Prometheus does.
+func formatFloat(v float64) string {
+	if math.IsInf(v, 1) {
+		return "+Inf"
 	}
-	return l
+	return strconv.FormatFloat(v, 'g', -1, 64)
 }
 
 // Has reports whether the scrape holds metric name.

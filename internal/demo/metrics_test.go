@@ -16,7 +16,17 @@ iotpipe_bridge_rejected_total{reason="timestamp_skew"} 4
 iotpipe_bridge_rejected_total{reason="odd \"quoted\", label"} 0
 go_gc_duration_seconds{quantile="0.5"} 1.5e-05 1700000000000
 iotpipe_bridge_produce_latency_seconds_bucket{le="+Inf"} 990
-garbage line
+# HELP iotpipe_bridge_batch_records Records per batch.
+# TYPE iotpipe_bridge_batch_records histogram
+iotpipe_bridge_batch_records_bucket{le="1"} 2
+iotpipe_bridge_batch_records_bucket{le="10"} 5
+iotpipe_bridge_batch_records_bucket{le="+Inf"} 6
+iotpipe_bridge_batch_records_sum 42.5
+iotpipe_bridge_batch_records_count 6
+# TYPE rpc_seconds summary
+rpc_seconds{quantile="0.99"} 0.25
+rpc_seconds_sum 3
+rpc_seconds_count 12
 `
 
 func TestParse(t *testing.T) {
@@ -35,6 +45,12 @@ func TestParse(t *testing.T) {
 		{"iotpipe_bridge_rejected_total", nil, 10},
 		{"go_gc_duration_seconds", []string{"quantile", "0.5"}, 1.5e-05},
 		{"iotpipe_bridge_produce_latency_seconds_bucket", []string{"le", "+Inf"}, 990},
+		{"iotpipe_bridge_batch_records_bucket", []string{"le", "10"}, 5},
+		{"iotpipe_bridge_batch_records_bucket", []string{"le", "+Inf"}, 6},
+		{"iotpipe_bridge_batch_records_sum", nil, 42.5},
+		{"iotpipe_bridge_batch_records_count", nil, 6},
+		{"rpc_seconds", []string{"quantile", "0.99"}, 0.25},
+		{"rpc_seconds_count", nil, 12},
 		{"missing", nil, 0},
 	} {
 		if got := m.Sum(c.name, c.match...); got != c.want {
@@ -45,8 +61,16 @@ func TestParse(t *testing.T) {
 	if len(by) != 3 || by["malformed_json"] != 6 || by[`odd "quoted", label`] != 0 {
 		t.Errorf("By: %v", by)
 	}
-	if m.Has("garbage") || !m.Has("iotpipe_bridge_received_total") {
+	if m.Has("missing") || !m.Has("iotpipe_bridge_received_total") {
 		t.Error("Has")
+	}
+}
+
+func TestParseRejectsMalformed(t *testing.T) {
+	for _, page := range []string{"garbage line\n", "x{a=\"1\" 2\n", "x not-a-number\n"} {
+		if m, err := Parse(strings.NewReader(page)); err == nil {
+			t.Errorf("Parse(%q) = %v, nil; want an error", page, m)
+		}
 	}
 }
 

@@ -1,25 +1,3 @@
-// Package devicesim is a cheap simulated device fleet: N devices publish
-// telemetry over MQTT v5 at QoS 1, each at a set rate, with a per-device
-// sequence number ("seq") and a configurable fraction of invalid payloads.
-// It counts the messages whose PUBACK it received: with QoS 1 those are
-// the ones the broker took responsibility for, so they must arrive.
-//
-// Several devices share one MQTT connection (DevicesPerConn). The
-// publisher is written against the wire format directly (PUBLISH packets
-// are encoded into a buffered writer and pipelined up to the broker's
-// Receive Maximum) so that it costs little CPU per message, leaving the
-// machine to the system under test. A device's messages go out in seq
-// order on one connection, so the broker delivers them in that order.
-//
-// When a connection drops, the messages still waiting for their PUBACK
-// are counted as Unconfirmed (they may or may not have reached the
-// broker, and are not sent again), and the connection is re-established
-// with backoff; the devices continue with their next seq.
-//
-// It is also the `iotpipe simulate` stage, of the one shape of every
-// stage: Config starts from DefaultConfig (a zero is refused by Validate
-// or means zero, never a default), New(cfg, deps) validates, Run(ctx)
-// stops when ctx ends and returns nil, Checks are its readiness.
 package devicesim
 
 import (
@@ -43,6 +21,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/service"
+	"github.com/iotpipe/iotpipe/internal/retry"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -372,24 +351,25 @@ func (c *conn) total() int {
 	return c.sim.cfg.MessagesPerDevice * len(c.devs)
 }
 
+// run runs sessions until every message is sent or ctx ends (nil in both
+// cases), reconnecting with jittered backoff (50ms … 1s, internal/retry)
+// after a failed session; a refused connection ends it with the error.
 func (c *conn) run(ctx context.Context) error {
-	backoff := 50 * time.Millisecond
 	start := time.Now()
-	for ctx.Err() == nil && c.sent < c.total() {
-		err := c.session(ctx, start)
-		if err == nil {
+	err := retry.Do(ctx, retry.New(50*time.Millisecond, time.Second), func() error {
+		if c.sent >= c.total() {
 			return nil
 		}
+		err := c.session(ctx, start)
 		if errors.Is(err, errRefused) {
-			return err
+			return retry.Permanent(err)
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
+		return err
+	}, nil)
+	if ctx.Err() != nil && !errors.Is(err, errRefused) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 type slot struct {
@@ -581,7 +561,12 @@ func (c *conn) session(ctx context.Context, start time.Time) error {
 	}
 	_ = nc.Close()
 	if !gotRead {
-		<-readErr
+		// Wait for the reader. It ends with the error of the connection
+		// closed just above, which says nothing; any other error explains
+		// a session that ended early better than io.ErrUnexpectedEOF.
+		if rerr := <-readErr; werr == nil && c.sent < total && rerr != nil && !errors.Is(rerr, net.ErrClosed) {
+			werr = rerr
+		}
 	}
 	for i := range slots {
 		if slots[i].used {

@@ -1,11 +1,3 @@
-// Package testenv gives integration tests clients for the real services
-// that scripts/services.sh runs (Mosquitto, Kafka, PostgreSQL, versitygw),
-// a unique topic, consumer group, bucket, schema or MQTT topic prefix per
-// test, and polling helpers to use instead of sleeps.
-//
-// The services are found through the IOTPIPE_* variables printed by
-// `scripts/services.sh env`. When one is missing, the test fails with a
-// message saying how to start them: integration tests are never skipped.
 package testenv
 
 import (

@@ -257,7 +257,11 @@ func TestSQLError(t *testing.T) {
 	sql := "SELECT 1;\n-- ß comment\nSELEC 2;\n"
 	// Position is 1-based and counts characters: "ß" is one character but
 	// two bytes.
-	pos := len([]rune(sql[:strings.Index(sql, "SELEC 2")])) + 1
+	at := strings.Index(sql, "SELEC 2")
+	if at < 0 {
+		t.Fatal("test SQL lacks its error line")
+	}
+	pos := len([]rune(sql[:at])) + 1
 	pe := &pgconn.PgError{Code: "42601", Message: "syntax error", Position: int32(pos)}
 	err := sqlError(pe, sql)
 	if !strings.Contains(err.Error(), "line 3: SELEC 2;") || !errors.Is(err, error(pe)) {

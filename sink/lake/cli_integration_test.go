@@ -5,10 +5,8 @@ package lake
 import (
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -46,8 +44,8 @@ func TestCommand(t *testing.T) {
 		"IOTPIPE_S3_BUCKET=" + env.Bucket(t),
 		"IOTPIPE_TOPIC_RAW=" + raw, "IOTPIPE_TOPIC_METRICS=-", "IOTPIPE_TOPIC_DLQ=" + dlq,
 		"IOTPIPE_GROUP=" + env.Group(t), "IOTPIPE_HTTP_ADDR=" + addr,
-	}, os.Stderr)
-	c.waitLine(t, "partition assigned", 60*time.Second)
+	})
+	c.WaitLine("partition assigned", 60*time.Second)
 	testenv.Eventually(t, 20*time.Second, 100*time.Millisecond, func() error {
 		resp, err := http.Get("http://" + addr + "/readyz")
 		if err != nil {
@@ -79,15 +77,5 @@ func TestCommand(t *testing.T) {
 		}
 		return nil
 	})
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-c.done:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v, want 0", err)
-		}
-	case <-time.After(40 * time.Second):
-		t.Fatal("no exit within 40s of SIGTERM")
-	}
+	c.StopClean(40 * time.Second)
 }

@@ -3,16 +3,11 @@
 package lake
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,76 +16,22 @@ import (
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
-// child is one `iotpipe sink lake` process.
-type child struct {
-	cmd   *exec.Cmd
-	lines chan string // log lines that matter to the test
-	done  chan error
+// startChild starts `iotpipe sink lake args...` with exactly the
+// environment env (and PATH, HOME, ...: see testenv.StartProc).
+func startChild(t testing.TB, env []string, args ...string) *testenv.Proc {
+	t.Helper()
+	return testenv.StartProc(t, "sink lake", env, append([]string{"sink", "lake"}, args...)...)
 }
 
-func startChild(t testing.TB, env []string, logFile io.Writer, args ...string) *child {
+// countInLog counts the lines of c's whole log file (not only the lines
+// kept in memory) that contain s.
+func countInLog(t testing.TB, c *testenv.Proc, s string) int {
 	t.Helper()
-	cmd := exec.Command(testenv.Binary(t), append([]string{"sink", "lake"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	stderr, err := cmd.StderrPipe()
+	b, err := os.ReadFile(c.LogPath())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stdout = logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{cmd: cmd, lines: make(chan string, 1000), done: make(chan error, 1)}
-	scanned := make(chan struct{})
-	go func() {
-		defer close(scanned)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			l := sc.Text()
-			fmt.Fprintln(logFile, l)
-			if strings.Contains(l, "failpoint reached") || strings.Contains(l, "partition assigned") {
-				select {
-				case c.lines <- l:
-				default:
-				}
-			}
-		}
-	}()
-	go func() {
-		<-scanned
-		c.done <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-	})
-	return c
-}
-
-func (c *child) kill(t testing.TB) {
-	t.Helper()
-	if err := syscall.Kill(c.cmd.Process.Pid, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill: %v", err)
-	}
-	<-c.done
-}
-
-// waitLine waits for a log line containing s.
-func (c *child) waitLine(t testing.TB, s string, timeout time.Duration) string {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case l := <-c.lines:
-			if strings.Contains(l, s) {
-				return l
-			}
-		case err := <-c.done:
-			t.Fatalf("sink exited (%v) before logging %q", err, s)
-		case <-deadline:
-			t.Fatalf("sink did not log %q within %s", s, timeout)
-		}
-	}
+	return strings.Count(string(b), s)
 }
 
 // TestCrashExactlyOnce SIGKILLs the sink (a real child process) while input
@@ -106,18 +47,6 @@ func TestCrashExactlyOnce(t *testing.T) {
 	if os.Getenv("IOTPIPE_FULL") == "1" { // ~6 min of input, kills spread over it
 		n, randomKills, step, killWithin = 1_000_000, 15, 400*time.Millisecond, 25_000
 	}
-	logPath := filepath.Join(t.TempDir(), "sink.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	t.Cleanup(func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("sink log:\n%s", b)
-		}
-	})
 	childEnv := []string{
 		"IOTPIPE_KAFKA_BROKERS=" + strings.Join(env.KafkaBrokers, ","),
 		"IOTPIPE_S3_ENDPOINT=" + env.S3Config.Endpoint,
@@ -130,7 +59,7 @@ func TestCrashExactlyOnce(t *testing.T) {
 		"IOTPIPE_TOPIC_METRICS=-",
 		"IOTPIPE_TOPIC_DLQ=" + dlq,
 		"IOTPIPE_GROUP=" + group,
-		"IOTPIPE_KAFKA_INSTANCE_ID=" + group + "-0",
+		"IOTPIPE_INSTANCE_ID=" + group + "-0",
 		"IOTPIPE_KAFKA_SESSION_TIMEOUT=6s",
 		"IOTPIPE_MAX_AGE=400ms",
 		"IOTPIPE_ROW_GROUP_ROWS=2000",
@@ -162,27 +91,29 @@ func TestCrashExactlyOnce(t *testing.T) {
 	// Runs alternate between two file sizes, as after an operator changes
 	// --max-rows: a restarted sink then cuts the same offsets differently.
 	maxRows := [2]int{4000, 700}
-	kills := 0
+	kills, replays := 0, 0
 	// Each failpoint pauses at its 8th arrival: past the backlog read at
 	// start-up. Event times advance 10 s per reading, so a batch spans
 	// several hours and a replay cut shorter leaves other hour files.
 	for _, fp := range []string{FailpointBeforeCommit, FailpointMidUpload, FailpointAfterCommit} {
-		c := startChild(t, childEnv, logFile, "--test-failpoints", fp+"=1m@8", "--max-rows", fmt.Sprint(maxRows[kills%2]))
-		l := c.waitLine(t, "failpoint reached", 90*time.Second)
-		c.kill(t)
+		c := startChild(t, childEnv, "--test-failpoints", fp+"=1m@8", "--max-rows", fmt.Sprint(maxRows[kills%2]))
+		l := c.WaitLine("failpoint reached", 90*time.Second)
+		c.KillWait(10 * time.Second)
+		replays += countInLog(t, c, "replaying the batch in flight")
 		kills++
 		t.Logf("kill %d at %s: %s", kills, fp, l)
 	}
 	for range randomKills {
-		c := startChild(t, childEnv, logFile, "--max-rows", fmt.Sprint(maxRows[kills%2]))
-		c.waitLine(t, "partition assigned", 60*time.Second)
+		c := startChild(t, childEnv, "--max-rows", fmt.Sprint(maxRows[kills%2]))
+		c.WaitLine("partition assigned", 60*time.Second)
 		d := time.Duration(200+rand.IntN(killWithin)) * time.Millisecond
 		select {
 		case <-time.After(d): // the kill moment, not a synchronisation
-		case err := <-c.done:
-			t.Fatalf("sink exited early: %v", err)
+		case <-c.Done():
+			t.Fatalf("sink exited early: %v", c.Err())
 		}
-		c.kill(t)
+		c.KillWait(10 * time.Second)
+		replays += countInLog(t, c, "replaying the batch in flight")
 		kills++
 		t.Logf("kill %d after %s", kills, d)
 	}
@@ -192,22 +123,13 @@ func TestCrashExactlyOnce(t *testing.T) {
 	}
 
 	// A last run consumes everything, then stops cleanly on SIGTERM.
-	c := startChild(t, childEnv, logFile)
-	c.waitLine(t, "partition assigned", 60*time.Second)
+	c := startChild(t, childEnv)
+	c.WaitLine("partition assigned", 60*time.Second)
 	testenv.Eventually(t, 5*time.Minute, 250*time.Millisecond, func() error {
 		return committedAll(ctx, env, t, group, raw)
 	})
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-c.done:
-		if err != nil {
-			t.Fatalf("sink exit after SIGTERM: %v (want 0)", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("sink did not exit within 60s of SIGTERM")
-	}
+	c.StopClean(60 * time.Second)
+	replays += countInLog(t, c, "replaying the batch in flight")
 
 	want := offsetsOf(t, env, raw, n)
 	lake := readLake(t, env.S3(t), bucket, "lake/")
@@ -220,8 +142,6 @@ func TestCrashExactlyOnce(t *testing.T) {
 	if len(intents) > 0 {
 		t.Errorf("intents left after a clean stop: %v", intents)
 	}
-	logText, _ := os.ReadFile(logPath)
-	replays := strings.Count(string(logText), "replaying the batch in flight")
 	t.Logf("%d kills, %d replayed batches; %d readings, %d rows in %d files, each exactly once",
 		kills, replays, n, len(rows), lake["readings"].Files)
 	if replays == 0 {

@@ -84,9 +84,9 @@
 //
 // # Backpressure and shutdown
 //
-// Failed S3 operations and commits are retried with exponential backoff
-// (RetryMin … RetryMax) until they succeed. Sealed batches waiting for
-// upload may hold at most MaxBuffered bytes; beyond that consumption waits,
+// Failed S3 operations and commits are retried with jittered exponential
+// backoff (RetryMin … RetryMax) until they succeed. Sealed batches waiting
+// for upload may hold at most MaxBuffered bytes; beyond that consumption waits,
 // so an S3 outage stops the sink with bounded memory and loses nothing.
 // Memory is bounded by about (assigned partitions × MaxBytes) for open
 // batches plus MaxBuffered for sealed ones.

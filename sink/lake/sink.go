@@ -78,17 +78,30 @@ type sealedBatch struct {
 }
 
 // New validates cfg (the errors are *config.FieldError) and builds the
-// sink's Kafka and S3 clients; nothing is contacted until Run.
-// deps.Registry receives the sink's metrics (may be nil).
+// sink's Kafka and S3 clients. deps.Registry receives the sink's metrics
+// (may be nil). The Kafka client joins the consumer group as soon as it
+// exists (franz-go), so partitions can be assigned, and recovered from S3,
+// before Run is called.
 func New(cfg Config, deps service.Deps) (*Sink, error) {
+	return newSink(cfg, deps, nil)
+}
+
+// newSink is New with the object store given (nil: the S3 server of
+// cfg.S3); unit tests pass an in-memory one. The store must be in place
+// before the Kafka client exists: the group may assign partitions (and
+// onAssigned read the store) before New returns.
+func newSink(cfg Config, deps service.Deps, store objectStore) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("lake sink config: %w", err)
 	}
 	cfg.Prefix = cfg.keyPrefix()
 	log, reg := deps.Logger(), deps.Registry
-	mc, err := objstore.New(cfg.S3)
-	if err != nil {
-		return nil, fmt.Errorf("lake sink S3 client: %w", err)
+	if store == nil {
+		mc, err := objstore.New(cfg.S3)
+		if err != nil {
+			return nil, fmt.Errorf("lake sink S3 client: %w", err)
+		}
+		store = &minioStore{cl: mc, bucket: cfg.S3.Bucket, partSize: uint64(cfg.PartSize)}
 	}
 	runCtx, hardStop := context.WithCancel(context.Background())
 	s := &Sink{
@@ -96,7 +109,7 @@ func New(cfg Config, deps service.Deps) (*Sink, error) {
 		cfg:   cfg,
 		log:   log,
 		m:     newMetrics(reg),
-		store: &minioStore{cl: mc, bucket: cfg.S3.Bucket, partSize: uint64(cfg.PartSize)},
+		store: store,
 		opts:  FileOptions{RowGroupRows: cfg.RowGroupRows, ZstdLevel: cfg.ZstdLevel},
 		mem:   semaphore.NewWeighted(int64(cfg.MaxBuffered)),
 		parts: map[partKey]*partState{},
@@ -114,7 +127,9 @@ func New(cfg Config, deps service.Deps) (*Sink, error) {
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
+		// Offset fetches wait for pending transactional commits: franz-go
+		// always asks for stable offsets now (RequireStableFetchOffsets
+		// is a deprecated no-op).
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.RebalanceTimeout(cfg.RebalanceTimeout),

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/iotpipe/iotpipe/internal/retry"
 )
 
 // startPart registers an assigned partition and starts its uploader.
@@ -51,28 +54,14 @@ func (s *Sink) startPart(k partKey, replay *intent) *partState {
 	return ps
 }
 
-// retry runs op until it succeeds or ctx ends, with exponential backoff.
+// retry runs op until it succeeds or ctx ends, with jittered exponential
+// backoff between RetryMin and RetryMax (internal/retry).
 func (s *Sink) retry(ctx context.Context, opName string, op func(context.Context) error) error {
-	wait := s.cfg.RetryMin
-	for {
-		err := op(ctx)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		s.m.retries.WithLabelValues(opName).Inc()
-		s.log.Warn("retrying", "op", opName, "in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		wait = min(wait*2, s.cfg.RetryMax)
-	}
+	return retry.Do(ctx, retry.New(s.cfg.RetryMin, s.cfg.RetryMax), func() error { return op(ctx) },
+		func(_ int, err error, wait time.Duration) {
+			s.m.retries.WithLabelValues(opName).Inc()
+			s.log.Warn("retrying", "op", opName, "in", wait, "err", err)
+		})
 }
 
 // upload makes one sealed batch durable and commits it:
@@ -215,10 +204,14 @@ func (s *Sink) failpoint(name string, attrs ...any) {
 // onAssigned recovers each new partition before it is consumed: it reads
 // the committed offset and the partition's intents, deletes the intents of
 // committed batches and arms the replay of the batch that was in flight.
-func (s *Sink) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
+// It uses the client it is given, not s.cl or s.adm: the group may assign
+// partitions before New has stored those (found by TestUploadOrder with
+// kfake under -race).
+func (s *Sink) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	adm := kadm.NewClient(cl)
 	committed := map[partKey]int64{}
 	if err := s.retry(s.runCtx, "list", func(ctx context.Context) error {
-		resp, err := s.adm.FetchOffsets(ctx, s.cfg.Group)
+		resp, err := adm.FetchOffsets(ctx, s.cfg.Group)
 		if err != nil {
 			return err
 		}

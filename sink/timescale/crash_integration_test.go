@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,49 +21,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// sinkProcess starts `iotpipe sink timescale` for the fixture.
-func (f *fixture) sinkProcess(t testing.TB, extra ...string) *exec.Cmd {
+// sinkProcess starts `iotpipe sink timescale` for the fixture, with flags
+// only (no IOTPIPE_* variable reaches it).
+func (f *fixture) sinkProcess(t testing.TB, extra ...string) *testenv.Proc {
 	t.Helper()
 	args := []string{"sink", "timescale",
 		"--kafka-brokers", strings.Join(f.brokers, ","),
-		"--group", f.group, "--group-instance-id", f.group + "-0",
+		"--group", f.group, "--instance-id", f.group + "-0",
 		"--topic-raw", f.raw, "--topic-metrics", f.metrics, "--topic-dlq", f.dlq,
 		"--pg-writer-dsn", f.writerDSN, "--pg-schema", f.schema,
 		"--http-addr", "", "--log-level", "warn", "--retry-min", "50ms", "--retry-max", "500ms",
 	}
-	cmd := exec.Command(testenv.Binary(t), append(args, extra...)...)
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "IOTPIPE_") {
-			env = append(env, kv)
-		}
-	}
-	cmd.Env = env
-	cmd.Stderr = &prefixWriter{t: t}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	return cmd
-}
-
-type prefixWriter struct {
-	t  testing.TB
-	mu sync.Mutex
-}
-
-func (w *prefixWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if os.Getenv("IOTPIPE_TEST_VERBOSE") != "" {
-		w.t.Logf("sink: %s", strings.TrimSpace(string(p)))
-	}
-	return len(p), nil
+	return testenv.StartProc(t, "sink timescale", nil, append(args, extra...)...)
 }
 
 // TestSinkCrash kills the sink process with SIGKILL in the middle of its
@@ -105,33 +71,45 @@ func TestSinkCrash(t *testing.T) {
 		return recs[len(recs)*i/n : len(recs)*(i+1)/n]
 	}
 
-	last := int64(0)
+	// Small batches, so that a run's rows take many transactions and a
+	// kill lands among them: mid-COPY, mid-upsert, before or during COMMIT.
+	last, midRun := int64(0), 0
 	for k := range kills {
 		f.produce(t, chunk(raw, k, kills+1))
 		f.produce(t, chunk(met, k, kills+1))
-		cmd := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
-		// Kill once this run has committed something new: the next batch
-		// is then in flight.
-		step := int64(1 + rand.IntN(400))
-		testenv.Eventually(t, 2*time.Minute, 5*time.Millisecond, func() error {
+		runRows := int64(2*readings*(k+1)/(kills+1)) - last // readings rows this run can write
+		p := f.sinkProcess(t, "--batch-rows", "50", "--batch-delay", "200ms")
+		// Kill once this run has committed a random part of its rows:
+		// the next batch is then in flight.
+		step := 1 + rand.Int64N(max(1, runRows*9/10))
+		testenv.Eventually(t, 2*time.Minute, 2*time.Millisecond, func() error {
 			if n := f.count(t, `SELECT count(*) FROM $S.readings`); n < last+step {
 				return fmt.Errorf("run %d: readings = %d, waiting for > %d", k, n, last+step)
 			}
 			return nil
 		})
-		// Then a random moment later (fault injection, not synchronisation):
-		// mid-COPY, mid-upsert, before or during COMMIT.
-		<-time.After(time.Duration(rand.IntN(150)) * time.Millisecond)
-		if err := syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
+		// Then a random moment later (fault injection, not synchronisation).
+		<-time.After(time.Duration(rand.IntN(20)) * time.Millisecond)
+		if p.Exited() {
+			t.Fatalf("run %d: the sink exited before its kill: %v", k, p.Err())
 		}
-		_ = cmd.Wait()
-		last = f.count(t, `SELECT count(*) FROM $S.readings`)
-		t.Logf("kill %d: %d readings rows committed", k+1, last)
+		p.KillWait(10 * time.Second)
+		n := f.count(t, `SELECT count(*) FROM $S.readings`)
+		if n < last+runRows {
+			midRun++
+		}
+		t.Logf("kill %d: %d readings rows committed (%d of the %d this run could write)", k+1, n, n-last, runRows)
+		last = n
 	}
+	// The kills must have interrupted the sink at work, or the test
+	// shows nothing about a crash mid-batch.
+	if midRun == 0 {
+		t.Fatalf("none of the %d kills landed before its run had written everything", kills)
+	}
+	t.Logf("%d of %d kills landed while the run was still writing", midRun, kills)
 	f.produce(t, chunk(raw, kills, kills+1))
 	f.produce(t, chunk(met, kills, kills+1))
-	cmd := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
+	p := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
 	want := int64(2 * readings)
 	f.waitCount(t, 5*time.Minute, want, `SELECT count(*) FROM $S.readings`)
 	f.waitCount(t, time.Minute, int64(windows), `SELECT count(*) FROM $S.device_metrics`)
@@ -152,18 +130,5 @@ func TestSinkCrash(t *testing.T) {
 	}
 
 	// Clean stop: SIGTERM, exit 0.
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	ctx := testenv.Context(t, 30*time.Second)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("sink exit after SIGTERM: %v", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("sink did not exit within 30s of SIGTERM")
-	}
+	p.StopClean(30 * time.Second)
 }

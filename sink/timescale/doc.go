@@ -33,7 +33,8 @@
 //     lose one.
 //   - Outages lose nothing. Any other database error (connection refused
 //     or lost, server restart, privilege) rolls the batch back and is
-//     retried with exponential backoff; meanwhile the sink does not poll, so
+//     retried with jittered exponential backoff (RetryMin … RetryMax, so
+//     two sinks do not retry in step); meanwhile the sink does not poll, so
 //     fetching stops once the client's buffers are full, and it resumes by
 //     itself when the database is back. /readyz fails while it retries.
 //   - Clean shutdown: on cancel the sink stops polling, writes the batch it

@@ -14,6 +14,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/service"
+	"github.com/iotpipe/iotpipe/internal/retry"
 )
 
 // Sink consumes telemetry.raw and telemetry.metrics and writes readings,
@@ -241,30 +242,16 @@ func (s *Sink) flush(ctx context.Context, cl *kgo.Client, b *batch) error {
 	return nil
 }
 
-// retry calls f until it succeeds, with exponential backoff between
-// RetryMin and RetryMax. It returns ctx's error when ctx ends first.
+// retry calls f until it succeeds, with jittered exponential backoff
+// between RetryMin and RetryMax (internal/retry). It returns ctx's error
+// when ctx ends first.
 func (s *Sink) retry(ctx context.Context, what string, f func() error) error {
-	wait := s.cfg.RetryMin
-	for attempt := 1; ; attempt++ {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		s.setErr(err)
-		s.m.retries.WithLabelValues(cause(err)).Inc()
-		s.log.Warn(what+" attempt failed, retrying", "attempt", attempt, "wait", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		wait = min(2*wait, s.cfg.RetryMax)
-	}
+	return retry.Do(ctx, retry.New(s.cfg.RetryMin, s.cfg.RetryMax), f,
+		func(attempt int, err error, wait time.Duration) {
+			s.setErr(err)
+			s.m.retries.WithLabelValues(cause(err)).Inc()
+			s.log.Warn(what+" attempt failed, retrying", "attempt", attempt, "wait", wait, "err", err)
+		})
 }
 
 func cause(err error) string {

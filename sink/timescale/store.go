@@ -211,7 +211,7 @@ func (s *store) write(ctx context.Context, b *batch, dlq func(context.Context, [
 			idxs = append(idxs, i)
 		}
 	}
-	if err = s.writeIsolating(ctx, tx, b, idxs, &res); err != nil {
+	if err := s.writeIsolating(ctx, tx, b, idxs, &res); err != nil { // returned into the named err: the deferred rollback sees it
 		return res, err
 	}
 	if len(res.rejected) > 0 {

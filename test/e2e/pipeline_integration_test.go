@@ -14,12 +14,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -34,80 +30,22 @@ import (
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
-type stage struct {
-	name string
-	cmd  *exec.Cmd
-	log  *syncBuffer
-	done chan error
-}
+// stage is one stage of the pipeline as a child process.
+type stage = testenv.Proc
 
-// syncBuffer is a log buffer the child process writes while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func start(t *testing.T, bin string, env []string, name string, args ...string) *stage {
+// stop sends SIGTERM and expects a clean exit (code 0) within the bound;
+// a failure is reported and the other stages are still stopped.
+func stop(t *testing.T, s *stage, within time.Duration) {
 	t.Helper()
-	s := &stage{name: name, log: &syncBuffer{}, done: make(chan error, 1)}
-	s.cmd = exec.Command(bin, args...)
-	s.cmd.Env = env
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() { s.done <- s.cmd.Wait() }()
-	t.Cleanup(func() {
-		if s.cmd.ProcessState == nil {
-			_ = s.cmd.Process.Kill()
-			<-s.done
-		}
-		if t.Failed() {
-			t.Logf("--- %s log:\n%s", name, tail(s.log.String(), 4000))
-		}
-	})
-	return s
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
-}
-
-// stop sends SIGTERM and expects a clean exit (code 0) within the bound.
-func (s *stage) stop(t *testing.T, within time.Duration) {
-	t.Helper()
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-s.done:
-		if err != nil {
-			t.Errorf("%s did not exit cleanly on SIGTERM: %v\n%s", s.name, err, tail(s.log.String(), 3000))
-		}
-	case <-time.After(within):
-		t.Errorf("%s still running %s after SIGTERM", s.name, within)
-		_ = s.cmd.Process.Kill()
-		<-s.done
+	code, err := s.Proc.Stop(within)
+	if err != nil || code != 0 {
+		t.Errorf("%s did not exit cleanly on SIGTERM: exit %d, %v\n%s", s.Describe(), code, err, s.Tail(30))
 	}
 }
 
 func TestPipelineEndToEnd(t *testing.T) {
 	env := testenv.Load(t)
 	ctx := testenv.Context(t, 5*time.Minute)
-	bin := testenv.Binary(t)
 
 	id := testenv.Name(t, "e2e")
 	schema := env.Schema(t)
@@ -119,7 +57,9 @@ func TestPipelineEndToEnd(t *testing.T) {
 		_, _ = env.KafkaAdmin(t).DeleteTopics(cctx, topicRaw, topicMetrics, topicDLQ, topicChangelog)
 	})
 
-	base := append(os.Environ(),
+	// The services' settings, explicitly: nothing else of this process's
+	// environment reaches the stages.
+	base := append(env.Environ(),
 		"IOTPIPE_TOPIC_RAW="+topicRaw, "IOTPIPE_TOPIC_METRICS="+topicMetrics, "IOTPIPE_TOPIC_DLQ="+topicDLQ,
 		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+topicChangelog,
 		"IOTPIPE_PG_SCHEMA="+schema, "IOTPIPE_S3_BUCKET="+bucket,
@@ -127,22 +67,26 @@ func TestPipelineEndToEnd(t *testing.T) {
 	)
 
 	// 1. init, as an operator would.
-	initCmd := exec.CommandContext(ctx, bin, "init", "--raw-partitions", "3", "--metrics-partitions", "2", "--dlq-partitions", "1")
-	initCmd.Env = base
-	if out, err := initCmd.CombinedOutput(); err != nil {
-		t.Fatalf("iotpipe init: %v\n%s", err, out)
+	initProc := testenv.StartProc(t, "init", base, "init", "--raw-partitions", "3", "--metrics-partitions", "2", "--dlq-partitions", "1")
+	select {
+	case <-initProc.Done():
+	case <-ctx.Done():
+		t.Fatalf("iotpipe init did not finish: %v\n%s", ctx.Err(), initProc.Log())
+	}
+	if code := initProc.ExitCode(); code != 0 {
+		t.Fatalf("iotpipe init: exit %d\n%s", code, initProc.Log())
 	}
 
 	// 2. The stages.
 	template := "devices/" + id + "/{device_id}/telemetry"
-	bridge := start(t, bin, base, "bridge", "bridge",
+	bridge := testenv.StartProc(t, "bridge", base, "bridge",
 		"--topic-template", template, "--mqtt-share-group", id, "--mqtt-client-id", id+"-bridge")
-	processor := start(t, bin, base, "processor", "processor",
+	processor := testenv.StartProc(t, "processor", base, "processor",
 		"--group", id+"-processor", "--instance-id", id+"-p1",
 		"--window", "5s", "--lateness", "1s", "--idle-timeout", "2s", "--commit-interval", "200ms")
-	sinkTS := start(t, bin, base, "sink timescale", "sink", "timescale",
+	sinkTS := testenv.StartProc(t, "sink timescale", base, "sink", "timescale",
 		"--group", id+"-sink-ts", "--batch-delay", "300ms")
-	sinkLake := start(t, bin, base, "sink lake", "sink", "lake",
+	sinkLake := testenv.StartProc(t, "sink lake", base, "sink", "lake",
 		"--group", id+"-sink-lake", "--max-age", "2s")
 
 	// 3. A fleet: 20 devices, 25 messages each, 10 % invalid.
@@ -153,7 +97,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
 		// Publish only once the bridge has subscribed, or the broker drops
 		// the messages ("no matching subscribers").
-		if !strings.Contains(bridge.log.String(), "subscribed") {
+		if bridge.Count("subscribed") == 0 {
 			return errors.New("bridge not subscribed yet")
 		}
 		return nil
@@ -237,10 +181,10 @@ func TestPipelineEndToEnd(t *testing.T) {
 	checkPrometheusQueries(t, bridge, processor, sinkTS, sinkLake)
 
 	// 6. Clean shutdown, source to sink.
-	bridge.stop(t, 30*time.Second)
-	processor.stop(t, 30*time.Second)
-	sinkTS.stop(t, 30*time.Second)
-	sinkLake.stop(t, 30*time.Second)
+	stop(t, bridge, 30*time.Second)
+	stop(t, processor, 30*time.Second)
+	stop(t, sinkTS, 30*time.Second)
+	stop(t, sinkLake, 30*time.Second)
 }
 
 func countRecords(t *testing.T, ctx context.Context, env *testenv.Env, topic string) int64 {
@@ -361,20 +305,20 @@ func checkPrometheusQueries(t *testing.T, stages ...*stage) {
 	t.Helper()
 	exported := map[string]bool{}
 	for _, s := range stages {
-		m := metricsAddr.FindStringSubmatch(s.log.String())
+		m := metricsAddr.FindStringSubmatch(s.Log())
 		if m == nil {
-			t.Errorf("%s did not log its metrics address", s.name)
+			t.Errorf("%s did not log its metrics address", s.Name())
 			continue
 		}
 		resp, err := http.Get("http://" + m[1] + "/metrics")
 		if err != nil {
-			t.Errorf("%s /metrics: %v", s.name, err)
+			t.Errorf("%s /metrics: %v", s.Name(), err)
 			continue
 		}
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err != nil {
-			t.Errorf("%s /metrics: %v", s.name, err)
+			t.Errorf("%s /metrics: %v", s.Name(), err)
 			continue
 		}
 		for _, line := range strings.Split(string(body), "\n") {

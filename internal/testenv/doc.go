@@ -1,0 +1,17 @@
+// Package testenv gives integration tests clients for the real services
+// that scripts/services.sh runs (Mosquitto, Kafka, PostgreSQL, versitygw),
+// a unique topic, consumer group, bucket, schema or MQTT topic prefix per
+// test, and polling helpers to use instead of sleeps.
+//
+// The services are found through the IOTPIPE_* variables printed by
+// `scripts/services.sh env`. When one is missing, the test fails with a
+// message saying how to start them: integration tests are never skipped.
+//
+// Child processes: StartProc runs the iotpipe binary (built once per test
+// binary by Binary) as a Proc with an explicit environment (PATH and the
+// like, plus the variables the test passes; Env.Environ gives the
+// services' settings), waits for log lines with a deadline, stops it with
+// SIGTERM within a bound and reports the exit code, kills it with SIGKILL,
+// and prints the tail of its log when the test failed. The process
+// mechanics are in internal/proc, which bench/e2e uses without testing.T.
+package testenv
