@@ -12,6 +12,7 @@ type metrics struct {
 	recordsIn      prometheus.Counter
 	accepted       prometheus.Counter
 	duplicates     prometheus.Counter
+	seqResets      prometheus.Counter
 	dropped        *prometheus.CounterVec // by reason: what went to the DLQ
 	emitted        *prometheus.CounterVec // by kind
 	emitDelay      prometheus.Histogram
@@ -37,8 +38,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		recordsIn:  prometheus.NewCounter(prometheus.CounterOpts(f("records_in_total", "Input records read from the raw topic (committed or not)."))),
 		accepted:   prometheus.NewCounter(prometheus.CounterOpts(f("readings_accepted_total", "Readings aggregated into a window."))),
-		duplicates: prometheus.NewCounter(prometheus.CounterOpts(f("duplicates_total", "Readings dropped because their identity (device, seq) or (device, event time) was already counted in the window."))),
-		dropped:    prometheus.NewCounterVec(prometheus.CounterOpts(f("dlq_total", "Input records sent to the DLQ, by reason (late, invalid_record).")), []string{"reason"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts(f("duplicates_total", "Readings dropped because their identity (device, event time, seq) — (device, event time) without seq — was already counted in the window."))),
+		seqResets:  prometheus.NewCounter(prometheus.CounterOpts(f("seq_resets_total", "Accepted readings that reused the seq of another reading of their device window with a different event time (device counter restarted); counted when the window's activity record is emitted."))),
+		dropped:    prometheus.NewCounterVec(prometheus.CounterOpts(f("dlq_total", "Input records sent to the DLQ, by reason (late, invalid_record, timestamp_skew).")), []string{"reason"}),
 		emitted:    prometheus.NewCounterVec(prometheus.CounterOpts(f("emitted_total", "telemetry.metrics records emitted, by kind (metric, activity), re-emissions included.")), []string{"kind"}),
 		emitDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "emit_delay_seconds",
 			Help:    "Wall-clock time from a window's end to its first emission.",
@@ -54,12 +56,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		restoreSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "restore_seconds", Help: "Time to restore assigned partitions' state from the changelog.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}),
 		restoredRecs:   prometheus.NewCounter(prometheus.CounterOpts(f("restored_records_total", "Changelog records read while restoring state."))),
 		partitions:     prometheus.NewGauge(prometheus.GaugeOpts(f("partitions_assigned", "Input partitions this process owns."))),
-		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest watermark of the owned partitions."))),
+		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest device watermark of the owned partitions."))),
 	}
-	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
+	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.seqResets, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
 		m.deviceWindows, m.stateBytes, m.capReached, m.capEvents, m.txns, m.txnSeconds, m.changelogBytes,
 		m.restoreSeconds, m.restoredRecs, m.partitions, m.watermarkLag)
-	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord} {
+	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord, schemas.ReasonTimestampSkew} {
 		m.dropped.WithLabelValues(string(r))
 	}
 	for _, k := range []string{"metric", "activity"} {
