@@ -18,6 +18,7 @@ type metrics struct {
 	emitDelay      prometheus.Histogram
 	windowsOpen    prometheus.Gauge
 	deviceWindows  prometheus.Gauge
+	devices        prometheus.Gauge
 	stateBytes     prometheus.Gauge
 	capReached     prometheus.Gauge
 	capEvents      prometheus.Counter
@@ -47,6 +48,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.5, 2, 14)}),
 		windowsOpen:    prometheus.NewGauge(prometheus.GaugeOpts(f("windows_open", "Metric windows (device × metric × window) whose state is held."))),
 		deviceWindows:  prometheus.NewGauge(prometheus.GaugeOpts(f("device_windows", "Device windows held, open or as late-counting summaries."))),
+		devices:        prometheus.NewGauge(prometheus.GaugeOpts(f("devices", "Devices whose clock (watermark) is held; a silent device's is kept for the raw topic's retention."))),
 		stateBytes:     prometheus.NewGauge(prometheus.GaugeOpts(f("state_bytes_estimate", "Estimated in-memory bytes of window state (windows_open × measured bytes per key)."))),
 		capReached:     prometheus.NewGauge(prometheus.GaugeOpts(f("state_cap_reached", "1 while open windows are at --max-keys (the oldest are being closed early)."))),
 		capEvents:      prometheus.NewCounter(prometheus.CounterOpts(f("state_cap_early_closes_total", "Windows closed before their time because open windows reached --max-keys."))),
@@ -59,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest device watermark of the owned partitions."))),
 	}
 	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.seqResets, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
-		m.deviceWindows, m.stateBytes, m.capReached, m.capEvents, m.txns, m.txnSeconds, m.changelogBytes,
+		m.deviceWindows, m.devices, m.stateBytes, m.capReached, m.capEvents, m.txns, m.txnSeconds, m.changelogBytes,
 		m.restoreSeconds, m.restoredRecs, m.partitions, m.watermarkLag)
 	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord, schemas.ReasonTimestampSkew} {
 		m.dropped.WithLabelValues(string(r))

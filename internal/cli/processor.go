@@ -36,6 +36,7 @@ type processorFlags struct {
 	group, instance                                  string
 	topicRaw, topicMetrics, topicDLQ, topicChangelog string
 	window, lateness, idle, lateRetention            time.Duration
+	maxFutureSkew                                    time.Duration
 	commitInterval, txnTimeout, sessionTimeout       time.Duration
 	restoreTimeout, shutdownTimeout, debugCommit     time.Duration
 	maxPoll, maxKeys                                 int
@@ -61,8 +62,9 @@ func (o *processorFlags) bind(f *Flags) {
 	f.String(&o.topicChangelog, "topic-processor-changelog", processor.DefaultChangelogTopic, "compacted topic holding the state of open windows (same partition count as the raw topic)")
 	f.Group("Windows")
 	f.Duration(&o.window, "window", processor.DefaultWindowSize, "size of the tumbling event-time windows, aligned to the Unix epoch")
-	f.Duration(&o.lateness, "lateness", processor.DefaultLateness, "allowed lateness: the watermark trails the newest event time by it; a window is emitted when the watermark passes its end and re-emitted (higher revision) for readings until end+lateness; later readings go to the DLQ as late")
-	f.Duration(&o.idle, "idle-timeout", processor.DefaultIdleTimeout, "after a partition received nothing for this long its watermark advances with the wall clock, so quiet devices' windows close")
+	f.Duration(&o.lateness, "lateness", processor.DefaultLateness, "allowed lateness: each device's watermark trails its newest event time by it; a window is emitted when its device's watermark passes its end and re-emitted (higher revision) for readings until end+lateness; later readings go to the DLQ as late")
+	f.Duration(&o.idle, "idle-timeout", processor.DefaultIdleTimeout, "after a device sent nothing for this long its watermark advances with the wall clock, so its windows close (its final window by window end + idle timeout)")
+	f.Duration(&o.maxFutureSkew, "max-future-skew", processor.DefaultMaxFutureSkew, "readings further ahead of the processor's clock go to the DLQ (timestamp_skew); no device's watermark is ever ahead of the wall clock plus this; keep it >= the bridge's --max-future-skew")
 	f.Duration(&o.lateRetention, "late-retention", processor.DefaultLateRetention, "how long a closed window's activity summary is kept to count late readings in it")
 	f.Group("Processing")
 	f.Duration(&o.commitInterval, "commit-interval", processor.DefaultCommitInterval, "longest a transaction stays open (latency of outputs vs. transaction overhead)")
@@ -105,7 +107,7 @@ func (o *processorFlags) config() (processor.Config, error) {
 	if o.lateRetention < 0 {
 		errs = append(errs, settingErr("late-retention", o.lateRetention.String(), errors.New("must not be negative")))
 	}
-	wc := processor.WindowConfig{Size: o.window, Lateness: o.lateness, IdleTimeout: o.idle, LateRetention: o.lateRetention}
+	wc := processor.WindowConfig{Size: o.window, Lateness: o.lateness, IdleTimeout: o.idle, LateRetention: o.lateRetention, MaxFutureSkew: o.maxFutureSkew}
 	if o.window > 0 {
 		if err := wc.Validate(); err != nil {
 			errs = append(errs, settingErr("window", o.window.String(), err))
