@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"container/heap"
 	"math"
 	"slices"
 	"time"
@@ -168,6 +169,10 @@ type Engine struct {
 
 	lateDev *device // the device of the last Late outcome
 
+	attn     []*device // devices with work at the next Advance
+	due      dueHeap   // devices waiting for a wall-clock time
+	nextScan int64     // µs: when Advance next recomputes minWM
+
 	pending []pendingEmit // scratch of Advance
 	settle  []*device     // scratch of Advance
 
@@ -192,7 +197,12 @@ type device struct {
 	// only).
 	lastInput, idleFrom int64
 	wins                []*devWin // held windows, by start
-	dirty, deleted      bool
+	// next is the smallest watermark at which Advance has work for the
+	// device (see plan); dueAt/dueGen its entry in the due heap.
+	next                 int64
+	dueAt                int64
+	dueGen               uint32
+	dirty, deleted, attn bool
 }
 
 // devWin is the state of one device in one window: its metric aggregates,
@@ -317,7 +327,7 @@ func (e *Engine) raiseClose(d *device, now int64) {
 }
 
 func (e *Engine) newDevice(id string, t int64) *device {
-	d := &device{id: id, idx: len(e.devList), maxEvent: t, closeTo: t - 2*e.lateness}
+	d := &device{id: id, idx: len(e.devList), maxEvent: t, closeTo: t - 2*e.lateness, next: math.MaxInt64, dueAt: math.MaxInt64}
 	if e.hasFloor && e.floor > d.closeTo {
 		d.closeTo = e.floor
 	}
@@ -390,6 +400,9 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 		d = e.newDevice(r.DeviceID, t)
 	} else {
 		// What the device's silence closed until now stays closed.
+		if e.watermark(d, nowUS) >= d.next {
+			e.attend(d)
+		}
 		e.raiseClose(d, nowUS)
 	}
 	d.lastInput, d.idleFrom = nowUS, nowUS
@@ -408,9 +421,13 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 	}
 	if dw == nil {
 		dw = e.newDevWin(d, start)
+		e.attend(d)
 	}
 	if t > d.maxEvent {
 		d.maxEvent = t
+		if t-e.lateness >= d.next {
+			e.attend(d)
+		}
 	}
 	switch dw.addID(tseq{t, seq}) {
 	case idDuplicate:
@@ -493,8 +510,9 @@ func (dw *devWin) aggFor(e *Engine, name string) *agg {
 
 // queue marks dw for re-emission when it was already emitted.
 func (e *Engine) queue(dw *devWin) {
-	if dw.emitted {
+	if dw.emitted && !dw.queued {
 		dw.queued = true
+		e.attend(dw.d)
 	}
 }
 
@@ -520,12 +538,28 @@ func (e *Engine) markDevDirty(d *device) {
 // the device retention. Emissions come in a deterministic order: by window
 // start, device, metric name, with each device's activity record after
 // its metrics.
+//
+// Its cost grows with the devices that have something to do, not with all
+// devices held: Add marks a device for attention when its watermark passes
+// its next threshold (a window end, a close, a deletion) or a window needs
+// re-emission, and a device whose silence will move its watermark to its
+// next threshold (or past the device retention) waits in a heap ordered by
+// that wall-clock time.
 func (e *Engine) Advance(now time.Time, emit func(*Emission)) {
 	nowUS := now.UnixMicro()
+	for len(e.due) > 0 && e.due[0].at <= nowUS {
+		it := heap.Pop(&e.due).(dueItem)
+		if d := it.d; !d.deleted && d.dueGen == it.gen {
+			d.dueAt = math.MaxInt64
+			e.attend(d)
+		}
+	}
+	if !e.hasWM || nowUS >= e.nextScan {
+		e.scanWatermarks(nowUS)
+	}
 	e.pending = e.pending[:0]
 	e.settle = e.settle[:0]
-	e.hasWM = false
-	for _, d := range e.devList {
+	for _, d := range e.attn {
 		if nowUS-d.lastInput > e.devRetention && len(d.wins) > 0 {
 			// Silent for longer than the raw topic keeps its input: close
 			// what is left.
@@ -536,9 +570,6 @@ func (e *Engine) Advance(now time.Time, emit func(*Emission)) {
 		}
 		e.raiseClose(d, nowUS)
 		w := max(e.watermark(d, nowUS), d.closeTo)
-		if !e.hasWM || w < e.minWM {
-			e.minWM, e.hasWM = w, true
-		}
 		settle := len(d.wins) == 0 && nowUS-d.lastInput > e.devRetention
 		for _, dw := range d.wins {
 			end := dw.start + e.size
@@ -586,8 +617,94 @@ func (e *Engine) Advance(now time.Time, emit func(*Emission)) {
 			e.removeDevice(d)
 		}
 	}
+	for _, d := range e.attn {
+		d.attn = false
+		if !d.deleted {
+			e.plan(d, nowUS)
+		}
+	}
+	clear(e.attn)
+	e.attn = e.attn[:0]
 	clear(e.pending)
 	clear(e.settle)
+}
+
+// attend queues d for the next Advance.
+func (e *Engine) attend(d *device) {
+	if !d.attn {
+		d.attn = true
+		e.attn = append(e.attn, d)
+	}
+}
+
+// plan works out, after an Advance visited d, the smallest watermark at
+// which d has work again (d.next: a window to emit, close or forget), and
+// when d's silence alone would get it there or past the device retention:
+// that wall-clock time goes into the heap (an earlier entry stays, and the
+// device is re-planned when it fires).
+func (e *Engine) plan(d *device, now int64) {
+	next := int64(math.MaxInt64)
+	for _, dw := range d.wins {
+		end := dw.start + e.size
+		switch {
+		case !dw.emitted:
+			next = min(next, end)
+		case !dw.closed && end <= d.maxEvent:
+			next = min(next, end+e.lateness)
+		case dw.closed:
+			next = min(next, end+e.lateness+e.retention)
+		}
+	}
+	d.next = next
+	at := d.lastInput + e.devRetention + 1
+	if next != math.MaxInt64 {
+		// Idle: watermark = maxEvent + (now − idleFrom − idle), at most
+		// now + skew.
+		idleAt := d.idleFrom + e.idle + max(1, next-d.maxEvent)
+		at = min(at, max(idleAt, next-e.skew))
+	}
+	at = max(at, now+1)
+	if at < d.dueAt {
+		d.dueAt = at
+		d.dueGen++
+		heap.Push(&e.due, dueItem{at: at, d: d, gen: d.dueGen})
+	}
+}
+
+// scanWatermarks computes the smallest device watermark (for Watermark),
+// at most every scanEvery of wall-clock time.
+func (e *Engine) scanWatermarks(now int64) {
+	e.hasWM = false
+	for _, d := range e.devList {
+		if w := max(e.watermark(d, now), d.closeTo); !e.hasWM || w < e.minWM {
+			e.minWM, e.hasWM = w, true
+		}
+	}
+	e.nextScan = now + scanEvery
+}
+
+const scanEvery = 5_000_000 // µs
+
+// dueItem is a device waiting for a wall-clock time; stale when gen is not
+// the device's dueGen.
+type dueItem struct {
+	at  int64
+	d   *device
+	gen uint32
+}
+
+type dueHeap []dueItem
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueItem)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = dueItem{}
+	*h = old[:len(old)-1]
+	return it
 }
 
 func (e *Engine) closeDevWin(dw *devWin) {
@@ -690,6 +807,7 @@ func (e *Engine) CloseOldest() bool {
 		if dw := d.win(oldest); dw != nil && !dw.closed && end > d.closeTo {
 			d.closeTo = end
 			e.markDevDirty(d)
+			e.attend(d)
 		}
 	}
 	return true
@@ -758,7 +876,7 @@ var ErrBadState = errors.New("invalid processor state record")
 func (e *Engine) restoreDevice(id string) *device {
 	d := e.devs[id]
 	if d == nil {
-		d = &device{id: id, idx: len(e.devList), maxEvent: math.MinInt64, closeTo: math.MinInt64}
+		d = &device{id: id, idx: len(e.devList), maxEvent: math.MinInt64, closeTo: math.MinInt64, next: math.MaxInt64, dueAt: math.MaxInt64}
 		e.devs[id] = d
 		e.devList = append(e.devList, d)
 	}
@@ -862,6 +980,7 @@ func (e *Engine) FinishRestore(now time.Time) {
 		d.idleFrom = max(d.lastInput, nowUS)
 		d.idx = len(kept)
 		kept = append(kept, d)
+		e.attend(d)
 	}
 	clear(e.devList[len(kept):])
 	e.devList = kept
