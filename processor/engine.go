@@ -2,9 +2,9 @@ package processor
 
 import (
 	"cmp"
+	"container/heap"
 	"errors"
 	"fmt"
-	"container/heap"
 	"math"
 	"slices"
 	"time"
