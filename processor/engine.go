@@ -275,8 +275,9 @@ func (e *Engine) SetDeviceRetention(d time.Duration) {
 	}
 }
 
-// Watermark returns the smallest device watermark at the last Advance, and
-// false before there is one.
+// Watermark returns the smallest device watermark, as recomputed by
+// Advance at most every 5 s of wall-clock time, and false before there is
+// one.
 func (e *Engine) Watermark() (time.Time, bool) {
 	return time.UnixMicro(e.minWM).UTC(), e.hasWM
 }
