@@ -340,10 +340,11 @@ func (r *reader) bytes(n int) []byte {
 	return b
 }
 
-// maxSketchSpan bounds the bin index range of a decoded sketch: at 1 %
-// accuracy every finite float64 magnitude fits in about 71,000 bins, so a
-// wider range means a corrupt record (that would make a dense store
-// allocate without bound).
+// maxSketchSpan bounds the bin indexes of a decoded sketch: at 1 %
+// accuracy every finite float64 magnitude has an index within about
+// ±36,000 (71,000 bins in all), so an index or a range beyond this means a
+// corrupt record (that would make a dense store allocate without bound:
+// the fuzzer found indexes near the int limits with a small range).
 const maxSketchSpan = 1 << 17
 
 // decodeSketch decodes into sparse stores first, checks the index range,
@@ -359,7 +360,7 @@ func decodeSketch(b []byte) (*ddsketch.DDSketch, error) {
 		}
 		lo, err1 := st.MinIndex()
 		hi, err2 := st.MaxIndex()
-		if err1 != nil || err2 != nil || hi-lo > maxSketchSpan || hi-lo < 0 {
+		if err1 != nil || err2 != nil || hi-lo > maxSketchSpan || hi-lo < 0 || lo < -maxSketchSpan || hi > maxSketchSpan {
 			return nil, fmt.Errorf("sketch bins span [%d, %d]", lo, hi)
 		}
 	}
