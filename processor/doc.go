@@ -97,7 +97,8 @@
 // id (struct, map entry, heap entry; by size), and a
 // silent device keeps its newest window until it returns or the device
 // retention passes (2,663 B in memory, 351 B in the changelog for 20 s of
-// 1 Hz readings of two metrics: BenchmarkStateBytesPerIdleDevice). At
-// Config.MaxKeys the processor closes the oldest open windows early (their
-// later readings are late: DLQ, counted).
+// 1 Hz readings of two metrics: BenchmarkStateBytesPerIdleDevice); those
+// windows count in OpenKeys. At Config.MaxKeys the processor closes the
+// oldest open windows early (their later readings are late: DLQ, counted);
+// the newest windows of long-silent devices are usually the oldest.
 package processor
