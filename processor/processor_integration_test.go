@@ -190,6 +190,9 @@ func TestProcessorFastClockNeighbour(t *testing.T) {
 	env := testenv.Load(t)
 	ctx := testenv.Context(t, 2*time.Minute)
 	topics := testTopics(t, env, 1)
+	// The raw topic keeps its input 1 h: the processor keeps a silent
+	// device's state that long (checked at the end).
+	topics.Raw = env.Topic(t, 1, map[string]string{"retention.ms": "3600000"})
 	base := time.Now().Add(-2 * time.Minute).Truncate(time.Second).UTC()
 	w := &workload{}
 	var batch []*kgo.Record
@@ -215,17 +218,18 @@ func TestProcessorFastClockNeighbour(t *testing.T) {
 	pctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(pctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
 	if err := produce(ctx, t, env.Kafka(t), topics.Raw, [][]*kgo.Record{batch}, 1e9); err != nil {
 		t.Fatal(err)
 	}
 	// Every window final and equal to the batch computation, 0 late.
 	out.waitFinal(t, w, 2*time.Second, 60*time.Second)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if p.devRetention != time.Hour {
+		t.Errorf("device retention %s, want the raw topic's retention.ms (1h)", p.devRetention)
+	}
 	out.mu.Lock()
 	defer out.mu.Unlock()
 	var msgs int64
