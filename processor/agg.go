@@ -90,10 +90,26 @@ func (a *agg) stddev() float64 {
 	return math.Sqrt(a.m2 / float64(a.count))
 }
 
+// quantile estimates the value of rank floor(q·(count−1)) among the
+// window's sorted values. It reads the sketch's stores itself:
+// DDSketch.GetValueAtQuantile uses the fractional rank q·(count−1), which
+// for negative values (kept by magnitude) picks the neighbour above the
+// wanted rank.
 func (a *agg) quantile(q float64) float64 {
-	v, err := a.sketch.GetValueAtQuantile(q)
-	if err != nil {
+	if a.count == 0 {
 		return 0
+	}
+	rank := math.Floor(q * float64(a.count-1))
+	neg, pos := a.sketch.GetNegativeValueStore(), a.sketch.GetPositiveValueStore()
+	nneg := neg.TotalCount()
+	var v float64
+	switch {
+	case rank < nneg:
+		v = -sketchMapping.Value(neg.KeyAtRank(nneg - 1 - rank))
+	case rank < nneg+a.sketch.GetZeroCount():
+		v = 0
+	default:
+		v = sketchMapping.Value(pos.KeyAtRank(rank - nneg - a.sketch.GetZeroCount()))
 	}
 	// The sketch returns a bin's representative value, which can lie just
 	// outside [min, max]; clamp so the record stays consistent.

@@ -14,7 +14,9 @@ import (
 // This file holds the reference ("batch") computation that the property
 // and crash tests compare the processor's output with: every window
 // aggregate computed from scratch over the deduplicated readings, with an
-// exact sum and two-pass standard deviation.
+// exact sum and two-pass standard deviation. It shares no code with the
+// engine: identities, seq gaps and seq resets are computed here from their
+// definitions in the package comment.
 
 type winKey struct {
 	dev, metric string
@@ -32,9 +34,26 @@ type batchAgg struct {
 }
 
 type batchAct struct {
-	messages, dups, gaps int64
-	firstSeen, lastSeen  int64
-	seqs                 []tseq
+	messages, dups, gaps, resets int64
+	firstSeen, lastSeen          int64
+	seqs                         []batchID // accepted readings with a seq
+}
+
+// batchID is a reading's identity: device (implied), event time, and seq
+// when it has one.
+type batchID struct {
+	t, seq int64
+	hasSeq bool
+}
+
+// batchWindowStart is the start of the window holding t (µs), for windows
+// aligned to the Unix epoch.
+func batchWindowStart(t, size int64) int64 {
+	s := t - t%size
+	if t%size < 0 {
+		s -= size
+	}
+	return s
 }
 
 type batchResult struct {
@@ -45,7 +64,7 @@ type batchResult struct {
 // batchCompute aggregates readings (in any order) into windows of size.
 func batchCompute(readings []*schemas.Reading, size time.Duration) *batchResult {
 	res := &batchResult{metrics: map[winKey]*batchAgg{}, activity: map[winKey]*batchAct{}}
-	seen := map[winKey]map[int64]bool{}
+	seen := map[winKey]map[batchID]bool{}
 	sz := size.Microseconds()
 	for _, r := range readings {
 		t := r.EventTime.UnixMicro()
@@ -53,13 +72,13 @@ func batchCompute(readings []*schemas.Reading, size time.Duration) *batchResult 
 		if r.HasSeq {
 			seq = r.Seq
 		}
-		wk := winKey{dev: r.DeviceID, start: floorDiv(t, sz) * sz}
+		wk := winKey{dev: r.DeviceID, start: batchWindowStart(t, sz)}
 		if seen[wk] == nil {
-			seen[wk] = map[int64]bool{}
+			seen[wk] = map[batchID]bool{}
 			res.activity[wk] = &batchAct{}
 		}
 		act := res.activity[wk]
-		id := identity(t, seq)
+		id := batchID{t: t, seq: r.Seq, hasSeq: r.HasSeq}
 		if seen[wk][id] {
 			act.dups++
 			continue
@@ -72,8 +91,8 @@ func batchCompute(readings []*schemas.Reading, size time.Duration) *batchResult 
 			act.lastSeen = t
 		}
 		act.messages++
-		if seq >= 0 {
-			act.seqs = append(act.seqs, tseq{t, seq})
+		if r.HasSeq {
+			act.seqs = append(act.seqs, id)
 		}
 		for _, m := range r.Measurements {
 			k := winKey{r.DeviceID, m.Name, wk.start}
@@ -88,7 +107,18 @@ func batchCompute(readings []*schemas.Reading, size time.Duration) *batchResult 
 		}
 	}
 	for _, act := range res.activity {
-		act.gaps = seqGaps(act.seqs)
+		// Gaps: in (event time, seq) order, a rise of seq by d > 1 counts
+		// d−1. Resets: readings whose seq another reading of the window
+		// (with another time) already used.
+		slices.SortFunc(act.seqs, func(a, b batchID) int { return cmp.Or(cmp.Compare(a.t, b.t), cmp.Compare(a.seq, b.seq)) })
+		distinct := map[int64]bool{}
+		for i, x := range act.seqs {
+			if i > 0 && x.seq > act.seqs[i-1].seq+1 {
+				act.gaps += x.seq - act.seqs[i-1].seq - 1
+			}
+			distinct[x.seq] = true
+		}
+		act.resets = int64(len(act.seqs) - len(distinct))
 	}
 	for _, a := range res.metrics {
 		a.count = int64(len(a.values))
@@ -170,14 +200,14 @@ func checkMetric(m *schemas.WindowMetric, a *batchAgg) error {
 }
 
 func checkActivity(ac *schemas.Activity, b *batchAct) error {
-	got := [5]int64{ac.Messages, ac.Duplicates, ac.SeqGaps, 0, 0}
-	want := [5]int64{b.messages, b.dups, b.gaps, 0, 0}
+	got := [6]int64{ac.Messages, ac.Duplicates, ac.SeqGaps, ac.SeqResets, 0, 0}
+	want := [6]int64{b.messages, b.dups, b.gaps, b.resets, 0, 0}
 	if ac.Messages > 0 {
-		got[3], got[4] = ac.FirstSeen.UnixMicro(), ac.LastSeen.UnixMicro()
-		want[3], want[4] = b.firstSeen, b.lastSeen
+		got[4], got[5] = ac.FirstSeen.UnixMicro(), ac.LastSeen.UnixMicro()
+		want[4], want[5] = b.firstSeen, b.lastSeen
 	}
 	if got != want {
-		return fmt.Errorf("activity %s@%s: messages,dups,gaps,first,last = %v, want %v", ac.DeviceID, ac.WindowStart.Format(time.RFC3339), got, want)
+		return fmt.Errorf("activity %s@%s: messages,dups,gaps,resets,first,last = %v, want %v", ac.DeviceID, ac.WindowStart.Format(time.RFC3339), got, want)
 	}
 	return nil
 }

@@ -118,3 +118,37 @@ func benchWindow() WindowConfig {
 	w.Size, w.Lateness = time.Minute, 5*time.Second
 	return w
 }
+
+// BenchmarkStateBytesPerIdleDevice reports what a silent device costs: a
+// device that sent 20 s of 1 Hz readings (two metrics) and then fell
+// silent keeps its clock and its newest window (emitted by its idle close,
+// held open so that what it buffers while offline still counts) until the
+// raw topic's retention passes. bytes/idle-device is the heap held per
+// such device, changelog-bytes/idle-device what its state takes in the
+// changelog.
+func BenchmarkStateBytesPerIdleDevice(b *testing.B) {
+	for range b.N {
+		const devices = 2000
+		rs := benchReadings(devices*20, devices)
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		eng, _ := NewEngine(benchWindow())
+		now := rs[len(rs)-1].EventTime
+		for _, r := range rs {
+			eng.Add(r, now)
+		}
+		eng.Advance(now.Add(time.Hour), func(*Emission) {}) // idle: every window emitted
+		if eng.Devices() != devices || eng.DeviceWindows() != devices {
+			b.Fatalf("%d devices, %d device windows held; want %d each", eng.Devices(), eng.DeviceWindows(), devices)
+		}
+		var cl int
+		eng.Changes(func(k, v []byte) { cl += len(k) + len(v) })
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/devices, "bytes/idle-device")
+		b.ReportMetric(float64(cl)/devices, "changelog-bytes/idle-device")
+		runtime.KeepAlive(eng)
+		runtime.KeepAlive(rs)
+	}
+}

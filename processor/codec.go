@@ -11,16 +11,34 @@ import (
 	"github.com/DataDog/sketches-go/ddsketch/store"
 )
 
-// Changelog record layout (all integers little-endian or varint):
+// Changelog record layout (integers varint unless said otherwise):
 //
-//	key  "meta"                           → the partition's watermark
 //	key  start(8 bytes BE µs) + device id → one device window's state
+//	key  8 bytes 0xFF + device id         → one device's clock (version 2)
+//	key  "meta"                           → the partition's watermark
+//	                                         (version 1 only; read, never written)
 //
-// Values start with a format version byte, so that a later version can read
-// (or refuse with ErrBadState) what an earlier one wrote.
+// Values start with a format version byte. Version 2 (written now) keeps a
+// clock per device; version 1 (the per-partition watermark) is still read:
+// its meta record becomes a floor below which every device's windows stay
+// closed, its window records are converted (see FinishRestore).
 const (
-	metaKey      = "meta"
-	stateVersion = 1
+	metaKey       = "meta"
+	stateVersion1 = 1
+	stateVersion  = 2
+)
+
+// deviceKeyPrefix starts a device record's key: as a window start it would
+// be −1 µs, which is never one (window starts are multiples of at least
+// 1000 µs).
+var deviceKeyPrefix = [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+type keyKind int
+
+const (
+	keyWindow keyKind = iota
+	keyDevice
+	keyMeta
 )
 
 func appendStateKey(b []byte, start int64, dev string) []byte {
@@ -28,31 +46,66 @@ func appendStateKey(b []byte, start int64, dev string) []byte {
 	return append(b, dev...)
 }
 
-func parseStateKey(k []byte) (int64, string, error) {
-	if len(k) < 9 || !utf8.Valid(k[8:]) {
-		return 0, "", fmt.Errorf("%w: key %q", ErrBadState, k)
+func appendDeviceKey(b []byte, dev string) []byte {
+	b = append(b, deviceKeyPrefix[:]...)
+	return append(b, dev...)
+}
+
+func parseKey(k []byte) (keyKind, int64, string, error) {
+	if string(k) == metaKey {
+		return keyMeta, 0, "", nil
 	}
-	return int64(binary.BigEndian.Uint64(k)), string(k[8:]), nil
+	if len(k) < 9 || !utf8.Valid(k[8:]) {
+		return 0, 0, "", fmt.Errorf("%w: key %q", ErrBadState, k)
+	}
+	if [8]byte(k[:8]) == deviceKeyPrefix {
+		return keyDevice, 0, string(k[8:]), nil
+	}
+	return keyWindow, int64(binary.BigEndian.Uint64(k)), string(k[8:]), nil
 }
 
-func (e *Engine) appendMeta(b []byte) []byte {
-	b = append(b, stateVersion)
-	b = binary.AppendVarint(b, e.maxEvent)
-	b = binary.AppendVarint(b, e.wm)
-	return b
-}
-
+// decodeMeta reads a version 1 meta record: the partition's largest event
+// time and watermark. Windows ending at or before watermark − lateness had
+// closed for good for every device.
 func (e *Engine) decodeMeta(v []byte) error {
 	r := reader{b: v}
-	if r.byte() != stateVersion {
+	if r.byte() != stateVersion1 {
 		return fmt.Errorf("%w: meta version", ErrBadState)
 	}
-	e.maxEvent = r.varint()
-	e.wm = r.varint()
+	_ = r.varint() // largest event time
+	wm := r.varint()
 	if r.err != nil {
 		return r.err
 	}
-	e.hasWM = true
+	e.hasFloor, e.legacyWM, e.floor = true, wm, wm-e.lateness
+	return nil
+}
+
+// appendDevice encodes a device's clock: largest event time, how far its
+// close point is below it, and its last input's wall-clock time relative
+// to it.
+func appendDevice(b []byte, d *device) []byte {
+	b = append(b, stateVersion)
+	b = binary.AppendVarint(b, d.maxEvent)
+	b = binary.AppendVarint(b, d.maxEvent-d.closeTo)
+	return binary.AppendVarint(b, d.lastInput-d.maxEvent)
+}
+
+func decodeDevice(v []byte, d *device) error {
+	r := reader{b: v}
+	if r.byte() != stateVersion {
+		return fmt.Errorf("%w: device version", ErrBadState)
+	}
+	maxEvent := r.varint()
+	closeTo := maxEvent - r.varint()
+	lastInput := maxEvent + r.varint()
+	if r.err == nil && len(r.b) != 0 {
+		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
+	}
+	if r.err != nil {
+		return r.err
+	}
+	d.maxEvent, d.closeTo, d.lastInput = maxEvent, closeTo, lastInput
 	return nil
 }
 
@@ -60,90 +113,126 @@ func appendF(b []byte, f float64) []byte {
 	return binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
 }
 
+const (
+	flagClosed     = 1
+	flagActChanged = 2
+	flagEmitted    = 4
+)
+
 func appendDevWin(b []byte, dw *devWin) []byte {
 	b = append(b, stateVersion)
 	var flags byte
 	if dw.closed {
-		flags |= 1
+		flags |= flagClosed
 	}
 	if dw.actChanged {
-		flags |= 2
+		flags |= flagActChanged
+	}
+	if dw.emitted {
+		flags |= flagEmitted
 	}
 	b = append(b, flags)
-	for _, v := range []int64{dw.messages, dw.dups, dw.late, dw.firstSeen, dw.lastSeen, dw.gaps, dw.actRev} {
+	for _, v := range []int64{dw.messages, dw.dups, dw.late, dw.resets, dw.firstSeen - dw.start, dw.lastSeen - dw.start, dw.gaps, dw.actRev} {
 		b = binary.AppendVarint(b, v)
 	}
 	if dw.closed {
 		return b
 	}
-	// Identities: seq entries carry (t, seq); the others only ^t.
-	b = binary.AppendUvarint(b, uint64(len(dw.seqs)))
-	for _, s := range dw.seqs {
-		b = binary.AppendVarint(b, s.t)
-		b = binary.AppendVarint(b, s.seq)
-	}
-	nots := 0
-	for nots < len(dw.ids) && dw.ids[nots] < 0 {
-		nots++
-	}
-	b = binary.AppendUvarint(b, uint64(nots))
-	for _, id := range dw.ids[:nots] {
-		b = binary.AppendVarint(b, id)
+	// Identities, sorted: event time as the rise from the previous one
+	// (from the window start for the first), seq+1 (0 = none) as the
+	// change from the previous one. In order at 1 Hz that is ~4 bytes.
+	b = binary.AppendUvarint(b, uint64(len(dw.ids)))
+	pt, ps := dw.start, int64(0)
+	for _, x := range dw.ids {
+		b = binary.AppendUvarint(b, uint64(x.t-pt))
+		b = binary.AppendVarint(b, x.seq+1-ps)
+		pt, ps = x.t, x.seq+1
 	}
 	b = binary.AppendUvarint(b, uint64(len(dw.aggs)))
 	for _, a := range dw.aggs {
-		b = binary.AppendUvarint(b, uint64(len(a.name)))
-		b = append(b, a.name...)
-		b = binary.AppendVarint(b, a.count)
-		b = binary.AppendUvarint(b, uint64(len(a.partials)))
-		for _, p := range a.partials {
-			b = appendF(b, p)
-		}
-		for _, f := range []float64{a.min, a.max, a.wmean, a.m2, a.first, a.last} {
-			b = appendF(b, f)
-		}
-		for _, v := range []int64{a.firstT, a.firstSeq, a.lastT, a.lastSeq, a.revision} {
-			b = binary.AppendVarint(b, v)
-		}
-		var ch byte
-		if a.changed {
-			ch = 1
-		}
-		b = append(b, ch)
-		var sk []byte
-		a.sketch.Encode(&sk, true)
-		b = binary.AppendUvarint(b, uint64(len(sk)))
-		b = append(b, sk...)
+		b = appendAgg(b, a)
 	}
 	return b
 }
 
-func decodeDevWin(v []byte, dev string, start int64) (*devWin, error) {
+func appendAgg(b []byte, a *agg) []byte {
+	b = binary.AppendUvarint(b, uint64(len(a.name)))
+	b = append(b, a.name...)
+	b = binary.AppendVarint(b, a.count)
+	b = binary.AppendUvarint(b, uint64(len(a.partials)))
+	for _, p := range a.partials {
+		b = appendF(b, p)
+	}
+	for _, f := range []float64{a.min, a.max, a.wmean, a.m2, a.first, a.last} {
+		b = appendF(b, f)
+	}
+	for _, v := range []int64{a.firstT, a.firstSeq, a.lastT, a.lastSeq, a.revision} {
+		b = binary.AppendVarint(b, v)
+	}
+	var ch byte
+	if a.changed {
+		ch = 1
+	}
+	b = append(b, ch)
+	var sk []byte
+	a.sketch.Encode(&sk, true)
+	b = binary.AppendUvarint(b, uint64(len(sk)))
+	return append(b, sk...)
+}
+
+func decodeDevWin(v []byte, start int64) (*devWin, error) {
 	r := reader{b: v}
-	if r.byte() != stateVersion {
+	version := r.byte()
+	if version != stateVersion && version != stateVersion1 {
 		return nil, fmt.Errorf("%w: version", ErrBadState)
 	}
 	flags := r.byte()
-	dw := &devWin{dev: dev, start: start, closed: flags&1 != 0, actChanged: flags&2 != 0}
-	for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.firstSeen, &dw.lastSeen, &dw.gaps, &dw.actRev} {
-		*p = r.varint()
+	dw := &devWin{start: start, maxSeq: -1, closed: flags&flagClosed != 0, actChanged: flags&flagActChanged != 0}
+	if version == stateVersion1 {
+		dw.legacy = true
+		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.firstSeen, &dw.lastSeen, &dw.gaps, &dw.actRev} {
+			*p = r.varint()
+		}
+		if dw.closed || r.err != nil {
+			return dw, r.err
+		}
+		n := r.count()
+		for range n {
+			dw.ids = append(dw.ids, tseq{r.varint(), r.varint()})
+		}
+		n = r.count()
+		for range n {
+			dw.ids = append(dw.ids, tseq{^r.varint(), -1}) // stored as ^t
+		}
+		slices.SortFunc(dw.ids, cmpTseq)
+	} else {
+		dw.emitted = flags&flagEmitted != 0
+		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.resets, &dw.firstSeen, &dw.lastSeen, &dw.gaps, &dw.actRev} {
+			*p = r.varint()
+		}
+		dw.firstSeen += start
+		dw.lastSeen += start
+		if dw.closed || r.err != nil {
+			return dw, r.err
+		}
+		n := r.count()
+		dw.ids = make([]tseq, 0, n)
+		pt, ps := start, int64(0)
+		for range n {
+			d := r.uvarint()
+			pt += int64(d)
+			ps += r.varint()
+			if d > math.MaxInt64/2 || ps < 0 || (len(dw.ids) > 0 && cmpTseq(tseq{pt, ps - 1}, dw.ids[len(dw.ids)-1]) <= 0) {
+				r.err = fmt.Errorf("%w: identities out of order", ErrBadState)
+				break
+			}
+			dw.ids = append(dw.ids, tseq{pt, ps - 1})
+		}
 	}
-	if dw.closed || r.err != nil {
-		return dw, r.err
+	for _, x := range dw.ids {
+		dw.maxSeq = max(dw.maxSeq, x.seq)
 	}
 	n := r.count()
-	dw.seqs = make([]tseq, 0, n)
-	for range n {
-		s := tseq{r.varint(), r.varint()}
-		dw.seqs = append(dw.seqs, s)
-		dw.ids = append(dw.ids, s.seq)
-	}
-	n = r.count()
-	for range n {
-		dw.ids = append(dw.ids, r.varint())
-	}
-	slices.Sort(dw.ids)
-	n = r.count()
 	for range n {
 		a := &agg{}
 		a.name = string(r.bytes(r.count()))
@@ -199,6 +288,16 @@ func (r *reader) byte() byte {
 	return c
 }
 
+func (r *reader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail()
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
 func (r *reader) varint() int64 {
 	v, n := binary.Varint(r.b)
 	if n <= 0 {
@@ -241,10 +340,11 @@ func (r *reader) bytes(n int) []byte {
 	return b
 }
 
-// maxSketchSpan bounds the bin index range of a decoded sketch: at 1 %
-// accuracy every finite float64 magnitude fits in about 71,000 bins, so a
-// wider range means a corrupt record (that would make a dense store
-// allocate without bound).
+// maxSketchSpan bounds the bin indexes of a decoded sketch: at 1 %
+// accuracy every finite float64 magnitude has an index within about
+// ±36,000 (71,000 bins in all), so an index or a range beyond this means a
+// corrupt record (that would make a dense store allocate without bound:
+// the fuzzer found indexes near the int limits with a small range).
 const maxSketchSpan = 1 << 17
 
 // decodeSketch decodes into sparse stores first, checks the index range,
@@ -260,7 +360,7 @@ func decodeSketch(b []byte) (*ddsketch.DDSketch, error) {
 		}
 		lo, err1 := st.MinIndex()
 		hi, err2 := st.MaxIndex()
-		if err1 != nil || err2 != nil || hi-lo > maxSketchSpan || hi-lo < 0 {
+		if err1 != nil || err2 != nil || hi-lo > maxSketchSpan || hi-lo < 0 || lo < -maxSketchSpan || hi > maxSketchSpan {
 			return nil, fmt.Errorf("sketch bins span [%d, %d]", lo, hi)
 		}
 	}

@@ -2,8 +2,10 @@ package processor
 
 import (
 	"cmp"
+	"container/heap"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -16,21 +18,28 @@ type WindowConfig struct {
 	// Size is the length of the tumbling windows; they are aligned to the
 	// Unix epoch: [k·Size, (k+1)·Size). Default 1m (DefaultWindowConfig).
 	Size time.Duration
-	// Lateness is the allowed lateness. The watermark trails the largest
-	// event time seen by Lateness, a window is first emitted when the
-	// watermark passes its end, and a reading for it is still accepted (and
-	// the window re-emitted with a higher revision) until the watermark
-	// passes end+Lateness; after that the reading is late. Default 30s.
+	// Lateness is the allowed lateness. A device's watermark trails the
+	// largest event time seen from that device by Lateness, a window is
+	// first emitted when the device's watermark passes its end, and a
+	// reading for it is still accepted (and the window re-emitted with a
+	// higher revision) until the watermark passes end+Lateness; after that
+	// the reading is late. Default 30s.
 	Lateness time.Duration
-	// IdleTimeout is how long a partition may receive nothing before its
-	// watermark advances with the wall clock, so that windows of quiet
-	// devices and partitions close. Default 30s.
+	// IdleTimeout is how long a device may send nothing before its
+	// watermark advances with the wall clock, so that its windows close.
+	// Default 30s.
 	IdleTimeout time.Duration
 	// LateRetention is how long after a window's state is dropped its
 	// activity summary is kept, so that late readings are counted in the
 	// window's activity record (re-emitted with a higher revision).
 	// Default 5m.
 	LateRetention time.Duration
+	// MaxFutureSkew is how far ahead of the processor's wall clock an event
+	// time may be: a reading further ahead goes to the DLQ
+	// (timestamp_skew), and no device's watermark is ever ahead of the wall
+	// clock plus MaxFutureSkew. Keep it at least the bridge's
+	// --max-future-skew. Default 5m, as the bridge's.
+	MaxFutureSkew time.Duration
 }
 
 // Defaults of WindowConfig.
@@ -39,11 +48,18 @@ const (
 	DefaultLateness      = 30 * time.Second
 	DefaultIdleTimeout   = 30 * time.Second
 	DefaultLateRetention = 5 * time.Minute
+	DefaultMaxFutureSkew = schemas.DefaultMaxFutureSkew
 )
+
+// DefaultDeviceRetention is how long the state of a silent device is kept
+// when the raw topic's retention is not known: Kafka's default retention,
+// and `iotpipe init`'s default for the raw topic.
+const DefaultDeviceRetention = 7 * 24 * time.Hour
 
 // DefaultWindowConfig returns the defaults of WindowConfig.
 func DefaultWindowConfig() WindowConfig {
-	return WindowConfig{Size: DefaultWindowSize, Lateness: DefaultLateness, IdleTimeout: DefaultIdleTimeout, LateRetention: DefaultLateRetention}
+	return WindowConfig{Size: DefaultWindowSize, Lateness: DefaultLateness, IdleTimeout: DefaultIdleTimeout,
+		LateRetention: DefaultLateRetention, MaxFutureSkew: DefaultMaxFutureSkew}
 }
 
 // Validate reports every field out of range as a *config.FieldError.
@@ -58,6 +74,7 @@ func (c *WindowConfig) Validate() error {
 	p.Check(c.Lateness < 0, "Lateness", "must not be negative")
 	p.Check(c.IdleTimeout <= 0, "IdleTimeout", "must be positive")
 	p.Check(c.LateRetention < 0, "LateRetention", "must not be negative")
+	p.Check(c.MaxFutureSkew < 0, "MaxFutureSkew", "must not be negative")
 	return p.Err()
 }
 
@@ -67,12 +84,17 @@ type Outcome int
 const (
 	// Accepted: the reading was aggregated into its window.
 	Accepted Outcome = iota
-	// Duplicate: the reading's identity was already counted in its window;
-	// it was dropped and counted in the window's activity record.
+	// Duplicate: the reading's identity (device, event time, seq) was
+	// already counted in its window; it was dropped and counted in the
+	// window's activity record.
 	Duplicate
-	// Late: the reading's window had already closed for good; the caller
-	// sends it to the DLQ with schemas.ReasonLate.
+	// Late: the reading's window had already closed for good for its
+	// device; the caller sends it to the DLQ with schemas.ReasonLate.
 	Late
+	// TooFarAhead: the reading's event time is more than MaxFutureSkew
+	// ahead of the wall clock; the caller sends it to the DLQ with
+	// schemas.ReasonTimestampSkew. It changes no state.
+	TooFarAhead
 )
 
 // Emission is one telemetry.metrics record to write: exactly one of Metric
@@ -81,41 +103,62 @@ const (
 type Emission struct {
 	Metric   *schemas.WindowMetric
 	Activity *schemas.Activity
-	// Delay is how far the watermark had passed the window's end when it was
-	// first emitted (0 for re-emissions).
+	// Delay is how far the device's watermark had passed the window's end
+	// when it was first emitted (0 for re-emissions).
 	Delay time.Duration
+	// NewSeqResets is, for an activity record, how much its SeqResets rose
+	// since the window's previous emission.
+	NewSeqResets int64
 }
 
 // Stats are the Engine's cumulative counters.
 type Stats struct {
-	Accepted, Duplicates, Late      int64
-	WindowsOpened, WindowsClosed    int64 // metric windows (device × metric × window)
-	MetricsEmitted, ActivityEmitted int64
+	Accepted, Duplicates, Late, TooFarAhead int64
+	SeqResets                               int64 // accepted readings that reused a seq of their window with another time
+	WindowsOpened, WindowsClosed            int64 // metric windows (device × metric × window)
+	MetricsEmitted, ActivityEmitted         int64
 }
 
 // Engine aggregates the readings of one input partition into tumbling
-// event-time windows per device × metric. It is a pure function of the
-// readings it is given and of the wall-clock times passed to Add and
-// Advance: it does no I/O, reads no clock and is not safe for concurrent
-// use.
+// event-time windows per device × metric, with a watermark per device. It
+// is a pure function of the readings it is given and of the wall-clock
+// times passed to Add and Advance: it does no I/O, reads no clock and is
+// not safe for concurrent use.
 //
 // Its whole state can be written out as key/value changes (Changes) and
 // rebuilt from them (Restore); that is how it survives crashes and
 // rebalances.
 type Engine struct {
-	cfg                             WindowConfig
-	size, lateness, idle, retention int64 // µs
+	cfg                                   WindowConfig
+	size, lateness, idle, retention, skew int64 // µs
+	devRetention                          int64 // µs; see SetDeviceRetention
 
-	hasWM     bool
-	maxEvent  int64 // largest event time seen (µs)
-	wm        int64 // watermark (µs); valid when hasWM
-	lastInput time.Time
+	devs    map[string]*device
+	devList []*device // the same devices, for iteration; device.idx is the position
 
-	slots     map[int64]*slot
+	// floor, from a changelog written by the per-partition watermark
+	// version: windows ending at or before it are closed for good for
+	// every device. legacyWM is that version's watermark (which windows it
+	// had emitted).
+	hasFloor        bool
+	floor, legacyWM int64
+
 	openAggs  int // metric aggregates in windows whose state is kept
 	devWins   int // device windows (open or summary)
-	metaDirty bool
-	dirty     []*devWin
+	dirtyWins []*devWin
+	dirtyDevs []*device
+
+	hasWM bool
+	minWM int64 // the smallest device watermark at the last Advance
+
+	lateDev *device // the device of the last Late outcome
+
+	attn     []*device // devices with work at the next Advance
+	due      dueHeap   // devices waiting for a wall-clock time
+	nextScan int64     // µs: when Advance next recomputes minWM
+
+	pending []pendingEmit // scratch of Advance
+	settle  []*device     // scratch of Advance
 
 	stats Stats
 
@@ -123,35 +166,68 @@ type Engine struct {
 	activity schemas.Activity
 }
 
-// slot holds every device's state for one window start.
-type slot struct {
-	start   int64
-	emitted bool // the watermark passed the end: first emission done
-	closed  bool // the watermark passed end+lateness: only summaries left
-	devs    map[string]*devWin
-	reemit  []*devWin
+// device is the per-device part of the state: its event-time clock.
+type device struct {
+	id  string
+	idx int
+	// maxEvent is the largest event time accepted from the device (µs).
+	maxEvent int64
+	// closeTo: the device's windows ending at or before it are closed for
+	// good (never lowered).
+	closeTo int64
+	// lastInput is the wall-clock time of the device's last reading (µs;
+	// stored, for DeviceRetention); idleFrom is when its current silence
+	// started counting: lastInput, or the restore time if later (memory
+	// only).
+	lastInput, idleFrom int64
+	wins                []*devWin // held windows, by start
+	// next is the smallest watermark at which Advance has work for the
+	// device (see plan); dueAt/dueGen its entry in the due heap.
+	next                 int64
+	dueAt                int64
+	dueGen               uint32
+	dirty, deleted, attn bool
 }
 
 // devWin is the state of one device in one window: its metric aggregates,
-// the identities seen (for dedup and seq gaps) and the activity counters.
+// the identities seen (for dedup, seq gaps and seq resets) and the
+// activity counters.
 type devWin struct {
-	dev    string
+	d      *device
 	start  int64
-	aggs   []*agg  // sorted by name
-	ids    []int64 // identities seen (see identity), sorted
-	seqs   []tseq  // readings with seq, for gap counting
-	closed bool
+	aggs   []*agg // sorted by name
+	ids    []tseq // identities seen, sorted by (t, seq); seq −1 without seq
+	maxSeq int64  // largest seq in ids, −1 if none (memory only)
 
-	messages, dups, late int64
-	firstSeen, lastSeen  int64
-	gaps                 int64 // computed at each activity emission
-	actRev               int64
-	actChanged           bool
+	emitted, closed bool
+	legacy          bool // restored from a version 1 record (emitted not known yet)
+
+	messages, dups, late, resets int64
+	firstSeen, lastSeen          int64
+	gaps                         int64 // computed at each activity emission
+	actRev                       int64
+	resetsEmitted                int64 // resets in the last activity emission (memory only)
+	actChanged                   bool
 
 	dirty, queued, deleted bool
 }
 
+// tseq is a reading's identity within its device: event time and seq (−1
+// when the reading has none).
 type tseq struct{ t, seq int64 }
+
+func cmpTseq(a, b tseq) int {
+	if c := cmp.Compare(a.t, b.t); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.seq, b.seq)
+}
+
+type pendingEmit struct {
+	dw    *devWin
+	delay int64
+	first bool
+}
 
 // NewEngine returns an empty engine; it fails when cfg.Validate does (a
 // zero field is not replaced by a default: start from DefaultWindowConfig).
@@ -160,18 +236,34 @@ func NewEngine(cfg WindowConfig) (*Engine, error) {
 		return nil, err
 	}
 	return &Engine{
-		cfg:       cfg,
-		size:      cfg.Size.Microseconds(),
-		lateness:  cfg.Lateness.Microseconds(),
-		idle:      cfg.IdleTimeout.Microseconds(),
-		retention: cfg.LateRetention.Microseconds(),
-		slots:     make(map[int64]*slot),
+		cfg:          cfg,
+		size:         cfg.Size.Microseconds(),
+		lateness:     cfg.Lateness.Microseconds(),
+		idle:         cfg.IdleTimeout.Microseconds(),
+		retention:    cfg.LateRetention.Microseconds(),
+		skew:         cfg.MaxFutureSkew.Microseconds(),
+		devRetention: DefaultDeviceRetention.Microseconds(),
+		devs:         make(map[string]*device),
 	}, nil
 }
 
-// Watermark returns the current watermark and false before any input.
+// SetDeviceRetention sets how long a silent device's state is kept (its
+// open windows and its clock), DefaultDeviceRetention unless set. The
+// processor sets it to the raw topic's retention: a device that comes back
+// within it with buffered readings newer than its last one has all of them
+// counted. After it, the device's windows are closed and its state is
+// forgotten.
+func (e *Engine) SetDeviceRetention(d time.Duration) {
+	if d > 0 {
+		e.devRetention = d.Microseconds()
+	}
+}
+
+// Watermark returns the smallest device watermark, as recomputed by
+// Advance at most every 5 s of wall-clock time, and false before there is
+// one.
 func (e *Engine) Watermark() (time.Time, bool) {
-	return time.UnixMicro(e.wm).UTC(), e.hasWM
+	return time.UnixMicro(e.minWM).UTC(), e.hasWM
 }
 
 // OpenKeys is the number of metric aggregates (device × metric × window)
@@ -180,6 +272,9 @@ func (e *Engine) OpenKeys() int { return e.openAggs }
 
 // DeviceWindows is the number of device windows held, open or summary.
 func (e *Engine) DeviceWindows() int { return e.devWins }
+
+// Devices is the number of devices whose clock is held.
+func (e *Engine) Devices() int { return len(e.devList) }
 
 // Stats returns the cumulative counters.
 func (e *Engine) Stats() Stats { return e.stats }
@@ -192,62 +287,144 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
-// identity is the dedup key of a reading: its seq, or (as a negative
-// number, so the two never collide) the complement of its event time.
-func identity(t, seq int64) int64 {
-	if seq >= 0 {
-		return seq
+// watermark is d's watermark at wall-clock time now (µs): its largest
+// event time minus the lateness; once the device has been silent for
+// IdleTimeout, its largest event time plus the silence beyond IdleTimeout;
+// never more than now + MaxFutureSkew.
+func (e *Engine) watermark(d *device, now int64) int64 {
+	w := d.maxEvent - e.lateness
+	if q := now - d.idleFrom - e.idle; q > 0 && d.maxEvent+q > w {
+		w = d.maxEvent + q
 	}
-	return ^t
+	return min(w, now+e.skew)
 }
 
-// Add folds one reading in, at wall-clock time now. A reading whose window
-// has closed for good is Late (counted in the window's activity summary
-// while that is kept); a reading whose identity was seen in its window is a
-// Duplicate.
+// raiseClose closes for good, at now, the windows of d that end at or
+// before its watermark minus the lateness, but never one ending after its
+// largest event time: a silent device's newest window stays open, so that
+// the readings it buffered while offline, all newer than its last one,
+// still count.
+func (e *Engine) raiseClose(d *device, now int64) {
+	if c := min(d.maxEvent, e.watermark(d, now)-e.lateness); c > d.closeTo {
+		d.closeTo = c
+		e.markDevDirty(d)
+	}
+}
+
+func (e *Engine) newDevice(id string, t int64) *device {
+	d := &device{id: id, idx: len(e.devList), maxEvent: t, closeTo: t - 2*e.lateness, next: math.MaxInt64, dueAt: math.MaxInt64}
+	if e.hasFloor && e.floor > d.closeTo {
+		d.closeTo = e.floor
+	}
+	e.devs[id] = d
+	e.devList = append(e.devList, d)
+	return d
+}
+
+func (e *Engine) removeDevice(d *device) {
+	last := e.devList[len(e.devList)-1]
+	e.devList[d.idx] = last
+	last.idx = d.idx
+	e.devList = e.devList[:len(e.devList)-1]
+	delete(e.devs, d.id)
+	d.deleted = true
+	e.markDevDirty(d)
+}
+
+// win returns d's window starting at start, or nil.
+func (d *device) win(start int64) *devWin {
+	for i := len(d.wins) - 1; i >= 0; i-- {
+		if d.wins[i].start == start {
+			return d.wins[i]
+		}
+		if d.wins[i].start < start {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (e *Engine) newDevWin(d *device, start int64) *devWin {
+	dw := &devWin{d: d, start: start, maxSeq: -1}
+	i := len(d.wins)
+	for i > 0 && d.wins[i-1].start > start {
+		i--
+	}
+	d.wins = slices.Insert(d.wins, i, dw)
+	e.devWins++
+	return dw
+}
+
+// Add folds one reading in, at wall-clock time now. A reading more than
+// MaxFutureSkew ahead of now is TooFarAhead; a reading whose window has
+// closed for good for its device is Late (counted in the window's activity
+// summary while that is kept); a reading whose identity (event time, seq)
+// was seen in its window is a Duplicate. A reading that reuses a seq of
+// its window with another event time is Accepted and counted as a seq
+// reset.
 func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
-	e.lastInput = now
+	nowUS := now.UnixMicro()
 	t := r.EventTime.UnixMicro()
+	if t > nowUS+e.skew {
+		e.stats.TooFarAhead++
+		return TooFarAhead
+	}
 	seq := int64(-1)
 	if r.HasSeq {
 		seq = r.Seq
 	}
 	start := floorDiv(t, e.size) * e.size
 	end := start + e.size
-	if e.hasWM && end+e.lateness <= e.wm {
+	d := e.devs[r.DeviceID]
+	if d == nil {
+		if e.hasFloor && end <= e.floor {
+			e.stats.Late++
+			e.lateDev = nil
+			return Late
+		}
+		d = e.newDevice(r.DeviceID, t)
+	} else {
+		// What the device's silence closed until now stays closed.
+		if e.watermark(d, nowUS) >= d.next {
+			e.attend(d)
+		}
+		e.raiseClose(d, nowUS)
+	}
+	d.lastInput, d.idleFrom = nowUS, nowUS
+	e.markDevDirty(d)
+	dw := d.win(start)
+	if end <= d.closeTo {
 		e.stats.Late++
-		if s := e.slots[start]; s != nil {
-			dw := s.devs[r.DeviceID]
-			if dw == nil {
-				dw = e.newDevWin(s, r.DeviceID, true)
-			}
+		e.lateDev = d
+		if dw != nil {
 			dw.late++
 			dw.actChanged = true
-			e.queue(s, dw)
+			e.queue(dw)
 			e.markDirty(dw)
 		}
 		return Late
 	}
-	s := e.slots[start]
-	if s == nil {
-		s = &slot{start: start, devs: make(map[string]*devWin)}
-		e.slots[start] = s
-	}
-	dw := s.devs[r.DeviceID]
 	if dw == nil {
-		dw = e.newDevWin(s, r.DeviceID, false)
+		dw = e.newDevWin(d, start)
+		e.attend(d)
 	}
-	e.advanceTo(t)
-	if !dw.addID(identity(t, seq)) {
+	if t > d.maxEvent {
+		d.maxEvent = t
+		if t-e.lateness >= d.next {
+			e.attend(d)
+		}
+	}
+	switch dw.addID(tseq{t, seq}) {
+	case idDuplicate:
 		e.stats.Duplicates++
 		dw.dups++
 		dw.actChanged = true
-		e.queue(s, dw)
+		e.queue(dw)
 		e.markDirty(dw)
 		return Duplicate
-	}
-	if seq >= 0 {
-		dw.seqs = append(dw.seqs, tseq{t, seq})
+	case idSeqReset:
+		dw.resets++
+		e.stats.SeqResets++
 	}
 	if dw.messages == 0 || t < dw.firstSeen {
 		dw.firstSeen = t
@@ -262,43 +439,45 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 		dw.aggFor(e, m.Name).add(m.Value, t, seq)
 	}
 	e.stats.Accepted++
-	e.queue(s, dw)
+	e.queue(dw)
 	e.markDirty(dw)
 	return Accepted
 }
 
-func (e *Engine) advanceTo(t int64) {
-	if !e.hasWM || t > e.maxEvent {
-		e.maxEvent = t
-		if wm := t - e.lateness; !e.hasWM || wm > e.wm {
-			e.wm = wm
-			e.hasWM = true
-		}
-		e.metaDirty = true
-	}
-}
+type idResult int
 
-func (e *Engine) newDevWin(s *slot, dev string, closed bool) *devWin {
-	dw := &devWin{dev: dev, start: s.start, closed: closed}
-	s.devs[dev] = dw
-	e.devWins++
-	return dw
-}
+const (
+	idNew idResult = iota
+	idDuplicate
+	idSeqReset // new identity, but its seq is already used in the window
+)
 
-// addID records an identity and reports whether it is new. Identities
-// mostly arrive in increasing order (seq rises), which appends.
-func (dw *devWin) addID(id int64) bool {
+// addID records an identity. Identities mostly arrive in increasing order
+// (time rises), which appends; a seq above every seq of the window cannot
+// be a reuse, so the scan for one is needed only for readings that arrive
+// out of order or after a device restart.
+func (dw *devWin) addID(id tseq) idResult {
 	n := len(dw.ids)
-	if n == 0 || id > dw.ids[n-1] {
+	res := idNew
+	if id.seq >= 0 && id.seq <= dw.maxSeq {
+		for _, x := range dw.ids {
+			if x.seq == id.seq && x.t != id.t {
+				res = idSeqReset
+				break
+			}
+		}
+	}
+	if n == 0 || cmpTseq(id, dw.ids[n-1]) > 0 {
 		dw.ids = append(dw.ids, id)
-		return true
+	} else {
+		i, found := slices.BinarySearchFunc(dw.ids, id, cmpTseq)
+		if found {
+			return idDuplicate
+		}
+		dw.ids = slices.Insert(dw.ids, i, id)
 	}
-	i, found := slices.BinarySearch(dw.ids, id)
-	if found {
-		return false
-	}
-	dw.ids = slices.Insert(dw.ids, i, id)
-	return true
+	dw.maxSeq = max(dw.maxSeq, id.seq)
+	return res
 }
 
 func (dw *devWin) aggFor(e *Engine, name string) *agg {
@@ -314,87 +493,203 @@ func (dw *devWin) aggFor(e *Engine, name string) *agg {
 	return a
 }
 
-// queue marks dw for re-emission when its window was already emitted.
-func (e *Engine) queue(s *slot, dw *devWin) {
-	if s.emitted && !dw.queued {
+// queue marks dw for re-emission when it was already emitted.
+func (e *Engine) queue(dw *devWin) {
+	if dw.emitted && !dw.queued {
 		dw.queued = true
-		s.reemit = append(s.reemit, dw)
+		e.attend(dw.d)
 	}
 }
 
 func (e *Engine) markDirty(dw *devWin) {
 	if !dw.dirty {
 		dw.dirty = true
-		e.dirty = append(e.dirty, dw)
+		e.dirtyWins = append(e.dirtyWins, dw)
 	}
 }
 
-// Advance moves the watermark by the wall clock when the partition has been
-// idle for IdleTimeout, then emits every window the watermark has passed
-// (and re-emits windows updated since their last emission), closes windows
-// past their lateness and forgets summaries past LateRetention. Emissions
-// come in a deterministic order: by window start, device, metric name, with
-// each device's activity record after its metrics.
+func (e *Engine) markDevDirty(d *device) {
+	if !d.dirty {
+		d.dirty = true
+		e.dirtyDevs = append(e.dirtyDevs, d)
+	}
+}
+
+// Advance lets every device's watermark move to wall-clock time now (a
+// device silent for IdleTimeout advances with the wall clock), then emits
+// every window its device's watermark has passed (and re-emits windows
+// updated since their last emission), closes windows past their lateness,
+// forgets summaries past LateRetention and devices silent for longer than
+// the device retention. Emissions come in a deterministic order: by window
+// start, device, metric name, with each device's activity record after
+// its metrics.
+//
+// Its cost grows with the devices that have something to do, not with all
+// devices held: Add marks a device for attention when its watermark passes
+// its next threshold (a window end, a close, a deletion) or a window needs
+// re-emission, and a device whose silence will move its watermark to its
+// next threshold (or past the device retention) waits in a heap ordered by
+// that wall-clock time.
 func (e *Engine) Advance(now time.Time, emit func(*Emission)) {
-	if e.hasWM && !e.lastInput.IsZero() {
-		if quiet := now.Sub(e.lastInput).Microseconds() - e.idle; quiet > 0 {
-			if wm := e.maxEvent - e.lateness + quiet; wm > e.wm {
-				e.wm = wm
-				e.metaDirty = true
-			}
+	nowUS := now.UnixMicro()
+	for len(e.due) > 0 && e.due[0].at <= nowUS {
+		it := heap.Pop(&e.due).(dueItem)
+		if d := it.d; !d.deleted && d.dueGen == it.gen {
+			d.dueAt = math.MaxInt64
+			e.attend(d)
 		}
 	}
-	if !e.hasWM || len(e.slots) == 0 {
-		return
+	if !e.hasWM || nowUS >= e.nextScan {
+		e.scanWatermarks(nowUS)
 	}
-	starts := make([]int64, 0, len(e.slots))
-	for st, s := range e.slots {
-		if st+e.size <= e.wm || len(s.reemit) > 0 {
-			starts = append(starts, st)
+	e.pending = e.pending[:0]
+	e.settle = e.settle[:0]
+	for _, d := range e.attn {
+		if nowUS-d.lastInput > e.devRetention && len(d.wins) > 0 {
+			// Silent for longer than the raw topic keeps its input: close
+			// what is left.
+			if end := d.wins[len(d.wins)-1].start + e.size; end > d.closeTo {
+				d.closeTo = end
+				e.markDevDirty(d)
+			}
+		}
+		e.raiseClose(d, nowUS)
+		w := max(e.watermark(d, nowUS), d.closeTo)
+		settle := len(d.wins) == 0 && nowUS-d.lastInput > e.devRetention
+		for _, dw := range d.wins {
+			end := dw.start + e.size
+			switch {
+			case !dw.emitted && end <= w:
+				e.pending = append(e.pending, pendingEmit{dw: dw, delay: w - end, first: true})
+			case dw.emitted && dw.queued:
+				e.pending = append(e.pending, pendingEmit{dw: dw})
+			}
+			if (!dw.closed && end <= d.closeTo) || (dw.closed && end+e.lateness+e.retention <= w) {
+				settle = true
+			}
+		}
+		if settle {
+			e.settle = append(e.settle, d)
 		}
 	}
-	slices.Sort(starts)
-	for _, st := range starts {
-		s := e.slots[st]
-		end := st + e.size
-		if !s.emitted && end <= e.wm {
-			s.emitted = true
-			devs := make([]*devWin, 0, len(s.devs))
-			for _, dw := range s.devs {
-				devs = append(devs, dw)
-			}
-			slices.SortFunc(devs, func(a, b *devWin) int { return cmp.Compare(a.dev, b.dev) })
-			delay := time.Duration(e.wm-end) * time.Microsecond
-			for _, dw := range devs {
-				e.emitDevWin(dw, now, delay, emit)
-			}
-			for _, dw := range s.reemit {
-				dw.queued = false
-			}
-			s.reemit = s.reemit[:0]
-		} else if s.emitted && len(s.reemit) > 0 {
-			slices.SortFunc(s.reemit, func(a, b *devWin) int { return cmp.Compare(a.dev, b.dev) })
-			for _, dw := range s.reemit {
-				dw.queued = false
-				e.emitDevWin(dw, now, 0, emit)
-			}
-			s.reemit = s.reemit[:0]
-		}
-		if !s.closed && end+e.lateness <= e.wm {
-			s.closed = true
-			for _, dw := range s.devs {
+	slices.SortFunc(e.pending, func(a, b pendingEmit) int {
+		return cmp.Or(cmp.Compare(a.dw.start, b.dw.start), cmp.Compare(a.dw.d.id, b.dw.d.id))
+	})
+	for _, p := range e.pending {
+		p.dw.emitted = true
+		p.dw.queued = false
+		e.emitDevWin(p.dw, now, time.Duration(p.delay)*time.Microsecond, emit)
+	}
+	for _, d := range e.settle {
+		w := max(e.watermark(d, nowUS), d.closeTo)
+		kept := d.wins[:0]
+		for _, dw := range d.wins {
+			end := dw.start + e.size
+			if !dw.closed && end <= d.closeTo {
 				e.closeDevWin(dw)
 			}
-		}
-		if s.closed && end+e.lateness+e.retention <= e.wm {
-			for _, dw := range s.devs {
+			if dw.closed && end+e.lateness+e.retention <= w {
 				dw.deleted = true
 				e.devWins--
 				e.markDirty(dw)
+				continue
 			}
-			delete(e.slots, st)
+			kept = append(kept, dw)
+		}
+		clear(d.wins[len(kept):])
+		d.wins = kept
+		if len(d.wins) == 0 && nowUS-d.lastInput > e.devRetention {
+			e.removeDevice(d)
 		}
 	}
+	for _, d := range e.attn {
+		d.attn = false
+		if !d.deleted {
+			e.plan(d, nowUS)
+		}
+	}
+	clear(e.attn)
+	e.attn = e.attn[:0]
+	clear(e.pending)
+	clear(e.settle)
+}
+
+// attend queues d for the next Advance.
+func (e *Engine) attend(d *device) {
+	if !d.attn {
+		d.attn = true
+		e.attn = append(e.attn, d)
+	}
+}
+
+// plan works out, after an Advance visited d, the smallest watermark at
+// which d has work again (d.next: a window to emit, close or forget), and
+// when d's silence alone would get it there or past the device retention:
+// that wall-clock time goes into the heap (an earlier entry stays, and the
+// device is re-planned when it fires).
+func (e *Engine) plan(d *device, now int64) {
+	next := int64(math.MaxInt64)
+	for _, dw := range d.wins {
+		end := dw.start + e.size
+		switch {
+		case !dw.emitted:
+			next = min(next, end)
+		case !dw.closed && end <= d.maxEvent:
+			next = min(next, end+e.lateness)
+		case dw.closed:
+			next = min(next, end+e.lateness+e.retention)
+		}
+	}
+	d.next = next
+	at := d.lastInput + e.devRetention + 1
+	if next != math.MaxInt64 {
+		// Idle: watermark = maxEvent + (now − idleFrom − idle), at most
+		// now + skew.
+		idleAt := d.idleFrom + e.idle + max(1, next-d.maxEvent)
+		at = min(at, max(idleAt, next-e.skew))
+	}
+	at = max(at, now+1)
+	if at < d.dueAt {
+		d.dueAt = at
+		d.dueGen++
+		heap.Push(&e.due, dueItem{at: at, d: d, gen: d.dueGen})
+	}
+}
+
+// scanWatermarks computes the smallest device watermark (for Watermark),
+// at most every scanEvery of wall-clock time.
+func (e *Engine) scanWatermarks(now int64) {
+	e.hasWM = false
+	for _, d := range e.devList {
+		if w := max(e.watermark(d, now), d.closeTo); !e.hasWM || w < e.minWM {
+			e.minWM, e.hasWM = w, true
+		}
+	}
+	e.nextScan = now + scanEvery
+}
+
+const scanEvery = 5_000_000 // µs
+
+// dueItem is a device waiting for a wall-clock time; stale when gen is not
+// the device's dueGen.
+type dueItem struct {
+	at  int64
+	d   *device
+	gen uint32
+}
+
+type dueHeap []dueItem
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueItem)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = dueItem{}
+	*h = old[:len(old)-1]
+	return it
 }
 
 func (e *Engine) closeDevWin(dw *devWin) {
@@ -404,7 +699,7 @@ func (e *Engine) closeDevWin(dw *devWin) {
 	dw.closed = true
 	e.openAggs -= len(dw.aggs)
 	e.stats.WindowsClosed += int64(len(dw.aggs))
-	dw.aggs, dw.ids, dw.seqs = nil, nil, nil
+	dw.aggs, dw.ids = nil, nil
 	e.markDirty(dw)
 }
 
@@ -420,7 +715,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		a.revision++
 		m := &e.metric
 		*m = schemas.WindowMetric{
-			DeviceID: dw.dev, Metric: a.name, WindowStart: ws, WindowEnd: we,
+			DeviceID: dw.d.id, Metric: a.name, WindowStart: ws, WindowEnd: we,
 			Count: a.count, Sum: a.sum(), Min: a.min, Max: a.max, Mean: a.mean(), Stddev: a.stddev(),
 			First: a.first, Last: a.last,
 			P50: a.quantile(0.50), P95: a.quantile(0.95), P99: a.quantile(0.99),
@@ -436,12 +731,12 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	dw.actChanged = false
 	dw.actRev++
 	if !dw.closed {
-		dw.gaps = seqGaps(dw.seqs)
+		dw.gaps = seqGaps(dw.ids)
 	}
 	ac := &e.activity
 	*ac = schemas.Activity{
-		DeviceID: dw.dev, WindowStart: ws, WindowEnd: we,
-		Messages: dw.messages, SeqGaps: dw.gaps, Late: dw.late, Duplicates: dw.dups,
+		DeviceID: dw.d.id, WindowStart: ws, WindowEnd: we,
+		Messages: dw.messages, SeqGaps: dw.gaps, SeqResets: dw.resets, Late: dw.late, Duplicates: dw.dups,
 		Revision: dw.actRev, EmittedAt: at,
 	}
 	if dw.messages > 0 {
@@ -449,75 +744,104 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		ac.LastSeen = time.UnixMicro(dw.lastSeen).UTC()
 	}
 	e.stats.ActivityEmitted++
-	emit(&Emission{Activity: ac, Delay: delay})
+	newResets := max(dw.resets-dw.resetsEmitted, 0)
+	dw.resetsEmitted = dw.resets
+	emit(&Emission{Activity: ac, Delay: delay, NewSeqResets: newResets})
 	e.markDirty(dw)
+}
+
+// lateError explains why r, just judged Late, is late.
+func (e *Engine) lateError(r *schemas.Reading) string {
+	et := r.EventTime.Format(time.RFC3339Nano)
+	if e.lateDev == nil {
+		return fmt.Sprintf("event time %s is in a window that closed for good before this processor kept a clock per device (windows ending at or before %s)",
+			et, time.UnixMicro(e.floor).UTC().Format(time.RFC3339Nano))
+	}
+	d := e.lateDev
+	return fmt.Sprintf("event time %s is in a window of device %q that closed for good: its windows ending at or before %s are closed (the device's newest event time is %s, allowed lateness %s)",
+		et, d.id, time.UnixMicro(d.closeTo).UTC().Format(time.RFC3339Nano), time.UnixMicro(d.maxEvent).UTC().Format(time.RFC3339Nano), e.cfg.Lateness)
 }
 
 func (e *Engine) oldestOpen() (int64, bool) {
 	oldest, found := int64(0), false
-	for st, s := range e.slots {
-		if !s.closed && (!found || st < oldest) {
-			oldest, found = st, true
+	for _, d := range e.devList {
+		for _, dw := range d.wins {
+			if !dw.closed {
+				if !found || dw.start < oldest {
+					oldest, found = dw.start, true
+				}
+				break
+			}
 		}
 	}
 	return oldest, found
 }
 
-// CloseOldest moves the watermark far enough to close the oldest window
-// that still holds open aggregates (to its end plus the lateness), so that
-// the next Advance emits it and drops its state. It reports false when no
-// window is open. The processor uses it at its memory cap; readings that
-// arrive later for that window are late.
+// CloseOldest closes for good the oldest windows that still hold open
+// aggregates (those of every device with the oldest window start), so that
+// the next Advance emits them and drops their state. It reports false when
+// no window is open. The processor uses it at its memory cap; readings
+// that arrive later for those windows are late.
 func (e *Engine) CloseOldest() bool {
 	oldest, found := e.oldestOpen()
 	if !found {
 		return false
 	}
-	if wm := oldest + e.size + e.lateness; !e.hasWM || wm > e.wm {
-		e.wm, e.hasWM = wm, true
-		e.metaDirty = true
+	end := oldest + e.size
+	for _, d := range e.devList {
+		if dw := d.win(oldest); dw != nil && !dw.closed && end > d.closeTo {
+			d.closeTo = end
+			e.markDevDirty(d)
+			e.attend(d)
+		}
 	}
 	return true
 }
 
 // seqGaps counts the device messages missing in a window: walking the
-// readings in event-time order, each rise of seq by d > 1 counts d−1
-// missing messages; a fall (a device restart) counts none. Gaps that
-// straddle a window boundary are counted in neither window.
-func seqGaps(s []tseq) int64 {
-	if len(s) < 2 {
-		return 0
-	}
-	slices.SortFunc(s, func(a, b tseq) int {
-		if c := cmp.Compare(a.t, b.t); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.seq, b.seq)
-	})
+// readings with a seq in (event time, seq) order, each rise of seq by
+// d > 1 counts d−1 missing messages; a fall (a device restart) counts
+// none. Gaps that straddle a window boundary are counted in neither
+// window. ids must be sorted.
+func seqGaps(ids []tseq) int64 {
 	var gaps int64
-	for i := 1; i < len(s); i++ {
-		if d := s[i].seq - s[i-1].seq; d > 1 {
-			gaps += d - 1
+	prev := int64(-1)
+	for _, x := range ids {
+		if x.seq < 0 {
+			continue
 		}
+		if prev >= 0 {
+			if d := x.seq - prev; d > 1 {
+				gaps += d - 1
+			}
+		}
+		prev = x.seq
 	}
 	return gaps
 }
 
 // Changes calls fn for every state change since the last call, as
-// changelog key/value pairs: the value of a device window's key is its
-// encoded state, nil (a tombstone) once it is forgotten; the meta key holds
-// the watermark. Applying the pairs with Restore to an empty Engine rebuilds
-// this one. value is only valid during the call.
+// changelog key/value pairs: the value of a device's or device window's
+// key is its encoded state, nil (a tombstone) once it is forgotten.
+// Applying the pairs with Restore to an empty Engine rebuilds this one.
+// value is only valid during the call.
 func (e *Engine) Changes(fn func(key, value []byte)) {
 	var kb, vb []byte
-	if e.metaDirty {
-		e.metaDirty = false
-		vb = e.appendMeta(vb[:0])
-		fn([]byte(metaKey), vb)
+	for _, d := range e.dirtyDevs {
+		d.dirty = false
+		kb = appendDeviceKey(kb[:0], d.id)
+		if d.deleted {
+			fn(kb, nil)
+			continue
+		}
+		vb = appendDevice(vb[:0], d)
+		fn(kb, vb)
 	}
-	for _, dw := range e.dirty {
+	clear(e.dirtyDevs)
+	e.dirtyDevs = e.dirtyDevs[:0]
+	for _, dw := range e.dirtyWins {
 		dw.dirty = false
-		kb = appendStateKey(kb[:0], dw.start, dw.dev)
+		kb = appendStateKey(kb[:0], dw.start, dw.d.id)
 		if dw.deleted {
 			fn(kb, nil)
 			continue
@@ -525,67 +849,126 @@ func (e *Engine) Changes(fn func(key, value []byte)) {
 		vb = appendDevWin(vb[:0], dw)
 		fn(kb, vb)
 	}
-	clear(e.dirty)
-	e.dirty = e.dirty[:0]
+	clear(e.dirtyWins)
+	e.dirtyWins = e.dirtyWins[:0]
 }
 
 // ErrBadState reports a changelog record this version cannot read.
 var ErrBadState = errors.New("invalid processor state record")
 
-// Restore applies one changelog record (as written by Changes) to the
-// engine; records must come in log order. Call FinishRestore after the last.
+// restoreDevice returns the device being restored, creating a placeholder
+// (clock unknown until its own record comes) when needed.
+func (e *Engine) restoreDevice(id string) *device {
+	d := e.devs[id]
+	if d == nil {
+		d = &device{id: id, idx: len(e.devList), maxEvent: math.MinInt64, closeTo: math.MinInt64, next: math.MaxInt64, dueAt: math.MaxInt64}
+		e.devs[id] = d
+		e.devList = append(e.devList, d)
+	}
+	return d
+}
+
+// Restore applies one changelog record (as written by Changes, or by the
+// per-partition watermark version) to the engine; records must come in log
+// order. Call FinishRestore after the last.
 func (e *Engine) Restore(key, value []byte) error {
-	if string(key) == metaKey {
+	switch kind, start, id, err := parseKey(key); {
+	case err != nil:
+		return err
+	case kind == keyMeta:
 		if value == nil {
-			e.hasWM = false
+			e.hasFloor = false
 			return nil
 		}
 		return e.decodeMeta(value)
-	}
-	start, dev, err := parseStateKey(key)
-	if err != nil {
-		return err
-	}
-	s := e.slots[start]
-	if value == nil {
-		if s != nil {
-			if _, ok := s.devs[dev]; ok {
-				delete(s.devs, dev)
-				if len(s.devs) == 0 {
-					delete(e.slots, start)
-				}
+	case kind == keyDevice:
+		if value == nil {
+			if d := e.devs[id]; d != nil {
+				d.maxEvent, d.closeTo, d.lastInput = math.MinInt64, math.MinInt64, 0
 			}
+			return nil
+		}
+		d := e.restoreDevice(id)
+		if err := decodeDevice(value, d); err != nil {
+			return fmt.Errorf("state of device %q: %w", id, err)
 		}
 		return nil
+	default:
+		d := e.devs[id]
+		if value == nil {
+			if d != nil {
+				if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
+					d.wins = slices.Delete(d.wins, i, i+1)
+				}
+			}
+			return nil
+		}
+		dw, err := decodeDevWin(value, start)
+		if err != nil {
+			return fmt.Errorf("state of device %q window %s: %w", id, time.UnixMicro(start).UTC().Format(time.RFC3339), err)
+		}
+		d = e.restoreDevice(id)
+		dw.d = d
+		if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
+			d.wins[i] = dw
+			return nil
+		}
+		i := len(d.wins)
+		for i > 0 && d.wins[i-1].start > start {
+			i--
+		}
+		d.wins = slices.Insert(d.wins, i, dw)
+		return nil
 	}
-	dw, err := decodeDevWin(value, dev, start)
-	if err != nil {
-		return fmt.Errorf("state of device %q window %s: %w", dev, time.UnixMicro(start).UTC().Format(time.RFC3339), err)
-	}
-	if s == nil {
-		s = &slot{start: start, devs: make(map[string]*devWin)}
-		e.slots[start] = s
-	}
-	s.devs[dev] = dw
-	return nil
 }
 
 // FinishRestore rebuilds the derived fields after Restore and starts the
-// idle timer at now.
+// idle timer of every device at now (or at its last reading, if that is
+// later).
 func (e *Engine) FinishRestore(now time.Time) {
-	e.lastInput = now
+	nowUS := now.UnixMicro()
 	e.openAggs, e.devWins = 0, 0
-	for st, s := range e.slots {
-		end := st + e.size
-		s.emitted = e.hasWM && end <= e.wm
-		s.closed = e.hasWM && end+e.lateness <= e.wm
-		for _, dw := range s.devs {
+	kept := e.devList[:0]
+	for _, d := range e.devList {
+		noRecord := d.maxEvent == math.MinInt64 // an old changelog, or a device tombstone
+		for _, dw := range d.wins {
+			if dw.legacy {
+				// Written by the per-partition watermark version: it had
+				// emitted the windows its watermark had passed.
+				dw.emitted = dw.closed || (e.hasFloor && dw.start+e.size <= e.legacyWM)
+				dw.legacy = false
+			}
+			if noRecord && dw.messages > 0 && (d.maxEvent == math.MinInt64 || dw.lastSeen > d.maxEvent) {
+				d.maxEvent = dw.lastSeen
+			}
 			e.devWins++
 			if !dw.closed {
 				e.openAggs += len(dw.aggs)
 			}
 		}
+		if d.maxEvent == math.MinInt64 {
+			if len(d.wins) == 0 {
+				delete(e.devs, d.id)
+				continue
+			}
+			d.maxEvent = d.wins[len(d.wins)-1].start // only late-count summaries left
+		}
+		if d.closeTo == math.MinInt64 {
+			d.closeTo = d.maxEvent - 2*e.lateness
+			if e.hasFloor {
+				d.closeTo = max(d.closeTo, e.floor)
+			}
+		}
+		if d.lastInput == 0 {
+			d.lastInput = nowUS
+		}
+		d.idleFrom = max(d.lastInput, nowUS)
+		d.idx = len(kept)
+		kept = append(kept, d)
+		e.attend(d)
 	}
-	e.dirty = e.dirty[:0]
-	e.metaDirty = false
+	clear(e.devList[len(kept):])
+	e.devList = kept
+	e.dirtyWins = e.dirtyWins[:0]
+	e.dirtyDevs = e.dirtyDevs[:0]
 }

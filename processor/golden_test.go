@@ -25,7 +25,7 @@ var update = flag.Bool("update", false, "rewrite the golden expected.jsonl files
 var goldenBase = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 
 // goldenWindow is the engine configuration of every golden case.
-var goldenWindow = WindowConfig{Size: 10 * time.Second, Lateness: 5 * time.Second, IdleTimeout: 20 * time.Second, LateRetention: 30 * time.Second}
+var goldenWindow = WindowConfig{Size: 10 * time.Second, Lateness: 5 * time.Second, IdleTimeout: 20 * time.Second, LateRetention: 30 * time.Second, MaxFutureSkew: DefaultMaxFutureSkew}
 
 var goldenTopics = Topics{Raw: "raw", Metrics: "metrics", DLQ: "dlq", Changelog: "changelog"}
 
@@ -129,7 +129,9 @@ func runGolden(t *testing.T, dir string, restoreEachStep bool) []string {
 					t.Fatal(err)
 				}
 			}
-			fresh.FinishRestore(tk.eng.lastInput)
+			// Every device's idle timer is in its own stored record; a
+			// restore time before all of them keeps it.
+			fresh.FinishRestore(goldenBase)
 			fresh.stats = tk.eng.stats
 			tk.eng = fresh
 		}

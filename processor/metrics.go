@@ -12,11 +12,13 @@ type metrics struct {
 	recordsIn      prometheus.Counter
 	accepted       prometheus.Counter
 	duplicates     prometheus.Counter
+	seqResets      prometheus.Counter
 	dropped        *prometheus.CounterVec // by reason: what went to the DLQ
 	emitted        *prometheus.CounterVec // by kind
 	emitDelay      prometheus.Histogram
 	windowsOpen    prometheus.Gauge
 	deviceWindows  prometheus.Gauge
+	devices        prometheus.Gauge
 	stateBytes     prometheus.Gauge
 	capReached     prometheus.Gauge
 	capEvents      prometheus.Counter
@@ -37,14 +39,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		recordsIn:  prometheus.NewCounter(prometheus.CounterOpts(f("records_in_total", "Input records read from the raw topic (committed or not)."))),
 		accepted:   prometheus.NewCounter(prometheus.CounterOpts(f("readings_accepted_total", "Readings aggregated into a window."))),
-		duplicates: prometheus.NewCounter(prometheus.CounterOpts(f("duplicates_total", "Readings dropped because their identity (device, seq) or (device, event time) was already counted in the window."))),
-		dropped:    prometheus.NewCounterVec(prometheus.CounterOpts(f("dlq_total", "Input records sent to the DLQ, by reason (late, invalid_record).")), []string{"reason"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts(f("duplicates_total", "Readings dropped because their identity (device, event time, seq) — (device, event time) without seq — was already counted in the window."))),
+		seqResets:  prometheus.NewCounter(prometheus.CounterOpts(f("seq_resets_total", "Accepted readings that reused the seq of another reading of their device window with a different event time (device counter restarted); counted when the window's activity record is emitted."))),
+		dropped:    prometheus.NewCounterVec(prometheus.CounterOpts(f("dlq_total", "Input records sent to the DLQ, by reason (late, invalid_record, timestamp_skew).")), []string{"reason"}),
 		emitted:    prometheus.NewCounterVec(prometheus.CounterOpts(f("emitted_total", "telemetry.metrics records emitted, by kind (metric, activity), re-emissions included.")), []string{"kind"}),
 		emitDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "emit_delay_seconds",
 			Help:    "Wall-clock time from a window's end to its first emission.",
 			Buckets: prometheus.ExponentialBuckets(0.5, 2, 14)}),
 		windowsOpen:    prometheus.NewGauge(prometheus.GaugeOpts(f("windows_open", "Metric windows (device × metric × window) whose state is held."))),
 		deviceWindows:  prometheus.NewGauge(prometheus.GaugeOpts(f("device_windows", "Device windows held, open or as late-counting summaries."))),
+		devices:        prometheus.NewGauge(prometheus.GaugeOpts(f("devices", "Devices whose clock (watermark) is held; a silent device's is kept for the raw topic's retention."))),
 		stateBytes:     prometheus.NewGauge(prometheus.GaugeOpts(f("state_bytes_estimate", "Estimated in-memory bytes of window state (windows_open × measured bytes per key)."))),
 		capReached:     prometheus.NewGauge(prometheus.GaugeOpts(f("state_cap_reached", "1 while open windows are at --max-keys (the oldest are being closed early)."))),
 		capEvents:      prometheus.NewCounter(prometheus.CounterOpts(f("state_cap_early_closes_total", "Windows closed before their time because open windows reached --max-keys."))),
@@ -54,12 +58,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		restoreSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "restore_seconds", Help: "Time to restore assigned partitions' state from the changelog.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}),
 		restoredRecs:   prometheus.NewCounter(prometheus.CounterOpts(f("restored_records_total", "Changelog records read while restoring state."))),
 		partitions:     prometheus.NewGauge(prometheus.GaugeOpts(f("partitions_assigned", "Input partitions this process owns."))),
-		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest watermark of the owned partitions."))),
+		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest device watermark of the owned partitions."))),
 	}
-	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
-		m.deviceWindows, m.stateBytes, m.capReached, m.capEvents, m.txns, m.txnSeconds, m.changelogBytes,
+	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.seqResets, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
+		m.deviceWindows, m.devices, m.stateBytes, m.capReached, m.capEvents, m.txns, m.txnSeconds, m.changelogBytes,
 		m.restoreSeconds, m.restoredRecs, m.partitions, m.watermarkLag)
-	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord} {
+	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord, schemas.ReasonTimestampSkew} {
 		m.dropped.WithLabelValues(string(r))
 	}
 	for _, k := range []string{"metric", "activity"} {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,6 +158,9 @@ type Processor struct {
 	produceFailures int
 	ready           atomic.Bool
 	bytesKey        float64
+	// devRetention is how long a silent device's state is kept: the raw
+	// topic's retention, read at start (main loop only).
+	devRetention time.Duration
 }
 
 // New validates cfg (the errors are *config.FieldError) and returns a
@@ -286,9 +290,11 @@ func (p *Processor) loop(ctx context.Context) error {
 		}
 		p.log.Info("left the group", "group", p.cfg.Group, "instance", p.cfg.InstanceID)
 	}()
+	p.devRetention = p.rawRetention(ctx, adm)
 	p.log.Info("processor started", "group", p.cfg.Group, "instance", p.cfg.InstanceID,
 		"transactional_id", p.cfg.TransactionalID(), "input", p.cfg.Topics.Raw, "window", p.cfg.Window.Size,
-		"lateness", p.cfg.Window.Lateness, "idle_timeout", p.cfg.Window.IdleTimeout)
+		"lateness", p.cfg.Window.Lateness, "idle_timeout", p.cfg.Window.IdleTimeout, "max_future_skew", p.cfg.Window.MaxFutureSkew,
+		"device_retention", p.devRetention)
 
 	for {
 		if ctx.Err() != nil {
@@ -529,6 +535,7 @@ func (p *Processor) restore(ctx context.Context, adm *kadm.Client, parts []int32
 		if err != nil {
 			return err
 		}
+		eng.SetDeviceRetention(p.devRetention)
 		engines[part] = eng
 		e, ok := ends.Lookup(topic, part)
 		if !ok {
@@ -593,6 +600,33 @@ func (p *Processor) restore(ctx context.Context, adm *kadm.Client, parts []int32
 	return nil
 }
 
+// rawRetention returns the raw topic's retention.ms, how long a device
+// may stay offline and still have its buffered readings counted: the
+// processor keeps a silent device's state that long. When it cannot be
+// read (or is infinite), DefaultDeviceRetention.
+func (p *Processor) rawRetention(ctx context.Context, adm *kadm.Client) time.Duration {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rcs, err := adm.DescribeTopicConfigs(rctx, p.cfg.Topics.Raw)
+	if err == nil {
+		var rc kadm.ResourceConfig
+		if rc, err = rcs.On(p.cfg.Topics.Raw, nil); err == nil {
+			err = rc.Err
+			for _, c := range rc.Configs {
+				if c.Key == "retention.ms" && c.Value != nil {
+					if ms, perr := strconv.ParseInt(*c.Value, 10, 64); perr == nil && ms > 0 {
+						return time.Duration(ms) * time.Millisecond
+					}
+				}
+			}
+		}
+	}
+	if err != nil {
+		p.log.Warn("could not read the raw topic's retention; keeping silent devices' state for the default", "topic", p.cfg.Topics.Raw, "err", err, "default", DefaultDeviceRetention)
+	}
+	return DefaultDeviceRetention
+}
+
 func (p *Processor) openKeys() int {
 	n := 0
 	for _, t := range p.tasks {
@@ -643,17 +677,19 @@ func (p *Processor) enforceCap(now time.Time, out func(*kgo.Record)) {
 }
 
 func (p *Processor) observeState(now time.Time) {
-	keys, dws := 0, 0
+	keys, dws, devs := 0, 0, 0
 	var oldest time.Time
 	for _, t := range p.tasks {
 		keys += t.eng.OpenKeys()
 		dws += t.eng.DeviceWindows()
+		devs += t.eng.Devices()
 		if wm, ok := t.eng.Watermark(); ok && (oldest.IsZero() || wm.Before(oldest)) {
 			oldest = wm
 		}
 	}
 	p.m.windowsOpen.Set(float64(keys))
 	p.m.deviceWindows.Set(float64(dws))
+	p.m.devices.Set(float64(devs))
 	p.m.stateBytes.Set(float64(keys) * p.bytesKey)
 	if !oldest.IsZero() {
 		p.m.watermarkLag.Set(now.Sub(oldest).Seconds())

@@ -54,10 +54,12 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 		t.m.duplicates.Inc()
 	case Late:
 		t.m.rejected(schemas.ReasonLate)
-		wm, _ := t.eng.Watermark()
-		out(t.deadLetter(rec, schemas.ReasonLate, fmt.Sprintf(
-			"event time %s is in a window that closed for good: its end plus the allowed lateness %s is not after the watermark %s",
-			t.r.EventTime.Format(time.RFC3339Nano), t.eng.cfg.Lateness, wm.Format(time.RFC3339Nano)), now))
+		out(t.deadLetter(rec, schemas.ReasonLate, t.eng.lateError(&t.r), now))
+	case TooFarAhead:
+		t.m.rejected(schemas.ReasonTimestampSkew)
+		out(t.deadLetter(rec, schemas.ReasonTimestampSkew, fmt.Sprintf(
+			"event time %s is more than the allowed future skew %s ahead of the processor's clock %s",
+			t.r.EventTime.Format(time.RFC3339Nano), t.eng.cfg.MaxFutureSkew, now.UTC().Format(time.RFC3339Nano)), now))
 	}
 }
 
@@ -90,6 +92,7 @@ func (t *task) advance(now time.Time, out func(*kgo.Record)) {
 			v = schemas.AppendActivity(make([]byte, 0, 320), em.Activity)
 			key, ws = em.Activity.DeviceID, em.Activity.WindowStart
 			t.m.emitted.WithLabelValues("activity").Inc()
+			t.m.seqResets.Add(float64(em.NewSeqResets))
 		}
 		out(&kgo.Record{
 			Topic: t.topics.Metrics, Key: []byte(key), Value: v, Timestamp: ws,

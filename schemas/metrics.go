@@ -63,10 +63,16 @@ type Activity struct {
 	Messages int64
 	// SeqGaps counts device messages missing according to "seq".
 	SeqGaps int64
+	// SeqResets counts accepted messages that reused the seq of another
+	// message of the window with a different event time (a device that
+	// restarted its counter): they are new readings, counted in Messages,
+	// not duplicates. Optional on the wire (absent means 0).
+	SeqResets int64
 	// Late counts readings for this window that arrived too late and went to
 	// the DLQ with ReasonLate.
 	Late int64
-	// Duplicates counts messages dropped as duplicates (same seq again).
+	// Duplicates counts messages dropped as duplicates (same event time
+	// and seq again).
 	Duplicates int64
 	// FirstSeen and LastSeen are the earliest and latest event times of the
 	// messages counted; both zero when Messages is 0, and otherwise in the
@@ -140,7 +146,7 @@ func (a *Activity) Validate() error {
 		return invalidRecord("device_id %s is not a valid device id", quote(a.DeviceID))
 	case !validWindow(a.WindowStart, a.WindowEnd):
 		return invalidRecord("window_start_us is not before window_end_us")
-	case a.Messages < 0 || a.SeqGaps < 0 || a.Late < 0 || a.Duplicates < 0:
+	case a.Messages < 0 || a.SeqGaps < 0 || a.SeqResets < 0 || a.Late < 0 || a.Duplicates < 0:
 		return invalidRecord("a counter is negative")
 	case a.FirstSeen.IsZero() != a.LastSeen.IsZero():
 		return invalidRecord("first_seen_us and last_seen_us must be both present or both absent")
@@ -210,8 +216,8 @@ func AppendMetric(dst []byte, m *WindowMetric) []byte {
 //
 //	{"schema_version":1,"kind":"activity","device_id":"d1",
 //	 "window_start_us":...,"window_end_us":...,"messages":12,"seq_gaps":0,
-//	 "late":0,"duplicates":0,"first_seen_us":...,"last_seen_us":...,
-//	 "revision":1,"emitted_at_us":...}
+//	 "seq_resets":0,"late":0,"duplicates":0,"first_seen_us":...,
+//	 "last_seen_us":...,"revision":1,"emitted_at_us":...}
 //
 // first_seen_us and last_seen_us are omitted when zero. AppendActivity does
 // not validate a.
@@ -222,6 +228,7 @@ func AppendActivity(dst []byte, a *Activity) []byte {
 	dst = appendTimeField(dst, `,"window_end_us":`, a.WindowEnd)
 	dst = appendIntField(dst, `,"messages":`, a.Messages)
 	dst = appendIntField(dst, `,"seq_gaps":`, a.SeqGaps)
+	dst = appendIntField(dst, `,"seq_resets":`, a.SeqResets)
 	dst = appendIntField(dst, `,"late":`, a.Late)
 	dst = appendIntField(dst, `,"duplicates":`, a.Duplicates)
 	if !a.FirstSeen.IsZero() {
@@ -279,6 +286,7 @@ const (
 	mfLastTime
 	mfMessages
 	mfSeqGaps
+	mfSeqResets
 	mfLate
 	mfDuplicates
 	mfFirstSeen
@@ -291,7 +299,7 @@ const (
 var metricsFieldNames = [numMetricsFields]string{
 	"schema_version", "kind", "device_id", "metric", "window_start_us", "window_end_us",
 	"count", "sum", "min", "max", "mean", "stddev", "first", "last", "p50", "p95", "p99",
-	"first_time_us", "last_time_us", "messages", "seq_gaps", "late", "duplicates",
+	"first_time_us", "last_time_us", "messages", "seq_gaps", "seq_resets", "late", "duplicates",
 	"first_seen_us", "last_seen_us", "revision", "emitted_at_us",
 }
 
@@ -339,6 +347,8 @@ func metricsFieldIndex(key []byte) int {
 		return mfMessages
 	case "seq_gaps":
 		return mfSeqGaps
+	case "seq_resets":
+		return mfSeqResets
 	case "late":
 		return mfLate
 	case "duplicates":
@@ -430,6 +440,7 @@ func (d *MetricsDecoder) Decode(b []byte, rec *MetricsRecord) error {
 		d.time(mfWindowEnd, &a.WindowEnd, false, &err)
 		d.int(mfMessages, &a.Messages, &err)
 		d.int(mfSeqGaps, &a.SeqGaps, &err)
+		d.optInt(mfSeqResets, &a.SeqResets, &err)
 		d.int(mfLate, &a.Late, &err)
 		d.int(mfDuplicates, &a.Duplicates, &err)
 		d.time(mfFirstSeen, &a.FirstSeen, true, &err)
@@ -474,6 +485,15 @@ func (d *MetricsDecoder) str(i int, dst *string, err *error) {
 
 func (d *MetricsDecoder) int(i int, dst *int64, err *error) {
 	if !d.present(i, false, err) {
+		return
+	}
+	*dst, *err = intField(metricsFieldNames[i], &d.vals[i])
+}
+
+// optInt reads an optional integer field (added to version 1 later):
+// absent means 0.
+func (d *MetricsDecoder) optInt(i int, dst *int64, err *error) {
+	if !d.present(i, true, err) {
 		return
 	}
 	*dst, *err = intField(metricsFieldNames[i], &d.vals[i])

@@ -92,7 +92,9 @@ var MetricsSchema = arrow.NewSchema([]arrow.Field{
 }, nil)
 
 // ActivitySchema is the Arrow schema of the activity dataset (per device
-// per window: messages, sequence gaps, late and duplicate messages).
+// per window: messages, sequence gaps, late and duplicate messages, seq
+// resets). seq_resets is the last column: files written before it existed
+// lack it (read them with union_by_name / schema merging; absent means 0).
 var ActivitySchema = arrow.NewSchema([]arrow.Field{
 	field("window_start", tsUTC, false),
 	field("window_end", tsUTC, false),
@@ -107,6 +109,7 @@ var ActivitySchema = arrow.NewSchema([]arrow.Field{
 	field("emitted_at", tsUTC, false),
 	field(colPartition, arrow.PrimitiveTypes.Int32, false),
 	field(colOffset, arrow.PrimitiveTypes.Int64, false),
+	field("seq_resets", arrow.PrimitiveTypes.Int64, false),
 }, nil)
 
 // Schema returns the Arrow schema of d.
@@ -170,7 +173,7 @@ func (b *rowBuilder) release() { b.rb.Release() }
 const (
 	readingRowBytes  = 8 + 4 + 4 + 8 + 9 + 8 + 4 + 4 + 8
 	metricRowBytes   = 8*17 + 4 + 4 + 4
-	activityRowBytes = 8*10 + 4 + 4
+	activityRowBytes = 8*11 + 4 + 4
 )
 
 // appendReading appends one row per measurement of r; tags is r.Tags as a
@@ -243,6 +246,7 @@ func (b *rowBuilder) appendActivity(a *schemas.Activity, partition int32, offset
 	b.ts[10].Append(us(a.EmittedAt))
 	b.i32[11].Append(partition)
 	b.i64[12].Append(offset)
+	b.i64[13].Append(a.SeqResets)
 	b.rows++
 	b.bytes += activityRowBytes + len(a.DeviceID)
 }
