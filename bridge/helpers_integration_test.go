@@ -61,6 +61,7 @@ func (s *setup) config(t *testing.T, clientID string) Config {
 			Username: s.env.MQTTUsername, Password: s.env.MQTTPassword,
 			ShareGroup: s.group, SessionExpiry: 10 * time.Minute,
 			ReconnectMin: 100 * time.Millisecond, ReconnectMax: time.Second,
+			CatchAll: DefaultCatchAll, // as the command runs it
 		},
 		Kafka:           kafkax.Config{Brokers: s.env.KafkaBrokers, ClientID: clientID},
 		TopicRaw:        s.raw,

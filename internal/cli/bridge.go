@@ -37,12 +37,13 @@ type bridgeFlags struct {
 	mqttURL, clientID, username, password, group, filters string
 	sessionExpiry, ackInterval, keepAlive, connectTimeout time.Duration
 	receiveMax                                            int
-	plainSub                                              bool
+	plainSub, catchAll                                    bool
 
 	topicRaw, topicDLQ, topicTemplate string
 	maxPayload, maxMeasurements       int
 	maxDepth                          int
 	futureSkew, pastSkew              time.Duration
+	strict, acceptBools, numericStrs  bool
 
 	compression    string
 	linger         time.Duration
@@ -64,6 +65,7 @@ func (o *bridgeFlags) bind(f *Flags) {
 	f.String(&o.group, "mqtt-share-group", bridge.DefaultShareGroup, "shared-subscription group; bridges of one group split the messages")
 	f.Bool(&o.plainSub, "mqtt-plain-subscription", false, "subscribe to the filters directly, not through $share/<group>/: for ONE bridge on a broker that loses shared subscriptions when it restarts (every Mosquitto 2.0.x); every bridge subscribed this way gets every message")
 	f.String(&o.filters, "mqtt-filters", "", "comma-separated topic filters (without $share/...); default: the filter of --topic-template")
+	f.Bool(&o.catchAll, "mqtt-catch-all", bridge.DefaultCatchAll, "subscribe to the template's prefix + '#' (devices/# for devices/{device_id}/telemetry) instead of the filters it covers; messages on topics no route matches go to the DLQ as unexpected_topic instead of vanishing at the broker")
 	f.Duration(&o.sessionExpiry, "mqtt-session-expiry", bridge.DefaultSessionExpiry, "how long the broker keeps the session and queues messages while the bridge is away")
 	f.Int(&o.receiveMax, "mqtt-receive-maximum", bridge.DefaultReceiveMaximum, "MQTT v5 Receive Maximum: messages in flight (received, not yet acknowledged); bounds memory and duplicates after a crash")
 	f.Duration(&o.ackInterval, "mqtt-ack-interval", bridge.DefaultAckInterval, "how often acknowledgements released by Kafka are sent to the broker")
@@ -84,6 +86,9 @@ func (o *bridgeFlags) bind(f *Flags) {
 	f.Int(&o.maxDepth, "max-json-depth", schemas.DefaultMaxDepth, "deeper JSON nesting goes to the DLQ (malformed_json)")
 	f.Duration(&o.futureSkew, "max-future-skew", schemas.DefaultMaxFutureSkew, "readings further in the future than this go to the DLQ (timestamp_skew)")
 	f.Duration(&o.pastSkew, "max-past-skew", schemas.DefaultMaxPastSkew, "readings further in the past than this go to the DLQ (timestamp_skew)")
+	f.Bool(&o.strict, "strict-payloads", false, "send messages with a field that would be ignored (non-numeric top-level fields, fields beside \"metrics\") to the DLQ (ignored_field) instead of accepting them and counting the field in iotpipe_bridge_ignored_fields_total")
+	f.Bool(&o.acceptBools, "accept-bools", false, "make true/false measurements of value 1/0 (otherwise a top-level boolean is ignored and counted, and one under \"metrics\" rejects the message)")
+	f.Bool(&o.numericStrs, "numeric-strings", false, "make strings holding exactly a JSON number (\"21.5\") measurements; \"NaN\"/\"Inf\" strings then reject the message (non_finite_value)")
 	o.http.bind(f, ":9101")
 	o.log.bind(f, "json")
 }
@@ -101,7 +106,7 @@ func splitList(s string) []string {
 // fieldFlags maps bridge.Config fields (as named by Validate) to flags.
 var bridgeFieldFlags = []struct{ field, flag string }{
 	{"MQTT.URLs", "mqtt-url"}, {"MQTT.ClientID", "mqtt-client-id"}, {"MQTT.ShareGroup", "mqtt-share-group"}, {"MQTT.PlainSubscription", "mqtt-plain-subscription"},
-	{"MQTT.Filters", "mqtt-filters"}, {"MQTT.SessionExpiry", "mqtt-session-expiry"},
+	{"MQTT.Filters", "mqtt-filters"}, {"MQTT.CatchAll", "mqtt-catch-all"}, {"MQTT.SessionExpiry", "mqtt-session-expiry"},
 	{"MQTT.ReceiveMaximum", "mqtt-receive-maximum"}, {"MQTT.AckInterval", "mqtt-ack-interval"},
 	{"MQTT.KeepAlive", "mqtt-keepalive"}, {"MQTT.ConnectTimeout", "mqtt-connect-timeout"},
 	{"Kafka.Brokers", "kafka-brokers"}, {"TopicRaw", "topic-raw"}, {"TopicDLQ", "topic-dlq"},
@@ -121,7 +126,7 @@ func (o *bridgeFlags) config() (bridge.Config, error) {
 			URLs: splitList(o.mqttURL), ClientID: o.clientID, Username: o.username, Password: o.password,
 			ShareGroup: o.group, PlainSubscription: o.plainSub, Filters: splitList(o.filters), SessionExpiry: o.sessionExpiry,
 			ReceiveMaximum: o.receiveMax, AckInterval: o.ackInterval, KeepAlive: o.keepAlive,
-			ConnectTimeout: o.connectTimeout,
+			ConnectTimeout: o.connectTimeout, CatchAll: o.catchAll,
 		},
 		Kafka:         kc,
 		TopicRaw:      o.topicRaw,
@@ -130,6 +135,7 @@ func (o *bridgeFlags) config() (bridge.Config, error) {
 		Decode: schemas.DecodeOptions{
 			MaxPayloadBytes: o.maxPayload, MaxMeasurements: o.maxMeasurements, MaxDepth: o.maxDepth,
 			MaxFutureSkew: o.futureSkew, MaxPastSkew: o.pastSkew,
+			Strict: o.strict, AcceptBools: o.acceptBools, NumericStrings: o.numericStrs,
 		},
 		Compression:      o.compression,
 		Linger:           o.linger,
