@@ -534,6 +534,8 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	b.m.inFlight.Inc()
 	b.pending.Add(1)
 
+	// isRaw: the record is a route's output, not a dead letter; if Kafka
+	// refuses it for good, the message goes to the DLQ (kafka_rejected).
 	var rec *kgo.Record
 	isRaw := false
 	if rt := match(b.rt, p.Topic); rt != nil {
