@@ -63,6 +63,10 @@ type Bridge struct {
 	dec     *schemas.Decoder
 	reading schemas.Reading
 
+	// rt is the route table (see routes.go); routeNames describes it.
+	rt         []route
+	routeNames string
+
 	slots    chan struct{} // in-flight limit: one token per message taken and not yet acknowledged to the broker
 	win      window        // the messages holding a slot, in receive order
 	pending  sync.WaitGroup
@@ -103,7 +107,7 @@ func New(cfg Config, deps service.Deps) (*Bridge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bridge config: Decode: %w", err)
 	}
-	return &Bridge{
+	b := &Bridge{
 		cfg:    cfg,
 		log:    log,
 		m:      newMetrics(reg),
@@ -113,7 +117,10 @@ func New(cfg Config, deps service.Deps) (*Bridge, error) {
 		win:    window{ring: make([]*inflight, cfg.MQTT.ReceiveMaximum)},
 		stopCh: make(chan struct{}),
 		fatal:  make(chan error, 1),
-	}, nil
+	}
+	b.rt = b.routes()
+	b.routeNames = routesSummary(b.rt)
+	return b, nil
 }
 
 // Config returns the configuration in use.
@@ -318,7 +325,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 			subs.Add(1)
 			go func() { // OnConnectionUp must not block
 				defer subs.Done()
-				b.subscribe(ctx, cm)
+				b.subscribe(ctx, cm, ca.SessionPresent)
 			}()
 		},
 		OnConnectionDown: func() bool {
@@ -436,7 +443,12 @@ func dialBuffered(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (n
 	return c, nil
 }
 
-func (b *Bridge) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) {
+// subscribe subscribes to the configured filters and, on a resumed
+// session, then removes the stale subscriptions that other settings of
+// the bridge would have made (see Config.staleFilters): subscribing
+// first means no moment without a subscription, at the cost of possible
+// duplicates for the messages of that moment.
+func (b *Bridge) subscribe(ctx context.Context, cm *autopaho.ConnectionManager, sessionPresent bool) {
 	sub := &paho.Subscribe{}
 	for _, f := range b.cfg.Subscriptions() {
 		sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1})
@@ -454,11 +466,27 @@ func (b *Bridge) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) 
 	for i, rc := range sa.Reasons {
 		if rc >= 0x80 {
 			ok = false
-			b.log.Error("mqtt subscription refused", "filter", sub.Subscriptions[min(i, len(sub.Subscriptions)-1)].Topic, "reason_code", rc)
+			b.log.Error("mqtt subscription refused (the catch-all, MQTT.CatchAll / --mqtt-catch-all, needs read permission on the whole prefix)",
+				"filter", sub.Subscriptions[min(i, len(sub.Subscriptions)-1)].Topic, "reason_code", rc)
 		}
 	}
 	if !ok {
 		return
+	}
+	if stale := b.cfg.staleFilters(); sessionPresent && len(stale) > 0 {
+		uctx, ucancel := context.WithTimeout(ctx, b.cfg.MQTT.ConnectTimeout)
+		ua, err := cm.Unsubscribe(uctx, &paho.Unsubscribe{Topics: stale})
+		ucancel()
+		switch {
+		case err != nil:
+			b.log.Warn("mqtt unsubscribe from stale filters failed; messages matching them may arrive twice", "filters", stale, "err", err)
+		default:
+			for i, rc := range ua.Reasons {
+				if rc == 0x00 && i < len(stale) {
+					b.log.Info("mqtt removed a stale subscription of the session (another setting made it; it would deliver messages twice)", "filter", stale[i])
+				}
+			}
+		}
 	}
 	b.subscribed.Store(true)
 	b.log.Info("mqtt subscribed", "filters", b.cfg.Subscriptions())
@@ -505,15 +533,16 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	b.m.inFlight.Inc()
 	b.pending.Add(1)
 
+	// isRaw: the record is a route's output, not a dead letter; if Kafka
+	// refuses it for good, the message goes to the DLQ (kafka_rejected).
 	var rec *kgo.Record
 	isRaw := false
-	if err := b.dec.Decode(p.Topic, p.Payload, now, &b.reading); err != nil {
-		rec = b.deadLetter(p, err, now)
+	if rt := match(b.rt, p.Topic); rt != nil {
+		var dead bool
+		rec, dead = rt.handle(p, now)
+		isRaw = !dead
 	} else {
-		value := schemas.AppendRaw(make([]byte, 0, 64+len(p.Payload)), &b.reading)
-		rec = schemas.RawRecord(value, &b.reading, p.Topic)
-		rec.Topic = b.cfg.TopicRaw
-		isRaw = true
+		rec = b.unexpectedTopic(p, now)
 	}
 	e := b.win.push(p, pr.Client)
 	var promise func(*kgo.Record, error)

@@ -29,6 +29,9 @@ const (
 	DefaultBatchMaxBytes    = 1 << 20
 	DefaultDLQMaxValueBytes = 512 << 10
 	DefaultShutdownTimeout  = 30 * time.Second
+	// DefaultCatchAll is the default of MQTTConfig.CatchAll in the
+	// command: on. The zero Config has it off (false means off).
+	DefaultCatchAll = true
 )
 
 // ClientIDPrefix is the start of the default MQTT client id; the host name
@@ -68,6 +71,12 @@ type MQTTConfig struct {
 	// Filters are the MQTT topic filters subscribed to (without the
 	// $share prefix). Empty subscribes to the filter of the topic template.
 	Filters []string
+	// CatchAll subscribes to the template's static prefix followed by '#'
+	// (devices/# for devices/{device_id}/telemetry) in place of the
+	// Filters it covers, and sends what matches no route to the DLQ as
+	// unexpected_topic, so that nothing a device publishes under the
+	// prefix is dropped unseen (see routes.go).
+	CatchAll bool
 	// SessionExpiry is how long the broker keeps the session, and queues
 	// QoS 1 messages for it, while the bridge is disconnected.
 	SessionExpiry time.Duration
@@ -137,6 +146,7 @@ func DefaultConfig() Config {
 			ConnectTimeout: DefaultConnectTimeout,
 			ReconnectMin:   DefaultReconnectMin,
 			ReconnectMax:   DefaultReconnectMax,
+			CatchAll:       DefaultCatchAll,
 		},
 		Kafka:            kafkax.DefaultConfig("iotpipe-bridge"),
 		TopicRaw:         schemas.TopicRaw,
@@ -186,6 +196,7 @@ func (c *Config) Validate() error {
 			p.Add("MQTT.Filters", "%v", err)
 		}
 	}
+	c.checkCatchAll(&p)
 	if m.SessionExpiry < time.Second || m.SessionExpiry > time.Duration(1<<32-1)*time.Second {
 		p.Add("MQTT.SessionExpiry", "%s must be between 1s and 2^32-1 seconds", m.SessionExpiry)
 	}
@@ -299,10 +310,11 @@ func compressionCodec(name string) (kgo.CompressionCodec, error) {
 }
 
 // Subscriptions are the topic filters the bridge subscribes to:
-// $share/<ShareGroup>/<filter> for each filter, or the filters themselves
+// $share/<ShareGroup>/<filter> for each filter (with MQTT.CatchAll, the
+// catch-all in place of the filters it covers), or the filters themselves
 // with MQTT.PlainSubscription.
 func (c *Config) Subscriptions() []string {
-	filters := c.filters()
+	filters := c.subscribedFilters()
 	out := make([]string, len(filters))
 	for i, f := range filters {
 		if c.MQTT.PlainSubscription {

@@ -25,7 +25,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Subscriptions(); len(got) != 1 || got[0] != "$share/iotpipe/devices/+/telemetry" {
+	if got := c.Subscriptions(); len(got) != 1 || got[0] != "$share/iotpipe/devices/#" { // the catch-all is on by default
 		t.Fatalf("default subscription %v", got)
 	}
 	if c.TopicRaw != schemas.TopicRaw || c.TopicDLQ != schemas.TopicDLQ || c.MQTT.ReceiveMaximum != DefaultReceiveMaximum ||

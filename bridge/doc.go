@@ -8,17 +8,62 @@
 // $share/iotpipe/devices/+/telemetry), with an MQTT v5 persistent session:
 // clean start off, a stable client id and a session expiry (default one
 // day). It subscribes again on every (re)connection. Each message is
-// decoded with a schemas.Decoder: a valid reading becomes a telemetry.raw
-// record (key = device id, timestamp = event time, headers from
-// schemas.RawRecord); a rejected one becomes a telemetry.dlq record with
-// the original bytes and the reason (schemas.DeadLetter, stage "bridge").
+// matched against the bridge's route table (routes.go): today one route,
+// "telemetry", the template's filter. Its messages are decoded with a
+// schemas.Decoder: a valid reading becomes a telemetry.raw record (key =
+// device id, timestamp = event time, headers from schemas.RawRecord); a
+// rejected one becomes a telemetry.dlq record with the original bytes and
+// the reason (schemas.DeadLetter, stage "bridge").
+//
+// # Catch-all subscription and unexpected topics
+//
+// With MQTTConfig.CatchAll (--mqtt-catch-all, on by default in the
+// command) the bridge subscribes to the template's static prefix
+// followed by '#' (devices/# for devices/{device_id}/telemetry) instead
+// of the filters it covers. Whatever a device publishes under the prefix
+// then reaches the bridge instead of being answered "no matching
+// subscribers" (0x10) and dropped by the broker; a message whose topic
+// matches no route goes to the DLQ with reason unexpected_topic, its
+// original bytes and its topic (source-mqtt-topic header), and is counted
+// in iotpipe_bridge_rejected_total{reason="unexpected_topic"}. Only
+// topics that no route matches are unexpected_topic: a telemetry topic
+// whose device id level is invalid is no_device_id, and routes added
+// later (shadow, config) take their own topics out of the catch-all.
+//
+// The bridge subscribes to the catch-all alone and does the matching
+// itself, because Mosquitto delivers a message once per matching
+// subscription of a session (TestMosquittoOverlappingSubscriptionsDeliverTwice,
+// shared and plain): the template's filter beside the catch-all would
+// write every telemetry message to Kafka twice. For the same reason, on a
+// resumed session the bridge unsubscribes the filters its other settings
+// would have made (catch-all on or off, shared or plain), so that an
+// upgraded bridge does not keep its old subscription in its session.
+// During a rolling change of a group of bridges, members with the
+// catch-all and members without it hold different shared subscriptions,
+// and a telemetry message goes once to each kind: duplicates until the
+// whole group runs one setting. The catch-all needs read permission on
+// the whole prefix in the broker's ACL; a refused subscription is logged
+// and the bridge stays not ready. A template that starts with a wildcard
+// has no prefix: the catch-all must then be turned off (Validate says so).
+//
+// # Ignored payload fields
+//
+// Fields the decoder ignores (non-numeric top-level members, or every
+// top-level member beside a "metrics" object; see schemas.IgnoreReason)
+// are counted per accepted message in
+// iotpipe_bridge_ignored_fields_total{reason} and carried in the
+// telemetry.raw record as ignored_fields. --accept-bools and
+// --numeric-strings make booleans (1/0) and numeric strings measurements;
+// --strict-payloads sends any message with an ignored field to the DLQ
+// (ignored_field) instead.
 //
 // # Guarantees
 //
 //   - No acknowledged message is lost. The PUBACK of a message is released
 //     only from the Kafka produce promise, after Kafka acknowledged its
 //     record (acks=all, idempotent producer, unlimited retries, no delivery
-//     timeout), whether the record went to the raw topic or to the DLQ.
+//     timeout), whether the record went to the raw topic or to the DLQ
+//     (unexpected topics included).
 //     paho sends PUBACKs in receive order, every MQTTConfig.AckInterval.
 //     A message the bridge dies holding is redelivered by the broker to
 //     the same session when the bridge reconnects.

@@ -14,6 +14,8 @@ type metrics struct {
 	producedDLQ    prometheus.Counter
 	rejected       *prometheus.CounterVec
 	rejectedBy     map[schemas.Reason]prometheus.Counter
+	ignored        *prometheus.CounterVec
+	ignoredBy      []prometheus.Counter // by schemas.IgnoreReason
 	inFlight       prometheus.Gauge
 	produceLatency prometheus.Histogram
 	produceErrors  *prometheus.CounterVec
@@ -36,6 +38,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Records Kafka acknowledged, by destination.", ConstLabels: prometheus.Labels{"topic": "dlq"}}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rejected_total",
 			Help: "Messages sent to the DLQ, by reason."}, []string{"reason"}),
+		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ignored_fields_total",
+			Help: "Fields of accepted messages that the bridge ignored instead of making them measurements, by reason (schemas.IgnoreReason: string_value, numeric_string, non_finite_string, bool_value, null_value, object_value, array_value, top_level_beside_metrics)."}, []string{"reason"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "in_flight",
 			Help: "Messages received and not yet acknowledged by Kafka."}),
 		produceLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "produce_latency_seconds",
@@ -57,8 +61,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.rejectedBy[r] = m.rejected.WithLabelValues(string(r))
 	}
 	m.rejectedBy[ReasonKafkaRejected] = m.rejected.WithLabelValues(string(ReasonKafkaRejected))
+	for _, r := range schemas.AllIgnoreReasons() {
+		m.ignoredBy = append(m.ignoredBy, m.ignored.WithLabelValues(r.String()))
+	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.redelivered, m.producedRaw, m.producedDLQ, m.rejected, m.inFlight, m.produceLatency,
+		reg.MustRegister(m.received, m.redelivered, m.producedRaw, m.producedDLQ, m.rejected, m.ignored, m.inFlight, m.produceLatency,
 			m.produceErrors, m.unacked, m.connected, m.connections, m.connectErrors)
 	}
 	// Export the error series from the start (at 0), so dashboards and
@@ -75,4 +82,13 @@ func (m *metrics) reject(r schemas.Reason) {
 		return
 	}
 	m.rejected.WithLabelValues(string(r)).Inc()
+}
+
+// ignore counts the ignored fields of one accepted message.
+func (m *metrics) ignore(c *schemas.IgnoredCounts) {
+	for i, n := range c {
+		if n > 0 && i < len(m.ignoredBy) {
+			m.ignoredBy[i].Add(float64(n))
+		}
+	}
 }

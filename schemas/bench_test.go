@@ -14,6 +14,8 @@ var benchPayloads = []struct {
 	{"top_level/rfc3339", `{"ts":"2026-11-27T13:59:58.123Z","seq":42,"temp":21.5,"humidity":40.5,"pressure":1013.25,"battery":3.7,"rssi":-67}`},
 	{"top_level/epoch_ms", `{"ts":1795787998123,"seq":42,"temp":21.5,"humidity":40.5,"pressure":1013.25,"battery":3.7,"rssi":-67}`},
 	{"with_tags/epoch_ms", `{"ts":1795787998123,"seq":42,"metrics":{"temp":21.5,"humidity":40.5,"pressure":1013.25,"battery":3.7,"rssi":-67},"tags":{"site":"plant-a","fw":"1.4.2"}}`},
+	// Not typical: counted ignored fields (a string, a numeric string, a boolean).
+	{"top_level_ignored/epoch_ms", `{"ts":1795787998123,"seq":42,"temp":21.5,"humidity":40.5,"pressure":1013.25,"battery":3.7,"rssi":-67,"fw":"1.4.2","co2":"412","online":true}`},
 }
 
 // BenchmarkDecode measures the bridge's per-message work for a typical

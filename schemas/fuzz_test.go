@@ -61,16 +61,25 @@ func FuzzDecode(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	lenient, err := NewDecoder(withDefaults(DecodeOptions{AcceptBools: true, NumericStrings: true}))
+	if err != nil {
+		f.Fatal(err)
+	}
+	strict, err := NewDecoder(withDefaults(DecodeOptions{Strict: true, MaxDepth: 4}))
+	if err != nil {
+		f.Fatal(err)
+	}
 	bridgeReason := map[Reason]bool{}
 	for _, r := range AllReasons() {
 		bridgeReason[r] = true
 	}
+	delete(bridgeReason, ReasonUnexpectedTopic) // the bridge's route table, not the decoder
 	delete(bridgeReason, ReasonLate)
 	delete(bridgeReason, ReasonInvalidRecord)
 	delete(bridgeReason, ReasonRejectedByDatabase)
 
 	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
-		for _, d := range []*Decoder{plain, plus} {
+		for _, d := range []*Decoder{plain, plus, lenient, strict} {
 			var r Reading
 			err := d.Decode(topic, payload, received, &r)
 			if err != nil {
@@ -93,7 +102,7 @@ func FuzzDecode(f *testing.F) {
 			if err := fresh.Decode(topic, payload, received, &r2); err != nil {
 				t.Fatalf("fresh decoder rejects what the used one accepted: %v", err)
 			}
-			if !readingsIdentical(&r, &r2) {
+			if !readingsIdentical(&r, &r2) || r.IgnoredBy != r2.IgnoredBy {
 				t.Fatalf("fresh decoder differs:\n%+v\n%+v", r, r2)
 			}
 		}
@@ -125,6 +134,9 @@ func checkInvariants(t *testing.T, d *Decoder, r *Reading, received time.Time) {
 	}
 	if r.HasSeq && r.Seq < 0 || len(r.Tags) > MaxTags || (r.Tags != nil && len(r.Tags) == 0) {
 		t.Fatalf("bad seq or tags: %+v", r)
+	}
+	if r.IgnoredBy.Total() != r.IgnoredFields || o.Strict && r.IgnoredFields != 0 {
+		t.Fatalf("ignored fields %d, by reason %v (strict %v)", r.IgnoredFields, r.IgnoredBy, o.Strict)
 	}
 }
 

@@ -31,6 +31,9 @@ type caseOptions struct {
 	MaxDepth        int    `json:"max_depth"`
 	MaxFutureSkew   string `json:"max_future_skew"`
 	MaxPastSkew     string `json:"max_past_skew"`
+	AcceptBools     bool   `json:"accept_bools"`
+	NumericStrings  bool   `json:"numeric_strings"`
+	Strict          bool   `json:"strict"`
 }
 
 // goldenReceived is the received time of every payload golden case.
@@ -97,6 +100,7 @@ func loadPayloadCases(tb testing.TB) []payloadCase {
 			if o.MaxPastSkew != "" {
 				c.opts.MaxPastSkew, _ = time.ParseDuration(o.MaxPastSkew)
 			}
+			c.opts.AcceptBools, c.opts.NumericStrings, c.opts.Strict = o.AcceptBools, o.NumericStrings, o.Strict
 		}
 		cases = append(cases, c)
 	}
@@ -138,6 +142,38 @@ func indentJSON(tb testing.TB, b []byte) []byte {
 	}
 	out.WriteByte('\n')
 	return out.Bytes()
+}
+
+// ignoredResult renders r.IgnoredBy as the ignored.json content: reason
+// name to count, for the reasons with a count.
+func ignoredResult(tb testing.TB, r *Reading) []byte {
+	tb.Helper()
+	m := map[string]uint32{}
+	for _, why := range AllIgnoreReasons() {
+		if n := r.IgnoredBy[why]; n > 0 {
+			m[why.String()] = n
+		}
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return append(b, '\n')
+}
+
+// checkGoldenAbsent fails when the file at path exists, or removes it with
+// -update.
+func checkGoldenAbsent(t *testing.T, path string) {
+	t.Helper()
+	if *update {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		return
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Errorf("%s exists, but the decoder ignored no field", path)
+	}
 }
 
 // checkGolden compares got with the file at path, or rewrites it with -update.
@@ -189,6 +225,18 @@ func TestDecodeGolden(t *testing.T) {
 			}
 			accepted++
 			checkAccepted(t, &r, received)
+			ignoredPath := filepath.Join(c.dir, "ignored.json")
+			if r.IgnoredFields > 0 {
+				checkGolden(t, ignoredPath, ignoredResult(t, &r))
+			} else {
+				checkGoldenAbsent(t, ignoredPath)
+			}
+			if r.IgnoredBy.Total() != r.IgnoredFields {
+				t.Errorf("IgnoredBy %v does not sum to IgnoredFields %d", r.IgnoredBy, r.IgnoredFields)
+			}
+			if c.opts.Strict && r.IgnoredFields > 0 {
+				t.Errorf("strict decoder accepted a payload with %d ignored fields", r.IgnoredFields)
+			}
 
 			// A fresh decoder and a reused Reading give the same result.
 			fresh, _ := NewDecoder(dec.Options())
@@ -196,7 +244,7 @@ func TestDecodeGolden(t *testing.T) {
 			if err := fresh.Decode(c.topic, c.payload, received, &r2); err != nil {
 				t.Fatalf("fresh decoder: %v", err)
 			}
-			if !readingsIdentical(&r, &r2) {
+			if !readingsIdentical(&r, &r2) || r.IgnoredBy != r2.IgnoredBy {
 				t.Errorf("fresh decoder differs:\n%+v\n%+v", r, r2)
 			}
 		})
@@ -208,6 +256,8 @@ func TestDecodeGolden(t *testing.T) {
 		switch reason {
 		case ReasonLate, ReasonInvalidRecord, ReasonRejectedByDatabase:
 			continue // later stages
+		case ReasonUnexpectedTopic:
+			continue // the bridge's route table, before decoding
 		}
 		if reasons[reason] == 0 {
 			t.Errorf("no golden case for reason %s", reason)

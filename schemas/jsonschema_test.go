@@ -92,7 +92,11 @@ func TestJSONSchemas(t *testing.T) {
 		switch {
 		case strings.HasPrefix(c.name, "ok_"):
 			seen++
-			if err := validateJSON(payload, c.payload); err != nil {
+			// The schema describes the default settings; these two
+			// accept values it does not allow.
+			if c.opts.AcceptBools || c.opts.NumericStrings {
+				// no payload check
+			} else if err := validateJSON(payload, c.payload); err != nil {
 				t.Errorf("%s: accepted payload fails %s: %v", c.name, SchemaFileDevicePayload, err)
 			}
 			want, err := os.ReadFile(filepath.Join(c.dir, "expected.json"))

@@ -48,6 +48,28 @@ type DecodeOptions struct {
 	// this; the payload object itself is depth 1, "metrics" depth 2
 	// (default DefaultMaxDepth, 16; at least 2, at most 300).
 	MaxDepth int
+
+	// AcceptBools makes true and false measurements of value 1 and 0, at
+	// the top level and under "metrics". Off by default: a top-level
+	// boolean is ignored and counted (IgnoredBoolValue), and one under
+	// "metrics" rejects the message (ReasonInvalidMeasurement), because a
+	// boolean is a state rather than a reading unless the operator says
+	// otherwise.
+	AcceptBools bool
+	// NumericStrings makes strings that hold exactly a JSON number
+	// ("21.5", "-3", "1e3"; no spaces, no leading '+' or zeros)
+	// measurements, at the top level and under "metrics". "NaN" and
+	// infinity strings then reject the message with ReasonNonFinite, as
+	// numbers beyond the float64 range do: they never reach an aggregate.
+	// Off by default: such strings are ignored and counted at the top level
+	// (IgnoredNumericString, IgnoredNonFiniteString) and reject the message
+	// under "metrics", because a device that quotes its numbers is more
+	// often sending labels than readings.
+	NumericStrings bool
+	// Strict rejects, with ReasonIgnoredField, every message that has a
+	// field the decoder would ignore (see IgnoreReason), instead of
+	// accepting it and counting the field. Off by default.
+	Strict bool
 }
 
 // maxDepthLimit bounds DecodeOptions.MaxDepth.
@@ -105,6 +127,18 @@ type Decoder struct {
 	top     []field // numeric top-level fields
 	metrics []field // members of "metrics"
 	tagKVs  []field // members of "tags"
+
+	// Top-level members other than the reserved ones, while reading:
+	// how many (others) and the first one's key; the ignored ones among
+	// them by reason (ign) and the first ignored one. Which of the two
+	// sets is ignored depends on whether "metrics" is present, which is
+	// known only at the end.
+	others      int
+	firstOther  []byte
+	ign         IgnoredCounts
+	ignN        int
+	firstIgn    []byte
+	firstIgnWhy IgnoreReason
 }
 
 // field is a member of a JSON object as read: key and value unescaped (for
@@ -155,10 +189,15 @@ func (d *Decoder) Options() DecodeOptions { return d.opts }
 //     MaxTags, copied into r.Tags.
 //
 // Other top-level fields that are not numbers (strings, booleans, null,
-// arrays, objects) are ignored, but must still be well-formed JSON. Values
-// are float64: integers beyond 2^53 are rounded. Measurement names must
-// satisfy ValidName and be unique; values must be finite. See the Reason
-// constants for every rejection.
+// arrays, objects), and every non-reserved top-level field when "metrics"
+// is present, are ignored, but must still be well-formed JSON. Each ignored
+// field is counted by IgnoreReason in r.IgnoredBy, and in total in
+// r.IgnoredFields (which telemetry.raw carries). The options change this:
+// AcceptBools and NumericStrings turn booleans and numeric strings into
+// measurements, Strict rejects any message with an ignored field
+// (ReasonIgnoredField). Values are float64: integers beyond 2^53 are
+// rounded. Measurement names must satisfy ValidName and be unique; values
+// must be finite. See the Reason constants for every rejection.
 //
 // Decode overwrites every field of r and may reuse the backing arrays of
 // r.Measurements and r.Tags; Clone a Reading that must outlive the next call.
@@ -193,6 +232,9 @@ func (d *Decoder) Decode(topic string, payload []byte, received time.Time, r *Re
 	if err := d.seq(seq, r); err != nil {
 		return err
 	}
+	if err := d.ignored(metrics.kind != kindNone, r); err != nil {
+		return err
+	}
 	r.Measurements = r.Measurements[:0]
 	fields := d.top
 	if metrics.kind != kindNone {
@@ -204,6 +246,10 @@ func (d *Decoder) Decode(topic string, payload []byte, received time.Time, r *Re
 			return reject(ReasonNoMeasurements, "metrics object is empty")
 		}
 	} else if len(fields) == 0 {
+		if r.IgnoredFields > 0 {
+			return reject(ReasonNoMeasurements, fmt.Sprintf("no numeric top-level field and no metrics object (%d field(s) ignored, the first, %s, as %s)",
+				r.IgnoredFields, quote(string(d.firstIgn)), d.firstIgnWhy))
+		}
 		return reject(ReasonNoMeasurements, "no numeric top-level field and no metrics object")
 	}
 	if len(fields) > d.opts.MaxMeasurements {
@@ -229,6 +275,8 @@ func (d *Decoder) read(payload []byte, ts, seq, metrics, tags *field) error {
 	rd := &d.rd
 	rd.reset(payload, d.opts.MaxDepth)
 	d.top, d.metrics, d.tagKVs = d.top[:0], d.metrics[:0], d.tagKVs[:0]
+	d.others, d.firstOther = 0, nil
+	d.ign, d.ignN, d.firstIgn = IgnoredCounts{}, 0, nil
 	if k := rd.kind(); k != kindObject {
 		rd.skip()
 		rd.end()
@@ -258,11 +306,15 @@ func (d *Decoder) read(payload []byte, ts, seq, metrics, tags *field) error {
 			rd.skip()
 			continue
 		default:
-			if rd.kind() == kindNumber {
+			if d.others == 0 {
+				d.firstOther = key
+			}
+			d.others++
+			if k := rd.kind(); k == kindNumber {
 				d.top = append(d.top, field{key: key, kind: kindNumber})
 				rd.numInto(&d.top[len(d.top)-1])
 			} else {
-				rd.skip()
+				d.topOther(key, k)
 			}
 			continue
 		}
@@ -291,6 +343,104 @@ func (d *Decoder) read(payload []byte, ts, seq, metrics, tags *field) error {
 	return nil
 }
 
+// topOther reads a top-level member that is not a number and not
+// reserved: a measurement when an option says so, otherwise counted as
+// ignored (for the case without "metrics").
+func (d *Decoder) topOther(key []byte, k byte) {
+	rd := &d.rd
+	var why IgnoreReason
+	switch k {
+	case kindString:
+		s := rd.str()
+		if rd.err != nil {
+			return
+		}
+		var dec decimal
+		switch {
+		case isNonFiniteWord(s):
+			if d.opts.NumericStrings {
+				// A measurement that addMeasurement rejects as non-finite.
+				d.top = append(d.top, field{key: key, kind: kindString, val: s})
+				return
+			}
+			why = IgnoredNonFiniteString
+		case numericString(s, &dec):
+			if d.opts.NumericStrings {
+				d.top = append(d.top, field{key: key, kind: kindNumber, val: s, dec: dec})
+				return
+			}
+			why = IgnoredNumericString
+		default:
+			why = IgnoredStringValue
+		}
+	case kindBool:
+		if d.opts.AcceptBools {
+			d.top = append(d.top, field{key: key})
+			readValue(rd, &d.top[len(d.top)-1])
+			return
+		}
+		why = IgnoredBoolValue
+		rd.skip()
+	default:
+		switch k {
+		case kindNull:
+			why = IgnoredNullValue
+		case kindObject:
+			why = IgnoredObjectValue
+		case kindArray:
+			why = IgnoredArrayValue
+		}
+		rd.skip() // reports anything that is not a value
+	}
+	if d.ignN == 0 {
+		d.firstIgn, d.firstIgnWhy = key, why
+	}
+	d.ign[why]++
+	d.ignN++
+}
+
+// numericString reports whether s holds exactly a JSON number, and splits
+// it into *dec.
+func numericString(s []byte, dec *decimal) bool {
+	if len(s) == 0 || s[0] != '-' && (s[0] < '0' || s[0] > '9') {
+		return false
+	}
+	end, err := scanDecimal(s, 0, dec)
+	return err == nil && end == len(s)
+}
+
+// readValue is readField that also keeps, for a boolean, its first byte
+// ('t' or 'f') in f.val.
+func readValue(rd *jsonReader, f *field) {
+	if rd.kind() == kindBool {
+		f.kind = kindBool
+		f.val = rd.b[rd.i : rd.i+1]
+		rd.skip()
+		return
+	}
+	readField(rd, f)
+}
+
+// ignored sets r.IgnoredFields and r.IgnoredBy from what read found, and
+// rejects the message under Strict when a field was ignored. With
+// "metrics" present every non-reserved top-level member is ignored.
+func (d *Decoder) ignored(hasMetrics bool, r *Reading) error {
+	if hasMetrics {
+		r.IgnoredBy = IgnoredCounts{}
+		r.IgnoredBy[IgnoredBesideMetrics] = uint32(d.others)
+		r.IgnoredFields = d.others
+		d.firstIgn, d.firstIgnWhy = d.firstOther, IgnoredBesideMetrics
+	} else {
+		r.IgnoredBy = d.ign
+		r.IgnoredFields = d.ignN
+	}
+	if d.opts.Strict && r.IgnoredFields > 0 {
+		return reject(ReasonIgnoredField, fmt.Sprintf("field %s would be ignored (%s) and strict payloads are on (%d field(s) in all)",
+			quote(string(d.firstIgn)), d.firstIgnWhy, r.IgnoredFields))
+	}
+	return nil
+}
+
 // readMembers reads an object and appends its members to dst.
 func (d *Decoder) readMembers(dst []field) []field {
 	rd := &d.rd
@@ -303,7 +453,7 @@ func (d *Decoder) readMembers(dst []field) []field {
 			return dst
 		}
 		dst = append(dst, field{key: key})
-		readField(rd, &dst[len(dst)-1])
+		readValue(rd, &dst[len(dst)-1])
 	}
 }
 
@@ -371,7 +521,8 @@ func (d *Decoder) seq(f field, r *Reading) error {
 
 // addMeasurement appends the i-th measurement after checking its name and
 // value, and reports whether its name matched d.last. Top-level fields reach
-// it only when they are numbers.
+// it only when they are numbers, or booleans and strings that an option
+// makes measurements.
 func (d *Decoder) addMeasurement(i int, f *field, r *Reading) (hit bool, err error) {
 	var name string
 	if i < len(d.last) && d.last[i] == string(f.key) {
@@ -388,17 +539,32 @@ func (d *Decoder) addMeasurement(i int, f *field, r *Reading) (hit bool, err err
 			d.last = append(d.last, name) // i == len(d.last): fields come in order
 		}
 	}
+	var v float64
 	switch f.kind {
 	case kindNumber:
+		v = floatOf(f.dec, f.val)
+	case kindBool:
+		if !d.opts.AcceptBools {
+			return false, reject(ReasonInvalidMeasurement, fmt.Sprintf("measurement %s under metrics is a boolean, want a number (booleans are measurements only with AcceptBools)", quote(name)))
+		}
+		if f.val[0] == 't' {
+			v = 1
+		}
 	case kindString:
 		if isNonFiniteWord(f.val) {
 			return false, reject(ReasonNonFinite, fmt.Sprintf("measurement %s is %s", quote(name), quote(string(f.val))))
 		}
-		fallthrough
+		var dec decimal
+		switch {
+		case !d.opts.NumericStrings:
+			return false, reject(ReasonInvalidMeasurement, fmt.Sprintf("measurement %s under metrics is a string, want a number (strings holding a number are measurements only with NumericStrings)", quote(name)))
+		case !numericString(f.val, &dec):
+			return false, reject(ReasonInvalidMeasurement, fmt.Sprintf("measurement %s under metrics is the string %s, want a number", quote(name), quote(string(f.val))))
+		}
+		v = floatOf(dec, f.val)
 	default:
 		return false, reject(ReasonInvalidMeasurement, fmt.Sprintf("measurement %s under metrics is %s, want a number", quote(name), kindName(f.kind)))
 	}
-	v := floatOf(f.dec, f.val)
 	if math.IsInf(v, 0) {
 		return false, reject(ReasonNonFinite, fmt.Sprintf("measurement %s: %s is beyond the float64 range", quote(name), quote(string(f.val))))
 	}

@@ -78,6 +78,14 @@ type Reading struct {
 	Measurements []Measurement
 	// Tags are string labels sent by the device; nil when none.
 	Tags map[string]string
+	// IgnoredFields is how many fields of the device's payload the bridge
+	// ignored (see IgnoreReason); telemetry.raw carries it as
+	// "ignored_fields", absent when 0.
+	IgnoredFields int
+	// IgnoredBy splits IgnoredFields by IgnoreReason. Only Decoder.Decode
+	// fills it: telemetry.raw carries the total only, so a Reading read
+	// back from it has IgnoredBy all zero.
+	IgnoredBy IgnoredCounts
 }
 
 // Value returns the value of the measurement called name, and false when
@@ -118,6 +126,12 @@ func (r *Reading) Validate() error {
 	}
 	if !r.HasSeq && r.Seq != 0 {
 		return invalidRecord("seq %d is set but HasSeq is false", r.Seq)
+	}
+	if r.IgnoredFields < 0 {
+		return invalidRecord("ignored_fields %d is negative", r.IgnoredFields)
+	}
+	if n := r.IgnoredBy.Total(); n != 0 && n != r.IgnoredFields {
+		return invalidRecord("ignored fields by reason sum to %d, not ignored_fields %d", n, r.IgnoredFields)
 	}
 	if len(r.Measurements) == 0 {
 		return invalidRecord("no measurements")
@@ -181,7 +195,9 @@ func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
 //	 "measurements":{"humidity":40.5,"temp":21.5},"tags":{"site":"a"}}
 //
 // Times are integer Unix microseconds. "seq" is present only when r.HasSeq,
-// "tags" only when r has tags (written sorted by key). Values are written as
+// "tags" only when r has tags (written sorted by key), and a last member
+// "ignored_fields" (r.IgnoredFields) only when it is not 0, added within v1
+// as an optional member that older readers skip. Values are written as
 // the shortest decimal that parses back to exactly the same float64.
 // AppendRaw does not validate r: a Reading that fails Validate may encode to
 // a record that RawDecoder rejects. It does not allocate beyond growing dst.
@@ -209,6 +225,10 @@ func AppendRaw(dst []byte, r *Reading) []byte {
 	if len(r.Tags) > 0 {
 		dst = append(dst, `,"tags":`...)
 		dst = appendStringMap(dst, r.Tags)
+	}
+	if r.IgnoredFields != 0 {
+		dst = append(dst, `,"ignored_fields":`...)
+		dst = strconv.AppendInt(dst, int64(r.IgnoredFields), 10)
 	}
 	return append(dst, '}')
 }
@@ -350,6 +370,7 @@ const (
 	fSeq
 	fMeasurements
 	fTags
+	fIgnored
 )
 
 var rawRequired = [...]struct {
@@ -430,6 +451,7 @@ func (d *RawDecoder) Decode(b []byte, r *Reading) error {
 	r.DeviceID = ""
 	r.EventTime, r.ReceivedTime = time.Time{}, time.Time{}
 	r.Seq, r.HasSeq = 0, false
+	r.IgnoredFields, r.IgnoredBy = 0, IgnoredCounts{}
 	r.Measurements = r.Measurements[:0]
 	if r.Tags != nil {
 		clear(r.Tags)
@@ -496,6 +518,18 @@ func (d *RawDecoder) Decode(b []byte, r *Reading) error {
 			bit = fTags
 			if err := d.tags(r); err != nil {
 				fail(err)
+			}
+		case "ignored_fields":
+			bit = fIgnored
+			readField(rd, &f)
+			n, err := intField("ignored_fields", &f)
+			switch {
+			case err != nil:
+				fail(err)
+			case n < 0 || n > math.MaxInt32:
+				fail(invalidRecord("ignored_fields %d is not in [0, 2^31-1]", n))
+			default:
+				r.IgnoredFields = int(n)
 			}
 		default:
 			rd.skip()

@@ -54,6 +54,18 @@ const (
 	// of at most MaxTags string values with valid keys (as measurement names)
 	// and values (at most MaxTagValueLen bytes, no control characters).
 	ReasonInvalidTags Reason = "invalid_tags"
+	// ReasonIgnoredField: DecodeOptions.Strict is set and the payload has a
+	// field the decoder would otherwise ignore (see IgnoreReason). The
+	// detail names the first such field and its IgnoreReason.
+	ReasonIgnoredField Reason = "ignored_field"
+	// ReasonUnexpectedTopic: the bridge received a message on a topic that
+	// none of its routes matches: with the catch-all subscription (for
+	// example devices/# for the template devices/{device_id}/telemetry),
+	// anything a device publishes under the prefix that is neither the
+	// telemetry topic nor another route's. The dead letter keeps the
+	// original bytes and the topic (source-mqtt-topic header). Topics that
+	// match a route but carry an invalid device id are ReasonNoDeviceID.
+	ReasonUnexpectedTopic Reason = "unexpected_topic"
 )
 
 // Reasons set by stages after the bridge.
@@ -84,6 +96,8 @@ var allReasons = [...]Reason{
 	ReasonNoDeviceID,
 	ReasonInvalidSeq,
 	ReasonInvalidTags,
+	ReasonIgnoredField,
+	ReasonUnexpectedTopic,
 	ReasonLate,
 	ReasonInvalidRecord,
 	ReasonRejectedByDatabase,
@@ -106,6 +120,94 @@ func (r Reason) Known() bool {
 		}
 	}
 	return false
+}
+
+// IgnoreReason says why the payload decoder ignored a field of an accepted
+// message instead of making it a measurement. Its String value labels the
+// bridge's iotpipe_bridge_ignored_fields_total counter, so the names are
+// stable: new reasons may be added, existing ones never change. Every field
+// is counted once, under one reason; the reserved members ts, seq, metrics,
+// tags and device_id are never counted.
+type IgnoreReason uint8
+
+// Why a field is ignored. Without a "metrics" object the measurements are
+// the numeric top-level members, and the others are counted by the kind of
+// their value; with a "metrics" object every other top-level member is
+// counted as IgnoredBesideMetrics, whatever its value.
+const (
+	// IgnoredStringValue ("string_value"): a top-level string that holds
+	// neither a JSON number nor a spelled-out NaN or infinity, such as
+	// "fw":"1.2.3" or " 21.5" (surrounding spaces are not a number).
+	IgnoredStringValue IgnoreReason = iota
+	// IgnoredNumericString ("numeric_string"): a top-level string holding
+	// exactly a JSON number ("21.5", "-3", "1e3") while
+	// DecodeOptions.NumericStrings is off.
+	IgnoredNumericString
+	// IgnoredNonFiniteString ("non_finite_string"): a top-level "NaN",
+	// "Inf", "+Inf", "-Inf" or "Infinity" string (any case) while
+	// DecodeOptions.NumericStrings is off. With it on, such a string is a
+	// measurement that can never be aggregated, and the message is rejected
+	// with ReasonNonFinite.
+	IgnoredNonFiniteString
+	// IgnoredBoolValue ("bool_value"): a top-level true or false while
+	// DecodeOptions.AcceptBools is off.
+	IgnoredBoolValue
+	// IgnoredNullValue ("null_value"): a top-level null.
+	IgnoredNullValue
+	// IgnoredObjectValue ("object_value"): a top-level object other than
+	// "metrics" and "tags" (nested objects are not flattened).
+	IgnoredObjectValue
+	// IgnoredArrayValue ("array_value"): a top-level array.
+	IgnoredArrayValue
+	// IgnoredBesideMetrics ("top_level_beside_metrics"): any top-level
+	// member, numbers included, of a payload that has a "metrics" object,
+	// which then holds all the measurements.
+	IgnoredBesideMetrics
+
+	numIgnoreReasons
+)
+
+var ignoreReasonNames = [numIgnoreReasons]string{
+	IgnoredStringValue:     "string_value",
+	IgnoredNumericString:   "numeric_string",
+	IgnoredNonFiniteString: "non_finite_string",
+	IgnoredBoolValue:       "bool_value",
+	IgnoredNullValue:       "null_value",
+	IgnoredObjectValue:     "object_value",
+	IgnoredArrayValue:      "array_value",
+	IgnoredBesideMetrics:   "top_level_beside_metrics",
+}
+
+// String returns the stable name of r, for example "string_value".
+func (r IgnoreReason) String() string {
+	if r < numIgnoreReasons {
+		return ignoreReasonNames[r]
+	}
+	return "unknown"
+}
+
+// AllIgnoreReasons returns every IgnoreReason in a fixed order, for example
+// to initialise per-reason counters. The caller owns the returned slice.
+func AllIgnoreReasons() []IgnoreReason {
+	out := make([]IgnoreReason, numIgnoreReasons)
+	for i := range out {
+		out[i] = IgnoreReason(i)
+	}
+	return out
+}
+
+// IgnoredCounts counts the ignored fields of one message by IgnoreReason
+// (index). It is a plain array, so keeping it in a Reading allocates
+// nothing.
+type IgnoredCounts [numIgnoreReasons]uint32
+
+// Total returns the sum of the counts.
+func (c *IgnoredCounts) Total() int {
+	n := 0
+	for _, v := range c {
+		n += int(v)
+	}
+	return n
 }
 
 // RejectError is the error returned for input that can never be accepted, so

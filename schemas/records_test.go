@@ -34,6 +34,14 @@ func goldenRaw() map[string]*Reading {
 			Measurements: []Measurement{{"big", 1.7976931348623157e308}, {"neg_zero", math.Copysign(0, -1)}, {"tenth", 0.1}, {"tiny", 5e-324}, {"温度", -40}},
 			Tags:         map[string]string{"site": "plant-a", "fw": "1.4.2", "note": `a "quoted" \ value`},
 		},
+		"raw-ignored-fields.json": {
+			DeviceID:     "sensor-1",
+			EventTime:    t0.Add(-time.Second),
+			ReceivedTime: t0,
+			Seq:          43, HasSeq: true,
+			Measurements:  []Measurement{{"temp", 21.5}},
+			IgnoredFields: 3,
+		},
 	}
 }
 

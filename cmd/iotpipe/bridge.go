@@ -42,6 +42,7 @@ disconnect, exit 0 (within --shutdown-timeout).`,
 		f.String(&c.MQTT.ShareGroup, "mqtt-share-group", "shared-subscription group; bridges of one group split the messages")
 		f.Bool(&c.MQTT.PlainSubscription, "mqtt-plain-subscription", "subscribe to the filters directly, not through $share/<group>/: for ONE bridge on a broker that loses shared subscriptions when it restarts (every Mosquitto 2.0.x); every bridge subscribed this way gets every message")
 		f.List(&c.MQTT.Filters, "mqtt-filters", "comma-separated topic filters (without $share/...); empty: the filter of --topic-template")
+		f.Bool(&c.MQTT.CatchAll, "mqtt-catch-all", "subscribe to the template's prefix + '#' (devices/# for devices/{device_id}/telemetry) instead of the filters it covers; messages on topics no route matches go to the DLQ as unexpected_topic instead of vanishing at the broker")
 		f.Duration(&c.MQTT.SessionExpiry, "mqtt-session-expiry", "how long the broker keeps the session and queues messages while the bridge is away")
 		f.Int(&c.MQTT.ReceiveMaximum, "mqtt-receive-maximum", "MQTT v5 Receive Maximum: messages in flight (received, not yet acknowledged); bounds memory and duplicates after a crash")
 		f.Duration(&c.MQTT.AckInterval, "mqtt-ack-interval", "how often acknowledgements released by Kafka are sent to the broker (0: as soon as possible)")
@@ -64,6 +65,9 @@ disconnect, exit 0 (within --shutdown-timeout).`,
 		f.Int(&c.Decode.MaxDepth, "max-json-depth", "deeper JSON nesting goes to the DLQ (malformed_json)")
 		f.Duration(&c.Decode.MaxFutureSkew, "max-future-skew", "readings further in the future than this go to the DLQ (timestamp_skew)")
 		f.Duration(&c.Decode.MaxPastSkew, "max-past-skew", "readings further in the past than this go to the DLQ (timestamp_skew)")
+		f.Bool(&c.Decode.Strict, "strict-payloads", "send messages with a field that would be ignored (non-numeric top-level fields, fields beside \"metrics\") to the DLQ (ignored_field) instead of accepting them and counting the field in iotpipe_bridge_ignored_fields_total")
+		f.Bool(&c.Decode.AcceptBools, "accept-bools", "make true/false measurements of value 1/0 (otherwise a top-level boolean is ignored and counted, and one under \"metrics\" rejects the message)")
+		f.Bool(&c.Decode.NumericStrings, "numeric-strings", "make strings holding exactly a JSON number (\"21.5\") measurements; \"NaN\"/\"Inf\" strings then reject the message (non_finite_value)")
 	},
 	describe: func(c *bridge.Config, o *service.Options) string {
 		return fmt.Sprintf("mqtt %s client id %s, subscribing to %s at QoS 1 (receive maximum %d, session expiry %s); kafka %s → %s, dlq %s (%s, linger %s); metrics on %q",
