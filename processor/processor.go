@@ -231,7 +231,6 @@ func (p *Processor) sessionOpts() []kgo.Opt {
 		kgo.TransactionalID(c.TransactionalID()),
 		kgo.TransactionTimeout(c.TransactionTimeout),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
 		kgo.RecordPartitioner(partitioner{changelog: c.Topics.Changelog, byKey: kgo.StickyKeyPartitioner(nil)}),
 		kgo.MaxBufferedRecords(1<<20),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
@@ -378,7 +377,9 @@ func (p *Processor) turn(ctx context.Context, sess *kgo.GroupTransactSession, ad
 		if rerr != nil {
 			// The records polled are in no transaction yet: abort, and the
 			// session rewinds to the committed offsets.
-			p.endTxn(sess, kgo.TryAbort, ctx)
+			if _, aerr := p.endTxn(sess, kgo.TryAbort, ctx); aerr != nil {
+				rerr = errors.Join(rerr, fmt.Errorf("abort the transaction: %w", aerr))
+			}
 			if ctx.Err() != nil {
 				return true, nil
 			}
@@ -507,7 +508,7 @@ func (p *Processor) task(ctx context.Context, adm *kadm.Client, part int32) (*ta
 // restore began, read_committed, so that only state written by committed
 // transactions is applied. A transaction still open on the changelog (a
 // predecessor's, being committed or aborted) holds the read back until it
-// ends, as it holds the input offsets (RequireStableFetchOffsets).
+// ends, as it holds the input offsets (franz-go always fetches stable offsets).
 func (p *Processor) restore(ctx context.Context, adm *kadm.Client, parts []int32) error {
 	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, p.cfg.RestoreTimeout)

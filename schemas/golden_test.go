@@ -61,7 +61,7 @@ func loadPayloadCases(tb testing.TB) []payloadCase {
 		if !e.IsDir() {
 			continue
 		}
-		dir := filepath.Join("testdata/payloads", e.Name())
+		dir := filepath.Join("testdata", "payloads", e.Name())
 		c := payloadCase{name: e.Name(), dir: dir, opts: DefaultDecodeOptions()}
 		topic, err := os.ReadFile(filepath.Join(dir, "topic.txt"))
 		if err != nil {

@@ -98,7 +98,9 @@ func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...str
 	t.Cleanup(func() {
 		if d.cmd.ProcessState == nil {
 			_ = d.cmd.Process.Kill()
-			<-d.done
+			if err := <-d.done; err == nil {
+				t.Log("demo exited cleanly before the kill reached it")
+			}
 		}
 		if t.Failed() {
 			t.Logf("demo stdout:\n%s\nstderr:\n%s", d.out, d.errOut.String())
