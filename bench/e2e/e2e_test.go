@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -245,5 +246,42 @@ func TestBrokerDrops(t *testing.T) {
 	}
 	if n, _ := brokerDrops(dir, "e2e-2-bridge"); n != 0 {
 		t.Fatalf("another client's drops counted: %d", n)
+	}
+}
+
+// servicePids finds PostgreSQL where services.sh put its files: under the
+// state directory, or (when the postgres user cannot enter it) at the
+// base recorded in postgres/base.
+func TestServicePidsPostgresElsewhere(t *testing.T) {
+	state, elsewhere := t.TempDir(), t.TempDir()
+	self := fmt.Sprint(os.Getpid())
+	for _, f := range []string{"mqtt/pid", "kafka/pid", "s3/pid"} {
+		writeFile(t, filepath.Join(state, f), self+"\n")
+	}
+	writeFile(t, filepath.Join(elsewhere, "data", "postmaster.pid"), self+"\n/data\n")
+	writeFile(t, filepath.Join(state, "postgres", "base"), elsewhere+"\n")
+	pids, err := servicePids(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pids["postgresql"] != os.Getpid() || len(pids) != 4 {
+		t.Fatalf("pids %v, want postgresql = %d from %s", pids, os.Getpid(), elsewhere)
+	}
+	if err := os.Remove(filepath.Join(state, "postgres", "base")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(state, "postgres", "data", "postmaster.pid"), self+"\n")
+	if pids, err := servicePids(state); err != nil || pids["postgresql"] != os.Getpid() {
+		t.Fatalf("under the state dir: %v, %v", pids, err)
+	}
+}
+
+func writeFile(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -156,10 +156,19 @@ func servicePids(stateDir string) (map[string]int, error) {
 		"versitygw":  "s3/pid",
 		"postgresql": "postgres/data/postmaster.pid",
 	}
+	// PostgreSQL's files are elsewhere when the postgres user cannot
+	// enter the state directory (a clone in a private home, mktemp -d):
+	// services.sh records where in postgres/base (its pg_locate).
+	if b, err := os.ReadFile(filepath.Join(stateDir, "postgres", "base")); err == nil && strings.TrimSpace(string(b)) != "" {
+		files["postgresql"] = filepath.Join(strings.TrimSpace(string(b)), "data", "postmaster.pid")
+	}
 	out := map[string]int{}
 	var errs []error
 	for name, f := range files {
-		pid, err := pidFile(filepath.Join(stateDir, f))
+		if !filepath.IsAbs(f) {
+			f = filepath.Join(stateDir, f)
+		}
+		pid, err := pidFile(f)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 			continue

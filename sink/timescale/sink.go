@@ -285,15 +285,18 @@ func (s *Sink) seekStored(ctx context.Context, offs map[string]map[int32]kgo.Off
 		return nil, err
 	}
 	s.setErr(nil)
+	var assigned, resumed int
 	for t, ps := range offs {
 		for p := range ps {
+			assigned++
 			if n, ok := stored[tp{t, p}]; ok {
 				ps[p] = kgo.NewOffset().At(n).WithEpoch(-1)
+				resumed++
 			} else {
 				ps[p] = kgo.NewOffset().AtStart()
 			}
 		}
 	}
-	s.log.Info("partitions assigned, resuming from sink_offsets", "partitions", len(stored))
+	s.log.Info("partitions assigned", "partitions", assigned, "resumed_from_sink_offsets", resumed, "from_start", assigned-resumed)
 	return offs, nil
 }
