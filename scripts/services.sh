@@ -679,7 +679,7 @@ tsdb_build_deps() {
   fi
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
     "postgresql-server-dev-$major=$pkgver" >&2 \
-    || die "postgres: apt-get install postgresql-server-dev-$major=$pkgver failed (TimescaleDB is built against the headers of the release that runs; IOTPIPE_PG_TIMESCALEDB=0 runs plain PostgreSQL)"
+    || die "postgres: apt-get install postgresql-server-dev-$major=$pkgver failed: TimescaleDB is built against the headers of the PostgreSQL release that runs (if apt no longer has that release, upgrade the server: apt-get install postgresql-$major postgresql-server-dev-$major); IOTPIPE_PG_TIMESCALEDB=0 runs plain PostgreSQL"
   have=$(pg_headers_release 2>/dev/null || true)
   [[ $have == "$want" ]] || die "postgres: the server headers are PostgreSQL '$have' but the server is '$want'"
 }
@@ -730,8 +730,8 @@ tsdb_install() {
     cmp -s "$stage/$f" "$dst" && continue
     if ((n == 0)); then say "installing TimescaleDB $TIMESCALEDB_VERSION into $(pg_pkglibdir) and $("$PG_BIN/pg_config" --sharedir)/extension..."; fi
     n=$((n + 1))
-    "${SUDO[@]}" install -D -m "$(stat -c %a "$stage/$f")" "$stage/$f" "$dst.iotpipe-new" \
-      && "${SUDO[@]}" mv -f "$dst.iotpipe-new" "$dst" \
+    "${SUDO[@]}" install -D -m "$(stat -c %a "$stage/$f")" "$stage/$f" "$dst.iotpipe-new.$$" \
+      && "${SUDO[@]}" mv -f "$dst.iotpipe-new.$$" "$dst" \
       || die "postgres: could not install $dst"
   done < <(cd "$stage" && find . -type f -print0)
   if ((n > 0)); then say "installed $n TimescaleDB files"; fi
