@@ -42,6 +42,10 @@ func TestPoliciesRunOnSchedule(t *testing.T) {
 	requireTimescaleDB(t, ctx, conn)
 	o := newOptions(t)
 	o.Flavor = FlavorTimescaleDB
+	var created time.Time
+	if err := conn.QueryRow(ctx, "SELECT now()").Scan(&created); err != nil {
+		t.Fatal(err)
+	}
 	mustApply(t, ctx, conn, o)
 	s := quoteIdent(o.Schema)
 
@@ -70,8 +74,13 @@ func TestPoliciesRunOnSchedule(t *testing.T) {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	// A new policy runs once right away; pause them all until the data is
-	// in place, so that every run checked below starts from a known state.
+	// A new policy runs once right away (on the still empty tables), then
+	// next after its schedule interval (30 minutes at the least). Wait for
+	// those first runs, then pause the jobs until the data is in place, so
+	// that every run checked below starts from a known state. (Pausing a
+	// running job would cancel it, and the scheduler waits 5 minutes before
+	// it starts a job whose last run did not end.)
+	waitForJobs(t, ctx, conn, jobs, created)
 	if err := pauseJobs(ctx, conn, jobs); err != nil {
 		t.Fatal(err)
 	}
@@ -335,10 +344,32 @@ FROM timescaledb_information.job_stats WHERE job_id = $1`, j.id, since).Scan(&st
 			for _, j := range jobs {
 				fmt.Fprintf(&b, "\n  %s: %+v", j, last[j.id])
 			}
+			fmt.Fprintf(&b, "\nbackground workers:%s", jobWorkers(conn))
 			t.Fatalf("timed out waiting for the jobs to run successfully on schedule:%s", b.String())
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// jobWorkers describes the running TimescaleDB job workers and what they
+// wait for, for a timeout's message.
+func jobWorkers(conn *pgx.Conn) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rows, err := conn.Query(ctx, `SELECT format('pid %s %s: %s, wait %s/%s, blocked by %s, since %s', pid, application_name, state,
+    wait_event_type, wait_event, pg_blocking_pids(pid), now() - xact_start)
+FROM pg_stat_activity WHERE application_name ~ '(Policy|Job) \[[0-9]+\]$' ORDER BY pid`)
+	if err != nil {
+		return " " + err.Error()
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return " " + err.Error()
+	}
+	if len(lines) == 0 {
+		return " none"
+	}
+	return "\n  " + strings.Join(lines, "\n  ")
 }
 
 // jobErrors returns the SQLSTATEs and messages of the errors TimescaleDB
