@@ -741,7 +741,7 @@ tsdb_install() {
 # tsdb_ensure: build (once) and install TimescaleDB for the running PostgreSQL release.
 # Returns 1 without building when neither the archive nor a cached build is there.
 tsdb_ensure() {
-  local dir
+  local dir old
   dir=$INSTALL_DIR/timescaledb/$(tsdb_key)
   mkdir -p "$INSTALL_DIR/timescaledb"
   # One build per install dir at a time (private test services share it); fd 8, closed after.
@@ -757,6 +757,10 @@ tsdb_ensure() {
     fi
     tsdb_build "$dir"
     date -u +%FT%TZ >"$dir/built"
+    # Leftovers of interrupted builds (complete builds for other releases stay).
+    for old in "$INSTALL_DIR"/timescaledb/*/; do
+      [[ -f $old/built ]] || rm -rf "$old"
+    done
   fi
   tsdb_install "$dir"
   exec 8>&-
