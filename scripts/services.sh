@@ -628,9 +628,9 @@ TSDB_PATCH_DIR=$SCRIPT_DIR/timescaledb
 # A release build with the SQL surface of the official packages, without the regression and TAP
 # test targets; telemetry is compiled in but off by default (no calls home from test machines);
 # warnings are not errors (compilers other than upstream CI's); source paths in the binaries do
-# not depend on the cache folder (@SRC@), so every build of the same inputs installs the same files.
+# not depend on the cache folder (@DIR@), so every build of the same inputs installs the same files.
 TSDB_CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF
-  -DSEND_TELEMETRY_DEFAULT=OFF -DLINTER=OFF "-DCMAKE_C_FLAGS=-ffile-prefix-map=@SRC@=timescaledb-$TIMESCALEDB_VERSION")
+  -DSEND_TELEMETRY_DEFAULT=OFF -DLINTER=OFF "-DCMAKE_C_FLAGS=-ffile-prefix-map=@DIR@=timescaledb-$TIMESCALEDB_VERSION")
 
 pg_major() { basename "$(dirname "$PG_BIN")"; }
 pg_pkglibdir() { "$PG_BIN/pg_config" --pkglibdir 2>/dev/null || echo "$(dirname "$PG_BIN")/lib"; }
@@ -708,7 +708,7 @@ tsdb_build() {
       || die "postgres: patch $(basename "$p") does not apply to TimescaleDB $TIMESCALEDB_VERSION (log: $log)"
   done
   # In the daemons' clean environment: the caller's CC, CFLAGS, ... play no part.
-  { "${DAEMON_ENV[@]}" cmake -S "$dir/src" -B "$dir/build" -DPG_CONFIG="$PG_BIN/pg_config" "${TSDB_CMAKE_FLAGS[@]//@SRC@/$dir/src}" \
+  { "${DAEMON_ENV[@]}" cmake -S "$dir/src" -B "$dir/build" -DPG_CONFIG="$PG_BIN/pg_config" "${TSDB_CMAKE_FLAGS[@]//@DIR@/$dir}" \
     && "${DAEMON_ENV[@]}" cmake --build "$dir/build" -j "$jobs" \
     && "${DAEMON_ENV[@]}" make -C "$dir/build" install DESTDIR="$dir/stage"; } >>"$log" 2>&1 || {
     tail -n 20 "$log" >&2
