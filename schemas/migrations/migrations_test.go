@@ -29,6 +29,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
 const testTimeout = 2 * time.Minute
@@ -94,6 +96,9 @@ func dropSchemaAtEnd(t *testing.T, schema string) {
 		conn := connect(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		if err := testenv.QuiesceJobs(ctx, conn, schema); err != nil {
+			t.Logf("cleanup: %v; dropping schema %s anyway", err, schema)
+		}
 		// A TimescaleDB background job that starts on the new hypertables
 		// can make the drop fail with "tuple concurrently updated"
 		// (XX000); try again.
