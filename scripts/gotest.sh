@@ -7,7 +7,10 @@ set -uo pipefail
 state="${IOTPIPE_STATE_DIR:-$(cd "$(dirname "$0")/.." && pwd)/.state}"
 mkdir -p "$state"
 log="$state/test.log"
-go test -v "$@" 2>&1 | tee "$log" | grep --line-buffered -vE '^(=== (RUN|PAUSE|CONT|NAME)|--- PASS|    --- PASS|PASS$)'
+# Which PostgreSQL flavor the suite runs on (from `scripts/services.sh env`), first and last.
+flavor="postgres flavor: ${IOTPIPE_PG_SERVER_FLAVOR:-unknown}${IOTPIPE_PG_TIMESCALEDB_VERSION:+ (TimescaleDB $IOTPIPE_PG_TIMESCALEDB_VERSION)}"
+echo "$flavor" | tee "$log"
+go test -v "$@" 2>&1 | tee -a "$log" | grep --line-buffered -vE '^(=== (RUN|PAUSE|CONT|NAME)|--- PASS|    --- PASS|PASS$)'
 rc=${PIPESTATUS[0]}
 passed=$(grep -cE '^ *--- PASS' "$log")
 failed=$(grep -cE '^ *--- FAIL' "$log")
@@ -16,6 +19,7 @@ if [ "$skipped" -gt 0 ]; then
 	echo "skipped tests:"; grep -E '^ *--- SKIP' "$log"
 fi
 echo "full output: $log"
+echo "$flavor"
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 if [ "$rc" -eq 0 ] && [ "$passed" -eq 0 ]; then
 	echo "no test ran" >&2

@@ -11,7 +11,7 @@
 # Services: mqtt (Mosquitto), kafka (Apache Kafka, KRaft), postgres (PostgreSQL), s3 (versitygw).
 # Default: all four. Everything lives under ${IOTPIPE_STATE_DIR:-<repo>/.state}; progress goes to
 # stderr. Ports: IOTPIPE_MQTT_PORT, IOTPIPE_KAFKA_PORT, IOTPIPE_KAFKA_CONTROLLER_PORT,
-# IOTPIPE_PG_PORT, IOTPIPE_S3_PORT. Opt-in: IOTPIPE_PG_TIMESCALEDB=1 preloads TimescaleDB.
+# IOTPIPE_PG_PORT, IOTPIPE_S3_PORT. PostgreSQL runs with TimescaleDB (built from IOTPIPE_TIMESCALEDB_ARCHIVE).
 # IOTPIPE_INSTALL_DIR (default: the state dir) holds the Kafka jars and versitygw, so a second,
 # private set of services (own state dir and ports) can reuse the installs of the first.
 # IOTPIPE_MOSQUITTO_BIN (default: mosquitto on PATH) is the broker binary to run, e.g. a newer build.
@@ -23,6 +23,9 @@ KAFKA_VERSION=4.1.1                       # keep in sync with scripts/kafka/pom.
 VERSITYGW_MODULE=github.com/versity/versitygw
 VERSITYGW_VERSION=v1.8.0
 PG_MIN_MAJOR=15
+# TimescaleDB is built from its source release into the local PostgreSQL (see "postgres" below).
+TIMESCALEDB_VERSION=2.28.3
+TIMESCALEDB_SHA256=ec2f7de0ba53a473c01e0a57e09053898c6b1f7487228caff0f1d31c8cb2dedb
 
 MQTT_USER=iotpipe MQTT_PASS=iotpipe-dev
 MQTT_DEVICE_USER=device MQTT_DEVICE_PASS=device-dev
@@ -42,6 +45,11 @@ STATE_DIR=$(realpath -m "${IOTPIPE_STATE_DIR:-$REPO_ROOT/.state}")
 # private instance of a service (to stop it under load) run with their own IOTPIPE_STATE_DIR and
 # IOTPIPE_INSTALL_DIR pointing at the main state dir.
 INSTALL_DIR=$(realpath -m "${IOTPIPE_INSTALL_DIR:-$STATE_DIR}")
+# The TimescaleDB source release; in CI the repository is a fresh clone with shared/ beside it.
+TIMESCALEDB_ARCHIVE=$(realpath -m "${IOTPIPE_TIMESCALEDB_ARCHIVE:-$REPO_ROOT/../shared/vendor/timescaledb-$TIMESCALEDB_VERSION.tar.gz}")
+# auto: TimescaleDB when the archive (or a cached build) is there, else plain PostgreSQL with a
+# warning; 1: TimescaleDB or fail; 0: plain PostgreSQL.
+PG_TIMESCALEDB=${IOTPIPE_PG_TIMESCALEDB:-auto}
 
 MQTT_PORT=${IOTPIPE_MQTT_PORT:-11883}
 KAFKA_PORT=${IOTPIPE_KAFKA_PORT:-19092}
@@ -605,6 +613,224 @@ pg_choose_base() {
   pg_locate
 }
 
+# --- TimescaleDB ------------------------------------------------------------------------------
+# The flavor of the local PostgreSQL is decided by `up` (pg_prepare_flavor) from
+# IOTPIPE_PG_TIMESCALEDB: with TimescaleDB, its source release (IOTPIPE_TIMESCALEDB_ARCHIVE,
+# checked against TIMESCALEDB_SHA256) is built once with the patches in scripts/timescaledb/
+# against the headers of the exact PostgreSQL release that runs, cached in
+# $INSTALL_DIR/timescaledb/<key> (key: TimescaleDB version and sha256, PostgreSQL release,
+# patches, build flags), installed into PostgreSQL's lib and share folders (again whenever a file
+# there is missing or differs, e.g. after the OS package was reinstalled) and preloaded. The
+# flavor that runs is recorded in <state>/postgres/flavor; `env` exports it.
+
+PG_FLAVOR="" PG_FLAVOR_NOTE=""
+TSDB_PATCH_DIR=$SCRIPT_DIR/timescaledb
+# A release build with the SQL surface of the official packages, without the regression and TAP
+# test targets; telemetry is compiled in but off by default (no calls home from test machines);
+# warnings are not errors (compilers other than upstream CI's); source paths in the binaries do
+# not depend on the cache folder (@DIR@), so every build of the same inputs installs the same files.
+TSDB_CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF
+  -DSEND_TELEMETRY_DEFAULT=OFF -DLINTER=OFF "-DCMAKE_C_FLAGS=-ffile-prefix-map=@DIR@=timescaledb-$TIMESCALEDB_VERSION")
+
+pg_major() { basename "$(dirname "$PG_BIN")"; }
+pg_pkglibdir() { "$PG_BIN/pg_config" --pkglibdir 2>/dev/null || echo "$(dirname "$PG_BIN")/lib"; }
+
+# pg_server_release: the release of the server binary, e.g. "15.18 (Debian 15.18-0+deb12u1)".
+pg_server_release() { "$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) //'; }
+
+# pg_headers_release: PG_VERSION of the server headers the build would compile against. (pg_config
+# comes with the client package and reports the client's release, not the headers'.)
+pg_headers_release() {
+  local inc
+  inc=$("$PG_BIN/pg_config" --includedir-server 2>/dev/null) || return 1
+  [[ -f $inc/pg_config.h ]] || return 1
+  sed -n 's/^#define PG_VERSION "\(.*\)"$/\1/p' "$inc/pg_config.h"
+}
+
+# tsdb_key: the cache folder name of a build for the running PostgreSQL release.
+tsdb_key() {
+  local rel inputs
+  rel=$(pg_server_release | awk '{print $1}')
+  inputs=$( (
+    pg_server_release
+    printf '%s\n' "${TSDB_CMAKE_FLAGS[@]}"
+    cat "$TSDB_PATCH_DIR"/*.patch 2>/dev/null || true
+  ) | sha256sum | cut -c1-10)
+  printf '%s-%s-pg%s-%s' "$TIMESCALEDB_VERSION" "${TIMESCALEDB_SHA256:0:12}" "$rel" "$inputs"
+}
+
+# tsdb_build_deps: compiler, cmake, and the server headers of exactly the release that runs. The
+# dev package of another minor release compiles an extension against other headers: built with
+# 15.20's against a 15.18 server, TimescaleDB calls functions 15.18 does not have
+# (heap_datum_check, DatumGetHeapTupleHeader) and does not load.
+tsdb_build_deps() {
+  local major pkgver want have
+  apt_install cmake gcc make patch
+  want=$(pg_server_release)
+  have=$(pg_headers_release 2>/dev/null || true)
+  [[ $have == "$want" ]] && return 0
+  major=$(pg_major)
+  pkgver=$(dpkg-query -W -f='${Version}' "postgresql-$major" 2>/dev/null) \
+    || die "postgres: TimescaleDB needs the server headers of PostgreSQL $want, and the server is not from the Debian package postgresql-$major; install its headers (pg_config --includedir-server), or set IOTPIPE_PG_TIMESCALEDB=0"
+  command -v apt-get >/dev/null || die "postgres: need postgresql-server-dev-$major=$pkgver but apt-get is not available"
+  say "installing postgresql-server-dev-$major=$pkgver (apt; the headers of the PostgreSQL release that runs)..."
+  if ((APT_UPDATED == 0)); then
+    "${SUDO[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "postgresql-server-dev-$major=$pkgver" >&2 \
+    || die "postgres: apt-get install postgresql-server-dev-$major=$pkgver failed: TimescaleDB is built against the headers of the PostgreSQL release that runs (if apt no longer has that release, upgrade the server: apt-get install postgresql-$major postgresql-server-dev-$major); IOTPIPE_PG_TIMESCALEDB=0 runs plain PostgreSQL"
+  have=$(pg_headers_release 2>/dev/null || true)
+  [[ $have == "$want" ]] || die "postgres: the server headers are PostgreSQL '$have' but the server is '$want'"
+}
+
+# tsdb_build DIR: build TimescaleDB from the archive into DIR/stage (a DESTDIR install tree).
+tsdb_build() {
+  local dir=$1 log=$1/build.log t0 got p jobs
+  [[ -f $TIMESCALEDB_ARCHIVE ]] || die "postgres: TimescaleDB archive $TIMESCALEDB_ARCHIVE not found (IOTPIPE_TIMESCALEDB_ARCHIVE)"
+  got=$(sha256sum "$TIMESCALEDB_ARCHIVE" | cut -d' ' -f1)
+  [[ $got == "$TIMESCALEDB_SHA256" ]] \
+    || die "postgres: $TIMESCALEDB_ARCHIVE has sha256 $got, expected $TIMESCALEDB_SHA256 (TimescaleDB $TIMESCALEDB_VERSION)"
+  tsdb_build_deps
+  t0=$(now)
+  jobs=$(nproc 2>/dev/null || echo 2)
+  say "building TimescaleDB $TIMESCALEDB_VERSION for PostgreSQL $(pg_server_release) ($jobs jobs; a few minutes, once; log: $log)..."
+  rm -rf "$dir/src" "$dir/build" "$dir/stage"
+  mkdir -p "$dir/src" "$dir/build"
+  : >"$log"
+  tar -xzf "$TIMESCALEDB_ARCHIVE" -C "$dir/src" --strip-components=1 >>"$log" 2>&1 \
+    || die "postgres: unpacking $TIMESCALEDB_ARCHIVE failed (log: $log)"
+  for p in "$TSDB_PATCH_DIR"/*.patch; do
+    [[ -f $p ]] || continue
+    printf '=== patch %s\n' "$p" >>"$log"
+    patch -d "$dir/src" -p1 --forward --batch <"$p" >>"$log" 2>&1 \
+      || die "postgres: patch $(basename "$p") does not apply to TimescaleDB $TIMESCALEDB_VERSION (log: $log)"
+  done
+  # In the daemons' clean environment: the caller's CC, CFLAGS, ... play no part.
+  { "${DAEMON_ENV[@]}" cmake -S "$dir/src" -B "$dir/build" -DPG_CONFIG="$PG_BIN/pg_config" "${TSDB_CMAKE_FLAGS[@]//@DIR@/$dir}" \
+    && "${DAEMON_ENV[@]}" cmake --build "$dir/build" -j "$jobs" \
+    && "${DAEMON_ENV[@]}" make -C "$dir/build" install DESTDIR="$dir/stage"; } >>"$log" 2>&1 || {
+    tail -n 20 "$log" >&2
+    die "postgres: building TimescaleDB $TIMESCALEDB_VERSION failed (log: $log)"
+  }
+  [[ -f $dir/stage$(pg_pkglibdir)/timescaledb-tsl-$TIMESCALEDB_VERSION.so ]] \
+    || die "postgres: the TimescaleDB build installed no timescaledb-tsl-$TIMESCALEDB_VERSION.so (log: $log)"
+  # Only the install tree is kept; sources and objects are ~100 MB.
+  rm -rf "$dir/src" "$dir/build"
+  say "TimescaleDB $TIMESCALEDB_VERSION built in $(($(now) - t0))s"
+}
+
+# tsdb_install DIR: copy the staged files into PostgreSQL's folders where missing or different.
+# Each file is replaced by a rename, never rewritten in place: a running server may have the old
+# library mapped.
+tsdb_install() {
+  local stage=$1/stage f dst n=0
+  while IFS= read -r -d '' f; do
+    dst=/${f#./}
+    cmp -s "$stage/$f" "$dst" && continue
+    if ((n == 0)); then say "installing TimescaleDB $TIMESCALEDB_VERSION into $(pg_pkglibdir) and $("$PG_BIN/pg_config" --sharedir)/extension..."; fi
+    n=$((n + 1))
+    "${SUDO[@]}" install -D -m "$(stat -c %a "$stage/$f")" "$stage/$f" "$dst.iotpipe-new.$$" \
+      && "${SUDO[@]}" mv -f "$dst.iotpipe-new.$$" "$dst" \
+      || die "postgres: could not install $dst"
+  done < <(cd "$stage" && find . -type f -print0)
+  if ((n > 0)); then say "installed $n TimescaleDB files"; fi
+}
+
+# tsdb_ensure: build (once) and install TimescaleDB for the running PostgreSQL release.
+# Returns 1 without building when neither the archive nor a cached build is there.
+tsdb_ensure() {
+  local dir old
+  dir=$INSTALL_DIR/timescaledb/$(tsdb_key)
+  mkdir -p "$INSTALL_DIR/timescaledb"
+  # One build per install dir at a time (private test services share it); fd 8, closed after.
+  exec 8>"$INSTALL_DIR/timescaledb/.lock"
+  if ! flock -n 8; then
+    say "waiting for another TimescaleDB build in $INSTALL_DIR/timescaledb..."
+    flock -w 1800 8 || die "timed out waiting for the lock $INSTALL_DIR/timescaledb/.lock"
+  fi
+  if [[ ! -f $dir/built ]]; then
+    if [[ ! -f $TIMESCALEDB_ARCHIVE ]]; then
+      exec 8>&-
+      return 1
+    fi
+    tsdb_build "$dir"
+    date -u +%FT%TZ >"$dir/built"
+    # Leftovers of interrupted builds (complete builds for other releases stay).
+    for old in "$INSTALL_DIR"/timescaledb/*/; do
+      [[ -f $old/built ]] || rm -rf "$old"
+    done
+  fi
+  tsdb_install "$dir"
+  exec 8>&-
+}
+
+# pg_prepare_flavor: decide PG_FLAVOR (timescaledb | postgres) and make TimescaleDB ready if needed.
+pg_prepare_flavor() {
+  case $PG_TIMESCALEDB in
+    0)
+      PG_FLAVOR=postgres PG_FLAVOR_NOTE="IOTPIPE_PG_TIMESCALEDB=0"
+      say "postgres: plain PostgreSQL (IOTPIPE_PG_TIMESCALEDB=0)"
+      ;;
+    auto | 1)
+      if tsdb_ensure; then
+        PG_FLAVOR=timescaledb PG_FLAVOR_NOTE=""
+      elif [[ $PG_TIMESCALEDB == 1 ]]; then
+        die "postgres: IOTPIPE_PG_TIMESCALEDB=1 but the TimescaleDB archive $TIMESCALEDB_ARCHIVE is missing (IOTPIPE_TIMESCALEDB_ARCHIVE) and nothing is cached in $INSTALL_DIR/timescaledb"
+      else
+        PG_FLAVOR=postgres PG_FLAVOR_NOTE="no TimescaleDB archive at $TIMESCALEDB_ARCHIVE"
+        tsdb_warn_plain
+      fi
+      ;;
+    *) die "IOTPIPE_PG_TIMESCALEDB=$PG_TIMESCALEDB: expected auto, 1 or 0" ;;
+  esac
+}
+
+tsdb_warn_plain() {
+  say "############################################################################################"
+  say "WARNING: PostgreSQL runs WITHOUT TimescaleDB: $PG_FLAVOR_NOTE"
+  say "WARNING: hypertables, compression, retention and continuous aggregates are NOT exercised."
+  say "WARNING: set IOTPIPE_TIMESCALEDB_ARCHIVE to timescaledb-$TIMESCALEDB_VERSION.tar.gz (sha256 ${TIMESCALEDB_SHA256:0:16}...)"
+  say "WARNING: and restart PostgreSQL: scripts/services.sh down postgres && scripts/services.sh up postgres"
+  say "############################################################################################"
+}
+
+# pg_write_flavor: record what the server is configured with (rewritten on every start).
+pg_write_flavor() {
+  local f=$STATE_DIR/postgres/flavor
+  mkdir -p "$STATE_DIR/postgres"
+  if [[ $PG_FLAVOR == timescaledb ]]; then
+    printf 'flavor=timescaledb\nversion=%s\nnote=\n' "$TIMESCALEDB_VERSION" >"$f"
+  else
+    printf 'flavor=postgres\nversion=\nnote=%s\n' "$PG_FLAVOR_NOTE" >"$f"
+  fi
+}
+
+# pg_env_lines: the flavor of the configured server, for `env` (IOTPIPE_PG_SERVER_FLAVOR is
+# timescaledb or postgres; IOTPIPE_PG_TIMESCALEDB_VERSION the TimescaleDB release, empty on plain).
+pg_env_lines() {
+  local f=$STATE_DIR/postgres/flavor k v flavor="" version="" note=""
+  if [[ -f $f ]]; then
+    while IFS='=' read -r k v; do
+      case $k in
+        flavor) flavor=$v ;;
+        version) version=$v ;;
+        note) note=$v ;;
+      esac
+    done <"$f"
+  elif [[ -n $PG_DATA && -f $PG_DATA/iotpipe.conf ]] && grep -q "^shared_preload_libraries = 'timescaledb'" "$PG_DATA/iotpipe.conf" 2>/dev/null; then
+    flavor=timescaledb # started by an older services.sh: the version is not recorded
+  elif [[ -n $PG_DATA && -f $PG_DATA/iotpipe.conf ]]; then
+    flavor=postgres note="started without TimescaleDB"
+  fi
+  if [[ $flavor == postgres ]]; then
+    say "WARNING: PostgreSQL runs WITHOUT TimescaleDB (${note:-plain flavor}); TimescaleDB paths are not tested"
+  fi
+  env_line IOTPIPE_PG_SERVER_FLAVOR "$flavor"
+  env_line IOTPIPE_PG_TIMESCALEDB_VERSION "$version"
+}
+
 install_postgres() {
   if ! pg_find_bin; then
     apt_install postgresql postgresql-contrib
@@ -613,6 +839,13 @@ install_postgres() {
   command -v psql >/dev/null || apt_install postgresql-client
   if ((EUID == 0)) && ! id postgres >/dev/null 2>&1; then
     die "postgres: the 'postgres' OS user is missing (is the postgresql package installed?)"
+  fi
+  pg_prepare_flavor
+  local running
+  running=$(sed -n 's/^flavor=//p' "$STATE_DIR/postgres/flavor" 2>/dev/null || true)
+  if svc_running postgres && [[ $running != "$PG_FLAVOR" ]]; then
+    say "WARNING: postgres is running as ${running:-postgres} (started earlier) but $PG_FLAVOR is configured now;"
+    say "WARNING: restart it to switch: $0 down postgres && $0 up postgres"
   fi
 }
 
@@ -643,13 +876,19 @@ pg_init() {
 
 pg_configure() {
   local preload="" libdir
-  if [[ ${IOTPIPE_PG_TIMESCALEDB:-0} == 1 ]]; then
-    libdir=$("$PG_BIN/pg_config" --pkglibdir 2>/dev/null || echo "$(dirname "$PG_BIN")/lib")
+  [[ -n $PG_FLAVOR ]] || pg_prepare_flavor
+  if [[ $PG_FLAVOR == timescaledb ]]; then
+    libdir=$(pg_pkglibdir)
     if [[ ! -f $libdir/timescaledb.so ]]; then
-      fail_start postgres "IOTPIPE_PG_TIMESCALEDB=1 but $libdir/timescaledb.so does not exist (install TimescaleDB for PostgreSQL $(basename "$(dirname "$PG_BIN")"))"
+      fail_start postgres "TimescaleDB is wanted but $libdir/timescaledb.so does not exist (install TimescaleDB for PostgreSQL $(pg_major))"
     fi
-    preload="shared_preload_libraries = 'timescaledb'"
+    # Background jobs (policies) run in worker processes: one launcher, one scheduler per
+    # database, one per running job; tests run many schemas' jobs at once.
+    preload="shared_preload_libraries = 'timescaledb'
+max_worker_processes = 32
+timescaledb.max_background_workers = 24"
   fi
+  pg_write_flavor
   as_pg tee "$PG_DATA/iotpipe.conf" >/dev/null <<EOF
 # Generated by scripts/services.sh; rewritten on every start.
 listen_addresses = '$HOST'
@@ -978,6 +1217,7 @@ cmd_env() {
   env_line IOTPIPE_PG_WRITER_DSN "$(pg_dsn "$PG_WRITER" "$PG_WRITER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_READER_DSN "$(pg_dsn "$PG_READER" "$PG_READER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_ADMIN_DSN "$(pg_dsn postgres "$PG_SUPER_PASS" postgres)"
+  pg_env_lines
   env_line IOTPIPE_S3_ENDPOINT "http://$HOST:$S3_PORT"
   env_line IOTPIPE_S3_ACCESS_KEY "$S3_ACCESS"
   env_line IOTPIPE_S3_SECRET_KEY "$S3_SECRET"

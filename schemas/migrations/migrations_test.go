@@ -29,6 +29,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
 const testTimeout = 2 * time.Minute
@@ -94,6 +96,9 @@ func dropSchemaAtEnd(t *testing.T, schema string) {
 		conn := connect(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		if err := testenv.QuiesceJobs(ctx, conn, schema); err != nil {
+			t.Logf("cleanup: %v; dropping schema %s anyway", err, schema)
+		}
 		// A TimescaleDB background job that starts on the new hypertables
 		// can make the drop fail with "tuple concurrently updated"
 		// (XX000); try again.
@@ -218,10 +223,32 @@ var wantKeys = map[string]string{
 	"schema_migrations": "schema_migrations_pkey p (version)",
 }
 
+// TestApplyFreshSchema migrates a new schema with the flavor chosen
+// automatically: TimescaleDB on a server that has it (IOTPIPE_PG_SERVER_FLAVOR
+// says which), plain PostgreSQL otherwise.
 func TestApplyFreshSchema(t *testing.T) {
-	ctx := testContext(t)
-	conn := connect(t)
+	testFreshSchema(t, connect(t), newOptions(t))
+}
+
+// TestApplyFreshSchemaPlainDatabase runs the same checks on the plain
+// PostgreSQL flavor in a database of its own in which the timescaledb
+// extension is never created, so that flavor stays covered on a TimescaleDB
+// server too.
+func TestApplyFreshSchemaPlainDatabase(t *testing.T) {
 	o := newOptions(t)
+	o.Flavor = FlavorPostgres
+	conn := connectNewDatabase(t)
+	testFreshSchema(t, conn, o)
+	var ext int
+	if err := conn.QueryRow(testContext(t), "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").Scan(&ext); err != nil || ext != 0 {
+		t.Errorf("timescaledb extensions in the plain database: %d, %v; want 0", ext, err)
+	}
+}
+
+// testFreshSchema applies every migration to the new schema of o on conn and
+// checks what they created.
+func testFreshSchema(t *testing.T, conn *pgx.Conn, o Options) {
+	ctx := testContext(t)
 
 	var pathBefore string
 	if err := conn.QueryRow(ctx, "SELECT current_setting('search_path')").Scan(&pathBefore); err != nil {
@@ -237,12 +264,16 @@ func TestApplyFreshSchema(t *testing.T) {
 	}
 	switch res.Flavor {
 	case FlavorTimescaleDB:
-		if res.FallbackReason != "" {
-			t.Errorf("FallbackReason = %q with flavor timescaledb", res.FallbackReason)
+		if res.FallbackReason != "" || o.Flavor == FlavorPostgres {
+			t.Errorf("flavor timescaledb with Options.Flavor %q, FallbackReason %q", o.Flavor, res.FallbackReason)
 		}
 	case FlavorPostgres:
-		if res.FallbackReason == "" {
+		if o.Flavor == FlavorAuto && res.FallbackReason == "" {
 			t.Errorf("auto chose postgres without a FallbackReason")
+		}
+		// A TimescaleDB that does not work must not pass as plain PostgreSQL.
+		if o.Flavor == FlavorAuto && serverFlavor() == FlavorTimescaleDB {
+			t.Errorf("auto fell back to plain PostgreSQL on a TimescaleDB server (IOTPIPE_PG_SERVER_FLAVOR): %s", res.FallbackReason)
 		}
 	default:
 		t.Fatalf("Flavor = %q", res.Flavor)

@@ -1,10 +1,11 @@
-//go:build integration && timescaledb
+//go:build integration
 
 package timescale
 
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -15,18 +16,16 @@ import (
 	"github.com/iotpipe/iotpipe/schemas/migrations"
 )
 
-// TestSinkOnTimescaleDB is the by-hand check of the TimescaleDB path: a
-// private PostgreSQL with the timescaledb library preloaded (it must be
-// installed for the server's version), the timescaledb flavor
-// (hypertables, compression, continuous aggregates), readings written into
+// TestSinkOnTimescaleDB checks the sink on the TimescaleDB flavor
+// (hypertables, compression, continuous aggregates) of the shared server,
+// which scripts/services.sh runs with TimescaleDB: readings written into
 // compressed chunks, metrics upserts on a hypertable with revisions out of
-// order, and the example queries on the continuous aggregate.
-//
-//	go test -tags 'integration timescaledb' -run OnTimescaleDB -v ./sink/timescale/
+// order, and the example queries on the continuous aggregate. The other
+// tests of this package use the plain PostgreSQL flavor.
 func TestSinkOnTimescaleDB(t *testing.T) {
-	t.Setenv("IOTPIPE_PG_TIMESCALEDB", "1")
-	pg := testenv.StartPrivate(t, "postgres")
-	f := newFixtureFlavor(t, pg.Env, migrations.FlavorTimescaleDB, 2, 1)
+	env := testenv.Load(t)
+	requireTimescaleDB(t, env)
+	f := newFixtureFlavor(t, env, migrations.FlavorTimescaleDB, 2, 1)
 	ctx := context.Background()
 	schema := pgx.Identifier{f.schema}.Sanitize()
 	var ver string
@@ -100,4 +99,29 @@ func TestSinkOnTimescaleDB(t *testing.T) {
 	var compressed int64
 	_ = f.owner.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_schema = '%s' AND hypertable_name = 'readings' AND is_compressed`, f.schema)).Scan(&compressed)
 	t.Logf("readings chunks still marked compressed after the second write: %d (schema %s)", compressed, schema)
+}
+
+// requireTimescaleDB skips the test, saying why, on a server that runs plain
+// PostgreSQL (scripts/services.sh without the TimescaleDB archive says so
+// loudly and exports IOTPIPE_PG_SERVER_FLAVOR=postgres), and fails it when
+// the server should run TimescaleDB and does not.
+func requireTimescaleDB(t *testing.T, env *testenv.Env) {
+	t.Helper()
+	ctx := testenv.Context(t, 15*time.Second)
+	var available, preloaded bool
+	err := env.PG(t).QueryRow(ctx, `SELECT
+    EXISTS (SELECT FROM pg_available_extensions WHERE name = 'timescaledb'),
+    -- Defined by the TimescaleDB loader only when it is preloaded.
+    EXISTS (SELECT FROM pg_settings WHERE name = 'timescaledb.disable_load')`).Scan(&available, &preloaded)
+	if err != nil {
+		t.Fatalf("look up timescaledb on the server: %v", err)
+	}
+	flavor := os.Getenv("IOTPIPE_PG_SERVER_FLAVOR")
+	switch {
+	case available && preloaded:
+	case flavor == "timescaledb":
+		t.Fatal("IOTPIPE_PG_SERVER_FLAVOR=timescaledb but the server does not preload and offer the timescaledb extension")
+	default:
+		t.Skipf("the server runs plain PostgreSQL (IOTPIPE_PG_SERVER_FLAVOR=%q): the TimescaleDB flavor cannot be tested", flavor)
+	}
 }
