@@ -30,6 +30,7 @@ PG_SUPER_PASS=postgres-dev
 PG_OWNER=iotpipe PG_OWNER_PASS=iotpipe-dev
 PG_WRITER=iotpipe_sink PG_WRITER_PASS=sink-dev
 PG_READER=grafana PG_READER_PASS=grafana-dev
+PG_REGISTRY=iotpipe_devices PG_REGISTRY_PASS=devices-dev
 PG_DB=iotpipe
 S3_ACCESS=iotpipe S3_SECRET=iotpipe-dev-secret S3_REGION=us-east-1 S3_BUCKET=iotpipe-lake
 
@@ -683,7 +684,7 @@ pg_provision() {
 DO \$\$
 DECLARE r text;
 BEGIN
-  FOREACH r IN ARRAY ARRAY['$PG_OWNER','$PG_WRITER','$PG_READER','iotpipe_writer','iotpipe_reader'] LOOP
+  FOREACH r IN ARRAY ARRAY['$PG_OWNER','$PG_WRITER','$PG_READER','$PG_REGISTRY','iotpipe_writer','iotpipe_reader','iotpipe_registry'] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
       EXECUTE format('CREATE ROLE %I', r);
     END IF;
@@ -694,11 +695,14 @@ ALTER ROLE postgres PASSWORD '$PG_SUPER_PASS';
 ALTER ROLE $PG_OWNER LOGIN CREATEROLE PASSWORD '$PG_OWNER_PASS';
 ALTER ROLE $PG_WRITER LOGIN PASSWORD '$PG_WRITER_PASS';
 ALTER ROLE $PG_READER LOGIN PASSWORD '$PG_READER_PASS';
+ALTER ROLE $PG_REGISTRY LOGIN PASSWORD '$PG_REGISTRY_PASS';
 ALTER ROLE iotpipe_writer NOLOGIN;
 ALTER ROLE iotpipe_reader NOLOGIN;
+ALTER ROLE iotpipe_registry NOLOGIN;
 SET client_min_messages = warning;
 GRANT iotpipe_writer TO $PG_WRITER;
 GRANT iotpipe_reader TO $PG_READER;
+GRANT iotpipe_registry TO $PG_REGISTRY;
 SELECT format('CREATE DATABASE %I OWNER %I', '$PG_DB', '$PG_OWNER')
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$PG_DB') \gexec
 ALTER DATABASE $PG_DB OWNER TO $PG_OWNER;
@@ -977,6 +981,7 @@ cmd_env() {
   env_line IOTPIPE_PG_DSN "$(pg_dsn "$PG_OWNER" "$PG_OWNER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_WRITER_DSN "$(pg_dsn "$PG_WRITER" "$PG_WRITER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_READER_DSN "$(pg_dsn "$PG_READER" "$PG_READER_PASS" "$PG_DB")"
+  env_line IOTPIPE_PG_REGISTRY_DSN "$(pg_dsn "$PG_REGISTRY" "$PG_REGISTRY_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_ADMIN_DSN "$(pg_dsn postgres "$PG_SUPER_PASS" postgres)"
   env_line IOTPIPE_S3_ENDPOINT "http://$HOST:$S3_PORT"
   env_line IOTPIPE_S3_ACCESS_KEY "$S3_ACCESS"
