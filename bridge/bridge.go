@@ -3,6 +3,7 @@ package bridge
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/certs"
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
 )
@@ -306,7 +309,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 		ReconnectBackoff:              autopaho.NewExponentialBackoff(mc.ReconnectMin, mc.ReconnectMax, 2*mc.ReconnectMin, 1.5),
 		ConnectUsername:               mc.Username,
 		ConnectPassword:               []byte(mc.Password),
-		AttemptConnection:             dialBuffered,
+		AttemptConnection:             b.dial,
 		ConnectPacketBuilder: func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
 			if cp.Properties == nil {
 				cp.Properties = &paho.ConnectProperties{}
@@ -336,6 +339,24 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 		},
 		OnConnectError: func(err error) {
 			b.m.connectErrors.Inc()
+			// A broker certificate that does not hold the expected name or
+			// does not chain to the CA file is a setting to fix, not an
+			// outage to wait out: stop, naming the setting.
+			var fatal error
+			switch {
+			case certs.IsNameMismatch(err):
+				fatal = &config.FieldError{Field: "MQTT.ServerName", Err: fmt.Errorf("the broker's certificate does not hold the name the bridge expects (%q; {MQTT.ServerName} or the URL's host): %w", mc.tlsFiles().ServerName, err)}
+			case certs.IsUnknownAuthority(err):
+				fatal = &config.FieldError{Field: "MQTT.CAFile", Err: fmt.Errorf("the broker's certificate is not signed by a CA in %q: %w", mc.CAFile, err)}
+			}
+			if fatal != nil {
+				select {
+				case b.fatal <- fatal:
+				default:
+				}
+				b.log.Error("mqtt connect refused: the broker's certificate is not the one configured", "err", err)
+				return
+			}
 			b.log.Warn("mqtt connect failed", "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
@@ -431,11 +452,31 @@ func (c *bufferedConn) Close() error {
 	return c.Conn.Close()
 }
 
-func dialBuffered(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+// dial connects to u, over TLS for mqtts:// (the CA and client files
+// read again for this connection, so rotated files take effect), and
+// buffers the connection.
+func (b *Bridge) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
 	d := net.Dialer{Timeout: cfg.ConnectTimeout}
-	conn, err := d.DialContext(ctx, "tcp", u.Host)
+	var conn net.Conn
+	raw, err := d.DialContext(ctx, "tcp", u.Host)
 	if err != nil {
 		return nil, err
+	}
+	conn = raw
+	if u.Scheme == "mqtts" {
+		tc, err := b.cfg.MQTT.tlsFiles().Config(u.Hostname())
+		if err != nil {
+			raw.Close()
+			return nil, err
+		}
+		hctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+		defer cancel()
+		tconn := tls.Client(raw, tc)
+		if err := tconn.HandshakeContext(hctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("tls handshake with %s: %w", u.Host, err)
+		}
+		conn = tconn
 	}
 	c := &bufferedConn{Conn: conn, r: bufio.NewReaderSize(conn, 64<<10), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go c.flusher()

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -46,14 +48,24 @@ func DefaultClientID() string {
 
 // MQTTConfig is how the bridge reaches the MQTT broker.
 type MQTTConfig struct {
-	// URLs are the broker addresses (mqtt://host:port), tried in order.
+	// URLs are the broker addresses (mqtt://host:port, or mqtts://host:port
+	// for TLS), tried in order.
 	URLs []string
 	// ClientID must be stable across restarts of one bridge and unique
 	// among the bridges: the broker keeps the session (subscriptions and
 	// unacknowledged messages) under it.
 	ClientID string
 	// Username and Password authenticate the bridge; empty means none.
+	// With a client certificate the broker usually takes the user name
+	// from it (Mosquitto's use_identity_as_username) and ignores these.
 	Username, Password string
+	// CAFile, CertFile, KeyFile and ServerName are for mqtts:// URLs: the
+	// CA the broker's certificate must chain to (empty: the system's
+	// roots), the bridge's client certificate and key (PEM, both or
+	// neither), and the name the broker's certificate must hold (empty:
+	// the URL's host). The files are read again on every (re)connect, so
+	// replacing them rotates the identity without a restart.
+	CAFile, CertFile, KeyFile, ServerName string
 	// ShareGroup is the shared-subscription group: bridges of one group
 	// split the messages ($share/<group>/<filter>).
 	ShareGroup string
@@ -170,10 +182,24 @@ func (c *Config) Validate() error {
 	var p config.Problems
 	m := &c.MQTT
 	p.Check(len(m.URLs) == 0, "MQTT.URLs", "no broker URL given")
+	anyTLS := false
 	for _, s := range m.URLs {
-		if _, err := parseBrokerURL(s); err != nil {
+		u, err := parseBrokerURL(s)
+		if err != nil {
 			p.Add("MQTT.URLs", "%v", err)
+		} else if u.Scheme == "mqtts" {
+			anyTLS = true
 		}
+	}
+	if anyTLS {
+		var fe *certs.FileError
+		for _, err := range flatten(m.tlsFiles().Check()) {
+			if errors.As(err, &fe) {
+				p.Add("MQTT."+fe.Field, "%v", fe.Err)
+			}
+		}
+	} else if len(m.URLs) > 0 && (m.CAFile != "" || m.CertFile != "" || m.KeyFile != "" || m.ServerName != "") {
+		p.Add("MQTT.URLs", "TLS files or a server name are set but no URL is mqtts://; use mqtts://host:port (or unset {MQTT.CAFile}, {MQTT.CertFile}, {MQTT.KeyFile}, {MQTT.ServerName})")
 	}
 	if m.ClientID == "" || len(m.ClientID) > 256 || strings.ContainsAny(m.ClientID, "/+#\x00") {
 		p.Add("MQTT.ClientID", "%q must be 1 to 256 bytes without '/', '+', '#' or NUL", m.ClientID)
@@ -242,13 +268,36 @@ func parseBrokerURL(s string) (*url.URL, error) {
 	}
 	switch u.Scheme {
 	case "mqtt", "tcp":
+		u.Scheme = "mqtt"
+	case "mqtts", "ssl", "tls":
+		u.Scheme = "mqtts"
 	default:
-		return nil, fmt.Errorf("broker URL %q: scheme must be mqtt:// or tcp:// (TLS is not supported yet)", s)
+		return nil, fmt.Errorf("broker URL %q: scheme must be mqtt:// (plain) or mqtts:// (TLS)", s)
 	}
 	if u.Host == "" || u.Port() == "" {
-		return nil, fmt.Errorf("broker URL %q: want mqtt://host:port", s)
+		return nil, fmt.Errorf("broker URL %q: want mqtt://host:port or mqtts://host:port", s)
 	}
 	return u, nil
+}
+
+// tlsFiles are the TLS client files of the MQTT connection.
+func (m *MQTTConfig) tlsFiles() certs.ClientFiles {
+	return certs.ClientFiles{CAFile: m.CAFile, CertFile: m.CertFile, KeyFile: m.KeyFile, ServerName: m.ServerName}
+}
+
+// flatten lists the errors of an errors.Join tree.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
 }
 
 func validFilter(f string) error {

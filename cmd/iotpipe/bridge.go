@@ -35,10 +35,14 @@ disconnect, exit 0 (within --shutdown-timeout).`,
 	shutdown: func(c *bridge.Config) *time.Duration { return &c.ShutdownTimeout },
 	bind: func(f *Flags, c *bridge.Config) {
 		f.Group("MQTT")
-		f.List(&c.MQTT.URLs, "mqtt-url", "comma-separated broker URLs, mqtt://host:port, tried in order")
+		f.List(&c.MQTT.URLs, "mqtt-url", "comma-separated broker URLs, mqtt://host:port or mqtts://host:port (TLS), tried in order")
 		f.String(&c.MQTT.ClientID, "mqtt-client-id", "client id; must be stable across restarts and unique per bridge (the broker keeps the session under it)")
 		f.String(&c.MQTT.Username, "mqtt-username", "MQTT user name")
 		f.Secret(&c.MQTT.Password, "mqtt-password", "MQTT password")
+		f.String(&c.MQTT.CAFile, "mqtt-ca-file", "mqtts://: PEM file of the CA the broker's certificate must chain to (empty: the system's roots)")
+		f.String(&c.MQTT.CertFile, "mqtt-cert-file", "mqtts://: the bridge's client certificate (PEM); its CN is the bridge's MQTT identity (iotpipe ca client iotpipe-bridge). Reread on every reconnect: replace the files to rotate")
+		f.String(&c.MQTT.KeyFile, "mqtt-key-file", "mqtts://: the key of --mqtt-cert-file (PEM); reread on every reconnect")
+		f.String(&c.MQTT.ServerName, "mqtt-server-name", "mqtts://: the name the broker's certificate must hold (empty: the URL's host); a broker with another name is refused")
 		f.String(&c.MQTT.ShareGroup, "mqtt-share-group", "shared-subscription group; bridges of one group split the messages")
 		f.Bool(&c.MQTT.PlainSubscription, "mqtt-plain-subscription", "subscribe to the filters directly, not through $share/<group>/: for ONE bridge on a broker that loses shared subscriptions when it restarts (every Mosquitto 2.0.x); every bridge subscribed this way gets every message")
 		f.List(&c.MQTT.Filters, "mqtt-filters", "comma-separated topic filters (without $share/...); empty: the filter of --topic-template")
