@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -449,4 +450,124 @@ func TestIdentityMutualTLS(t *testing.T) {
 			_, _ = registry.SignalBroker(k.tls.PIDFile)
 		}
 	})
+}
+
+// Revoke a connected device with the real commands (iotpipe devices add
+// and revoke, on the registry in the shared PostgreSQL and the private
+// broker's CA, CRL, ACL file and pid file): within a measured bound its
+// connection can no longer publish, a new connection is refused, and
+// every reading acknowledged before is in Kafka.
+func TestIdentityRevokeWhileConnected(t *testing.T) {
+	p := testenv.StartPrivate(t, "mqtt")
+	env := p.Env
+	k := newPKI(t, p)
+	schema, dsn := env.RegistrySchema(t)
+	bin := testenv.Binary(t)
+	vars := []string{
+		"IOTPIPE_PG_REGISTRY_DSN=" + dsn, "IOTPIPE_PG_SCHEMA=" + schema, "IOTPIPE_CA_DIR=" + k.tls.CADir,
+		"IOTPIPE_MQTT_ACL_FILE=" + k.tls.ACLFile, "IOTPIPE_MQTT_BROKER_PID_FILE=" + k.tls.PIDFile,
+	}
+	iotpipe := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, vars...)
+		out, err := cmd.CombinedOutput()
+		t.Logf("iotpipe %s:\n%s", strings.Join(args, " "), out)
+		if err != nil {
+			t.Fatalf("iotpipe %s: %v", strings.Join(args, " "), err)
+		}
+		return string(out)
+	}
+	id := testenv.Name(t, "c")
+	out := filepath.Join(k.dir, "dev")
+	iotpipe("devices", "add", id, "--attr", "site=test", "--out", out)
+	crt, key := filepath.Join(out, id+".crt"), filepath.Join(out, id+".key")
+
+	raw, dlq := env.Topic(t, 3, nil), env.Topic(t, 1, nil)
+	view := watchKafka(t, env, raw, dlq)
+	startBridge(t, tlsBridge(t, env, k, raw, dlq, k.tls.BridgeCertFile, k.tls.BridgeKeyFile))
+	d, err := connectDevice(t, k.tls.URL, k.tls.CAFile, crt, key, id)
+	if err != nil {
+		t.Fatalf("registered device: %v", err)
+	}
+
+	// Publish every 10 ms until the broker refuses.
+	type result struct {
+		acked     []int64
+		refusedAt time.Time
+		refusal   byte
+		err       error
+	}
+	done := make(chan result, 1)
+	var ackedN sync.WaitGroup
+	ackedN.Add(50)
+	go func() {
+		var r result
+		for seq := int64(1); ; seq++ {
+			rc, err := d.publish(t, "devices/"+id+"/telemetry", reading(int(seq)))
+			if err != nil {
+				r.err = err
+				break
+			}
+			if rc != 0 {
+				r.refusedAt, r.refusal = time.Now(), rc
+				break
+			}
+			r.acked = append(r.acked, seq)
+			if len(r.acked) <= 50 {
+				ackedN.Done()
+			}
+			if seq > 3000 {
+				r.err = errors.New("still publishing after 30 s")
+				break
+			}
+			time.Sleep(10 * time.Millisecond) // the device's own pace, not synchronisation
+		}
+		done <- r
+	}()
+	ackedN.Wait()
+	start := time.Now()
+	iotpipe("devices", "revoke", id)
+	returned := time.Now()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the device's publisher did not stop")
+	}
+	if r.err != nil {
+		t.Fatalf("publisher: %v", r.err)
+	}
+	if r.refusal != 0x87 {
+		t.Fatalf("refusal reason %#x, want 0x87", r.refusal)
+	}
+	bound := r.refusedAt.Sub(returned)
+	t.Logf("revoke: command took %s; first refused PUBACK %s after it returned (%s after it started); %d readings acknowledged before",
+		returned.Sub(start).Round(time.Millisecond), bound.Round(time.Millisecond), r.refusedAt.Sub(start).Round(time.Millisecond), len(r.acked))
+	if bound > 2*time.Second {
+		t.Fatalf("a revoked device kept publishing %s after devices revoke returned", bound)
+	}
+	// A new connection is refused (CRL).
+	if _, err := connectDevice(t, k.tls.URL, k.tls.CAFile, crt, key, id+"-new"); err == nil {
+		t.Fatal("the revoked device connects again")
+	} else {
+		t.Logf("reconnect refused: %v", err)
+	}
+	// Everything acknowledged before is in Kafka.
+	testenv.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		missing := 0
+		for _, seq := range r.acked {
+			if !view.has(id, seq) {
+				missing++
+			}
+		}
+		if missing > 0 {
+			return fmt.Errorf("%d of %d acknowledged readings not in the raw topic", missing, len(r.acked))
+		}
+		return nil
+	})
+	// The registry says so.
+	if s := iotpipe("devices", "show", id); !strings.Contains(s, "revoked") {
+		t.Fatalf("show: %s", s)
+	}
 }
