@@ -28,6 +28,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 	"github.com/iotpipe/iotpipe/registry"
@@ -210,6 +211,12 @@ func (v *kafkaView) has(id string, seq int64) bool {
 	return v.raw[id][seq]
 }
 
+func (v *kafkaView) count(id string) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.raw[id])
+}
+
 func (v *kafkaView) devices() (raw []string, dlq []string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -302,6 +309,52 @@ func TestIdentityMutualTLS(t *testing.T) {
 		case topic := <-got:
 			t.Fatalf("%s received %s", a, topic)
 		case <-time.After(200 * time.Millisecond):
+		}
+	})
+
+	t.Run("simulator with one certificate per device", func(t *testing.T) {
+		dir := filepath.Join(k.dir, "fleet")
+		prefix := testenv.Name(t, "s") + "-"
+		const devices, per = 3, 20
+		for i := range devices {
+			id := devicesim.DeviceID(prefix, i)
+			priv, _ := certs.NewKey()
+			iss, err := k.ca.IssueClient(id, &priv.PublicKey, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := certs.WriteKeyPair(dir, id, iss.PEM, priv); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c := devicesim.DefaultConfig()
+		c.URL, c.CAFile, c.CertDir = k.tls.URL, k.tls.CAFile, dir
+		c.Devices, c.DevicesPerConn, c.DeviceIDPrefix = devices, 1, prefix
+		c.MessagesPerDevice, c.Rate, c.InvalidFraction = per, 50, 0
+		c.DuplicateFraction, c.OutOfOrderFraction, c.LateFraction = 0, 0, 0
+		c.TopicTemplate = "devices/{device_id}/telemetry"
+		sim, err := devicesim.New(c, service.Deps{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sim.Run(testenv.Context(t, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if st := sim.Stats(); st.Acked != devices*per || st.Refused != 0 {
+			t.Fatalf("simulator: %+v", st)
+		}
+		testenv.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
+			for i := range devices {
+				if n := view.count(devicesim.DeviceID(prefix, i)); n != per {
+					return fmt.Errorf("device %d: %d of %d readings in the raw topic", i, n, per)
+				}
+			}
+			return nil
+		})
+		// Without its certificates (another device's folder) it is refused.
+		c.CertDir, c.DeviceIDPrefix = dir, prefix+"x"
+		if _, err := devicesim.New(c, service.Deps{}); err == nil {
+			t.Fatal("a simulator without certificates for its devices was accepted")
 		}
 	})
 
