@@ -22,6 +22,7 @@ import (
 	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/service"
+	"github.com/iotpipe/iotpipe/registry"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -29,6 +30,10 @@ import (
 // telemetry.raw record Kafka refused for good (for example a record too
 // large for the topic). It is not (yet) one of the schemas reasons.
 const ReasonKafkaRejected schemas.Reason = "kafka_rejected"
+
+// ReasonUnknownDevice is the DLQ reason of a valid reading whose device is
+// not in the registry or not active, with Config.Registry.Require.
+const ReasonUnknownDevice schemas.Reason = "unknown_device"
 
 // ErrDLQRejected is returned by Run when Kafka refused a dead letter for
 // good: the message cannot be stored anywhere, so it is left
@@ -70,7 +75,10 @@ type Bridge struct {
 	pending  sync.WaitGroup
 	stopping atomic.Bool
 	stopCh   chan struct{}
-	fatal    chan error
+	// active is the registry's set of active devices (nil unless
+	// Config.Registry.Require).
+	active *registry.ActiveSet
+	fatal  chan error
 
 	kcl        atomic.Pointer[kgo.Client]
 	mqttUp     atomic.Bool
@@ -193,6 +201,17 @@ func (b *Bridge) Run(ctx context.Context) error {
 		return err
 	}
 
+	if b.cfg.Registry.Require {
+		stop, err := b.startRegistry(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		defer stop()
+	}
+
 	var subs sync.WaitGroup
 	mqttCtx, mqttCancel := context.WithCancel(context.Background())
 	defer mqttCancel()
@@ -214,6 +233,32 @@ func (b *Bridge) Run(ctx context.Context) error {
 	mqttCancel()
 	subs.Wait()
 	return runErr
+}
+
+// startRegistry loads the registry's active devices (failing Run when it
+// cannot: strict mode must not start open) and keeps them current.
+func (b *Bridge) startRegistry(ctx context.Context) (stop func(), err error) {
+	rc := b.cfg.Registry
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := registry.Open(lctx, rc.DSN, rc.Schema)
+	if err != nil {
+		return nil, &config.FieldError{Field: "Registry.DSN", Err: fmt.Errorf("cannot read the device registry (schema {Registry.Schema} %q): %w", rc.Schema, err)}
+	}
+	set := registry.NewActiveSet(st)
+	if err := set.Load(lctx); err != nil {
+		st.Close()
+		return nil, &config.FieldError{Field: "Registry.DSN", Err: fmt.Errorf("cannot read the device registry: %w", err)}
+	}
+	b.active = set
+	b.log.Info("registry: strict mode, readings of unregistered or inactive devices go to the DLQ", "active_devices", set.Len(), "schema", rc.Schema)
+	wctx, wcancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		set.Watch(wctx, rc.DSN, rc.Refresh, b.log)
+	}()
+	return func() { wcancel(); <-done; st.Close() }, nil
 }
 
 // shutdown is the two-phase stop: stop taking messages, wait for the
@@ -556,6 +601,9 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	isRaw := false
 	if err := b.dec.Decode(p.Topic, p.Payload, now, &b.reading); err != nil {
 		rec = b.deadLetter(p, err, now)
+	} else if b.active != nil && !b.active.Has(b.reading.DeviceID) {
+		rec = b.deadLetter(p, &schemas.RejectError{Reason: ReasonUnknownDevice,
+			Detail: fmt.Sprintf("device %q is not in the registry or not active", b.reading.DeviceID)}, now)
 	} else {
 		value := schemas.AppendRaw(make([]byte, 0, 64+len(p.Payload)), &b.reading)
 		rec = schemas.RawRecord(value, &b.reading, p.Topic)

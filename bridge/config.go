@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/certs"
@@ -128,10 +129,27 @@ type Config struct {
 	// the DLQ topic refuses would stop the bridge.
 	DLQMaxValueBytes int
 
+	// Registry is the strict mode: readings of devices that are not in
+	// the registry or not active go to the DLQ (unknown_device).
+	Registry RegistryConfig
+
 	// ShutdownTimeout bounds the drain on shutdown: in-flight records are
 	// flushed and their acknowledgements sent within it; what is left is
 	// not acknowledged, and the broker redelivers it.
 	ShutdownTimeout time.Duration
+}
+
+// RegistryConfig is the bridge's strict mode (--require-registered).
+type RegistryConfig struct {
+	// Require turns the check on.
+	Require bool
+	// DSN is the database URL of a role that may read the registry (the
+	// reader role is enough); Schema holds it.
+	DSN, Schema string
+	// Refresh is how often the set of active devices is reloaded even
+	// without a change notice (LISTEN iotpipe_registry brings changes at
+	// once).
+	Refresh time.Duration
 }
 
 // DefaultConfig returns every default of Config: the local broker and
@@ -159,6 +177,7 @@ func DefaultConfig() Config {
 		Linger:           DefaultLinger,
 		BatchMaxBytes:    DefaultBatchMaxBytes,
 		DLQMaxValueBytes: DefaultDLQMaxValueBytes,
+		Registry:         RegistryConfig{DSN: "postgres://grafana@localhost:5432/iotpipe?sslmode=disable", Schema: "iotpipe", Refresh: time.Minute},
 		ShutdownTimeout:  DefaultShutdownTimeout,
 	}
 }
@@ -256,6 +275,13 @@ func (c *Config) Validate() error {
 	}
 	if c.DLQMaxValueBytes < 1<<10 || c.DLQMaxValueBytes > c.BatchMaxBytes-(16<<10) {
 		p.Add("DLQMaxValueBytes", "%d must be between 1 KiB and {BatchMaxBytes} - 16KiB (%d)", c.DLQMaxValueBytes, c.BatchMaxBytes-(16<<10))
+	}
+	if r := c.Registry; r.Require {
+		if _, err := pgx.ParseConfig(r.DSN); err != nil {
+			p.Add("Registry.DSN", "invalid database URL: %v", err)
+		}
+		p.Check(r.Schema == "", "Registry.Schema", "must not be empty")
+		p.Check(r.Refresh < time.Second, "Registry.Refresh", "must be at least 1s")
 	}
 	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
 	return p.Err()

@@ -57,6 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.rejectedBy[r] = m.rejected.WithLabelValues(string(r))
 	}
 	m.rejectedBy[ReasonKafkaRejected] = m.rejected.WithLabelValues(string(ReasonKafkaRejected))
+	m.rejectedBy[ReasonUnknownDevice] = m.rejected.WithLabelValues(string(ReasonUnknownDevice))
 	if reg != nil {
 		reg.MustRegister(m.received, m.redelivered, m.producedRaw, m.producedDLQ, m.rejected, m.inFlight, m.produceLatency,
 			m.produceErrors, m.unacked, m.connected, m.connections, m.connectErrors)

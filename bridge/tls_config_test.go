@@ -60,3 +60,24 @@ func TestConfigTLS(t *testing.T) {
 		}
 	}
 }
+
+// Strict mode's settings are checked only when it is on.
+func TestConfigRegistry(t *testing.T) {
+	c := validConfig()
+	c.Registry = RegistryConfig{DSN: "::bad", Refresh: 0}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("strict mode off: %v", err)
+	}
+	c.Registry.Require = true
+	want := map[string]bool{"Registry.DSN": false, "Registry.Schema": false, "Registry.Refresh": false}
+	for _, fe := range config.Fields(c.Validate()) {
+		if _, ok := want[fe.Field]; ok {
+			want[fe.Field] = true
+		}
+	}
+	for f, seen := range want {
+		if !seen {
+			t.Errorf("%s not reported", f)
+		}
+	}
+}
