@@ -305,6 +305,55 @@ func (s *Store) SetStatus(ctx context.Context, id string, to Status) (Status, er
 	return from, nil
 }
 
+// Reissue records a new certificate for a registered device that is not
+// revoked and makes it the device's current one; earlier certificates stay
+// valid until RevokePrevious (so the device can switch over first).
+func (s *Store) Reissue(ctx context.Context, id string, cert *x509.Certificate) error {
+	if cert == nil || cert.Subject.CommonName != id {
+		return fmt.Errorf("registry: reissue %s: the certificate's CN must be the device id", id)
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var st Status
+		if err := tx.QueryRow(ctx, "SELECT status FROM "+s.rel("devices")+" WHERE device_id = $1 FOR UPDATE", id).Scan(&st); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return ErrNotFound
+			}
+			return err
+		}
+		if st == Revoked {
+			return ErrRevoked
+		}
+		serial := certs.SerialHex(cert.SerialNumber)
+		if _, err := tx.Exec(ctx, "INSERT INTO "+s.rel("device_certificates")+" (serial, device_id, not_before, not_after) VALUES ($1, $2, $3, $4)",
+			serial, id, cert.NotBefore, cert.NotAfter); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "UPDATE "+s.rel("devices")+" SET cert_serial = $2, cert_not_after = $3 WHERE device_id = $1", id, serial, cert.NotAfter)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("registry: reissue %s: %w", id, err)
+	}
+	return nil
+}
+
+// RevokePrevious revokes every certificate of the device except its
+// current one (the latest issued) and returns how many; the device stays
+// as it is.
+func (s *Store) RevokePrevious(ctx context.Context, id string) (int, error) {
+	tag, err := s.pool.Exec(ctx, "UPDATE "+s.rel("device_certificates")+" c SET revoked_at = now() FROM "+s.rel("devices")+
+		" d WHERE d.device_id = $1 AND c.device_id = d.device_id AND c.revoked_at IS NULL AND c.serial IS DISTINCT FROM d.cert_serial", id)
+	if err != nil {
+		return 0, fmt.Errorf("registry: revoke previous certificates of %s: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		if _, _, err := s.Get(ctx, id); err != nil {
+			return 0, err
+		}
+	}
+	return int(tag.RowsAffected()), nil
+}
+
 // RevokedCertificates returns every revoked certificate that has not
 // expired yet (an expired one is refused anyway), for the CRL.
 func (s *Store) RevokedCertificates(ctx context.Context) ([]certs.Revoked, error) {

@@ -25,7 +25,7 @@ import (
 	"github.com/iotpipe/iotpipe/registry"
 )
 
-const devicesSummary = "the device registry: add (register and issue a certificate), list, show, disable, enable, revoke, import (CSV), sync"
+const devicesSummary = "the device registry: add (register and issue a certificate), list, show, disable, enable, revoke, reissue, import (CSV), sync"
 
 const devicesUsage = `Usage: iotpipe devices <command> [args] [flags]
 
@@ -35,6 +35,9 @@ const devicesUsage = `Usage: iotpipe devices <command> [args] [flags]
   disable <id>   refuse it at the broker (ACL deny) and in bridge --require-registered; reversible
   enable <id>    undo disable
   revoke <id>    final: its certificates go into the CRL and the broker refuses it
+                 (--previous: only the certificates before its current one, after a reissue)
+  reissue <id>   rotate: issue the device a new certificate into --out; the old one stays valid
+                 until 'devices revoke <id> --previous'
   import <file>  register many devices from a CSV file (one transaction) and issue their certificates
   sync           rewrite the CRL and the ACL's deny list from the registry and signal the broker
                  (also renews the CRL before it expires; run it from cron every month)
@@ -66,6 +69,8 @@ func runDevices(ctx context.Context, env Env, args []string) error {
 		return runDevicesStatus(ctx, env, rest, registry.Active)
 	case "revoke":
 		return runDevicesStatus(ctx, env, rest, registry.Revoked)
+	case "reissue":
+		return runDevicesReissue(ctx, env, rest)
 	case "import":
 		return runDevicesImport(ctx, env, rest)
 	case "sync":
@@ -489,8 +494,13 @@ Measured on Mosquitto 2.0.11: the next PUBLISH after the signal is refused
 	}[to]
 	id, args, perr := positional(args, "the device id")
 	var r registryFlags
+	var previous bool
 	f := newCmdFlags(env, "iotpipe devices "+verb+" <id>", help)
 	r.bind(f, true)
+	if to == registry.Revoked {
+		f.Group("Rotation")
+		f.Bool(&previous, "previous", false, "revoke only the certificates issued before the device's current one (after 'devices reissue' and once the device uses the new one); the device stays active. A connection opened with an old certificate lasts until it ends")
+	}
 	if perr != nil {
 		if !errors.Is(perr, ErrHelp) {
 			return perr
@@ -514,6 +524,14 @@ Measured on Mosquitto 2.0.11: the next PUBLISH after the signal is refused
 		return err
 	}
 	defer s.Close()
+	if previous {
+		n, err := s.RevokePrevious(ctx, id)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "devices: revoked %d earlier certificate(s) of %s; it stays as it is with its current one\n", n, id)
+		return r.applyBroker(ctx, env, s, ca)
+	}
 	from, err := s.SetStatus(ctx, id, to)
 	if err != nil {
 		return err
@@ -524,6 +542,70 @@ Measured on Mosquitto 2.0.11: the next PUBLISH after the signal is refused
 		fmt.Fprintf(env.Stdout, "devices: %s %s → %s\n", id, from, to)
 	}
 	return r.applyBroker(ctx, env, s, ca)
+}
+
+func runDevicesReissue(ctx context.Context, env Env, args []string) error {
+	id, args, perr := positional(args, "the device id")
+	var r registryFlags
+	var out, csrFile string
+	var validity time.Duration
+	f := newCmdFlags(env, "iotpipe devices reissue <id>", `Rotate a device's identity: issue it a new client certificate (CN = <id>) into
+--out (<id>.crt, <id>.key 0600 or none with --csr, ca.crt) and record it as
+its current one. Its earlier certificates stay valid, so the device can
+switch over; then retire them with 'iotpipe devices revoke <id> --previous'.`)
+	r.bind(f, false)
+	f.Group("Certificate")
+	caDirFlag(f, &r.caDir)
+	f.String(&out, "out", ".", "folder the new certificate, key and ca.crt are written to (never overwritten)")
+	f.String(&csrFile, "csr", "", "PEM certificate signing request made on the device: no key is written")
+	validityFlag(f, &validity, certs.DefaultClientValidity, "device certificate")
+	if perr != nil {
+		if !errors.Is(perr, ErrHelp) {
+			return perr
+		}
+		args = []string{"--help"}
+	}
+	if err := f.Parse(args, env.Stdout); err != nil {
+		return usageErr(err)
+	}
+	if err := errors.Join(r.check(), certs.CheckID(id), checkValidity(validity), needCADir(r.caDir)); err != nil {
+		return &UsageError{err}
+	}
+	var csrPEM []byte
+	if csrFile != "" {
+		b, err := os.ReadFile(csrFile)
+		if err != nil {
+			return &UsageError{settingErr("csr", csrFile, err)}
+		}
+		csrPEM = b
+	}
+	ca, err := loadCA(r.caDir)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	s, err := r.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	nd, key, err := issueDevice(ca, id, csrPEM, validity)
+	if err != nil {
+		return err
+	}
+	written, err := deviceFiles(out, id, &certs.Issued{Cert: nd.Cert, PEM: certs.EncodeCert(nd.Cert.Raw)}, key, ca)
+	if err != nil {
+		removeAll(written)
+		return err
+	}
+	if err := s.Reissue(ctx, id, nd.Cert); err != nil {
+		removeAll(written)
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "devices: reissued %s (serial %s, valid until %s); files: %s; once the device uses them: iotpipe devices revoke %s --previous\n",
+		id, certs.SerialHex(nd.Cert.SerialNumber), nd.Cert.NotAfter.UTC().Format(time.DateOnly), strings.Join(written, ", "), id)
+	return nil
 }
 
 func runDevicesSync(ctx context.Context, env Env, args []string) error {

@@ -202,6 +202,35 @@ func TestDevicesCommands(t *testing.T) {
 	if code, _, errOut := c.run("devices", "show", "nope"); code != ExitFailed || !strings.Contains(errOut, "no such device") {
 		t.Fatalf("show unknown: exit %d %q", code, errOut)
 	}
+	// Rotation of a device: reissue, then retire the earlier certificate.
+	rot := filepath.Join(dir, "rot")
+	c.ok("devices", "reissue", "sensor-1", "--out", rot)
+	newCrt, err := certs.LoadCertFile(filepath.Join(rot, "sensor-1.crt"))
+	if err != nil || newCrt.SerialNumber.Cmp(crt.SerialNumber) == 0 {
+		t.Fatalf("reissued certificate: %v", err)
+	}
+	if out := c.ok("devices", "revoke", "sensor-1", "--previous"); !strings.Contains(out, "revoked 1 earlier") {
+		t.Fatalf("revoke --previous: %q", out)
+	}
+	b, _ = os.ReadFile(filepath.Join(caDir, certs.CRLFile))
+	crl, _ = certs.ParseCRL(b)
+	listed := map[string]bool{}
+	for _, e := range crl.RevokedCertificateEntries {
+		listed[certs.SerialHex(e.SerialNumber)] = true
+	}
+	if len(listed) != 2 || !listed[certs.SerialHex(crt.SerialNumber)] || listed[certs.SerialHex(newCrt.SerialNumber)] {
+		t.Fatalf("CRL after revoke --previous: %v", listed)
+	}
+	if got := strings.Join(ids("--status", "active"), ","); !strings.Contains(got, "sensor-1") {
+		t.Fatalf("sensor-1 is no longer active after revoke --previous: %s", got)
+	}
+	if b, _ := os.ReadFile(acl); strings.Contains(string(b), "user sensor-1") {
+		t.Fatalf("revoke --previous denied the device in the ACL:\n%s", b)
+	}
+	if code, _, errOut := c.run("devices", "reissue", "sensor-2", "--out", rot); code != ExitFailed || !strings.Contains(errOut, "revoked") {
+		t.Fatalf("reissue of a revoked device: exit %d %q", code, errOut)
+	}
+
 	// The reader role sees the registry, and may not write it.
 	reader := env.PGReaderDSN
 	if reader != "" {
