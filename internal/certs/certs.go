@@ -50,7 +50,7 @@ const (
 	DefaultCAValidity     = 10 * 365 * 24 * time.Hour
 	DefaultClientValidity = 2 * 365 * 24 * time.Hour
 	DefaultServerValidity = 365 * 24 * time.Hour
-	DefaultCRLValidity    = 30 * 24 * time.Hour
+	DefaultCRLValidity    = 365 * 24 * time.Hour
 )
 
 // Errors callers test with errors.Is.
