@@ -247,3 +247,31 @@ func TestDevicesCommands(t *testing.T) {
 		}
 	}
 }
+
+// The bridge command stops on a broker certificate with another name,
+// naming the setting, and on a CA file that is not the broker's.
+func TestBridgeCommandRefusesBrokerName(t *testing.T) {
+	p := testenv.StartPrivate(t, "mqtt")
+	tl := p.MQTTTLS(t)
+	env := p.Env
+	raw, dlq := env.Topic(t, 1, nil), env.Topic(t, 1, nil)
+	c := &cli{t: t, vars: map[string]string{
+		"IOTPIPE_MQTT_URL": tl.URL, "IOTPIPE_MQTT_CA_FILE": tl.CAFile,
+		"IOTPIPE_MQTT_CERT_FILE": tl.BridgeCertFile, "IOTPIPE_MQTT_KEY_FILE": tl.BridgeKeyFile,
+		"IOTPIPE_MQTT_SERVER_NAME": "mqtt.example.com",
+		"IOTPIPE_KAFKA_BROKERS":    strings.Join(env.KafkaBrokers, ","),
+		"IOTPIPE_TOPIC_RAW":        raw, "IOTPIPE_TOPIC_DLQ": dlq,
+		"IOTPIPE_MQTT_CLIENT_ID": testenv.Name(t, "bridge"), "IOTPIPE_HTTP_ADDR": "127.0.0.1:0",
+	}}
+	code, _, errOut := c.run("bridge")
+	if code != ExitUsage || !strings.Contains(errOut, "--mqtt-server-name (IOTPIPE_MQTT_SERVER_NAME)") || !strings.Contains(errOut, "valid for localhost") {
+		t.Fatalf("bridge with a wrong broker name: exit %d %q", code, errOut)
+	}
+	// A key that does not belong to the certificate: refused before connecting.
+	c.vars["IOTPIPE_MQTT_SERVER_NAME"] = ""
+	c.vars["IOTPIPE_MQTT_KEY_FILE"] = filepath.Join(filepath.Dir(tl.BridgeKeyFile), "server.key")
+	code, _, errOut = c.run("bridge")
+	if code != ExitUsage || !strings.Contains(errOut, "--mqtt-key-file (IOTPIPE_MQTT_KEY_FILE)") {
+		t.Fatalf("bridge with a foreign key: exit %d %q", code, errOut)
+	}
+}
