@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"os"
 	"testing"
 )
 
@@ -33,6 +34,26 @@ func (p *Private) MQTTTLS(t testing.TB) MQTTTLS {
 	}
 	if m.URL == "" || m.CADir == "" {
 		t.Fatal("scripts/services.sh env gives no IOTPIPE_MQTT_TLS_URL / IOTPIPE_CA_DIR: the broker has no TLS listener")
+	}
+	return m
+}
+
+// LoadMQTTTLS returns the TLS settings of the shared broker from the
+// environment (eval "$(scripts/services.sh env)"); the test fails when the
+// shared services predate the TLS listener.
+func LoadMQTTTLS(t testing.TB) MQTTTLS {
+	t.Helper()
+	m := MQTTTLS{
+		URL:            os.Getenv("IOTPIPE_MQTT_TLS_URL"),
+		CAFile:         os.Getenv("IOTPIPE_MQTT_TLS_CA_FILE"),
+		BridgeCertFile: os.Getenv("IOTPIPE_MQTT_TLS_BRIDGE_CERT_FILE"),
+		BridgeKeyFile:  os.Getenv("IOTPIPE_MQTT_TLS_BRIDGE_KEY_FILE"),
+		CADir:          os.Getenv("IOTPIPE_CA_DIR"),
+		ACLFile:        os.Getenv("IOTPIPE_MQTT_ACL_FILE"),
+		PIDFile:        os.Getenv("IOTPIPE_MQTT_BROKER_PID_FILE"),
+	}
+	if m.URL == "" || m.CADir == "" {
+		t.Fatal(`IOTPIPE_MQTT_TLS_URL / IOTPIPE_CA_DIR are not set: restart the services with this checkout's scripts/services.sh and eval "$(scripts/services.sh env)"`)
 	}
 	return m
 }
