@@ -72,7 +72,7 @@ func TestRegistryMigration(t *testing.T) {
 	}
 
 	role(DefaultRegistryRole)
-	if err := exec("INSERT INTO "+s+".devices (device_id, attributes) VALUES ('d1', '{\"site\":\"lyon\"}')"); err != nil {
+	if err := exec("INSERT INTO " + s + ".devices (device_id, attributes) VALUES ('d1', '{\"site\":\"lyon\"}')"); err != nil {
 		t.Fatalf("registry role insert: %v", err)
 	}
 	n, err := listen.WaitForNotification(ctx)
