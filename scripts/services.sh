@@ -16,7 +16,8 @@
 # private set of services (own state dir and ports) can reuse the installs of the first.
 # IOTPIPE_MOSQUITTO_BIN (default: mosquitto on PATH) is the broker binary to run, e.g. a newer build.
 # Mosquitto also listens with mutual TLS on IOTPIPE_MQTT_TLS_PORT (default 18883); the CA
-# (<state>/ca) and its certificates are made on first start with `iotpipe ca`.
+# (<state>/ca) and its certificates are made on first start with `iotpipe ca` (bin/iotpipe, built
+# with Go if missing), or with openssl on a machine without Go (or IOTPIPE_CA_TOOL=openssl).
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------
@@ -353,12 +354,64 @@ iotpipe_bin() {
   echo "$bin"
 }
 
+# mqtt_tls_openssl CA_DIR TLS_DIR: the same files as `iotpipe ca init/server/client` with openssl,
+# for a machine without Go (IOTPIPE_CA_TOOL=openssl forces it): ECDSA P-256, PKCS#8 keys (0600),
+# the same key usages, and an empty CRL signed by the CA.
+mqtt_tls_openssl() {
+  local ca=$1 tls=$2 tmp ext
+  command -v openssl >/dev/null || die "mqtt: neither Go (to build bin/iotpipe) nor openssl is available to make the broker's certificates"
+  tmp=$(mktemp -d)
+  ossl_newkey() { (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null); }
+  mkdir -p "$ca" "$tls"
+  chmod 700 "$ca"
+  if [[ ! -f $ca/ca.crt ]]; then
+    ossl_newkey "$ca/ca.key" || die "mqtt: openssl: CA key"
+    openssl req -x509 -new -key "$ca/ca.key" -subj "/O=iotpipe/CN=iotpipe local CA" -days 3650 -sha256 \
+      -addext "basicConstraints=critical,CA:TRUE,pathlen:0" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -out "$ca/ca.crt" 2>/dev/null || die "mqtt: openssl: CA certificate"
+    : >"$tmp/index.txt"
+    printf '01\n' >"$tmp/crlnumber"
+    cat >"$tmp/ca.cnf" <<EOF
+[ca]
+default_ca = local
+[local]
+database = $tmp/index.txt
+crlnumber = $tmp/crlnumber
+default_md = sha256
+default_crl_days = 365
+EOF
+    openssl ca -gencrl -config "$tmp/ca.cnf" -keyfile "$ca/ca.key" -cert "$ca/ca.crt" -out "$ca/crl.pem" 2>/dev/null \
+      || die "mqtt: openssl: CRL"
+  fi
+  # ossl_issue NAME CN EXTENSIONS
+  ossl_issue() {
+    ossl_newkey "$tls/$1.key" || die "mqtt: openssl: key of $1"
+    printf '%s\n' "$3" >"$tmp/$1.ext"
+    openssl req -new -key "$tls/$1.key" -subj "/CN=$2" 2>/dev/null \
+      | openssl x509 -req -CA "$ca/ca.crt" -CAkey "$ca/ca.key" -set_serial "0x$(openssl rand -hex 16)" -days 365 -sha256 \
+        -extfile "$tmp/$1.ext" -out "$tls/$1.crt" 2>/dev/null || die "mqtt: openssl: certificate $1"
+    chmod 644 "$tls/$1.crt"
+  }
+  ext="keyUsage=critical,digitalSignature"
+  ossl_issue server localhost "$ext
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:$HOST"
+  ossl_issue iotpipe-bridge iotpipe-bridge "$ext
+extendedKeyUsage=clientAuth"
+  rm -rf "$tmp"
+  say "mqtt: made the CA and certificates with openssl (no Go to build bin/iotpipe)"
+}
+
 # mqtt_tls: on first start, the local CA (<state>/ca: ca.crt, ca.key 0600, crl.pem), the broker's
 # server certificate (localhost, 127.0.0.1) and the bridge's client identity (CN iotpipe-bridge)
 # in <state>/mqtt/tls. Later starts keep them (and the CRL that `iotpipe devices` maintains).
 mqtt_tls() {
   local ca=$STATE_DIR/ca tls=$STATE_DIR/mqtt/tls bin
   if [[ -f $ca/ca.crt && -f $ca/crl.pem && -f $tls/server.crt && -f $tls/iotpipe-bridge.crt ]]; then
+    return 0
+  fi
+  if [[ ${IOTPIPE_CA_TOOL:-} == openssl ]] || { ! find_go >/dev/null && [[ ! -x $REPO_ROOT/bin/iotpipe ]]; }; then
+    mqtt_tls_openssl "$ca" "$tls"
     return 0
   fi
   bin=$(iotpipe_bin)
