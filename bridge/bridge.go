@@ -3,6 +3,7 @@ package bridge
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,8 +19,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/certs"
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/retry"
+	"github.com/iotpipe/iotpipe/registry"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -27,6 +31,10 @@ import (
 // telemetry.raw record Kafka refused for good (for example a record too
 // large for the topic). It is not (yet) one of the schemas reasons.
 const ReasonKafkaRejected schemas.Reason = "kafka_rejected"
+
+// ReasonUnknownDevice is the DLQ reason of a valid reading whose device is
+// not in the registry or not active, with Config.Registry.Require.
+const ReasonUnknownDevice schemas.Reason = "unknown_device"
 
 // ErrDLQRejected is returned by Run when Kafka refused a dead letter for
 // good: the message cannot be stored anywhere, so it is left
@@ -72,7 +80,10 @@ type Bridge struct {
 	pending  sync.WaitGroup
 	stopping atomic.Bool
 	stopCh   chan struct{}
-	fatal    chan error
+	// active is the registry's set of active devices (nil unless
+	// Config.Registry.Require).
+	active *registry.ActiveSet
+	fatal  chan error
 
 	kcl        atomic.Pointer[kgo.Client]
 	mqttUp     atomic.Bool
@@ -198,6 +209,17 @@ func (b *Bridge) Run(ctx context.Context) error {
 		return err
 	}
 
+	if b.cfg.Registry.Require {
+		stop, err := b.startRegistry(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		defer stop()
+	}
+
 	var subs sync.WaitGroup
 	mqttCtx, mqttCancel := context.WithCancel(context.Background())
 	defer mqttCancel()
@@ -219,6 +241,32 @@ func (b *Bridge) Run(ctx context.Context) error {
 	mqttCancel()
 	subs.Wait()
 	return runErr
+}
+
+// startRegistry loads the registry's active devices (failing Run when it
+// cannot: strict mode must not start open) and keeps them current.
+func (b *Bridge) startRegistry(ctx context.Context) (stop func(), err error) {
+	rc := b.cfg.Registry
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := registry.Open(lctx, rc.DSN, rc.Schema)
+	if err != nil {
+		return nil, &config.FieldError{Field: "Registry.DSN", Err: fmt.Errorf("cannot read the device registry (schema {Registry.Schema} %q): %w", rc.Schema, err)}
+	}
+	set := registry.NewActiveSet(st)
+	if err := set.Load(lctx); err != nil {
+		st.Close()
+		return nil, &config.FieldError{Field: "Registry.DSN", Err: fmt.Errorf("cannot read the device registry: %w", err)}
+	}
+	b.active = set
+	b.log.Info("registry: strict mode, readings of unregistered or inactive devices go to the DLQ", "active_devices", set.Len(), "schema", rc.Schema)
+	wctx, wcancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		set.Watch(wctx, rc.DSN, rc.Refresh, b.log)
+	}()
+	return func() { wcancel(); <-done; st.Close() }, nil
 }
 
 // shutdown is the two-phase stop: stop taking messages, wait for the
@@ -307,7 +355,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 		ReconnectBackoff:              autopaho.NewExponentialBackoff(mc.ReconnectMin, mc.ReconnectMax, 2*mc.ReconnectMin, 1.5),
 		ConnectUsername:               mc.Username,
 		ConnectPassword:               []byte(mc.Password),
-		AttemptConnection:             dialBuffered,
+		AttemptConnection:             b.dial,
 		ConnectPacketBuilder: func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
 			if cp.Properties == nil {
 				cp.Properties = &paho.ConnectProperties{}
@@ -337,6 +385,24 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 		},
 		OnConnectError: func(err error) {
 			b.m.connectErrors.Inc()
+			// A broker certificate that does not hold the expected name or
+			// does not chain to the CA file is a setting to fix, not an
+			// outage to wait out: stop, naming the setting.
+			var fatal error
+			switch {
+			case certs.IsNameMismatch(err):
+				fatal = &config.FieldError{Field: "MQTT.ServerName", Err: fmt.Errorf("the broker's certificate does not hold the name the bridge expects (%q; {MQTT.ServerName} or the URL's host): %w", mc.tlsFiles().ServerName, err)}
+			case certs.IsUnknownAuthority(err):
+				fatal = &config.FieldError{Field: "MQTT.CAFile", Err: fmt.Errorf("the broker's certificate is not signed by a CA in %q: %w", mc.CAFile, err)}
+			}
+			if fatal != nil {
+				select {
+				case b.fatal <- fatal:
+				default:
+				}
+				b.log.Error("mqtt connect refused: the broker's certificate is not the one configured", "err", err)
+				return
+			}
 			b.log.Warn("mqtt connect failed", "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
@@ -432,11 +498,31 @@ func (c *bufferedConn) Close() error {
 	return c.Conn.Close()
 }
 
-func dialBuffered(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+// dial connects to u, over TLS for mqtts:// (the CA and client files
+// read again for this connection, so rotated files take effect), and
+// buffers the connection.
+func (b *Bridge) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
 	d := net.Dialer{Timeout: cfg.ConnectTimeout}
-	conn, err := d.DialContext(ctx, "tcp", u.Host)
+	var conn net.Conn
+	raw, err := d.DialContext(ctx, "tcp", u.Host)
 	if err != nil {
 		return nil, err
+	}
+	conn = raw
+	if u.Scheme == "mqtts" {
+		tc, err := b.cfg.MQTT.tlsFiles().Config(u.Hostname())
+		if err != nil {
+			raw.Close()
+			return nil, err
+		}
+		hctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+		defer cancel()
+		tconn := tls.Client(raw, tc)
+		if err := tconn.HandshakeContext(hctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("tls handshake with %s: %w", u.Host, err)
+		}
+		conn = tconn
 	}
 	c := &bufferedConn{Conn: conn, r: bufio.NewReaderSize(conn, 64<<10), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go c.flusher()

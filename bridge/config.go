@@ -1,14 +1,17 @@
 package bridge
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -49,14 +52,24 @@ func DefaultClientID() string {
 
 // MQTTConfig is how the bridge reaches the MQTT broker.
 type MQTTConfig struct {
-	// URLs are the broker addresses (mqtt://host:port), tried in order.
+	// URLs are the broker addresses (mqtt://host:port, or mqtts://host:port
+	// for TLS), tried in order.
 	URLs []string
 	// ClientID must be stable across restarts of one bridge and unique
 	// among the bridges: the broker keeps the session (subscriptions and
 	// unacknowledged messages) under it.
 	ClientID string
 	// Username and Password authenticate the bridge; empty means none.
+	// With a client certificate the broker usually takes the user name
+	// from it (Mosquitto's use_identity_as_username) and ignores these.
 	Username, Password string
+	// CAFile, CertFile, KeyFile and ServerName are for mqtts:// URLs: the
+	// CA the broker's certificate must chain to (empty: the system's
+	// roots), the bridge's client certificate and key (PEM, both or
+	// neither), and the name the broker's certificate must hold (empty:
+	// the URL's host). The files are read again on every (re)connect, so
+	// replacing them rotates the identity without a restart.
+	CAFile, CertFile, KeyFile, ServerName string
 	// ShareGroup is the shared-subscription group: bridges of one group
 	// split the messages ($share/<group>/<filter>).
 	ShareGroup string
@@ -125,10 +138,27 @@ type Config struct {
 	// the DLQ topic refuses would stop the bridge.
 	DLQMaxValueBytes int
 
+	// Registry is the strict mode: readings of devices that are not in
+	// the registry or not active go to the DLQ (unknown_device).
+	Registry RegistryConfig
+
 	// ShutdownTimeout bounds the drain on shutdown: in-flight records are
 	// flushed and their acknowledgements sent within it; what is left is
 	// not acknowledged, and the broker redelivers it.
 	ShutdownTimeout time.Duration
+}
+
+// RegistryConfig is the bridge's strict mode (--require-registered).
+type RegistryConfig struct {
+	// Require turns the check on.
+	Require bool
+	// DSN is the database URL of a role that may read the registry (the
+	// reader role is enough); Schema holds it.
+	DSN, Schema string
+	// Refresh is how often the set of active devices is reloaded even
+	// without a change notice (LISTEN iotpipe_registry brings changes at
+	// once).
+	Refresh time.Duration
 }
 
 // DefaultConfig returns every default of Config: the local broker and
@@ -157,6 +187,7 @@ func DefaultConfig() Config {
 		Linger:           DefaultLinger,
 		BatchMaxBytes:    DefaultBatchMaxBytes,
 		DLQMaxValueBytes: DefaultDLQMaxValueBytes,
+		Registry:         RegistryConfig{DSN: "postgres://grafana@localhost:5432/iotpipe?sslmode=disable", Schema: "iotpipe", Refresh: time.Minute},
 		ShutdownTimeout:  DefaultShutdownTimeout,
 	}
 }
@@ -180,10 +211,24 @@ func (c *Config) Validate() error {
 	var p config.Problems
 	m := &c.MQTT
 	p.Check(len(m.URLs) == 0, "MQTT.URLs", "no broker URL given")
+	anyTLS := false
 	for _, s := range m.URLs {
-		if _, err := parseBrokerURL(s); err != nil {
+		u, err := parseBrokerURL(s)
+		if err != nil {
 			p.Add("MQTT.URLs", "%v", err)
+		} else if u.Scheme == "mqtts" {
+			anyTLS = true
 		}
+	}
+	if anyTLS {
+		var fe *certs.FileError
+		for _, err := range flatten(m.tlsFiles().Check()) {
+			if errors.As(err, &fe) {
+				p.Add("MQTT."+fe.Field, "%v", fe.Err)
+			}
+		}
+	} else if len(m.URLs) > 0 && (m.CAFile != "" || m.CertFile != "" || m.KeyFile != "" || m.ServerName != "") {
+		p.Add("MQTT.URLs", "TLS files or a server name are set but no URL is mqtts://; use mqtts://host:port (or unset {MQTT.CAFile}, {MQTT.CertFile}, {MQTT.KeyFile}, {MQTT.ServerName})")
 	}
 	if m.ClientID == "" || len(m.ClientID) > 256 || strings.ContainsAny(m.ClientID, "/+#\x00") {
 		p.Add("MQTT.ClientID", "%q must be 1 to 256 bytes without '/', '+', '#' or NUL", m.ClientID)
@@ -242,6 +287,13 @@ func (c *Config) Validate() error {
 	if c.DLQMaxValueBytes < 1<<10 || c.DLQMaxValueBytes > c.BatchMaxBytes-(16<<10) {
 		p.Add("DLQMaxValueBytes", "%d must be between 1 KiB and {BatchMaxBytes} - 16KiB (%d)", c.DLQMaxValueBytes, c.BatchMaxBytes-(16<<10))
 	}
+	if r := c.Registry; r.Require {
+		if _, err := pgx.ParseConfig(r.DSN); err != nil {
+			p.Add("Registry.DSN", "invalid database URL: %v", err)
+		}
+		p.Check(r.Schema == "", "Registry.Schema", "must not be empty")
+		p.Check(r.Refresh < time.Second, "Registry.Refresh", "must be at least 1s")
+	}
 	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
 	return p.Err()
 }
@@ -253,13 +305,36 @@ func parseBrokerURL(s string) (*url.URL, error) {
 	}
 	switch u.Scheme {
 	case "mqtt", "tcp":
+		u.Scheme = "mqtt"
+	case "mqtts", "ssl", "tls":
+		u.Scheme = "mqtts"
 	default:
-		return nil, fmt.Errorf("broker URL %q: scheme must be mqtt:// or tcp:// (TLS is not supported yet)", s)
+		return nil, fmt.Errorf("broker URL %q: scheme must be mqtt:// (plain) or mqtts:// (TLS)", s)
 	}
 	if u.Host == "" || u.Port() == "" {
-		return nil, fmt.Errorf("broker URL %q: want mqtt://host:port", s)
+		return nil, fmt.Errorf("broker URL %q: want mqtt://host:port or mqtts://host:port", s)
 	}
 	return u, nil
+}
+
+// tlsFiles are the TLS client files of the MQTT connection.
+func (m *MQTTConfig) tlsFiles() certs.ClientFiles {
+	return certs.ClientFiles{CAFile: m.CAFile, CertFile: m.CertFile, KeyFile: m.KeyFile, ServerName: m.ServerName}
+}
+
+// flatten lists the errors of an errors.Join tree.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
 }
 
 func validFilter(f string) error {

@@ -42,7 +42,7 @@ func TestConfigValidateNamesField(t *testing.T) {
 		field string
 		mod   func(*Config)
 	}{
-		{"MQTT.URLs", func(c *Config) { c.MQTT.URLs = []string{"tls://x:1"} }},
+		{"MQTT.URLs", func(c *Config) { c.MQTT.URLs = []string{"ws://x:1"} }},
 		{"MQTT.URLs", func(c *Config) { c.MQTT.URLs = nil }},
 		{"MQTT.ShareGroup", func(c *Config) { c.MQTT.ShareGroup = "a/b" }},
 		{"MQTT.Filters", func(c *Config) { c.MQTT.Filters = []string{"a/#/b"} }},

@@ -143,4 +143,28 @@
 //     disconnected and queues them for it, so they arrive when it comes
 //     back with the same client id, and are lost when its session
 //     expires. Retire a bridge only with that in mind (docs/brokers.md).
+//
+// # Mutual TLS and strict mode
+//
+//   - With an mqtts:// URL the bridge connects over TLS 1.2 or later,
+//     checks the broker's certificate against MQTTConfig.CAFile and the
+//     name MQTTConfig.ServerName (default: the URL's host), and presents
+//     its client certificate (CertFile, KeyFile). The files are read again
+//     for every connection (the client certificate during the handshake),
+//     so replacing them rotates the identity at the next reconnect
+//     (TestIdentityMutualTLS). A broker certificate with another name or
+//     from another CA is a setting to fix, not an outage: Run returns a
+//     *config.FieldError on MQTT.ServerName or MQTT.CAFile.
+//   - Which device a reading belongs to is the topic's device level; the
+//     broker's ACL binds that level to the certificate's CN, so with the
+//     ACL of scripts/services.sh a device cannot publish as another
+//     (PUBACK 0x87, nothing reaches Kafka).
+//   - Registry.Require (--require-registered) sends readings of devices
+//     that are not in the registry or not active to the DLQ as
+//     unknown_device. The set of active ids is loaded before the bridge
+//     subscribes (Run fails when it cannot be read: strict mode never
+//     starts open), then kept in memory and replaced on every registry
+//     change notice (LISTEN iotpipe_registry) and every Registry.Refresh;
+//     a message costs one map lookup, never a query. While the database is
+//     unreachable the last set stays in use.
 package bridge

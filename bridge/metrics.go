@@ -64,6 +64,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range schemas.AllIgnoreReasons() {
 		m.ignoredBy = append(m.ignoredBy, m.ignored.WithLabelValues(r.String()))
 	}
+	m.rejectedBy[ReasonUnknownDevice] = m.rejected.WithLabelValues(string(ReasonUnknownDevice))
 	if reg != nil {
 		reg.MustRegister(m.received, m.redelivered, m.producedRaw, m.producedDLQ, m.rejected, m.ignored, m.inFlight, m.produceLatency,
 			m.produceErrors, m.unacked, m.connected, m.connections, m.connectErrors)

@@ -87,6 +87,10 @@ func (b *Bridge) telemetry(p *paho.Publish, now time.Time) (*kgo.Record, bool) {
 	if err := b.dec.Decode(p.Topic, p.Payload, now, &b.reading); err != nil {
 		return b.deadLetter(p, err, now), true
 	}
+	if b.active != nil && !b.active.Has(b.reading.DeviceID) {
+		return b.deadLetter(p, &schemas.RejectError{Reason: ReasonUnknownDevice,
+			Detail: fmt.Sprintf("device %q is not in the registry or not active", b.reading.DeviceID)}, now), true
+	}
 	if b.reading.IgnoredFields > 0 {
 		b.m.ignore(&b.reading.IgnoredBy)
 	}

@@ -15,6 +15,9 @@
 # IOTPIPE_INSTALL_DIR (default: the state dir) holds the Kafka jars and versitygw, so a second,
 # private set of services (own state dir and ports) can reuse the installs of the first.
 # IOTPIPE_MOSQUITTO_BIN (default: mosquitto on PATH) is the broker binary to run, e.g. a newer build.
+# Mosquitto also listens with mutual TLS on IOTPIPE_MQTT_TLS_PORT (default 18883); the CA
+# (<state>/ca) and its certificates are made on first start with `iotpipe ca` (bin/iotpipe, built
+# with Go if missing), or with openssl on a machine without Go (or IOTPIPE_CA_TOOL=openssl).
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------
@@ -33,6 +36,7 @@ PG_SUPER_PASS=postgres-dev
 PG_OWNER=iotpipe PG_OWNER_PASS=iotpipe-dev
 PG_WRITER=iotpipe_sink PG_WRITER_PASS=sink-dev
 PG_READER=grafana PG_READER_PASS=grafana-dev
+PG_REGISTRY=iotpipe_devices PG_REGISTRY_PASS=devices-dev
 PG_DB=iotpipe
 S3_ACCESS=iotpipe S3_SECRET=iotpipe-dev-secret S3_REGION=us-east-1 S3_BUCKET=iotpipe-lake
 
@@ -52,6 +56,7 @@ TIMESCALEDB_ARCHIVE=$(realpath -m "${IOTPIPE_TIMESCALEDB_ARCHIVE:-$REPO_ROOT/../
 PG_TIMESCALEDB=${IOTPIPE_PG_TIMESCALEDB:-auto}
 
 MQTT_PORT=${IOTPIPE_MQTT_PORT:-11883}
+MQTT_TLS_PORT=${IOTPIPE_MQTT_TLS_PORT:-18883}
 KAFKA_PORT=${IOTPIPE_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${IOTPIPE_KAFKA_CONTROLLER_PORT:-19093}
 PG_PORT=${IOTPIPE_PG_PORT:-15432}
@@ -69,7 +74,7 @@ say() { printf 'services: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
 usage() {
-  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 
@@ -341,9 +346,103 @@ mosquitto_bin() {
   elif command -v mosquitto >/dev/null; then command -v mosquitto; else echo /usr/sbin/mosquitto; fi
 }
 
+# iotpipe_bin: the iotpipe binary for `iotpipe ca`: bin/iotpipe of this checkout, built with
+# `go build` when it is missing or predates the ca command.
+iotpipe_bin() {
+  local bin=$REPO_ROOT/bin/iotpipe go
+  if [[ -x $bin ]] && "$bin" ca --help >/dev/null 2>&1; then
+    echo "$bin"
+    return 0
+  fi
+  go=$(find_go) || die "mqtt: Go is needed to build bin/iotpipe, which makes the broker's certificates ('iotpipe ca'), but 'go' is not on PATH"
+  say "mqtt: building bin/iotpipe for the broker's certificates..."
+  mkdir -p "$REPO_ROOT/bin"
+  (cd "$REPO_ROOT" && "$go" build -o "$bin.tmp.$$" ./cmd/iotpipe && mv -f "$bin.tmp.$$" "$bin") >&2 \
+    || die "mqtt: go build ./cmd/iotpipe failed"
+  echo "$bin"
+}
+
+# mqtt_tls_openssl CA_DIR TLS_DIR: the same files as `iotpipe ca init/server/client` with openssl,
+# for a machine without Go (IOTPIPE_CA_TOOL=openssl forces it): ECDSA P-256, PKCS#8 keys (0600),
+# the same key usages, and an empty CRL signed by the CA.
+mqtt_tls_openssl() {
+  local ca=$1 tls=$2 tmp ext
+  command -v openssl >/dev/null || die "mqtt: neither Go (to build bin/iotpipe) nor openssl is available to make the broker's certificates"
+  tmp=$(mktemp -d)
+  ossl_newkey() { (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null); }
+  mkdir -p "$ca" "$tls"
+  chmod 700 "$ca"
+  if [[ ! -f $ca/ca.crt ]]; then
+    ossl_newkey "$ca/ca.key" || die "mqtt: openssl: CA key"
+    openssl req -x509 -new -key "$ca/ca.key" -subj "/O=iotpipe/CN=iotpipe local CA" -days 3650 -sha256 \
+      -addext "basicConstraints=critical,CA:TRUE,pathlen:0" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -out "$ca/ca.crt" 2>/dev/null || die "mqtt: openssl: CA certificate"
+    : >"$tmp/index.txt"
+    printf '01\n' >"$tmp/crlnumber"
+    cat >"$tmp/ca.cnf" <<EOF
+[ca]
+default_ca = local
+[local]
+database = $tmp/index.txt
+crlnumber = $tmp/crlnumber
+default_md = sha256
+default_crl_days = 365
+EOF
+    openssl ca -gencrl -config "$tmp/ca.cnf" -keyfile "$ca/ca.key" -cert "$ca/ca.crt" -out "$ca/crl.pem" 2>/dev/null \
+      || die "mqtt: openssl: CRL"
+  fi
+  # ossl_issue NAME CN EXTENSIONS
+  ossl_issue() {
+    ossl_newkey "$tls/$1.key" || die "mqtt: openssl: key of $1"
+    printf '%s\n' "$3" >"$tmp/$1.ext"
+    openssl req -new -key "$tls/$1.key" -subj "/CN=$2" 2>/dev/null \
+      | openssl x509 -req -CA "$ca/ca.crt" -CAkey "$ca/ca.key" -set_serial "0x$(openssl rand -hex 16)" -days 365 -sha256 \
+        -extfile "$tmp/$1.ext" -out "$tls/$1.crt" 2>/dev/null || die "mqtt: openssl: certificate $1"
+    chmod 644 "$tls/$1.crt"
+  }
+  ext="keyUsage=critical,digitalSignature"
+  ossl_issue server localhost "$ext
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:$HOST"
+  ossl_issue iotpipe-bridge iotpipe-bridge "$ext
+extendedKeyUsage=clientAuth"
+  rm -rf "$tmp"
+  say "mqtt: made the CA and certificates with openssl (no Go to build bin/iotpipe)"
+}
+
+# mqtt_tls: on first start, the local CA (<state>/ca: ca.crt, ca.key 0600, crl.pem), the broker's
+# server certificate (localhost, 127.0.0.1) and the bridge's client identity (CN iotpipe-bridge)
+# in <state>/mqtt/tls. Later starts keep them (and the CRL that `iotpipe devices` maintains).
+mqtt_tls() {
+  local ca=$STATE_DIR/ca tls=$STATE_DIR/mqtt/tls bin
+  if [[ -f $ca/ca.crt && -f $ca/crl.pem && -f $tls/server.crt && -f $tls/iotpipe-bridge.crt ]]; then
+    return 0
+  fi
+  if [[ ${IOTPIPE_CA_TOOL:-} == openssl ]] || { ! find_go >/dev/null && [[ ! -x $REPO_ROOT/bin/iotpipe ]]; }; then
+    mqtt_tls_openssl "$ca" "$tls"
+    return 0
+  fi
+  bin=$(iotpipe_bin)
+  mkdir -p "$tls"
+  # A clean environment: stray IOTPIPE_* variables of the caller must not change the files.
+  if [[ ! -f $ca/ca.crt ]]; then
+    "${DAEMON_ENV[@]}" "$bin" ca init --ca-dir "$ca" --cn "iotpipe local CA" >&2 || die "mqtt: iotpipe ca init failed"
+  fi
+  "${DAEMON_ENV[@]}" "$bin" ca server --ca-dir "$ca" --dns localhost --ip "$HOST" --out "$tls" --name server >&2 \
+    || die "mqtt: iotpipe ca server failed"
+  "${DAEMON_ENV[@]}" "$bin" ca client iotpipe-bridge --ca-dir "$ca" --out "$tls" >&2 \
+    || die "mqtt: iotpipe ca client failed"
+}
+
+# ACL_MARKER starts the part of the ACL file that `iotpipe devices` rewrites (devices denied
+# everything: disabled or revoked); it is kept when the file is regenerated. Same text as
+# registry.ACLMarker.
+ACL_MARKER='# --- iotpipe: devices denied everything (disabled or revoked); written by iotpipe devices, do not edit below ---'
+
 configure_mqtt() {
-  local d=$STATE_DIR/mqtt tmp
+  local d=$STATE_DIR/mqtt tmp denied=""
   mkdir -p "$d/data" "$d/logs"
+  mqtt_tls
   tmp=$(mktemp "$d/passwd.XXXXXX")
   mosquitto_passwd -b "$tmp" "$MQTT_USER" "$MQTT_PASS" >/dev/null 2>&1 \
     || { rm -f "$tmp"; die "mosquitto_passwd failed"; }
@@ -351,16 +450,37 @@ configure_mqtt() {
     || { rm -f "$tmp"; die "mosquitto_passwd failed"; }
   chmod 600 "$tmp"
   mv -f "$tmp" "$d/passwd"
+  if [[ -f $d/acl ]]; then
+    denied=$(awk -v m="$ACL_MARKER" 'found {print} $0 == m {found = 1}' "$d/acl")
+  fi
   cat >"$d/acl" <<EOF
-# Generated by scripts/services.sh; rewritten on every start.
+# Generated by scripts/services.sh; rewritten on every start (the deny section at the end is kept).
+#
+# Password users, on the plaintext listener ($MQTT_PORT): for clients without certificates and
+# for the tests that predate mutual TLS.
 # Bridge / services: everything (and the broker's \$SYS tree, used by the readiness check).
 user $MQTT_USER
 topic readwrite #
 topic read \$SYS/#
 
-# Devices: publish telemetry only.
+# Devices without certificates: publish telemetry only (any device id: no identity binding).
 user $MQTT_DEVICE_USER
 topic write devices/#
+
+# Certificate identities, on the TLS listener ($MQTT_TLS_PORT): the user name is the
+# certificate's CN. The bridge reads every device's topics.
+user iotpipe-bridge
+topic read devices/#
+topic read \$SYS/#
+
+# Every device (CN = device id = %u) writes only its own topics and reads only its own
+# configuration and shadow topics.
+pattern write devices/%u/#
+pattern read devices/%u/config
+pattern read devices/%u/shadow/#
+
+$ACL_MARKER
+$denied
 EOF
   chmod 600 "$d/acl" # Mosquitto 2.0.13+ warns about a world-readable ACL file
   cat >"$d/mosquitto.conf" <<EOF
@@ -370,7 +490,21 @@ per_listener_settings false
 # write the state dir).
 user $(id -un)
 
+# Plaintext with passwords: for clients without certificates and the legacy tests.
 listener $MQTT_PORT $HOST
+
+# Mutual TLS: a client certificate signed by the local CA is required; its CN is the MQTT user
+# name, which the ACL patterns bind to devices/<CN>/...; revoked certificates are in the CRL,
+# which the broker rereads on SIGHUP (iotpipe devices revoke sends it). TLS 1.2 at least.
+listener $MQTT_TLS_PORT $HOST
+cafile $STATE_DIR/ca/ca.crt
+certfile $d/tls/server.crt
+keyfile $d/tls/server.key
+crlfile $STATE_DIR/ca/crl.pem
+require_certificate true
+use_identity_as_username true
+tls_version tlsv1.2
+
 allow_anonymous false
 password_file $d/passwd
 acl_file $d/acl
@@ -398,17 +532,22 @@ EOF
 }
 
 start_mqtt() {
-  require_free_ports mqtt "$MQTT_PORT"
+  require_free_ports mqtt "$MQTT_PORT" "$MQTT_TLS_PORT"
   configure_mqtt
   launch mqtt "$(svc_log mqtt)" "$(mosquitto_bin)" -c "$STATE_DIR/mqtt/mosquitto.conf" \
     || fail_start mqtt "could not launch mosquitto"
 }
 
 ready_mqtt() {
-  # A real MQTT round trip with the service credentials: the retained $SYS version message.
+  # A real MQTT round trip: the retained $SYS version message, on the plaintext listener with
+  # the service password, then on the TLS listener with the bridge's certificate.
   # shellcheck disable=SC2016 # a literal MQTT topic
   timeout 10 mosquitto_sub -h "$HOST" -p "$MQTT_PORT" -u "$MQTT_USER" -P "$MQTT_PASS" \
-    -i "iotpipe-services-check-$$" -t '$SYS/broker/version' -C 1 -W 3 >/dev/null 2>&1
+    -i "iotpipe-services-check-$$" -t '$SYS/broker/version' -C 1 -W 3 >/dev/null 2>&1 || return 1
+  # shellcheck disable=SC2016 # a literal MQTT topic
+  timeout 10 mosquitto_sub -h "$HOST" -p "$MQTT_TLS_PORT" --cafile "$STATE_DIR/ca/ca.crt" \
+    --cert "$STATE_DIR/mqtt/tls/iotpipe-bridge.crt" --key "$STATE_DIR/mqtt/tls/iotpipe-bridge.key" \
+    -i "iotpipe-services-tls-check-$$" -t '$SYS/broker/version' -C 1 -W 3 >/dev/null 2>&1
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -922,7 +1061,7 @@ pg_provision() {
 DO \$\$
 DECLARE r text;
 BEGIN
-  FOREACH r IN ARRAY ARRAY['$PG_OWNER','$PG_WRITER','$PG_READER','iotpipe_writer','iotpipe_reader'] LOOP
+  FOREACH r IN ARRAY ARRAY['$PG_OWNER','$PG_WRITER','$PG_READER','$PG_REGISTRY','iotpipe_writer','iotpipe_reader','iotpipe_registry'] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
       EXECUTE format('CREATE ROLE %I', r);
     END IF;
@@ -933,11 +1072,14 @@ ALTER ROLE postgres PASSWORD '$PG_SUPER_PASS';
 ALTER ROLE $PG_OWNER LOGIN CREATEROLE PASSWORD '$PG_OWNER_PASS';
 ALTER ROLE $PG_WRITER LOGIN PASSWORD '$PG_WRITER_PASS';
 ALTER ROLE $PG_READER LOGIN PASSWORD '$PG_READER_PASS';
+ALTER ROLE $PG_REGISTRY LOGIN PASSWORD '$PG_REGISTRY_PASS';
 ALTER ROLE iotpipe_writer NOLOGIN;
 ALTER ROLE iotpipe_reader NOLOGIN;
+ALTER ROLE iotpipe_registry NOLOGIN;
 SET client_min_messages = warning;
 GRANT iotpipe_writer TO $PG_WRITER;
 GRANT iotpipe_reader TO $PG_READER;
+GRANT iotpipe_registry TO $PG_REGISTRY;
 SELECT format('CREATE DATABASE %I OWNER %I', '$PG_DB', '$PG_OWNER')
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$PG_DB') \gexec
 ALTER DATABASE $PG_DB OWNER TO $PG_OWNER;
@@ -1212,10 +1354,20 @@ cmd_env() {
   env_line IOTPIPE_MQTT_PASSWORD "$MQTT_PASS"
   env_line IOTPIPE_MQTT_DEVICE_USERNAME "$MQTT_DEVICE_USER"
   env_line IOTPIPE_MQTT_DEVICE_PASSWORD "$MQTT_DEVICE_PASS"
+  # Mutual TLS (under their own names, so the plaintext settings above keep working as they are).
+  env_line IOTPIPE_MQTT_TLS_URL "mqtts://$HOST:$MQTT_TLS_PORT"
+  env_line IOTPIPE_MQTT_TLS_CA_FILE "$STATE_DIR/ca/ca.crt"
+  env_line IOTPIPE_MQTT_TLS_BRIDGE_CERT_FILE "$STATE_DIR/mqtt/tls/iotpipe-bridge.crt"
+  env_line IOTPIPE_MQTT_TLS_BRIDGE_KEY_FILE "$STATE_DIR/mqtt/tls/iotpipe-bridge.key"
+  # Read by `iotpipe ca` and `iotpipe devices` (revoke rewrites the CRL and ACL, then SIGHUPs).
+  env_line IOTPIPE_CA_DIR "$STATE_DIR/ca"
+  env_line IOTPIPE_MQTT_ACL_FILE "$STATE_DIR/mqtt/acl"
+  env_line IOTPIPE_MQTT_BROKER_PID_FILE "$STATE_DIR/mqtt/pid"
   env_line IOTPIPE_KAFKA_BROKERS "$HOST:$KAFKA_PORT"
   env_line IOTPIPE_PG_DSN "$(pg_dsn "$PG_OWNER" "$PG_OWNER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_WRITER_DSN "$(pg_dsn "$PG_WRITER" "$PG_WRITER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_READER_DSN "$(pg_dsn "$PG_READER" "$PG_READER_PASS" "$PG_DB")"
+  env_line IOTPIPE_PG_REGISTRY_DSN "$(pg_dsn "$PG_REGISTRY" "$PG_REGISTRY_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_ADMIN_DSN "$(pg_dsn postgres "$PG_SUPER_PASS" postgres)"
   pg_env_lines
   env_line IOTPIPE_S3_ENDPOINT "http://$HOST:$S3_PORT"

@@ -35,6 +35,7 @@ type initFlags struct {
 	replication                                      int
 
 	pgDSN, pgSchema, pgFlavor, pgWriter, pgReader string
+	pgRegistry                                    string
 	pgReadingsRet, pgMetricsRet, pgCompressAfter  time.Duration
 
 	timeout     time.Duration
@@ -67,6 +68,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.String(&o.pgFlavor, "pg-flavor", "auto", "auto: TimescaleDB when the extension can be created, plain PostgreSQL otherwise; timescaledb: require it; postgres: plain tables")
 	f.String(&o.pgWriter, "pg-writer-role", "iotpipe_writer", "group role granted write access (the sink's login role is a member)")
 	f.String(&o.pgReader, "pg-reader-role", "iotpipe_reader", "group role granted read access (Grafana and analysts)")
+	f.String(&o.pgRegistry, "pg-registry-role", "iotpipe_registry", "group role granted write access to the device registry (iotpipe devices; its login role is a member)")
 	f.Duration(&o.pgReadingsRet, "pg-readings-retention", 30*24*time.Hour, "TimescaleDB retention of raw readings; 0 keeps them forever")
 	f.Duration(&o.pgMetricsRet, "pg-metrics-retention", 365*24*time.Hour, "TimescaleDB retention of window metrics and activity; 0 keeps them forever")
 	f.Duration(&o.pgCompressAfter, "pg-compress-after", 24*time.Hour, "TimescaleDB compresses readings chunks older than this")
@@ -127,6 +129,7 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 		Flavor:            flavor,
 		WriterRole:        o.pgWriter,
 		ReaderRole:        o.pgReader,
+		RegistryRole:      o.pgRegistry,
 		ReadingsRetention: o.pgReadingsRet,
 		MetricsRetention:  o.pgMetricsRet,
 		CompressAfter:     o.pgCompressAfter,

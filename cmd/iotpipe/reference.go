@@ -13,6 +13,9 @@ import (
 // reference lists, as typed after `iotpipe`.
 var referenceCommands = [][]string{
 	{"init"}, {"bridge"}, {"processor"}, {"sink", "lake"}, {"sink", "timescale"}, {"simulate"}, {"demo"}, {"healthcheck"},
+	{"ca", "init"}, {"ca", "server"}, {"ca", "client"},
+	{"devices", "add"}, {"devices", "list"}, {"devices", "show"}, {"devices", "disable"}, {"devices", "enable"},
+	{"devices", "revoke"}, {"devices", "reissue"}, {"devices", "import"}, {"devices", "sync"},
 }
 
 // WriteReference writes the configuration reference (docs/CONFIG.md): the

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/flags"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/logging"
@@ -128,7 +129,15 @@ func runStage[C any, PC validating[C], S service.Stage](ctx context.Context, sc 
 			}
 			return fmt.Errorf("%w (%s is %s)", err, flags.Setting("shutdown-timeout"), st.opts.ShutdownTimeout)
 		}
-		if explained := st.f.Explain(err, &st.opts); explained != err {
+		// A stage's run error may name one of its Config fields (e.g. the
+		// bridge's MQTT.ServerName) or one of the service options.
+		var root any = &st.opts
+		for _, fe := range config.Fields(err) {
+			if _, ok := st.f.FlagOf(&st.cfg, fe.Field); ok {
+				root = &st.cfg
+			}
+		}
+		if explained := st.f.Explain(err, root); explained != err {
 			return &UsageError{explained}
 		}
 		return err

@@ -3,6 +3,7 @@ package devicesim
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 
+	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/retry"
@@ -28,10 +32,18 @@ import (
 // Config configures a simulated fleet. Start from DefaultConfig; the
 // defaults noted below are its values.
 type Config struct {
-	// URL is the broker, mqtt://host:port.
+	// URL is the broker, mqtt://host:port, or mqtts://host:port for TLS.
 	URL string
 	// Username and Password authenticate every connection.
 	Username, Password string
+	// TLS (mqtts:// only): CAFile is the CA the broker's certificate must
+	// chain to (empty: the system's roots); CertFile and KeyFile are one
+	// client identity for every connection; CertDir instead holds one per
+	// device, <CertDir>/<device id>.crt and .key as iotpipe devices add and
+	// import write them (then DevicesPerConn must be 1: a connection is a
+	// device). ServerName is the name the broker's certificate must hold
+	// (empty: the URL's host). Files are read on every connection.
+	CAFile, CertFile, KeyFile, CertDir, ServerName string
 	// ClientIDPrefix starts the client id of each connection (a counter
 	// follows); empty: "iotpipe-sim-" plus a random suffix.
 	ClientIDPrefix string
@@ -178,8 +190,29 @@ func AllValidKinds() []Kind {
 func (cfg *Config) Validate() error {
 	var p config.Problems
 	u, err := url.Parse(cfg.URL)
-	if err != nil || (u.Scheme != "mqtt" && u.Scheme != "tcp") || u.Host == "" {
-		p.Add("URL", "%q: want mqtt://host:port", cfg.URL)
+	if err != nil || (u.Scheme != "mqtt" && u.Scheme != "tcp" && u.Scheme != "mqtts") || u.Host == "" {
+		p.Add("URL", "%q: want mqtt://host:port or mqtts://host:port", cfg.URL)
+	}
+	if u != nil && u.Scheme == "mqtts" {
+		files := certs.ClientFiles{CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
+		var fe *certs.FileError
+		if err := files.Check(); errors.As(err, &fe) {
+			p.Add(fe.Field, "%v", fe.Err)
+		}
+		if cfg.CertDir != "" {
+			p.Check(cfg.CertFile != "" || cfg.KeyFile != "", "CertDir", "give either {CertDir} (one identity per device) or {CertFile} and {KeyFile} (one for all), not both")
+			p.Check(cfg.DevicesPerConn != 1, "DevicesPerConn", "must be 1 with {CertDir}: each device connects with its own certificate")
+			if st, err := os.Stat(cfg.CertDir); err != nil || !st.IsDir() {
+				p.Add("CertDir", "%q is not a folder", cfg.CertDir)
+			} else if cfg.Devices >= 1 && cfg.FirstDevice >= 0 {
+				first := filepath.Join(cfg.CertDir, DeviceID(cfg.DeviceIDPrefix, cfg.FirstDevice)+".crt")
+				if _, err := os.Stat(first); err != nil {
+					p.Add("CertDir", "no certificate for the first device: %v (iotpipe devices add/import --out %s)", err, cfg.CertDir)
+				}
+			}
+		}
+	} else if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" || cfg.CertDir != "" || cfg.ServerName != "" {
+		p.Add("URL", "TLS files or a server name are set but the URL is not mqtts://")
 	}
 	p.Check(cfg.Devices < 1, "Devices", "must be at least 1")
 	p.Check(cfg.FirstDevice < 0, "FirstDevice", "must not be negative")
@@ -241,7 +274,12 @@ func New(cfg Config, deps service.Deps) (*Sim, error) {
 	}
 	for first := 0; first < cfg.Devices; first += cfg.DevicesPerConn {
 		n := min(cfg.DevicesPerConn, cfg.Devices-first)
-		c := &conn{sim: s, addr: u.Host, clientID: cfg.ClientIDPrefix + strconv.Itoa(len(s.conns))}
+		c := &conn{sim: s, addr: u.Host, host: u.Hostname(), tls: u.Scheme == "mqtts", clientID: cfg.ClientIDPrefix + strconv.Itoa(len(s.conns))}
+		c.files = certs.ClientFiles{CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, ServerName: cfg.ServerName}
+		if cfg.CertDir != "" {
+			id := DeviceID(cfg.DeviceIDPrefix, cfg.FirstDevice+first)
+			c.files.CertFile, c.files.KeyFile = filepath.Join(cfg.CertDir, id+".crt"), filepath.Join(cfg.CertDir, id+".key")
+		}
 		for i := range n {
 			d := cfg.FirstDevice + first + i
 			id := DeviceID(cfg.DeviceIDPrefix, d)
@@ -330,6 +368,9 @@ type device struct {
 type conn struct {
 	sim      *Sim
 	addr     string
+	host     string
+	tls      bool
+	files    certs.ClientFiles
 	clientID string
 	devs     []device
 	badTopic string
@@ -386,6 +427,25 @@ func (c *conn) session(ctx context.Context, start time.Time) error {
 	nc, err := d.DialContext(ctx, "tcp", c.addr)
 	if err != nil {
 		return err
+	}
+	if c.tls {
+		tc, err := c.files.Config(c.host)
+		if err != nil {
+			nc.Close()
+			return err
+		}
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		tconn := tls.Client(nc, tc)
+		err = tconn.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			nc.Close()
+			if certs.IsNameMismatch(err) || certs.IsUnknownAuthority(err) {
+				return fmt.Errorf("%w: %w", errRefused, err)
+			}
+			return fmt.Errorf("tls handshake: %w", err)
+		}
+		nc = tconn
 	}
 	defer nc.Close()
 	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })

@@ -69,6 +69,7 @@ func StartPrivate(t testing.TB, services ...string) *Private {
 		"IOTPIPE_STATE_DIR="+state,
 		"IOTPIPE_INSTALL_DIR="+install,
 		"IOTPIPE_MQTT_PORT="+freePort(t),
+		"IOTPIPE_MQTT_TLS_PORT="+freePort(t),
 		"IOTPIPE_KAFKA_PORT="+freePort(t),
 		"IOTPIPE_KAFKA_CONTROLLER_PORT="+freePort(t),
 		"IOTPIPE_PG_PORT="+freePort(t),

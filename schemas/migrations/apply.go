@@ -121,7 +121,7 @@ func apply(ctx context.Context, conn *pgx.Conn, opts Options, c *catalog) (res R
 	if len(pending) == 0 {
 		return res, nil
 	}
-	if err := ensureRoles(ctx, conn, o.WriterRole, o.ReaderRole); err != nil {
+	if err := ensureRoles(ctx, conn, o.WriterRole, o.ReaderRole, o.RegistryRole); err != nil {
 		return res, err
 	}
 	searchPath, err := searchPathFor(ctx, conn, o.Schema, flavor)

@@ -163,6 +163,7 @@ func joinParts(common, flavor string) string {
 type templateData struct {
 	Schema            string // "iotpipe"
 	Writer, Reader    string // "iotpipe_writer", "iotpipe_reader"
+	Registry          string // "iotpipe_registry"
 	ReadingsRetention string // INTERVAL '30 days' or ""
 	MetricsRetention  string
 	CompressAfter     string
@@ -181,6 +182,7 @@ func newTemplateData(o Options) templateData {
 		Schema:            quoteIdent(o.Schema),
 		Writer:            quoteIdent(o.WriterRole),
 		Reader:            quoteIdent(o.ReaderRole),
+		Registry:          quoteIdent(o.RegistryRole),
 		ReadingsRetention: intervalLiteral(o.ReadingsRetention),
 		MetricsRetention:  intervalLiteral(o.MetricsRetention),
 		CompressAfter:     intervalLiteral(o.CompressAfter),

@@ -30,6 +30,7 @@ const (
 	DefaultSchema            = "iotpipe"
 	DefaultWriterRole        = "iotpipe_writer"
 	DefaultReaderRole        = "iotpipe_reader"
+	DefaultRegistryRole      = "iotpipe_registry"
 	DefaultReadingsRetention = 30 * 24 * time.Hour
 	DefaultMetricsRetention  = 365 * 24 * time.Hour
 	DefaultCompressAfter     = 24 * time.Hour
@@ -62,6 +63,11 @@ type Options struct {
 	// receive the sink's and the dashboards' privileges. Grant them to login
 	// roles. Same naming rules as Schema.
 	WriterRole, ReaderRole string
+	// RegistryRole (default "iotpipe_registry") is the NOLOGIN group role,
+	// created if missing, that may write the device registry (devices,
+	// their certificates and groups); the registry commands connect as a
+	// member of it. Same naming rules as Schema.
+	RegistryRole string
 	// ReadingsRetention drops readings older than this (TimescaleDB only).
 	// 0 means no retention policy; DefaultOptions sets 30 days.
 	ReadingsRetention time.Duration
@@ -88,6 +94,7 @@ func DefaultOptions() Options {
 		Flavor:            FlavorAuto,
 		WriterRole:        DefaultWriterRole,
 		ReaderRole:        DefaultReaderRole,
+		RegistryRole:      DefaultRegistryRole,
 		ReadingsRetention: DefaultReadingsRetention,
 		MetricsRetention:  DefaultMetricsRetention,
 		CompressAfter:     DefaultCompressAfter,
@@ -107,6 +114,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ReaderRole == "" {
 		o.ReaderRole = DefaultReaderRole
+	}
+	if o.RegistryRole == "" {
+		o.RegistryRole = DefaultRegistryRole
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -134,7 +144,7 @@ func checkIdent(name string) error {
 func (o *Options) Validate() error {
 	var errs []error
 	for _, f := range []struct{ name, value string }{
-		{"Schema", o.Schema}, {"WriterRole", o.WriterRole}, {"ReaderRole", o.ReaderRole},
+		{"Schema", o.Schema}, {"WriterRole", o.WriterRole}, {"ReaderRole", o.ReaderRole}, {"RegistryRole", o.RegistryRole},
 	} {
 		if f.value == "" {
 			continue
@@ -146,6 +156,9 @@ func (o *Options) Validate() error {
 	d := o.withDefaults()
 	if d.WriterRole == d.ReaderRole {
 		errs = append(errs, fmt.Errorf("migrations: Options.ReaderRole: %q is also the WriterRole; the reader must not get write privileges", d.ReaderRole))
+	}
+	if d.RegistryRole == d.ReaderRole {
+		errs = append(errs, fmt.Errorf("migrations: Options.ReaderRole: %q is also the RegistryRole; the reader must not get write privileges", d.ReaderRole))
 	}
 	switch o.Flavor {
 	case "", FlavorAuto, FlavorTimescaleDB, FlavorPostgres:

@@ -1,6 +1,7 @@
 // Package arch checks the import direction of the module with `go list`
-// (DESIGN.md, "Layout"): stages import internal/* and schemas, never each
-// other, and nothing shared (internal/*, schemas/*) imports a stage.
+// (DESIGN.md, "Layout"): stages import internal/*, schemas and the shared
+// domain packages (registry), never each other, and nothing shared
+// imports a stage.
 //
 // A stage is any package of the module outside the shared and tooling
 // trees (internal, schemas, cmd, bench, test, deploy, scripts) that is not
@@ -32,7 +33,12 @@ type pkg struct {
 }
 
 // sharedRoots are the top-level trees that hold no stage.
-var sharedRoots = []string{"internal", "schemas", "cmd", "bench", "test", "deploy", "scripts"}
+var sharedRoots = []string{"internal", "schemas", "registry", "cmd", "bench", "test", "deploy", "scripts"}
+
+// domainRoots are the shared trees stages may import: plumbing (internal),
+// wire formats (schemas) and shared domain code (registry: devices,
+// groups, certificates; DESIGN.md "Layout direction").
+var domainRoots = []string{"internal", "schemas", "registry"}
 
 // rel is the path of p inside module mod ("" when p is not in it).
 func rel(mod, p string) (string, bool) {
@@ -74,7 +80,7 @@ func violations(mod string, pkgs []pkg) []string {
 			continue
 		}
 		root := strings.SplitN(self, "/", 2)[0]
-		shared := root == "internal" || root == "schemas"
+		shared := slices.Contains(domainRoots, root)
 		if !st[self] && !shared {
 			continue // commands, tools, tests, grouping packages
 		}
