@@ -15,8 +15,10 @@ import (
 )
 
 const initSummary = `Prepare the systems iotpipe runs on, idempotently:
-  - Kafka: the topics telemetry.raw, telemetry.metrics, telemetry.dlq and the
-    processor's compacted changelog, with their partitions and retention;
+  - Kafka: the topics telemetry.raw, telemetry.readings (the processor's
+    accepted readings, which the sinks store; partitions and retention as
+    the raw topic), telemetry.metrics, telemetry.dlq and the processor's
+    compacted changelog, with their partitions and retention;
   - object store: the lake bucket;
   - PostgreSQL/TimescaleDB: the schema, migrated to the latest version
     (TimescaleDB hypertables, compression, retention and continuous aggregates
@@ -30,6 +32,7 @@ type initFlags struct {
 	log   logFlags
 
 	topicRaw, topicMetrics, topicDLQ, topicChangelog string
+	topicReadings                                    string
 	rawParts, metricsParts, dlqParts                 int
 	rawRet, metricsRet, dlqRet                       time.Duration
 	replication                                      int
@@ -50,13 +53,14 @@ func (o *initFlags) bind(f *cmdFlags) {
 	o.kafka.bind(f, "iotpipe-init")
 	f.Group("Topics")
 	f.String(&o.topicRaw, "topic-raw", "telemetry.raw", "topic of canonical readings (key = device id)")
+	f.String(&o.topicReadings, "topic-readings", "telemetry.readings", "topic of the processor's accepted readings, each device message once, which the sinks store (partitions and retention of the raw topic)")
 	f.String(&o.topicMetrics, "topic-metrics", "telemetry.metrics", "topic of window aggregates and activity records")
 	f.String(&o.topicDLQ, "topic-dlq", "telemetry.dlq", "dead-letter topic: rejected input with the reason in headers")
 	f.String(&o.topicChangelog, "topic-processor-changelog", "iotpipe.processor.changelog", "compacted topic holding the processor's open windows (same partition count as the raw topic)")
-	f.Int(&o.rawParts, "raw-partitions", 6, "partitions of the raw topic (and of the changelog); the unit of parallelism of every stage")
+	f.Int(&o.rawParts, "raw-partitions", 6, "partitions of the raw topic (and of the readings topic and the changelog); the unit of parallelism of every stage")
 	f.Int(&o.metricsParts, "metrics-partitions", 6, "partitions of the metrics topic")
 	f.Int(&o.dlqParts, "dlq-partitions", 3, "partitions of the dead-letter topic")
-	f.Duration(&o.rawRet, "raw-retention", 7*24*time.Hour, "retention of the raw topic")
+	f.Duration(&o.rawRet, "raw-retention", 7*24*time.Hour, "retention of the raw topic (and of the readings topic)")
 	f.Duration(&o.metricsRet, "metrics-retention", 7*24*time.Hour, "retention of the metrics topic")
 	f.Duration(&o.dlqRet, "dlq-retention", 30*24*time.Hour, "retention of the dead-letter topic")
 	f.Int(&o.replication, "replication-factor", -1, "replication factor of new topics; -1 uses the broker's default")
@@ -145,6 +149,8 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 		ReplicationFactor: int16(o.replication),
 		Topics: []setup.Topic{
 			{Name: o.topicRaw, Partitions: int32(o.rawParts), Purpose: "raw readings",
+				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.rawRet)}},
+			{Name: o.topicReadings, Partitions: int32(o.rawParts), Purpose: "accepted readings",
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.rawRet)}},
 			{Name: o.topicMetrics, Partitions: int32(o.metricsParts), Purpose: "window metrics",
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.metricsRet)}},
