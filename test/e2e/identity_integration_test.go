@@ -22,6 +22,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/minio/minio-go/v7"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
@@ -368,12 +369,47 @@ func runIdentity(t *testing.T, killAll bool) {
 	if readings != int64(fleet.distinct) {
 		t.Errorf("readings topic holds %d records, want the %d distinct messages", readings, fleet.distinct)
 	}
+	// The fast device's neighbours: devices in its raw partition (with a
+	// watermark per partition they would have lost their readings as late).
+	parts := devicePartitions(t, ctx, env, topics["RAW"])
+	var neighbours []string
+	for _, d := range fleet.normal {
+		if parts[d] == parts[fleet.fast] {
+			neighbours = append(neighbours, d)
+		}
+	}
+	if len(neighbours) == 0 {
+		t.Errorf("no device shares the fast device's raw partition %d: the test does not check its neighbours", parts[fleet.fast])
+	}
+	t.Logf("fast device %s in raw partition %d with neighbours %v; backlog device %s: none late", fleet.fast, parts[fleet.fast], neighbours, fleet.backlog)
 	if raw < int64(len(fleet.order)) {
 		t.Errorf("raw topic holds %d records, fewer than the %d acknowledged publishes", raw, len(fleet.order))
 	}
 	for _, name := range []string{"bridge", "processor", "sink timescale", "sink lake"} {
 		stop(t, stages[name], 30*time.Second)
 	}
+}
+
+// devicePartitions reads topic and returns each key's partition.
+func devicePartitions(t *testing.T, ctx context.Context, env *testenv.Env, topic string) map[string]int32 {
+	t.Helper()
+	cl := env.Kafka(t, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	out := map[string]int32{}
+	idle := time.Now()
+	for time.Since(idle) < 3*time.Second {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		fs := cl.PollFetches(pctx)
+		cancel()
+		fs.EachRecord(func(r *kgo.Record) {
+			out[string(r.Key)] = r.Partition
+			idle = time.Now()
+		})
+		if ctx.Err() != nil {
+			t.Fatal(ctx.Err())
+		}
+	}
+	return out
 }
 
 func pgAggs(ctx context.Context, pg *pgxpool.Pool, q string) (map[idKey]idAgg, error) {
