@@ -333,17 +333,18 @@ func (p *Processor) loop(ctx context.Context) error {
 func (p *Processor) turn(ctx context.Context, sess *kgo.GroupTransactSession, adm *kadm.Client) (stop bool, err error) {
 	var produceErr error
 	var perrMu sync.Mutex
-	out := func(r *kgo.Record) {
-		sess.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
-			if err != nil {
-				perrMu.Lock()
-				if produceErr == nil {
-					produceErr = err
-				}
-				perrMu.Unlock()
+	// One promise for every record of the turn (not a closure per record:
+	// with a copy of every accepted reading, out runs once per reading).
+	promise := func(_ *kgo.Record, err error) {
+		if err != nil {
+			perrMu.Lock()
+			if produceErr == nil {
+				produceErr = err
 			}
-		})
+			perrMu.Unlock()
+		}
 	}
+	out := func(r *kgo.Record) { sess.Produce(context.Background(), r, promise) }
 	deadline := p.now().Add(p.cfg.CommitInterval)
 	for {
 		pctx, cancel := context.WithDeadline(ctx, deadline)
