@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,7 +54,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	o.kafka.bind(f, "iotpipe-init")
 	f.Group("Topics")
 	f.String(&o.topicRaw, "topic-raw", "telemetry.raw", "topic of canonical readings (key = device id)")
-	f.String(&o.topicReadings, "topic-readings", "telemetry.readings", "topic of the processor's accepted readings, each device message once, which the sinks store (partitions and retention of the raw topic)")
+	f.String(&o.topicReadings, "topic-readings", "telemetry.readings", "topic of the processor's accepted readings, each device message once, which the sinks store (partitions and retention of the raw topic; - creates none)")
 	f.String(&o.topicMetrics, "topic-metrics", "telemetry.metrics", "topic of window aggregates and activity records")
 	f.String(&o.topicDLQ, "topic-dlq", "telemetry.dlq", "dead-letter topic: rejected input with the reason in headers")
 	f.String(&o.topicChangelog, "topic-processor-changelog", "iotpipe.processor.changelog", "compacted topic holding the processor's open windows (same partition count as the raw topic)")
@@ -185,6 +186,8 @@ func runInit(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// --topic-readings -: the pipeline stores no readings, so no topic.
+	cfg.Topics = slices.DeleteFunc(cfg.Topics, func(t setup.Topic) bool { return t.Name == "-" })
 	if o.checkConfig {
 		fmt.Fprintf(env.Stdout, "settings are valid: kafka %s, s3 %s bucket %s, postgres schema %s (%s)\n",
 			strings.Join(cfg.Kafka.Brokers, ","), cfg.S3.Endpoint, cfg.S3.Bucket, cfg.Migrations.Schema, cfg.Migrations.Flavor)
