@@ -364,8 +364,8 @@ func runIdentity(t *testing.T, killAll bool) {
 	}
 	raw := countRecords(t, ctx, env, topics["RAW"])
 	readings := countRecords(t, ctx, env, topics["READINGS"])
-	t.Logf("telemetry.raw holds %d records (%d distinct messages: %d re-sends and redeliveries stored twice); the readings topic %d; activity: %d duplicates removed, %d seq resets",
-		raw, fleet.distinct, raw-int64(fleet.distinct), readings, dups, resets)
+	t.Logf("telemetry.raw holds %d records for %d publishes of %d distinct messages (%d device re-sends, %d MQTT redeliveries); the readings topic %d; activity: %d duplicates removed, %d seq resets",
+		raw, len(fleet.order), fleet.distinct, fleet.resends, raw-int64(len(fleet.order)), readings, dups, resets)
 	if readings != int64(fleet.distinct) {
 		t.Errorf("readings topic holds %d records, want the %d distinct messages", readings, fleet.distinct)
 	}
