@@ -3,7 +3,9 @@
 // population standard deviation, first and last (by event time) and
 // p50/p95/p99, plus a per-device activity record (messages, seq gaps, seq
 // resets, late readings, duplicates removed, first/last seen) — exactly
-// once.
+// once. It also copies every reading it accepts, once, to
+// telemetry.readings, the topic the sinks store (see "One identity, every
+// store").
 //
 // # Windows and time: event time per device
 //
@@ -69,11 +71,26 @@
 // are counted within a window, in (event time, seq) order: a rise of seq by
 // d > 1 counts d−1 missing messages, a fall (device restart) none.
 //
+// # One identity, every store
+//
+// Each reading the Engine accepts (Outcome Accepted) has its input record
+// copied, unchanged — key (device id), value bytes, headers, timestamp —
+// to Topics.Readings (default schemas.TopicReadings), partitioned by key
+// like the raw topic, in the same transaction as the metrics it changes and
+// its input offset. Duplicates, late readings, readings too far ahead and
+// undecodable records are not copied (the last three are in the DLQ). So
+// the sinks, which store Topics.Readings, hold exactly the readings counted
+// in the window metrics: a device re-send or MQTT redelivery once, a reused
+// seq with another time as a new reading, a late reading in no store but
+// the DLQ — across crashes of any stage. Topics.Readings "-" (SkipTopic)
+// turns the copy off. It costs CPU per reading (producing one more record);
+// ARCHITECTURE.md gives the measured figure.
+//
 // # Exactly once
 //
 // Every turn of the consume loop is one Kafka transaction
-// (kgo.GroupTransactSession, read_committed input) that holds the metrics
-// and DLQ records it produced, the input offsets, and the changelog records
+// (kgo.GroupTransactSession, read_committed input) that holds the metrics,
+// readings and DLQ records it produced, the input offsets, and the changelog records
 // of every piece of state that changed: the compacted changelog topic has a
 // partition per input partition, keyed by window start and device (a
 // device window's state) or by device (its clock: largest event time, close

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"flag"
 	"os"
 	"path/filepath"
@@ -27,7 +28,7 @@ var goldenBase = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 // goldenWindow is the engine configuration of every golden case.
 var goldenWindow = WindowConfig{Size: 10 * time.Second, Lateness: 5 * time.Second, IdleTimeout: 20 * time.Second, LateRetention: 30 * time.Second, MaxFutureSkew: DefaultMaxFutureSkew}
 
-var goldenTopics = Topics{Raw: "raw", Metrics: "metrics", DLQ: "dlq", Changelog: "changelog"}
+var goldenTopics = Topics{Raw: "raw", Metrics: "metrics", DLQ: "dlq", Changelog: "changelog", Readings: "readings"}
 
 // goldenLine is one line of an input.jsonl: a reading (device, ts, seq, m),
 // an undecodable record (raw), or a wall-clock tick (tick).
@@ -79,10 +80,19 @@ func runGolden(t *testing.T, dir string, restoreEachStep bool) []string {
 	tk := newTask(0, eng, goldenTopics, m)
 	changelog := map[string][]byte{}
 	var lines []string
+	var offset int64
+	var cur *kgo.Record // the input record being handled
 	out := func(r *kgo.Record) {
 		switch r.Topic {
 		case goldenTopics.Metrics:
 			lines = append(lines, `{"topic":"metrics","value":`+string(r.Value)+`}`)
+		case goldenTopics.Readings:
+			// The accepted reading's input record, copied unchanged: the
+			// line names the input line (offset) it came from.
+			lines = append(lines, fmt.Sprintf(`{"topic":"readings","input_offset":%d,"key":%q}`, offset, r.Key))
+			if !bytes.Equal(r.Value, cur.Value) || !bytes.Equal(r.Key, cur.Key) || !r.Timestamp.Equal(cur.Timestamp) {
+				t.Fatalf("readings record differs from its input record: %+v vs %+v", r, cur)
+			}
 		case goldenTopics.DLQ:
 			d, err := schemas.RecordDeadLetter(r)
 			if err != nil {
@@ -95,7 +105,6 @@ func runGolden(t *testing.T, dir string, restoreEachStep bool) []string {
 		}
 	}
 	sc := bufio.NewScanner(f)
-	var offset int64
 	for sc.Scan() {
 		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
 			continue
@@ -108,10 +117,12 @@ func runGolden(t *testing.T, dir string, restoreEachStep bool) []string {
 		switch {
 		case in.Tick:
 		case in.Raw != nil:
-			tk.handle(&kgo.Record{Topic: "raw", Offset: offset, Key: []byte("?"), Value: []byte(*in.Raw)}, now, out)
+			cur = &kgo.Record{Topic: "raw", Offset: offset, Key: []byte("?"), Value: []byte(*in.Raw)}
+			tk.handle(cur, now, out)
 		default:
 			ts := goldenBase.Add(mustDur(t, in.TS))
-			tk.handle(&kgo.Record{Topic: "raw", Offset: offset, Key: []byte(in.Device), Value: rawValue(in.Device, ts, in.Seq, in.M), Timestamp: ts}, now, out)
+			cur = &kgo.Record{Topic: "raw", Offset: offset, Key: []byte(in.Device), Value: rawValue(in.Device, ts, in.Seq, in.M), Timestamp: ts}
+			tk.handle(cur, now, out)
 		}
 		offset++
 		tk.advance(now, out)

@@ -17,14 +17,15 @@ import (
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
-// topics creates the four topics of one test: raw and changelog with
-// parts partitions.
+// topics creates the five topics of one test: raw, readings and changelog
+// with parts partitions.
 func testTopics(t *testing.T, env *testenv.Env, parts int32) Topics {
 	return Topics{
 		Raw:       env.Topic(t, parts, nil),
 		Metrics:   env.Topic(t, 3, nil),
 		DLQ:       env.Topic(t, 1, nil),
 		Changelog: env.Topic(t, parts, map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "60000"}),
+		Readings:  env.Topic(t, parts, nil),
 	}
 }
 
@@ -106,16 +107,29 @@ type outputReader struct {
 	late    int
 	invalid int
 	records int
-	err     error
+	// readings counts the records of the readings topic per identity
+	// (device, event time, seq).
+	readings map[string]int
+	err      error
+}
+
+func readingID(r *schemas.Reading) string {
+	return fmt.Sprintf("%s|%d|%d|%t", r.DeviceID, r.EventTime.UnixMicro(), r.Seq, r.HasSeq)
 }
 
 func readOutputs(ctx context.Context, t *testing.T, env *testenv.Env, topics Topics) *outputReader {
-	o := &outputReader{fin: newFinals()}
-	cl := env.Kafka(t, kgo.ConsumeTopics(topics.Metrics, topics.DLQ), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	o := &outputReader{fin: newFinals(), readings: map[string]int{}}
+	consume := []string{topics.Metrics, topics.DLQ}
+	if topics.Readings != SkipTopic && topics.Readings != "" {
+		consume = append(consume, topics.Readings)
+	}
+	cl := env.Kafka(t, kgo.ConsumeTopics(consume...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	go func() {
 		var dec schemas.MetricsDecoder
 		var rec schemas.MetricsRecord
+		var rdec schemas.RawDecoder
+		var rd schemas.Reading
 		for ctx.Err() == nil {
 			fs := cl.PollFetches(ctx)
 			o.mu.Lock()
@@ -131,6 +145,14 @@ func readOutputs(ctx context.Context, t *testing.T, env *testenv.Env, topics Top
 					case d.Reason == schemas.ReasonInvalidRecord:
 						o.invalid++
 					}
+					return
+				}
+				if r.Topic == topics.Readings {
+					if err := rdec.Decode(r.Value, &rd); err != nil {
+						o.err = err
+						return
+					}
+					o.readings[readingID(&rd)]++
 					return
 				}
 				if err := dec.Decode(r.Value, &rec); err != nil {
@@ -163,10 +185,22 @@ func (o *outputReader) waitFinal(t *testing.T, w *workload, size time.Duration, 
 		if o.invalid != w.invalid || o.late != 0 {
 			return errorf("DLQ: %d invalid_record (want %d), %d late (want 0)", o.invalid, w.invalid, o.late)
 		}
+		// The readings topic: every distinct reading once, nothing else.
+		distinct := map[string]bool{}
+		for _, r := range w.readings {
+			id := readingID(r)
+			distinct[id] = true
+			if n := o.readings[id]; n != 1 {
+				return errorf("readings topic holds reading %s %d times, want once", id, n)
+			}
+		}
+		if len(o.readings) != len(distinct) {
+			return errorf("readings topic holds %d distinct readings, want %d", len(o.readings), len(distinct))
+		}
 		return nil
 	})
-	t.Logf("final aggregates of %d metric windows and %d activity windows equal the batch computation; %d output records; DLQ %d invalid, %d late",
-		len(want.metrics), len(want.activity), o.records, o.invalid, o.late)
+	t.Logf("final aggregates of %d metric windows and %d activity windows equal the batch computation; %d output records; DLQ %d invalid, %d late; readings topic: %d distinct readings once each (input %d readings, duplicates included)",
+		len(want.metrics), len(want.activity), o.records, o.invalid, o.late, len(o.readings), len(w.readings))
 }
 
 type errString string

@@ -100,15 +100,20 @@ func BenchmarkKafkaCeilingDecode(b *testing.B) {
 }
 
 // BenchmarkKafkaExactlyOnce runs the processor (exactly once: transactions,
-// changelog, read_committed) over the input until every input offset is
-// committed. readings/s counts from the first record processed to the
+// changelog, read_committed, the copy of every accepted reading to a
+// readings topic) over the input until every input offset is committed.
+// IOTPIPE_BENCH_NO_READINGS=1 turns the copy off (Topics.Readings "-"), to
+// measure what it costs. readings/s counts from the first record processed to the
 // commit of the last.
 func BenchmarkKafkaExactlyOnce(b *testing.B) {
 	env := testenv.Load(b)
 	topic := benchInput(b, env)
 	for range b.N {
 		topics := Topics{Raw: topic, Metrics: env.Topic(b, 3, nil), DLQ: env.Topic(b, 1, nil),
-			Changelog: env.Topic(b, 3, map[string]string{"cleanup.policy": "compact"})}
+			Changelog: env.Topic(b, 3, map[string]string{"cleanup.policy": "compact"}), Readings: env.Topic(b, 3, nil)}
+		if os.Getenv("IOTPIPE_BENCH_NO_READINGS") == "1" {
+			topics.Readings = SkipTopic
+		}
 		group := env.Group(b)
 		cfg := DefaultConfig()
 		cfg.Kafka.Brokers, cfg.Group, cfg.InstanceID, cfg.Topics = env.KafkaBrokers, group, "bench", topics

@@ -41,7 +41,8 @@ type Config struct {
 	// predecessor left open. Required; default the host name.
 	InstanceID string
 	// Topics names the input, output and changelog topics (defaults from
-	// package schemas and DefaultChangelogTopic).
+	// package schemas and DefaultChangelogTopic), and the topic that gets a
+	// copy of every accepted reading (schemas.TopicReadings).
 	Topics Topics
 	// Window configures the windows (see WindowConfig).
 	Window WindowConfig
@@ -99,7 +100,7 @@ func DefaultConfig() Config {
 		Group:      DefaultGroup,
 		InstanceID: kafkax.HostInstanceID(),
 		Topics: Topics{Raw: schemas.TopicRaw, Metrics: schemas.TopicMetrics, DLQ: schemas.TopicDLQ,
-			Changelog: DefaultChangelogTopic},
+			Changelog: DefaultChangelogTopic, Readings: schemas.TopicReadings},
 		Window:             DefaultWindowConfig(),
 		CommitInterval:     DefaultCommitInterval,
 		MaxPollRecords:     DefaultMaxPollRecords,
@@ -123,6 +124,10 @@ func (c *Config) Validate() error {
 	p.Check(c.Topics.Changelog == "", "Topics.Changelog", "must not be empty")
 	p.Check(c.Topics.Changelog != "" && (c.Topics.Changelog == c.Topics.Raw || c.Topics.Changelog == c.Topics.Metrics || c.Topics.Changelog == c.Topics.DLQ),
 		"Topics.Changelog", "must be a topic of its own")
+	p.Check(c.Topics.Readings == "", "Topics.Readings", "must not be empty (- writes no copies of accepted readings)")
+	p.Check(c.Topics.Readings != "" && (c.Topics.Readings == c.Topics.Raw || c.Topics.Readings == c.Topics.Metrics ||
+		c.Topics.Readings == c.Topics.DLQ || c.Topics.Readings == c.Topics.Changelog),
+		"Topics.Readings", "must be a topic of its own")
 	p.Nested("Window", c.Window.Validate())
 	if c.CommitInterval < time.Millisecond || c.CommitInterval > time.Minute {
 		p.Add("CommitInterval", "%s: must be between 1ms and 1m", c.CommitInterval)
@@ -262,7 +267,8 @@ func (p *Processor) unassign(m map[string][]int32, why string) {
 }
 
 // loop is the consume → aggregate → produce → commit cycle. Each turn is
-// one Kafka transaction holding: the metrics and DLQ records produced, the
+// one Kafka transaction holding: the metrics, accepted-readings and DLQ
+// records produced, the
 // changelog records of every state change, and the input offsets (End
 // commits every polled offset). When a transaction does not commit, the
 // in-memory state is thrown away and rebuilt from the changelog, which
@@ -291,7 +297,7 @@ func (p *Processor) loop(ctx context.Context) error {
 	}()
 	p.devRetention = p.rawRetention(ctx, adm)
 	p.log.Info("processor started", "group", p.cfg.Group, "instance", p.cfg.InstanceID,
-		"transactional_id", p.cfg.TransactionalID(), "input", p.cfg.Topics.Raw, "window", p.cfg.Window.Size,
+		"transactional_id", p.cfg.TransactionalID(), "input", p.cfg.Topics.Raw, "readings", p.cfg.Topics.Readings, "window", p.cfg.Window.Size,
 		"lateness", p.cfg.Window.Lateness, "idle_timeout", p.cfg.Window.IdleTimeout, "max_future_skew", p.cfg.Window.MaxFutureSkew,
 		"device_retention", p.devRetention)
 
@@ -326,17 +332,18 @@ func (p *Processor) loop(ctx context.Context) error {
 func (p *Processor) turn(ctx context.Context, sess *kgo.GroupTransactSession, adm *kadm.Client) (stop bool, err error) {
 	var produceErr error
 	var perrMu sync.Mutex
-	out := func(r *kgo.Record) {
-		sess.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
-			if err != nil {
-				perrMu.Lock()
-				if produceErr == nil {
-					produceErr = err
-				}
-				perrMu.Unlock()
+	// One promise for every record of the turn (not a closure per record:
+	// with a copy of every accepted reading, out runs once per reading).
+	promise := func(_ *kgo.Record, err error) {
+		if err != nil {
+			perrMu.Lock()
+			if produceErr == nil {
+				produceErr = err
 			}
-		})
+			perrMu.Unlock()
+		}
 	}
+	out := func(r *kgo.Record) { sess.Produce(context.Background(), r, promise) }
 	deadline := p.now().Add(p.cfg.CommitInterval)
 	for {
 		pctx, cancel := context.WithDeadline(ctx, deadline)

@@ -33,7 +33,15 @@ type Topics struct {
 	// Changelog is the compacted topic holding the state of open windows,
 	// with as many partitions as Raw.
 	Changelog string
+	// Readings receives every accepted reading's input record, unchanged
+	// (key, value, headers, timestamp), exactly once: in the transaction
+	// that counts it. Duplicates, late and rejected input are not copied.
+	// The sinks store it. SkipTopic ("-") writes no copies.
+	Readings string
 }
+
+// SkipTopic as Topics.Readings turns the copy of accepted readings off.
+const SkipTopic = "-"
 
 func newTask(partition int32, eng *Engine, topics Topics, m *metrics) *task {
 	return &task{partition: partition, eng: eng, topics: topics, m: m}
@@ -50,6 +58,12 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 	switch t.eng.Add(&t.r, now) {
 	case Accepted:
 		t.m.accepted.Inc()
+		if t.topics.Readings != SkipTopic {
+			// Keyed by device id like the input, so with as many
+			// partitions it lands in the same partition number.
+			out(&kgo.Record{Topic: t.topics.Readings, Key: rec.Key, Value: rec.Value,
+				Headers: rec.Headers, Timestamp: rec.Timestamp})
+		}
 	case Duplicate:
 		t.m.duplicates.Inc()
 	case Late:

@@ -7,6 +7,15 @@ import (
 	"unsafe"
 )
 
+// TopicReadings carries each accepted device message exactly once: the
+// processor copies a telemetry.raw record here (same key, value bytes,
+// headers and timestamp) in the transaction in which it counts it in its
+// window, and only then; duplicates (same device, event time and seq),
+// late readings and undecodable records are not copied. The sinks store
+// this topic, not TopicRaw, so that the readings table, the lake's readings
+// and the window metrics count the same set of device messages.
+const TopicReadings = "telemetry.readings"
+
 // DefaultTopicTemplate is the MQTT topic template used when none is configured.
 const DefaultTopicTemplate = "devices/{device_id}/telemetry"
 

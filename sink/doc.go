@@ -1,5 +1,6 @@
 // Package sink groups iotpipe's sinks: the stages that consume
-// telemetry.raw and telemetry.metrics and write them to a store. It holds
+// telemetry.readings (the processor's accepted readings) and
+// telemetry.metrics and write them to a store. It holds
 // no code of its own (yet): each sink is a stage package of its own,
 // sink/lake (Parquet files in S3-compatible storage) and sink/timescale
 // (TimescaleDB or PostgreSQL). Shared consumer plumbing that both need

@@ -221,7 +221,7 @@ func TestDrainProcessor(t *testing.T) {
 	changelog := env.Topic(t, 2, map[string]string{"cleanup.policy": "compact"})
 	produceRaw(t, env, raw, 200)
 	p := startStage(t, kafkaEnv(env), "processor", "--topic-raw", raw, "--topic-metrics", env.Topic(t, 1, nil),
-		"--topic-dlq", env.Topic(t, 1, nil), "--topic-processor-changelog", changelog,
+		"--topic-dlq", env.Topic(t, 1, nil), "--topic-processor-changelog", changelog, "--topic-readings", env.Topic(t, 2, nil),
 		"--group", env.Group(t), "--instance-id", testenv.Name(t, "p"), "--session-timeout", "6s",
 		"--commit-interval", "100ms", "--debug-commit-delay", "3s")
 	addr := p.addr(t)
@@ -302,6 +302,7 @@ func TestHardStopExitsNonZero(t *testing.T) {
 	produceRaw(t, env, raw, 50)
 	p := startStage(t, kafkaEnv(env), "processor", "--topic-raw", raw, "--topic-metrics", env.Topic(t, 1, nil),
 		"--topic-dlq", env.Topic(t, 1, nil), "--topic-processor-changelog", env.Topic(t, 1, map[string]string{"cleanup.policy": "compact"}),
+		"--topic-readings", env.Topic(t, 1, nil),
 		"--group", env.Group(t), "--instance-id", testenv.Name(t, "p"), "--session-timeout", "6s",
 		"--commit-interval", "100ms", "--debug-commit-delay", "60s", "--shutdown-timeout", "1s")
 	p.waitLog(t, "transaction commit started", 60*time.Second)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,8 +16,10 @@ import (
 )
 
 const initSummary = `Prepare the systems iotpipe runs on, idempotently:
-  - Kafka: the topics telemetry.raw, telemetry.metrics, telemetry.dlq and the
-    processor's compacted changelog, with their partitions and retention;
+  - Kafka: the topics telemetry.raw, telemetry.readings (the processor's
+    accepted readings, which the sinks store; partitions and retention as
+    the raw topic), telemetry.metrics, telemetry.dlq and the processor's
+    compacted changelog, with their partitions and retention;
   - object store: the lake bucket;
   - PostgreSQL/TimescaleDB: the schema, migrated to the latest version
     (TimescaleDB hypertables, compression, retention and continuous aggregates
@@ -30,6 +33,7 @@ type initFlags struct {
 	log   logFlags
 
 	topicRaw, topicMetrics, topicDLQ, topicChangelog string
+	topicReadings                                    string
 	rawParts, metricsParts, dlqParts                 int
 	rawRet, metricsRet, dlqRet                       time.Duration
 	replication                                      int
@@ -51,13 +55,14 @@ func (o *initFlags) bind(f *cmdFlags) {
 	o.kafka.bind(f, "iotpipe-init")
 	f.Group("Topics")
 	f.String(&o.topicRaw, "topic-raw", "telemetry.raw", "topic of canonical readings (key = device id)")
+	f.String(&o.topicReadings, "topic-readings", "telemetry.readings", "topic of the processor's accepted readings, each device message once, which the sinks store (partitions and retention of the raw topic; - creates none)")
 	f.String(&o.topicMetrics, "topic-metrics", "telemetry.metrics", "topic of window aggregates and activity records")
 	f.String(&o.topicDLQ, "topic-dlq", "telemetry.dlq", "dead-letter topic: rejected input with the reason in headers")
 	f.String(&o.topicChangelog, "topic-processor-changelog", "iotpipe.processor.changelog", "compacted topic holding the processor's open windows (same partition count as the raw topic)")
-	f.Int(&o.rawParts, "raw-partitions", 6, "partitions of the raw topic (and of the changelog); the unit of parallelism of every stage")
+	f.Int(&o.rawParts, "raw-partitions", 6, "partitions of the raw topic (and of the readings topic and the changelog); the unit of parallelism of every stage")
 	f.Int(&o.metricsParts, "metrics-partitions", 6, "partitions of the metrics topic")
 	f.Int(&o.dlqParts, "dlq-partitions", 3, "partitions of the dead-letter topic")
-	f.Duration(&o.rawRet, "raw-retention", 7*24*time.Hour, "retention of the raw topic")
+	f.Duration(&o.rawRet, "raw-retention", 7*24*time.Hour, "retention of the raw topic (and of the readings topic)")
 	f.Duration(&o.metricsRet, "metrics-retention", 7*24*time.Hour, "retention of the metrics topic")
 	f.Duration(&o.dlqRet, "dlq-retention", 30*24*time.Hour, "retention of the dead-letter topic")
 	f.Int(&o.replication, "replication-factor", -1, "replication factor of new topics; -1 uses the broker's default")
@@ -149,6 +154,8 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 		Topics: []setup.Topic{
 			{Name: o.topicRaw, Partitions: int32(o.rawParts), Purpose: "raw readings",
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.rawRet)}},
+			{Name: o.topicReadings, Partitions: int32(o.rawParts), Purpose: "accepted readings",
+				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.rawRet)}},
 			{Name: o.topicMetrics, Partitions: int32(o.metricsParts), Purpose: "window metrics",
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.metricsRet)}},
 			{Name: o.topicDLQ, Partitions: int32(o.dlqParts), Purpose: "dead letters",
@@ -182,6 +189,8 @@ func runInit(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// --topic-readings -: the pipeline stores no readings, so no topic.
+	cfg.Topics = slices.DeleteFunc(cfg.Topics, func(t setup.Topic) bool { return t.Name == "-" })
 	if o.checkConfig {
 		fmt.Fprintf(env.Stdout, "settings are valid: kafka %s, s3 %s bucket %s, postgres schema %s (%s)\n",
 			strings.Join(cfg.Kafka.Brokers, ","), cfg.S3.Endpoint, cfg.S3.Bucket, cfg.Migrations.Schema, cfg.Migrations.Flavor)

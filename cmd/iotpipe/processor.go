@@ -18,8 +18,10 @@ var processorCmd = stageCmd[processor.Config, *processor.Processor]{
 	name: "processor",
 	help: `Consume telemetry.raw in a consumer group and write, per device × metric and
 event-time tumbling window, count/sum/min/max/mean/stddev(population)/first/
-last/p50/p95/p99 and a per-device activity record to telemetry.metrics;
-undecodable and too-late readings go to telemetry.dlq.
+last/p50/p95/p99 and a per-device activity record to telemetry.metrics, and
+a copy of every reading it counts, each device message once, to
+telemetry.readings (what the sinks store); undecodable and too-late readings
+go to telemetry.dlq.
 
 Exactly once: every transaction holds the outputs, the input offsets and the
 changelog records of the open windows' state; on assignment a partition's
@@ -42,6 +44,7 @@ group and exits 0.`,
 		f.String(&c.Topics.Raw, "topic-raw", "input topic of canonical readings")
 		f.String(&c.Topics.Metrics, "topic-metrics", "output topic of window metrics and activity records")
 		f.String(&c.Topics.DLQ, "topic-dlq", "dead-letter topic for undecodable and too-late readings")
+		f.String(&c.Topics.Readings, "topic-readings", "output topic of the accepted readings: each device message once (no duplicates, no late ones), the input record unchanged, in the same transaction; the sinks store it (- writes none)")
 		f.String(&c.Topics.Changelog, "topic-processor-changelog", "compacted topic holding the state of open windows (same partition count as the raw topic)")
 		f.Group("Windows")
 		f.Duration(&c.Window.Size, "window", "size of the tumbling event-time windows, aligned to the Unix epoch")
@@ -57,8 +60,8 @@ group and exits 0.`,
 		f.Duration(&c.DebugCommitDelay, "debug-commit-delay", "testing only: sleep this long inside every transaction commit (after \"transaction commit started\" is logged)")
 	},
 	describe: func(c *processor.Config, o *service.Options) string {
-		return fmt.Sprintf("kafka %v, group %s, instance %s (transactional id %s), %s → %s (dlq %s, changelog %s), window %s, lateness %s, idle timeout %s, commit interval %s, max keys %d, http %q",
-			c.Kafka.Brokers, c.Group, c.InstanceID, c.TransactionalID(), c.Topics.Raw, c.Topics.Metrics, c.Topics.DLQ,
+		return fmt.Sprintf("kafka %v, group %s, instance %s (transactional id %s), %s → %s, readings %s (dlq %s, changelog %s), window %s, lateness %s, idle timeout %s, commit interval %s, max keys %d, http %q",
+			c.Kafka.Brokers, c.Group, c.InstanceID, c.TransactionalID(), c.Topics.Raw, c.Topics.Metrics, c.Topics.Readings, c.Topics.DLQ,
 			c.Topics.Changelog, c.Window.Size, c.Window.Lateness, c.Window.IdleTimeout, c.CommitInterval, c.MaxKeys, listenAddr(o))
 	},
 }

@@ -13,7 +13,7 @@ const sinkSummary = "write Kafka records to the Parquet lake (sink lake) or to T
 func runSink(ctx context.Context, env Env, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
 		fmt.Fprintf(env.Stdout, "Usage: iotpipe sink <lake|timescale> [flags]\n\n"+
-			"  lake       write telemetry.raw and telemetry.metrics as Parquet files to S3-compatible storage\n"+
+			"  lake       write telemetry.readings and telemetry.metrics as Parquet files to S3-compatible storage\n"+
 			"  timescale  write readings, window metrics and activity rows to TimescaleDB or PostgreSQL\n\n"+
 			"Run 'iotpipe sink <lake|timescale> --help' for the flags.\n")
 		if len(args) == 0 {

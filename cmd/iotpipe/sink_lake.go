@@ -15,15 +15,16 @@ import (
 
 var sinkLakeCmd = stageCmd[lake.Config, *lake.Sink]{
 	name: "sink lake",
-	help: `Write telemetry.raw (readings) and telemetry.metrics (window metrics and
-device activity) as Parquet files to S3-compatible storage, exactly once.
+	help: `Write telemetry.readings (readings: the processor's accepted readings, each
+device message once) and telemetry.metrics (window metrics and device
+activity) as Parquet files to S3-compatible storage, exactly once.
 
 Keys: <prefix><dataset>/date=YYYY-MM-DD/hour=HH/<topic>+<partition>+<startoffset>.parquet
 with dataset readings, metrics or activity. A partition's file closes at
 --max-rows or --max-bytes, or --max-age after its first record. Offsets are
 committed only after the files are stored; a crash at any moment neither
 loses nor duplicates a row (see the sink/lake package documentation).
-Records that do not decode go to the DLQ topic. --topic-raw - (or
+Records that do not decode go to the DLQ topic. --topic-readings - (or
 --topic-metrics -) skips that topic. SIGTERM/SIGINT flushes open files,
 uploads, commits and exits 0.`,
 	addr:     ":9103",
@@ -34,7 +35,8 @@ uploads, commits and exits 0.`,
 		bindKafka(f, &c.Kafka)
 		f.Group("Consumer group")
 		f.String(&c.Group, "group", "Kafka consumer group; run more copies with the same group to scale out")
-		f.String(&c.RawTopic, "topic-raw", "topic of canonical readings, written to the readings dataset (- to skip)")
+		f.String(&c.RawTopic, "topic-readings", "topic of the processor's accepted readings (each device message once), written to the readings dataset (- to skip; naming the raw topic stores every raw record, re-sends and redeliveries included)")
+		f.Alias("topic-raw", "topic-readings")
 		f.String(&c.MetricsTopic, "topic-metrics", "topic of window metrics and activity, written to the metrics and activity datasets (- to skip)")
 		f.String(&c.DLQTopic, "topic-dlq", "dead-letter topic for records that do not decode")
 		f.String(&c.InstanceID, "instance-id", "static group member id, unique per copy and stable across its restarts (a restarted sink takes its partitions back at once); empty: dynamic membership")

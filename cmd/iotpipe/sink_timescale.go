@@ -17,7 +17,8 @@ import (
 var sinkTimescaleCmd = stageCmd[timescale.Config, *timescale.Sink]{
 	name: "sink timescale",
 	help: `Write Kafka records to TimescaleDB or plain PostgreSQL ≥ 15, exactly once:
-  - telemetry.raw     → readings (one row per measurement; --topic-raw - skips it)
+  - telemetry.readings → readings (one row per measurement of each device
+                        message the processor accepted; --topic-readings - skips it)
   - telemetry.metrics → device_metrics (window aggregates, upserted: a lower
                         revision never overwrites a higher one) and device_activity.
 Rows and the consumed Kafka offsets are committed in the same transaction
@@ -39,8 +40,9 @@ SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
 		f.Alias("group-instance-id", "instance-id")
 		f.Duration(&c.SessionTimeout, "session-timeout", "consumer group session timeout: how soon a dead member's partitions move")
 		f.Group("Topics")
-		f.String(&c.TopicRaw, "topic-raw", "topic of canonical readings, written to the readings table (- to skip)")
-		f.Legacy(readingsFlag{c}, "readings", "--readings=false is --topic-raw -")
+		f.String(&c.TopicRaw, "topic-readings", "topic of the processor's accepted readings (each device message once), written to the readings table (- to skip; naming the raw topic stores every raw record, re-sends and redeliveries included)")
+		f.Alias("topic-raw", "topic-readings")
+		f.Legacy(readingsFlag{c}, "readings", "--readings=false is --topic-readings -")
 		f.String(&c.TopicMetrics, "topic-metrics", "topic of window aggregates and activity records")
 		f.String(&c.TopicDLQ, "topic-dlq", "dead-letter topic for records that do not decode or that the database refuses")
 		f.Group("PostgreSQL / TimescaleDB")
@@ -53,7 +55,7 @@ SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
 		f.Duration(&c.RetryMax, "retry-max", "longest wait between database attempts")
 	},
 	describe: func(c *timescale.Config, o *service.Options) string {
-		return fmt.Sprintf("kafka %v group %s instance %q, topics raw=%s metrics=%s dlq=%s, postgres schema %s, batch %d rows / %s, http %q",
+		return fmt.Sprintf("kafka %v group %s instance %q, topics readings=%s metrics=%s dlq=%s, postgres schema %s, batch %d rows / %s, http %q",
 			c.Kafka.Brokers, c.Group, c.InstanceID, c.TopicRaw, c.TopicMetrics, c.TopicDLQ, c.Schema, c.BatchRows, c.BatchDelay, listenAddr(o))
 	},
 }

@@ -37,7 +37,10 @@ type Config struct {
 	// Prefix is put in front of every object key ("" = bucket root; a
 	// trailing "/" is added when missing).
 	Prefix string
-	// RawTopic is read into the readings dataset, MetricsTopic into the
+	// RawTopic is read into the readings dataset (default
+	// schemas.TopicReadings: the processor's accepted readings, each device
+	// message once; naming telemetry.raw stores every raw record, device
+	// re-sends and MQTT redeliveries included), MetricsTopic into the
 	// metrics and activity datasets; either may be "-" to not read it.
 	RawTopic, MetricsTopic string
 	// DLQTopic receives the records that do not decode.
@@ -113,7 +116,7 @@ func DefaultConfig() Config {
 	return Config{
 		Kafka:            kafkax.DefaultConfig("iotpipe-sink-lake"),
 		S3:               objstore.DefaultConfig(),
-		RawTopic:         schemas.TopicRaw,
+		RawTopic:         schemas.TopicReadings,
 		MetricsTopic:     schemas.TopicMetrics,
 		DLQTopic:         schemas.TopicDLQ,
 		Group:            DefaultGroup,

@@ -1,12 +1,18 @@
-// Package lake is the lake sink: it consumes telemetry.raw and
+// Package lake is the lake sink: it consumes telemetry.readings (the
+// processor's accepted readings, each device message once) and
 // telemetry.metrics and writes them as Parquet files to S3-compatible
 // storage, exactly once.
 //
 // # Datasets and files
 //
-// telemetry.raw becomes the readings dataset (one narrow row per
+// telemetry.readings becomes the readings dataset (one narrow row per
 // measurement: time, device_id, metric, value, seq, received_at, tags, and
-// the Kafka partition and offset of the record, for lineage).
+// the Kafka partition and offset of the record, for lineage). Its records
+// are telemetry.raw records the processor accepted, copied unchanged, so the
+// dataset counts the same readings as the metrics (a device re-send or MQTT
+// redelivery once, late readings not at all: they are in the DLQ). Config
+// RawTopic may name telemetry.raw instead, to store every raw record,
+// duplicates included.
 // telemetry.metrics becomes two datasets, because its two record kinds have
 // different columns and different readers: metrics (one row per window
 // aggregate, see MetricsSchema) and activity (one row per device window,

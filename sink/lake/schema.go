@@ -15,7 +15,8 @@ type Dataset int
 
 // The datasets of the lake.
 const (
-	// Readings holds one row per measurement of a telemetry.raw record.
+	// Readings holds one row per measurement of a telemetry.readings record
+	// (a telemetry.raw record the processor accepted).
 	Readings Dataset = iota
 	// Metrics holds one row per telemetry.metrics record of kind "metric".
 	Metrics

@@ -18,7 +18,7 @@ import (
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
-// Sink consumes telemetry.raw and telemetry.metrics and writes them as
+// Sink consumes telemetry.readings and telemetry.metrics and writes them as
 // Parquet files to the lake, exactly once (see the package comment).
 type Sink struct {
 	cfg   Config

@@ -40,8 +40,11 @@ type Config struct {
 	// vanished member's partitions move.
 	SessionTimeout time.Duration
 	// TopicRaw, TopicMetrics and TopicDLQ name the input topics and the
-	// dead-letter topic. TopicRaw "-" (SkipTopic) skips the raw topic: the
-	// readings table is then not written.
+	// dead-letter topic. TopicRaw is stored in the readings table; default
+	// schemas.TopicReadings, the processor's accepted readings (each device
+	// message once; naming telemetry.raw stores every raw record, device
+	// re-sends and MQTT redeliveries included). "-" (SkipTopic) skips it:
+	// the readings table is then not written.
 	TopicRaw, TopicMetrics, TopicDLQ string
 	// DSN is the database URL of the sink's login role (a member of the
 	// writer role).
@@ -75,7 +78,7 @@ const DefaultDSN = "postgres://iotpipe_sink@localhost:5432/iotpipe?sslmode=disab
 
 // DefaultConfig returns the documented defaults: the local Kafka and
 // database, group iotpipe-sink-timescale, the host name as static member
-// id, the standard topic names, schema iotpipe, batches of 20000 rows or
+// id, the standard topic names (readings from telemetry.readings), schema iotpipe, batches of 20000 rows or
 // 500 ms.
 func DefaultConfig() Config {
 	return Config{
@@ -83,7 +86,7 @@ func DefaultConfig() Config {
 		Group:           DefaultGroup,
 		InstanceID:      kafkax.HostInstanceID(),
 		SessionTimeout:  DefaultSessionTimeout,
-		TopicRaw:        schemas.TopicRaw,
+		TopicRaw:        schemas.TopicReadings,
 		TopicMetrics:    schemas.TopicMetrics,
 		TopicDLQ:        schemas.TopicDLQ,
 		DSN:             DefaultDSN,

@@ -1,6 +1,8 @@
 // Package timescale is the TimescaleDB sink, `iotpipe sink timescale`: it
-// consumes telemetry.raw into the readings table (one row per measurement;
-// can be switched off) and telemetry.metrics into device_metrics (window
+// consumes telemetry.readings — the processor's accepted readings, each
+// device message once, so that the table counts the same readings as
+// device_metrics (late readings are in neither: they are in the DLQ) — into
+// the readings table (one row per measurement; can be switched off) and telemetry.metrics into device_metrics (window
 // aggregates) and device_activity (per-device window activity), on
 // TimescaleDB or plain PostgreSQL ≥ 15, in the schema created by package
 // migrations.

@@ -17,7 +17,7 @@ import (
 	"github.com/iotpipe/iotpipe/internal/retry"
 )
 
-// Sink consumes telemetry.raw and telemetry.metrics and writes readings,
+// Sink consumes telemetry.readings and telemetry.metrics and writes readings,
 // device_metrics and device_activity rows, exactly once (see the package
 // documentation).
 type Sink struct {

@@ -51,17 +51,18 @@ func TestPipelineEndToEnd(t *testing.T) {
 	schema := env.Schema(t)
 	bucket := env.BucketName(t)
 	topicRaw, topicMetrics, topicDLQ, topicChangelog := id+".raw", id+".metrics", id+".dlq", id+".changelog"
+	topicReadings := id + ".readings"
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_, _ = env.KafkaAdmin(t).DeleteTopics(cctx, topicRaw, topicMetrics, topicDLQ, topicChangelog)
+		_, _ = env.KafkaAdmin(t).DeleteTopics(cctx, topicRaw, topicMetrics, topicDLQ, topicChangelog, topicReadings)
 	})
 
 	// The services' settings, explicitly: nothing else of this process's
 	// environment reaches the stages.
 	base := append(env.Environ(),
 		"IOTPIPE_TOPIC_RAW="+topicRaw, "IOTPIPE_TOPIC_METRICS="+topicMetrics, "IOTPIPE_TOPIC_DLQ="+topicDLQ,
-		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+topicChangelog,
+		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+topicChangelog, "IOTPIPE_TOPIC_READINGS="+topicReadings,
 		"IOTPIPE_PG_SCHEMA="+schema, "IOTPIPE_S3_BUCKET="+bucket,
 		"IOTPIPE_HTTP_ADDR=127.0.0.1:0", "IOTPIPE_LOG_FORMAT=json",
 	)
