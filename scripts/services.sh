@@ -1298,6 +1298,7 @@ cmd_env() {
   env_line IOTPIPE_MQTT_DEVICE_USERNAME "$MQTT_DEVICE_USER"
   env_line IOTPIPE_MQTT_DEVICE_PASSWORD "$MQTT_DEVICE_PASS"
   env_line IOTPIPE_KAFKA_BROKERS "$(kafka_brokers)"
+  if kafka_multi; then env_line IOTPIPE_KAFKA_NODES "$KAFKA_N"; fi
   env_line IOTPIPE_PG_DSN "$(pg_dsn "$PG_OWNER" "$PG_OWNER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_WRITER_DSN "$(pg_dsn "$PG_WRITER" "$PG_WRITER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_READER_DSN "$(pg_dsn "$PG_READER" "$PG_READER_PASS" "$PG_DB")"
