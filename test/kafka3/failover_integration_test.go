@@ -28,7 +28,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -37,69 +36,8 @@ import (
 
 	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/testenv"
+	"github.com/iotpipe/iotpipe/test/internal/pipecheck"
 )
-
-// load runs the fleet in segments of a few seconds, each with devices of
-// its own (a device's seq is never reused), until stop is closed; every
-// segment ends with all its PUBACKs in, so that nothing is left
-// unconfirmed.
-type load struct {
-	cfg      devicesim.Config
-	segment  time.Duration
-	mu       sync.Mutex
-	segments int
-	total    devicesim.Stats
-	live     *devicesim.Sim
-}
-
-func (l *load) acked() int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := l.total.Acked
-	if l.live != nil {
-		n += l.live.Stats().Acked
-	}
-	return n
-}
-
-func (l *load) run(ctx context.Context, stop <-chan struct{}) error {
-	for seg := 0; ; seg++ {
-		select {
-		case <-stop:
-			return nil
-		default:
-		}
-		cfg := l.cfg
-		cfg.FirstDevice = seg * cfg.Devices
-		cfg.MessagesPerDevice = int(cfg.Rate * l.segment.Seconds())
-		sim, err := devicesim.New(cfg)
-		if err != nil {
-			return err
-		}
-		l.mu.Lock()
-		l.live = sim
-		l.mu.Unlock()
-		err = sim.Run(ctx)
-		st := sim.Stats()
-		l.mu.Lock()
-		l.live = nil
-		l.segments++
-		l.total.Published += st.Published
-		l.total.Acked += st.Acked
-		l.total.AckedValid += st.AckedValid
-		l.total.AckedInvalid += st.AckedInvalid
-		l.total.Refused += st.Refused
-		l.total.NoSubscribers += st.NoSubscribers
-		l.total.Unconfirmed += st.Unconfirmed
-		l.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
-}
 
 type killResult struct {
 	node       int32
@@ -113,7 +51,7 @@ type killResult struct {
 func TestBrokerFailoverUnderLoad(t *testing.T) {
 	devices, rate, kills := 40, 10.0, 2
 	timeout := 5 * time.Minute
-	if full() {
+	if pipecheck.Full() {
 		devices, kills, timeout = 200, 6, 20*time.Minute
 	}
 	const recoverWithin = 90 * time.Second
@@ -173,51 +111,51 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 
 	// 2. The stages, never restarted by the test.
 	template := "devices/" + id + "/{device_id}/telemetry"
-	stages := []*stage{
-		startStage(t, bin, base, "bridge", "bridge",
+	stages := []*pipecheck.Stage{
+		pipecheck.StartStage(t, bin, base, "bridge", "bridge",
 			"--topic-template", template, "--mqtt-share-group", id, "--mqtt-client-id", id+"-bridge"),
 		// Lateness covers a broker outage: readings held up by it are not late.
-		startStage(t, bin, base, "processor", "processor",
+		pipecheck.StartStage(t, bin, base, "processor", "processor",
 			"--group", groups["processor"], "--instance-id", id+"-p1",
 			"--window", "5s", "--lateness", "10s", "--idle-timeout", "5s", "--commit-interval", "200ms"),
-		startStage(t, bin, base, "sink timescale", "sink", "timescale",
+		pipecheck.StartStage(t, bin, base, "sink timescale", "sink", "timescale",
 			"--group", groups["sink timescale"], "--group-instance-id", id+"-ts1", "--batch-delay", "300ms"),
-		startStage(t, bin, base, "sink lake", "sink", "lake",
+		pipecheck.StartStage(t, bin, base, "sink lake", "sink", "lake",
 			"--group", groups["sink lake"], "--kafka-instance-id", id+"-lake1", "--max-age", "2s"),
 	}
 	allRunning := func() {
 		t.Helper()
 		for _, s := range stages {
-			s.running(t)
+			s.Running(t)
 		}
 	}
 	testenv.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error {
 		allRunning()
-		if !strings.Contains(stages[0].log.String(), "subscribed") {
+		if !strings.Contains(stages[0].Log(), "subscribed") {
 			return errors.New("bridge not subscribed yet")
 		}
 		return nil
 	})
 
 	// 3. Load, in the background until the kills are done.
-	sent := newSent(5 * time.Second)
-	ld := &load{segment: 5 * time.Second, cfg: devicesim.Config{
+	sent := pipecheck.NewSent(5 * time.Second)
+	ld := &pipecheck.Load{Segment: 5 * time.Second, Cfg: devicesim.Config{
 		URL: env.MQTTURL, Username: env.MQTTDeviceUsername, Password: env.MQTTDevicePassword,
 		Devices: devices, DeviceIDPrefix: id + "-", TopicTemplate: template, Rate: rate,
 		ValidKinds: []devicesim.Kind{devicesim.ValidRFC3339Metrics}, InvalidFraction: 0.02,
-		OnAck: sent.onAck,
+		OnAck: sent.OnAck,
 		// Millisecond event times: the stores keep microseconds.
 		Now: func() time.Time { return time.Now().Truncate(time.Millisecond) },
 	}}
 	stop := make(chan struct{})
 	loadDone := make(chan error, 1)
-	go func() { loadDone <- ld.run(ctx, stop) }()
+	go func() { loadDone <- ld.Run(ctx, stop) }()
 
 	// Warm up: every group has committed on every raw partition.
 	testenv.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error {
 		allRunning()
 		for name, g := range groups {
-			if c := committed(ctx, adm, g, raw); len(c) < 6 {
+			if c := pipecheck.Committed(ctx, adm, g, raw); len(c) < 6 {
 				return fmt.Errorf("%s committed on %d of 6 raw partitions", name, len(c))
 			}
 		}
@@ -234,7 +172,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 		r := killResult{node: victim, roles: roles, caughtUp: map[string]time.Duration{}}
 		var before map[int32]int64
 		testenv.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
-			if before = endOffsets(ctx, adm, raw); len(before) < 6 {
+			if before = pipecheck.EndOffsets(ctx, adm, raw); len(before) < 6 {
 				return fmt.Errorf("end offsets of %d of 6 raw partitions", len(before))
 			}
 			return nil
@@ -250,11 +188,11 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("kill %d (broker %d): not recovered within %s: raw resumed %s, caught up %v", k+1, victim, recoverWithin, r.rawResumed, r.caughtUp)
 			}
-			if r.rawResumed == 0 && beyond(endOffsets(ctx, adm, raw), before) {
+			if r.rawResumed == 0 && pipecheck.Beyond(pipecheck.EndOffsets(ctx, adm, raw), before) {
 				r.rawResumed = time.Since(killAt)
 			}
 			for name, g := range groups {
-				if _, ok := r.caughtUp[name]; !ok && beyond(committed(ctx, adm, g, raw), before) {
+				if _, ok := r.caughtUp[name]; !ok && pipecheck.Beyond(pipecheck.Committed(ctx, adm, g, raw), before) {
 					r.caughtUp[name] = time.Since(killAt)
 				}
 			}
@@ -264,7 +202,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 			k+1, r.rawResumed.Round(10*time.Millisecond), fmtDurations(r.caughtUp))
 		results = append(results, r)
 		prev = victim
-		if k == kills-1 && !full() {
+		if k == kills-1 && !pipecheck.Full() {
 			// The CI size ends on two brokers (min.insync.replicas 2 still
 			// met): a restart under load takes half a minute on 2 cores.
 			t.Logf("kill %d: broker %d stays down for the rest of the run", k+1, victim)
@@ -280,14 +218,10 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 			results[k].up.Round(100*time.Millisecond), results[k].isrFull.Round(100*time.Millisecond))
 	}
 	// Load for two more whole segments, then stop.
-	ld.mu.Lock()
-	healed := ld.segments
-	ld.mu.Unlock()
+	healed, _ := ld.Segments()
 	testenv.Eventually(t, time.Minute, 100*time.Millisecond, func() error {
-		ld.mu.Lock()
-		defer ld.mu.Unlock()
-		if ld.segments < healed+2 {
-			return fmt.Errorf("%d segments of load since the cluster healed", ld.segments-healed)
+		if n, _ := ld.Segments(); n < healed+2 {
+			return fmt.Errorf("%d segments of load since the last kill", n-healed)
 		}
 		return nil
 	})
@@ -300,32 +234,24 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("fleet did not finish its last segment")
 	}
-	st := ld.total
-	t.Logf("fleet: %d segments, %+v", ld.segments, st)
-	if sent.parseErr != nil {
-		t.Fatal(sent.parseErr)
+	segments, st := ld.Segments()
+	t.Logf("fleet: %d segments, %+v", segments, st)
+	if err := sent.Err(); err != nil {
+		t.Fatal(err)
 	}
 	if st.Unconfirmed != 0 || st.Refused != 0 || st.NoSubscribers != 0 {
 		t.Fatalf("fleet: every message must be acknowledged: %+v", st)
 	}
-	valid, invalid, values := sent.counts()
+	valid, invalid, values := sent.Counts()
 	if valid != st.AckedValid || invalid != st.AckedInvalid {
 		t.Fatalf("acknowledgements recorded %d valid, %d invalid; stats say %d, %d", valid, invalid, st.AckedValid, st.AckedInvalid)
 	}
 
 	// 5. Nothing acknowledged is lost: every PUBACKed valid message is in
 	// raw, once.
-	rawSeen := readRaw(t, ctx, env.Kafka(t, kgo.ConsumeTopics(raw), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	rawSeen := pipecheck.ReadRaw(t, ctx, env.Kafka(t, kgo.ConsumeTopics(raw), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted())))
-	var missing, dups int
-	for id := range sent.valid {
-		switch n := rawSeen[id]; {
-		case n == 0:
-			missing++
-		case n > 1:
-			dups += n - 1
-		}
-	}
+	missing, dups, _ := sent.CompareRaw(rawSeen)
 	t.Logf("raw: %d device messages for %d acknowledged valid ones; missing %d, duplicated %d", len(rawSeen), valid, missing, dups)
 	if missing > 0 || dups > 0 || len(rawSeen) != int(valid) {
 		t.Fatalf("raw: %d acknowledged messages missing, %d duplicates, %d distinct (want %d)", missing, dups, len(rawSeen), valid)
@@ -334,7 +260,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	// 6. Exactly-once outputs: windows equal the recomputation, readings
 	// and lake rows once per value, dead letters = invalid messages.
 	pg := env.PG(t)
-	want := sent.windows()
+	want := sent.Windows()
 	testenv.Eventually(t, 90*time.Second, time.Second, func() error {
 		allRunning()
 		var rows, counted int64
@@ -345,7 +271,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 		if rows != values || counted != values {
 			return fmt.Errorf("readings %d, counted in windows %d; want %d each", rows, counted, values)
 		}
-		return checkMetrics(ctx, pg, schema, want)
+		return pipecheck.CheckMetrics(ctx, pg, schema, want)
 	})
 	var dupReadings int64
 	if err := pg.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM (SELECT 1 FROM %s.readings GROUP BY device_id, metric, seq HAVING count(*) > 1) d`,
@@ -355,7 +281,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	t.Logf("device_metrics: %d windows equal the recomputation; readings %d", len(want), values)
 	s3 := env.S3(t)
 	testenv.Eventually(t, 60*time.Second, time.Second, func() error {
-		n, err := lakeRows(ctx, s3, bucket, "readings/")
+		n, err := pipecheck.LakeRows(ctx, s3, bucket, "readings/")
 		if err != nil {
 			return err
 		}
@@ -364,7 +290,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 		}
 		return nil
 	})
-	dead := countRecords(t, ctx, env.Kafka(t, kgo.ConsumeTopics(dlq), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	dead := pipecheck.CountRecords(t, ctx, env.Kafka(t, kgo.ConsumeTopics(dlq), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted())))
 	if dead != invalid {
 		t.Fatalf("dead letters %d, want %d (the invalid messages; none late)", dead, invalid)
@@ -373,10 +299,10 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 
 	// 7. Every stage rode it out and still stops cleanly.
 	for _, s := range stages {
-		s.running(t)
+		s.Running(t)
 	}
 	for _, s := range stages {
-		s.stop(t, 30*time.Second)
+		s.Stop(t, 30*time.Second)
 	}
 	for i, r := range results {
 		t.Logf("RECOVERY kill %d broker %d [%s]: raw writable on every partition %s; past the kill point: %s; restart: in metadata %s, ISR full %s",
@@ -384,7 +310,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 			r.up.Round(100*time.Millisecond), r.isrFull.Round(100*time.Millisecond))
 	}
 	for _, s := range stages {
-		t.Logf("%s log: %s", s.name, logSummary(s.log.String()))
+		t.Logf("%s log: %s", s.Name(), logSummary(s.Log()))
 	}
 	t.Logf("total %s", time.Since(start).Round(time.Second))
 }
@@ -523,7 +449,7 @@ func logSummary(log string) string {
 		}
 		key := rec.Level + " " + rec.Msg
 		if counts[key] == 0 && len(first) < 6 {
-			first = append(first, key+" ("+tail(rec.Err, 160)+")")
+			first = append(first, key+" ("+pipecheck.Tail(rec.Err, 160)+")")
 		}
 		counts[key]++
 	}
