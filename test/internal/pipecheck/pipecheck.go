@@ -561,6 +561,10 @@ func (l *Load) Run(ctx context.Context, stop <-chan struct{}) error {
 		l.total.Refused += st.Refused
 		l.total.NoSubscribers += st.NoSubscribers
 		l.total.Unconfirmed += st.Unconfirmed
+		l.total.Connections += st.Connections
+		l.total.Duplicates += st.Duplicates
+		l.total.OutOfOrder += st.OutOfOrder
+		l.total.Late += st.Late
 		l.mu.Unlock()
 		if err != nil {
 			return err
