@@ -526,16 +526,9 @@ func waitTopic(ctx context.Context, adm *kadm.Client, name string) (kadm.TopicDe
 // restored key=value pairs, the resulting min.insync.replicas and a
 // warning for weak replication.
 func restoreConfigs(ctx context.Context, adm *kadm.Client, t Topic, rf, live int) (changed []string, misr int16, warning string, err error) {
-	rcs, err := adm.DescribeTopicConfigs(ctx, t.Name)
+	rc, err := describeTopicConfigs(ctx, adm, t.Name)
 	if err != nil {
-		return nil, 0, "", fmt.Errorf("describe configs of %s: %w", t.Name, err)
-	}
-	rc, err := rcs.On(t.Name, nil)
-	if err != nil {
-		return nil, 0, "", fmt.Errorf("describe configs of %s: %w", t.Name, err)
-	}
-	if rc.Err != nil {
-		return nil, 0, "", fmt.Errorf("describe configs of %s: %w", t.Name, rc.Err)
+		return nil, 0, "", err
 	}
 	have := map[string]string{}
 	for _, c := range rc.Configs {
@@ -571,16 +564,60 @@ func restoreConfigs(ctx context.Context, adm *kadm.Client, t Topic, rf, live int
 		return nil, misr, warning, nil
 	}
 	sort.Strings(changed)
-	resps, err := adm.AlterTopicConfigs(ctx, alter, t.Name)
+	err = untilKnown(ctx, t.Name, func() error {
+		resps, err := adm.AlterTopicConfigs(ctx, alter, t.Name)
+		if err != nil {
+			return err
+		}
+		for _, r := range resps {
+			if r.Err != nil {
+				return fmt.Errorf("%w (%s)", r.Err, r.ErrMessage)
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, 0, "", fmt.Errorf("alter configs of %s: %w", t.Name, err)
 	}
-	for _, r := range resps {
-		if r.Err != nil {
-			return nil, 0, "", fmt.Errorf("alter configs of %s: %w (%s)", t.Name, r.Err, r.ErrMessage)
+	return changed, misr, warning, nil
+}
+
+func describeTopicConfigs(ctx context.Context, adm *kadm.Client, name string) (kadm.ResourceConfig, error) {
+	var rc kadm.ResourceConfig
+	err := untilKnown(ctx, name, func() error {
+		rcs, err := adm.DescribeTopicConfigs(ctx, name)
+		if err != nil {
+			return err
+		}
+		if rc, err = rcs.On(name, nil); err != nil {
+			return err
+		}
+		return rc.Err
+	})
+	if err != nil {
+		return rc, fmt.Errorf("describe configs of %s: %w", name, err)
+	}
+	return rc, nil
+}
+
+// untilKnown runs fn again while it fails with UNKNOWN_TOPIC_OR_PARTITION:
+// a topic created a moment ago (by this run, the run before or another
+// client) is not yet in the metadata of every broker, so a request that
+// lands on one that has not learned of it fails until it has.
+func untilKnown(ctx context.Context, topic string, fn func() error) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := fn()
+		if !errors.Is(err, kerr.UnknownTopicOrPartition) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("topic %s still unknown to the broker asked: %w (%w)", topic, err, ctx.Err())
+		case <-tick.C:
 		}
 	}
-	return changed, misr, warning, nil
 }
 
 // Millis formats a duration as a Kafka *.ms config value.
