@@ -352,36 +352,26 @@ func readDLQ(t *testing.T, ctx context.Context, cl *kgo.Client) (map[string]int,
 	t.Helper()
 	bad := map[string]map[string]bool{}
 	late := map[pipecheck.MsgID]bool{}
-	idle := time.Now()
-	for time.Since(idle) < 3*time.Second {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		fs := cl.PollFetches(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			t.Fatal(ctx.Err())
+	pipecheck.Drain(t, ctx, cl, func(r *kgo.Record) {
+		h := map[string]string{}
+		for _, x := range r.Headers {
+			h[x.Key] = string(x.Value)
 		}
-		fs.EachRecord(func(r *kgo.Record) {
-			idle = time.Now()
-			h := map[string]string{}
-			for _, x := range r.Headers {
-				h[x.Key] = string(x.Value)
-			}
-			reason := h[schemas.HeaderReason]
-			if h[schemas.HeaderStage] == schemas.StageProcessor && reason == "late" {
-				var rd schemas.Reading
-				if err := schemas.DecodeRaw(r.Value, &rd); err != nil {
-					t.Errorf("late dead letter does not hold a raw reading: %v", err)
-					return
-				}
-				late[pipecheck.MsgID{Device: rd.DeviceID, Seq: rd.Seq}] = true
+		reason := h[schemas.HeaderReason]
+		if h[schemas.HeaderStage] == schemas.StageProcessor && reason == "late" {
+			var rd schemas.Reading
+			if err := schemas.DecodeRaw(r.Value, &rd); err != nil {
+				t.Errorf("late dead letter does not hold a raw reading: %v", err)
 				return
 			}
-			if bad[reason] == nil {
-				bad[reason] = map[string]bool{}
-			}
-			bad[reason][h[schemas.HeaderSourceMQTTTopic]+"\x00"+string(r.Value)] = true
-		})
-	}
+			late[pipecheck.MsgID{Device: rd.DeviceID, Seq: rd.Seq}] = true
+			return
+		}
+		if bad[reason] == nil {
+			bad[reason] = map[string]bool{}
+		}
+		bad[reason][h[schemas.HeaderSourceMQTTTopic]+"\x00"+string(r.Value)] = true
+	})
 	out := map[string]int{}
 	for r, set := range bad {
 		out[r] = len(set)

@@ -321,13 +321,32 @@ func (s *Sent) CompareRaw(raw map[MsgID]int) (missing, dups, unknown int) {
 }
 
 // ReadRaw reads a topic of canonical readings from the start (read
-// committed) until it has been quiet for 3 s, and returns how often each
+// committed) until it is quiet (see Drain), and returns how often each
 // device message is in it.
 func ReadRaw(t *testing.T, ctx context.Context, cl *kgo.Client) map[MsgID]int {
 	t.Helper()
 	seen := map[MsgID]int{}
-	idle := time.Now()
-	for time.Since(idle) < 3*time.Second {
+	Drain(t, ctx, cl, func(r *kgo.Record) {
+		var rd schemas.Reading
+		if err := schemas.DecodeRaw(r.Value, &rd); err != nil {
+			t.Errorf("raw record %s/%d@%d does not decode: %v", r.Topic, r.Partition, r.Offset, err)
+			return
+		}
+		seen[MsgID{Device: rd.DeviceID, Seq: rd.Seq}]++
+	})
+	return seen
+}
+
+// Drain passes every record the consumer reads to fn until none came for
+// 3 s after the first one, or none at all for 30 s (a client that has just
+// started may take seconds to find the leaders on a busy machine).
+func Drain(t *testing.T, ctx context.Context, cl *kgo.Client, fn func(*kgo.Record)) {
+	t.Helper()
+	start, last := time.Now(), time.Time{}
+	for {
+		if last.IsZero() && time.Since(start) > 30*time.Second || !last.IsZero() && time.Since(last) > 3*time.Second {
+			return
+		}
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		fs := cl.PollFetches(pctx)
 		cancel()
@@ -340,35 +359,17 @@ func ReadRaw(t *testing.T, ctx context.Context, cl *kgo.Client) map[MsgID]int {
 			}
 		})
 		fs.EachRecord(func(r *kgo.Record) {
-			idle = time.Now()
-			var rd schemas.Reading
-			if err := schemas.DecodeRaw(r.Value, &rd); err != nil {
-				t.Errorf("raw record %s/%d@%d does not decode: %v", r.Topic, r.Partition, r.Offset, err)
-				return
-			}
-			seen[MsgID{Device: rd.DeviceID, Seq: rd.Seq}]++
+			last = time.Now()
+			fn(r)
 		})
 	}
-	return seen
 }
 
 // CountRecords counts a topic's committed records.
 func CountRecords(t *testing.T, ctx context.Context, cl *kgo.Client) int64 {
 	t.Helper()
 	var n int64
-	idle := time.Now()
-	for time.Since(idle) < 3*time.Second {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		fs := cl.PollFetches(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			t.Fatal(ctx.Err())
-		}
-		if c := fs.NumRecords(); c > 0 {
-			n += int64(c)
-			idle = time.Now()
-		}
-	}
+	Drain(t, ctx, cl, func(*kgo.Record) { n++ })
 	return n
 }
 
