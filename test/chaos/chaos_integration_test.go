@@ -271,8 +271,7 @@ func TestChaos(t *testing.T) {
 	})
 	t.Logf("device_metrics: %d windows equal the recomputation", len(want))
 
-	rawSeen := pipecheck.ReadRaw(t, ctx, env.Kafka(t, kgo.ConsumeTopics(raw), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted())))
+	rawSeen := pipecheck.ReadRaw(t, ctx, env, raw)
 	missing, rawDups, unknown := sent.CompareRaw(rawSeen)
 	t.Logf("raw: %d device messages, %d extra copies (devices' re-sends and redeliveries), missing %d, unknown %d", len(rawSeen), rawDups, missing, unknown)
 	if missing > 0 || unknown > 0 {
@@ -310,8 +309,7 @@ func TestChaos(t *testing.T) {
 	}
 
 	// Dead letters by reason, each distinct bad message once.
-	gotBad, gotLate := readDLQ(t, ctx, env.Kafka(t, kgo.ConsumeTopics(dlq), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted())))
+	gotBad, gotLate := readDLQ(t, ctx, env, dlq)
 	wantBad := sent.BadByReason()
 	for r, n := range wantBad {
 		if gotBad[r] != n {
@@ -348,11 +346,11 @@ func TestChaos(t *testing.T) {
 // readDLQ counts the dead letters: per bridge reason the distinct (MQTT
 // topic, payload) pairs, and the distinct readings the processor found
 // late.
-func readDLQ(t *testing.T, ctx context.Context, cl *kgo.Client) (map[string]int, map[pipecheck.MsgID]bool) {
+func readDLQ(t *testing.T, ctx context.Context, env *testenv.Env, dlq string) (map[string]int, map[pipecheck.MsgID]bool) {
 	t.Helper()
 	bad := map[string]map[string]bool{}
 	late := map[pipecheck.MsgID]bool{}
-	pipecheck.Drain(t, ctx, cl, func(r *kgo.Record) {
+	pipecheck.DrainTopic(t, ctx, env, dlq, func(r *kgo.Record) {
 		h := map[string]string{}
 		for _, x := range r.Headers {
 			h[x.Key] = string(x.Value)

@@ -32,7 +32,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/testenv"
@@ -249,8 +248,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 
 	// 5. Nothing acknowledged is lost: every PUBACKed valid message is in
 	// raw, once.
-	rawSeen := pipecheck.ReadRaw(t, ctx, env.Kafka(t, kgo.ConsumeTopics(raw), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted())))
+	rawSeen := pipecheck.ReadRaw(t, ctx, env, raw)
 	missing, dups, _ := sent.CompareRaw(rawSeen)
 	t.Logf("raw: %d device messages for %d acknowledged valid ones; missing %d, duplicated %d", len(rawSeen), valid, missing, dups)
 	if missing > 0 || dups > 0 || len(rawSeen) != int(valid) {
@@ -290,8 +288,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 		}
 		return nil
 	})
-	dead := pipecheck.CountRecords(t, ctx, env.Kafka(t, kgo.ConsumeTopics(dlq), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted())))
+	dead := pipecheck.CountRecords(t, ctx, env, dlq)
 	if dead != invalid {
 		t.Fatalf("dead letters %d, want %d (the invalid messages; none late)", dead, invalid)
 	}
