@@ -18,6 +18,14 @@
 # Mosquitto also listens with mutual TLS on IOTPIPE_MQTT_TLS_PORT (default 18883); the CA
 # (<state>/ca) and its certificates are made on first start with `iotpipe ca` (bin/iotpipe, built
 # with Go if missing), or with openssl on a machine without Go (or IOTPIPE_CA_TOOL=openssl).
+# IOTPIPE_KAFKA_NODES=3 (default 1) runs kafka as a KRaft cluster of three combined broker+controller
+# nodes on loopback, for failover tests: replication factor 3 and min.insync.replicas 2 as broker
+# defaults and for Kafka's internal topics, IOTPIPE_KAFKA_HEAP (default 512m) per node. Node i listens
+# on IOTPIPE_KAFKA_PORT+2(i-1), controller IOTPIPE_KAFKA_CONTROLLER_PORT+2(i-1), or on the i-th entry of
+# IOTPIPE_KAFKA_PORTS / IOTPIPE_KAFKA_CONTROLLER_PORTS (comma lists); its files are in
+# <state>/kafka/node-i. `up kafka` (re)starts the nodes that are not running and waits until every
+# broker is in the cluster metadata; `down kafka` stops all; `status kafka` lists each node; `env` gives
+# every broker in IOTPIPE_KAFKA_BROKERS. A running cluster keeps its node count until `down kafka`.
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +154,7 @@ svc_port() {
   case $1 in
     mqtt) echo "$MQTT_PORT" ;;
     kafka) echo "$KAFKA_PORT" ;;
+    kafka-*) kafka_node_port "${1#kafka-}" ;;
     postgres) echo "$PG_PORT" ;;
     s3) echo "$S3_PORT" ;;
   esac
@@ -155,6 +164,7 @@ svc_tag() {
   case $1 in
     mqtt) echo "$STATE_DIR/mqtt/mosquitto.conf" ;;
     kafka) echo "$STATE_DIR/kafka/server.properties" ;;
+    kafka-*) echo "$(kafka_node_dir "${1#kafka-}")/server.properties" ;;
     postgres) pg_locate && echo "$PG_DATA" ;;
     s3) echo "$STATE_DIR/s3/data" ;;
   esac
@@ -163,7 +173,8 @@ svc_tag() {
 svc_log() {
   case $1 in
     mqtt) echo "$STATE_DIR/mqtt/logs/mosquitto.log" ;;
-    kafka) echo "$STATE_DIR/kafka/logs/server.log" ;;
+    kafka) if kafka_multi; then kafka_cluster_log; else echo "$STATE_DIR/kafka/logs/server.log"; fi ;;
+    kafka-*) echo "$(kafka_node_dir "${1#kafka-}")/logs/server.log" ;;
     postgres) pg_locate && echo "$PG_LOG" ;;
     s3) echo "$STATE_DIR/s3/logs/versitygw.log" ;;
   esac
@@ -172,6 +183,8 @@ svc_log() {
 svc_pid_file() {
   if [[ $1 == postgres ]]; then
     pg_locate && echo "$PG_DATA/postmaster.pid"
+  elif [[ $1 == kafka-* ]]; then
+    echo "$(kafka_node_dir "${1#kafka-}")/pid"
   else
     echo "$STATE_DIR/$1/pid"
   fi
@@ -199,6 +212,7 @@ pid_is_ours() {
 # svc_pid SVC: print the pid of our running daemon, or fail.
 svc_pid() {
   local f pid
+  if [[ $1 == kafka ]] && kafka_multi; then kafka_cluster_pids; return; fi
   f=$(svc_pid_file "$1") || return 1
   [[ -f $f ]] || return 1
   pid=$(head -n1 "$f" 2>/dev/null | tr -dc '0-9') || return 1
@@ -257,10 +271,12 @@ fail_start() {
   log=$(svc_log "$svc" 2>/dev/null) || log="(unknown)"
   if [[ $svc == postgres ]]; then
     stop_postgres quiet || true
+  elif [[ $svc == kafka* ]] && kafka_multi; then
+    kafka_stop_nodes 10 "${KAFKA_STARTED[@]}"
   elif pid=$(svc_pid "$svc" 2>/dev/null); then
     kill_group "$svc" "$pid" "$(svc_tag "$svc")" 10 || true
   fi
-  if [[ $svc != postgres ]]; then
+  if [[ $svc != postgres ]] && ! { [[ $svc == kafka ]] && kafka_multi; }; then
     rm -f "$(svc_pid_file "$svc")"
   fi
   if [[ -f $log ]]; then
@@ -302,7 +318,8 @@ wait_ready() {
 svc_desc() {
   case $1 in
     mqtt) echo "mqtt://$HOST:$MQTT_PORT" ;;
-    kafka) echo "$HOST:$KAFKA_PORT" ;;
+    kafka) kafka_brokers ;;
+    kafka-*) echo "$HOST:$(kafka_node_port "${1#kafka-}")" ;;
     postgres) echo "$HOST:$PG_PORT" ;;
     s3) echo "http://$HOST:$S3_PORT" ;;
   esac
@@ -562,7 +579,8 @@ java_major() {
 }
 
 install_kafka() {
-  local d=$INSTALL_DIR/kafka libs marker want
+  local d=$INSTALL_DIR/kafka libs marker want have
+  kafka_check_layout
   libs=$d/libs
   marker=$libs/.installed
   apt_install kcat
@@ -571,8 +589,16 @@ install_kafka() {
   fi
   command -v java >/dev/null || die "java not found"
   (($(java_major) >= 17)) || die "Kafka $KAFKA_VERSION needs Java >= 17 (java on PATH is $(java_major))"
-  want="kafka $KAFKA_VERSION $(sha256_of "$KAFKA_POM")"
-  if [[ -f $marker && $(cat "$marker") == "$want" ]]; then
+  # The marker holds the pom's content hash, so that every checkout sharing IOTPIPE_INSTALL_DIR
+  # agrees on it. Older markers ("kafka <version> <hash>", no "pom-sha256:") hashed the pom's path
+  # too, so each other checkout deleted and fetched the jars again under running brokers: such a
+  # marker of the same Kafka version, with its jar in place, counts as installed.
+  want="kafka $KAFKA_VERSION pom-sha256:$(sha256sum <"$KAFKA_POM" | cut -c1-16)"
+  have=$(cat "$marker" 2>/dev/null || true)
+  if [[ $have == "$want" ]]; then
+    return 0
+  fi
+  if [[ $have == "kafka $KAFKA_VERSION "* && $have != *pom-sha256:* && -f $libs/kafka_2.13-$KAFKA_VERSION.jar ]]; then
     return 0
   fi
   command -v mvn >/dev/null || apt_install maven
@@ -626,7 +652,13 @@ num.io.threads=4
 log.retention.hours=168
 log.segment.bytes=268435456
 EOF
-  cat >"$d/log4j2.xml" <<'EOF'
+  kafka_log4j2 "$d/log4j2.xml"
+}
+
+# kafka_log4j2 FILE: the broker's logging configuration (everything to stdout, appended by launch()
+# to the node's logs/server.log).
+kafka_log4j2() {
+  cat >"$1" <<'EOF'
 <?xml version="1.0" encoding="UTF-8"?>
 <!-- Generated by scripts/services.sh. Everything goes to stdout, which is appended to logs/server.log. -->
 <Configuration status="WARN">
@@ -649,15 +681,20 @@ EOF
 }
 
 kafka_java() { # MAIN_CLASS ARGS...: the JVM command line for a Kafka main class
-  local d=$STATE_DIR/kafka
-  printf '%s\0' "$(command -v java)" -Xms256m "-Xmx${IOTPIPE_KAFKA_HEAP:-768m}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  kafka_java_in "$STATE_DIR/kafka" "${IOTPIPE_KAFKA_HEAP:-768m}" "$@"
+}
+
+kafka_java_in() { # DIR HEAP MAIN_CLASS ARGS...: same, for the node whose files are in DIR
+  local d=$1 heap=$2
+  shift 2
+  printf '%s\0' "$(command -v java)" -Xms256m "-Xmx$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
     "-Dlog4j2.configurationFile=$d/log4j2.xml" "-Dkafka.logs.dir=$d/logs" \
     -cp "$INSTALL_DIR/kafka/libs/*" "$@"
 }
 
-kafka_cluster_id() {
-  local f=$STATE_DIR/kafka/cluster.id id
+kafka_cluster_id() { # [FILE]
+  local f=${1:-$STATE_DIR/kafka/cluster.id} id
   if [[ ! -s $f ]]; then
     # Same shape as `kafka-storage random-uuid`: 16 random bytes, URL-safe base64, no padding,
     # not starting with '-'.
@@ -688,8 +725,286 @@ start_kafka() {
 ready_kafka() {
   # A real metadata round trip: the broker must list itself on the advertised listener.
   local out
+  if kafka_multi; then ready_kafka_cluster; return; fi
   out=$(timeout 10 kcat -b "$HOST:$KAFKA_PORT" -L -m 3 2>/dev/null) || return 1
   [[ $out == *"broker 1 at $HOST:$KAFKA_PORT"* ]]
+}
+
+# ---------------------------------------------------------------------------------------------
+# kafka as a cluster (IOTPIPE_KAFKA_NODES > 1): N combined broker+controller nodes with a static
+# controller quorum. Node i lives in <state>/kafka/node-i and is the pseudo-service "kafka-i" for
+# the process tracking above (pid, tag, log, port); "kafka" stands for the whole cluster.
+
+KAFKA_N=1 KAFKA_NODE_PORTS=() KAFKA_NODE_CPORTS=() KAFKA_STARTED=()
+
+# kafka_layout VERB: the node count and each node's ports. A cluster started by `up` keeps its
+# node count (<state>/kafka/nodes) for the other commands until `down kafka`.
+kafka_layout() {
+  local verb=$1 want=${IOTPIPE_KAFKA_NODES:-1} rec=$STATE_DIR/kafka/nodes have="" i p all=()
+  [[ $want =~ ^[1-9]$ ]] || die "IOTPIPE_KAFKA_NODES=$want: want a node count from 1 to 9 (3 for a failover cluster)"
+  if [[ -s $rec ]]; then have=$(cat "$rec"); fi
+  KAFKA_N=$want
+  if [[ $have =~ ^[1-9]$ && $have != "$want" && $verb != up && $verb != start ]]; then
+    KAFKA_N=$have
+  fi
+  ((KAFKA_N > 1)) || return 0
+  if [[ -n ${IOTPIPE_KAFKA_PORTS:-} ]]; then
+    IFS=, read -r -a KAFKA_NODE_PORTS <<<"$IOTPIPE_KAFKA_PORTS"
+  else
+    for ((i = 0; i < KAFKA_N; i++)); do KAFKA_NODE_PORTS+=("$((KAFKA_PORT + 2 * i))"); done
+  fi
+  if [[ -n ${IOTPIPE_KAFKA_CONTROLLER_PORTS:-} ]]; then
+    IFS=, read -r -a KAFKA_NODE_CPORTS <<<"$IOTPIPE_KAFKA_CONTROLLER_PORTS"
+  else
+    for ((i = 0; i < KAFKA_N; i++)); do KAFKA_NODE_CPORTS+=("$((KAFKA_CONTROLLER_PORT + 2 * i))"); done
+  fi
+  ((${#KAFKA_NODE_PORTS[@]} == KAFKA_N)) \
+    || die "IOTPIPE_KAFKA_PORTS=${IOTPIPE_KAFKA_PORTS:-} lists ${#KAFKA_NODE_PORTS[@]} ports; IOTPIPE_KAFKA_NODES=$KAFKA_N needs $KAFKA_N"
+  ((${#KAFKA_NODE_CPORTS[@]} == KAFKA_N)) \
+    || die "IOTPIPE_KAFKA_CONTROLLER_PORTS=${IOTPIPE_KAFKA_CONTROLLER_PORTS:-} lists ${#KAFKA_NODE_CPORTS[@]} ports; IOTPIPE_KAFKA_NODES=$KAFKA_N needs $KAFKA_N"
+  for p in "${KAFKA_NODE_PORTS[@]}"; do check_port_value IOTPIPE_KAFKA_PORTS "$p"; done
+  for p in "${KAFKA_NODE_CPORTS[@]}"; do check_port_value IOTPIPE_KAFKA_CONTROLLER_PORTS "$p"; done
+  for p in "${KAFKA_NODE_PORTS[@]}" "${KAFKA_NODE_CPORTS[@]}"; do
+    [[ " ${all[*]} " != *" $p "* ]] || die "kafka cluster: port $p is used twice (node i uses IOTPIPE_KAFKA_PORT+2(i-1) and IOTPIPE_KAFKA_CONTROLLER_PORT+2(i-1), or the lists IOTPIPE_KAFKA_PORTS / IOTPIPE_KAFKA_CONTROLLER_PORTS)"
+    all+=("$p")
+  done
+}
+
+kafka_multi() { ((KAFKA_N > 1)); }
+kafka_node_dir() { printf '%s/kafka/node-%s' "$STATE_DIR" "$1"; }
+kafka_node_port() { echo "${KAFKA_NODE_PORTS[$1 - 1]}"; }
+kafka_node_cport() { echo "${KAFKA_NODE_CPORTS[$1 - 1]}"; }
+
+# kafka_brokers: the bootstrap list, host:port,... (one broker unless a cluster).
+kafka_brokers() {
+  local i out=""
+  if ! kafka_multi; then
+    echo "$HOST:$KAFKA_PORT"
+    return 0
+  fi
+  for ((i = 1; i <= KAFKA_N; i++)); do out+="${out:+,}$HOST:$(kafka_node_port "$i")"; done
+  echo "$out"
+}
+
+# kafka_cluster_pids: the pids of all nodes; fails when one is not running.
+kafka_cluster_pids() {
+  local i pid pids=()
+  for ((i = 1; i <= KAFKA_N; i++)); do
+    pid=$(svc_pid "kafka-$i" 2>/dev/null) || return 1
+    pids+=("$pid")
+  done
+  echo "${pids[*]}"
+}
+
+# kafka_cluster_log: the log to show when the cluster fails: the first node not running, else node 1.
+kafka_cluster_log() {
+  local i
+  for ((i = 1; i <= KAFKA_N; i++)); do
+    svc_running "kafka-$i" || { svc_log "kafka-$i"; return 0; }
+  done
+  svc_log kafka-1
+}
+
+# kafka_check_layout: refuse to start a layout over a running one of another shape.
+kafka_check_layout() {
+  local rec=$STATE_DIR/kafka/nodes have i pid
+  if kafka_multi && [[ -f $STATE_DIR/kafka/pid ]] \
+    && pid_is_ours "$(head -n1 "$STATE_DIR/kafka/pid" | tr -dc '0-9')" "$STATE_DIR/kafka/server.properties"; then
+    die "kafka: a single-node Kafka runs in $STATE_DIR; stop it first ($0 down kafka) to start IOTPIPE_KAFKA_NODES=$KAFKA_N"
+  fi
+  [[ -s $rec ]] || return 0
+  have=$(cat "$rec")
+  [[ $have != "$KAFKA_N" ]] || return 0
+  for ((i = 1; i <= have; i++)); do
+    pid=$(head -n1 "$(kafka_node_dir "$i")/pid" 2>/dev/null | tr -dc '0-9') || continue
+    if pid_is_ours "$pid" "$(kafka_node_dir "$i")/server.properties"; then
+      die "kafka runs as a cluster of $have nodes in $STATE_DIR; set IOTPIPE_KAFKA_NODES=$have, or stop it first ($0 down kafka)"
+    fi
+  done
+}
+
+configure_kafka_node() { # NODE
+  local i=$1 d rf misr voters="" j
+  d=$(kafka_node_dir "$i")
+  mkdir -p "$d/data" "$d/logs"
+  rf=$((KAFKA_N < 3 ? KAFKA_N : 3))
+  misr=$((rf >= 3 ? 2 : 1))
+  for ((j = 1; j <= KAFKA_N; j++)); do voters+="${voters:+,}$j@$HOST:$(kafka_node_cport "$j")"; done
+  cat >"$d/server.properties" <<EOF
+# Generated by scripts/services.sh; rewritten on every start. Node $i of a $KAFKA_N-node KRaft cluster.
+process.roles=broker,controller
+node.id=$i
+# Static quorum of every node's controller, taken from this file on every start.
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://$HOST:$(kafka_node_port "$i"),CONTROLLER://$HOST:$(kafka_node_cport "$i")
+advertised.listeners=PLAINTEXT://$HOST:$(kafka_node_port "$i")
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$d/data
+
+# Every topic survives one broker failure without losing an acknowledged (acks=all) record:
+# rf $rf, min.insync.replicas $misr, and no out-of-sync replica ever becomes leader.
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$misr
+unclean.leader.election.enable=false
+auto.create.topics.enable=false
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$misr
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$misr
+group.initial.rebalance.delay.ms=0
+group.coordinator.rebalance.protocols=classic,consumer
+
+# Sized for $KAFKA_N nodes sharing a small (2-core) machine.
+num.network.threads=2
+num.io.threads=2
+background.threads=4
+num.recovery.threads.per.data.dir=1
+log.retention.hours=168
+log.segment.bytes=268435456
+EOF
+  kafka_log4j2 "$d/log4j2.xml"
+}
+
+start_kafka_node() { # NODE
+  local i=$1 d cmd=() heap=${IOTPIPE_KAFKA_HEAP:-512m}
+  d=$(kafka_node_dir "$i")
+  require_free_ports "kafka-$i" "$(kafka_node_port "$i")" "$(kafka_node_cport "$i")"
+  configure_kafka_node "$i"
+  KAFKA_STARTED+=("$i")
+  if [[ ! -f $d/data/meta.properties ]]; then
+    say "formatting Kafka storage of node $i (KRaft)..."
+    mapfile -d '' cmd < <(kafka_java_in "$d" "$heap" kafka.tools.StorageTool format \
+      -t "$(kafka_cluster_id "$STATE_DIR/kafka/cluster-$KAFKA_N.id")" -c "$d/server.properties")
+    if ! "${DAEMON_ENV[@]}" "${cmd[@]}" >>"$d/logs/server.log" 2>&1; then
+      fail_start "kafka-$i" "kafka-storage format failed"
+    fi
+  fi
+  mapfile -d '' cmd < <(kafka_java_in "$d" "$heap" kafka.Kafka "$d/server.properties")
+  launch "kafka-$i" "$(svc_log "kafka-$i")" "${cmd[@]}" || fail_start "kafka-$i" "could not launch java"
+  echo "$(kafka_node_port "$i") $(kafka_node_cport "$i")" >"$d/port"
+}
+
+# kafka_cluster_up: start the nodes that are not running (first start, or nodes that died); false
+# when every node was running and the cluster answers already.
+kafka_cluster_up() {
+  local i pid have want pids=() down=()
+  mkdir -p "$STATE_DIR/kafka"
+  for ((i = 1; i <= KAFKA_N; i++)); do
+    if pid=$(svc_pid "kafka-$i" 2>/dev/null); then
+      have=$(cat "$(kafka_node_dir "$i")/port" 2>/dev/null || true)
+      want="$(kafka_node_port "$i") $(kafka_node_cport "$i")"
+      if [[ -n $have && $have != "$want" ]]; then
+        die "kafka node $i is running on ports $have (broker controller) but $want are configured now; run: $0 down kafka"
+      fi
+      pids+=("$pid")
+    else
+      down+=("$i")
+    fi
+  done
+  if ((${#down[@]} == 0)); then
+    if ready_kafka_cluster; then
+      say "kafka already running ($KAFKA_N nodes, pids ${pids[*]}, $(kafka_brokers))"
+      return 1
+    fi
+    say "kafka running ($KAFKA_N nodes, pids ${pids[*]}) but not every broker answers yet; waiting"
+    return 0
+  fi
+  echo "$KAFKA_N" >"$STATE_DIR/kafka/nodes"
+  for i in "${down[@]}"; do
+    say "starting kafka node $i of $KAFKA_N on $HOST:$(kafka_node_port "$i") (controller $(kafka_node_cport "$i"))..."
+    start_kafka_node "$i"
+  done
+  return 0
+}
+
+# ready_kafka_cluster: every node answers a metadata request that lists all N brokers on their
+# advertised listeners (a broker is listed once the controller has unfenced it).
+ready_kafka_cluster() {
+  local i j out
+  for ((i = 1; i <= KAFKA_N; i++)); do
+    out=$(timeout 10 kcat -b "$HOST:$(kafka_node_port "$i")" -L -m 3 2>/dev/null) || return 1
+    for ((j = 1; j <= KAFKA_N; j++)); do
+      [[ $out == *"broker $j at $HOST:$(kafka_node_port "$j")"* ]] || return 1
+    done
+  done
+}
+
+# kafka_stop_nodes TIMEOUT NODE...: SIGTERM the running ones together (a controlled shutdown needs
+# the controller quorum, which stays up until their brokers are done), SIGKILL after TIMEOUT seconds.
+kafka_stop_nodes() {
+  local timeout=$1 i pid deadline left
+  shift
+  local -A pids=()
+  for i in "$@"; do
+    pid=$(svc_pid "kafka-$i" 2>/dev/null) || continue
+    pids[$i]=$pid
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
+  deadline=$(($(now) + timeout))
+  while :; do
+    left=()
+    for i in "${!pids[@]}"; do
+      pid_is_ours "${pids[$i]}" "$(svc_tag "kafka-$i")" && left+=("$i")
+    done
+    ((${#left[@]})) || break
+    if (($(now) >= deadline)); then
+      say "kafka nodes ${left[*]} did not stop within ${timeout}s, sending SIGKILL"
+      for i in "${left[@]}"; do kill -KILL -- "-${pids[$i]}" 2>/dev/null || kill -KILL "${pids[$i]}" 2>/dev/null || true; done
+      timeout=10 deadline=$(($(now) + 10))
+      while (($(now) < deadline)); do
+        left=()
+        for i in "${!pids[@]}"; do pid_is_ours "${pids[$i]}" "$(svc_tag "kafka-$i")" && left+=("$i"); done
+        ((${#left[@]})) || break
+        sleep 0.1
+      done
+      break
+    fi
+    sleep 0.2
+  done
+  for i in "$@"; do rm -f "$(kafka_node_dir "$i")/pid" "$(kafka_node_dir "$i")/port"; done
+}
+
+kafka_cluster_down() {
+  local i pids nodes=()
+  for ((i = 1; i <= KAFKA_N; i++)); do nodes+=("$i"); done
+  pids=$(for i in "${nodes[@]}"; do svc_pid "kafka-$i" 2>/dev/null || true; done | xargs)
+  if [[ -z $pids ]]; then
+    say "kafka not running ($KAFKA_N nodes)"
+  else
+    say "stopping kafka ($KAFKA_N nodes, pids $pids)..."
+    kafka_stop_nodes 60 "${nodes[@]}"
+    say "kafka stopped"
+  fi
+  rm -f "$STATE_DIR/kafka/nodes"
+}
+
+# kafka_cluster_status: one line for the cluster, then one per node; false unless all run.
+kafka_cluster_status() {
+  local i pid n=0 lines=() port
+  for ((i = 1; i <= KAFKA_N; i++)); do
+    if pid=$(svc_pid "kafka-$i" 2>/dev/null); then
+      n=$((n + 1))
+      port=$(cat "$(kafka_node_dir "$i")/port" 2>/dev/null || echo "$(kafka_node_port "$i") $(kafka_node_cport "$i")")
+      lines+=("$(printf '  %-7s running  pid %-8s %s:%s (controller %s)' "kafka-$i" "$pid" "$HOST" "${port% *}" "${port#* }")")
+    else
+      lines+=("$(printf '  %-7s stopped' "kafka-$i")")
+    fi
+  done
+  if ((n == KAFKA_N)); then
+    printf '%-9s running  %d/%d nodes\n' kafka "$n" "$KAFKA_N"
+  elif ((n == 0)); then
+    printf '%-9s stopped  (%d nodes)\n' kafka "$KAFKA_N"
+  else
+    printf '%-9s degraded %d/%d nodes running\n' kafka "$n" "$KAFKA_N"
+  fi
+  printf '%s\n' "${lines[@]}"
+  ((n == KAFKA_N))
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1217,6 +1532,11 @@ cmd_up() {
   # 2. start what is not running (slowest first)
   for svc in kafka mqtt s3 postgres; do
     [[ " ${SERVICES[*]} " == *" $svc "* ]] || continue
+    if [[ $svc == kafka ]] && kafka_multi; then
+      t0=$(now)
+      if kafka_cluster_up; then to_wait+=(kafka) started_at+=("$t0"); fi
+      continue
+    fi
     if pid=$(svc_pid "$svc"); then
       check_running_port "$svc" "$(svc_port "$svc")"
       if "ready_$svc"; then
@@ -1272,6 +1592,8 @@ cmd_down() {
       else
         say "postgres not running"
       fi
+    elif [[ $svc == kafka ]] && kafka_multi; then
+      kafka_cluster_down
     elif pid=$(svc_pid "$svc"); then
       tag=$(svc_tag "$svc")
       case $svc in
@@ -1298,7 +1620,7 @@ purge_data() {
   say "purging $svc data and logs"
   case $svc in
     mqtt) rm -rf "$STATE_DIR/mqtt/data" "$STATE_DIR/mqtt/logs" ;;
-    kafka) rm -rf "$STATE_DIR/kafka/data" "$STATE_DIR/kafka/logs" "$STATE_DIR/kafka/cluster.id" ;;
+    kafka) rm -rf "$STATE_DIR/kafka/data" "$STATE_DIR/kafka/logs" "$STATE_DIR/kafka/cluster.id" "$STATE_DIR/kafka/node-"* ;;
     s3) rm -rf "$STATE_DIR/s3/data" "$STATE_DIR/s3/logs/versitygw.log"* ;;
     postgres)
       pg_locate
@@ -1315,7 +1637,9 @@ cmd_status() {
   parse_services "$@"
   local svc pid all=0
   for svc in "${SERVICES[@]}"; do
-    if pid=$(svc_pid "$svc" 2>/dev/null); then
+    if [[ $svc == kafka ]] && kafka_multi; then
+      kafka_cluster_status || all=3
+    elif pid=$(svc_pid "$svc" 2>/dev/null); then
       printf '%-9s running  pid %-8s %s:%s\n' "$svc" "$pid" "$HOST" \
         "$(cat "$STATE_DIR/$svc/port" 2>/dev/null || svc_port "$svc")"
     else
@@ -1363,7 +1687,8 @@ cmd_env() {
   env_line IOTPIPE_CA_DIR "$STATE_DIR/ca"
   env_line IOTPIPE_MQTT_ACL_FILE "$STATE_DIR/mqtt/acl"
   env_line IOTPIPE_MQTT_BROKER_PID_FILE "$STATE_DIR/mqtt/pid"
-  env_line IOTPIPE_KAFKA_BROKERS "$HOST:$KAFKA_PORT"
+  env_line IOTPIPE_KAFKA_BROKERS "$(kafka_brokers)"
+  if kafka_multi; then env_line IOTPIPE_KAFKA_NODES "$KAFKA_N"; fi
   env_line IOTPIPE_PG_DSN "$(pg_dsn "$PG_OWNER" "$PG_OWNER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_WRITER_DSN "$(pg_dsn "$PG_WRITER" "$PG_WRITER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_READER_DSN "$(pg_dsn "$PG_READER" "$PG_READER_PASS" "$PG_DB")"
@@ -1412,6 +1737,7 @@ main() {
   check_port_value IOTPIPE_PG_PORT "$PG_PORT"
   check_port_value IOTPIPE_S3_PORT "$S3_PORT"
   (($#)) || usage
+  kafka_layout "$1"
   pg_locate
   local verb=$1
   shift

@@ -36,7 +36,7 @@ type initFlags struct {
 	topicReadings                                    string
 	rawParts, metricsParts, dlqParts                 int
 	rawRet, metricsRet, dlqRet                       time.Duration
-	replication                                      int
+	replication, minISR                              int
 
 	pgDSN, pgSchema, pgFlavor, pgWriter, pgReader string
 	pgRegistry                                    string
@@ -65,7 +65,8 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.Duration(&o.rawRet, "raw-retention", 7*24*time.Hour, "retention of the raw topic (and of the readings topic)")
 	f.Duration(&o.metricsRet, "metrics-retention", 7*24*time.Hour, "retention of the metrics topic")
 	f.Duration(&o.dlqRet, "dlq-retention", 30*24*time.Hour, "retention of the dead-letter topic")
-	f.Int(&o.replication, "replication-factor", -1, "replication factor of new topics; -1 uses the broker's default")
+	f.Int(&o.replication, "replication-factor", -1, "replication factor of new topics; -1 uses the broker's default. Refused when above the live brokers; 3 on a cluster of three or more")
+	f.Int(&o.minISR, "min-insync-replicas", -1, "min.insync.replicas of every topic (set on new ones, restored on existing ones); -1 uses the broker's default. Refused when above or equal to the replication factor (writes would stop when one broker is down), unless both are 1")
 	o.s3.bind(f)
 	f.Group("PostgreSQL / TimescaleDB")
 	f.Secret(&o.pgDSN, "pg-dsn", "postgres://iotpipe@localhost:5432/iotpipe?sslmode=disable", "database URL of the schema owner, who runs the migrations")
@@ -106,8 +107,8 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 			errs = append(errs, settingErr(p.name, fmt.Sprint(p.v), errors.New("must be between 1 and 10000")))
 		}
 	}
-	if o.replication == 0 || o.replication < -1 || o.replication > 32767 {
-		errs = append(errs, settingErr("replication-factor", fmt.Sprint(o.replication), errors.New("must be -1 (broker default) or at least 1")))
+	if err := setup.ValidateReplication(o.replication, o.minISR); err != nil && !skip[setup.Kafka] {
+		errs = append(errs, &UsageError{err})
 	}
 	for _, d := range []struct {
 		name string
@@ -151,6 +152,7 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 	return setup.Config{
 		Kafka:             kc,
 		ReplicationFactor: int16(o.replication),
+		MinInsyncReplicas: int16(o.minISR),
 		Topics: []setup.Topic{
 			{Name: o.topicRaw, Partitions: int32(o.rawParts), Purpose: "raw readings",
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.rawRet)}},
@@ -211,6 +213,13 @@ func runInit(ctx context.Context, env Env, args []string) error {
 }
 
 func printReport(env Env, rep *setup.Report) {
+	if k := rep.Kafka; k.Brokers > 0 {
+		line := fmt.Sprintf("kafka: %d live brokers; new topics: replication factor %d, min.insync.replicas %d", k.Brokers, k.ReplicationFactor, k.MinInsyncReplicas)
+		if k.Warning != "" {
+			line += "; warning: " + k.Warning
+		}
+		fmt.Fprintln(env.Stdout, line)
+	}
 	for _, t := range rep.Topics {
 		line := fmt.Sprintf("kafka: topic %s (%d partitions): %s", t.Name, t.Partitions, t.Action)
 		if len(t.Changed) > 0 {

@@ -1,7 +1,38 @@
 // Package setup prepares the external systems iotpipe runs on: the Kafka
 // topics, the object store bucket and the database schema. Run is
 // idempotent: a second run against the same systems changes nothing and
-// says so.
+// says so, also right after the first (a topic that exists is reported as
+// existing even when the broker answering the metadata request has not
+// learned of it yet and CreateTopics answers TOPIC_ALREADY_EXISTS).
+//
+// # Replication
+//
+// Topics are created with Config.ReplicationFactor replicas and
+// min.insync.replicas Config.MinInsyncReplicas (-1: the broker's default,
+// read from a live broker). Every stage produces with acks=all, so an
+// acknowledged record is on at least min.insync.replicas brokers. Run
+// refuses, before creating anything, a combination that cannot work or
+// that stops the pipeline at the first broker failure, with an
+// ErrUnsafeReplication error naming the init flags:
+//
+//   - min.insync.replicas greater than the replication factor: every write
+//     fails (NOT_ENOUGH_REPLICAS);
+//   - a replication factor greater than the live brokers: Kafka cannot
+//     place the replicas;
+//   - min.insync.replicas equal to a replication factor above 1: writes stop
+//     whenever any one broker is down, so the bridge stops acknowledging
+//     devices during every broker restart (use replication factor - 1);
+//   - for an existing topic, a new min.insync.replicas that is unsafe in
+//     these ways for its actual replication factor.
+//
+// It warns (log and report), and goes on, for a replication factor of 1 on
+// a cluster of several brokers (a broker failure stops its partitions, a
+// lost disk loses their records), for min.insync.replicas 1 with more
+// replicas (a record acknowledged while only the leader was in sync is lost
+// with that leader's disk), and for an existing topic whose own settings
+// are unsafe but which Run does not change. The recommended setting for a
+// cluster of three or more brokers is replication factor 3,
+// min.insync.replicas 2.
 package setup
 
 import (
@@ -9,8 +40,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,8 +90,13 @@ type Topic struct {
 // Config says what to prepare and how to reach it.
 type Config struct {
 	Kafka kafkax.Config
-	// ReplicationFactor for new topics; -1 means the broker default.
+	// ReplicationFactor for new topics; -1 means the broker default
+	// (default.replication.factor).
 	ReplicationFactor int16
+	// MinInsyncReplicas is the min.insync.replicas of every topic (set on
+	// new topics, restored on existing ones); -1 leaves it to the broker
+	// default.
+	MinInsyncReplicas int16
 	Topics            []Topic
 
 	// PostgresDSN reaches the database as its owner (migrations create
@@ -81,6 +119,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	if !c.Skip[Kafka] {
 		if err := c.Kafka.Validate(); err != nil {
+			errs = append(errs, &Error{Kafka, err})
+		}
+		if err := ValidateReplication(int(c.ReplicationFactor), int(c.MinInsyncReplicas)); err != nil {
 			errs = append(errs, &Error{Kafka, err})
 		}
 		for _, t := range c.Topics {
@@ -117,17 +158,38 @@ func (c *Config) Validate() error {
 type TopicResult struct {
 	Name       string
 	Partitions int32
-	// Action is "created", "unchanged" or "updated".
+	// ReplicationFactor and MinInsyncReplicas are the topic's actual
+	// values (0 when unknown).
+	ReplicationFactor int16
+	MinInsyncReplicas int16
+	// Action is "created", "unchanged" (it existed and matches) or
+	// "updated" (it existed and configs were restored).
 	Action string
 	// Changed lists the configs that were restored, key=value.
 	Changed []string
 	// Warning is set when the topic differs in a way Run does not fix
-	// (partition count: changing it moves keys between partitions).
+	// (partition count: changing it moves keys between partitions;
+	// replication factor) or its replication is weak (see the package
+	// comment).
+	Warning string
+}
+
+// KafkaReport describes the cluster the topics were prepared on.
+type KafkaReport struct {
+	// Brokers is the number of live brokers.
+	Brokers int
+	// ReplicationFactor and MinInsyncReplicas are the effective settings
+	// for new topics (the broker defaults resolved).
+	ReplicationFactor int16
+	MinInsyncReplicas int16
+	// Warning is set when the replication is weak (see the package
+	// comment).
 	Warning string
 }
 
 // Report is what Run did.
 type Report struct {
+	Kafka         KafkaReport
 	Topics        []TopicResult
 	Bucket        string
 	BucketCreated bool
@@ -155,13 +217,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Report, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if !cfg.Skip[Kafka] {
-		res, err := withTimeout(ctx, cfg.Timeout, func(ctx context.Context) ([]TopicResult, error) {
-			return ensureTopics(ctx, cfg, log)
+		_, err := withTimeout(ctx, cfg.Timeout, func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, ensureTopics(ctx, cfg, log, &rep)
 		})
 		if err != nil {
 			return rep, &Error{Kafka, err}
 		}
-		rep.Topics = res
 	}
 	if !cfg.Skip[S3] {
 		created, err := withTimeout(ctx, cfg.Timeout, func(ctx context.Context) (bool, error) {
@@ -222,98 +283,276 @@ func migrate(ctx context.Context, cfg Config, log *slog.Logger) (migrations.Resu
 	return res, nil
 }
 
-func ensureTopics(ctx context.Context, cfg Config, log *slog.Logger) ([]TopicResult, error) {
+// ErrUnsafeReplication is returned (wrapped, naming the init flags) when the
+// replication settings cannot work or stop every write at the first broker
+// failure; see the package comment.
+var ErrUnsafeReplication = errors.New("unsafe replication")
+
+// The init flags and variables behind Config.ReplicationFactor and
+// Config.MinInsyncReplicas, named in replication errors.
+const (
+	rfSetting   = "--replication-factor (IOTPIPE_REPLICATION_FACTOR)"
+	misrSetting = "--min-insync-replicas (IOTPIPE_MIN_INSYNC_REPLICAS)"
+)
+
+// ValidateReplication checks the replication settings without contacting
+// the cluster: each is -1 (broker default) or at least 1, and when both are
+// given, min.insync.replicas is below the replication factor (or both 1).
+func ValidateReplication(rf, misr int) error {
+	if rf == 0 || rf < -1 || rf > 32767 {
+		return fmt.Errorf("%s %d: must be -1 (broker default) or between 1 and 32767", rfSetting, rf)
+	}
+	if misr == 0 || misr < -1 || misr > 32767 {
+		return fmt.Errorf("%s %d: must be -1 (broker default) or between 1 and 32767", misrSetting, misr)
+	}
+	if rf == -1 || misr == -1 {
+		return nil // checked against the cluster's defaults by Run
+	}
+	_, err := checkReplication(rf, misr, -1, "")
+	return err
+}
+
+// checkReplication judges rf replicas with min.insync.replicas misr on a
+// cluster of live brokers (-1: unknown). from says where the values come
+// from, for the message. It returns a warning for a weak but working
+// setting and an ErrUnsafeReplication error for an unsafe one.
+func checkReplication(rf, misr, live int, from string) (warning string, err error) {
+	unsafe := func(format string, args ...any) (string, error) {
+		return "", fmt.Errorf("%w: %s %d, %s %d%s: %s", ErrUnsafeReplication, rfSetting, rf, misrSetting, misr, from,
+			fmt.Sprintf(format, args...))
+	}
+	switch {
+	case misr > rf:
+		return unsafe("min.insync.replicas above the replication factor fails every write (NOT_ENOUGH_REPLICAS); set %s at most %d", misrSetting, max(rf-1, 1))
+	case live >= 0 && rf > live:
+		return unsafe("only %d live broker(s) to place %d replicas on; lower %s or start more brokers", live, rf, rfSetting)
+	case misr == rf && rf > 1:
+		return unsafe("writes would stop whenever any one broker is down (the bridge stops acknowledging devices); set %s %d", misrSetting, rf-1)
+	case rf == 1 && live > 1:
+		return fmt.Sprintf("replication factor 1 on %d brokers: a broker failure stops its partitions and a lost disk loses their records (recommended: %s 3, %s 2)",
+			live, rfSetting, misrSetting), nil
+	case misr == 1 && rf > 1:
+		return fmt.Sprintf("min.insync.replicas 1: a record acknowledged while only the leader was in sync is lost with that broker's disk (recommended: %s %d)",
+			misrSetting, min(rf-1, 2)), nil
+	}
+	return "", nil
+}
+
+// brokerDefaults reads default.replication.factor and min.insync.replicas
+// from a live broker.
+func brokerDefaults(ctx context.Context, adm *kadm.Client, brokers kadm.BrokerDetails) (rf, misr int, err error) {
+	if len(brokers) == 0 {
+		return 0, 0, errors.New("the cluster lists no live broker")
+	}
+	rcs, err := adm.DescribeBrokerConfigs(ctx, brokers[0].NodeID)
+	if err == nil && len(rcs) > 0 {
+		err = rcs[0].Err
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("describe configs of broker %d: %w", brokers[0].NodeID, err)
+	}
+	rf, misr = 1, 1 // Kafka's own defaults
+	for _, c := range rcs[0].Configs {
+		v, perr := strconv.Atoi(c.MaybeValue())
+		switch {
+		case perr != nil:
+		case c.Key == "default.replication.factor":
+			rf = v
+		case c.Key == "min.insync.replicas":
+			misr = v
+		}
+	}
+	return rf, misr, nil
+}
+
+func ensureTopics(ctx context.Context, cfg Config, log *slog.Logger, rep *Report) error {
 	cl, err := kgo.NewClient(cfg.Kafka.Opts(kgo.RetryTimeout(cfg.Timeout))...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	if _, err := kafkax.Ping(ctx, adm); err != nil {
-		return nil, fmt.Errorf("brokers %v unreachable: %w", cfg.Kafka.Brokers, err)
+	brokers, err := kafkax.Ping(ctx, adm)
+	if err != nil {
+		return fmt.Errorf("brokers %v unreachable: %w", cfg.Kafka.Brokers, err)
 	}
+	defRF, defMISR, err := brokerDefaults(ctx, adm, brokers)
+	if err != nil {
+		return err
+	}
+	rf, misr, from := int(cfg.ReplicationFactor), int(cfg.MinInsyncReplicas), ""
+	switch {
+	case rf == -1 && misr == -1:
+		rf, misr, from = defRF, defMISR, " (both broker defaults)"
+	case rf == -1:
+		rf, from = defRF, " (replication factor: broker default)"
+	case misr == -1:
+		misr, from = defMISR, " (min.insync.replicas: broker default)"
+	}
+	// Refuse before anything is created.
+	warning, err := checkReplication(rf, misr, len(brokers), from)
+	if err != nil {
+		return err
+	}
+	rep.Kafka = KafkaReport{Brokers: len(brokers), ReplicationFactor: int16(rf), MinInsyncReplicas: int16(misr), Warning: warning}
+	if warning != "" {
+		log.Warn("weak replication for new topics", "warning", warning)
+	}
+	topics := make([]Topic, len(cfg.Topics))
 	names := make([]string, len(cfg.Topics))
 	for i, t := range cfg.Topics {
-		names[i] = t.Name
+		if cfg.MinInsyncReplicas != -1 {
+			t.Configs = maps.Clone(t.Configs)
+			if t.Configs == nil {
+				t.Configs = map[string]string{}
+			}
+			t.Configs["min.insync.replicas"] = strconv.Itoa(int(cfg.MinInsyncReplicas))
+		}
+		topics[i], names[i] = t, t.Name
 	}
 	existing, err := adm.ListTopics(ctx, names...)
 	if err != nil {
-		return nil, fmt.Errorf("describe topics: %w", err)
+		return fmt.Errorf("describe topics: %w", err)
 	}
-	var out []TopicResult
-	for _, t := range cfg.Topics {
+	for _, t := range topics {
 		res := TopicResult{Name: t.Name, Partitions: t.Partitions}
 		detail, ok := existing[t.Name]
 		if !ok || errors.Is(detail.Err, kerr.UnknownTopicOrPartition) {
-			if err := createTopic(ctx, adm, cfg.ReplicationFactor, t); err != nil {
-				return out, err
+			resp, created, err := createTopic(ctx, adm, cfg.ReplicationFactor, t)
+			if err != nil {
+				return err
 			}
-			res.Action = "created"
-			log.Info("topic created", "topic", t.Name, "partitions", t.Partitions, "purpose", t.Purpose)
-			out = append(out, res)
-			continue
+			if created {
+				res.Action, res.ReplicationFactor, res.Warning = "created", resp.ReplicationFactor, warning
+				res.MinInsyncReplicas = int16(misr)
+				if c, ok := resp.Configs["min.insync.replicas"]; ok {
+					if v, err := strconv.Atoi(c.MaybeValue()); err == nil {
+						res.MinInsyncReplicas = int16(v)
+					}
+				}
+				log.Info("topic created", "topic", t.Name, "partitions", t.Partitions, "replication_factor", res.ReplicationFactor,
+					"min_insync_replicas", res.MinInsyncReplicas, "purpose", t.Purpose)
+				rep.Topics = append(rep.Topics, res)
+				continue
+			}
+			// It exists: created by a run moments ago whose metadata has
+			// not reached the broker that answered ListTopics yet, or
+			// concurrently by another init. Report it as existing.
+			if detail, err = waitTopic(ctx, adm, t.Name); err != nil {
+				return err
+			}
 		}
 		if detail.Err != nil {
-			return out, fmt.Errorf("describe topic %s: %w", t.Name, detail.Err)
+			return fmt.Errorf("describe topic %s: %w", t.Name, detail.Err)
 		}
 		res.Action = "unchanged"
+		var warnings []string
 		if have := int32(len(detail.Partitions)); have != t.Partitions {
 			res.Partitions = have
-			res.Warning = fmt.Sprintf("has %d partitions, configured %d; left as is (changing the count moves device keys to other partitions: do it deliberately)", have, t.Partitions)
+			warnings = append(warnings, fmt.Sprintf("has %d partitions, configured %d; left as is (changing the count moves device keys to other partitions: do it deliberately)", have, t.Partitions))
 			log.Warn("topic partition count differs", "topic", t.Name, "have", have, "configured", t.Partitions)
 		}
-		changed, err := restoreConfigs(ctx, adm, t)
-		if err != nil {
-			return out, err
+		for _, p := range detail.Partitions {
+			res.ReplicationFactor = max(res.ReplicationFactor, int16(len(p.Replicas)))
 		}
+		if cfg.ReplicationFactor != -1 && res.ReplicationFactor != cfg.ReplicationFactor {
+			warnings = append(warnings, fmt.Sprintf("has replication factor %d, configured %d; left as is (change it with a partition reassignment)", res.ReplicationFactor, cfg.ReplicationFactor))
+			log.Warn("topic replication factor differs", "topic", t.Name, "have", res.ReplicationFactor, "configured", cfg.ReplicationFactor)
+		}
+		changed, topicMISR, warn, err := restoreConfigs(ctx, adm, t, int(res.ReplicationFactor), len(brokers))
+		if err != nil {
+			return err
+		}
+		res.MinInsyncReplicas = topicMISR
+		if warn != "" {
+			warnings = append(warnings, warn)
+			log.Warn("weak replication", "topic", t.Name, "warning", warn)
+		}
+		res.Warning = strings.Join(warnings, "; ")
 		if len(changed) > 0 {
 			res.Action, res.Changed = "updated", changed
 			log.Info("topic configs restored", "topic", t.Name, "configs", changed)
 		}
-		out = append(out, res)
-	}
-	return out, nil
-}
-
-func createTopic(ctx context.Context, adm *kadm.Client, rf int16, t Topic) error {
-	configs := make(map[string]*string, len(t.Configs))
-	for k, v := range t.Configs {
-		configs[k] = &v
-	}
-	resp, err := adm.CreateTopic(ctx, t.Partitions, rf, configs, t.Name)
-	if err == nil {
-		err = resp.Err
-	}
-	if errors.Is(err, kerr.TopicAlreadyExists) {
-		return nil // created concurrently by another init
-	}
-	if err != nil {
-		return fmt.Errorf("create topic %s: %w", t.Name, err)
+		rep.Topics = append(rep.Topics, res)
 	}
 	return nil
 }
 
-func restoreConfigs(ctx context.Context, adm *kadm.Client, t Topic) ([]string, error) {
-	if len(t.Configs) == 0 {
-		return nil, nil
+// createTopic creates t; created is false when it exists already.
+func createTopic(ctx context.Context, adm *kadm.Client, rf int16, t Topic) (resp kadm.CreateTopicResponse, created bool, err error) {
+	configs := make(map[string]*string, len(t.Configs))
+	for k, v := range t.Configs {
+		configs[k] = &v
 	}
-	rcs, err := adm.DescribeTopicConfigs(ctx, t.Name)
+	resp, err = adm.CreateTopic(ctx, t.Partitions, rf, configs, t.Name)
+	if err == nil {
+		err = resp.Err
+	}
+	if errors.Is(err, kerr.TopicAlreadyExists) {
+		return resp, false, nil
+	}
 	if err != nil {
-		return nil, fmt.Errorf("describe configs of %s: %w", t.Name, err)
+		if resp.ErrMessage != "" {
+			return resp, false, fmt.Errorf("create topic %s: %w (%s)", t.Name, err, resp.ErrMessage)
+		}
+		return resp, false, fmt.Errorf("create topic %s: %w", t.Name, err)
 	}
-	rc, err := rcs.On(t.Name, nil)
+	return resp, true, nil
+}
+
+// waitTopic polls the metadata until it lists the topic (a topic that
+// CreateTopics says exists may not have reached every broker's metadata).
+func waitTopic(ctx context.Context, adm *kadm.Client, name string) (kadm.TopicDetail, error) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		tds, err := adm.ListTopics(ctx, name)
+		if err == nil {
+			if d, ok := tds[name]; ok && !errors.Is(d.Err, kerr.UnknownTopicOrPartition) {
+				return d, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return kadm.TopicDetail{}, fmt.Errorf("topic %s exists (TOPIC_ALREADY_EXISTS) but no broker lists it in its metadata: %w", name, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// restoreConfigs sets the topic's configs back to t.Configs where they
+// drifted, after checking that the min.insync.replicas it would have is
+// safe for the topic's actual replication factor rf on live brokers. It returns the
+// restored key=value pairs, the resulting min.insync.replicas and a
+// warning for weak replication.
+func restoreConfigs(ctx context.Context, adm *kadm.Client, t Topic, rf, live int) (changed []string, misr int16, warning string, err error) {
+	rc, err := describeTopicConfigs(ctx, adm, t.Name)
 	if err != nil {
-		return nil, fmt.Errorf("describe configs of %s: %w", t.Name, err)
-	}
-	if rc.Err != nil {
-		return nil, fmt.Errorf("describe configs of %s: %w", t.Name, rc.Err)
+		return nil, 0, "", err
 	}
 	have := map[string]string{}
 	for _, c := range rc.Configs {
 		have[c.Key] = c.MaybeValue()
 	}
+	want := have["min.insync.replicas"]
+	if v, ok := t.Configs["min.insync.replicas"]; ok {
+		want = v
+	}
+	if n, perr := strconv.Atoi(want); perr == nil && rf > 0 {
+		misr = int16(n)
+		if _, setting := t.Configs["min.insync.replicas"]; setting && want != have["min.insync.replicas"] {
+			// Run would change it: refuse a value that breaks this topic.
+			if _, err := checkReplication(rf, n, -1, " (existing topic "+t.Name+", replication factor "+strconv.Itoa(rf)+")"); err != nil {
+				return nil, 0, "", err
+			}
+		}
+		if w, err := checkReplication(rf, n, live, " (this topic's own values)"); err != nil {
+			warning = err.Error()
+		} else if w != "" {
+			warning = w
+		}
+	}
 	var alter []kadm.AlterConfig
-	var changed []string
 	for k, v := range t.Configs {
 		if have[k] == v {
 			continue
@@ -322,19 +561,63 @@ func restoreConfigs(ctx context.Context, adm *kadm.Client, t Topic) ([]string, e
 		changed = append(changed, k+"="+v)
 	}
 	if len(alter) == 0 {
-		return nil, nil
+		return nil, misr, warning, nil
 	}
 	sort.Strings(changed)
-	resps, err := adm.AlterTopicConfigs(ctx, alter, t.Name)
+	err = untilKnown(ctx, t.Name, func() error {
+		resps, err := adm.AlterTopicConfigs(ctx, alter, t.Name)
+		if err != nil {
+			return err
+		}
+		for _, r := range resps {
+			if r.Err != nil {
+				return fmt.Errorf("%w (%s)", r.Err, r.ErrMessage)
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("alter configs of %s: %w", t.Name, err)
+		return nil, 0, "", fmt.Errorf("alter configs of %s: %w", t.Name, err)
 	}
-	for _, r := range resps {
-		if r.Err != nil {
-			return nil, fmt.Errorf("alter configs of %s: %w (%s)", t.Name, r.Err, r.ErrMessage)
+	return changed, misr, warning, nil
+}
+
+func describeTopicConfigs(ctx context.Context, adm *kadm.Client, name string) (kadm.ResourceConfig, error) {
+	var rc kadm.ResourceConfig
+	err := untilKnown(ctx, name, func() error {
+		rcs, err := adm.DescribeTopicConfigs(ctx, name)
+		if err != nil {
+			return err
+		}
+		if rc, err = rcs.On(name, nil); err != nil {
+			return err
+		}
+		return rc.Err
+	})
+	if err != nil {
+		return rc, fmt.Errorf("describe configs of %s: %w", name, err)
+	}
+	return rc, nil
+}
+
+// untilKnown runs fn again while it fails with UNKNOWN_TOPIC_OR_PARTITION:
+// a topic created a moment ago (by this run, the run before or another
+// client) is not yet in the metadata of every broker, so a request that
+// lands on one that has not learned of it fails until it has.
+func untilKnown(ctx context.Context, topic string, fn func() error) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := fn()
+		if !errors.Is(err, kerr.UnknownTopicOrPartition) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("topic %s still unknown to the broker asked: %w (%w)", topic, err, ctx.Err())
+		case <-tick.C:
 		}
 	}
-	return changed, nil
 }
 
 // Millis formats a duration as a Kafka *.ms config value.

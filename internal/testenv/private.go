@@ -10,9 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -28,6 +30,8 @@ type Private struct {
 	script   string
 	environ  []string
 	services []string
+	// kafkaNodes is the number of Kafka nodes (1: the single-node layout).
+	kafkaNodes int
 }
 
 // repoRoot finds the repository root from this source file.
@@ -54,6 +58,23 @@ func freePort(t testing.TB) string {
 // ones.
 func StartPrivate(t testing.TB, services ...string) *Private {
 	t.Helper()
+	return startPrivate(t, 1, services)
+}
+
+// StartPrivateCluster is StartPrivate with Kafka (which must be among the
+// services) as a KRaft cluster of kafkaNodes combined broker+controller
+// nodes (IOTPIPE_KAFKA_NODES), each on its own free ports: replication
+// factor 3 and min.insync.replicas 2 by default for three nodes or more.
+func StartPrivateCluster(t testing.TB, kafkaNodes int, services ...string) *Private {
+	t.Helper()
+	if !slices.Contains(services, "kafka") {
+		t.Fatal("StartPrivateCluster: kafka is not among the services")
+	}
+	return startPrivate(t, kafkaNodes, services)
+}
+
+func startPrivate(t testing.TB, kafkaNodes int, services []string) *Private {
+	t.Helper()
 	shared := Load(t)
 	root := repoRoot(t)
 	install := shared.StateDir
@@ -64,8 +85,9 @@ func StartPrivate(t testing.TB, services ...string) *Private {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Private{t: t, script: filepath.Join(root, "scripts", "services.sh"), services: services}
+	p := &Private{t: t, script: filepath.Join(root, "scripts", "services.sh"), services: services, kafkaNodes: kafkaNodes}
 	p.environ = append(os.Environ(),
+		"IOTPIPE_KAFKA_NODES="+strconv.Itoa(kafkaNodes),
 		"IOTPIPE_STATE_DIR="+state,
 		"IOTPIPE_INSTALL_DIR="+install,
 		"IOTPIPE_MQTT_PORT="+freePort(t),
@@ -75,6 +97,14 @@ func StartPrivate(t testing.TB, services ...string) *Private {
 		"IOTPIPE_PG_PORT="+freePort(t),
 		"IOTPIPE_S3_PORT="+freePort(t),
 	)
+	if kafkaNodes > 1 {
+		var ports, cports []string
+		for range kafkaNodes {
+			ports, cports = append(ports, freePort(t)), append(cports, freePort(t))
+		}
+		p.environ = append(p.environ, "IOTPIPE_KAFKA_PORTS="+strings.Join(ports, ","),
+			"IOTPIPE_KAFKA_CONTROLLER_PORTS="+strings.Join(cports, ","))
+	}
 	t.Cleanup(func() {
 		p.run(2*time.Minute, append([]string{"down", "--purge"}, services...)...)
 		_ = os.RemoveAll(state)
@@ -177,4 +207,68 @@ func RemoveBinary() {
 	if binPath != "" {
 		_ = os.RemoveAll(filepath.Dir(binPath))
 	}
+}
+
+// KafkaNodes is the number of Kafka nodes of the private cluster (1 for
+// StartPrivate).
+func (p *Private) KafkaNodes() int { return p.kafkaNodes }
+
+// KafkaNodeAddr is the broker address (host:port) of node 1..KafkaNodes.
+func (p *Private) KafkaNodeAddr(node int) string {
+	p.t.Helper()
+	if node < 1 || node > len(p.KafkaBrokers) {
+		p.t.Fatalf("kafka node %d: the private cluster has %d", node, len(p.KafkaBrokers))
+	}
+	return p.KafkaBrokers[node-1]
+}
+
+// KafkaNodePID returns the pid of node 1..KafkaNodes, or 0 when it is not
+// running.
+func (p *Private) KafkaNodePID(node int) int {
+	p.t.Helper()
+	f := filepath.Join(p.StateDir, "kafka", "pid")
+	if p.kafkaNodes > 1 {
+		f = filepath.Join(p.StateDir, "kafka", "node-"+strconv.Itoa(node), "pid")
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || !alive(pid) {
+		return 0
+	}
+	return pid
+}
+
+// alive reports whether pid is a running (not zombie) process.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+// KillKafkaNode SIGKILLs node 1..KafkaNodes (a crash: no controlled
+// shutdown) and waits until the process is gone. Start("kafka") restarts
+// it.
+func (p *Private) KillKafkaNode(node int) {
+	p.t.Helper()
+	pid := p.KafkaNodePID(node)
+	if pid == 0 {
+		p.t.Fatalf("kafka node %d is not running", node)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		p.t.Fatalf("kill kafka node %d (pid %d): %v", node, pid, err)
+	}
+	Eventually(p.t, 30*time.Second, 20*time.Millisecond, func() error {
+		if alive(pid) {
+			return fmt.Errorf("kafka node %d (pid %d) still running after SIGKILL", node, pid)
+		}
+		return nil
+	})
 }
