@@ -76,7 +76,9 @@ func StartStage(t *testing.T, bin string, env []string, name string, args ...str
 	t.Cleanup(func() {
 		if s.cmd.ProcessState == nil {
 			_ = s.cmd.Process.Kill()
-			<-s.done
+			if err := <-s.done; err == nil {
+				t.Logf("%s exited cleanly before the kill reached it", name)
+			}
 		}
 		if t.Failed() {
 			t.Logf("--- %s log (tail):\n%s", name, Tail(s.log.String(), 6000))
@@ -139,7 +141,9 @@ func (s *Stage) Stop(t *testing.T, within time.Duration) {
 	case <-time.After(within):
 		t.Errorf("%s still running %s after SIGTERM", s.name, within)
 		_ = s.cmd.Process.Kill()
-		<-s.done
+		if err := <-s.done; err == nil {
+			t.Logf("%s exited cleanly before the kill reached it", s.name)
+		}
 	}
 }
 
