@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"errors"
 	"fmt"
 	"net"
@@ -31,12 +32,8 @@ Devices get their certificates with 'iotpipe devices add'. Run
 `
 
 func runCA(ctx context.Context, env Env, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
-		fmt.Fprint(env.Stdout, caUsage)
-		if len(args) == 0 {
-			return &UsageError{errors.New("which ca command? init, server or client")}
-		}
-		return nil
+	if help, err := groupHelp(env, args, caUsage, "which ca command? init, server or client"); help {
+		return err
 	}
 	switch args[0] {
 	case "init":
@@ -47,6 +44,20 @@ func runCA(ctx context.Context, env Env, args []string) error {
 		return runCAClient(env, args[1:])
 	}
 	return &UsageError{fmt.Errorf("unknown ca command %q: want init, server or client", args[0])}
+}
+
+// groupHelp prints usage when a command group (ca, devices) is called
+// without a command or with -h/--help, and says whether it did; err is a
+// usage error saying which when the command is missing.
+func groupHelp(env Env, args []string, usage, which string) (help bool, err error) {
+	if len(args) > 0 && args[0] != "-h" && args[0] != "--help" && args[0] != "-help" {
+		return false, nil
+	}
+	fmt.Fprint(env.Stdout, usage)
+	if len(args) == 0 {
+		return true, &UsageError{errors.New(which)}
+	}
+	return true, nil
 }
 
 // caDirFlag binds --ca-dir.
@@ -150,17 +161,11 @@ the broker's name against them (bridge --mqtt-server-name). Writes
 	if err := errors.Join(errs...); err != nil {
 		return &UsageError{err}
 	}
-	ca, err := loadCA(dir)
+	iss, cp, kp, err := issueKeyPair(dir, out, name, func(ca *certs.CA) (*certs.Issued, *ecdsa.PrivateKey, error) {
+		return ca.IssueServer(dns, parsed, validity)
+	})
 	if err != nil {
 		return err
-	}
-	iss, key, err := ca.IssueServer(dns, parsed, validity)
-	if err != nil {
-		return err
-	}
-	cp, kp, err := certs.WriteKeyPair(out, name, iss.PEM, key)
-	if err != nil {
-		return fmt.Errorf("%s: %w", settingName("out"), err)
 	}
 	fmt.Fprintf(env.Stdout, "ca: server certificate %s (names %s, serial %s, valid until %s), key %s (mode 0600)\n",
 		cp, strings.Join(append(append([]string{}, dns...), ips...), ","), iss.Serial(), iss.Cert.NotAfter.UTC().Format(time.DateOnly), kp)
@@ -168,13 +173,7 @@ the broker's name against them (bridge --mqtt-server-name). Writes
 }
 
 func runCAClient(env Env, args []string) error {
-	cn, args, err := positional(args, "the certificate's common name, e.g. iotpipe-bridge")
-	if err != nil {
-		if !errors.Is(err, ErrHelp) {
-			return err
-		}
-		args = []string{"--help"}
-	}
+	cn, args, perr := positional(args, "the certificate's common name, e.g. iotpipe-bridge")
 	var dir, out string
 	var validity time.Duration
 	f := newCmdFlags(env, "iotpipe ca client <common-name>", `Issue a client certificate (extended key usage clientAuth only) for a service
@@ -186,31 +185,40 @@ replaces them, which a running bridge picks up on its next reconnect.`)
 	caDirFlag(f, &dir)
 	f.String(&out, "out", ".", "folder the certificate and key are written to")
 	validityFlag(f, &validity, certs.DefaultClientValidity, "certificate")
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
+	if err := parseAfterPositional(env, f, args, perr); err != nil {
+		return err
 	}
 	if err := errors.Join(certs.CheckID(cn), checkValidity(validity), needCADir(dir)); err != nil {
 		return &UsageError{err}
 	}
-	ca, err := loadCA(dir)
+	iss, cp, kp, err := issueKeyPair(dir, out, cn, func(ca *certs.CA) (*certs.Issued, *ecdsa.PrivateKey, error) {
+		return ca.IssueClientKey(cn, validity)
+	})
 	if err != nil {
 		return err
-	}
-	key, err := certs.NewKey()
-	if err != nil {
-		return err
-	}
-	iss, err := ca.IssueClient(cn, &key.PublicKey, validity)
-	if err != nil {
-		return err
-	}
-	cp, kp, err := certs.WriteKeyPair(out, cn, iss.PEM, key)
-	if err != nil {
-		return fmt.Errorf("%s: %w", settingName("out"), err)
 	}
 	fmt.Fprintf(env.Stdout, "ca: client certificate %s (CN %s, serial %s, valid until %s), key %s (mode 0600)\n",
 		cp, cn, iss.Serial(), iss.Cert.NotAfter.UTC().Format(time.DateOnly), kp)
 	return nil
+}
+
+// issueKeyPair loads the CA of --ca-dir, issues a certificate with a new
+// key by issue and writes both into out as <name>.crt and <name>.key
+// (certs.WriteKeyPair).
+func issueKeyPair(dir, out, name string, issue func(*certs.CA) (*certs.Issued, *ecdsa.PrivateKey, error)) (iss *certs.Issued, certPath, keyPath string, err error) {
+	ca, err := loadCA(dir)
+	if err != nil {
+		return nil, "", "", err
+	}
+	iss, key, err := issue(ca)
+	if err != nil {
+		return nil, "", "", err
+	}
+	certPath, keyPath, err = certs.WriteKeyPair(out, name, iss.PEM, key)
+	if err != nil {
+		return nil, "", "", fmt.Errorf("%s: %w", settingName("out"), err)
+	}
+	return iss, certPath, keyPath, nil
 }
 
 // positional takes the leading argument that is not a flag (a device id,
@@ -228,4 +236,20 @@ func positional(args []string, what string) (string, []string, error) {
 		return "", args, &UsageError{fmt.Errorf("missing %s (it comes first, before the flags)", what)}
 	}
 	return args[0], args[1:], nil
+}
+
+// parseAfterPositional parses the flags of a command that takes a
+// positional argument; perr is positional's error: -h/--help without that
+// argument still shows the help.
+func parseAfterPositional(env Env, f *cmdFlags, args []string, perr error) error {
+	if perr != nil {
+		if !errors.Is(perr, ErrHelp) {
+			return perr
+		}
+		args = []string{"--help"}
+	}
+	if err := f.Parse(args, env.Stdout); err != nil {
+		return usageErr(err)
+	}
+	return nil
 }

@@ -48,12 +48,8 @@ devices/<id>/... Run 'iotpipe devices <command> --help' for the flags.
 `
 
 func runDevices(ctx context.Context, env Env, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
-		fmt.Fprint(env.Stdout, devicesUsage)
-		if len(args) == 0 {
-			return &UsageError{errors.New("which devices command? add, list, show, disable, enable, revoke, import or sync")}
-		}
-		return nil
+	if help, err := groupHelp(env, args, devicesUsage, "which devices command? add, list, show, disable, enable, revoke, import or sync"); help {
+		return err
 	}
 	rest := args[1:]
 	switch args[0] {
@@ -134,9 +130,52 @@ func (r *registryFlags) open(ctx context.Context) (*registry.Store, error) {
 	return s, nil
 }
 
+// registrySession is the registry opened by a devices command, with the CA of
+// --ca-dir when the command needs it.
+type registrySession struct {
+	*registry.Store
+	ca     *certs.CA
+	cancel context.CancelFunc
+}
+
+// Close closes the store and ends the command's --timeout.
+func (s *registrySession) Close() {
+	s.Store.Close()
+	s.cancel()
+}
+
+// connect loads the CA of --ca-dir (withCA) and opens the registry; the
+// returned context ends after --timeout, or at Close.
+func (r *registryFlags) connect(ctx context.Context, withCA bool) (context.Context, *registrySession, error) {
+	var ca *certs.CA
+	if withCA {
+		var err error
+		if ca, err = loadCA(r.caDir); err != nil {
+			return ctx, nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	s, err := r.open(ctx)
+	if err != nil {
+		cancel()
+		return ctx, nil, err
+	}
+	return ctx, &registrySession{Store: s, ca: ca, cancel: cancel}, nil
+}
+
+// connectBroker checks the flags of a command that updates the broker's
+// files and connects with the CA.
+func (r *registryFlags) connectBroker(ctx context.Context) (context.Context, *registrySession, error) {
+	if err := errors.Join(r.check(), needCADir(r.caDir)); err != nil {
+		return ctx, nil, &UsageError{err}
+	}
+	return r.connect(ctx, true)
+}
+
 // applyBroker rewrites the CRL and ACL deny list and signals the broker,
 // saying what it did.
-func (r *registryFlags) applyBroker(ctx context.Context, env Env, s *registry.Store, ca *certs.CA) error {
+func (r *registryFlags) applyBroker(ctx context.Context, env Env, s *registrySession) error {
+	ca := s.ca
 	crl := r.crlFile
 	if crl == "" {
 		crl = filepath.Join(r.caDir, certs.CRLFile)
@@ -260,10 +299,10 @@ func removeAll(paths []string) {
 func runDevicesAdd(ctx context.Context, env Env, args []string) error {
 	id, args, perr := positional(args, "the device id")
 	var r registryFlags
-	var out, name, typ, csrFile string
+	var c issueFlags
+	var name, typ string
 	var attrs map[string]string
 	var groups []string
-	var validity time.Duration
 	f := newCmdFlags(env, "iotpipe devices add <id>", `Register a device and issue its client certificate: CN = <id>, extended key
 usage clientAuth, ECDSA P-256, signed by the CA in --ca-dir. Writes
 <out>/<id>.crt, <out>/<id>.key (mode 0600; or no key with --csr, the device
@@ -275,60 +314,25 @@ Example:
 	r.bind(f, false)
 	f.Group("Device")
 	caDirFlag(f, &r.caDir)
-	f.String(&out, "out", ".", "folder the device's certificate, key and ca.crt are written to (never overwritten)")
+	f.String(&c.out, "out", ".", "folder the device's certificate, key and ca.crt are written to (never overwritten)")
 	f.String(&name, "name", "", "display name")
 	f.String(&typ, "type", "", "device type (model, kind)")
 	f.Flags.Var(kvList{&attrs}, &attrs, "attr", "attribute key=value; repeat the flag or separate by commas")
 	f.Flags.Var(strList{&groups}, &groups, "group", "group to put the device in (created if missing); repeat the flag or separate by commas")
-	f.String(&csrFile, "csr", "", "PEM certificate signing request made on the device: the certificate is issued for its key and no key is written")
-	validityFlag(f, &validity, certs.DefaultClientValidity, "device certificate")
-	if perr != nil {
-		if !errors.Is(perr, ErrHelp) {
-			return perr
-		}
-		args = []string{"--help"}
-	}
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
-	}
-	if err := errors.Join(r.check(), certs.CheckID(id), checkValidity(validity), needCADir(r.caDir)); err != nil {
-		return &UsageError{err}
-	}
-	var csrPEM []byte
-	if csrFile != "" {
-		b, err := os.ReadFile(csrFile)
-		if err != nil {
-			return &UsageError{settingErr("csr", csrFile, err)}
-		}
-		csrPEM = b
-	}
-	ca, err := loadCA(r.caDir)
-	if err != nil {
+	f.String(&c.csrFile, "csr", "", "PEM certificate signing request made on the device: the certificate is issued for its key and no key is written")
+	validityFlag(f, &c.validity, certs.DefaultClientValidity, "device certificate")
+	if err := parseAfterPositional(env, f, args, perr); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	s, err := r.open(ctx)
+	nd, written, err := c.issue(ctx, &r, id, func(ctx context.Context, s *registrySession, nd registry.NewDevice) error {
+		nd.DisplayName, nd.Type, nd.Attributes, nd.Groups = name, typ, attrs, groups
+		return s.Add(ctx, nd)
+	})
 	if err != nil {
-		return err
-	}
-	defer s.Close()
-	nd, key, err := issueDevice(ca, id, csrPEM, validity)
-	if err != nil {
-		return err
-	}
-	nd.DisplayName, nd.Type, nd.Attributes, nd.Groups = name, typ, attrs, groups
-	written, err := deviceFiles(out, id, &certs.Issued{Cert: nd.Cert, PEM: certs.EncodeCert(nd.Cert.Raw)}, key, ca)
-	if err != nil {
-		removeAll(written)
-		return err
-	}
-	if err := s.Add(ctx, nd); err != nil {
-		removeAll(written)
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "devices: added %s (serial %s, valid until %s); files: %s\n",
-		id, certs.SerialHex(nd.Cert.SerialNumber), nd.Cert.NotAfter.UTC().Format(time.DateOnly), strings.Join(append(written, filepath.Join(out, certs.CACertFile)), ", "))
+		id, certs.SerialHex(nd.Cert.SerialNumber), nd.Cert.NotAfter.UTC().Format(time.DateOnly), strings.Join(append(written, filepath.Join(c.out, certs.CACertFile)), ", "))
 	return nil
 }
 
@@ -342,15 +346,65 @@ func issueDevice(ca *certs.CA, id string, csrPEM []byte, validity time.Duration)
 		}
 		return registry.NewDevice{ID: id, Cert: iss.Cert}, nil, nil
 	}
-	key, err := certs.NewKey()
-	if err != nil {
-		return registry.NewDevice{}, nil, err
-	}
-	iss, err := ca.IssueClient(id, &key.PublicKey, validity)
+	iss, key, err := ca.IssueClientKey(id, validity)
 	if err != nil {
 		return registry.NewDevice{}, nil, err
 	}
 	return registry.NewDevice{ID: id, Cert: iss.Cert}, key, nil
+}
+
+// issueDeviceFiles issues a device's certificate (issueDevice) and writes it
+// into out (deviceFiles), returning the files written; on error it removes
+// those it wrote.
+func issueDeviceFiles(ca *certs.CA, id string, csrPEM []byte, validity time.Duration, out string) (registry.NewDevice, []string, error) {
+	nd, key, err := issueDevice(ca, id, csrPEM, validity)
+	if err != nil {
+		return nd, nil, err
+	}
+	written, err := deviceFiles(out, id, &certs.Issued{Cert: nd.Cert, PEM: certs.EncodeCert(nd.Cert.Raw)}, key, ca)
+	if err != nil {
+		removeAll(written)
+		return nd, nil, err
+	}
+	return nd, written, nil
+}
+
+// issueFlags are the flags of devices add and reissue that say what
+// certificate to issue and where it goes.
+type issueFlags struct {
+	out, csrFile string
+	validity     time.Duration
+}
+
+// issue checks the flags, reads --csr, opens the registry and the CA,
+// issues the device's certificate into --out and records it with record;
+// the files written are removed when that fails.
+func (c *issueFlags) issue(ctx context.Context, r *registryFlags, id string, record func(context.Context, *registrySession, registry.NewDevice) error) (registry.NewDevice, []string, error) {
+	if err := errors.Join(r.check(), certs.CheckID(id), checkValidity(c.validity), needCADir(r.caDir)); err != nil {
+		return registry.NewDevice{}, nil, &UsageError{err}
+	}
+	var csrPEM []byte
+	if c.csrFile != "" {
+		b, err := os.ReadFile(c.csrFile)
+		if err != nil {
+			return registry.NewDevice{}, nil, &UsageError{settingErr("csr", c.csrFile, err)}
+		}
+		csrPEM = b
+	}
+	ctx, s, err := r.connect(ctx, true)
+	if err != nil {
+		return registry.NewDevice{}, nil, err
+	}
+	defer s.Close()
+	nd, written, err := issueDeviceFiles(s.ca, id, csrPEM, c.validity, c.out)
+	if err != nil {
+		return nd, nil, err
+	}
+	if err := record(ctx, s, nd); err != nil {
+		removeAll(written)
+		return nd, nil, err
+	}
+	return nd, written, nil
 }
 
 func runDevicesList(ctx context.Context, env Env, args []string) error {
@@ -379,9 +433,7 @@ expiry and when last seen (from device_activity). Filters combine (AND).`)
 	if err := errors.Join(errs...); err != nil {
 		return &UsageError{err}
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	s, err := r.open(ctx)
+	ctx, s, err := r.connect(ctx, false)
 	if err != nil {
 		return err
 	}
@@ -431,21 +483,13 @@ func runDevicesShow(ctx context.Context, env Env, args []string) error {
 	f := newCmdFlags(env, "iotpipe devices show <id>", "Show one device: its settings, groups, every certificate issued to it and when it was last seen.")
 	r.bind(f, false)
 	f.Bool(&asJSON, "json", false, "print JSON")
-	if perr != nil {
-		if !errors.Is(perr, ErrHelp) {
-			return perr
-		}
-		args = []string{"--help"}
-	}
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
+	if err := parseAfterPositional(env, f, args, perr); err != nil {
+		return err
 	}
 	if err := r.check(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	s, err := r.open(ctx)
+	ctx, s, err := r.connect(ctx, false)
 	if err != nil {
 		return err
 	}
@@ -503,25 +547,10 @@ reconnect failed.`,
 		f.Group("Rotation")
 		f.Bool(&previous, "previous", false, "revoke only the certificates issued before the device's current one (after 'devices reissue' and once the device uses the new one); the device stays active. A connection opened with an old certificate lasts until it ends")
 	}
-	if perr != nil {
-		if !errors.Is(perr, ErrHelp) {
-			return perr
-		}
-		args = []string{"--help"}
-	}
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
-	}
-	if err := errors.Join(r.check(), needCADir(r.caDir)); err != nil {
-		return &UsageError{err}
-	}
-	ca, err := loadCA(r.caDir)
-	if err != nil {
+	if err := parseAfterPositional(env, f, args, perr); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	s, err := r.open(ctx)
+	ctx, s, err := r.connectBroker(ctx)
 	if err != nil {
 		return err
 	}
@@ -532,7 +561,7 @@ reconnect failed.`,
 			return err
 		}
 		fmt.Fprintf(env.Stdout, "devices: revoked %d earlier certificate(s) of %s; it stays as it is with its current one\n", n, id)
-		return r.applyBroker(ctx, env, s, ca)
+		return r.applyBroker(ctx, env, s)
 	}
 	from, err := s.SetStatus(ctx, id, to)
 	if err != nil {
@@ -543,14 +572,13 @@ reconnect failed.`,
 	} else {
 		fmt.Fprintf(env.Stdout, "devices: %s %s → %s\n", id, from, to)
 	}
-	return r.applyBroker(ctx, env, s, ca)
+	return r.applyBroker(ctx, env, s)
 }
 
 func runDevicesReissue(ctx context.Context, env Env, args []string) error {
 	id, args, perr := positional(args, "the device id")
 	var r registryFlags
-	var out, csrFile string
-	var validity time.Duration
+	var c issueFlags
 	f := newCmdFlags(env, "iotpipe devices reissue <id>", `Rotate a device's identity: issue it a new client certificate (CN = <id>) into
 --out (<id>.crt, <id>.key 0600 or none with --csr, ca.crt) and record it as
 its current one. Its earlier certificates stay valid, so the device can
@@ -558,51 +586,16 @@ switch over; then retire them with 'iotpipe devices revoke <id> --previous'.`)
 	r.bind(f, false)
 	f.Group("Certificate")
 	caDirFlag(f, &r.caDir)
-	f.String(&out, "out", ".", "folder the new certificate, key and ca.crt are written to (never overwritten)")
-	f.String(&csrFile, "csr", "", "PEM certificate signing request made on the device: no key is written")
-	validityFlag(f, &validity, certs.DefaultClientValidity, "device certificate")
-	if perr != nil {
-		if !errors.Is(perr, ErrHelp) {
-			return perr
-		}
-		args = []string{"--help"}
-	}
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
-	}
-	if err := errors.Join(r.check(), certs.CheckID(id), checkValidity(validity), needCADir(r.caDir)); err != nil {
-		return &UsageError{err}
-	}
-	var csrPEM []byte
-	if csrFile != "" {
-		b, err := os.ReadFile(csrFile)
-		if err != nil {
-			return &UsageError{settingErr("csr", csrFile, err)}
-		}
-		csrPEM = b
-	}
-	ca, err := loadCA(r.caDir)
-	if err != nil {
+	f.String(&c.out, "out", ".", "folder the new certificate, key and ca.crt are written to (never overwritten)")
+	f.String(&c.csrFile, "csr", "", "PEM certificate signing request made on the device: no key is written")
+	validityFlag(f, &c.validity, certs.DefaultClientValidity, "device certificate")
+	if err := parseAfterPositional(env, f, args, perr); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	s, err := r.open(ctx)
+	nd, written, err := c.issue(ctx, &r, id, func(ctx context.Context, s *registrySession, nd registry.NewDevice) error {
+		return s.Reissue(ctx, id, nd.Cert)
+	})
 	if err != nil {
-		return err
-	}
-	defer s.Close()
-	nd, key, err := issueDevice(ca, id, csrPEM, validity)
-	if err != nil {
-		return err
-	}
-	written, err := deviceFiles(out, id, &certs.Issued{Cert: nd.Cert, PEM: certs.EncodeCert(nd.Cert.Raw)}, key, ca)
-	if err != nil {
-		removeAll(written)
-		return err
-	}
-	if err := s.Reissue(ctx, id, nd.Cert); err != nil {
-		removeAll(written)
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "devices: reissued %s (serial %s, valid until %s); files: %s; once the device uses them: iotpipe devices revoke %s --previous\n",
@@ -620,21 +613,12 @@ expired CRL), e.g. monthly from cron, or after restoring the registry.`)
 	if err := f.Parse(args, env.Stdout); err != nil {
 		return usageErr(err)
 	}
-	if err := errors.Join(r.check(), needCADir(r.caDir)); err != nil {
-		return &UsageError{err}
-	}
-	ca, err := loadCA(r.caDir)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	s, err := r.open(ctx)
+	ctx, s, err := r.connectBroker(ctx)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	return r.applyBroker(ctx, env, s, ca)
+	return r.applyBroker(ctx, env, s)
 }
 
 // importColumns are the CSV columns devices import reads; only device_id
@@ -663,14 +647,8 @@ or none is (and the files written are removed).`)
 	caDirFlag(f, &r.caDir)
 	f.String(&out, "out", ".", "folder the certificates and keys are written to (never overwritten)")
 	validityFlag(f, &validity, certs.DefaultClientValidity, "device certificates")
-	if perr != nil {
-		if !errors.Is(perr, ErrHelp) {
-			return perr
-		}
-		args = []string{"--help"}
-	}
-	if err := f.Parse(args, env.Stdout); err != nil {
-		return usageErr(err)
+	if err := parseAfterPositional(env, f, args, perr); err != nil {
+		return err
 	}
 	if err := errors.Join(r.check(), checkValidity(validity), needCADir(r.caDir)); err != nil {
 		return &UsageError{err}
@@ -684,13 +662,7 @@ or none is (and the files written are removed).`)
 	if err != nil {
 		return &UsageError{fmt.Errorf("%s: %w", file, err)}
 	}
-	ca, err := loadCA(r.caDir)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	s, err := r.open(ctx)
+	ctx, s, err := r.connect(ctx, true)
 	if err != nil {
 		return err
 	}
@@ -698,18 +670,13 @@ or none is (and the files written are removed).`)
 	var written []string
 	devs := make([]registry.NewDevice, 0, len(rows))
 	for _, row := range rows {
-		nd, key, err := issueDevice(ca, row.dev.ID, row.csr, validity)
+		nd, w, err := issueDeviceFiles(s.ca, row.dev.ID, row.csr, validity, out)
 		if err != nil {
 			removeAll(written)
 			return fmt.Errorf("%s line %d: %w", file, row.line, err)
 		}
-		nd.DisplayName, nd.Type, nd.Attributes, nd.Groups = row.dev.DisplayName, row.dev.Type, row.dev.Attributes, row.dev.Groups
-		w, err := deviceFiles(out, nd.ID, &certs.Issued{Cert: nd.Cert, PEM: certs.EncodeCert(nd.Cert.Raw)}, key, ca)
 		written = append(written, w...)
-		if err != nil {
-			removeAll(written)
-			return fmt.Errorf("%s line %d: %w", file, row.line, err)
-		}
+		nd.DisplayName, nd.Type, nd.Attributes, nd.Groups = row.dev.DisplayName, row.dev.Type, row.dev.Attributes, row.dev.Groups
 		devs = append(devs, nd)
 	}
 	if err := s.Add(ctx, devs...); err != nil {

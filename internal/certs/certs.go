@@ -254,6 +254,20 @@ func (ca *CA) IssueClient(id string, pub crypto.PublicKey, validity time.Duratio
 	return ca.IssueClientBetween(id, pub, time.Now().Add(-5*time.Minute), time.Now().Add(validity))
 }
 
+// IssueClientKey makes a new ECDSA P-256 key and signs a client
+// certificate with CN=id for it (IssueClient), returning both.
+func (ca *CA) IssueClientKey(id string, validity time.Duration) (*Issued, *ecdsa.PrivateKey, error) {
+	key, err := NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	iss, err := ca.IssueClient(id, &key.PublicKey, validity)
+	if err != nil {
+		return nil, nil, err
+	}
+	return iss, key, nil
+}
+
 // IssueClientBetween is IssueClient with an explicit validity period (for
 // tests of expired and not yet valid certificates, and for imports).
 func (ca *CA) IssueClientBetween(id string, pub crypto.PublicKey, notBefore, notAfter time.Time) (*Issued, error) {

@@ -117,6 +117,26 @@ func TestClientCertificate(t *testing.T) {
 	}
 }
 
+func TestClientWithNewKey(t *testing.T) {
+	ca := initCA(t)
+	iss, key, err := ca.IssueClientKey("iotpipe-bridge", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if iss.Cert.Subject.CommonName != "iotpipe-bridge" {
+		t.Fatalf("CN %q", iss.Cert.Subject.CommonName)
+	}
+	if !key.PublicKey.Equal(iss.Cert.PublicKey) {
+		t.Fatal("the certificate is not for the returned key")
+	}
+	if err := verify(ca, iss.Cert, time.Now(), x509.ExtKeyUsageClientAuth); err != nil {
+		t.Fatalf("client chain: %v", err)
+	}
+	if _, _, err := ca.IssueClientKey("a/b", time.Hour); err == nil {
+		t.Fatal("issued a client certificate for an invalid id")
+	}
+}
+
 func TestExpiredClient(t *testing.T) {
 	ca := initCA(t)
 	key, _ := NewKey()
