@@ -254,7 +254,7 @@ func TestProcessorBacklogAfterOffline(t *testing.T) {
 	w := &workload{}
 	var live, backlog []*kgo.Record
 	offlineAt := base.Add(2*time.Minute + 7*time.Second) // inside the window [base+2m, base+2m+2s)
-	for i := range 144 { // one reading every 5 s for 12 minutes, 145 for the offline device (below)
+	for i := range 144 {                                 // one reading every 5 s for 12 minutes, 145 for the offline device (below)
 		for d := range 6 {
 			et := base.Add(time.Duration(i)*5*time.Second + time.Duration(d)*10*time.Millisecond)
 			id := "online-" + strconv.Itoa(d)

@@ -13,8 +13,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/kafkax"
-	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/retry"
+	"github.com/iotpipe/iotpipe/internal/service"
 )
 
 // Sink consumes telemetry.readings and telemetry.metrics and writes readings,
