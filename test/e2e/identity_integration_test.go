@@ -368,29 +368,8 @@ func runIdentity(t *testing.T, killAll bool) {
 	for _, n := range fleet.ignored {
 		wantIgnored += n
 	}
-	testenv.Eventually(t, time.Minute, time.Second, func() error {
-		rows, err := pg.Query(ctx, fmt.Sprintf(`SELECT device_id, sum(ignored_fields)::bigint FROM %s.device_activity GROUP BY 1`, schema))
-		if err != nil {
-			return err
-		}
-		got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (struct {
-			dev string
-			n   int64
-		}, error) {
-			var v struct {
-				dev string
-				n   int64
-			}
-			return v, r.Scan(&v.dev, &v.n)
-		})
-		if err != nil {
-			return err
-		}
+	diffIgnored := func(store string, have map[string]int64) error {
 		var diffs []string
-		have := map[string]int64{}
-		for _, g := range got {
-			have[g.dev] = g.n
-		}
 		for d, n := range fleet.ignored {
 			if have[d] != n {
 				diffs = append(diffs, fmt.Sprintf("%s: %d, want %d", d, have[d], n))
@@ -403,14 +382,34 @@ func runIdentity(t *testing.T, killAll bool) {
 		}
 		if len(diffs) > 0 {
 			slices.Sort(diffs)
-			return fmt.Errorf("device_activity.ignored_fields per device: %s", strings.Join(diffs, "; "))
+			return fmt.Errorf("%s ignored_fields per device: %s", store, strings.Join(diffs, "; "))
 		}
 		return nil
+	}
+	testenv.Eventually(t, time.Minute, time.Second, func() error {
+		have := map[string]int64{}
+		rows, err := pg.Query(ctx, fmt.Sprintf(`SELECT device_id, sum(ignored_fields)::bigint FROM %s.device_activity GROUP BY 1`, schema))
+		if err != nil {
+			return err
+		}
+		var d string
+		var n int64
+		if _, err := pgx.ForEachRow(rows, []any{&d, &n}, func() error { have[d] = n; return nil }); err != nil {
+			return err
+		}
+		if err := diffIgnored("device_activity", have); err != nil {
+			return err
+		}
+		lake, err := lakeIgnored(ctx, s3, bucket)
+		if err != nil {
+			return err
+		}
+		return diffIgnored("lake activity", lake)
 	})
 	if wantIgnored == 0 {
 		t.Fatal("the fleet sent no ignored field: the check above checked nothing")
 	}
-	t.Logf("device_activity.ignored_fields equals the %d ignored fields of the distinct messages, per device", wantIgnored)
+	t.Logf("device_activity.ignored_fields and the lake's activity files equal the %d ignored fields of the distinct messages, per device", wantIgnored)
 
 	// Nothing late: not the fast device's neighbours, not the backlog
 	// device, nobody; no dead letter at all.
@@ -535,6 +534,77 @@ func lakeAggs(ctx context.Context, cl *minio.Client, bucket, prefix string) (map
 		if err := addParquet(ctx, buf.Bytes(), out); err != nil {
 			return nil, fmt.Errorf("%s: %w", obj.Key, err)
 		}
+	}
+	return out, nil
+}
+
+// lakeIgnored reads the lake's activity files and sums ignored_fields per
+// device over the highest revision of each device window.
+func lakeIgnored(ctx context.Context, cl *minio.Client, bucket string) (map[string]int64, error) {
+	type win struct {
+		dev string
+		ws  int64
+	}
+	type row struct{ rev, ignored int64 }
+	latest := map[win]row{}
+	for obj := range cl.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: "activity/", Recursive: true}) {
+		if obj.Err != nil {
+			return nil, obj.Err
+		}
+		o, err := cl.GetObject(ctx, bucket, obj.Key, minio.GetObjectOptions{})
+		if err != nil {
+			return nil, err
+		}
+		var buf bytes.Buffer
+		_, err = buf.ReadFrom(o)
+		_ = o.Close()
+		if err != nil {
+			return nil, err
+		}
+		rdr, err := file.NewParquetReader(bytes.NewReader(buf.Bytes()))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", obj.Key, err)
+		}
+		fr, err := pqarrow.NewFileReader(rdr, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
+		if err != nil {
+			rdr.Close()
+			return nil, err
+		}
+		tbl, err := fr.ReadTable(ctx)
+		rdr.Close()
+		if err != nil {
+			return nil, err
+		}
+		cols := map[string]*arrow.Chunked{}
+		for _, name := range []string{"device_id", "window_start", "revision", "ignored_fields"} {
+			idx := tbl.Schema().FieldIndices(name)
+			if len(idx) != 1 {
+				tbl.Release()
+				return nil, fmt.Errorf("%s: no column %q", obj.Key, name)
+			}
+			cols[name] = tbl.Column(idx[0]).Data()
+		}
+		for ci := range cols["device_id"].Chunks() {
+			dc := cols["device_id"].Chunks()[ci]
+			ws, ok1 := cols["window_start"].Chunks()[ci].(*array.Timestamp)
+			rv, ok2 := cols["revision"].Chunks()[ci].(*array.Int64)
+			ig, ok3 := cols["ignored_fields"].Chunks()[ci].(*array.Int64)
+			if !ok1 || !ok2 || !ok3 {
+				tbl.Release()
+				return nil, fmt.Errorf("%s: unexpected column types", obj.Key)
+			}
+			for i := 0; i < dc.Len(); i++ {
+				k := win{strAt(dc, i), int64(ws.Value(i))}
+				if r, ok := latest[k]; !ok || rv.Value(i) > r.rev {
+					latest[k] = row{rv.Value(i), ig.Value(i)}
+				}
+			}
+		}
+		tbl.Release()
+	}
+	out := map[string]int64{}
+	for k, r := range latest {
+		out[k.dev] += r.ignored
 	}
 	return out, nil
 }
