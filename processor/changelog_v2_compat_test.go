@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -71,11 +72,12 @@ func runV2Steps(eng *Engine, steps []v2Step, emit func(*Emission)) []Outcome {
 
 // TestRestoreChangelogV2: a changelog written by the version before
 // ignored_fields (testdata/changelog_v2/v2.json, written by commit 39d8783
-// from v2Before) restores into this version, and the same continuation
-// (v2After) gives the same records as that version gave, byte for byte
-// once ignored_fields is left out; the activity records carry the
-// ignored fields of the continuation's accepted readings only (the late
-// reading's and the re-send's add nothing).
+// from v2Before) restores into this version; this version, given v2Before
+// without ignored fields, writes those records byte for byte; and the same
+// continuation (v2After) gives the same records as that version gave, byte
+// for byte once ignored_fields is left out; the activity records carry
+// the ignored fields of the continuation's accepted readings only (the
+// late reading's and the re-send's add nothing).
 func TestRestoreChangelogV2(t *testing.T) {
 	b, err := os.ReadFile("testdata/changelog_v2/v2.json")
 	if err != nil {
@@ -103,6 +105,32 @@ func TestRestoreChangelogV2(t *testing.T) {
 		}
 	}
 	eng.FinishRestore(goldenBase.Add(28 * time.Second))
+
+	// This version, given v2Before without ignored fields, writes the same
+	// changelog byte for byte: without ignored fields nothing changed.
+	clean := slices.Clone(v2Before)
+	for i := range clean {
+		clean[i].ignored = 0
+	}
+	now, _ := NewEngine(goldenWindow)
+	runV2Steps(now, clean, func(*Emission) {})
+	written := map[string]string{}
+	now.Changes(func(k, v []byte) {
+		if k64 := base64.StdEncoding.EncodeToString(k); v == nil {
+			delete(written, k64)
+		} else {
+			written[k64] = base64.StdEncoding.EncodeToString(v)
+		}
+	})
+	if len(written) != len(dump.Changelog) {
+		t.Errorf("this version wrote %d changelog records for v2Before, the previous one %d", len(written), len(dump.Changelog))
+	}
+	for _, kv := range dump.Changelog {
+		if written[kv.K] != kv.V {
+			t.Errorf("changelog record %s: this version wrote %q, the previous one %q", kv.K, written[kv.K], kv.V)
+		}
+	}
+
 	type win struct {
 		dev string
 		ws  time.Duration
