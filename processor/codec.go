@@ -22,10 +22,21 @@ import (
 // clock per device; version 1 (the per-partition watermark) is still read:
 // its meta record becomes a floor below which every device's windows stay
 // closed, its window records are converted (see FinishRestore).
+//
+// Version 3 is a version 2 window record with one more counter, the
+// ignored payload fields, after the seq resets. It is written only for a
+// window whose accepted readings had ignored fields; every other record is
+// still written as version 2, byte for byte what the processor before
+// ignored fields wrote (a version 2 window record reads as 0 ignored
+// fields). So the state of a pipeline whose devices send clean payloads
+// is unchanged, and a processor of that earlier release, which reads
+// versions 1 and 2, refuses a version 3 record (ErrBadState) instead of
+// misreading it.
 const (
-	metaKey       = "meta"
-	stateVersion1 = 1
-	stateVersion  = 2
+	metaKey              = "meta"
+	stateVersion1        = 1
+	stateVersion         = 2
+	stateVersion3Ignored = 3
 )
 
 // deviceKeyPrefix starts a device record's key: as a window start it would
@@ -120,7 +131,11 @@ const (
 )
 
 func appendDevWin(b []byte, dw *devWin) []byte {
-	b = append(b, stateVersion)
+	version := byte(stateVersion)
+	if dw.ignored != 0 {
+		version = stateVersion3Ignored
+	}
+	b = append(b, version)
 	var flags byte
 	if dw.closed {
 		flags |= flagClosed
@@ -132,7 +147,13 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 		flags |= flagEmitted
 	}
 	b = append(b, flags)
-	for _, v := range []int64{dw.messages, dw.dups, dw.late, dw.resets, dw.firstSeen - dw.start, dw.lastSeen - dw.start, dw.gaps, dw.actRev} {
+	for _, v := range []int64{dw.messages, dw.dups, dw.late, dw.resets} {
+		b = binary.AppendVarint(b, v)
+	}
+	if version == stateVersion3Ignored {
+		b = binary.AppendVarint(b, dw.ignored)
+	}
+	for _, v := range []int64{dw.firstSeen - dw.start, dw.lastSeen - dw.start, dw.gaps, dw.actRev} {
 		b = binary.AppendVarint(b, v)
 	}
 	if dw.closed {
@@ -183,8 +204,8 @@ func appendAgg(b []byte, a *agg) []byte {
 func decodeDevWin(v []byte, start int64) (*devWin, error) {
 	r := reader{b: v}
 	version := r.byte()
-	if version != stateVersion && version != stateVersion1 {
-		return nil, fmt.Errorf("%w: version", ErrBadState)
+	if version != stateVersion && version != stateVersion1 && version != stateVersion3Ignored {
+		return nil, fmt.Errorf("%w: version %d", ErrBadState, version)
 	}
 	flags := r.byte()
 	dw := &devWin{start: start, maxSeq: -1, closed: flags&flagClosed != 0, actChanged: flags&flagActChanged != 0}
@@ -207,7 +228,15 @@ func decodeDevWin(v []byte, start int64) (*devWin, error) {
 		slices.SortFunc(dw.ids, cmpTseq)
 	} else {
 		dw.emitted = flags&flagEmitted != 0
-		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.resets, &dw.firstSeen, &dw.lastSeen, &dw.gaps, &dw.actRev} {
+		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.resets} {
+			*p = r.varint()
+		}
+		if version == stateVersion3Ignored {
+			if dw.ignored = r.varint(); dw.ignored < 0 && r.err == nil {
+				r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
+			}
+		}
+		for _, p := range []*int64{&dw.firstSeen, &dw.lastSeen, &dw.gaps, &dw.actRev} {
 			*p = r.varint()
 		}
 		dw.firstSeen += start

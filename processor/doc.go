@@ -2,8 +2,8 @@
 // × metric, tumbling event-time windows with count, sum, min, max, mean,
 // population standard deviation, first and last (by event time) and
 // p50/p95/p99, plus a per-device activity record (messages, seq gaps, seq
-// resets, late readings, duplicates removed, first/last seen) — exactly
-// once. It also copies every reading it accepts, once, to
+// resets, late readings, duplicates removed, ignored payload fields,
+// first/last seen) — exactly once. It also copies every reading it accepts, once, to
 // telemetry.readings, the topic the sinks store (see "One identity, every
 // store").
 //
@@ -70,6 +70,21 @@
 // window's "seq_resets" and iotpipe_processor_seq_resets_total. Seq gaps
 // are counted within a window, in (event time, seq) order: a rise of seq by
 // d > 1 counts d−1 missing messages, a fall (device restart) none.
+//
+// # Ignored payload fields
+//
+// The bridge counts the payload fields it ignored in each message (the
+// telemetry.raw record's ignored_fields; by reason in its
+// iotpipe_bridge_ignored_fields_total). The activity record's
+// "ignored_fields" sums them over the window's accepted readings only: a
+// duplicate (a device re-send or an MQTT redelivery of a message already
+// counted) adds nothing, so a device message's ignored fields count once
+// however often it was stored in telemetry.raw; late readings and readings
+// too far ahead add nothing either (their records are in the DLQ whole).
+// iotpipe_processor_ignored_fields_total counts the same, as readings are
+// accepted. In the changelog a window with ignored fields is written as
+// version 3 (see codec.go); windows without are version 2 records as
+// before.
 //
 // # One identity, every store
 //

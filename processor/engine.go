@@ -115,6 +115,7 @@ type Emission struct {
 type Stats struct {
 	Accepted, Duplicates, Late, TooFarAhead int64
 	SeqResets                               int64 // accepted readings that reused a seq of their window with another time
+	IgnoredFields                           int64 // payload fields the bridge ignored, summed over accepted readings
 	WindowsOpened, WindowsClosed            int64 // metric windows (device × metric × window)
 	MetricsEmitted, ActivityEmitted         int64
 }
@@ -203,6 +204,7 @@ type devWin struct {
 	legacy          bool // restored from a version 1 record (emitted not known yet)
 
 	messages, dups, late, resets int64
+	ignored                      int64 // ignored payload fields of the accepted readings
 	firstSeen, lastSeen          int64
 	gaps                         int64 // computed at each activity emission
 	actRev                       int64
@@ -433,6 +435,9 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 		dw.lastSeen = t
 	}
 	dw.messages++
+	// Only here, past dedup: a re-sent message's ignored fields count once.
+	dw.ignored += int64(r.IgnoredFields)
+	e.stats.IgnoredFields += int64(r.IgnoredFields)
 	dw.actChanged = true
 	for i := range r.Measurements {
 		m := &r.Measurements[i]
@@ -737,7 +742,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	*ac = schemas.Activity{
 		DeviceID: dw.d.id, WindowStart: ws, WindowEnd: we,
 		Messages: dw.messages, SeqGaps: dw.gaps, SeqResets: dw.resets, Late: dw.late, Duplicates: dw.dups,
-		Revision: dw.actRev, EmittedAt: at,
+		IgnoredFields: dw.ignored, Revision: dw.actRev, EmittedAt: at,
 	}
 	if dw.messages > 0 {
 		ac.FirstSeen = time.UnixMicro(dw.firstSeen).UTC()

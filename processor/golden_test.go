@@ -38,8 +38,11 @@ type goldenLine struct {
 	TS     string             `json:"ts"`
 	Seq    *int64             `json:"seq"`
 	M      map[string]float64 `json:"m"`
-	Raw    *string            `json:"raw"`
-	Tick   bool               `json:"tick"`
+	// Ignored is the reading's ignored_fields (payload fields the bridge
+	// ignored), 0 when absent.
+	Ignored int     `json:"ignored"`
+	Raw     *string `json:"raw"`
+	Tick    bool    `json:"tick"`
 }
 
 func mustDur(t *testing.T, s string) time.Duration {
@@ -51,8 +54,8 @@ func mustDur(t *testing.T, s string) time.Duration {
 	return d
 }
 
-func rawValue(dev string, ts time.Time, seq *int64, m map[string]float64) []byte {
-	r := schemas.Reading{DeviceID: dev, EventTime: ts, ReceivedTime: ts}
+func rawValue(dev string, ts time.Time, seq *int64, m map[string]float64, ignored int) []byte {
+	r := schemas.Reading{DeviceID: dev, EventTime: ts, ReceivedTime: ts, IgnoredFields: ignored}
 	if seq != nil {
 		r.Seq, r.HasSeq = *seq, true
 	}
@@ -121,7 +124,7 @@ func runGolden(t *testing.T, dir string, restoreEachStep bool) []string {
 			tk.handle(cur, now, out)
 		default:
 			ts := goldenBase.Add(mustDur(t, in.TS))
-			cur = &kgo.Record{Topic: "raw", Offset: offset, Key: []byte(in.Device), Value: rawValue(in.Device, ts, in.Seq, in.M), Timestamp: ts}
+			cur = &kgo.Record{Topic: "raw", Offset: offset, Key: []byte(in.Device), Value: rawValue(in.Device, ts, in.Seq, in.M, in.Ignored), Timestamp: ts}
 			tk.handle(cur, now, out)
 		}
 		offset++

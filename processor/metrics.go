@@ -13,6 +13,7 @@ type metrics struct {
 	accepted       prometheus.Counter
 	duplicates     prometheus.Counter
 	seqResets      prometheus.Counter
+	ignoredFields  prometheus.Counter
 	dropped        *prometheus.CounterVec // by reason: what went to the DLQ
 	emitted        *prometheus.CounterVec // by kind
 	emitDelay      prometheus.Histogram
@@ -37,12 +38,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return prometheus.Opts{Namespace: ns, Subsystem: sub, Name: name, Help: help}
 	}
 	m := &metrics{
-		recordsIn:  prometheus.NewCounter(prometheus.CounterOpts(f("records_in_total", "Input records read from the raw topic (committed or not)."))),
-		accepted:   prometheus.NewCounter(prometheus.CounterOpts(f("readings_accepted_total", "Readings aggregated into a window."))),
-		duplicates: prometheus.NewCounter(prometheus.CounterOpts(f("duplicates_total", "Readings dropped because their identity (device, event time, seq) — (device, event time) without seq — was already counted in the window."))),
-		seqResets:  prometheus.NewCounter(prometheus.CounterOpts(f("seq_resets_total", "Accepted readings that reused the seq of another reading of their device window with a different event time (device counter restarted); counted when the window's activity record is emitted."))),
-		dropped:    prometheus.NewCounterVec(prometheus.CounterOpts(f("dlq_total", "Input records sent to the DLQ, by reason (late, invalid_record, timestamp_skew).")), []string{"reason"}),
-		emitted:    prometheus.NewCounterVec(prometheus.CounterOpts(f("emitted_total", "telemetry.metrics records emitted, by kind (metric, activity), re-emissions included.")), []string{"kind"}),
+		recordsIn:     prometheus.NewCounter(prometheus.CounterOpts(f("records_in_total", "Input records read from the raw topic (committed or not)."))),
+		accepted:      prometheus.NewCounter(prometheus.CounterOpts(f("readings_accepted_total", "Readings aggregated into a window."))),
+		duplicates:    prometheus.NewCounter(prometheus.CounterOpts(f("duplicates_total", "Readings dropped because their identity (device, event time, seq) — (device, event time) without seq — was already counted in the window."))),
+		seqResets:     prometheus.NewCounter(prometheus.CounterOpts(f("seq_resets_total", "Accepted readings that reused the seq of another reading of their device window with a different event time (device counter restarted); counted when the window's activity record is emitted."))),
+		ignoredFields: prometheus.NewCounter(prometheus.CounterOpts(f("ignored_fields_total", "Payload fields the bridge ignored (telemetry.raw ignored_fields) in accepted readings; duplicates and rejected readings add nothing. By reason: the bridge's iotpipe_bridge_ignored_fields_total."))),
+		dropped:       prometheus.NewCounterVec(prometheus.CounterOpts(f("dlq_total", "Input records sent to the DLQ, by reason (late, invalid_record, timestamp_skew).")), []string{"reason"}),
+		emitted:       prometheus.NewCounterVec(prometheus.CounterOpts(f("emitted_total", "telemetry.metrics records emitted, by kind (metric, activity), re-emissions included.")), []string{"kind"}),
 		emitDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "emit_delay_seconds",
 			Help:    "Wall-clock time from a window's end to its first emission.",
 			Buckets: prometheus.ExponentialBuckets(0.5, 2, 14)}),
@@ -60,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		partitions:     prometheus.NewGauge(prometheus.GaugeOpts(f("partitions_assigned", "Input partitions this process owns."))),
 		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest device watermark of the owned partitions."))),
 	}
-	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.seqResets, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
+	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.seqResets, m.ignoredFields, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
 		m.deviceWindows, m.devices, m.stateBytes, m.capReached, m.capEvents, m.txns, m.txnSeconds, m.changelogBytes,
 		m.restoreSeconds, m.restoredRecs, m.partitions, m.watermarkLag)
 	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord, schemas.ReasonTimestampSkew} {

@@ -58,6 +58,7 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 	switch t.eng.Add(&t.r, now) {
 	case Accepted:
 		t.m.accepted.Inc()
+		t.m.ignoredFields.Add(float64(t.r.IgnoredFields))
 		if t.topics.Readings != SkipTopic {
 			// Keyed by device id like the input, so with as many
 			// partitions it lands in the same partition number.

@@ -68,6 +68,13 @@ type Activity struct {
 	// restarted its counter): they are new readings, counted in Messages,
 	// not duplicates. Optional on the wire (absent means 0).
 	SeqResets int64
+	// IgnoredFields sums the payload fields the bridge ignored (the
+	// telemetry.raw record's ignored_fields: non-numeric top-level members,
+	// members beside a metrics object) over the accepted messages of the
+	// window. A duplicate, late or rejected message adds nothing, so a
+	// device re-send is counted once. Optional on the wire: written only
+	// when not 0, absent means 0.
+	IgnoredFields int64
 	// Late counts readings for this window that arrived too late and went to
 	// the DLQ with ReasonLate.
 	Late int64
@@ -146,7 +153,7 @@ func (a *Activity) Validate() error {
 		return invalidRecord("device_id %s is not a valid device id", quote(a.DeviceID))
 	case !validWindow(a.WindowStart, a.WindowEnd):
 		return invalidRecord("window_start_us is not before window_end_us")
-	case a.Messages < 0 || a.SeqGaps < 0 || a.SeqResets < 0 || a.Late < 0 || a.Duplicates < 0:
+	case a.Messages < 0 || a.SeqGaps < 0 || a.SeqResets < 0 || a.Late < 0 || a.Duplicates < 0 || a.IgnoredFields < 0:
 		return invalidRecord("a counter is negative")
 	case a.FirstSeen.IsZero() != a.LastSeen.IsZero():
 		return invalidRecord("first_seen_us and last_seen_us must be both present or both absent")
@@ -219,8 +226,8 @@ func AppendMetric(dst []byte, m *WindowMetric) []byte {
 //	 "seq_resets":0,"late":0,"duplicates":0,"first_seen_us":...,
 //	 "last_seen_us":...,"revision":1,"emitted_at_us":...}
 //
-// first_seen_us and last_seen_us are omitted when zero. AppendActivity does
-// not validate a.
+// first_seen_us and last_seen_us are omitted when zero, ignored_fields
+// (after duplicates) when 0. AppendActivity does not validate a.
 func AppendActivity(dst []byte, a *Activity) []byte {
 	dst = append(dst, `{"schema_version":1,"kind":"activity","device_id":`...)
 	dst = appendString(dst, a.DeviceID)
@@ -231,6 +238,9 @@ func AppendActivity(dst []byte, a *Activity) []byte {
 	dst = appendIntField(dst, `,"seq_resets":`, a.SeqResets)
 	dst = appendIntField(dst, `,"late":`, a.Late)
 	dst = appendIntField(dst, `,"duplicates":`, a.Duplicates)
+	if a.IgnoredFields != 0 {
+		dst = appendIntField(dst, `,"ignored_fields":`, a.IgnoredFields)
+	}
 	if !a.FirstSeen.IsZero() {
 		dst = appendTimeField(dst, `,"first_seen_us":`, a.FirstSeen)
 	}
@@ -289,6 +299,7 @@ const (
 	mfSeqResets
 	mfLate
 	mfDuplicates
+	mfIgnoredFields
 	mfFirstSeen
 	mfLastSeen
 	mfRevision
@@ -300,7 +311,7 @@ var metricsFieldNames = [numMetricsFields]string{
 	"schema_version", "kind", "device_id", "metric", "window_start_us", "window_end_us",
 	"count", "sum", "min", "max", "mean", "stddev", "first", "last", "p50", "p95", "p99",
 	"first_time_us", "last_time_us", "messages", "seq_gaps", "seq_resets", "late", "duplicates",
-	"first_seen_us", "last_seen_us", "revision", "emitted_at_us",
+	"ignored_fields", "first_seen_us", "last_seen_us", "revision", "emitted_at_us",
 }
 
 func metricsFieldIndex(key []byte) int {
@@ -353,6 +364,8 @@ func metricsFieldIndex(key []byte) int {
 		return mfLate
 	case "duplicates":
 		return mfDuplicates
+	case "ignored_fields":
+		return mfIgnoredFields
 	case "first_seen_us":
 		return mfFirstSeen
 	case "last_seen_us":
@@ -443,6 +456,7 @@ func (d *MetricsDecoder) Decode(b []byte, rec *MetricsRecord) error {
 		d.optInt(mfSeqResets, &a.SeqResets, &err)
 		d.int(mfLate, &a.Late, &err)
 		d.int(mfDuplicates, &a.Duplicates, &err)
+		d.optInt(mfIgnoredFields, &a.IgnoredFields, &err)
 		d.time(mfFirstSeen, &a.FirstSeen, true, &err)
 		d.time(mfLastSeen, &a.LastSeen, true, &err)
 		d.int(mfRevision, &a.Revision, &err)

@@ -61,7 +61,7 @@ func goldenActivity() map[string]*Activity {
 	return map[string]*Activity{
 		"activity.json": {
 			DeviceID: "sensor-1", WindowStart: t0, WindowEnd: t0.Add(time.Minute),
-			Messages: 58, SeqGaps: 2, SeqResets: 1, Late: 1, Duplicates: 3,
+			Messages: 58, SeqGaps: 2, SeqResets: 1, Late: 1, Duplicates: 3, IgnoredFields: 7,
 			FirstSeen: t0.Add(time.Second), LastSeen: t0.Add(59 * time.Second),
 			Revision: 1, EmittedAt: t0.Add(70 * time.Second),
 		},

@@ -197,7 +197,8 @@ var wantColumns = map[string][]string{
 		"messages bigint NOT NULL", "seq_gaps bigint NOT NULL", "late bigint NOT NULL",
 		"duplicates bigint NOT NULL", "first_seen " + tstz, "last_seen " + tstz,
 		"revision bigint NOT NULL", "updated_at " + tstz + " NOT NULL",
-		"seq_resets bigint NOT NULL", // 0005
+		"seq_resets bigint NOT NULL",     // 0005
+		"ignored_fields bigint NOT NULL", // 0008
 	},
 	"sink_offsets": {
 		"consumer_group text NOT NULL", "topic text NOT NULL", "partition integer NOT NULL",

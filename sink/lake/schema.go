@@ -94,8 +94,9 @@ var MetricsSchema = arrow.NewSchema([]arrow.Field{
 
 // ActivitySchema is the Arrow schema of the activity dataset (per device
 // per window: messages, sequence gaps, late and duplicate messages, seq
-// resets). seq_resets is the last column: files written before it existed
-// lack it (read them with union_by_name / schema merging; absent means 0).
+// resets, ignored payload fields). seq_resets and then ignored_fields are
+// the last columns: files written before they existed lack them (read them
+// with union_by_name / schema merging; absent means 0).
 var ActivitySchema = arrow.NewSchema([]arrow.Field{
 	field("window_start", tsUTC, false),
 	field("window_end", tsUTC, false),
@@ -111,6 +112,7 @@ var ActivitySchema = arrow.NewSchema([]arrow.Field{
 	field(colPartition, arrow.PrimitiveTypes.Int32, false),
 	field(colOffset, arrow.PrimitiveTypes.Int64, false),
 	field("seq_resets", arrow.PrimitiveTypes.Int64, false),
+	field("ignored_fields", arrow.PrimitiveTypes.Int64, false),
 }, nil)
 
 // Schema returns the Arrow schema of d.
@@ -174,7 +176,7 @@ func (b *rowBuilder) release() { b.rb.Release() }
 const (
 	readingRowBytes  = 8 + 4 + 4 + 8 + 9 + 8 + 4 + 4 + 8
 	metricRowBytes   = 8*17 + 4 + 4 + 4
-	activityRowBytes = 8*11 + 4 + 4
+	activityRowBytes = 8*12 + 4 + 4
 )
 
 // appendReading appends one row per measurement of r; tags is r.Tags as a
@@ -248,6 +250,7 @@ func (b *rowBuilder) appendActivity(a *schemas.Activity, partition int32, offset
 	b.i32[11].Append(partition)
 	b.i64[12].Append(offset)
 	b.i64[13].Append(a.SeqResets)
+	b.i64[14].Append(a.IgnoredFields)
 	b.rows++
 	b.bytes += activityRowBytes + len(a.DeviceID)
 }

@@ -144,7 +144,7 @@ func TestFileMetricsAndActivity(t *testing.T) {
 		Count: 3, Sum: 6, Min: 1, Max: 3, Mean: 2, Stddev: 0.8, First: 1, Last: 3, P50: 2, P95: 3, P99: 3,
 		FirstTime: ws.Add(time.Second), LastTime: ws.Add(50 * time.Second), Revision: 2, EmittedAt: ws.Add(2 * time.Minute)}
 	a := schemas.Activity{DeviceID: "d1", WindowStart: ws, WindowEnd: ws.Add(time.Minute), Messages: 3, SeqGaps: 1,
-		SeqResets: 4, Late: 2, Duplicates: 0, Revision: 1, EmittedAt: ws.Add(2 * time.Minute)}
+		SeqResets: 4, IgnoredFields: 6, Late: 2, Duplicates: 0, Revision: 1, EmittedAt: ws.Add(2 * time.Minute)}
 	for _, tc := range []struct {
 		ds     Dataset
 		append func(*rowBuilder)
@@ -154,7 +154,7 @@ func TestFileMetricsAndActivity(t *testing.T) {
 			return r.Column(3).(*array.String).Value(0) + " " + r.Column(8).ValueStr(0) + " " + r.Column(17).ValueStr(0)
 		}},
 		{Activity, func(b *rowBuilder) { b.appendActivity(&a, 1, 8) }, func(r arrow.RecordBatch) string {
-			return r.Column(2).(*array.String).Value(0) + " " + r.Column(4).ValueStr(0) + " " + r.Column(7).ValueStr(0) + " " + r.Column(13).ValueStr(0)
+			return r.Column(2).(*array.String).Value(0) + " " + r.Column(4).ValueStr(0) + " " + r.Column(7).ValueStr(0) + " " + r.Column(13).ValueStr(0) + " " + r.Column(14).ValueStr(0)
 		}},
 	} {
 		f, err := NewFile(tc.ds, FileOptions{})
@@ -173,7 +173,7 @@ func TestFileMetricsAndActivity(t *testing.T) {
 		tr := array.NewTableReader(tbl, 10)
 		tr.Next()
 		got := tc.check(tr.RecordBatch())
-		want := map[Dataset]string{Metrics: "temp 2 2", Activity: "d1 1 (null) 4"}[tc.ds]
+		want := map[Dataset]string{Metrics: "temp 2 2", Activity: "d1 1 (null) 4 6"}[tc.ds]
 		if got != want {
 			t.Errorf("%s: got %q, want %q", tc.ds, got, want)
 		}

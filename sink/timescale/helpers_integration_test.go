@@ -199,7 +199,7 @@ func activity(dev string, start time.Time, rev int64) schemas.Activity {
 	start = start.UTC().Truncate(time.Microsecond)
 	return schemas.Activity{
 		DeviceID: dev, WindowStart: start, WindowEnd: start.Add(time.Minute),
-		Messages: 10 * rev, SeqGaps: rev, SeqResets: rev, Late: 0, Duplicates: 0,
+		Messages: 10 * rev, SeqGaps: rev, SeqResets: rev, IgnoredFields: 3 * rev, Late: 0, Duplicates: 0,
 		FirstSeen: start, LastSeen: start.Add(50 * time.Second), Revision: rev, EmittedAt: start.Add(2 * time.Minute),
 	}
 }

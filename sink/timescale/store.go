@@ -36,7 +36,7 @@ const (
 var (
 	readingCols  = []string{"time", "device_id", "metric", "value", "seq", "received_at"}
 	metricCols   = []string{"bucket", "bucket_end", "device_id", "metric", "count", "sum", "min", "max", "mean", "stddev", "first", "last", "p50", "p95", "p99", "first_time", "last_time", "revision"}
-	activityCols = []string{"bucket", "bucket_end", "device_id", "messages", "seq_gaps", "late", "duplicates", "first_seen", "last_seen", "revision", "seq_resets"}
+	activityCols = []string{"bucket", "bucket_end", "device_id", "messages", "seq_gaps", "late", "duplicates", "first_seen", "last_seen", "revision", "seq_resets", "ignored_fields"}
 )
 
 // store writes batches to the database.
@@ -465,7 +465,7 @@ func (a *activitySource) Next() bool {
 func (a *activitySource) Values() ([]any, error) {
 	v := a.cur
 	copy(a.vals, []any{v.WindowStart, v.WindowEnd, v.DeviceID, v.Messages, v.SeqGaps, v.Late, v.Duplicates,
-		nullTime(v.FirstSeen), nullTime(v.LastSeen), v.Revision, v.SeqResets})
+		nullTime(v.FirstSeen), nullTime(v.LastSeen), v.Revision, v.SeqResets, v.IgnoredFields})
 	return a.vals, nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/minio/minio-go/v7"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -36,6 +37,12 @@ import (
 // project code: duplicates (device re-sends, same seq and time) and MQTT
 // redeliveries (bridge SIGKILLs) are counted once, a reused seq with another
 // time is a new reading.
+//
+// Some messages also carry fields the bridge ignores (strings, booleans,
+// null, objects, arrays, top-level members beside "metrics"), some devices
+// send flat payloads: device_activity.ignored_fields must sum, per device,
+// the ignored fields of the distinct messages (re-sends and redeliveries
+// once), counted here from what was sent.
 
 const (
 	idWindow = 10 * time.Second
@@ -50,11 +57,28 @@ type idMsg struct {
 	ts        time.Time
 	seq       int64
 	temp, hum float64
+	// flat: temp and hum as top-level members instead of in "metrics".
+	flat bool
+	// extra: top-level members the bridge ignores (none is a number).
+	extra []string
 }
 
+// idExtras are top-level members the bridge ignores with its default
+// settings, one per reason, beside "metrics" or in a flat payload.
+var idExtras = []string{`"fw":"1.2.3"`, `"temp_s":"21.5"`, `"bad":"NaN"`, `"door":true`,
+	`"note":null`, `"cfg":{"mode":1}`, `"arr":[1,2]`}
+
 func (m idMsg) payload() []byte {
-	return fmt.Appendf(nil, `{"seq":%d,"ts":"%s","metrics":{"temp":%g,"hum":%g}}`,
-		m.seq, m.ts.UTC().Format(time.RFC3339Nano), m.temp, m.hum)
+	var extra string
+	for _, e := range m.extra {
+		extra += "," + e
+	}
+	if m.flat {
+		return fmt.Appendf(nil, `{"seq":%d,"ts":"%s","temp":%g,"hum":%g%s}`,
+			m.seq, m.ts.UTC().Format(time.RFC3339Nano), m.temp, m.hum, extra)
+	}
+	return fmt.Appendf(nil, `{"seq":%d,"ts":"%s","metrics":{"temp":%g,"hum":%g}%s}`,
+		m.seq, m.ts.UTC().Format(time.RFC3339Nano), m.temp, m.hum, extra)
 }
 
 // idKey is one device × metric × window (window = Unix seconds / 10).
@@ -75,7 +99,8 @@ type idFleet struct {
 	distinct int
 	resends  int
 	want     map[idKey]idAgg
-	normal   []string // devices with a right clock (the fast device's neighbours)
+	ignored  map[string]int64 // per device: ignored fields of its distinct messages
+	normal   []string         // devices with a right clock (the fast device's neighbours)
 	fast     string
 	backlog  string
 	reseq    string
@@ -93,17 +118,22 @@ func quarter(v float64) float64 { return math.Round(v*4) / 4 }
 // backlog at the end, in order.
 func newIDFleet(rng *rand.Rand, normal, perDevice int, base time.Time) *idFleet {
 	const step = 250 * time.Millisecond
-	f := &idFleet{want: map[idKey]idAgg{}, fast: "fast-0", backlog: "backlog-0", reseq: "reseq-0"}
+	f := &idFleet{want: map[idKey]idAgg{}, ignored: map[string]int64{}, fast: "fast-0", backlog: "backlog-0", reseq: "reseq-0"}
 	for d := range normal {
 		f.normal = append(f.normal, fmt.Sprintf("dev-%02d", d))
 	}
 	streams := map[string][]idMsg{}
 	devs := append(slices.Clone(f.normal), f.reseq, f.fast)
-	for _, dev := range devs {
+	for di, dev := range devs {
 		var ms []idMsg
 		for i := range perDevice {
 			m := idMsg{dev: dev, ts: base.Add(time.Duration(i) * step), seq: int64(i + 1),
-				temp: quarter(20 + rng.NormFloat64()*3), hum: quarter(40 + rng.NormFloat64()*5)}
+				temp: quarter(20 + rng.NormFloat64()*3), hum: quarter(40 + rng.NormFloat64()*5), flat: di%2 == 0}
+			if rng.IntN(4) == 0 { // 1 to 3 ignored fields
+				ex := slices.Clone(idExtras)
+				rng.Shuffle(len(ex), func(a, b int) { ex[a], ex[b] = ex[b], ex[a] })
+				m.extra = ex[:1+rng.IntN(3)]
+			}
 			switch dev {
 			case f.reseq:
 				m.seq = int64(i%30 + 1) // restarts its counter: same seq, another time
@@ -159,6 +189,7 @@ func newIDFleet(rng *rand.Rand, normal, perDevice int, base time.Time) *idFleet 
 		}
 		seen[id] = true
 		f.distinct++
+		f.ignored[m.dev] += int64(len(m.extra))
 		w := int64(math.Floor(float64(m.ts.UnixMicro()) / float64(idWindow.Microseconds())))
 		for _, mv := range []struct {
 			name string
@@ -331,6 +362,55 @@ func runIdentity(t *testing.T, killAll bool) {
 	})
 	t.Logf("readings, lake readings and device_metrics equal the recomputation in all %d device × metric × windows", len(fleet.want))
 
+	// Ignored payload fields: per device, those of its distinct messages,
+	// once each (device re-sends and redeliveries carried them again).
+	var wantIgnored int64
+	for _, n := range fleet.ignored {
+		wantIgnored += n
+	}
+	diffIgnored := func(store string, have map[string]int64) error {
+		var diffs []string
+		for d, n := range fleet.ignored {
+			if have[d] != n {
+				diffs = append(diffs, fmt.Sprintf("%s: %d, want %d", d, have[d], n))
+			}
+		}
+		for d, n := range have {
+			if _, ok := fleet.ignored[d]; !ok && n != 0 {
+				diffs = append(diffs, fmt.Sprintf("%s: %d, want 0", d, n))
+			}
+		}
+		if len(diffs) > 0 {
+			slices.Sort(diffs)
+			return fmt.Errorf("%s ignored_fields per device: %s", store, strings.Join(diffs, "; "))
+		}
+		return nil
+	}
+	testenv.Eventually(t, time.Minute, time.Second, func() error {
+		have := map[string]int64{}
+		rows, err := pg.Query(ctx, fmt.Sprintf(`SELECT device_id, sum(ignored_fields)::bigint FROM %s.device_activity GROUP BY 1`, schema))
+		if err != nil {
+			return err
+		}
+		var d string
+		var n int64
+		if _, err := pgx.ForEachRow(rows, []any{&d, &n}, func() error { have[d] = n; return nil }); err != nil {
+			return err
+		}
+		if err := diffIgnored("device_activity", have); err != nil {
+			return err
+		}
+		lake, err := lakeIgnored(ctx, s3, bucket)
+		if err != nil {
+			return err
+		}
+		return diffIgnored("lake activity", lake)
+	})
+	if wantIgnored == 0 {
+		t.Fatal("the fleet sent no ignored field: the check above checked nothing")
+	}
+	t.Logf("device_activity.ignored_fields and the lake's activity files equal the %d ignored fields of the distinct messages, per device", wantIgnored)
+
 	// Nothing late: not the fast device's neighbours, not the backlog
 	// device, nobody; no dead letter at all.
 	rows, err := pg.Query(ctx, fmt.Sprintf(`SELECT device_id, sum(late), sum(duplicates), sum(seq_resets), sum(messages)
@@ -454,6 +534,77 @@ func lakeAggs(ctx context.Context, cl *minio.Client, bucket, prefix string) (map
 		if err := addParquet(ctx, buf.Bytes(), out); err != nil {
 			return nil, fmt.Errorf("%s: %w", obj.Key, err)
 		}
+	}
+	return out, nil
+}
+
+// lakeIgnored reads the lake's activity files and sums ignored_fields per
+// device over the highest revision of each device window.
+func lakeIgnored(ctx context.Context, cl *minio.Client, bucket string) (map[string]int64, error) {
+	type win struct {
+		dev string
+		ws  int64
+	}
+	type row struct{ rev, ignored int64 }
+	latest := map[win]row{}
+	for obj := range cl.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: "activity/", Recursive: true}) {
+		if obj.Err != nil {
+			return nil, obj.Err
+		}
+		o, err := cl.GetObject(ctx, bucket, obj.Key, minio.GetObjectOptions{})
+		if err != nil {
+			return nil, err
+		}
+		var buf bytes.Buffer
+		_, err = buf.ReadFrom(o)
+		_ = o.Close()
+		if err != nil {
+			return nil, err
+		}
+		rdr, err := file.NewParquetReader(bytes.NewReader(buf.Bytes()))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", obj.Key, err)
+		}
+		fr, err := pqarrow.NewFileReader(rdr, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
+		if err != nil {
+			rdr.Close()
+			return nil, err
+		}
+		tbl, err := fr.ReadTable(ctx)
+		rdr.Close()
+		if err != nil {
+			return nil, err
+		}
+		cols := map[string]*arrow.Chunked{}
+		for _, name := range []string{"device_id", "window_start", "revision", "ignored_fields"} {
+			idx := tbl.Schema().FieldIndices(name)
+			if len(idx) != 1 {
+				tbl.Release()
+				return nil, fmt.Errorf("%s: no column %q", obj.Key, name)
+			}
+			cols[name] = tbl.Column(idx[0]).Data()
+		}
+		for ci := range cols["device_id"].Chunks() {
+			dc := cols["device_id"].Chunks()[ci]
+			ws, ok1 := cols["window_start"].Chunks()[ci].(*array.Timestamp)
+			rv, ok2 := cols["revision"].Chunks()[ci].(*array.Int64)
+			ig, ok3 := cols["ignored_fields"].Chunks()[ci].(*array.Int64)
+			if !ok1 || !ok2 || !ok3 {
+				tbl.Release()
+				return nil, fmt.Errorf("%s: unexpected column types", obj.Key)
+			}
+			for i := 0; i < dc.Len(); i++ {
+				k := win{strAt(dc, i), int64(ws.Value(i))}
+				if r, ok := latest[k]; !ok || rv.Value(i) > r.rev {
+					latest[k] = row{rv.Value(i), ig.Value(i)}
+				}
+			}
+		}
+		tbl.Release()
+	}
+	out := map[string]int64{}
+	for k, r := range latest {
+		out[k.dev] += r.ignored
 	}
 	return out, nil
 }
