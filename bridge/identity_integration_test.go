@@ -117,7 +117,9 @@ func connectDeviceRecv(t *testing.T, rawURL, caFile, crt, key, clientID string, 
 		raw.Close()
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
-	pc := paho.ClientConfig{Conn: conn}
+	// A SUBACK or PUBACK can take seconds on a loaded machine (-race, a
+	// cold CI run): wait longer than paho's 10 s default.
+	pc := paho.ClientConfig{Conn: conn, PacketTimeout: time.Minute}
 	if got != nil {
 		pc.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			got <- pr.Packet.Topic

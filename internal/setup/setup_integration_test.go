@@ -14,8 +14,10 @@ import (
 )
 
 func kafkaOnly(env *testenv.Env, names ...string) setup.Config {
+	kc := kafkax.DefaultConfig("setup-test")
+	kc.Brokers = env.KafkaBrokers
 	cfg := setup.Config{
-		Kafka:             kafkax.Config{Brokers: env.KafkaBrokers},
+		Kafka:             kc,
 		ReplicationFactor: -1,
 		MinInsyncReplicas: -1,
 		Timeout:           20 * time.Second,
