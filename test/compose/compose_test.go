@@ -4,8 +4,12 @@
 // iotpipe service is one that command reads, every long-running service has
 // a healthcheck, depends_on has no cycle, and every iotpipe stage accepts
 // its compose settings (--check-config, run on the binary built from
-// cmd/iotpipe). That the compose stages run with the demo's settings is
-// checked next to the demo (cmd/iotpipe).
+// cmd/iotpipe). Mutual TLS (tls_test.go): Mosquitto's only listener is the
+// TLS one, the ACL binds topics to certificates, the certificate volumes
+// are mounted where they must be and no key is in an image; with the
+// integration tag, the broker's configuration runs on a real Mosquitto
+// (broker_integration_test.go). That the compose stages run with the demo's
+// settings is checked next to the demo (cmd/iotpipe).
 package compose
 
 import (
