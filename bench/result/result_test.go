@@ -74,7 +74,7 @@ func TestFieldNamesAreStable(t *testing.T) {
 		t.Fatal(err)
 	}
 	top["bridge.tls"] = bridge["tls"]
-	want["bridge.tls"] = "cpu_ratio goal_met goal_ratio messages plaintext_cpu_us_per_msg plaintext_msgs_per_s ratio rounds " +
+	want["bridge.tls"] = "cpu_ratio drain_ratio goal_met goal_ratio messages plaintext_cpu_us_per_msg plaintext_drain_msgs_per_s plaintext_msgs_per_s ratio rounds tls_drain_msgs_per_s " +
 		"simulator_plaintext_cpu_us_per_msg simulator_tls_cpu_us_per_msg throughput_cost tls_cpu_us_per_msg tls_msgs_per_s"
 	for obj, fields := range want {
 		raw := json.RawMessage(data)

@@ -82,7 +82,7 @@ func BridgeFrom(bs []Bench, messages int, compression string) *Bridge {
 	r.TLS = bridgeTLSFrom(bs, messages, &m)
 	r.Error = m.err()
 	r.GoalMet = r.Error == "" && r.Ratio >= r.GoalRatio
-	r.TLS.GoalMet = r.Error == "" && r.TLS.Ratio >= r.TLS.GoalRatio
+	r.TLS.GoalMet = r.Error == "" && r.TLS.Ratio >= r.TLS.GoalRatio && r.TLS.DrainRatio >= r.TLS.GoalRatio
 	return r
 }
 
@@ -94,6 +94,9 @@ func bridgeTLSFrom(bs []Bench, messages int, m *missing) *BridgeTLS {
 	t.TLSMsgsPerS = m.get(bs, tls, "msgs/s")
 	t.PlaintextCPUMicrosPerMsg = m.get(bs, plain, "cpu-µs/msg")
 	t.TLSCPUMicrosPerMsg = m.get(bs, tls, "cpu-µs/msg")
+	t.PlaintextDrainMsgsPerS = m.get(bs, plain, "drain-msgs/s")
+	t.TLSDrainMsgsPerS = m.get(bs, tls, "drain-msgs/s")
+	t.DrainRatio = ratio(t.TLSDrainMsgsPerS, t.PlaintextDrainMsgsPerS)
 	rounds, _ := Get(bs, tls, "rounds")
 	t.Rounds = int(rounds)
 	t.SimTLSCPUMicrosPerMsg = m.get(bs, BridgeTLSBench+"/simulator-tls", "cpu-µs/msg")

@@ -33,6 +33,9 @@ func TestBridgeFrom(t *testing.T) {
 		tls.SimTLSCPUMicrosPerMsg != 12.9 || tls.SimPlainCPUMicrosPerMsg != 8.375 || tls.Rounds != 3 {
 		t.Fatalf("tls figures: %+v", tls)
 	}
+	if tls.TLSDrainMsgsPerS != 54000 || tls.PlaintextDrainMsgsPerS != 60000 || !near(tls.DrainRatio, 0.9) {
+		t.Errorf("drain figures: %+v", tls)
+	}
 	if !near(tls.Ratio, 51094.0/56243) || !near(tls.ThroughputCost, 1-51094.0/56243) || !tls.GoalMet || tls.GoalRatio != 0.85 {
 		t.Errorf("tls ratio %v cost %v goal %v met %v", tls.Ratio, tls.ThroughputCost, tls.GoalRatio, tls.GoalMet)
 	}
@@ -45,7 +48,7 @@ func TestBridgeTLSGoalAndMissing(t *testing.T) {
 	for _, b := range parseFile(t, "bridge.txt") {
 		if b.Name == BridgeTLSBench+"/tls" {
 			none = append(none, Bench{Name: "other"})
-			b.Metrics = map[string]float64{"msgs/s": 40000, "cpu-µs/msg": 20, "rounds": 3}
+			b.Metrics = map[string]float64{"msgs/s": 40000, "drain-msgs/s": 59000, "cpu-µs/msg": 20, "rounds": 3}
 			slow = append(slow, b)
 			continue
 		}
@@ -53,6 +56,16 @@ func TestBridgeTLSGoalAndMissing(t *testing.T) {
 	}
 	if b := BridgeFrom(slow, 10000, "lz4"); b.Error != "" || b.TLS.GoalMet || !b.GoalMet {
 		t.Errorf("40000 vs 56243 msg/s: error %q, tls goal met %v, bridge goal met %v", b.Error, b.TLS.GoalMet, b.GoalMet)
+	}
+	var slowDrain []Bench
+	for _, b := range parseFile(t, "bridge.txt") {
+		if b.Name == BridgeTLSBench+"/tls" {
+			b.Metrics = map[string]float64{"msgs/s": 56000, "drain-msgs/s": 30000, "cpu-µs/msg": 20, "rounds": 3}
+		}
+		slowDrain = append(slowDrain, b)
+	}
+	if b := BridgeFrom(slowDrain, 10000, "lz4"); b.Error != "" || b.TLS.GoalMet {
+		t.Errorf("drain 30000 vs 60000 msg/s: error %q, tls goal met %v", b.Error, b.TLS.GoalMet)
 	}
 	if b := BridgeFrom(none, 10000, "lz4"); !strings.Contains(b.Error, "BenchmarkBridgeTLS/tls msgs/s") || b.TLS.GoalMet {
 		t.Errorf("without the TLS figures: error %q", b.Error)
