@@ -248,7 +248,9 @@ func (d *demoProc) checkTLS(t *testing.T, env *testenv.Env, ctx context.Context,
 func TestDemoStopsWhenAChildDies(t *testing.T) {
 	env := testenv.Load(t)
 	ctx := testenv.Context(t, 60*time.Second)
-	d := startDemo(t, env, ctx, "IOTPIPE_ZSTD_LEVEL=99")
+	// Without TLS (the plaintext listener and password users), which this
+	// test exercises too.
+	d := startDemo(t, env, ctx, "IOTPIPE_ZSTD_LEVEL=99", "IOTPIPE_MQTT_TLS=false")
 	select {
 	case err := <-d.done:
 		var ee *exec.ExitError
@@ -260,6 +262,12 @@ func TestDemoStopsWhenAChildDies(t *testing.T) {
 	}
 	if e := d.errOut.String(); !strings.Contains(e, "sink lake exited early (exit 2)") || !strings.Contains(e, "--zstd-level") {
 		t.Errorf("stderr does not name the dead child and its log tail: %q", e)
+	}
+	if !strings.Contains(d.out.String(), "demo: --mqtt-tls=false: the bridge and the fleet use the plaintext listener") {
+		t.Errorf("the demo did not say it runs without TLS:\n%s", d.out)
+	}
+	if _, err := os.Stat(filepath.Join(d.state, "demo", "devices")); err == nil {
+		t.Error("without TLS the demo issued device certificates")
 	}
 	d.checkNoChild(t, 5) // init and the 4 stages (and the simulator if the bridge was ready first)
 }
