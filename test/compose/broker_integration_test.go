@@ -18,16 +18,23 @@ import (
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
-// TestComposeBrokerOnMosquitto runs the compose stack's broker
-// configuration on a real Mosquitto (the local one, as scripts/services.sh
-// installs it): the certs job's command makes the certificates, the files
-// entrypoint.sh prepares are prepared the same way, and the paths and port
-// are moved into a temporary folder. Then: the healthcheck's client (the
-// bridge's identity) reads $SYS, a device's reading on its own topic
-// reaches the bridge's subscription, the same device on another device's
-// topic is refused (Not authorized), and a client without a certificate
-// cannot connect.
+// TestComposeBrokerOnMosquitto runs the compose stack's broker on a real
+// Mosquitto (the local one, as scripts/services.sh installs it): the certs
+// job's command makes the certificates, then the real entrypoint.sh runs,
+// with the container's paths and ports moved into a temporary folder. Then:
+// the healthcheck's client (the bridge's identity) reads $SYS, a device's
+// reading on its own topic reaches the bridge's subscription, the same
+// device on another device's topic is refused (Not authorized), a client
+// without a certificate cannot connect, and the plaintext listener answers
+// only with MQTT_PLAINTEXT=1 (then to the password users only).
 func TestComposeBrokerOnMosquitto(t *testing.T) {
+	t.Run("default", func(t *testing.T) { composeBroker(t, "0") })
+	// MQTT_PLAINTEXT=1 adds the plaintext listener and the password users;
+	// everything above still holds on the TLS listener.
+	t.Run("MQTT_PLAINTEXT=1", func(t *testing.T) { composeBroker(t, "1") })
+}
+
+func composeBroker(t *testing.T, plaintext string) {
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/mosquitto"); err != nil {
@@ -47,27 +54,11 @@ func TestComposeBrokerOnMosquitto(t *testing.T) {
 	m := service(t, p, "mosquitto")
 	certs := onHost(m, vols, "/certs")
 	data := filepath.Join(vols, "mosquitto-data")
-	for _, d := range []string{filepath.Join(data, "tls"), filepath.Join(data, "conf.d")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		t.Fatal(err)
 	}
-	// What entrypoint.sh does without MQTT_PLAINTEXT.
 	root := repoRoot(t)
-	for src, dst := range map[string]string{
-		filepath.Join(certs, "server", "server.crt"):      filepath.Join(data, "tls", "server.crt"),
-		filepath.Join(certs, "server", "server.key"):      filepath.Join(data, "tls", "server.key"),
-		filepath.Join(root, "deploy", "mosquitto", "acl"): filepath.Join(data, "acl"),
-	} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(dst, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	port := freePort(t)
+	port, plainPort := freePort(t), freePort(t)
 	conf := readFile(t, filepath.Join(root, "deploy", "mosquitto", "mosquitto.conf"))
 	conf = strings.ReplaceAll(conf, "/certs/", certs+"/")
 	conf = strings.ReplaceAll(conf, "/mosquitto/data", data)
@@ -76,11 +67,27 @@ func TestComposeBrokerOnMosquitto(t *testing.T) {
 	// a client is connected.
 	logPath := filepath.Join(vols, "mosquitto.log")
 	conf = strings.Replace(conf, "\nlog_dest stdout\n", "\nlog_dest file "+logPath+"\n", 1)
+	asRoot := false
 	if u, err := user.Current(); err == nil && u.Uid == "0" {
+		asRoot = true
 		conf += "\nuser root\n" // stay root: the files are the test's
 	}
 	confPath := filepath.Join(vols, "mosquitto.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The real entrypoint.sh, with the container's paths moved here.
+	script := readFile(t, filepath.Join(root, "deploy", "mosquitto", "entrypoint.sh"))
+	script = strings.ReplaceAll(script, "/mosquitto/config/mosquitto.conf", confPath)
+	script = strings.ReplaceAll(script, "/mosquitto/config/", filepath.Join(root, "deploy", "mosquitto")+"/")
+	script = strings.ReplaceAll(script, "/mosquitto/data", data)
+	script = strings.ReplaceAll(script, "/certs/", certs+"/")
+	script = strings.ReplaceAll(script, "listener 1883", "listener "+plainPort+" 127.0.0.1")
+	if !asRoot {
+		script = strings.ReplaceAll(script, "chown ", ": chown ") // as in the container, but without root
+	}
+	scriptPath := filepath.Join(vols, "entrypoint.sh")
+	if err := os.WriteFile(scriptPath, []byte(script), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	errPath := filepath.Join(vols, "mosquitto.stderr")
@@ -89,7 +96,9 @@ func TestComposeBrokerOnMosquitto(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer errFile.Close()
-	broker := exec.Command(bin, "-c", confPath)
+	broker := exec.Command("sh", scriptPath)
+	broker.Env = []string{"PATH=" + filepath.Dir(bin) + ":" + os.Getenv("PATH"), "MQTT_PLAINTEXT=" + plaintext,
+		"MQTT_BRIDGE_USERNAME=svc", "MQTT_BRIDGE_PASSWORD=svc-pw", "MQTT_DEVICE_USERNAME=dev", "MQTT_DEVICE_PASSWORD=dev-pw"}
 	broker.Stdout, broker.Stderr = errFile, errFile
 	brokerLog := func() string {
 		b, _ := os.ReadFile(logPath)
@@ -163,6 +172,22 @@ func TestComposeBrokerOnMosquitto(t *testing.T) {
 	}
 	if !strings.Contains(brokerLog(), "u'"+dev0+"'") {
 		t.Error("the broker did not take the device's user name from its certificate")
+	}
+	plain := func(u, pw string) []string {
+		return []string{"-h", "127.0.0.1", "-p", plainPort, "-V", "mqttv5", "-u", u, "-P", pw, "-q", "1", "-t", "devices/x/telemetry", "-m", "p"}
+	}
+	out, err = run("mosquitto_pub", plain("dev", "dev-pw")...)
+	if plaintext != "1" {
+		if err == nil {
+			t.Errorf("the plaintext listener answers without MQTT_PLAINTEXT=1: %q", out)
+		}
+		return
+	}
+	if err != nil || strings.Contains(out, "Not authorized") {
+		t.Errorf("MQTT_PLAINTEXT=1: the device password user cannot publish: %v %q", err, out)
+	}
+	if out, err := run("mosquitto_pub", plain("dev", "wrong")...); err == nil {
+		t.Errorf("MQTT_PLAINTEXT=1: a wrong password was accepted: %q", out)
 	}
 }
 
