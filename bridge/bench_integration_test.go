@@ -4,11 +4,13 @@ package bridge
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 
+	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/demo"
 	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/service"
@@ -320,4 +323,204 @@ func BenchmarkBridgeDrain(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(sim.Stats().Acked)/el.Seconds(), "msgs/s")
+}
+
+// BenchmarkBridgeTLS measures what mutual TLS costs: the bridge draining a
+// queued load over the broker's TLS listener (its own certificate, CN
+// iotpipe-bridge) and over the plaintext listener, in the same run,
+// interleaved: each of IOTPIPE_BENCH_REPEATS rounds (default 3) publishes
+// the load once (IOTPIPE_BENCH_MESSAGES, default 100000, from 100 devices,
+// one connection each) while both bridges are offline, each in its own
+// persistent session and share group, then drains each copy in turn,
+// alternating which goes first. The publisher alternates too: over TLS,
+// every device with its own certificate (CN = device id, so the broker's
+// ACL applies as in production), and over plaintext with the device
+// password user. Reported, as medians of the rounds: the bridge's
+// messages/s from its start (msgs/s, as BenchmarkBridgeVsPipeline) and
+// from its MQTT connection, once up and past the TLS handshake
+// (drain-msgs/s), and its CPU µs per message (from /proc) per transport, and the
+// simulator's CPU µs per published message per transport (getrusage of
+// this process, which runs nothing else while it publishes).
+//
+//	go test -tags integration -run '^$' -bench BridgeTLS -benchtime 1x ./bridge/
+func BenchmarkBridgeTLS(b *testing.B) {
+	n, repeats := 100_000, 3
+	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_MESSAGES")); err == nil && v > 0 {
+		n = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_REPEATS")); err == nil && v > 0 {
+		repeats = v
+	}
+	const devices = 100
+	env := testenv.Load(b)
+	tlsEnv := testenv.LoadMQTTTLS(b)
+	id := testenv.Name(b, "tls")
+	devicePrefix := id + "-"
+	// The device id comes first, as the ACL binds devices/<CN>/...; the
+	// run's own level after it keeps other runs' messages out.
+	template := "devices/{device_id}/" + id + "/telemetry"
+	certDir := b.TempDir()
+	ca, err := certs.Load(tlsEnv.CADir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range devices {
+		did := devicesim.DeviceID(devicePrefix, i)
+		key, err := certs.NewKey()
+		if err != nil {
+			b.Fatal(err)
+		}
+		iss, err := ca.IssueClient(did, &key.PublicKey, time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := certs.WriteKeyPair(certDir, did, iss.PEM, key); err != nil {
+			b.Fatal(err)
+		}
+	}
+	type target struct {
+		name, group, clientID, topic string
+		conn                         []string
+	}
+	targets := []*target{
+		{name: "plaintext", conn: []string{"--mqtt-url", env.MQTTURL, "--mqtt-username", env.MQTTUsername, "--mqtt-password", env.MQTTPassword}},
+		{name: "tls", conn: []string{"--mqtt-url", tlsEnv.URL, "--mqtt-ca-file", tlsEnv.CAFile,
+			"--mqtt-cert-file", tlsEnv.BridgeCertFile, "--mqtt-key-file", tlsEnv.BridgeKeyFile}},
+	}
+	dlq := envTopic(b, env)
+	for _, tg := range targets {
+		tg.group, tg.clientID, tg.topic = testenv.Name(b, "g"), testenv.Name(b, "bridge"), envTopic(b, env)
+		b.Cleanup(func() { endSessionTB(b, env, tg.clientID) })
+	}
+	bin := testenv.Binary(b)
+	bridgeArgs := func(tg *target) []string {
+		return append(append([]string{"bridge", "--mqtt-client-id", tg.clientID, "--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
+			"--mqtt-catch-all=false", "--kafka-brokers", strings.Join(env.KafkaBrokers, ","), "--topic-raw", tg.topic, "--topic-dlq", dlq,
+			"--topic-template", template, "--log-format", "json"}, tg.conn...), strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
+	}
+	// Sessions and subscriptions first, then offline.
+	for _, tg := range targets {
+		startBench(b, bin, append(bridgeArgs(tg), "--http-addr", "")).Stop(time.Minute)
+	}
+	publish := func(overTLS bool) (acked int64, cpuPerMsg float64) {
+		c := devicesim.DefaultConfig()
+		c.Devices, c.DevicesPerConn, c.DeviceIDPrefix = devices, 1, devicePrefix
+		c.MessagesPerDevice, c.Rate, c.TopicTemplate = n/devices, 0, template
+		c.ValidKinds, c.ProgressInterval = devicesim.AllValidKinds(), 0
+		if overTLS {
+			c.URL, c.CAFile, c.CertDir = tlsEnv.URL, tlsEnv.CAFile, certDir
+		} else {
+			c.URL, c.Username, c.Password = env.MQTTURL, env.MQTTDeviceUsername, env.MQTTDevicePassword
+		}
+		sim, err := devicesim.New(c, service.Deps{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var ru0, ru1 syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+		if err := sim.Run(testenv.Context(b, 10*time.Minute)); err != nil {
+			b.Fatal(err)
+		}
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+		st := sim.Stats()
+		if st.Refused > 0 || st.NoSubscribers > 0 || st.Acked == 0 {
+			b.Fatalf("publisher (tls %t): acked %d, refused %d, no subscribers %d", overTLS, st.Acked, st.Refused, st.NoSubscribers)
+		}
+		cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+		return st.Acked, float64(cpu.Nanoseconds()) / 1e3 / float64(st.Acked)
+	}
+	adm := env.KafkaAdmin(b)
+	rates, drains, cpus, simCPU := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
+	total := 0
+	b.ResetTimer()
+	for r := range repeats {
+		overTLS := r%2 == 0
+		acked, simPer := publish(overTLS)
+		simName := map[bool]string{true: "tls", false: "plaintext"}[overTLS]
+		simCPU[simName] = append(simCPU[simName], simPer)
+		total += int(acked)
+		order := []*target{targets[0], targets[1]}
+		if r%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, tg := range order {
+			addr := freeAddr(b)
+			start := time.Now()
+			p := startBench(b, bin, append(bridgeArgs(tg), "--http-addr", addr))
+			waitOffsets(b, adm, tg.topic, total)
+			end := time.Now()
+			el := end.Sub(start)
+			c := procCPU(b, p.Pid())
+			p.Stop(time.Minute)
+			drain := end.Sub(connectedAt(b, p.LogPath()))
+			rates[tg.name] = append(rates[tg.name], float64(acked)/el.Seconds())
+			drains[tg.name] = append(drains[tg.name], float64(acked)/drain.Seconds())
+			cpus[tg.name] = append(cpus[tg.name], float64(c.Microseconds())/float64(acked))
+			b.Logf("round %d (publisher over %s): bridge over %s drained %d in %s from its start, %s from its MQTT connection (%.0f, %.0f msg/s; %.2f CPU µs/msg)",
+				r+1, simName, tg.name, acked, el.Round(time.Millisecond), drain.Round(time.Millisecond), float64(acked)/el.Seconds(),
+				float64(acked)/drain.Seconds(), float64(c.Microseconds())/float64(acked))
+		}
+	}
+	b.StopTimer()
+	for _, tg := range targets {
+		b.Run(tg.name, func(b *testing.B) {
+			b.ReportMetric(median(rates[tg.name]), "msgs/s")
+			b.ReportMetric(median(drains[tg.name]), "drain-msgs/s")
+			b.ReportMetric(median(cpus[tg.name]), "cpu-µs/msg")
+			b.ReportMetric(float64(len(rates[tg.name])), "rounds")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+	for _, name := range []string{"plaintext", "tls"} {
+		if len(simCPU[name]) == 0 {
+			continue
+		}
+		b.Run("simulator-"+name, func(b *testing.B) {
+			b.ReportMetric(median(simCPU[name]), "cpu-µs/msg")
+			b.ReportMetric(float64(len(simCPU[name])), "rounds")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+	if p := median(rates["plaintext"]); p > 0 {
+		b.Logf("bridge over TLS / plaintext throughput: %.3f from the bridge's start (%.0f vs %.0f msg/s), %.3f from its MQTT connection (%.0f vs %.0f msg/s), medians of %d rounds; CPU µs/msg %.2f vs %.2f",
+			median(rates["tls"])/p, median(rates["tls"]), p, median(drains["tls"])/median(drains["plaintext"]), median(drains["tls"]), median(drains["plaintext"]),
+			repeats, median(cpus["tls"]), median(cpus["plaintext"]))
+	}
+}
+
+// connectedAt is the time of the bridge's first "mqtt connected" log line
+// (JSON): where its drain starts once the process is up and the TLS
+// handshake done.
+func connectedAt(b *testing.B, logPath string) time.Time {
+	raw, err := os.ReadFile(logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.Contains(line, `"msg":"mqtt connected"`) {
+			continue
+		}
+		var l struct {
+			Time time.Time `json:"time"`
+		}
+		if err := json.Unmarshal([]byte(line), &l); err != nil || l.Time.IsZero() {
+			b.Fatalf("bridge log line %q: %v", line, err)
+		}
+		return l.Time
+	}
+	b.Fatalf("no \"mqtt connected\" line in %s", logPath)
+	return time.Time{}
+}
+
+// median of xs (0 for none).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

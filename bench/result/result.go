@@ -19,6 +19,7 @@ const SchemaVersion = 1
 // Goals from the stage issues, next to each figure in the file and table.
 const (
 	GoalBridgeRatio            = 1.0     // bridge msgs/s ≥ 1.0× the mosquitto_sub | kcat -P pipeline (#3)
+	GoalBridgeTLSRatio         = 0.85    // bridge msgs/s over mutual TLS ≥ 0.85× over plaintext: TLS costs ≤ 15 % (#14)
 	GoalProcessorPerCore       = 500_000 // processor readings/s on one core, exactly-once (#4)
 	GoalLakeRowsPerCPUSecond   = 300_000 // lake sink rows per CPU-second (#5)
 	GoalLakeSmallerThanRawJSON = 8.0     // lake Parquet ≥ 8× smaller than telemetry.raw JSON (#5)
@@ -96,9 +97,39 @@ type Bridge struct {
 	GoalRatio           float64 `json:"goal_ratio"`
 	GoalMet             bool    `json:"goal_met"`
 	// Variants: the same figures for every compression codec measured.
-	Variants   map[string]BridgeVariant `json:"variants,omitempty"`
-	Benchmarks Benchmarks               `json:"benchmarks,omitempty"`
-	Error      string                   `json:"error,omitempty"`
+	Variants map[string]BridgeVariant `json:"variants,omitempty"`
+	// TLS: the bridge over mutual TLS against itself over plaintext
+	// (BenchmarkBridgeTLS, same run).
+	TLS        *BridgeTLS `json:"tls,omitempty"`
+	Benchmarks Benchmarks `json:"benchmarks,omitempty"`
+	Error      string     `json:"error,omitempty"`
+}
+
+// BridgeTLS: BenchmarkBridgeTLS. The bridge drains the same queued load over
+// the broker's mutual-TLS listener and over its plaintext listener, in
+// interleaved rounds (alternating which goes first); every figure is the
+// median of the rounds. The simulator's figures are its CPU per published
+// message with one connection per device, over TLS each with its own
+// certificate, and over plaintext with the device password user.
+type BridgeTLS struct {
+	Messages          int     `json:"messages"` // per round
+	Rounds            int     `json:"rounds"`
+	PlaintextMsgsPerS float64 `json:"plaintext_msgs_per_s"`
+	TLSMsgsPerS       float64 `json:"tls_msgs_per_s"`
+	Ratio             float64 `json:"ratio"`           // tls_msgs_per_s / plaintext_msgs_per_s
+	ThroughputCost    float64 `json:"throughput_cost"` // 1 - ratio
+	// The same from the bridge's MQTT connection on (its process started
+	// and the TLS handshake done): the per-message cost alone.
+	PlaintextDrainMsgsPerS   float64 `json:"plaintext_drain_msgs_per_s"`
+	TLSDrainMsgsPerS         float64 `json:"tls_drain_msgs_per_s"`
+	DrainRatio               float64 `json:"drain_ratio"`
+	PlaintextCPUMicrosPerMsg float64 `json:"plaintext_cpu_us_per_msg"`
+	TLSCPUMicrosPerMsg       float64 `json:"tls_cpu_us_per_msg"`
+	CPURatio                 float64 `json:"cpu_ratio"` // tls / plaintext (lower is better)
+	SimPlainCPUMicrosPerMsg  float64 `json:"simulator_plaintext_cpu_us_per_msg"`
+	SimTLSCPUMicrosPerMsg    float64 `json:"simulator_tls_cpu_us_per_msg"`
+	GoalRatio                float64 `json:"goal_ratio"`
+	GoalMet                  bool    `json:"goal_met"` // ratio and drain_ratio ≥ goal_ratio
 }
 
 // BridgeVariant is the bridge with one compression codec.

@@ -12,6 +12,7 @@ import (
 const (
 	BridgeBench           = "BenchmarkBridgeVsPipeline"
 	BridgePipeline        = BridgeBench + "/pipeline"
+	BridgeTLSBench        = "BenchmarkBridgeTLS"
 	ProcessorBench        = "BenchmarkKafkaExactlyOnce"
 	ProcessorCeilingBench = "BenchmarkKafkaCeilingDecode"
 	TimescaleBench        = "BenchmarkReadings"
@@ -78,9 +79,34 @@ func BridgeFrom(bs []Bench, messages int, compression string) *Bridge {
 	r.AllocsPerMsg = m.get(bs, name, "allocs/msg")
 	r.Ratio = ratio(r.MsgsPerS, r.CeilingMsgsPerS)
 	r.CPURatio = ratio(r.CPUMicrosPerMsg, r.CeilingCPUMicrosMsg)
+	r.TLS = bridgeTLSFrom(bs, messages, &m)
 	r.Error = m.err()
 	r.GoalMet = r.Error == "" && r.Ratio >= r.GoalRatio
+	r.TLS.GoalMet = r.Error == "" && r.TLS.Ratio >= r.TLS.GoalRatio && r.TLS.DrainRatio >= r.TLS.GoalRatio
 	return r
+}
+
+// bridgeTLSFrom fills the TLS figures from BenchmarkBridgeTLS's lines.
+func bridgeTLSFrom(bs []Bench, messages int, m *missing) *BridgeTLS {
+	t := &BridgeTLS{Messages: messages, GoalRatio: GoalBridgeTLSRatio}
+	plain, tls := BridgeTLSBench+"/plaintext", BridgeTLSBench+"/tls"
+	t.PlaintextMsgsPerS = m.get(bs, plain, "msgs/s")
+	t.TLSMsgsPerS = m.get(bs, tls, "msgs/s")
+	t.PlaintextCPUMicrosPerMsg = m.get(bs, plain, "cpu-µs/msg")
+	t.TLSCPUMicrosPerMsg = m.get(bs, tls, "cpu-µs/msg")
+	t.PlaintextDrainMsgsPerS = m.get(bs, plain, "drain-msgs/s")
+	t.TLSDrainMsgsPerS = m.get(bs, tls, "drain-msgs/s")
+	t.DrainRatio = ratio(t.TLSDrainMsgsPerS, t.PlaintextDrainMsgsPerS)
+	rounds, _ := Get(bs, tls, "rounds")
+	t.Rounds = int(rounds)
+	t.SimTLSCPUMicrosPerMsg = m.get(bs, BridgeTLSBench+"/simulator-tls", "cpu-µs/msg")
+	t.SimPlainCPUMicrosPerMsg, _ = Get(bs, BridgeTLSBench+"/simulator-plaintext", "cpu-µs/msg") // only with 2 rounds or more
+	t.Ratio = ratio(t.TLSMsgsPerS, t.PlaintextMsgsPerS)
+	if t.Ratio > 0 {
+		t.ThroughputCost = 1 - t.Ratio
+	}
+	t.CPURatio = ratio(t.TLSCPUMicrosPerMsg, t.PlaintextCPUMicrosPerMsg)
+	return t
 }
 
 // ProcessorFrom fills the processor figures (benchmarks run with -cpu 1).

@@ -28,6 +28,48 @@ func TestBridgeFrom(t *testing.T) {
 	if b.Benchmarks["BenchmarkBridgeVsPipeline/pipeline"]["cpu_us_per_msg"] != 26 {
 		t.Errorf("benchmarks: %+v", b.Benchmarks)
 	}
+	tls := b.TLS
+	if tls == nil || tls.TLSMsgsPerS != 51094 || tls.PlaintextMsgsPerS != 56243 || tls.TLSCPUMicrosPerMsg != 14.5 || tls.PlaintextCPUMicrosPerMsg != 13.5 ||
+		tls.SimTLSCPUMicrosPerMsg != 12.9 || tls.SimPlainCPUMicrosPerMsg != 8.375 || tls.Rounds != 3 {
+		t.Fatalf("tls figures: %+v", tls)
+	}
+	if tls.TLSDrainMsgsPerS != 54000 || tls.PlaintextDrainMsgsPerS != 60000 || !near(tls.DrainRatio, 0.9) {
+		t.Errorf("drain figures: %+v", tls)
+	}
+	if !near(tls.Ratio, 51094.0/56243) || !near(tls.ThroughputCost, 1-51094.0/56243) || !tls.GoalMet || tls.GoalRatio != 0.85 {
+		t.Errorf("tls ratio %v cost %v goal %v met %v", tls.Ratio, tls.ThroughputCost, tls.GoalRatio, tls.GoalMet)
+	}
+}
+
+// TLS costing more than 15 % of the throughput misses the goal; missing
+// TLS figures are an error.
+func TestBridgeTLSGoalAndMissing(t *testing.T) {
+	var slow, none []Bench
+	for _, b := range parseFile(t, "bridge.txt") {
+		if b.Name == BridgeTLSBench+"/tls" {
+			none = append(none, Bench{Name: "other"})
+			b.Metrics = map[string]float64{"msgs/s": 40000, "drain-msgs/s": 59000, "cpu-µs/msg": 20, "rounds": 3}
+			slow = append(slow, b)
+			continue
+		}
+		slow, none = append(slow, b), append(none, b)
+	}
+	if b := BridgeFrom(slow, 10000, "lz4"); b.Error != "" || b.TLS.GoalMet || !b.GoalMet {
+		t.Errorf("40000 vs 56243 msg/s: error %q, tls goal met %v, bridge goal met %v", b.Error, b.TLS.GoalMet, b.GoalMet)
+	}
+	var slowDrain []Bench
+	for _, b := range parseFile(t, "bridge.txt") {
+		if b.Name == BridgeTLSBench+"/tls" {
+			b.Metrics = map[string]float64{"msgs/s": 56000, "drain-msgs/s": 30000, "cpu-µs/msg": 20, "rounds": 3}
+		}
+		slowDrain = append(slowDrain, b)
+	}
+	if b := BridgeFrom(slowDrain, 10000, "lz4"); b.Error != "" || b.TLS.GoalMet {
+		t.Errorf("drain 30000 vs 60000 msg/s: error %q, tls goal met %v", b.Error, b.TLS.GoalMet)
+	}
+	if b := BridgeFrom(none, 10000, "lz4"); !strings.Contains(b.Error, "BenchmarkBridgeTLS/tls msgs/s") || b.TLS.GoalMet {
+		t.Errorf("without the TLS figures: error %q", b.Error)
+	}
 }
 
 func TestBridgeFromMissingPipeline(t *testing.T) {

@@ -73,6 +73,15 @@ func (f *File) Rows() []Row {
 		add(Row{"bridge", "msgs/s (QoS 1, ack after Kafka, " + b.Compression + ") vs mosquitto_sub | kcat -P", Num(b.MsgsPerS), Num(b.CeilingMsgsPerS), times(b.Ratio), "≥ " + times(b.GoalRatio), met(b.GoalMet)})
 		add(Row{"bridge", "CPU µs/msg (lower is better)", Num(b.CPUMicrosPerMsg), Num(b.CeilingCPUMicrosMsg), times(b.CPURatio), "", ""})
 		add(Row{"bridge", "allocs/msg", Num(b.AllocsPerMsg), "", "", "", ""})
+		if t := b.TLS; t != nil {
+			rounds := fmt.Sprintf("median of %d rounds", t.Rounds)
+			add(Row{"bridge", "msgs/s over mutual TLS vs plaintext (same run, " + rounds + ")", Num(t.TLSMsgsPerS), Num(t.PlaintextMsgsPerS), times(t.Ratio),
+				"≥ " + times(t.GoalRatio) + " (TLS costs ≤ " + Num(100*(1-t.GoalRatio)) + " %)", met(t.GoalMet)})
+			add(Row{"bridge", "msgs/s over mutual TLS vs plaintext from the MQTT connection on (the same goal)", Num(t.TLSDrainMsgsPerS), Num(t.PlaintextDrainMsgsPerS), times(t.DrainRatio), "", ""})
+			add(Row{"bridge", "CPU µs/msg over mutual TLS vs plaintext (lower is better)", Num(t.TLSCPUMicrosPerMsg), Num(t.PlaintextCPUMicrosPerMsg), times(t.CPURatio), "", ""})
+			add(Row{"simulator", "CPU µs/published msg over mutual TLS (a certificate per device) vs plaintext", Num(t.SimTLSCPUMicrosPerMsg), Num(t.SimPlainCPUMicrosPerMsg),
+				times(ratio(t.SimTLSCPUMicrosPerMsg, t.SimPlainCPUMicrosPerMsg)), "", ""})
+		}
 	}
 	if p := f.Processor; p != nil {
 		failed("processor", p.Error)

@@ -21,6 +21,10 @@ import (
 )
 
 // Stage names, as --skip and --only take them.
+// bridgeTLSRounds: BenchmarkBridgeTLS's interleaved rounds (its figures are
+// their medians).
+const bridgeTLSRounds = 5
+
 var stageNames = []string{"bridge", "processor", "timescale", "lake", "micro", "e2e"}
 
 // sizes are the loads of one run.
@@ -144,8 +148,10 @@ func run() int {
 	}
 	if selected["bridge"] {
 		timed("bridge", func() {
-			bs, err := r.goTest(ctx, goBench{pkg: "./bridge/", pattern: "^" + result.BridgeBench + "$", benchtime: "1x",
-				env: []string{"IOTPIPE_BENCH_MESSAGES=" + strconv.Itoa(sz.BridgeMessages)}})
+			// The bridge against its ceiling, then over mutual TLS against
+			// itself over plaintext (interleaved rounds, medians).
+			bs, err := r.goTest(ctx, goBench{pkg: "./bridge/", pattern: "^(" + result.BridgeBench + "|" + result.BridgeTLSBench + ")$", benchtime: "1x",
+				env: []string{"IOTPIPE_BENCH_MESSAGES=" + strconv.Itoa(sz.BridgeMessages), "IOTPIPE_BENCH_REPEATS=" + strconv.Itoa(bridgeTLSRounds)}})
 			f.Bridge = result.BridgeFrom(bs, sz.BridgeMessages, result.DefaultBridgeVariant)
 			result.WithRunError(err, &f.Bridge.Error, &f.Bridge.GoalMet)
 		})

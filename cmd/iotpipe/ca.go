@@ -26,6 +26,9 @@ const caUsage = `Usage: iotpipe ca <init|server|client> [flags]
   server   issue the broker's server certificate: --dns and/or --ip names, into --out
   client   issue a client certificate for a service (e.g. the bridge, CN iotpipe-bridge)
            that is not a device: it is not registered, into --out
+  setup    all of it at once, keeping what is current: the CA if missing, the broker's
+           certificate, service identities and simulated devices' certificates
+           (what docker compose runs on every 'up')
 
 Devices get their certificates with 'iotpipe devices add'. Run
 'iotpipe ca <command> --help' for the flags.
@@ -42,8 +45,10 @@ func runCA(ctx context.Context, env Env, args []string) error {
 		return runCAServer(env, args[1:])
 	case "client":
 		return runCAClient(env, args[1:])
+	case "setup":
+		return runCASetup(env, args[1:])
 	}
-	return &UsageError{fmt.Errorf("unknown ca command %q: want init, server or client", args[0])}
+	return &UsageError{fmt.Errorf("unknown ca command %q: want init, server, client or setup", args[0])}
 }
 
 // groupHelp prints usage when a command group (ca, devices) is called

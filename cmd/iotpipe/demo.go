@@ -23,13 +23,20 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/iotpipe/iotpipe/internal/demo"
+	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/service"
 )
 
 const demoSummary = `Run the whole pipeline locally: init, bridge, processor, sink timescale,
 sink lake and a simulated fleet, each as a child process of this binary,
 against services whose settings are in the IOTPIPE_* environment (make demo
-starts them and loads 'scripts/services.sh env'). The processor runs with
+starts them and loads 'scripts/services.sh env'). By default (--mqtt-tls)
+the bridge and the fleet connect to the broker's mutual-TLS listener: the
+bridge with its own certificate, every simulated device with its own (CN =
+device id), which the demo issues from the CA in --ca-dir into
+<state-dir>/demo/devices/ and registers in the device registry (group demo)
+on first use, so the broker's ACL lets each device write only
+devices/<its id>/...; the plaintext listener is not used. The processor runs with
 short windows (--window 10s, --lateness 2s, --idle-timeout 5s) and the lake
 sink closes files after --lake-max-age 10s, so rows appear within seconds.
 Every --progress-interval it prints the rates of each stage (scraped from
@@ -52,6 +59,7 @@ type demoFlags struct {
 	s3                               s3Flags
 	prefix                           string
 	checkConfig                      bool
+	tls                              demoTLS
 }
 
 func (o *demoFlags) bind(f *cmdFlags) {
@@ -84,6 +92,7 @@ func (o *demoFlags) bind(f *cmdFlags) {
 	f.String(&o.pgSchema, "pg-schema", "iotpipe", "schema that holds the tables")
 	o.s3.bind(f)
 	f.String(&o.prefix, "prefix", "", "key prefix of the lake inside the bucket")
+	o.tls.bind(f)
 }
 
 func (o *demoFlags) validate() error {
@@ -145,6 +154,7 @@ func (o *demoFlags) validate() error {
 	if o.stateDir == "" {
 		errs = append(errs, settingErr("state-dir", "", errors.New("must not be empty")))
 	}
+	errs = append(errs, o.tls.validate(o.devices))
 	return errors.Join(errs...)
 }
 
@@ -331,8 +341,12 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	if o.checkConfig {
-		fmt.Fprintf(env.Stdout, "settings are valid: %d devices at %g msg/s, window %s, lateness %s, idle timeout %s, lake max age %s, logs in %s\n",
-			o.devices, o.rate, o.window, o.lateness, o.idle, o.lakeAge, filepath.Join(o.stateDir, "demo"))
+		mqtt := "MQTT over mutual TLS (" + o.tls.url + ", one certificate per device in " + filepath.Join(o.stateDir, "demo", "devices") + ")"
+		if !o.tls.on {
+			mqtt = "MQTT without TLS (IOTPIPE_MQTT_URL, password users)"
+		}
+		fmt.Fprintf(env.Stdout, "settings are valid: %d devices at %g msg/s, %s, window %s, lateness %s, idle timeout %s, lake max age %s, logs in %s\n",
+			o.devices, o.rate, mqtt, o.window, o.lateness, o.idle, o.lakeAge, filepath.Join(o.stateDir, "demo"))
 		return nil
 	}
 	bin, err := os.Executable()
@@ -382,12 +396,26 @@ func (d *demoRun) run(ctx context.Context) error {
 		return fmt.Errorf("iotpipe init failed (exit %d); last lines of %s:\n%s", ini.exitCode(), ini.logPath, tail(ini.logPath, 20))
 	}
 	fmt.Fprintf(w, "demo: init done in %.1fs (topics, bucket and schema exist)\n", time.Since(t0).Seconds())
+	certDir := filepath.Join(d.dir, "devices")
+	if o.tls.on {
+		n, err := demoIdentities(ctx, &o.tls, o.pgSchema, o.devices, certDir)
+		if err != nil {
+			return fmt.Errorf("the demo's device identities: %w", err)
+		}
+		fmt.Fprintf(w, "demo: mutual TLS on %s: %d device certificates (CN = device id, %s … %s) in %s (%d registered now, %d reissued, %d kept); CA %s; the bridge's identity %s\n",
+			o.tls.url, o.devices, devicesim.DeviceID(o.tls.devicePrefix, 0), devicesim.DeviceID(o.tls.devicePrefix, o.devices-1), certDir,
+			n.registered, n.reissued, n.reused, o.tls.caFile, o.tls.bridgeCert)
+		fmt.Fprintf(w, "demo: the registry: iotpipe devices list --group %s --pg-schema %s\n", demoGroup, o.pgSchema)
+	} else {
+		fmt.Fprintln(w, "demo: --mqtt-tls=false: the bridge and the fleet use the plaintext listener and password users (IOTPIPE_MQTT_URL)")
+	}
 	gp := o.groupPrefix
 	stages := []struct {
 		name string
 		args []string
 	}{
-		{"bridge", []string{"bridge", "--http-port-offset", "0", "--http-addr", o.httpBridge, "--mqtt-client-id", gp + "-bridge", "--mqtt-share-group", gp}},
+		{"bridge", append([]string{"bridge", "--http-port-offset", "0", "--http-addr", o.httpBridge, "--mqtt-client-id", gp + "-bridge", "--mqtt-share-group", gp},
+			o.tls.bridgeArgs()...)},
 		{"processor", append([]string{"processor", "--http-port-offset", "0", "--http-addr", o.httpProcessor, "--group", gp + "-processor", "--instance-id", gp + "-processor-1"},
 			settingArgs(o.stageSettings()["processor"])...)},
 		{"sink timescale", []string{"sink", "timescale", "--http-port-offset", "0", "--http-addr", o.httpTimescale, "--group", gp + "-sink-timescale"}},
@@ -421,8 +449,9 @@ func (d *demoRun) run(ctx context.Context) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	sim, err := d.start("simulate", append([]string{"simulate", "--progress-interval", o.progress.String(), "--duration", "0"},
-		settingArgs(o.stageSettings()["simulator"])...)...)
+	simArgs := append([]string{"simulate", "--progress-interval", o.progress.String(), "--duration", "0"},
+		settingArgs(o.stageSettings()["simulator"])...)
+	sim, err := d.start("simulate", append(simArgs, o.tls.simulatorArgs(certDir)...)...)
 	if err != nil {
 		return err
 	}
@@ -607,7 +636,8 @@ func (o *demoFlags) stageSettings() map[string]map[string]string {
 		"processor": {"window": o.window.String(), "lateness": o.lateness.String(), "idle-timeout": o.idle.String()},
 		"sink-lake": {"max-age": o.lakeAge.String()},
 		"simulator": {"devices": strconv.Itoa(o.devices), "rate": fmtFloat(o.rate), "invalid-fraction": fmtFloat(o.invalid),
-			"duplicate-fraction": fmtFloat(o.dup), "out-of-order-fraction": fmtFloat(o.ooo), "late-fraction": fmtFloat(o.late)},
+			"duplicate-fraction": fmtFloat(o.dup), "out-of-order-fraction": fmtFloat(o.ooo), "late-fraction": fmtFloat(o.late),
+			"device-prefix": o.tls.devicePrefix, "devices-per-conn": "1"},
 	}
 }
 

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/certs"
+	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
@@ -51,6 +53,8 @@ type demoProc struct {
 	state  string
 	bucket string
 	schema string
+	// devicePrefix starts the fleet's device ids (unique to the test).
+	devicePrefix string
 }
 
 // startDemo builds the binary and starts `iotpipe demo` on unique topics,
@@ -61,7 +65,7 @@ func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...str
 
 	id := testenv.Name(t, "demo")
 	d := &demoProc{out: &lockedLines{}, errOut: &strings.Builder{}, done: make(chan error, 1), state: t.TempDir(),
-		schema: env.Schema(t), bucket: env.BucketName(t)}
+		schema: env.Schema(t), bucket: env.BucketName(t), devicePrefix: id + "-"}
 	topics := []string{id + ".raw", id + ".metrics", id + ".dlq", id + ".changelog"}
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -75,7 +79,11 @@ func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...str
 		"IOTPIPE_TOPIC_RAW="+topics[0], "IOTPIPE_TOPIC_METRICS="+topics[1], "IOTPIPE_TOPIC_DLQ="+topics[2],
 		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+topics[3],
 		"IOTPIPE_PG_SCHEMA="+d.schema, "IOTPIPE_S3_BUCKET="+d.bucket, "IOTPIPE_STATE_DIR="+d.state,
-		"IOTPIPE_GROUP_PREFIX="+id, "IOTPIPE_TOPIC_TEMPLATE=devices/"+id+"/{device_id}/telemetry",
+		// Mutual TLS: the ACL lets a device write only devices/<its CN>/...,
+		// so the test's own level comes after the device id; without the
+		// catch-all (devices/#) the bridge takes only this test's topics.
+		"IOTPIPE_GROUP_PREFIX="+id, "IOTPIPE_TOPIC_TEMPLATE=devices/{device_id}/"+id+"/telemetry",
+		"IOTPIPE_MQTT_CATCH_ALL=false", "IOTPIPE_DEVICE_PREFIX="+d.devicePrefix,
 		"IOTPIPE_RAW_PARTITIONS=2", "IOTPIPE_METRICS_PARTITIONS=1", "IOTPIPE_DLQ_PARTITIONS=1",
 		"IOTPIPE_LOG_FORMAT=json"), extra...)
 	stdout, err := d.cmd.StdoutPipe()
@@ -166,11 +174,14 @@ func TestDemoRunsAndStopsCleanly(t *testing.T) {
 		t.Fatalf("device_metrics rows: %d (%v)", rows, err)
 	}
 	s := out.String()
-	for _, want := range []string{"psql \"$IOTPIPE_PG_READER_DSN\"", "s3://" + bucket + "/readings/", "duckdb -c", "dlq: ", state + "/demo"} {
+	certDir := filepath.Join(state, "demo", "devices")
+	for _, want := range []string{"psql \"$IOTPIPE_PG_READER_DSN\"", "s3://" + bucket + "/readings/", "duckdb -c", "dlq: ", state + "/demo",
+		"demo: mutual TLS on " + os.Getenv("IOTPIPE_MQTT_TLS_URL") + ": 20 device certificates", certDir + " (20 registered now, 0 reissued, 0 kept)"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
+	d.checkTLS(t, env, ctx, 20)
 
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
@@ -192,12 +203,54 @@ func TestDemoRunsAndStopsCleanly(t *testing.T) {
 	d.checkNoChild(t, 6) // init, 4 stages, simulate
 }
 
+// checkTLS checks that the pipeline ran over mutual TLS: the bridge and the
+// fleet connected to the TLS listener (their start lines), every device has
+// its own certificate and is registered (group demo), and the metric rows
+// are those devices'.
+func (d *demoProc) checkTLS(t *testing.T, env *testenv.Env, ctx context.Context, devices int) {
+	t.Helper()
+	tlsURL := os.Getenv("IOTPIPE_MQTT_TLS_URL")
+	if !strings.HasPrefix(tlsURL, "mqtts://") {
+		t.Fatalf("IOTPIPE_MQTT_TLS_URL = %q: the services have no TLS listener", tlsURL)
+	}
+	logs := filepath.Join(d.state, "demo")
+	if b, _ := os.ReadFile(filepath.Join(logs, "bridge.log")); !strings.Contains(string(b), `"mqtt":["`+tlsURL+`"]`) ||
+		!strings.Contains(string(b), `"msg":"mqtt subscribed"`) {
+		t.Errorf("the bridge did not start on %s:\n%s", tlsURL, tail(filepath.Join(logs, "bridge.log"), 5))
+	}
+	if b, _ := os.ReadFile(filepath.Join(logs, "simulate.log")); !strings.Contains(string(b), "format realistic, "+tlsURL+" as") {
+		t.Errorf("the simulator did not start on %s:\n%s", tlsURL, tail(filepath.Join(logs, "simulate.log"), 5))
+	}
+	for i := range devices {
+		id := devicesim.DeviceID(d.devicePrefix, i)
+		c, err := certs.LoadCertFile(filepath.Join(logs, "devices", id+".crt"))
+		if err != nil || c.Subject.CommonName != id {
+			t.Fatalf("device %s: certificate: %v", id, err)
+		}
+		if st, err := os.Stat(filepath.Join(logs, "devices", id+".key")); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("device %s: key: %v", id, err)
+		}
+	}
+	var registered, seen int
+	q := fmt.Sprintf(`SELECT count(*) FROM %[1]s.devices d JOIN %[1]s.device_group_members m USING (device_id)
+		WHERE m.group_id = 'demo' AND d.status = 'active' AND d.device_id LIKE $1`, d.schema)
+	if err := env.PG(t).QueryRow(ctx, q, d.devicePrefix+"%").Scan(&registered); err != nil || registered != devices {
+		t.Errorf("registered demo devices: %d, want %d (%v)", registered, devices, err)
+	}
+	q = fmt.Sprintf(`SELECT count(DISTINCT device_id) FROM %s.device_metrics WHERE device_id LIKE $1`, d.schema)
+	if err := env.PG(t).QueryRow(ctx, q, d.devicePrefix+"%").Scan(&seen); err != nil || seen == 0 {
+		t.Errorf("devices with metric rows: %d (%v)", seen, err)
+	}
+}
+
 // A stage that dies early (here the lake sink, given a bad setting) makes
 // the demo say which one, show its log, stop the others and exit 1.
 func TestDemoStopsWhenAChildDies(t *testing.T) {
 	env := testenv.Load(t)
 	ctx := testenv.Context(t, 60*time.Second)
-	d := startDemo(t, env, ctx, "IOTPIPE_ZSTD_LEVEL=99")
+	// Without TLS (the plaintext listener and password users), which this
+	// test exercises too.
+	d := startDemo(t, env, ctx, "IOTPIPE_ZSTD_LEVEL=99", "IOTPIPE_MQTT_TLS=false")
 	select {
 	case err := <-d.done:
 		var ee *exec.ExitError
@@ -209,6 +262,12 @@ func TestDemoStopsWhenAChildDies(t *testing.T) {
 	}
 	if e := d.errOut.String(); !strings.Contains(e, "sink lake exited early (exit 2)") || !strings.Contains(e, "--zstd-level") {
 		t.Errorf("stderr does not name the dead child and its log tail: %q", e)
+	}
+	if !strings.Contains(d.out.String(), "demo: --mqtt-tls=false: the bridge and the fleet use the plaintext listener") {
+		t.Errorf("the demo did not say it runs without TLS:\n%s", d.out)
+	}
+	if _, err := os.Stat(filepath.Join(d.state, "demo", "devices")); err == nil {
+		t.Error("without TLS the demo issued device certificates")
 	}
 	d.checkNoChild(t, 5) // init and the 4 stages (and the simulator if the bridge was ready first)
 }

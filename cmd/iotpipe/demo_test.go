@@ -7,6 +7,22 @@ import (
 	"testing"
 )
 
+// demoTLSEnv is what 'scripts/services.sh env' gives the demo for mutual TLS.
+var demoTLSEnv = map[string]string{"IOTPIPE_MQTT_TLS_URL": "mqtts://127.0.0.1:18883", "IOTPIPE_MQTT_TLS_CA_FILE": "/s/ca/ca.crt",
+	"IOTPIPE_MQTT_TLS_BRIDGE_CERT_FILE": "/s/mqtt/tls/iotpipe-bridge.crt", "IOTPIPE_MQTT_TLS_BRIDGE_KEY_FILE": "/s/mqtt/tls/iotpipe-bridge.key",
+	"IOTPIPE_CA_DIR": "/s/ca", "IOTPIPE_PG_REGISTRY_DSN": "postgres://u:secret-from-env@h/db"}
+
+func withTLSEnv(m map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range demoTLSEnv {
+		out[k] = v
+	}
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
 func TestDemoSettings(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -15,9 +31,14 @@ func TestDemoSettings(t *testing.T) {
 		code int
 		want string
 	}{
-		{"defaults", nil, []string{"--check-config"}, ExitOK, "50 devices at 1 msg/s, window 10s, lateness 2s, idle timeout 5s, lake max age 10s"},
-		{"state dir from env", map[string]string{"IOTPIPE_STATE_DIR": "/tmp/st"}, []string{"--check-config"}, ExitOK, "logs in /tmp/st/demo"},
-		{"zero window", nil, []string{"--check-config", "--window", "0s"}, ExitUsage, "--window (IOTPIPE_WINDOW): 0s: must be positive"},
+		{"defaults", demoTLSEnv, []string{"--check-config"}, ExitOK, "50 devices at 1 msg/s, MQTT over mutual TLS (mqtts://127.0.0.1:18883, one certificate per device in .state/demo/devices), window 10s, lateness 2s, idle timeout 5s, lake max age 10s"},
+		{"state dir from env", withTLSEnv(map[string]string{"IOTPIPE_STATE_DIR": "/tmp/st"}), []string{"--check-config"}, ExitOK, "logs in /tmp/st/demo"},
+		{"no TLS settings", nil, []string{"--check-config"}, ExitUsage, "--mqtt-tls-url (IOTPIPE_MQTT_TLS_URL): want mqtts://host:port"},
+		{"no CA dir", withTLSEnv(map[string]string{"IOTPIPE_CA_DIR": ""}), []string{"--check-config"}, ExitUsage, "--ca-dir (IOTPIPE_CA_DIR): not set"},
+		{"plain URL", withTLSEnv(map[string]string{"IOTPIPE_MQTT_TLS_URL": "mqtt://h:1883"}), []string{"--check-config"}, ExitUsage, "IOTPIPE_MQTT_TLS=false"},
+		{"without TLS", nil, []string{"--check-config", "--mqtt-tls=false"}, ExitOK, "MQTT without TLS (IOTPIPE_MQTT_URL, password users)"},
+		{"bad device prefix", withTLSEnv(nil), []string{"--check-config", "--device-prefix", "a/b-"}, ExitUsage, "--device-prefix (IOTPIPE_DEVICE_PREFIX): a/b-"},
+		{"zero window", demoTLSEnv, []string{"--check-config", "--window", "0s"}, ExitUsage, "--window (IOTPIPE_WINDOW): 0s: must be positive"},
 		{"negative lateness", nil, []string{"--check-config", "--lateness", "-1s"}, ExitUsage, "--lateness"},
 		{"bad fraction", map[string]string{"IOTPIPE_INVALID_FRACTION": "2"}, []string{"--check-config"}, ExitUsage, "--invalid-fraction (IOTPIPE_INVALID_FRACTION): 2: want a number between 0 and 1"},
 		{"devices", nil, []string{"--check-config", "--devices", "0"}, ExitUsage, "--devices"},

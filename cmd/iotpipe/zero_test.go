@@ -22,6 +22,9 @@ func TestZeroIsHonouredOrRefused(t *testing.T) {
 	base := map[string]string{ // what the commands need besides the defaults
 		"IOTPIPE_S3_ACCESS_KEY": "a", "IOTPIPE_S3_SECRET_KEY": "b",
 	}
+	for k, v := range demoTLSEnv { // the demo's mutual TLS
+		base[k] = v
+	}
 	commands := []struct {
 		args []string
 		tail []string // after the flag under test

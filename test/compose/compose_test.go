@@ -4,8 +4,12 @@
 // iotpipe service is one that command reads, every long-running service has
 // a healthcheck, depends_on has no cycle, and every iotpipe stage accepts
 // its compose settings (--check-config, run on the binary built from
-// cmd/iotpipe). That the compose stages run with the demo's settings is
-// checked next to the demo (cmd/iotpipe).
+// cmd/iotpipe). Mutual TLS (tls_test.go): Mosquitto's only listener is the
+// TLS one, the ACL binds topics to certificates, the certificate volumes
+// are mounted where they must be and no key is in an image; with the
+// integration tag, the broker's configuration runs on a real Mosquitto
+// (broker_integration_test.go). That the compose stages run with the demo's
+// settings is checked next to the demo (cmd/iotpipe).
 package compose
 
 import (
@@ -133,9 +137,30 @@ func TestServicesUseOnlyVariablesTheBinaryReads(t *testing.T) {
 	}
 }
 
+// TestStagesAcceptComposeSettings runs every iotpipe service's command
+// with its compose settings and --check-config. The certificate files they
+// name are on volumes: the one-shot jobs that write volumes (the certs job,
+// iotpipe ca setup) run first, for real, with each volume a temporary
+// folder, and every service's paths inside a volume point there, so this
+// also checks that the certs job makes every file the bridge and the
+// simulator read.
 func TestStagesAcceptComposeSettings(t *testing.T) {
 	p := load(t)
-	for name, s := range p.Services {
+	vols := t.TempDir()
+	names := make([]string, 0, len(p.Services))
+	for name := range p.Services {
+		names = append(names, name)
+	}
+	// Writers of volumes first (a job whose volumes are not read-only).
+	sort.Slice(names, func(i, j int) bool {
+		wi, wj := writesVolume(p.Services[names[i]]), writesVolume(p.Services[names[j]])
+		if wi != wj {
+			return wi
+		}
+		return names[i] < names[j]
+	})
+	for _, name := range names {
+		s := p.Services[name]
 		args := iotpipeArgs(s)
 		if args == nil {
 			continue
@@ -143,14 +168,59 @@ func TestStagesAcceptComposeSettings(t *testing.T) {
 		env := map[string]string{}
 		for k, v := range s.Environment {
 			if v != nil {
-				env[k] = *v
+				env[k] = onHost(s, vols, *v)
 			}
 		}
-		code, _, errOut := iotpipe(t, env, append(append([]string{}, args...), "--check-config")...)
+		args = append([]string{}, args...)
+		for i, a := range args {
+			args[i] = onHost(s, vols, a)
+		}
+		if writesVolume(s) {
+			for _, v := range s.Volumes {
+				if v.Type == types.VolumeTypeVolume {
+					if err := os.MkdirAll(filepath.Join(vols, v.Source), 0o755); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			code, _, errOut := iotpipe(t, env, args...)
+			if code != 0 {
+				t.Fatalf("job %s: iotpipe %s: exit %d: %s", name, strings.Join(args, " "), code, errOut)
+			}
+		}
+		code, _, errOut := iotpipe(t, env, append(args, "--check-config")...)
 		if code != 0 {
 			t.Errorf("service %s: iotpipe %s --check-config: exit %d: %s", name, strings.Join(args, " "), code, errOut)
 		}
 	}
+}
+
+// writesVolume reports whether a service mounts a named volume read-write
+// and runs once (a job such as certs).
+func writesVolume(s types.ServiceConfig) bool {
+	if s.Restart != "no" {
+		return false
+	}
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeVolume && !v.ReadOnly {
+			return true
+		}
+	}
+	return false
+}
+
+// onHost rewrites a path inside one of the service's named volumes to the
+// volume's folder under vols.
+func onHost(s types.ServiceConfig, vols, v string) string {
+	for _, m := range s.Volumes {
+		if m.Type != types.VolumeTypeVolume {
+			continue
+		}
+		if v == m.Target || strings.HasPrefix(v, m.Target+"/") {
+			return filepath.Join(vols, m.Source) + strings.TrimPrefix(v, m.Target)
+		}
+	}
+	return v
 }
 
 func TestHealthchecks(t *testing.T) {
