@@ -136,7 +136,7 @@ type NewDevice struct {
 func (s *Store) Add(ctx context.Context, devs ...NewDevice) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		for _, d := range devs {
-			if err := certs.CheckID(d.ID); err != nil {
+			if err := certs.CheckDeviceID(d.ID); err != nil {
 				return fmt.Errorf("registry: add: %w", err)
 			}
 			if d.Cert == nil || d.Cert.Subject.CommonName != d.ID {

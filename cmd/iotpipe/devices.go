@@ -380,7 +380,7 @@ type issueFlags struct {
 // issues the device's certificate into --out and records it with record;
 // the files written are removed when that fails.
 func (c *issueFlags) issue(ctx context.Context, r *registryFlags, id string, record func(context.Context, *registrySession, registry.NewDevice) error) (registry.NewDevice, []string, error) {
-	if err := errors.Join(r.check(), certs.CheckID(id), checkValidity(c.validity), needCADir(r.caDir)); err != nil {
+	if err := errors.Join(r.check(), certs.CheckDeviceID(id), checkValidity(c.validity), needCADir(r.caDir)); err != nil {
 		return registry.NewDevice{}, nil, &UsageError{err}
 	}
 	var csrPEM []byte
@@ -737,7 +737,7 @@ func readImport(in io.Reader, base string) ([]importRow, error) {
 			return ""
 		}
 		row := importRow{line: line, dev: registry.NewDevice{ID: get("device_id"), DisplayName: get("display_name"), Type: get("type")}}
-		if err := certs.CheckID(row.dev.ID); err != nil {
+		if err := certs.CheckDeviceID(row.dev.ID); err != nil {
 			errs = append(errs, fmt.Errorf("line %d: %w", line, err))
 		} else if prev, dup := seen[row.dev.ID]; dup {
 			errs = append(errs, fmt.Errorf("line %d: device %s is also on line %d", line, row.dev.ID, prev))

@@ -35,6 +35,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -76,6 +77,24 @@ var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
 func CheckID(id string) error {
 	if !idRE.MatchString(id) {
 		return fmt.Errorf("%w %q: want 1-128 of A-Z a-z 0-9 . _ : - starting with a letter or digit (it is the MQTT topic level and the certificate CN)", ErrBadID, id)
+	}
+	return nil
+}
+
+// ErrReservedID: the id is one of the service identities the broker's ACL
+// grants more than a device (the bridge's "iotpipe-bridge", the password
+// users "iotpipe" and "device", and every "iotpipe-…" name kept for
+// services); a device with that CN would get those rights.
+var ErrReservedID = errors.New("reserved for a service identity")
+
+// CheckDeviceID is CheckID for a device: it also refuses the service
+// identities (ErrReservedID).
+func CheckDeviceID(id string) error {
+	if err := CheckID(id); err != nil {
+		return err
+	}
+	if id == "iotpipe" || id == "device" || strings.HasPrefix(id, "iotpipe-") {
+		return fmt.Errorf("device id %q: %w: the broker's ACL grants that name more than a device may do; choose another id", id, ErrReservedID)
 	}
 	return nil
 }

@@ -291,3 +291,21 @@ func TestWriteKeyPairModes(t *testing.T) {
 		t.Fatalf("bad key: %v", err)
 	}
 }
+
+// A device may not take the name of a service identity: the broker's ACL
+// grants those names more than a device may do.
+func TestCheckDeviceIDRefusesServiceIdentities(t *testing.T) {
+	for _, id := range []string{"iotpipe", "device", "iotpipe-bridge", "iotpipe-api"} {
+		if err := CheckDeviceID(id); !errors.Is(err, ErrReservedID) {
+			t.Errorf("CheckDeviceID(%q) = %v, want ErrReservedID", id, err)
+		}
+	}
+	for _, id := range []string{"sensor-1", "iotpipe2", "devices", "pump.7"} {
+		if err := CheckDeviceID(id); err != nil {
+			t.Errorf("CheckDeviceID(%q) = %v, want nil", id, err)
+		}
+	}
+	if err := CheckDeviceID("a/b"); !errors.Is(err, ErrBadID) {
+		t.Errorf("CheckDeviceID(a/b) = %v, want ErrBadID", err)
+	}
+}
