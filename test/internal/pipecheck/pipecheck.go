@@ -235,13 +235,16 @@ type Agg struct {
 }
 
 // Windows recomputes every window aggregate from what was acknowledged,
-// each device message once, late ones left out.
-func (s *Sent) Windows() map[WindowKey]Agg {
+// each device message once, leaving out those the processor dead-lettered
+// as late (dead, as read from the DLQ): a reading sent late on purpose is
+// late or not by its own device's clock, so the DLQ tells which it was;
+// CheckLate checks that only such readings are in it.
+func (s *Sent) Windows(dead map[MsgID]bool) map[WindowKey]Agg {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[WindowKey]Agg{}
 	for id, r := range s.valid {
-		if r.Late {
+		if dead[id] {
 			continue
 		}
 		us := r.At.UnixMicro()
@@ -259,6 +262,95 @@ func (s *Sent) Windows() map[WindowKey]Agg {
 		}
 	}
 	return out
+}
+
+// CheckLate checks the readings the processor dead-lettered as late
+// (dead): each one acknowledged and sent late on purpose. A reading sent
+// late on purpose may be accepted or dead-lettered (by its device's own
+// clock); one sent on time must never be late.
+func (s *Sent) CheckLate(dead map[MsgID]bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var bad []string
+	for id := range dead {
+		r, ok := s.valid[id]
+		switch {
+		case !ok:
+			bad = append(bad, fmt.Sprintf("%s/%d never acknowledged", id.Device, id.Seq))
+		case !r.Late:
+			bad = append(bad, fmt.Sprintf("%s/%d sent on time (event time %s)", id.Device, id.Seq, r.At.UTC().Format(time.TimeOnly)))
+		}
+	}
+	if len(bad) > 0 {
+		sort.Strings(bad)
+		return fmt.Errorf("%d late dead letters that must not be, e.g.: %s", len(bad), strings.Join(bad[:min(len(bad), 10)], "; "))
+	}
+	return nil
+}
+
+// Accepted returns the acknowledged valid device messages the processor
+// accepted (all but dead, the late dead letters) and their values
+// (readings).
+func (s *Sent) Accepted(dead map[MsgID]bool) (msgs, values int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, r := range s.valid {
+		if !dead[id] {
+			msgs++
+			values += int64(len(r.Values))
+		}
+	}
+	return msgs, values
+}
+
+// CompareAccepted compares a store holding the accepted readings only
+// (seen: how often each device message is in it) with the accepted set
+// (acknowledged, valid, not in dead): the accepted ones missing, the
+// extra copies, and the messages present that are not accepted (never
+// acknowledged, or dead-lettered as late).
+func (s *Sent) CompareAccepted(seen map[MsgID]int, dead map[MsgID]bool) (missing, dups, notAccepted int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.valid {
+		if dead[id] {
+			continue
+		}
+		switch n := seen[id]; {
+		case n == 0:
+			missing++
+		case n > 1:
+			dups += n - 1
+		}
+	}
+	for id := range seen {
+		if _, ok := s.valid[id]; !ok || dead[id] {
+			notAccepted++
+		}
+	}
+	return missing, dups, notAccepted
+}
+
+// ReadingsRows returns, from a readings table, how many rows each device
+// message has, and the count of distinct (device, metric, seq).
+func ReadingsRows(ctx context.Context, pg *pgxpool.Pool, schema string) (perMsg map[MsgID]int, rows, distinct int64, err error) {
+	if err := pg.QueryRow(ctx, fmt.Sprintf(`SELECT count(*), count(DISTINCT (device_id, metric, seq)) FROM %s.readings`, schema)).Scan(&rows, &distinct); err != nil {
+		return nil, 0, 0, err
+	}
+	r, err := pg.Query(ctx, fmt.Sprintf(`SELECT device_id, seq, count(DISTINCT metric) FROM %s.readings GROUP BY device_id, seq`, schema))
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer r.Close()
+	perMsg = map[MsgID]int{}
+	for r.Next() {
+		var id MsgID
+		var n int
+		if err := r.Scan(&id.Device, &id.Seq, &n); err != nil {
+			return nil, 0, 0, err
+		}
+		perMsg[id] = 1
+	}
+	return perMsg, rows, distinct, r.Err()
 }
 
 // Counts returns the acknowledged valid device messages, the invalid
