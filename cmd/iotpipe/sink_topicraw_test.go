@@ -11,8 +11,8 @@ import (
 // ignore it. "-" still skips the readings, deprecated.
 func TestSinksIgnoreTopicRaw(t *testing.T) {
 	sinks := []struct {
-		name             string
-		args             []string
+		name              string
+		args              []string
 		readings, skipped string // in the settings line
 	}{
 		{"timescale", []string{"sink", "timescale", "--check-config"}, "topics readings=telemetry.readings metrics", "topics readings=- metrics"},
