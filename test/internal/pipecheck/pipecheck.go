@@ -174,7 +174,8 @@ type MsgID struct {
 type Reading struct {
 	At     time.Time
 	Values map[string]float64
-	// Late: sent with an event time beyond the processor's lateness.
+	// Late: sent late on purpose (see LateAfter); the processor may
+	// accept it or dead-letter it as late.
 	Late bool
 }
 
@@ -183,10 +184,13 @@ func NewSent(window time.Duration) *Sent {
 	return &Sent{valid: map[MsgID]Reading{}, badByReason: map[string]map[string]bool{}, window: window.Microseconds()}
 }
 
-// LateAfter makes the record tell late readings (devicesim LateFraction,
-// LateBy) from on-time ones: those whose event time is more than d older
-// than their acknowledgement. Choose d between the out-of-order shift
-// plus the longest outage and LateBy.
+// LateAfter makes the record tell the readings sent late on purpose
+// (devicesim LateFraction, LateBy) from on-time ones: those whose event
+// time is more than d older than their acknowledgement. Choose d between
+// the out-of-order shift plus the longest outage and LateBy. Whether the
+// processor finds such a reading late depends on its device's own clock
+// (a device with no newer reading yet accepts it): the DLQ tells, see
+// Windows and CheckLate. An on-time reading is never late.
 func (s *Sent) LateAfter(d time.Duration) *Sent {
 	s.lateAfter = d
 	return s
@@ -364,7 +368,7 @@ func (s *Sent) Counts() (valid, invalid, values int64) {
 	return int64(len(s.valid)), s.invalid, values
 }
 
-// Late returns the distinct late device messages.
+// Late returns the distinct device messages sent late on purpose.
 func (s *Sent) Late() map[MsgID]bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
