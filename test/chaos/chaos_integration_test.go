@@ -273,21 +273,23 @@ func TestChaos(t *testing.T) {
 	pg := env.PG(t)
 	var want map[pipecheck.WindowKey]pipecheck.Agg
 	var gotBad map[string]int
-	var gotLate map[pipecheck.MsgID]bool
+	var lateCopies, rawSeen map[pipecheck.MsgID]int
+	var dead map[pipecheck.MsgID]bool
 	testenv.Eventually(t, 3*time.Minute, time.Second, func() error {
 		sup.check()
-		gotBad, gotLate = readDLQ(t, ctx, env, dlq)
-		want = sent.Windows(gotLate)
+		rawSeen = pipecheck.ReadRaw(t, ctx, env, raw)
+		gotBad, lateCopies = readDLQ(t, ctx, env, dlq)
+		dead = pipecheck.Dead(rawSeen, lateCopies)
+		want = sent.Windows(dead)
 		return pipecheck.CheckMetrics(ctx, pg, schema, want)
 	})
-	if err := sent.CheckLate(gotLate); err != nil {
+	if err := sent.CheckLate(rawSeen, lateCopies); err != nil {
 		t.Errorf("dlq reason late: %v", err)
 	}
-	accepted, acceptedValues := sent.Accepted(gotLate)
-	t.Logf("device_metrics: %d windows equal the recomputation from %d accepted device messages (%d values; %d of the %d late on purpose dead-lettered as late)",
-		len(want), accepted, acceptedValues, len(gotLate), len(late))
+	accepted, acceptedValues := sent.Accepted(dead)
+	t.Logf("device_metrics: %d windows equal the recomputation from %d accepted device messages (%d values; %d of the %d sent late on purpose dead-lettered, %d with a late copy in the DLQ)",
+		len(want), accepted, acceptedValues, len(dead), len(late), len(lateCopies))
 
-	rawSeen := pipecheck.ReadRaw(t, ctx, env, raw)
 	missing, rawDups, unknown := sent.CompareRaw(rawSeen)
 	t.Logf("raw: %d device messages, %d extra copies (devices' re-sends and redeliveries), missing %d, unknown %d", len(rawSeen), rawDups, missing, unknown)
 	if missing > 0 || unknown > 0 {
@@ -296,7 +298,7 @@ func TestChaos(t *testing.T) {
 	// The readings topic: each accepted device message exactly once, no
 	// late one.
 	rdSeen := pipecheck.ReadRaw(t, ctx, env, readings)
-	missing, dups, notAccepted := sent.CompareAccepted(rdSeen, gotLate)
+	missing, dups, notAccepted := sent.CompareAccepted(rdSeen, dead)
 	t.Logf("readings topic: %d device messages, %d extra copies, missing %d, not accepted %d", len(rdSeen), dups, missing, notAccepted)
 	if missing > 0 || dups > 0 || notAccepted > 0 {
 		t.Errorf("readings topic: %d accepted device messages missing, %d extra copies, %d not accepted (late dead letters or never acknowledged)", missing, dups, notAccepted)
@@ -314,7 +316,7 @@ func TestChaos(t *testing.T) {
 		}
 		return nil
 	})
-	missing, _, notAccepted = sent.CompareAccepted(perMsg, gotLate)
+	missing, _, notAccepted = sent.CompareAccepted(perMsg, dead)
 	t.Logf("readings: %d rows, %d distinct device readings (want %d, each once); device messages missing %d, not accepted %d", rows, distinct, acceptedValues, missing, notAccepted)
 	if distinct != acceptedValues || rows != acceptedValues || missing > 0 || notAccepted > 0 {
 		t.Errorf("readings: %d rows, %d distinct, %d accepted device messages missing, %d not accepted; want %d rows, each accepted reading once", rows, distinct, missing, notAccepted, acceptedValues)
@@ -347,7 +349,7 @@ func TestChaos(t *testing.T) {
 			t.Errorf("dlq reason %s: %d messages, none sent", r, n)
 		}
 	}
-	t.Logf("dlq: by reason %v (sent %v), late %d (sent late on purpose %d)", gotBad, wantBad, len(gotLate), len(late))
+	t.Logf("dlq: by reason %v (sent %v), late: %d device messages (sent late on purpose %d)", gotBad, wantBad, len(lateCopies), len(late))
 
 	sup.check()
 	for _, e := range sup.selfExits {
@@ -361,12 +363,12 @@ func TestChaos(t *testing.T) {
 }
 
 // readDLQ counts the dead letters: per bridge reason the distinct (MQTT
-// topic, payload) pairs, and the distinct readings the processor found
-// late.
-func readDLQ(t *testing.T, ctx context.Context, env *testenv.Env, dlq string) (map[string]int, map[pipecheck.MsgID]bool) {
+// topic, payload) pairs, and per device message the copies the processor
+// found late.
+func readDLQ(t *testing.T, ctx context.Context, env *testenv.Env, dlq string) (map[string]int, map[pipecheck.MsgID]int) {
 	t.Helper()
 	bad := map[string]map[string]bool{}
-	late := map[pipecheck.MsgID]bool{}
+	late := map[pipecheck.MsgID]int{}
 	pipecheck.DrainTopic(t, ctx, env, dlq, func(r *kgo.Record) {
 		h := map[string]string{}
 		for _, x := range r.Headers {
@@ -379,7 +381,7 @@ func readDLQ(t *testing.T, ctx context.Context, env *testenv.Env, dlq string) (m
 				t.Errorf("late dead letter does not hold a raw reading: %v", err)
 				return
 			}
-			late[pipecheck.MsgID{Device: rd.DeviceID, Seq: rd.Seq}] = true
+			late[pipecheck.MsgID{Device: rd.DeviceID, Seq: rd.Seq}]++
 			return
 		}
 		if bad[reason] == nil {

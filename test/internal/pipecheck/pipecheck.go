@@ -268,21 +268,41 @@ func (s *Sent) Windows(dead map[MsgID]bool) map[WindowKey]Agg {
 	return out
 }
 
-// CheckLate checks the readings the processor dead-lettered as late
-// (dead): each one acknowledged and sent late on purpose. A reading sent
-// late on purpose may be accepted or dead-lettered (by its device's own
-// clock); one sent on time must never be late.
-func (s *Sent) CheckLate(dead map[MsgID]bool) error {
+// Dead returns the device messages the processor did not accept: every
+// copy of it in raw (rawCopies, as ReadRaw returns) went to the DLQ as
+// late (lateCopies, per device message). A message of which some copy in
+// raw is not a late dead letter was accepted once (its other copies
+// removed as duplicates, or dead-lettered as late when they came after
+// its window had closed: a device's re-send or a bridge's redelivery of a
+// reading sent late on purpose).
+func Dead(rawCopies, lateCopies map[MsgID]int) map[MsgID]bool {
+	out := map[MsgID]bool{}
+	for id, n := range lateCopies {
+		if n >= rawCopies[id] {
+			out[id] = true
+		}
+	}
+	return out
+}
+
+// CheckLate checks the copies the processor dead-lettered as late
+// (lateCopies, per device message): each of an acknowledged message sent
+// late on purpose, and no more copies than raw holds. A reading sent late
+// on purpose may be accepted or dead-lettered (by its device's own clock);
+// one sent on time must never be late.
+func (s *Sent) CheckLate(rawCopies, lateCopies map[MsgID]int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var bad []string
-	for id := range dead {
+	for id, n := range lateCopies {
 		r, ok := s.valid[id]
 		switch {
 		case !ok:
 			bad = append(bad, fmt.Sprintf("%s/%d never acknowledged", id.Device, id.Seq))
 		case !r.Late:
 			bad = append(bad, fmt.Sprintf("%s/%d sent on time (event time %s)", id.Device, id.Seq, r.At.UTC().Format(time.TimeOnly)))
+		case n > rawCopies[id]:
+			bad = append(bad, fmt.Sprintf("%s/%d dead-lettered %d times, %d copies in raw", id.Device, id.Seq, n, rawCopies[id]))
 		}
 	}
 	if len(bad) > 0 {
