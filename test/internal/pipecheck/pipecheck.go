@@ -239,10 +239,10 @@ type Agg struct {
 }
 
 // Windows recomputes every window aggregate from what was acknowledged,
-// each device message once, leaving out those the processor dead-lettered
-// as late (dead, as read from the DLQ): a reading sent late on purpose is
-// late or not by its own device's clock, so the DLQ tells which it was;
-// CheckLate checks that only such readings are in it.
+// each device message once, leaving out those the processor did not
+// accept (dead, see Dead: told by raw and the DLQ): a reading sent late on
+// purpose is late or not by its own device's clock, so the DLQ tells
+// which it was; CheckLate checks that only such readings are in it.
 func (s *Sent) Windows(dead map[MsgID]bool) map[WindowKey]Agg {
 	s.mu.Lock()
 	defer s.mu.Unlock()
