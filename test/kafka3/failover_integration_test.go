@@ -90,7 +90,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 		return string(out), cmd.ProcessState.ExitCode()
 	}
 	out, code := initRun()
-	if code != 0 || strings.Count(out, ": created") != 5 ||
+	if code != 0 || strings.Count(out, ": created") != 6 || // five topics and the bucket
 		!strings.Contains(out, "kafka: 3 live brokers; new topics: replication factor 3, min.insync.replicas 2") {
 		t.Fatalf("first init (exit %d):\n%s", code, out)
 	}
@@ -106,7 +106,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "only 3 live broker(s) to place 4 replicas on") {
 		t.Fatalf("init --replication-factor 4 should be refused (exit %d):\n%s", code, out)
 	}
-	checkTopicReplication(t, ctx, adm, raw, metrics, dlq, changelog)
+	checkTopicReplication(t, ctx, adm, raw, metrics, dlq, changelog, readings)
 
 	// 2. The stages, never restarted by the test.
 	template := "devices/" + id + "/{device_id}/telemetry"
