@@ -150,12 +150,19 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	loadDone := make(chan error, 1)
 	go func() { loadDone <- ld.Run(ctx, stop) }()
 
-	// Warm up: every group has committed on every raw partition.
+	// Warm up: every group has committed on every partition of its input
+	// (the processor raw, the sinks the processor's readings).
+	input := func(name string) string {
+		if name == "processor" {
+			return raw
+		}
+		return readings
+	}
 	testenv.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error {
 		allRunning()
 		for name, g := range groups {
-			if c := pipecheck.Committed(ctx, adm, g, raw); len(c) < 6 {
-				return fmt.Errorf("%s committed on %d of 6 raw partitions", name, len(c))
+			if c := pipecheck.Committed(ctx, adm, g, input(name)); len(c) < 6 {
+				return fmt.Errorf("%s committed on %d of 6 %s partitions", name, len(c), input(name))
 			}
 		}
 		return nil
@@ -169,10 +176,13 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	for k := 0; k < kills; k++ {
 		victim, roles := pickVictim(t, ctx, adm, raw, prev, groups)
 		r := killResult{node: victim, roles: roles, caughtUp: map[string]time.Duration{}}
-		var before map[int32]int64
+		var before, beforeReadings map[int32]int64
 		testenv.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
 			if before = pipecheck.EndOffsets(ctx, adm, raw); len(before) < 6 {
 				return fmt.Errorf("end offsets of %d of 6 raw partitions", len(before))
+			}
+			if beforeReadings = pipecheck.EndOffsets(ctx, adm, readings); len(beforeReadings) < 6 {
+				return fmt.Errorf("end offsets of %d of 6 readings partitions", len(beforeReadings))
 			}
 			return nil
 		})
@@ -191,7 +201,11 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 				r.rawResumed = time.Since(killAt)
 			}
 			for name, g := range groups {
-				if _, ok := r.caughtUp[name]; !ok && pipecheck.Beyond(pipecheck.Committed(ctx, adm, g, raw), before) {
+				at := before
+				if input(name) == readings {
+					at = beforeReadings
+				}
+				if _, ok := r.caughtUp[name]; !ok && pipecheck.Beyond(pipecheck.Committed(ctx, adm, g, input(name)), at) {
 					r.caughtUp[name] = time.Since(killAt)
 				}
 			}
@@ -211,7 +225,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 		restartAt := time.Now()
 		p.Start("kafka")
 		results[k].up = time.Since(restartAt)
-		waitISRFull(t, ctx, adm, 3, raw, metrics, dlq, changelog, "__consumer_offsets", "__transaction_state")
+		waitISRFull(t, ctx, adm, 3, raw, readings, metrics, dlq, changelog, "__consumer_offsets", "__transaction_state")
 		results[k].isrFull = time.Since(restartAt)
 		t.Logf("kill %d: broker %d restarted: in the cluster metadata after %s, back in every ISR after %s", k+1, victim,
 			results[k].up.Round(100*time.Millisecond), results[k].isrFull.Round(100*time.Millisecond))
