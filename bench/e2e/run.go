@@ -643,11 +643,13 @@ func (r *runner) ceiling(ctx context.Context) error {
 // each is ready.
 func (r *runner) startStages(ctx context.Context) error {
 	n := r.n
-	// The sinks still store the raw topic (--topic-raw is the sinks' old
-	// name of --topic-readings), so that the lag accounting by raw offsets
-	// (lagNow) holds; the processor writes its accepted readings to
+	// The sinks store the raw topic (--topic-readings names it; the sinks
+	// no longer read --topic-raw), so that the lag accounting by raw
+	// offsets (lagNow) holds; the processor writes its accepted readings to
 	// n.readings all the same, so its cost is measured.
-	topics := []string{"--topic-raw", n.raw, "--topic-metrics", n.metrics, "--topic-dlq", n.dlq}
+	topics := []string{"--topic-metrics", n.metrics, "--topic-dlq", n.dlq}
+	sinkTopics := append([]string{"--topic-readings", n.raw}, topics...)
+	topics = append([]string{"--topic-raw", n.raw}, topics...)
 	stages := []struct {
 		name string
 		args []string
@@ -659,9 +661,9 @@ func (r *runner) startStages(ctx context.Context) error {
 			"--topic-processor-changelog", n.changelog, "--topic-readings", n.readings, "--window", window.String(), "--lateness", lateness.String(),
 			"--idle-timeout", idleTimeout.String(), "--kafka-client-id", n.id + "-processor"}, topics...)},
 		{"sink timescale", append([]string{"sink", "timescale", "--group", n.gTimescale, "--pg-schema", n.schema,
-			"--kafka-client-id", n.id + "-sink-timescale"}, topics...)},
+			"--kafka-client-id", n.id + "-sink-timescale"}, sinkTopics...)},
 		{"sink lake", append([]string{"sink", "lake", "--group", n.gLake, "--s3-bucket", n.bucket,
-			"--max-age", lakeMaxAge.String(), "--kafka-client-id", n.id + "-sink-lake"}, topics...)},
+			"--max-age", lakeMaxAge.String(), "--kafka-client-id", n.id + "-sink-lake"}, sinkTopics...)},
 	}
 	for _, s := range stages {
 		addr, err := freeAddr()

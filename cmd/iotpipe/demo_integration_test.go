@@ -66,7 +66,7 @@ func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...str
 	id := testenv.Name(t, "demo")
 	d := &demoProc{out: &lockedLines{}, errOut: &strings.Builder{}, done: make(chan error, 1), state: t.TempDir(),
 		schema: env.Schema(t), bucket: env.BucketName(t), devicePrefix: id + "-"}
-	topics := []string{id + ".raw", id + ".metrics", id + ".dlq", id + ".changelog"}
+	topics := []string{id + ".raw", id + ".metrics", id + ".dlq", id + ".changelog", id + ".readings"}
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -77,7 +77,7 @@ func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...str
 		"--sink-timescale-http-addr", freeAddr(t), "--sink-lake-http-addr", freeAddr(t))
 	d.cmd.Env = append(append(os.Environ(),
 		"IOTPIPE_TOPIC_RAW="+topics[0], "IOTPIPE_TOPIC_METRICS="+topics[1], "IOTPIPE_TOPIC_DLQ="+topics[2],
-		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+topics[3],
+		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+topics[3], "IOTPIPE_TOPIC_READINGS="+topics[4],
 		"IOTPIPE_PG_SCHEMA="+d.schema, "IOTPIPE_S3_BUCKET="+d.bucket, "IOTPIPE_STATE_DIR="+d.state,
 		// Mutual TLS: the ACL lets a device write only devices/<its CN>/...,
 		// so the test's own level comes after the device id; without the

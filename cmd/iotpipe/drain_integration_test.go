@@ -237,7 +237,7 @@ func TestDrainSinkLake(t *testing.T) {
 	p := startStage(t, append(kafkaEnv(env),
 		"IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint, "IOTPIPE_S3_ACCESS_KEY="+env.S3Config.AccessKey,
 		"IOTPIPE_S3_SECRET_KEY="+env.S3Config.SecretKey, "IOTPIPE_S3_REGION="+env.S3Config.Region, "IOTPIPE_S3_BUCKET="+env.Bucket(t)),
-		"sink", "lake", "--topic-raw", raw, "--topic-metrics", "-", "--topic-dlq", env.Topic(t, 1, nil),
+		"sink", "lake", "--topic-readings", raw, "--topic-metrics", "-", "--topic-dlq", env.Topic(t, 1, nil),
 		"--group", env.Group(t), "--instance-id", testenv.Name(t, "l"), "--session-timeout", "6s",
 		"--max-age", "10m", "--test-failpoints", "before-commit=3s@1")
 	addr := p.addr(t)
@@ -267,7 +267,7 @@ func TestDrainSinkTimescale(t *testing.T) {
 	raw := env.Topic(t, 1, nil)
 	produceRaw(t, env, raw, 200)
 	p := startStage(t, append(kafkaEnv(env), "IOTPIPE_PG_WRITER_DSN="+env.PGWriterDSN),
-		"sink", "timescale", "--pg-schema", schema, "--topic-raw", raw, "--topic-metrics", env.Topic(t, 1, nil),
+		"sink", "timescale", "--pg-schema", schema, "--topic-readings", raw, "--topic-metrics", env.Topic(t, 1, nil),
 		"--topic-dlq", env.Topic(t, 1, nil), "--group", env.Group(t), "--instance-id", testenv.Name(t, "ts"),
 		"--session-timeout", "6s", "--debug-stop-delay", "3s")
 	addr := p.addr(t)

@@ -36,7 +36,7 @@ uploads, commits and exits 0.`,
 		f.Group("Consumer group")
 		f.String(&c.Group, "group", "Kafka consumer group; run more copies with the same group to scale out")
 		f.String(&c.RawTopic, "topic-readings", "topic of the processor's accepted readings (each device message once), written to the readings dataset (- to skip; naming the raw topic stores every raw record, re-sends and redeliveries included)")
-		f.Alias("topic-raw", "topic-readings")
+		retireTopicRaw(f, &c.RawTopic, "-")
 		f.String(&c.MetricsTopic, "topic-metrics", "topic of window metrics and activity, written to the metrics and activity datasets (- to skip)")
 		f.String(&c.DLQTopic, "topic-dlq", "dead-letter topic for records that do not decode")
 		f.String(&c.InstanceID, "instance-id", "static group member id, unique per copy and stable across its restarts (a restarted sink takes its partitions back at once); empty: dynamic membership")

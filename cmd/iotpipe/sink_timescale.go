@@ -41,7 +41,7 @@ SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
 		f.Duration(&c.SessionTimeout, "session-timeout", "consumer group session timeout: how soon a dead member's partitions move")
 		f.Group("Topics")
 		f.String(&c.TopicRaw, "topic-readings", "topic of the processor's accepted readings (each device message once), written to the readings table (- to skip; naming the raw topic stores every raw record, re-sends and redeliveries included)")
-		f.Alias("topic-raw", "topic-readings")
+		retireTopicRaw(f, &c.TopicRaw, timescale.SkipTopic)
 		f.Legacy(readingsFlag{c}, "readings", "--readings=false is --topic-readings -")
 		f.String(&c.TopicMetrics, "topic-metrics", "topic of window aggregates and activity records")
 		f.String(&c.TopicDLQ, "topic-dlq", "dead-letter topic for records that do not decode or that the database refuses")
@@ -87,3 +87,48 @@ func (r readingsFlag) Set(s string) error {
 }
 
 func (readingsFlag) IsBoolFlag() bool { return true }
+
+// topicRawWarning is the warning of a sink given --topic-raw
+// (IOTPIPE_TOPIC_RAW) other than "-".
+const topicRawWarning = "--topic-raw (IOTPIPE_TOPIC_RAW) is no longer read by the sinks: they store --topic-readings (IOTPIPE_TOPIC_READINGS, default telemetry.readings)"
+
+// retireTopicRaw defines the sinks' retired --topic-raw. It used to be the
+// readings topic's old name, but a pipeline-wide environment sets
+// IOTPIPE_TOPIC_RAW for the bridge and the processor, and a sink that read
+// it stored the raw topic (re-sends and redeliveries included) instead of
+// the processor's readings. So a sink ignores it, with a warning, except
+// the value "-", which still skips the readings (deprecated, for one
+// release).
+func retireTopicRaw(f *Flags, topic *string, skip string) {
+	f.Retired(&topicRawFlag{topic: topic, skip: skip}, "topic-raw",
+		"ignored by the sinks, which store --topic-readings (- still skips the readings: use --topic-readings -)",
+		func(v string) string {
+			if v == skip {
+				return "--topic-raw - (IOTPIPE_TOPIC_RAW=-) is deprecated: use --topic-readings - (IOTPIPE_TOPIC_READINGS=-) to skip the readings; the old name goes in the next release"
+			}
+			return topicRawWarning
+		})
+}
+
+// topicRawFlag is the value of the sinks' retired --topic-raw: "-" sets
+// the readings topic to skip, any other value is ignored.
+type topicRawFlag struct {
+	topic *string
+	skip  string
+	given string
+}
+
+func (r *topicRawFlag) String() string {
+	if r == nil {
+		return ""
+	}
+	return r.given
+}
+
+func (r *topicRawFlag) Set(s string) error {
+	r.given = s
+	if s == r.skip {
+		*r.topic = r.skip
+	}
+	return nil
+}

@@ -112,6 +112,9 @@ func runStage[C any, PC validating[C], S service.Stage](ctx context.Context, sc 
 	for _, d := range st.f.Deprecated() {
 		log.Warn(d + "; the old name goes in the next release")
 	}
+	for _, w := range st.f.Warnings() {
+		log.Warn(w)
+	}
 	if st.check {
 		fmt.Fprintf(env.Stdout, "settings are valid: %s\n", sc.describe(&st.cfg, &st.opts))
 		return nil

@@ -88,13 +88,15 @@ type Flags struct {
 	source  map[string]string // flag name -> "flag" | "env" | "default"
 	defined []string          // flag names in definition order
 	kinds   map[string]Kind
-	fields  map[fieldKey]string // bound field -> flag name
-	ptrs    map[string]any      // flag name -> pointer to the bound field
-	aliases map[string]string   // old name -> flag name
-	legacy  map[string]string   // deprecated flag of its own -> what to use instead
-	used    []string            // deprecated names used, as "--old (IOTPIPE_OLD)"
-	setErr  error               // why the command line's last value was refused
-	defErr  error               // a definition mistake (Parse reports it)
+	fields  map[fieldKey]string            // bound field -> flag name
+	ptrs    map[string]any                 // flag name -> pointer to the bound field
+	aliases map[string]string              // old name -> flag name
+	legacy  map[string]string              // deprecated flag of its own -> what to use instead
+	used    []string                       // deprecated names used, as "--old (IOTPIPE_OLD)"
+	retired map[string]func(string) string // retired flag -> its warning for a value
+	warned  []string                       // warnings of the retired flags used
+	setErr  error                          // why the command line's last value was refused
+	defErr  error                          // a definition mistake (Parse reports it)
 }
 
 // New returns a flag set for the command name (e.g. "iotpipe processor")
@@ -109,7 +111,7 @@ func New(name, summary string, getenv func(string) string) *Flags {
 		fs: fs, name: name, summary: summary, getenv: getenv,
 		groups: map[string]string{}, secret: map[string]bool{}, source: map[string]string{},
 		kinds: map[string]Kind{}, fields: map[fieldKey]string{}, ptrs: map[string]any{}, aliases: map[string]string{},
-		legacy: map[string]string{},
+		legacy: map[string]string{}, retired: map[string]func(string) string{},
 	}
 }
 
@@ -204,6 +206,17 @@ func (f *Flags) Legacy(v flag.Value, name, instead string) {
 	f.legacy[name] = instead
 }
 
+// Retired defines a deprecated flag that is no longer read as it was: v
+// decides what a value still means (it may ignore it), warn words the
+// warning for the value given, which Warnings reports verbatim (once, from
+// the command line or else the variable). It is listed at the end of
+// --help with note.
+func (f *Flags) Retired(v flag.Value, name, note string, warn func(value string) string) {
+	f.define(v, name, "retired: "+note)
+	f.legacy[name] = note
+	f.retired[name] = warn
+}
+
 // Parse parses args, then fills every flag not given on the command line
 // from its environment variable. Errors name both the flag and the
 // variable. On -h/--help it writes the usage to out and returns ErrHelp.
@@ -231,7 +244,9 @@ func (f *Flags) Parse(args []string, out io.Writer) error {
 			f.used = append(f.used, fmt.Sprintf("--%s is deprecated, use --%s", name, n))
 			name = n
 		}
-		if instead, ok := f.legacy[name]; ok {
+		if warn, ok := f.retired[name]; ok {
+			f.warned = append(f.warned, warn(fl.Value.String()))
+		} else if instead, ok := f.legacy[name]; ok {
 			f.used = append(f.used, fmt.Sprintf("--%s is deprecated: %s", name, instead))
 		}
 		set[name] = true
@@ -285,6 +300,10 @@ func (f *Flags) Parse(args []string, out io.Writer) error {
 				errs = append(errs, fmt.Errorf("%s (--%s): invalid value %q: %w", env, name, v, unwrapSet(err)))
 				continue
 			}
+			if warn, ok := f.retired[name]; ok {
+				f.warned = append(f.warned, warn(v))
+				continue
+			}
 			f.used = append(f.used, fmt.Sprintf("%s is deprecated: %s", env, f.legacy[name]))
 		}
 	}
@@ -300,6 +319,10 @@ func lookup(getenv func(string) string, key string) (string, bool) {
 
 // Deprecated lists the deprecated names Parse met, one message each.
 func (f *Flags) Deprecated() []string { return append([]string(nil), f.used...) }
+
+// Warnings lists the warnings of the retired flags Parse met (see
+// Retired), each to be shown as it is.
+func (f *Flags) Warnings() []string { return append([]string(nil), f.warned...) }
 
 // Source tells where a flag's value came from: "flag", "env" or "default".
 func (f *Flags) Source(name string) string { return f.source[name] }

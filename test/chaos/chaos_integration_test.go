@@ -113,14 +113,16 @@ func TestChaos(t *testing.T) {
 	id := testenv.Name(t, "chaos")
 	schema := env.Schema(t)
 	bucket := env.BucketName(t)
-	raw, metrics, dlq, changelog := id+".raw", id+".metrics", id+".dlq", id+".changelog"
+	raw, metrics, dlq, changelog, readings := id+".raw", id+".metrics", id+".dlq", id+".changelog", id+".readings"
 	base := append(os.Environ(),
 		"IOTPIPE_KAFKA_BROKERS="+strings.Join(env.KafkaBrokers, ","),
 		"IOTPIPE_MQTT_URL="+env.MQTTURL,
 		"IOTPIPE_PG_DSN="+env.PGDSN, "IOTPIPE_PG_WRITER_DSN="+env.PGWriterDSN,
 		"IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint,
 		"IOTPIPE_TOPIC_RAW="+raw, "IOTPIPE_TOPIC_METRICS="+metrics, "IOTPIPE_TOPIC_DLQ="+dlq,
-		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+changelog,
+		// The processor's accepted readings, which the sinks store (init
+		// creates the topic).
+		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+changelog, "IOTPIPE_TOPIC_READINGS="+readings,
 		"IOTPIPE_PG_SCHEMA="+schema, "IOTPIPE_S3_BUCKET="+bucket,
 		"IOTPIPE_HTTP_ADDR=127.0.0.1:0", "IOTPIPE_LOG_FORMAT=json",
 	)
@@ -262,35 +264,62 @@ func TestChaos(t *testing.T) {
 	t.Logf("acknowledged: %d distinct valid device messages (%d late on purpose), %d invalid, %d values", valid, len(late), invalid, values)
 
 	// Everything arrives: windows exact (they close through the idle
-	// watermark), then the other stores.
+	// watermark), then the other stores. A reading sent late on purpose
+	// is accepted or dead-lettered as late by its own device's clock: the
+	// DLQ tells which, and the windows are recomputed from the rest.
+	// Until the processor has seen everything the DLQ may still grow, so
+	// it is read again on each try; once the windows match, every
+	// acknowledged reading is either counted or a late dead letter.
 	pg := env.PG(t)
-	want := sent.Windows()
+	var want map[pipecheck.WindowKey]pipecheck.Agg
+	var gotBad map[string]int
+	var lateCopies, rawSeen map[pipecheck.MsgID]int
+	var dead map[pipecheck.MsgID]bool
 	testenv.Eventually(t, 3*time.Minute, time.Second, func() error {
 		sup.check()
+		rawSeen = pipecheck.ReadRaw(t, ctx, env, raw)
+		gotBad, lateCopies = readDLQ(t, ctx, env, dlq)
+		dead = pipecheck.Dead(rawSeen, lateCopies)
+		want = sent.Windows(dead)
 		return pipecheck.CheckMetrics(ctx, pg, schema, want)
 	})
-	t.Logf("device_metrics: %d windows equal the recomputation", len(want))
+	if err := sent.CheckLate(rawSeen, lateCopies); err != nil {
+		t.Errorf("dlq reason late: %v", err)
+	}
+	accepted, acceptedValues := sent.Accepted(dead)
+	t.Logf("device_metrics: %d windows equal the recomputation from %d accepted device messages (%d values; %d of the %d sent late on purpose dead-lettered, %d with a late copy in the DLQ)",
+		len(want), accepted, acceptedValues, len(dead), len(late), len(lateCopies))
 
-	rawSeen := pipecheck.ReadRaw(t, ctx, env, raw)
 	missing, rawDups, unknown := sent.CompareRaw(rawSeen)
 	t.Logf("raw: %d device messages, %d extra copies (devices' re-sends and redeliveries), missing %d, unknown %d", len(rawSeen), rawDups, missing, unknown)
 	if missing > 0 || unknown > 0 {
 		t.Errorf("raw: %d acknowledged device messages missing, %d never acknowledged", missing, unknown)
 	}
+	// The readings topic: each accepted device message exactly once, no
+	// late one.
+	rdSeen := pipecheck.ReadRaw(t, ctx, env, readings)
+	missing, dups, notAccepted := sent.CompareAccepted(rdSeen, dead)
+	t.Logf("readings topic: %d device messages, %d extra copies, missing %d, not accepted %d", len(rdSeen), dups, missing, notAccepted)
+	if missing > 0 || dups > 0 || notAccepted > 0 {
+		t.Errorf("readings topic: %d accepted device messages missing, %d extra copies, %d not accepted (late dead letters or never acknowledged)", missing, dups, notAccepted)
+	}
 
 	var rows, distinct int64
+	var perMsg map[pipecheck.MsgID]int
 	testenv.Eventually(t, time.Minute, time.Second, func() error {
-		if err := pg.QueryRow(ctx, fmt.Sprintf(`SELECT count(*), count(DISTINCT (device_id, metric, seq)) FROM %s.readings`, schema)).Scan(&rows, &distinct); err != nil {
+		var err error
+		if perMsg, rows, distinct, err = pipecheck.ReadingsRows(ctx, pg, schema); err != nil {
 			return err
 		}
-		if distinct < values {
-			return fmt.Errorf("readings hold %d distinct (device, metric, seq) of %d", distinct, values)
+		if distinct < acceptedValues {
+			return fmt.Errorf("readings hold %d distinct (device, metric, seq) of %d", distinct, acceptedValues)
 		}
 		return nil
 	})
-	t.Logf("readings: %d rows, %d distinct device readings (want %d, each once)", rows, distinct, values)
-	if distinct != values || rows != values {
-		t.Errorf("readings: %d rows, %d distinct; want %d each (once per device message)", rows, distinct, values)
+	missing, _, notAccepted = sent.CompareAccepted(perMsg, dead)
+	t.Logf("readings: %d rows, %d distinct device readings (want %d, each once); device messages missing %d, not accepted %d", rows, distinct, acceptedValues, missing, notAccepted)
+	if distinct != acceptedValues || rows != acceptedValues || missing > 0 || notAccepted > 0 {
+		t.Errorf("readings: %d rows, %d distinct, %d accepted device messages missing, %d not accepted; want %d rows, each accepted reading once", rows, distinct, missing, notAccepted, acceptedValues)
 	}
 	var lakeRows int64
 	testenv.Eventually(t, time.Minute, time.Second, func() error {
@@ -298,18 +327,17 @@ func TestChaos(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if lakeRows = n; n < values {
-			return fmt.Errorf("lake readings rows %d, want %d", n, values)
+		if lakeRows = n; n < acceptedValues {
+			return fmt.Errorf("lake readings rows %d, want %d", n, acceptedValues)
 		}
 		return nil
 	})
-	t.Logf("lake: %d readings rows (want %d, once per device message)", lakeRows, values)
-	if lakeRows != values {
-		t.Errorf("lake: %d readings rows, want %d (once per device message)", lakeRows, values)
+	t.Logf("lake: %d readings rows (want %d, once per accepted reading)", lakeRows, acceptedValues)
+	if lakeRows != acceptedValues {
+		t.Errorf("lake: %d readings rows, want %d (once per accepted reading)", lakeRows, acceptedValues)
 	}
 
 	// Dead letters by reason, each distinct bad message once.
-	gotBad, gotLate := readDLQ(t, ctx, env, dlq)
 	wantBad := sent.BadByReason()
 	for r, n := range wantBad {
 		if gotBad[r] != n {
@@ -321,16 +349,7 @@ func TestChaos(t *testing.T) {
 			t.Errorf("dlq reason %s: %d messages, none sent", r, n)
 		}
 	}
-	if len(gotLate) != len(late) {
-		t.Errorf("dlq reason late: %d distinct readings, want %d", len(gotLate), len(late))
-	}
-	for mid := range gotLate {
-		if !late[mid] {
-			t.Errorf("dlq: %v is late but was sent on time", mid)
-			break
-		}
-	}
-	t.Logf("dlq: by reason %v (sent %v), late %d (sent %d)", gotBad, wantBad, len(gotLate), len(late))
+	t.Logf("dlq: by reason %v (sent %v), late: %d device messages (sent late on purpose %d)", gotBad, wantBad, len(lateCopies), len(late))
 
 	sup.check()
 	for _, e := range sup.selfExits {
@@ -344,12 +363,12 @@ func TestChaos(t *testing.T) {
 }
 
 // readDLQ counts the dead letters: per bridge reason the distinct (MQTT
-// topic, payload) pairs, and the distinct readings the processor found
-// late.
-func readDLQ(t *testing.T, ctx context.Context, env *testenv.Env, dlq string) (map[string]int, map[pipecheck.MsgID]bool) {
+// topic, payload) pairs, and per device message the copies the processor
+// found late.
+func readDLQ(t *testing.T, ctx context.Context, env *testenv.Env, dlq string) (map[string]int, map[pipecheck.MsgID]int) {
 	t.Helper()
 	bad := map[string]map[string]bool{}
-	late := map[pipecheck.MsgID]bool{}
+	late := map[pipecheck.MsgID]int{}
 	pipecheck.DrainTopic(t, ctx, env, dlq, func(r *kgo.Record) {
 		h := map[string]string{}
 		for _, x := range r.Headers {
@@ -362,7 +381,7 @@ func readDLQ(t *testing.T, ctx context.Context, env *testenv.Env, dlq string) (m
 				t.Errorf("late dead letter does not hold a raw reading: %v", err)
 				return
 			}
-			late[pipecheck.MsgID{Device: rd.DeviceID, Seq: rd.Seq}] = true
+			late[pipecheck.MsgID{Device: rd.DeviceID, Seq: rd.Seq}]++
 			return
 		}
 		if bad[reason] == nil {

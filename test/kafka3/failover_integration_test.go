@@ -65,12 +65,12 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	id := testenv.Name(t, "k3")
 	schema := env.Schema(t)
 	bucket := env.BucketName(t)
-	raw, metrics, dlq, changelog := id+".raw", id+".metrics", id+".dlq", id+".changelog"
+	raw, metrics, dlq, changelog, readings := id+".raw", id+".metrics", id+".dlq", id+".changelog", id+".readings"
 	groups := map[string]string{"processor": id + "-processor", "sink timescale": id + "-sink-ts", "sink lake": id + "-sink-lake"}
 	base := append(os.Environ(),
 		"IOTPIPE_KAFKA_BROKERS="+strings.Join(env.KafkaBrokers, ","),
 		"IOTPIPE_TOPIC_RAW="+raw, "IOTPIPE_TOPIC_METRICS="+metrics, "IOTPIPE_TOPIC_DLQ="+dlq,
-		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+changelog,
+		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+changelog, "IOTPIPE_TOPIC_READINGS="+readings,
 		"IOTPIPE_PG_SCHEMA="+schema, "IOTPIPE_S3_BUCKET="+bucket,
 		"IOTPIPE_HTTP_ADDR=127.0.0.1:0", "IOTPIPE_LOG_FORMAT=json",
 	)
@@ -90,7 +90,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 		return string(out), cmd.ProcessState.ExitCode()
 	}
 	out, code := initRun()
-	if code != 0 || strings.Count(out, ": created") != 5 ||
+	if code != 0 || strings.Count(out, ": created") != 6 || // five topics and the bucket
 		!strings.Contains(out, "kafka: 3 live brokers; new topics: replication factor 3, min.insync.replicas 2") {
 		t.Fatalf("first init (exit %d):\n%s", code, out)
 	}
@@ -106,7 +106,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "only 3 live broker(s) to place 4 replicas on") {
 		t.Fatalf("init --replication-factor 4 should be refused (exit %d):\n%s", code, out)
 	}
-	checkTopicReplication(t, ctx, adm, raw, metrics, dlq, changelog)
+	checkTopicReplication(t, ctx, adm, raw, metrics, dlq, changelog, readings)
 
 	// 2. The stages, never restarted by the test.
 	template := "devices/" + id + "/{device_id}/telemetry"
@@ -150,12 +150,19 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	loadDone := make(chan error, 1)
 	go func() { loadDone <- ld.Run(ctx, stop) }()
 
-	// Warm up: every group has committed on every raw partition.
+	// Warm up: every group has committed on every partition of its input
+	// (the processor raw, the sinks the processor's readings).
+	input := func(name string) string {
+		if name == "processor" {
+			return raw
+		}
+		return readings
+	}
 	testenv.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error {
 		allRunning()
 		for name, g := range groups {
-			if c := pipecheck.Committed(ctx, adm, g, raw); len(c) < 6 {
-				return fmt.Errorf("%s committed on %d of 6 raw partitions", name, len(c))
+			if c := pipecheck.Committed(ctx, adm, g, input(name)); len(c) < 6 {
+				return fmt.Errorf("%s committed on %d of 6 %s partitions", name, len(c), input(name))
 			}
 		}
 		return nil
@@ -169,10 +176,13 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	for k := 0; k < kills; k++ {
 		victim, roles := pickVictim(t, ctx, adm, raw, prev, groups)
 		r := killResult{node: victim, roles: roles, caughtUp: map[string]time.Duration{}}
-		var before map[int32]int64
+		var before, beforeReadings map[int32]int64
 		testenv.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
 			if before = pipecheck.EndOffsets(ctx, adm, raw); len(before) < 6 {
 				return fmt.Errorf("end offsets of %d of 6 raw partitions", len(before))
+			}
+			if beforeReadings = pipecheck.EndOffsets(ctx, adm, readings); len(beforeReadings) < 6 {
+				return fmt.Errorf("end offsets of %d of 6 readings partitions", len(beforeReadings))
 			}
 			return nil
 		})
@@ -191,7 +201,11 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 				r.rawResumed = time.Since(killAt)
 			}
 			for name, g := range groups {
-				if _, ok := r.caughtUp[name]; !ok && pipecheck.Beyond(pipecheck.Committed(ctx, adm, g, raw), before) {
+				at := before
+				if input(name) == readings {
+					at = beforeReadings
+				}
+				if _, ok := r.caughtUp[name]; !ok && pipecheck.Beyond(pipecheck.Committed(ctx, adm, g, input(name)), at) {
 					r.caughtUp[name] = time.Since(killAt)
 				}
 			}
@@ -211,7 +225,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 		restartAt := time.Now()
 		p.Start("kafka")
 		results[k].up = time.Since(restartAt)
-		waitISRFull(t, ctx, adm, 3, raw, metrics, dlq, changelog, "__consumer_offsets", "__transaction_state")
+		waitISRFull(t, ctx, adm, 3, raw, readings, metrics, dlq, changelog, "__consumer_offsets", "__transaction_state")
 		results[k].isrFull = time.Since(restartAt)
 		t.Logf("kill %d: broker %d restarted: in the cluster metadata after %s, back in every ISR after %s", k+1, victim,
 			results[k].up.Round(100*time.Millisecond), results[k].isrFull.Round(100*time.Millisecond))
@@ -258,7 +272,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	// 6. Exactly-once outputs: windows equal the recomputation, readings
 	// and lake rows once per value, dead letters = invalid messages.
 	pg := env.PG(t)
-	want := sent.Windows()
+	want := sent.Windows(nil) // nothing is sent late on purpose: no reading may be late
 	testenv.Eventually(t, 90*time.Second, time.Second, func() error {
 		allRunning()
 		var rows, counted int64

@@ -174,7 +174,8 @@ type MsgID struct {
 type Reading struct {
 	At     time.Time
 	Values map[string]float64
-	// Late: sent with an event time beyond the processor's lateness.
+	// Late: sent late on purpose (see LateAfter); the processor may
+	// accept it or dead-letter it as late.
 	Late bool
 }
 
@@ -183,10 +184,13 @@ func NewSent(window time.Duration) *Sent {
 	return &Sent{valid: map[MsgID]Reading{}, badByReason: map[string]map[string]bool{}, window: window.Microseconds()}
 }
 
-// LateAfter makes the record tell late readings (devicesim LateFraction,
-// LateBy) from on-time ones: those whose event time is more than d older
-// than their acknowledgement. Choose d between the out-of-order shift
-// plus the longest outage and LateBy.
+// LateAfter makes the record tell the readings sent late on purpose
+// (devicesim LateFraction, LateBy) from on-time ones: those whose event
+// time is more than d older than their acknowledgement. Choose d between
+// the out-of-order shift plus the longest outage and LateBy. Whether the
+// processor finds such a reading late depends on its device's own clock
+// (a device with no newer reading yet accepts it): the DLQ tells, see
+// Windows and CheckLate. An on-time reading is never late.
 func (s *Sent) LateAfter(d time.Duration) *Sent {
 	s.lateAfter = d
 	return s
@@ -235,13 +239,16 @@ type Agg struct {
 }
 
 // Windows recomputes every window aggregate from what was acknowledged,
-// each device message once, late ones left out.
-func (s *Sent) Windows() map[WindowKey]Agg {
+// each device message once, leaving out those the processor did not
+// accept (dead, see Dead: told by raw and the DLQ): a reading sent late on
+// purpose is late or not by its own device's clock, so the DLQ tells
+// which it was; CheckLate checks that only such readings are in it.
+func (s *Sent) Windows(dead map[MsgID]bool) map[WindowKey]Agg {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[WindowKey]Agg{}
 	for id, r := range s.valid {
-		if r.Late {
+		if dead[id] {
 			continue
 		}
 		us := r.At.UnixMicro()
@@ -261,6 +268,115 @@ func (s *Sent) Windows() map[WindowKey]Agg {
 	return out
 }
 
+// Dead returns the device messages the processor did not accept: every
+// copy of it in raw (rawCopies, as ReadRaw returns) went to the DLQ as
+// late (lateCopies, per device message). A message of which some copy in
+// raw is not a late dead letter was accepted once (its other copies
+// removed as duplicates, or dead-lettered as late when they came after
+// its window had closed: a device's re-send or a bridge's redelivery of a
+// reading sent late on purpose).
+func Dead(rawCopies, lateCopies map[MsgID]int) map[MsgID]bool {
+	out := map[MsgID]bool{}
+	for id, n := range lateCopies {
+		if n >= rawCopies[id] {
+			out[id] = true
+		}
+	}
+	return out
+}
+
+// CheckLate checks the copies the processor dead-lettered as late
+// (lateCopies, per device message): each of an acknowledged message sent
+// late on purpose, and no more copies than raw holds. A reading sent late
+// on purpose may be accepted or dead-lettered (by its device's own clock);
+// one sent on time must never be late.
+func (s *Sent) CheckLate(rawCopies, lateCopies map[MsgID]int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var bad []string
+	for id, n := range lateCopies {
+		r, ok := s.valid[id]
+		switch {
+		case !ok:
+			bad = append(bad, fmt.Sprintf("%s/%d never acknowledged", id.Device, id.Seq))
+		case !r.Late:
+			bad = append(bad, fmt.Sprintf("%s/%d sent on time (event time %s)", id.Device, id.Seq, r.At.UTC().Format(time.TimeOnly)))
+		case n > rawCopies[id]:
+			bad = append(bad, fmt.Sprintf("%s/%d dead-lettered %d times, %d copies in raw", id.Device, id.Seq, n, rawCopies[id]))
+		}
+	}
+	if len(bad) > 0 {
+		sort.Strings(bad)
+		return fmt.Errorf("%d late dead letters that must not be, e.g.: %s", len(bad), strings.Join(bad[:min(len(bad), 10)], "; "))
+	}
+	return nil
+}
+
+// Accepted returns the acknowledged valid device messages the processor
+// accepted (all but dead, the late dead letters) and their values
+// (readings).
+func (s *Sent) Accepted(dead map[MsgID]bool) (msgs, values int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, r := range s.valid {
+		if !dead[id] {
+			msgs++
+			values += int64(len(r.Values))
+		}
+	}
+	return msgs, values
+}
+
+// CompareAccepted compares a store holding the accepted readings only
+// (seen: how often each device message is in it) with the accepted set
+// (acknowledged, valid, not in dead): the accepted ones missing, the
+// extra copies, and the messages present that are not accepted (never
+// acknowledged, or dead-lettered as late).
+func (s *Sent) CompareAccepted(seen map[MsgID]int, dead map[MsgID]bool) (missing, dups, notAccepted int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.valid {
+		if dead[id] {
+			continue
+		}
+		switch n := seen[id]; {
+		case n == 0:
+			missing++
+		case n > 1:
+			dups += n - 1
+		}
+	}
+	for id := range seen {
+		if _, ok := s.valid[id]; !ok || dead[id] {
+			notAccepted++
+		}
+	}
+	return missing, dups, notAccepted
+}
+
+// ReadingsRows returns, from a readings table, how many rows each device
+// message has, and the count of distinct (device, metric, seq).
+func ReadingsRows(ctx context.Context, pg *pgxpool.Pool, schema string) (perMsg map[MsgID]int, rows, distinct int64, err error) {
+	if err := pg.QueryRow(ctx, fmt.Sprintf(`SELECT count(*), count(DISTINCT (device_id, metric, seq)) FROM %s.readings`, schema)).Scan(&rows, &distinct); err != nil {
+		return nil, 0, 0, err
+	}
+	r, err := pg.Query(ctx, fmt.Sprintf(`SELECT device_id, seq, count(DISTINCT metric) FROM %s.readings GROUP BY device_id, seq`, schema))
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer r.Close()
+	perMsg = map[MsgID]int{}
+	for r.Next() {
+		var id MsgID
+		var n int
+		if err := r.Scan(&id.Device, &id.Seq, &n); err != nil {
+			return nil, 0, 0, err
+		}
+		perMsg[id] = 1
+	}
+	return perMsg, rows, distinct, r.Err()
+}
+
 // Counts returns the acknowledged valid device messages, the invalid
 // ones and the values (readings) of the valid ones.
 func (s *Sent) Counts() (valid, invalid, values int64) {
@@ -272,7 +388,7 @@ func (s *Sent) Counts() (valid, invalid, values int64) {
 	return int64(len(s.valid)), s.invalid, values
 }
 
-// Late returns the distinct late device messages.
+// Late returns the distinct device messages sent late on purpose.
 func (s *Sent) Late() map[MsgID]bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
