@@ -55,7 +55,7 @@ func TestCrashExactlyOnce(t *testing.T) {
 		"IOTPIPE_S3_REGION=" + env.S3Config.Region,
 		"IOTPIPE_S3_BUCKET=" + bucket,
 		"IOTPIPE_PREFIX=lake",
-		"IOTPIPE_TOPIC_RAW=" + raw,
+		"IOTPIPE_TOPIC_READINGS=" + raw,
 		"IOTPIPE_TOPIC_METRICS=-",
 		"IOTPIPE_TOPIC_DLQ=" + dlq,
 		"IOTPIPE_GROUP=" + group,

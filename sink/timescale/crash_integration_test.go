@@ -28,7 +28,7 @@ func (f *fixture) sinkProcess(t testing.TB, extra ...string) *testenv.Proc {
 	args := []string{"sink", "timescale",
 		"--kafka-brokers", strings.Join(f.brokers, ","),
 		"--group", f.group, "--instance-id", f.group + "-0",
-		"--topic-raw", f.raw, "--topic-metrics", f.metrics, "--topic-dlq", f.dlq,
+		"--topic-readings", f.raw, "--topic-metrics", f.metrics, "--topic-dlq", f.dlq,
 		"--pg-writer-dsn", f.writerDSN, "--pg-schema", f.schema,
 		"--http-addr", "", "--log-level", "warn", "--retry-min", "50ms", "--retry-max", "500ms",
 	}
