@@ -8,7 +8,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,9 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/minio/minio-go/v7"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -29,6 +26,7 @@ import (
 	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
+	"github.com/iotpipe/iotpipe/test/internal/pipecheck"
 )
 
 // stage is one stage of the pipeline as a child process.
@@ -163,7 +161,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 
 	s3 := env.S3(t)
 	testenv.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
-		n, err := lakeRows(ctx, s3, bucket, "readings/")
+		n, err := pipecheck.LakeRows(ctx, s3, bucket, "readings/")
 		if err != nil {
 			return err
 		}
@@ -231,34 +229,6 @@ func countRecords(t *testing.T, ctx context.Context, env *testenv.Env, topic str
 		}
 	}
 	return n
-}
-
-// lakeRows sums the row counts of the Parquet files under prefix, read
-// from their footers.
-func lakeRows(ctx context.Context, cl *minio.Client, bucket, prefix string) (int64, error) {
-	var total int64
-	for obj := range cl.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
-		if obj.Err != nil {
-			return 0, obj.Err
-		}
-		o, err := cl.GetObject(ctx, bucket, obj.Key, minio.GetObjectOptions{})
-		if err != nil {
-			return 0, err
-		}
-		var buf bytes.Buffer
-		_, err = buf.ReadFrom(o)
-		_ = o.Close()
-		if err != nil {
-			return 0, err
-		}
-		r, err := file.NewParquetReader(bytes.NewReader(buf.Bytes()))
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", obj.Key, err)
-		}
-		total += r.NumRows()
-		_ = r.Close()
-	}
-	return total, nil
 }
 
 func checkDashboards(t *testing.T, ctx context.Context, db *pgxpool.Pool, schema string) {
