@@ -73,6 +73,11 @@ type Config struct {
 	// ShutdownTimeout bounds the soft stop: ending the current transaction
 	// and leaving the group. Default 15s.
 	ShutdownTimeout time.Duration
+	// StallAfter is how long input may wait on a partition with no
+	// transaction committing progress on it before the processor reports a
+	// stall (iotpipe_processor_stalled, readiness check "progress"). Zero
+	// never reports one. Default 2m.
+	StallAfter time.Duration
 	// DebugCommitDelay, for crash tests only, sleeps inside every
 	// transaction commit, after the outputs are flushed and before the
 	// offsets and the transaction are committed, and logs
@@ -109,6 +114,7 @@ func DefaultConfig() Config {
 		SessionTimeout:     DefaultSessionTimeout,
 		RestoreTimeout:     DefaultRestoreTimeout,
 		ShutdownTimeout:    DefaultShutdownTimeout,
+		StallAfter:         kafkax.DefaultStallAfter,
 	}
 }
 
@@ -138,6 +144,7 @@ func (c *Config) Validate() error {
 	p.Check(c.SessionTimeout < time.Second, "SessionTimeout", "must be at least 1s")
 	p.Check(c.RestoreTimeout <= 0, "RestoreTimeout", "must be positive")
 	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	p.Check(c.StallAfter < 0, "StallAfter", "must not be negative (0: never report a stall)")
 	p.Check(c.DebugCommitDelay < 0, "DebugCommitDelay", "must not be negative")
 	return p.Err()
 }
@@ -148,10 +155,11 @@ func (c *Config) TransactionalID() string { return "iotpipe-processor." + c.Grou
 // Processor consumes telemetry.raw in a consumer group and writes window
 // aggregates to telemetry.metrics, exactly once (see the package comment).
 type Processor struct {
-	cfg Config
-	log *slog.Logger
-	m   *metrics
-	now func() time.Time
+	cfg      Config
+	log      *slog.Logger
+	m        *metrics
+	now      func() time.Time
+	progress *kafkax.Progress // lag and stall of the raw partitions
 
 	mu       sync.Mutex
 	assigned map[int32]bool // partitions of the raw topic the group gave us
@@ -180,18 +188,21 @@ func New(cfg Config, deps service.Deps) (*Processor, error) {
 		reg = prometheus.NewRegistry()
 	}
 	return &Processor{cfg: cfg, log: deps.Logger(), m: newMetrics(reg), now: time.Now,
+		progress: kafkax.NewProgress("iotpipe", "processor", reg, cfg.StallAfter),
 		assigned: map[int32]bool{}, tasks: map[int32]*task{}, bytesKey: BytesPerKeyEstimate}, nil
 }
 
 // Checks are the readiness checks: "processor" passes once the group has
-// been joined and the assigned partitions' state restored.
+// been joined and the assigned partitions' state restored; "progress"
+// fails while the processor is stalled (input waits and no transaction
+// committed for StallAfter).
 func (p *Processor) Checks() map[string]service.Check {
 	return map[string]service.Check{"processor": func(context.Context) error {
 		if !p.ready.Load() {
 			return errors.New("not consuming yet (joining the group or restoring state)")
 		}
 		return nil
-	}}
+	}, "progress": func(context.Context) error { return p.progress.Check() }}
 }
 
 const maxProduceFailures = 5
@@ -256,6 +267,7 @@ func (p *Processor) sessionOpts() []kgo.Opt {
 }
 
 func (p *Processor) unassign(m map[string][]int32, why string) {
+	p.progress.Forget(m)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, part := range m[p.cfg.Topics.Raw] {
@@ -365,6 +377,7 @@ func (p *Processor) turn(ctx context.Context, sess *kgo.GroupTransactSession, ad
 		if fatal != nil {
 			return false, fatal
 		}
+		p.progress.Fetched(fs)
 		now := p.now()
 		var rerr error
 		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
@@ -424,6 +437,9 @@ func (p *Processor) turn(ctx context.Context, sess *kgo.GroupTransactSession, ad
 	committed, err := p.endTxn(sess, want, ctx)
 	if err != nil {
 		return false, err
+	}
+	if committed {
+		p.progress.CommittedAll()
 	}
 	if !committed {
 		p.dropAll("transaction aborted")

@@ -57,6 +57,7 @@ group and exits 0.`,
 		f.Int(&c.MaxPollRecords, "max-poll-records", "records taken from Kafka per poll")
 		f.Int(&c.MaxKeys, "max-keys", "cap on open metric windows (device × metric × window); memory guard: at the cap the oldest open windows are closed early (emitted; readings still to come for them go to the DLQ as late, counted)")
 		f.Duration(&c.RestoreTimeout, "restore-timeout", "longest time to restore a partition's state from the changelog")
+		f.Duration(&c.StallAfter, "stall-after", "report a stall (iotpipe_processor_stalled, readiness \"progress\") when input waits on a partition and no transaction committed progress on it for this long (0: never)")
 		f.Duration(&c.DebugCommitDelay, "debug-commit-delay", "testing only: sleep this long inside every transaction commit (after \"transaction commit started\" is logged)")
 	},
 	describe: func(c *processor.Config, o *service.Options) string {

@@ -57,6 +57,7 @@ uploads, commits and exits 0.`,
 		f.Int(&c.MaxBuffered, "max-buffered", "bytes of closed files waiting for upload before consumption pauses (bounds memory while S3 is down)")
 		f.Duration(&c.RetryMin, "retry-min", "first backoff after a failed S3 operation or commit")
 		f.Duration(&c.RetryMax, "retry-max", "largest backoff between retries (retries go on until shutdown)")
+		f.Duration(&c.StallAfter, "stall-after", "report a stall (iotpipe_lake_stalled, readiness \"progress\") when input waits on a partition and no batch was committed on it for --max-age plus this long (0: never)")
 		f.Var((*failpoints)(&c.Failpoints), &c.Failpoints, "test-failpoints", "crash tests only: name=pause[@n] items (mid-upload, before-commit, after-commit): pause at the n-th arrival at that point")
 	},
 	describe: func(c *lake.Config, o *service.Options) string {

@@ -53,6 +53,7 @@ SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
 		f.Duration(&c.BatchDelay, "batch-delay", "longest time a record waits before its batch is written")
 		f.Duration(&c.RetryMin, "retry-min", "first wait after a failed database attempt (doubles up to --retry-max)")
 		f.Duration(&c.RetryMax, "retry-max", "longest wait between database attempts")
+		f.Duration(&c.StallAfter, "stall-after", "report a stall (iotpipe_sink_timescale_stalled, readiness \"progress\") when input waits on a partition and no batch was committed for this long (0: never)")
 	},
 	describe: func(c *timescale.Config, o *service.Options) string {
 		return fmt.Sprintf("kafka %v group %s instance %q, topics readings=%s metrics=%s dlq=%s, postgres schema %s, batch %d rows / %s, http %q",

@@ -176,14 +176,20 @@ func Progress(prev, cur Snapshot, elapsed time.Duration) []string {
 			total(SinkLake, "iotpipe_lake_files_total")),
 	}
 	var lag []string
-	if c := cur.Stages[SinkTimescale]; c.Has("iotpipe_sink_timescale_consumer_lag_records") {
-		lag = append(lag, fmt.Sprintf("timescale sink %.0f records", c.Sum("iotpipe_sink_timescale_consumer_lag_records")))
+	for _, st := range []struct{ stage, name, metric string }{
+		{Processor, "processor", "iotpipe_processor_consumer_lag_records"},
+		{SinkTimescale, "timescale sink", "iotpipe_sink_timescale_consumer_lag_records"},
+		{SinkLake, "lake sink", "iotpipe_lake_consumer_lag_records"},
+	} {
+		if c := cur.Stages[st.stage]; c.Has(st.metric) {
+			lag = append(lag, fmt.Sprintf("%s %.0f records", st.name, c.Sum(st.metric)))
+		}
 	}
 	if c := cur.Stages[Processor]; c.Has("iotpipe_processor_watermark_lag_seconds") {
 		lag = append(lag, fmt.Sprintf("processor watermark %.1fs behind", c.Sum("iotpipe_processor_watermark_lag_seconds")))
 	}
 	if len(lag) > 0 {
-		lines = append(lines, "        lag: "+strings.Join(lag, ", ")+" (bridge, processor and lake sink expose no Kafka lag)")
+		lines = append(lines, "        lag: "+strings.Join(lag, ", "))
 	}
 	var dlq []string
 	add := func(stage, name, label, prefix string) {

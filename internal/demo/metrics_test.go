@@ -95,13 +95,14 @@ func TestProgress(t *testing.T) {
 		"iotpipe_lake_rows_total{dataset=\"readings\"} 0\niotpipe_lake_files_total{dataset=\"readings\"} 0\n")
 	cur := snap(t0.Add(2*time.Second), "iotpipe_bridge_received_total 200\niotpipe_bridge_produced_total{topic=\"raw\"} 197\niotpipe_bridge_rejected_total{reason=\"malformed_json\"} 2\n",
 		"iotpipe_processor_readings_accepted_total 190\niotpipe_processor_emitted_total{kind=\"metric\"} 200\niotpipe_processor_emitted_total{kind=\"activity\"} 50\n"+
-			"iotpipe_processor_dlq_total{reason=\"late\"} 3\niotpipe_processor_duplicates_total 1\niotpipe_processor_watermark_lag_seconds 2.25\n",
+			"iotpipe_processor_dlq_total{reason=\"late\"} 3\niotpipe_processor_duplicates_total 1\niotpipe_processor_watermark_lag_seconds 2.25\n"+
+			"iotpipe_processor_consumer_lag_records{topic=\"raw\",partition=\"0\"} 11\n",
 		"iotpipe_sink_timescale_rows_total{table=\"readings\"} 700\niotpipe_sink_timescale_rows_total{table=\"device_metrics\"} 200\n"+
 			"iotpipe_sink_timescale_consumer_lag_records{topic=\"raw\",partition=\"0\"} 4\niotpipe_sink_timescale_consumer_lag_records{topic=\"raw\",partition=\"1\"} 2\n",
 		"")
 	got := strings.Join(Progress(prev, cur, 12*time.Second), "\n")
 	want := `[  12s] bridge 50.0/s in, 49.0/s to raw | processor 50.0/s readings, windows emitted 200 (100.0/s) | timescale 300.0/s rows | lake - rows, - files
-        lag: timescale sink 6 records, processor watermark 2.2s behind (bridge, processor and lake sink expose no Kafka lag)
+        lag: processor 11 records, timescale sink 6 records, processor watermark 2.2s behind
         dlq: bridge/malformed_json 2, processor/late 3 | duplicates dropped 1`
 	if got != want {
 		t.Fatalf("got\n%s\nwant\n%s", got, want)

@@ -82,6 +82,11 @@ type Config struct {
 	// uploaded and committed within it; what is not is left uncommitted
 	// (and is read again by the next run).
 	ShutdownTimeout time.Duration
+	// StallAfter is how long, beyond MaxAge (an open batch waits that long
+	// by design), input may wait on a partition with no batch committed on
+	// it before the sink reports a stall (iotpipe_lake_stalled,
+	// readiness check "progress"). Zero never reports one. Default 2m.
+	StallAfter time.Duration
 
 	// Failpoints, for crash tests only: when the sink reaches a named point
 	// (see the failpoint constants) for the Hit-th time it logs
@@ -133,6 +138,7 @@ func DefaultConfig() Config {
 		RetryMin:         DefaultRetryMin,
 		RetryMax:         DefaultRetryMax,
 		ShutdownTimeout:  DefaultShutdownTimeout,
+		StallAfter:       kafkax.DefaultStallAfter,
 	}
 }
 
@@ -167,6 +173,7 @@ func (c *Config) Validate() error {
 	p.Check(c.RetryMin <= 0, "RetryMin", "must be positive")
 	p.Check(c.RetryMax < c.RetryMin, "RetryMax", "must be at least {RetryMin}")
 	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	p.Check(c.StallAfter < 0, "StallAfter", "must not be negative (0: never report a stall)")
 	for name, fp := range c.Failpoints {
 		switch name {
 		case FailpointMidUpload, FailpointBeforeCommit, FailpointAfterCommit:

@@ -29,6 +29,8 @@ type Sink struct {
 	adm   *kadm.Client
 	opts  FileOptions
 	mem   *semaphore.Weighted // bytes of sealed, uncommitted batches
+	// progress exports the consumer lag and reports a stall.
+	progress *kafkax.Progress
 
 	// runCtx is cancelled at the hard deadline; uploads and rebalance
 	// callbacks (which may run as soon as the client exists) use it.
@@ -106,14 +108,15 @@ func newSink(cfg Config, deps service.Deps, store objectStore) (*Sink, error) {
 	runCtx, hardStop := context.WithCancel(context.Background())
 	s := &Sink{
 		runCtx: runCtx, hardStop: hardStop,
-		cfg:   cfg,
-		log:   log,
-		m:     newMetrics(reg),
-		store: store,
-		opts:  FileOptions{RowGroupRows: cfg.RowGroupRows, ZstdLevel: cfg.ZstdLevel},
-		mem:   semaphore.NewWeighted(int64(cfg.MaxBuffered)),
-		parts: map[partKey]*partState{},
-		fpHit: map[string]int{},
+		cfg:      cfg,
+		log:      log,
+		m:        newMetrics(reg),
+		store:    store,
+		opts:     FileOptions{RowGroupRows: cfg.RowGroupRows, ZstdLevel: cfg.ZstdLevel},
+		mem:      semaphore.NewWeighted(int64(cfg.MaxBuffered)),
+		parts:    map[partKey]*partState{},
+		fpHit:    map[string]int{},
+		progress: kafkax.NewProgress("iotpipe", "lake", reg, lakeStallAfter(cfg)),
 	}
 	var topics []string
 	for _, t := range []string{cfg.RawTopic, cfg.MetricsTopic} {
@@ -152,9 +155,12 @@ func newSink(cfg Config, deps service.Deps, store objectStore) (*Sink, error) {
 	return s, nil
 }
 
-// Checks are the readiness checks: kafka (CheckKafka) and s3 (CheckS3).
+// Checks are the readiness checks: kafka (CheckKafka), s3 (CheckS3) and
+// progress (fails while the sink is stalled: input waits and no batch was
+// committed for StallAfter).
 func (s *Sink) Checks() map[string]service.Check {
-	return map[string]service.Check{"kafka": s.CheckKafka, "s3": s.CheckS3}
+	return map[string]service.Check{"kafka": s.CheckKafka, "s3": s.CheckS3,
+		"progress": func(context.Context) error { return s.progress.Check() }}
 }
 
 // CheckKafka is a readiness check: a broker answers.
@@ -232,6 +238,7 @@ func (s *Sink) consume(ctx context.Context) error {
 				s.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 			}
 		})
+		s.progress.Fetched(fetches)
 		now := time.Now()
 		s.mu.Lock()
 		var err error
@@ -441,6 +448,15 @@ func (s *Sink) sealLocked(ctx context.Context, ps *partState, trigger string) er
 	ps.queued++
 	ps.up <- sb // never blocks: cap(ps.up) batches of minBatchCharge fill MaxBuffered
 	return nil
+}
+
+// lakeStallAfter is the stall time of the progress tracker: StallAfter
+// beyond MaxAge, or never.
+func lakeStallAfter(c Config) time.Duration {
+	if c.StallAfter <= 0 {
+		return 0
+	}
+	return c.MaxAge + c.StallAfter
 }
 
 // errStopping ends consumption when a sealed batch cannot be queued

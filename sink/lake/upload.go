@@ -128,6 +128,7 @@ func (s *Sink) upload(ctx context.Context, sb *sealedBatch) error {
 		return err
 	}
 	s.m.commits.Inc()
+	s.progress.Committed(sb.topic, sb.partition, sb.next)
 	for _, o := range sb.objs {
 		ds := o.dataset.String()
 		s.m.rows.WithLabelValues(ds).Add(float64(o.rows))
@@ -293,6 +294,7 @@ func (s *Sink) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32)
 }
 
 func (s *Sink) stopParts(m map[string][]int32, flush time.Duration) {
+	defer s.progress.Forget(m)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for t, ps := range m {

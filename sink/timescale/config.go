@@ -65,6 +65,11 @@ type Config struct {
 	// batch it holds within this time, then rolls back what is left and
 	// exits.
 	ShutdownTimeout time.Duration
+	// StallAfter is how long input may wait on a partition with no batch
+	// committing progress on it before the sink reports a stall
+	// (iotpipe_sink_timescale_stalled, readiness check "progress"). Zero
+	// never reports one.
+	StallAfter time.Duration
 }
 
 // SkipTopic as TopicRaw skips the raw topic (the readings table).
@@ -96,6 +101,7 @@ func DefaultConfig() Config {
 		RetryMin:        DefaultRetryMin,
 		RetryMax:        DefaultRetryMax,
 		ShutdownTimeout: DefaultShutdownTimeout,
+		StallAfter:      kafkax.DefaultStallAfter,
 	}
 }
 
@@ -129,6 +135,7 @@ func (c *Config) Validate() error {
 	p.Check(c.RetryMin <= 0, "RetryMin", "must be positive")
 	p.Check(c.RetryMax < c.RetryMin, "RetryMax", "must be at least {RetryMin}")
 	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	p.Check(c.StallAfter < 0, "StallAfter", "must not be negative (0: never report a stall)")
 	return p.Err()
 }
 

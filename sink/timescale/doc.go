@@ -56,5 +56,6 @@
 // iotpipe_sink_timescale_rows_total{table}, _records_total{topic},
 // _batch_rows, _commit_seconds, _retries_total{cause},
 // _rejected_total{reason}, _replayed_skipped_total, _db_up and
-// _consumer_lag_records{topic,partition}.
+// _consumer_lag_records{topic,partition} (internal/kafkax.Progress, with
+// _consumer_lag_seconds and _stalled).
 package timescale

@@ -23,7 +23,6 @@ type metrics struct {
 	rejected  *prometheus.CounterVec // records sent to the DLQ, by reason
 	skipped   prometheus.Counter     // replayed records already in the database
 	dbUp      prometheus.Gauge       // 1 when the last database operation succeeded
-	lag       *prometheus.GaugeVec   // records fetched but not yet committed, by topic
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -45,8 +44,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "replayed_skipped_total", Help: "Records received again that the database already held (offset below sink_offsets); not written twice."}),
 		dbUp: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "db_up", Help: "1 when the last database operation succeeded, 0 while the sink is retrying."}),
-		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "consumer_lag_records", Help: "Records in Kafka after the last consumed one, by topic and partition (from the fetch high watermarks)."}, []string{"topic", "partition"}),
 	}
 	for _, r := range []schemas.Reason{schemas.ReasonInvalidRecord, schemas.ReasonRejectedByDatabase} {
 		m.rejected.WithLabelValues(string(r))
@@ -58,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.retries.WithLabelValues(c)
 	}
 	if reg != nil {
-		reg.MustRegister(m.records, m.rows, m.batchRows, m.commit, m.retries, m.rejected, m.skipped, m.dbUp, m.lag)
+		reg.MustRegister(m.records, m.rows, m.batchRows, m.commit, m.retries, m.rejected, m.skipped, m.dbUp)
 	}
 	return m
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -27,6 +26,8 @@ type Sink struct {
 	st    *store
 	admin *kgo.Client // for the Kafka readiness check
 	now   func() time.Time
+	// progress exports the consumer lag and reports a stall.
+	progress *kafkax.Progress
 
 	mu      sync.Mutex
 	lastErr error // last failed database attempt, cleared on success
@@ -49,13 +50,16 @@ func New(cfg Config, deps service.Deps) (*Sink, error) {
 		st.pool.Close()
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}
-	return &Sink{cfg: cfg, log: log, m: newMetrics(reg), st: st, admin: admin, now: time.Now}, nil
+	return &Sink{cfg: cfg, log: log, m: newMetrics(reg), st: st, admin: admin, now: time.Now,
+		progress: kafkax.NewProgress("iotpipe", "sink_timescale", reg, cfg.StallAfter)}, nil
 }
 
-// Checks are the readiness checks: postgres (CheckDB) and kafka
-// (CheckKafka).
+// Checks are the readiness checks: postgres (CheckDB), kafka
+// (CheckKafka) and progress (fails while the sink is stalled: input waits
+// and no batch committed for StallAfter).
 func (s *Sink) Checks() map[string]service.Check {
-	return map[string]service.Check{"postgres": s.CheckDB, "kafka": s.CheckKafka}
+	return map[string]service.Check{"postgres": s.CheckDB, "kafka": s.CheckKafka,
+		"progress": func(context.Context) error { return s.progress.Check() }}
 }
 
 // CheckDB is the readiness check of the database: it answers, and the last
@@ -117,6 +121,8 @@ func (s *Sink) Run(ctx context.Context) error {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.AdjustFetchOffsetsFn(s.seekStored),
 		kgo.SessionTimeout(s.cfg.SessionTimeout),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { s.progress.Forget(m) }),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { s.progress.Forget(m) }),
 	}
 	if s.cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(s.cfg.InstanceID))
@@ -154,11 +160,10 @@ func (s *Sink) Run(ctx context.Context) error {
 			}
 		})
 		now := s.now()
+		s.progress.Fetched(fs)
 		fs.EachPartition(func(p kgo.FetchTopicPartition) {
 			if n := len(p.Records); n > 0 {
 				s.m.records.WithLabelValues(p.Topic).Add(float64(n))
-				last := p.Records[n-1].Offset
-				s.m.lag.WithLabelValues(p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(p.HighWatermark - last - 1))
 			}
 			for _, r := range p.Records {
 				b.add(r, now)
@@ -227,6 +232,7 @@ func (s *Sink) flush(ctx context.Context, cl *kgo.Client, b *batch) error {
 		return err
 	}
 	s.setErr(nil)
+	s.progress.CommittedAll() // the batch held everything polled so far
 	s.m.rows.WithLabelValues(tableReadings).Add(float64(res.readings))
 	s.m.rows.WithLabelValues(tableMetrics).Add(float64(res.metrics))
 	s.m.rows.WithLabelValues(tableActivity).Add(float64(res.activity))
