@@ -4,9 +4,11 @@ package processor
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -129,6 +131,7 @@ func BenchmarkKafkaExactlyOnce(b *testing.B) {
 		done := make(chan error, 1)
 		go func() { done <- p.Run(ctx) }()
 		adm := env.KafkaAdmin(b)
+		began := time.Now()
 		tctx := testenv.Context(b, 10*time.Minute)
 		ends, err := adm.ListEndOffsets(tctx, topic)
 		if err != nil {
@@ -136,19 +139,49 @@ func BenchmarkKafkaExactlyOnce(b *testing.B) {
 		}
 		var start time.Time
 		var cpu0 time.Duration
+		var offs kadm.OffsetResponses
+		// giveUp says what the benchmark was waiting for, and in what state
+		// the processor was, before failing.
+		giveUp := func(what string) {
+			var sb strings.Builder
+			fmt.Fprintf(&sb, "gave up after %s waiting for %s", time.Since(began).Round(time.Second), what)
+			ends.Each(func(e kadm.ListedOffset) {
+				at := int64(-1)
+				if o, ok := offs.Lookup(topic, e.Partition); ok {
+					at = o.At
+				}
+				fmt.Fprintf(&sb, "\n  %s/%d: committed %d of end %d", topic, e.Partition, at, e.Offset)
+			})
+			for name, check := range p.Checks() {
+				fmt.Fprintf(&sb, "\n  readiness %s: %v", name, check(context.Background()))
+			}
+			fmt.Fprintf(&sb, "\n  records in %v, transactions committed %v, aborted %v",
+				testutil.ToFloat64(p.m.recordsIn), testutil.ToFloat64(p.m.txns.WithLabelValues("committed")),
+				testutil.ToFloat64(p.m.txns.WithLabelValues("aborted")))
+			select {
+			case err := <-done:
+				fmt.Fprintf(&sb, "\n  the processor had stopped: Run returned %v", err)
+			default:
+				fmt.Fprintf(&sb, "\n  the processor was still running")
+			}
+			b.Fatal(sb.String())
+		}
 		for start.IsZero() {
 			if testutil.ToFloat64(p.m.recordsIn) > 0 {
 				start, cpu0 = time.Now(), cpuTime()
 			}
+			if tctx.Err() != nil {
+				giveUp("the first record to be processed")
+			}
 			time.Sleep(time.Millisecond)
 		}
 		for {
-			offs, err := adm.FetchOffsets(tctx, group)
+			offs, err = adm.FetchOffsets(tctx, group)
 			if err == nil && caughtUp(offs, ends, topic) {
 				break
 			}
 			if tctx.Err() != nil {
-				b.Fatal("timeout")
+				giveUp("the group's committed offsets to reach the end of the input")
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
