@@ -60,10 +60,11 @@ type Stats struct {
 // Bridge moves MQTT messages into Kafka. Create it with New and run it
 // with Run, once.
 type Bridge struct {
-	cfg  Config
-	log  *slog.Logger
-	m    *metrics
-	tmpl *schemas.TopicTemplate
+	cfg   Config
+	log   *slog.Logger
+	m     *metrics
+	stats *brokerStats // the broker's $SYS statistics (drops)
+	tmpl  *schemas.TopicTemplate
 
 	// dec and reading are used only by paho's router goroutine, of which
 	// one runs at a time (autopaho waits for a connection's goroutines to
@@ -122,6 +123,7 @@ func New(cfg Config, deps service.Deps) (*Bridge, error) {
 		cfg:    cfg,
 		log:    log,
 		m:      newMetrics(reg),
+		stats:  newBrokerStats(log, reg),
 		tmpl:   tmpl,
 		dec:    dec,
 		slots:  make(chan struct{}, cfg.MQTT.ReceiveMaximum),
@@ -374,6 +376,9 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 			go func() { // OnConnectionUp must not block
 				defer subs.Done()
 				b.subscribe(ctx, cm, ca.SessionPresent)
+				sctx, cancel := context.WithTimeout(ctx, b.cfg.MQTT.ConnectTimeout)
+				defer cancel()
+				b.stats.subscribe(sctx, cm)
 			}()
 		},
 		OnConnectionDown: func() bool {
@@ -582,6 +587,10 @@ func (b *Bridge) subscribe(ctx context.Context, cm *autopaho.ConnectionManager, 
 // produce, and acknowledge from the produce promise.
 func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
+	if isSys(p.Topic) { // the broker's statistics (QoS 0): not a device message
+		b.stats.handle(p.Topic, p.Payload)
+		return true, nil
+	}
 	if b.stopping.Load() {
 		b.noteUnacked(p)
 		return true, nil
