@@ -98,11 +98,23 @@ func TestProcessorExactlyOnce(t *testing.T) {
 	code, body := httpGet(t, base+"/metrics")
 	for _, want := range []string{`iotpipe_processor_transactions_total{result="committed"}`, "iotpipe_processor_records_in_total",
 		"iotpipe_processor_windows_open", `iotpipe_processor_dlq_total{reason="invalid_record"}`, "iotpipe_processor_emit_delay_seconds_bucket",
-		"iotpipe_processor_duplicates_total", "iotpipe_processor_state_bytes_estimate"} {
+		"iotpipe_processor_duplicates_total", "iotpipe_processor_state_bytes_estimate",
+		"iotpipe_processor_consumer_lag_records{", "iotpipe_processor_consumer_lag_seconds{", "iotpipe_processor_stalled 0"} {
 		if code != http.StatusOK || !strings.Contains(body, want) {
 			t.Errorf("/metrics (%d) lacks %s", code, want)
 		}
 	}
+	// Every input record is processed (the final windows are out): once the
+	// next transaction has committed, no partition lags.
+	testenv.Eventually(t, 30*time.Second, 100*time.Millisecond, func() error {
+		_, body := httpGet(t, base+"/metrics")
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, "iotpipe_processor_consumer_lag_records{") && !strings.HasSuffix(line, " 0") {
+				return fmt.Errorf("still lagging: %s", line)
+			}
+		}
+		return nil
+	})
 	select {
 	case err := <-done:
 		t.Fatalf("processor stopped: %v", err)
