@@ -27,21 +27,31 @@ import (
 )
 
 // BenchmarkBridgeVsPipeline measures how fast a queued load drains from
-// Mosquitto through the bridge into Kafka (QoS 1, ack after Kafka), and
-// the same load through `mosquitto_sub -q 1 | kcat -P` (no guarantee: the
-// subscriber acknowledges on receipt), in the same run. Each consumer has
-// its own persistent session in its own share group; the fleet publishes
-// the load once while they are all offline, then each drains its copy in
-// turn. Reported: messages/s, CPU µs per message of the consuming
-// processes (from /proc), and for the bridge heap allocations per
-// message (go_memstats_mallocs_total). Load: IOTPIPE_BENCH_MESSAGES
+// Mosquitto through the bridge into Kafka (QoS 1, ack after Kafka), for
+// each compression codec, and the same load through `mosquitto_sub -q 1 |
+// kcat -P` (no guarantee: the subscriber acknowledges on receipt), in the
+// same run. Each consumer has its own persistent session in its own share
+// group; the fleet publishes the load once per round while they are all
+// offline, then each drains its copy in turn, into a topic of its own.
+//
+// Warm, alternated, repeated: a warm-up round (a fifth of the load, not
+// counted) runs every consumer first; then each of IOTPIPE_BENCH_REPEATS
+// rounds (default 3) starts with another consumer (the order rotates), so
+// that no variant is always measured first or last. Reported per consumer,
+// as medians of the rounds: messages/s, CPU µs per message of the
+// consuming processes (from /proc), for the bridge heap allocations per
+// message (go_memstats_mallocs_total), the spread ((max − min) / median of
+// msgs/s, in %) and the number of rounds. Load: IOTPIPE_BENCH_MESSAGES
 // (default 100000) from 1000 devices.
 //
 //	go test -tags integration -run '^$' -bench BridgeVsPipeline -benchtime 1x ./bridge/
 func BenchmarkBridgeVsPipeline(b *testing.B) {
-	n := 100_000
+	n, repeats := 100_000, 3
 	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_MESSAGES")); err == nil && v > 0 {
 		n = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_REPEATS")); err == nil && v > 0 {
+		repeats = v
 	}
 	env := testenv.Load(b)
 	prefix := env.MQTTPrefix(b)
@@ -49,24 +59,24 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 	filter := prefix + "/+/telemetry"
 	variants := []string{"lz4", "zstd", "snappy", "none"}
 	type target struct {
-		name, group, clientID, topic string
+		name, group, clientID, compression string
 	}
 	var targets []target
 	for _, c := range variants {
-		targets = append(targets, target{"bridge-" + c, testenv.Name(b, "g"), testenv.Name(b, "bridge"), envTopic(b, env)})
+		targets = append(targets, target{"bridge-" + c, testenv.Name(b, "g"), testenv.Name(b, "bridge"), c})
 	}
-	targets = append(targets, target{"pipeline", testenv.Name(b, "g"), testenv.Name(b, "sub"), envTopic(b, env)})
+	targets = append(targets, target{"pipeline", testenv.Name(b, "g"), testenv.Name(b, "sub"), ""})
 	dlq := envTopic(b, env)
 	for _, tg := range targets {
 		b.Cleanup(func() { endSessionTB(b, env, tg.clientID) })
 	}
 	bin := testenv.Binary(b)
-	bridgeArgs := func(tg target, compression string) []string {
+	bridgeArgs := func(tg target, topic string) []string {
 		args := []string{"bridge", "--mqtt-url", env.MQTTURL, "--mqtt-client-id", tg.clientID,
 			"--mqtt-username", env.MQTTUsername, "--mqtt-password", env.MQTTPassword,
 			"--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
-			"--kafka-brokers", strings.Join(env.KafkaBrokers, ","), "--topic-raw", tg.topic, "--topic-dlq", dlq,
-			"--topic-template", template, "--kafka-compression", compression, "--log-format", "json"}
+			"--kafka-brokers", strings.Join(env.KafkaBrokers, ","), "--topic-raw", topic, "--topic-dlq", dlq,
+			"--topic-template", template, "--kafka-compression", tg.compression, "--log-format", "json"}
 		// IOTPIPE_BENCH_BRIDGE_ARGS adds flags, e.g. "--mqtt-receive-maximum 4000".
 		args = append(args, strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
 		return args
@@ -77,105 +87,137 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			"-q", "1", "-c", "-i", tg.clientID, "-x", "600", "-t", "$share/" + tg.group + "/" + filter}, extra...)
 	}
 	// 1. Create every session and subscription, then go offline.
-	for i, tg := range targets {
+	for _, tg := range targets {
 		if tg.name == "pipeline" {
 			if out, err := exec.Command("mosquitto_sub", subArgs(tg, "-E")...).CombinedOutput(); err != nil {
 				b.Fatalf("mosquitto_sub -E: %v %s", err, out)
 			}
 			continue
 		}
-		p := startBench(b, bin, append(bridgeArgs(tg, variants[i]), "--http-addr", ""))
+		p := startBench(b, bin, append(bridgeArgs(tg, envTopic(b, env)), "--http-addr", ""))
 		p.Stop(time.Minute)
 	}
-	// 2. Publish the load once; every session queues a copy.
-	sim, err := devicesim.New(func() devicesim.Config {
-		c := devicesim.DefaultConfig()
-		c.URL = env.MQTTURL
-		c.Username = env.MQTTUsername
-		c.Password = env.MQTTPassword
-		c.Devices = 1000
-		c.MessagesPerDevice = n / 1000
-		c.TopicTemplate = template
-		c.Rate = 0
-		c.ValidKinds = devicesim.AllValidKinds()
-		return c
-	}(), service.Deps{})
-	if err != nil {
-		b.Fatal(err)
+	// publish publishes a load of size messages once: every session queues
+	// a copy. It returns how many the broker acknowledged.
+	publish := func(size int) int {
+		sim, err := devicesim.New(func() devicesim.Config {
+			c := devicesim.DefaultConfig()
+			c.URL = env.MQTTURL
+			c.Username = env.MQTTUsername
+			c.Password = env.MQTTPassword
+			c.Devices = 1000
+			c.MessagesPerDevice = max(size/1000, 1)
+			c.TopicTemplate = template
+			c.Rate = 0
+			c.ValidKinds = devicesim.AllValidKinds()
+			return c
+		}(), service.Deps{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		pubStart := time.Now()
+		var ru0, ru1 syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+		if err := sim.Run(testenv.Context(b, 10*time.Minute)); err != nil {
+			b.Fatal(err)
+		}
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+		st := sim.Stats()
+		simCPU := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
+		b.Logf("fleet published %d QoS 1 messages in %s (%.0f msg/s), devicesim CPU %.2f µs/msg", st.Acked, time.Since(pubStart).Round(time.Millisecond),
+			float64(st.Acked)/time.Since(pubStart).Seconds(), float64(simCPU.Microseconds())/float64(st.Acked))
+		return int(st.Acked)
 	}
-	pubStart := time.Now()
-	var ru0, ru1 syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	if err := sim.Run(testenv.Context(b, 10*time.Minute)); err != nil {
-		b.Fatal(err)
-	}
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	st := sim.Stats()
-	simCPU := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
-	b.Logf("fleet published %d QoS 1 messages in %s (%.0f msg/s), devicesim CPU %.2f µs/msg", st.Acked, time.Since(pubStart).Round(time.Millisecond),
-		float64(st.Acked)/time.Since(pubStart).Seconds(), float64(simCPU.Microseconds())/float64(st.Acked))
-	total := int(st.Acked)
 	adm := env.KafkaAdmin(b)
+	type figures struct{ rate, cpu, allocs float64 }
+	// drain runs one consumer until its copy of the load (total messages)
+	// is in Kafka.
+	drain := func(tg target, total int) figures {
+		topic := envTopic(b, env)
+		start := time.Now()
+		var cpu func() time.Duration
+		var mallocs func() float64
+		var stop func()
+		if tg.name == "pipeline" {
+			// -C: exit after the load, so that its buffered stdout
+			// reaches kcat.
+			sub := exec.Command("mosquitto_sub", subArgs(tg, "-C", strconv.Itoa(total))...)
+			kc := exec.Command("kcat", "-P", "-b", strings.Join(env.KafkaBrokers, ","), "-t", topic,
+				"-z", "lz4", "-X", "linger.ms=5", "-X", "acks=all")
+			pipe, err := sub.StdoutPipe()
+			if err != nil {
+				b.Fatal(err)
+			}
+			kc.Stdin = pipe
+			if err := kc.Start(); err != nil {
+				b.Fatal(err)
+			}
+			if err := sub.Start(); err != nil {
+				b.Fatal(err)
+			}
+			cpu = func() time.Duration { return procCPU(b, sub.Process.Pid) + procCPU(b, kc.Process.Pid) }
+			stop = func() {
+				_ = sub.Process.Signal(syscall.SIGTERM)
+				_ = sub.Wait()
+				_ = kc.Wait()
+			}
+		} else {
+			addr := freeAddr(b)
+			p := startBench(b, bin, append(bridgeArgs(tg, topic), "--http-addr", addr))
+			cpu = func() time.Duration { return procCPU(b, p.Pid()) }
+			base := metric(b, addr, "go_memstats_mallocs_total")
+			mallocs = func() float64 { return metric(b, addr, "go_memstats_mallocs_total") - base }
+			stop = func() { p.Stop(time.Minute) }
+		}
+		waitOffsets(b, adm, topic, total)
+		el := time.Since(start)
+		f := figures{rate: float64(total) / el.Seconds(), cpu: float64(cpu().Microseconds()) / float64(total)}
+		if mallocs != nil {
+			f.allocs = mallocs() / float64(total)
+		}
+		stop()
+		return f
+	}
 
-	results := map[string]float64{}
+	// 2. Warm-up: every consumer drains a small load once (not counted).
+	warm := publish(max(n/5, 1000))
+	for _, tg := range targets {
+		f := drain(tg, warm)
+		b.Logf("warm-up: %s drained %d (%.0f msg/s)", tg.name, warm, f.rate)
+	}
+	// 3. The measured rounds, each starting with another consumer.
+	got := map[string][]figures{}
 	b.ResetTimer()
-	for i, tg := range targets {
+	for r := range repeats {
+		total := publish(n)
+		for i := range targets {
+			tg := targets[(r+i)%len(targets)]
+			f := drain(tg, total)
+			got[tg.name] = append(got[tg.name], f)
+			b.Logf("round %d, %d of %d: %s drained %d at %.0f msg/s, %.2f CPU µs/msg", r+1, i+1, len(targets), tg.name, total, f.rate, f.cpu)
+		}
+	}
+	meds := map[string]float64{}
+	for _, tg := range targets {
+		var rates, cpus, allocs []float64
+		for _, f := range got[tg.name] {
+			rates, cpus, allocs = append(rates, f.rate), append(cpus, f.cpu), append(allocs, f.allocs)
+		}
+		meds[tg.name] = median(rates)
 		b.Run(tg.name, func(b *testing.B) {
-			if b.N > 1 {
-				b.Skip("the queued load drains once: use -benchtime 1x")
+			b.ReportMetric(median(rates), "msgs/s")
+			b.ReportMetric(median(cpus), "cpu-µs/msg")
+			if tg.name != "pipeline" {
+				b.ReportMetric(median(allocs), "allocs/msg")
 			}
-			start := time.Now()
-			var cpu func() time.Duration
-			var mallocs func() float64
-			var stop func()
-			if tg.name == "pipeline" {
-				// -C: exit after the load, so that its buffered stdout
-				// reaches kcat.
-				sub := exec.Command("mosquitto_sub", subArgs(tg, "-C", strconv.Itoa(total))...)
-				kc := exec.Command("kcat", "-P", "-b", strings.Join(env.KafkaBrokers, ","), "-t", tg.topic,
-					"-z", "lz4", "-X", "linger.ms=5", "-X", "acks=all")
-				pipe, err := sub.StdoutPipe()
-				if err != nil {
-					b.Fatal(err)
-				}
-				kc.Stdin = pipe
-				if err := kc.Start(); err != nil {
-					b.Fatal(err)
-				}
-				if err := sub.Start(); err != nil {
-					b.Fatal(err)
-				}
-				cpu = func() time.Duration { return procCPU(b, sub.Process.Pid) + procCPU(b, kc.Process.Pid) }
-				stop = func() {
-					_ = sub.Process.Signal(syscall.SIGTERM)
-					_ = sub.Wait()
-					_ = kc.Wait()
-				}
-			} else {
-				addr := freeAddr(b)
-				p := startBench(b, bin, append(bridgeArgs(tg, variants[i]), "--http-addr", addr))
-				cpu = func() time.Duration { return procCPU(b, p.Pid()) }
-				base := metric(b, addr, "go_memstats_mallocs_total")
-				mallocs = func() float64 { return metric(b, addr, "go_memstats_mallocs_total") - base }
-				stop = func() { p.Stop(time.Minute) }
-			}
-			waitOffsets(b, adm, tg.topic, total)
-			el := time.Since(start)
-			c := cpu()
-			rate := float64(total) / el.Seconds()
-			results[tg.name] = rate
-			b.ReportMetric(rate, "msgs/s")
-			b.ReportMetric(float64(c.Microseconds())/float64(total), "cpu-µs/msg")
-			if mallocs != nil {
-				b.ReportMetric(mallocs()/float64(total), "allocs/msg")
-			}
+			b.ReportMetric(100*(slices.Max(rates)-slices.Min(rates))/median(rates), "spread-%")
+			b.ReportMetric(float64(len(rates)), "rounds")
 			b.ReportMetric(0, "ns/op")
-			stop()
 		})
 	}
-	if p := results["pipeline"]; p > 0 {
+	if p := meds["pipeline"]; p > 0 {
 		for _, c := range variants {
-			b.Logf("bridge (%s) / pipeline throughput: %.2f (%.0f vs %.0f msg/s)", c, results["bridge-"+c]/p, results["bridge-"+c], p)
+			b.Logf("bridge (%s) / pipeline throughput, medians of %d warm rounds: %.2f (%.0f vs %.0f msg/s)", c, repeats, meds["bridge-"+c]/p, meds["bridge-"+c], p)
 		}
 	}
 }

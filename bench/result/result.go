@@ -96,6 +96,12 @@ type Bridge struct {
 	CPURatio            float64 `json:"cpu_ratio"` // cpu_us_per_msg / ceiling_cpu_us_per_msg (lower is better)
 	GoalRatio           float64 `json:"goal_ratio"`
 	GoalMet             bool    `json:"goal_met"`
+	// Rounds is the number of warm rounds (after a warm-up, in rotating
+	// order) whose medians the figures are; SpreadPct and
+	// CeilingSpreadPct are (max − min) / median of msgs/s over them, in %.
+	Rounds           int     `json:"rounds"`
+	SpreadPct        float64 `json:"spread_pct"`
+	CeilingSpreadPct float64 `json:"ceiling_spread_pct"`
 	// Variants: the same figures for every compression codec measured.
 	Variants map[string]BridgeVariant `json:"variants,omitempty"`
 	// TLS: the bridge over mutual TLS against itself over plaintext
@@ -138,6 +144,7 @@ type BridgeVariant struct {
 	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg"`
 	AllocsPerMsg    float64 `json:"allocs_per_msg"`
 	Ratio           float64 `json:"ratio"`
+	SpreadPct       float64 `json:"spread_pct"`
 }
 
 // Processor: BenchmarkKafkaExactlyOnce against BenchmarkKafkaCeilingDecode,

@@ -61,7 +61,7 @@ func TestFieldNamesAreStable(t *testing.T) {
 		"":          "bridge duration_s end_to_end failed lake machine micro processor quick schema_version stage_duration_s started_at timescale versions",
 		"machine":   "cores cpu_model gomaxprocs kernel load_avg_end load_avg_start memory_bytes",
 		"versions":  "commit dirty go java kafka kcat mosquitto postgresql timescaledb versitygw",
-		"bridge":    "allocs_per_msg benchmarks ceiling_cpu_us_per_msg ceiling_msgs_per_s compression cpu_ratio cpu_us_per_msg goal_met goal_ratio messages msgs_per_s ratio tls variants",
+		"bridge":    "allocs_per_msg benchmarks ceiling_cpu_us_per_msg ceiling_msgs_per_s ceiling_spread_pct compression cpu_ratio cpu_us_per_msg goal_met goal_ratio messages msgs_per_s ratio rounds spread_pct tls variants",
 		"processor": "benchmarks ceiling_readings_per_s_per_core ceiling_us_per_reading changelog_bytes_per_reading goal_met goal_readings_per_s_per_core ratio readings readings_per_s_per_core transactions us_per_reading",
 		"timescale": "benchmarks ceiling_rows_per_s db_path_ceiling_rows_per_s db_path_goal_met db_path_ratio db_path_rows_per_s goal_met goal_ratio ratio readings rows rows_per_s",
 		"lake":      "benchmarks ceiling_rows_per_s goal_met goal_rows_per_cpu_s goal_x_smaller parquet_bytes_per_reading ratio rawjson_bytes_per_reading readings rows_per_cpu_s rows_per_s worst_case_x_smaller x_smaller",

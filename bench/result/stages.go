@@ -69,7 +69,8 @@ func BridgeFrom(bs []Bench, messages int, compression string) *Bridge {
 		if !ok {
 			continue
 		}
-		v := BridgeVariant{MsgsPerS: b.Metrics["msgs/s"], CPUMicrosPerMsg: b.Metrics["cpu-µs/msg"], AllocsPerMsg: b.Metrics["allocs/msg"]}
+		v := BridgeVariant{MsgsPerS: b.Metrics["msgs/s"], CPUMicrosPerMsg: b.Metrics["cpu-µs/msg"], AllocsPerMsg: b.Metrics["allocs/msg"],
+			SpreadPct: b.Metrics["spread-%"]}
 		v.Ratio = ratio(v.MsgsPerS, r.CeilingMsgsPerS)
 		r.Variants[c] = v
 	}
@@ -79,6 +80,10 @@ func BridgeFrom(bs []Bench, messages int, compression string) *Bridge {
 	r.AllocsPerMsg = m.get(bs, name, "allocs/msg")
 	r.Ratio = ratio(r.MsgsPerS, r.CeilingMsgsPerS)
 	r.CPURatio = ratio(r.CPUMicrosPerMsg, r.CeilingCPUMicrosMsg)
+	rounds, _ := Get(bs, name, "rounds") // absent in results from before warm rounds
+	r.Rounds = int(rounds)
+	r.SpreadPct, _ = Get(bs, name, "spread-%")
+	r.CeilingSpreadPct, _ = Get(bs, BridgePipeline, "spread-%")
 	r.TLS = bridgeTLSFrom(bs, messages, &m)
 	r.Error = m.err()
 	r.GoalMet = r.Error == "" && r.Ratio >= r.GoalRatio
