@@ -47,6 +47,11 @@ func initEnv(t *testing.T, env *testenv.Env) (vars map[string]string, topics []s
 		"IOTPIPE_S3_REGION":                 env.S3Config.Region,
 		"IOTPIPE_S3_BUCKET":                 bucket,
 	}
+	// The CA file, and the root key that makes the bucket and hands it to
+	// the lake's key (IOTPIPE_S3_BUCKET_OWNER).
+	for k, v := range env.S3Vars() {
+		vars[k] = v
+	}
 	return vars, topics, bucket, schema
 }
 

@@ -105,6 +105,14 @@ type Config struct {
 	Migrations  migrations.Options
 
 	S3 objstore.Config
+	// S3AdminAccessKey and S3AdminSecretKey, when set, are the key (root
+	// or an admin user's) that prepares the bucket instead of S3's: it
+	// creates the bucket and makes S3BucketOwner its owner.
+	S3AdminAccessKey, S3AdminSecretKey string
+	// S3BucketOwner, when set, is the user (access key; the lake sink's
+	// scoped key) made the owner of the bucket with versitygw's admin API,
+	// so that it reaches this bucket and no other.
+	S3BucketOwner string
 
 	// Timeout bounds each component's work, connecting included, so an
 	// unreachable system fails within it.
@@ -193,6 +201,10 @@ type Report struct {
 	Topics        []TopicResult
 	Bucket        string
 	BucketCreated bool
+	// BucketOwner is the bucket's owner when Config.S3BucketOwner was set;
+	// OwnerChanged tells whether this run changed it.
+	BucketOwner  string
+	OwnerChanged bool
 	Migrations    migrations.Result
 }
 
@@ -203,7 +215,7 @@ func (r *Report) Changed() bool {
 			return true
 		}
 	}
-	return r.BucketCreated || len(r.Migrations.Applied) > 0
+	return r.BucketCreated || r.OwnerChanged || len(r.Migrations.Applied) > 0
 }
 
 // Run prepares every component not skipped, in order Kafka, object store,
@@ -225,18 +237,28 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Report, error) {
 		}
 	}
 	if !cfg.Skip[S3] {
+		s3 := cfg.S3
+		if cfg.S3AdminAccessKey != "" {
+			s3.AccessKey, s3.SecretKey = cfg.S3AdminAccessKey, cfg.S3AdminSecretKey
+		}
 		created, err := withTimeout(ctx, cfg.Timeout, func(ctx context.Context) (bool, error) {
-			cl, err := objstore.New(cfg.S3)
+			cl, err := objstore.New(s3)
 			if err != nil {
 				return false, err
 			}
-			return objstore.EnsureBucket(ctx, cl, cfg.S3.Bucket, cfg.S3.Region)
+			created, err := objstore.EnsureBucket(ctx, cl, s3.Bucket, s3.Region)
+			if err != nil || cfg.S3BucketOwner == "" {
+				return created, err
+			}
+			rep.OwnerChanged, err = objstore.ChangeBucketOwner(ctx, s3, s3.Bucket, cfg.S3BucketOwner)
+			rep.BucketOwner = cfg.S3BucketOwner
+			return created, err
 		})
 		if err != nil {
-			return rep, &Error{S3, fmt.Errorf("%s: %w", cfg.S3.Endpoint, err)}
+			return rep, &Error{S3, fmt.Errorf("%s: %w", cfg.S3.Endpoint, s3.Explain(err))}
 		}
 		rep.Bucket, rep.BucketCreated = cfg.S3.Bucket, created
-		log.Info("bucket ready", "bucket", cfg.S3.Bucket, "created", created)
+		log.Info("bucket ready", "bucket", cfg.S3.Bucket, "created", created, "owner", rep.BucketOwner, "owner_changed", rep.OwnerChanged)
 	}
 	if !cfg.Skip[Postgres] {
 		res, err := migrate(ctx, cfg, log)
