@@ -42,6 +42,7 @@ type initFlags struct {
 	replication, minISR                              int
 
 	s3AdminAccess, s3AdminSecret, s3Owner         string
+	s3OwnerSecret                                 string
 	pgDSN, pgSchema, pgFlavor, pgWriter, pgReader string
 	pgRegistry                                    string
 	pgReadingsRet, pgMetricsRet, pgCompressAfter  time.Duration
@@ -75,6 +76,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.String(&o.s3AdminAccess, "s3-admin-access-key", "", "key that creates the bucket and hands it to --s3-bucket-owner (the store's root or an admin user; used by init only); empty: --s3-access-key does")
 	f.Secret(&o.s3AdminSecret, "s3-admin-secret-key", "", "secret of --s3-admin-access-key")
 	f.String(&o.s3Owner, "s3-bucket-owner", "", "versitygw user (access key) made the owner of the bucket with the admin API: the lake sink's own key, which then reaches this bucket and no other; empty: leave the owner")
+	f.Secret(&o.s3OwnerSecret, "s3-bucket-owner-secret-key", "", "with --s3-bucket-owner: create that user (role user: no admin API, no other bucket) with this secret when it does not exist (an existing user keeps its secret); empty: the user must exist")
 	f.Group("PostgreSQL / TimescaleDB")
 	f.Secret(&o.pgDSN, "pg-dsn", "postgres://iotpipe@localhost:5432/iotpipe?sslmode=verify-full", "database URL of the schema owner, who runs the migrations")
 	f.String(&o.pgSchema, "pg-schema", "iotpipe", "schema that holds the tables")
@@ -178,14 +180,15 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 				Configs: map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
 					"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}},
 		},
-		PostgresDSN:      o.pgDSN,
-		Migrations:       mopts,
-		S3:               o.s3.c,
-		S3AdminAccessKey: o.s3AdminAccess,
-		S3AdminSecretKey: o.s3AdminSecret,
-		S3BucketOwner:    o.s3Owner,
-		Timeout:          o.timeout,
-		Skip:             skip,
+		PostgresDSN:         o.pgDSN,
+		Migrations:          mopts,
+		S3:                  o.s3.c,
+		S3AdminAccessKey:    o.s3AdminAccess,
+		S3AdminSecretKey:    o.s3AdminSecret,
+		S3BucketOwner:       o.s3Owner,
+		S3BucketOwnerSecret: o.s3OwnerSecret,
+		Timeout:             o.timeout,
+		Skip:                skip,
 	}, nil
 }
 
@@ -247,6 +250,9 @@ func printReport(env Env, rep *setup.Report) {
 		state := "exists"
 		if rep.BucketCreated {
 			state = "created"
+		}
+		if rep.OwnerCreated {
+			state += ", user " + rep.BucketOwner + " created"
 		}
 		if rep.BucketOwner != "" {
 			if rep.OwnerChanged {

@@ -15,6 +15,7 @@
 package objstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -170,13 +171,29 @@ func New(c Config) (*minio.Client, error) {
 	})
 }
 
-// ErrAdmin is returned (wrapped) when versitygw's admin API refuses a
-// request; the wrapping error holds the server's code and message.
+// ErrAdmin matches (errors.Is) every *AdminError: versitygw's admin API
+// refused a request.
 var ErrAdmin = errors.New("object store admin API refused the request")
 
-// admin sends a signed versitygw admin request (PATCH path?query) with c's
-// key, which must be the root key or an admin user's, and returns the body.
-func (c *Config) admin(ctx context.Context, path string, query url.Values) ([]byte, error) {
+// AdminError is a refusal of versitygw's admin API.
+type AdminError struct {
+	Path    string
+	Status  int
+	Code    string // e.g. XAdminAccessDenied, XAdminUserExists
+	Message string
+}
+
+func (e *AdminError) Error() string {
+	return fmt.Sprintf("%v: %s: HTTP %d %s %s", ErrAdmin, e.Path, e.Status, e.Code, e.Message)
+}
+
+// Is makes errors.Is(err, ErrAdmin) true.
+func (e *AdminError) Is(target error) bool { return target == ErrAdmin }
+
+// admin sends a signed versitygw admin request (PATCH path?query, with
+// body) with c's key, which must be the root key or an admin user's, and
+// returns the answer's body.
+func (c *Config) admin(ctx context.Context, path string, query url.Values, body []byte) ([]byte, error) {
 	host, secure, err := c.endpoint()
 	if err != nil {
 		return nil, err
@@ -190,19 +207,19 @@ func (c *Config) admin(ctx context.Context, path string, query url.Values) ([]by
 		scheme = "https"
 	}
 	u := url.URL{Scheme: scheme, Host: host, Path: path, RawQuery: query.Encode()}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPatch, u.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPatch, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	empty := sha256.Sum256(nil)
-	req.Header.Set("X-Amz-Content-Sha256", hex.EncodeToString(empty[:]))
+	sum := sha256.Sum256(body)
+	req.Header.Set("X-Amz-Content-Sha256", hex.EncodeToString(sum[:]))
 	req = signer.SignV4(*req, c.AccessKey, c.SecretKey, "", c.Region)
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		return nil, c.Explain(err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
 		return nil, err
 	}
@@ -211,16 +228,16 @@ func (c *Config) admin(ctx context.Context, path string, query url.Values) ([]by
 			Code    string `xml:"Code"`
 			Message string `xml:"Message"`
 		}
-		_ = xml.Unmarshal(body, &e)
-		return nil, fmt.Errorf("%w: %s %s: HTTP %d %s %s", ErrAdmin, path, query.Encode(), resp.StatusCode, e.Code, strings.TrimSpace(e.Message))
+		_ = xml.Unmarshal(answer, &e)
+		return nil, &AdminError{Path: path, Status: resp.StatusCode, Code: e.Code, Message: strings.TrimSpace(e.Message)}
 	}
-	return body, nil
+	return answer, nil
 }
 
 // BucketOwner returns the access key that owns bucket, by versitygw's
 // admin API ("" when the bucket does not exist).
 func BucketOwner(ctx context.Context, c Config, bucket string) (string, error) {
-	body, err := c.admin(ctx, "/list-buckets", nil)
+	body, err := c.admin(ctx, "/list-buckets", nil, nil)
 	if err != nil {
 		return "", fmt.Errorf("list buckets and owners: %w", err)
 	}
@@ -252,7 +269,7 @@ func ChangeBucketOwner(ctx context.Context, c Config, bucket, owner string) (cha
 	if cur == owner {
 		return false, nil
 	}
-	if _, err := c.admin(ctx, "/change-bucket-owner/", url.Values{"bucket": {bucket}, "owner": {owner}}); err != nil {
+	if _, err := c.admin(ctx, "/change-bucket-owner/", url.Values{"bucket": {bucket}, "owner": {owner}}, nil); err != nil {
 		return false, fmt.Errorf("make %s the owner of bucket %s: %w", owner, bucket, err)
 	}
 	return true, nil
@@ -275,4 +292,38 @@ func EnsureBucket(ctx context.Context, cl *minio.Client, bucket, region string) 
 		return false, fmt.Errorf("create bucket %q: %w", bucket, err)
 	}
 	return true, nil
+}
+
+// EnsureUser creates the versitygw user access with secret and role "user"
+// (no admin API, no bucket creation: only the buckets it owns or is
+// granted), with c's key (root or admin), unless it exists; created tells
+// which. An existing user keeps its secret.
+func EnsureUser(ctx context.Context, c Config, access, secret string) (created bool, err error) {
+	body, err := xml.Marshal(struct {
+		XMLName xml.Name `xml:"Account"`
+		Access  string   `xml:"Access"`
+		Secret  string   `xml:"Secret"`
+		Role    string   `xml:"Role"`
+	}{Access: access, Secret: secret, Role: "user"})
+	if err != nil {
+		return false, err
+	}
+	_, err = c.admin(ctx, "/create-user", nil, body)
+	var ae *AdminError
+	if errors.As(err, &ae) && ae.Code == "XAdminUserExists" {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("create user %s: %w", access, err)
+	}
+	return true, nil
+}
+
+// DeleteUser removes the versitygw user access, with c's key (root or
+// admin).
+func DeleteUser(ctx context.Context, c Config, access string) error {
+	if _, err := c.admin(ctx, "/delete-user", url.Values{"access": {access}}, nil); err != nil {
+		return fmt.Errorf("delete user %s: %w", access, err)
+	}
+	return nil
 }

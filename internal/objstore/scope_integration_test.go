@@ -4,6 +4,7 @@ package objstore_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -97,5 +98,48 @@ func TestLakeKeyIsScoped(t *testing.T) {
 		if b.Name == other {
 			t.Errorf("the lake key's bucket list shows root's bucket %s", other)
 		}
+	}
+}
+
+// TestEnsureUser: init's way of making the lake's user (versitygw IAM)
+// creates it once; the new key works on a bucket handed to it and on
+// nothing else; the lake key cannot make users.
+func TestEnsureUser(t *testing.T) {
+	env := testenv.Load(t)
+	ctx := testenv.Context(t, time.Minute)
+	user := testenv.Name(t, "u")
+	t.Cleanup(func() {
+		if err := objstore.DeleteUser(context.Background(), env.S3Admin, user); err != nil {
+			t.Logf("cleanup: %v", err)
+		}
+	})
+	for i, want := range []bool{true, false} {
+		created, err := objstore.EnsureUser(ctx, env.S3Admin, user, "secret-"+user)
+		if err != nil || created != want {
+			t.Fatalf("EnsureUser #%d: created=%v err=%v, want created=%v", i+1, created, err, want)
+		}
+	}
+	bucket := env.BucketName(t)
+	root := env.S3AdminClient(t)
+	if err := root.MakeBucket(ctx, bucket, minio.MakeBucketOptions{Region: env.S3Config.Region}); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := objstore.ChangeBucketOwner(ctx, env.S3Admin, bucket, user); err != nil || !changed {
+		t.Fatalf("ChangeBucketOwner: changed=%v err=%v", changed, err)
+	}
+	if changed, err := objstore.ChangeBucketOwner(ctx, env.S3Admin, bucket, user); err != nil || changed {
+		t.Fatalf("ChangeBucketOwner again: changed=%v err=%v, want no change", changed, err)
+	}
+	cfg := env.S3Config
+	cfg.AccessKey, cfg.SecretKey = user, "secret-"+user
+	cl, err := objstore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.PutObject(ctx, bucket, "a", bytes.NewReader([]byte("a")), 1, minio.PutObjectOptions{}); err != nil {
+		t.Fatalf("the new user cannot write its bucket: %v", err)
+	}
+	if _, err := objstore.EnsureUser(ctx, env.S3Config, testenv.Name(t, "v"), "x"); !errors.Is(err, objstore.ErrAdmin) {
+		t.Fatalf("the lake key made a user: %v", err)
 	}
 }

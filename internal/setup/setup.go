@@ -113,6 +113,9 @@ type Config struct {
 	// scoped key) made the owner of the bucket with versitygw's admin API,
 	// so that it reaches this bucket and no other.
 	S3BucketOwner string
+	// S3BucketOwnerSecret, when set, makes setup create the S3BucketOwner
+	// user (versitygw IAM, role "user") with this secret if it is missing.
+	S3BucketOwnerSecret string
 
 	// Timeout bounds each component's work, connecting included, so an
 	// unreachable system fails within it.
@@ -205,7 +208,9 @@ type Report struct {
 	// OwnerChanged tells whether this run changed it.
 	BucketOwner  string
 	OwnerChanged bool
-	Migrations    migrations.Result
+	// OwnerCreated tells whether this run created the owner's user.
+	OwnerCreated bool
+	Migrations   migrations.Result
 }
 
 // Changed reports whether the run changed anything.
@@ -215,7 +220,7 @@ func (r *Report) Changed() bool {
 			return true
 		}
 	}
-	return r.BucketCreated || r.OwnerChanged || len(r.Migrations.Applied) > 0
+	return r.BucketCreated || r.OwnerChanged || r.OwnerCreated || len(r.Migrations.Applied) > 0
 }
 
 // Run prepares every component not skipped, in order Kafka, object store,
@@ -245,6 +250,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Report, error) {
 			cl, err := objstore.New(s3)
 			if err != nil {
 				return false, err
+			}
+			if cfg.S3BucketOwner != "" && cfg.S3BucketOwnerSecret != "" {
+				if rep.OwnerCreated, err = objstore.EnsureUser(ctx, s3, cfg.S3BucketOwner, cfg.S3BucketOwnerSecret); err != nil {
+					return false, err
+				}
 			}
 			created, err := objstore.EnsureBucket(ctx, cl, s3.Bucket, s3.Region)
 			if err != nil || cfg.S3BucketOwner == "" {
