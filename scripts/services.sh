@@ -380,8 +380,8 @@ iotpipe_bin() {
     echo "$bin"
     return 0
   fi
-  go=$(find_go) || die "mqtt: Go is needed to build bin/iotpipe, which makes the broker's certificates ('iotpipe ca'), but 'go' is not on PATH"
-  say "mqtt: building bin/iotpipe for the broker's certificates..."
+  go=$(find_go) || die "Go is needed to build bin/iotpipe, which makes the services' certificates ('iotpipe ca'), but 'go' is not on PATH"
+  say "building bin/iotpipe for the services' certificates..."
   mkdir -p "$REPO_ROOT/bin"
   (cd "$REPO_ROOT" && "$go" build -o "$bin.tmp.$$" ./cmd/iotpipe && mv -f "$bin.tmp.$$" "$bin") >&2 \
     || die "mqtt: go build ./cmd/iotpipe failed"
