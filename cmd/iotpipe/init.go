@@ -300,6 +300,10 @@ func nameSetting(err error, o *initFlags) error {
 				EnvName("s3-endpoint"), o.s3.c.Endpoint, EnvName("s3-admin-access-key"), EnvName("s3-bucket-owner"), se.Err)
 		}
 		var resp minio.ErrorResponse
+		if errors.As(se.Err, &resp) && (resp.Code == "InvalidAccessKeyId" || resp.Code == "SignatureDoesNotMatch" || resp.Code == "AccessDenied") && errors.Is(se.Err, setup.ErrS3AdminKey) {
+			return fmt.Errorf("object store at --s3-endpoint (%s=%q) refused the credentials --s3-admin-access-key/--s3-admin-secret-key (%s, %s): %w",
+				EnvName("s3-endpoint"), o.s3.c.Endpoint, EnvName("s3-admin-access-key"), EnvName("s3-admin-secret-key"), se.Err)
+		}
 		if errors.As(se.Err, &resp) && (resp.Code == "InvalidAccessKeyId" || resp.Code == "SignatureDoesNotMatch" || resp.Code == "AccessDenied") {
 			return fmt.Errorf("object store at --s3-endpoint (%s=%q) refused the credentials --s3-access-key/--s3-secret-key (%s, %s): %w",
 				EnvName("s3-endpoint"), o.s3.c.Endpoint, EnvName("s3-access-key"), EnvName("s3-secret-key"), se.Err)

@@ -74,6 +74,12 @@ type Error struct {
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%s: %v", e.Component, e.Err) }
+
+// ErrS3AdminKey marks (errors.Is) an object store failure of a request
+// made with Config.S3AdminAccessKey rather than Config.S3's key, so that
+// the caller names the right setting.
+var ErrS3AdminKey = errors.New("with the admin key")
+
 func (e *Error) Unwrap() error { return e.Err }
 
 // Topic is one Kafka topic to create.
@@ -243,26 +249,25 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Report, error) {
 	}
 	if !cfg.Skip[S3] {
 		s3 := cfg.S3
-		if cfg.S3AdminAccessKey != "" {
+		admin := cfg.S3AdminAccessKey != ""
+		if admin {
 			s3.AccessKey, s3.SecretKey = cfg.S3AdminAccessKey, cfg.S3AdminSecretKey
 		}
 		created, err := withTimeout(ctx, cfg.Timeout, func(ctx context.Context) (bool, error) {
-			cl, err := objstore.New(s3)
-			if err != nil {
-				return false, err
-			}
-			if cfg.S3BucketOwner != "" && cfg.S3BucketOwnerSecret != "" {
-				if rep.OwnerCreated, err = objstore.EnsureUser(ctx, s3, cfg.S3BucketOwner, cfg.S3BucketOwnerSecret); err != nil {
-					return false, err
-				}
-			}
-			created, err := objstore.EnsureBucket(ctx, cl, s3.Bucket, s3.Region)
-			if err != nil || cfg.S3BucketOwner == "" {
+			created, err := prepareBucket(ctx, cfg, s3, &rep)
+			if err != nil || !admin {
 				return created, err
 			}
-			rep.OwnerChanged, err = objstore.ChangeBucketOwner(ctx, s3, s3.Bucket, cfg.S3BucketOwner)
-			rep.BucketOwner = cfg.S3BucketOwner
-			return created, err
+			// The bucket was prepared with the admin key: check that the
+			// key the stages use (S3's) reaches it.
+			cl, err := objstore.New(cfg.S3)
+			if err != nil {
+				return created, err
+			}
+			if _, err := cl.BucketExists(ctx, cfg.S3.Bucket); err != nil {
+				return created, fmt.Errorf("check bucket %q with the stages' key %s: %w", cfg.S3.Bucket, cfg.S3.AccessKey, err)
+			}
+			return created, nil
 		})
 		if err != nil {
 			return rep, &Error{S3, fmt.Errorf("%s: %w", cfg.S3.Endpoint, s3.Explain(err))}
@@ -278,6 +283,33 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Report, error) {
 		rep.Migrations = res
 	}
 	return rep, nil
+}
+
+// prepareBucket creates the owner's user (when asked), the bucket, and
+// hands the bucket to the owner (when asked), with s3's key; with an admin
+// key, its errors are marked ErrS3AdminKey.
+func prepareBucket(ctx context.Context, cfg Config, s3 objstore.Config, rep *Report) (created bool, err error) {
+	defer func() {
+		if err != nil && cfg.S3AdminAccessKey != "" {
+			err = fmt.Errorf("%w: %w", ErrS3AdminKey, err)
+		}
+	}()
+	cl, err := objstore.New(s3)
+	if err != nil {
+		return false, err
+	}
+	if cfg.S3BucketOwner != "" && cfg.S3BucketOwnerSecret != "" {
+		if rep.OwnerCreated, err = objstore.EnsureUser(ctx, s3, cfg.S3BucketOwner, cfg.S3BucketOwnerSecret); err != nil {
+			return false, err
+		}
+	}
+	created, err = objstore.EnsureBucket(ctx, cl, s3.Bucket, s3.Region)
+	if err != nil || cfg.S3BucketOwner == "" {
+		return created, err
+	}
+	rep.OwnerChanged, err = objstore.ChangeBucketOwner(ctx, s3, s3.Bucket, cfg.S3BucketOwner)
+	rep.BucketOwner = cfg.S3BucketOwner
+	return created, err
 }
 
 func withTimeout[T any](ctx context.Context, d time.Duration, fn func(context.Context) (T, error)) (T, error) {
