@@ -121,6 +121,7 @@ func startPrivate(t testing.TB, kafkaNodes int, services []string) *Private {
 		case "postgres":
 			env.PGDSN, env.PGWriterDSN = vars["IOTPIPE_PG_DSN"], vars["IOTPIPE_PG_WRITER_DSN"]
 			env.PGReaderDSN, env.PGAdminDSN = vars["IOTPIPE_PG_READER_DSN"], vars["IOTPIPE_PG_ADMIN_DSN"]
+			env.CAFile = vars["IOTPIPE_PG_CA_FILE"] // its own CA (the DSNs name it too)
 		case "s3":
 			// Its own CA (the private state dir's) and its own IAM (the same
 			// users as the shared store's, made by services.sh).
