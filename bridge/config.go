@@ -187,7 +187,7 @@ func DefaultConfig() Config {
 		Linger:           DefaultLinger,
 		BatchMaxBytes:    DefaultBatchMaxBytes,
 		DLQMaxValueBytes: DefaultDLQMaxValueBytes,
-		Registry:         RegistryConfig{DSN: "postgres://grafana@localhost:5432/iotpipe?sslmode=disable", Schema: "iotpipe", Refresh: time.Minute},
+		Registry:         RegistryConfig{DSN: "postgres://grafana@localhost:5432/iotpipe?sslmode=verify-full", Schema: "iotpipe", Refresh: time.Minute},
 		ShutdownTimeout:  DefaultShutdownTimeout,
 	}
 }

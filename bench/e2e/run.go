@@ -71,6 +71,11 @@ func (e env) environ() []string {
 		"IOTPIPE_PG_DSN="+e.pgDSN, "IOTPIPE_PG_WRITER_DSN="+e.pgWriterDSN, "IOTPIPE_PG_READER_DSN="+e.pgReaderDSN,
 		"IOTPIPE_S3_ENDPOINT="+e.s3.Endpoint, "IOTPIPE_S3_ACCESS_KEY="+e.s3.AccessKey,
 		"IOTPIPE_S3_SECRET_KEY="+e.s3.SecretKey, "IOTPIPE_S3_REGION="+e.s3.Region,
+		"IOTPIPE_S3_CA_FILE="+e.s3.CAFile,
+		// init makes the bucket with the root key and hands it to the lake's key.
+		"IOTPIPE_S3_ADMIN_ACCESS_KEY="+os.Getenv("IOTPIPE_S3_ADMIN_ACCESS_KEY"),
+		"IOTPIPE_S3_ADMIN_SECRET_KEY="+os.Getenv("IOTPIPE_S3_ADMIN_SECRET_KEY"),
+		"IOTPIPE_S3_BUCKET_OWNER="+os.Getenv("IOTPIPE_S3_BUCKET_OWNER"),
 	)
 }
 
@@ -90,7 +95,7 @@ func loadEnv() (env, error) {
 		brokers: strings.Split(get("IOTPIPE_KAFKA_BROKERS"), ","),
 		pgDSN:   get("IOTPIPE_PG_DSN"), pgReaderDSN: os.Getenv("IOTPIPE_PG_READER_DSN"),
 		s3: objstore.Config{Endpoint: get("IOTPIPE_S3_ENDPOINT"), AccessKey: get("IOTPIPE_S3_ACCESS_KEY"),
-			SecretKey: get("IOTPIPE_S3_SECRET_KEY"), Region: get("IOTPIPE_S3_REGION")},
+			SecretKey: get("IOTPIPE_S3_SECRET_KEY"), Region: get("IOTPIPE_S3_REGION"), CAFile: os.Getenv("IOTPIPE_S3_CA_FILE")},
 	}
 	e.pgWriterDSN = get("IOTPIPE_PG_WRITER_DSN") // the sink reads it from the environment
 	if len(missing) > 0 {

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -161,6 +163,55 @@ func TestTakenPortNamesHTTPAddr(t *testing.T) {
 			!strings.HasPrefix(line, "iotpipe "+args[0]+": --http-addr (IOTPIPE_HTTP_ADDR): listen tcp "+ln.Addr().String()) ||
 			strings.Count(line, "address already in use") != 1 {
 			t.Errorf("%s: exit %d, stderr %q", args[0], code, errOut)
+		}
+	}
+}
+
+// TestSecretFileSettings: every secret setting of the stages and init has
+// its --<name>-file companion; the value and the file both set is refused
+// (exit 2) naming both, an unreadable file naming the -file setting, and
+// neither error shows the secret.
+func TestSecretFileSettings(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "dsn")
+	if err := os.WriteFile(file, []byte("postgres://u:from-file@127.0.0.1:5432/db?sslmode=verify-full\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args   []string
+		secret string
+	}{
+		{[]string{"init"}, "pg-dsn"},
+		{[]string{"init"}, "s3-secret-key"},
+		{[]string{"init"}, "s3-admin-secret-key"},
+		{[]string{"init"}, "s3-bucket-owner-secret-key"},
+		{[]string{"sink", "timescale"}, "pg-writer-dsn"},
+		{[]string{"sink", "lake"}, "s3-secret-key"},
+		{[]string{"bridge"}, "mqtt-password"},
+		{[]string{"bridge"}, "registry-dsn"},
+		{[]string{"simulate"}, "mqtt-device-password"},
+		{[]string{"demo"}, "pg-reader-dsn"},
+	} {
+		name := strings.Join(c.args, " ") + " --" + c.secret
+		env := validInitEnv()
+		env[EnvName(c.secret)] = "secret-from-env"
+		code, out, errOut := run(t, env, append(append([]string{}, c.args...), "--check-config", "--"+c.secret+"-file", file)...)
+		if code != ExitUsage {
+			t.Errorf("%s: value and file: exit %d, want %d: %s", name, code, ExitUsage, errOut)
+		}
+		for _, want := range []string{"--" + c.secret + " (" + EnvName(c.secret) + ")", "--" + c.secret + "-file (" + EnvName(c.secret+"-file") + ")", "both set"} {
+			if !strings.Contains(errOut, want) {
+				t.Errorf("%s: error lacks %q: %s", name, want, errOut)
+			}
+		}
+		if strings.Contains(out+errOut, "secret-from-env") || strings.Contains(out+errOut, "from-file") {
+			t.Errorf("%s: the output shows a secret: %s", name, errOut)
+		}
+		delete(env, EnvName(c.secret))
+		env[EnvName(c.secret+"-file")] = filepath.Join(dir, "missing")
+		code, _, errOut = run(t, env, append(append([]string{}, c.args...), "--check-config")...)
+		if code != ExitUsage || !strings.Contains(errOut, "--"+c.secret+"-file ("+EnvName(c.secret+"-file")+")") || !strings.Contains(errOut, "no such file") {
+			t.Errorf("%s: missing file: exit %d: %s", name, code, errOut)
 		}
 	}
 }

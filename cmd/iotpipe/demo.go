@@ -504,10 +504,11 @@ func (d *demoRun) whereToLook() {
   window metrics:  psql "$IOTPIPE_PG_READER_DSN" -c 'SELECT bucket, device_id, metric, count, round(mean::numeric, 2) AS mean, min, max FROM %[1]s.device_metrics ORDER BY bucket DESC, device_id, metric LIMIT 12'
   readings:        psql "$IOTPIPE_PG_READER_DSN" -c 'SELECT metric, count(*), round(avg(value)::numeric, 2) AS avg FROM %[1]s.readings GROUP BY metric'
   lake:            s3://%[2]s/%[3]sreadings/date=YYYY-MM-DD/hour=HH/*.parquet (also %[3]smetrics/, %[3]sactivity/)
-  DuckDB:          duckdb -c "INSTALL httpfs; LOAD httpfs; SET s3_endpoint='%[4]s'; SET s3_use_ssl=%[5]t; SET s3_url_style='path'; SET s3_region='%[6]s'; SET s3_access_key_id='$IOTPIPE_S3_ACCESS_KEY'; SET s3_secret_access_key='$IOTPIPE_S3_SECRET_KEY'; SELECT device_id, metric, count(*) AS n, round(avg(value), 2) AS avg FROM read_parquet('s3://%[2]s/%[3]sreadings/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY n DESC LIMIT 10"
+  DuckDB:          duckdb -c "INSTALL httpfs; LOAD httpfs; SET s3_endpoint='%[4]s'; SET s3_use_ssl=%[5]t; %[11]sSET s3_url_style='path'; SET s3_region='%[6]s'; SET s3_access_key_id='$IOTPIPE_S3_ACCESS_KEY'; SET s3_secret_access_key='$IOTPIPE_S3_SECRET_KEY'; SELECT device_id, metric, count(*) AS n, round(avg(value), 2) AS avg FROM read_parquet('s3://%[2]s/%[3]sreadings/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY n DESC LIMIT 10"
   metrics:         curl -s %[7]s | grep ^iotpipe_   (processor %[8]s, sinks %[9]s %[10]s)
 `, o.pgSchema, o.s3.c.Bucket, o.prefix, hostOf(o.s3.c.Endpoint), strings.HasPrefix(o.s3.c.Endpoint, "https://"), o.s3.c.Region,
-		scrapeURL(o.httpBridge, "/metrics"), scrapeURL(o.httpProcessor, "/metrics"), scrapeURL(o.httpTimescale, "/metrics"), scrapeURL(o.httpLake, "/metrics"))
+		scrapeURL(o.httpBridge, "/metrics"), scrapeURL(o.httpProcessor, "/metrics"), scrapeURL(o.httpTimescale, "/metrics"), scrapeURL(o.httpLake, "/metrics"),
+		duckdbCA(o.s3.c.CAFile))
 }
 
 func hostOf(endpoint string) string {
@@ -670,3 +671,12 @@ func DemoStageSettings() (map[string]map[string]string, error) {
 }
 
 func fmtFloat(x float64) string { return strconv.FormatFloat(x, 'g', -1, 64) }
+
+// duckdbCA is DuckDB's setting for the object store's CA when there is a
+// CA file (its value from the variable, as the other settings of the line).
+func duckdbCA(caFile string) string {
+	if caFile == "" {
+		return ""
+	}
+	return "SET ca_cert_file='$IOTPIPE_S3_CA_FILE'; "
+}

@@ -86,7 +86,7 @@ type registryFlags struct {
 
 func (r *registryFlags) bind(f *cmdFlags, broker bool) {
 	f.Group("Registry (PostgreSQL)")
-	f.Secret(&r.dsn, "pg-registry-dsn", "postgres://iotpipe_devices@localhost:5432/iotpipe?sslmode=disable", "database URL of a member of the registry role iotpipe_registry")
+	f.Secret(&r.dsn, "pg-registry-dsn", "postgres://iotpipe_devices@localhost:5432/iotpipe?sslmode=verify-full", "database URL of a member of the registry role iotpipe_registry")
 	f.String(&r.schema, "pg-schema", "iotpipe", "schema that holds the registry (created by iotpipe init)")
 	f.Duration(&r.timeout, "timeout", 30*time.Second, "time the command has to finish")
 	if broker {

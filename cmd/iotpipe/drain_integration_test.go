@@ -236,7 +236,8 @@ func TestDrainSinkLake(t *testing.T) {
 	produceRaw(t, env, raw, 200)
 	p := startStage(t, append(kafkaEnv(env),
 		"IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint, "IOTPIPE_S3_ACCESS_KEY="+env.S3Config.AccessKey,
-		"IOTPIPE_S3_SECRET_KEY="+env.S3Config.SecretKey, "IOTPIPE_S3_REGION="+env.S3Config.Region, "IOTPIPE_S3_BUCKET="+env.Bucket(t)),
+		"IOTPIPE_S3_SECRET_KEY="+env.S3Config.SecretKey, "IOTPIPE_S3_REGION="+env.S3Config.Region, "IOTPIPE_S3_BUCKET="+env.Bucket(t),
+		"IOTPIPE_S3_CA_FILE="+env.S3Config.CAFile),
 		"sink", "lake", "--topic-readings", raw, "--topic-metrics", "-", "--topic-dlq", env.Topic(t, 1, nil),
 		"--group", env.Group(t), "--instance-id", testenv.Name(t, "l"), "--session-timeout", "6s",
 		"--max-age", "10m", "--test-failpoints", "before-commit=3s@1")

@@ -11,6 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/minio/minio-go/v7"
 
+	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/flags"
+	"github.com/iotpipe/iotpipe/internal/objstore"
 	"github.com/iotpipe/iotpipe/internal/setup"
 	"github.com/iotpipe/iotpipe/schemas/migrations"
 )
@@ -38,6 +41,8 @@ type initFlags struct {
 	rawRet, metricsRet, dlqRet                       time.Duration
 	replication, minISR                              int
 
+	s3AdminAccess, s3AdminSecret, s3Owner         string
+	s3OwnerSecret                                 string
 	pgDSN, pgSchema, pgFlavor, pgWriter, pgReader string
 	pgRegistry                                    string
 	pgReadingsRet, pgMetricsRet, pgCompressAfter  time.Duration
@@ -68,8 +73,12 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.Int(&o.replication, "replication-factor", -1, "replication factor of new topics; -1 uses the broker's default. Refused when above the live brokers; 3 on a cluster of three or more")
 	f.Int(&o.minISR, "min-insync-replicas", -1, "min.insync.replicas of every topic (set on new ones, restored on existing ones); -1 uses the broker's default. Refused when above or equal to the replication factor (writes would stop when one broker is down), unless both are 1")
 	o.s3.bind(f)
+	f.String(&o.s3AdminAccess, "s3-admin-access-key", "", "key that creates the bucket and hands it to --s3-bucket-owner (the store's root or an admin user; used by init only); empty: --s3-access-key does")
+	f.Secret(&o.s3AdminSecret, "s3-admin-secret-key", "", "secret of --s3-admin-access-key")
+	f.String(&o.s3Owner, "s3-bucket-owner", "", "versitygw user (access key) made the owner of the bucket with the admin API: the lake sink's own key, which then reaches this bucket and no other; empty: leave the owner")
+	f.Secret(&o.s3OwnerSecret, "s3-bucket-owner-secret-key", "", "with --s3-bucket-owner: create that user (role user: no admin API, no other bucket) with this secret when it does not exist (an existing user keeps its secret); empty: the user must exist")
 	f.Group("PostgreSQL / TimescaleDB")
-	f.Secret(&o.pgDSN, "pg-dsn", "postgres://iotpipe@localhost:5432/iotpipe?sslmode=disable", "database URL of the schema owner, who runs the migrations")
+	f.Secret(&o.pgDSN, "pg-dsn", "postgres://iotpipe@localhost:5432/iotpipe?sslmode=verify-full", "database URL of the schema owner, who runs the migrations")
 	f.String(&o.pgSchema, "pg-schema", "iotpipe", "schema that holds the tables")
 	f.String(&o.pgFlavor, "pg-flavor", "auto", "auto: TimescaleDB when the extension can be created, plain PostgreSQL otherwise; timescaledb: require it; postgres: plain tables")
 	f.String(&o.pgWriter, "pg-writer-role", "iotpipe_writer", "group role granted write access (the sink's login role is a member)")
@@ -146,6 +155,9 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 	if err := o.s3.c.Validate(); err != nil && !skip[setup.S3] {
 		errs = append(errs, f.Explain(err, &o.s3.c))
 	}
+	if (o.s3AdminAccess == "") != (o.s3AdminSecret == "") && !skip[setup.S3] {
+		errs = append(errs, settingErr("s3-admin-secret-key", "", fmt.Errorf("set both --s3-admin-access-key (%s) and --s3-admin-secret-key, or neither", EnvName("s3-admin-access-key"))))
+	}
 	if len(errs) > 0 {
 		return setup.Config{}, &UsageError{errors.Join(errs...)}
 	}
@@ -168,11 +180,15 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 				Configs: map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
 					"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}},
 		},
-		PostgresDSN: o.pgDSN,
-		Migrations:  mopts,
-		S3:          o.s3.c,
-		Timeout:     o.timeout,
-		Skip:        skip,
+		PostgresDSN:         o.pgDSN,
+		Migrations:          mopts,
+		S3:                  o.s3.c,
+		S3AdminAccessKey:    o.s3AdminAccess,
+		S3AdminSecretKey:    o.s3AdminSecret,
+		S3BucketOwner:       o.s3Owner,
+		S3BucketOwnerSecret: o.s3OwnerSecret,
+		Timeout:             o.timeout,
+		Skip:                skip,
 	}, nil
 }
 
@@ -235,6 +251,16 @@ func printReport(env Env, rep *setup.Report) {
 		if rep.BucketCreated {
 			state = "created"
 		}
+		if rep.OwnerCreated {
+			state += ", user " + rep.BucketOwner + " created"
+		}
+		if rep.BucketOwner != "" {
+			if rep.OwnerChanged {
+				state += ", owner set to " + rep.BucketOwner
+			} else {
+				state += ", owned by " + rep.BucketOwner
+			}
+		}
 		fmt.Fprintf(env.Stdout, "s3: bucket %s: %s\n", rep.Bucket, state)
 	}
 	if m := rep.Migrations; m.To > 0 {
@@ -262,7 +288,22 @@ func nameSetting(err error, o *initFlags) error {
 	case setup.Kafka:
 		return fmt.Errorf("cannot prepare Kafka at --kafka-brokers (%s=%q): %w", EnvName("kafka-brokers"), strings.Join(o.kafka.c.Brokers, ","), se.Err)
 	case setup.S3:
+		var fe *config.FieldError
+		if errors.As(se.Err, &fe) {
+			name := map[string]string{"CAFile": "s3-ca-file", "Endpoint": "s3-endpoint"}[fe.Field]
+			if name != "" {
+				return fmt.Errorf("cannot prepare the object store: %s: %w", flags.Setting(name), fe.Err)
+			}
+		}
+		if errors.Is(se.Err, objstore.ErrAdmin) {
+			return fmt.Errorf("object store at --s3-endpoint (%s=%q): the admin API refused --s3-admin-access-key (%s) handing the bucket to --s3-bucket-owner (%s): %w",
+				EnvName("s3-endpoint"), o.s3.c.Endpoint, EnvName("s3-admin-access-key"), EnvName("s3-bucket-owner"), se.Err)
+		}
 		var resp minio.ErrorResponse
+		if errors.As(se.Err, &resp) && (resp.Code == "InvalidAccessKeyId" || resp.Code == "SignatureDoesNotMatch" || resp.Code == "AccessDenied") && errors.Is(se.Err, setup.ErrS3AdminKey) {
+			return fmt.Errorf("object store at --s3-endpoint (%s=%q) refused the credentials --s3-admin-access-key/--s3-admin-secret-key (%s, %s): %w",
+				EnvName("s3-endpoint"), o.s3.c.Endpoint, EnvName("s3-admin-access-key"), EnvName("s3-admin-secret-key"), se.Err)
+		}
 		if errors.As(se.Err, &resp) && (resp.Code == "InvalidAccessKeyId" || resp.Code == "SignatureDoesNotMatch" || resp.Code == "AccessDenied") {
 			return fmt.Errorf("object store at --s3-endpoint (%s=%q) refused the credentials --s3-access-key/--s3-secret-key (%s, %s): %w",
 				EnvName("s3-endpoint"), o.s3.c.Endpoint, EnvName("s3-access-key"), EnvName("s3-secret-key"), se.Err)

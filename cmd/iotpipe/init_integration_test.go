@@ -47,6 +47,11 @@ func initEnv(t *testing.T, env *testenv.Env) (vars map[string]string, topics []s
 		"IOTPIPE_S3_REGION":                 env.S3Config.Region,
 		"IOTPIPE_S3_BUCKET":                 bucket,
 	}
+	// The CA file, and the root key that makes the bucket and hands it to
+	// the lake's key (IOTPIPE_S3_BUCKET_OWNER).
+	for k, v := range env.S3Vars() {
+		vars[k] = v
+	}
 	return vars, topics, bucket, schema
 }
 
@@ -159,6 +164,7 @@ func TestInitFailsFastNamingTheSetting(t *testing.T) {
 		{"unreachable database", map[string]string{"IOTPIPE_SKIP": "kafka,s3", "IOTPIPE_PG_DSN": "postgres://iotpipe:x@" + closedPort(t) + "/iotpipe?sslmode=disable"}, "--pg-dsn (IOTPIPE_PG_DSN)"},
 		{"unreachable s3", map[string]string{"IOTPIPE_SKIP": "kafka,postgres", "IOTPIPE_S3_ENDPOINT": "http://" + closedPort(t)}, "--s3-endpoint (IOTPIPE_S3_ENDPOINT="},
 		{"wrong s3 secret", map[string]string{"IOTPIPE_SKIP": "kafka,postgres", "IOTPIPE_S3_SECRET_KEY": "wrong-secret"}, "--s3-access-key/--s3-secret-key"},
+		{"wrong s3 admin secret", map[string]string{"IOTPIPE_SKIP": "kafka,postgres", "IOTPIPE_S3_ADMIN_SECRET_KEY": "wrong-secret"}, "--s3-admin-access-key/--s3-admin-secret-key"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -172,6 +172,7 @@ func bindS3(f *Flags, c *objstore.Config) {
 	f.Secret(&c.SecretKey, "s3-secret-key", "S3 secret key")
 	f.String(&c.Region, "s3-region", "S3 region used in request signatures")
 	f.String(&c.Bucket, "s3-bucket", "bucket that holds the Parquet lake")
+	f.String(&c.CAFile, "s3-ca-file", "https:// endpoint: PEM file of the CA that signs the object store's certificate (empty: the system roots)")
 }
 
 // bindLog binds the logging settings onto c.

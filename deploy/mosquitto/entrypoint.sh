@@ -1,7 +1,7 @@
 #!/bin/sh
 # Prepares Mosquitto's files from the certs volume and the environment, then
 # runs it. Mutual TLS only, unless MQTT_PLAINTEXT=1 adds the plaintext
-# listener on 1883 with the password users (MQTT_*_USERNAME/PASSWORD).
+# listener on 1883 with the password users (MQTT_*_USERNAME, MQTT_*_PASSWORD_FILE).
 set -eu
 d=/mosquitto/data
 mkdir -p "$d/tls" "$d/conf.d"
@@ -13,6 +13,9 @@ chmod 0600 "$d/tls/server.key"
 cp /mosquitto/config/acl "$d/acl"
 rm -f "$d/conf.d/plaintext.conf" "$d/passwd"
 if [ "${MQTT_PLAINTEXT:-0}" = 1 ]; then
+  # The passwords come from the Docker secret files (docker-compose.yml).
+  MQTT_BRIDGE_PASSWORD=$(cat "${MQTT_BRIDGE_PASSWORD_FILE:?}")
+  MQTT_DEVICE_PASSWORD=$(cat "${MQTT_DEVICE_PASSWORD_FILE:?}")
   : "${MQTT_BRIDGE_USERNAME:?}" "${MQTT_BRIDGE_PASSWORD:?}" "${MQTT_DEVICE_USERNAME:?}" "${MQTT_DEVICE_PASSWORD:?}"
   touch "$d/passwd"
   chmod 0700 "$d/passwd"

@@ -13,6 +13,12 @@
 //   - Old names (Alias) keep working, from the command line and from their
 //     own variable, for one release; Deprecated lists those used so the
 //     command can log a warning.
+//   - A secret (Secret) is never printed: --help shows its default
+//     redacted (secret.Redact). It can also be read from a file named by
+//     its companion --<name>-file (IOTPIPE_<NAME>_FILE), the file's content
+//     less one trailing newline; giving both the value and the file (flag
+//     or variable, any mix) is an error naming both, and so is a file that
+//     cannot be read. Source then says "file".
 //   - Explain turns the *config.FieldError of a Config's Validate into one
 //     line per problem naming the flag and its variable, by resolving the
 //     field's Go path to the field bound to a flag (reflection on the
@@ -32,6 +38,7 @@ import (
 	"time"
 
 	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/secret"
 )
 
 // EnvPrefix is the prefix of the environment variable that backs every flag:
@@ -84,6 +91,7 @@ type Flags struct {
 	order   []string          // group titles in order of first use
 	group   string
 	secret  map[string]bool
+	files   map[string]*string // secret flag name -> path given by its --<name>-file
 	getenv  func(string) string
 	source  map[string]string // flag name -> "flag" | "env" | "default"
 	defined []string          // flag names in definition order
@@ -109,7 +117,7 @@ func New(name, summary string, getenv func(string) string) *Flags {
 	}
 	return &Flags{
 		fs: fs, name: name, summary: summary, getenv: getenv,
-		groups: map[string]string{}, secret: map[string]bool{}, source: map[string]string{},
+		groups: map[string]string{}, secret: map[string]bool{}, files: map[string]*string{}, source: map[string]string{},
 		kinds: map[string]Kind{}, fields: map[fieldKey]string{}, ptrs: map[string]any{}, aliases: map[string]string{},
 		legacy: map[string]string{}, retired: map[string]func(string) string{},
 	}
@@ -139,10 +147,57 @@ func (f *Flags) String(p *string, name, usage string) {
 	f.note(name, KindString, p)
 }
 
-// Secret is String for a value that is never printed.
+// Secret is String for a value that is never printed, which can also be
+// read from a file: it defines the companion flag --<name>-file
+// (IOTPIPE_<NAME>_FILE) too. See the package contract.
 func (f *Flags) Secret(p *string, name, usage string) {
 	f.String(p, name, usage)
 	f.secret[name] = true
+	path := new(string)
+	f.files[name] = path
+	f.String(path, FileFlag(name), "file holding --"+name+" (one trailing newline dropped); not with --"+name)
+}
+
+// FileFlag is the name of the flag that reads the secret flag name from a
+// file: "pg-dsn" → "pg-dsn-file".
+func FileFlag(name string) string { return name + "-file" }
+
+// IsSecret tells whether the flag name holds a secret.
+func (f *Flags) IsSecret(name string) bool { return f.secret[name] }
+
+// ErrSecretTwice is the error of a secret given both as a value and as a
+// file.
+var ErrSecretTwice = errors.New("set either the value or the file, not both")
+
+// readSecretFiles sets every secret whose --<name>-file was given from its
+// file, after flags and variables were read.
+func (f *Flags) readSecretFiles() error {
+	var errs []error
+	for _, name := range f.defined {
+		path, ok := f.files[name]
+		if !ok {
+			continue
+		}
+		file := FileFlag(name)
+		if src := f.source[file]; src != "flag" && src != "env" {
+			continue
+		}
+		if src := f.source[name]; src == "flag" || src == "env" {
+			errs = append(errs, fmt.Errorf("%s and %s are both set: %w", Setting(name), Setting(file), ErrSecretTwice))
+			continue
+		}
+		v, err := secret.ReadFile(*path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: cannot read the secret of %s: %w", Setting(file), Setting(name), err))
+			continue
+		}
+		if err := f.fs.Lookup(name).Value.Set(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: the value in %s is refused: %w", Setting(name), *path, unwrapSet(err)))
+			continue
+		}
+		f.source[name] = "file"
+	}
+	return errors.Join(errs...)
 }
 
 // Int binds an int flag onto *p; its default is *p.
@@ -280,6 +335,9 @@ func (f *Flags) Parse(args []string, out io.Writer) error {
 			continue
 		}
 		if err := fl.Value.Set(v); err != nil {
+			if f.secret[name] {
+				v = secret.Redact(v)
+			}
 			errs = append(errs, fmt.Errorf("%s (--%s): invalid value %q: %w", env, from, v, unwrapSet(err)))
 			continue
 		}
@@ -307,7 +365,10 @@ func (f *Flags) Parse(args []string, out io.Writer) error {
 			f.used = append(f.used, fmt.Sprintf("%s is deprecated: %s", env, f.legacy[name]))
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return f.readSecretFiles()
 }
 
 func lookup(getenv func(string) string, key string) (string, bool) {
@@ -324,7 +385,8 @@ func (f *Flags) Deprecated() []string { return append([]string(nil), f.used...) 
 // Retired), each to be shown as it is.
 func (f *Flags) Warnings() []string { return append([]string(nil), f.warned...) }
 
-// Source tells where a flag's value came from: "flag", "env" or "default".
+// Source tells where a flag's value came from: "flag", "env", "file" (a
+// secret read from its --<name>-file) or "default".
 func (f *Flags) Source(name string) string { return f.source[name] }
 
 // Kind is the kind of the flag's value.
@@ -424,7 +486,7 @@ func (f *Flags) Usage(out io.Writer) {
 		for _, fl := range fls {
 			def := fl.DefValue
 			if f.secret[fl.Name] && def != "" {
-				def = "(set)"
+				def = secret.Redact(def)
 			}
 			if def == "" {
 				def = `""`
@@ -471,6 +533,9 @@ type named struct {
 
 func (n *named) Set(s string) error {
 	if err := n.Value.Set(s); err != nil {
+		if n.f.secret[n.name] {
+			s = secret.Redact(s)
+		}
 		n.f.setErr = fmt.Errorf("%s: invalid value %q: %w", Setting(n.name), s, err)
 		return err
 	}

@@ -74,6 +74,12 @@ type Error struct {
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%s: %v", e.Component, e.Err) }
+
+// ErrS3AdminKey marks (errors.Is) an object store failure of a request
+// made with Config.S3AdminAccessKey rather than Config.S3's key, so that
+// the caller names the right setting.
+var ErrS3AdminKey = errors.New("with the admin key")
+
 func (e *Error) Unwrap() error { return e.Err }
 
 // Topic is one Kafka topic to create.
@@ -105,6 +111,17 @@ type Config struct {
 	Migrations  migrations.Options
 
 	S3 objstore.Config
+	// S3AdminAccessKey and S3AdminSecretKey, when set, are the key (root
+	// or an admin user's) that prepares the bucket instead of S3's: it
+	// creates the bucket and makes S3BucketOwner its owner.
+	S3AdminAccessKey, S3AdminSecretKey string
+	// S3BucketOwner, when set, is the user (access key; the lake sink's
+	// scoped key) made the owner of the bucket with versitygw's admin API,
+	// so that it reaches this bucket and no other.
+	S3BucketOwner string
+	// S3BucketOwnerSecret, when set, makes setup create the S3BucketOwner
+	// user (versitygw IAM, role "user") with this secret if it is missing.
+	S3BucketOwnerSecret string
 
 	// Timeout bounds each component's work, connecting included, so an
 	// unreachable system fails within it.
@@ -193,7 +210,13 @@ type Report struct {
 	Topics        []TopicResult
 	Bucket        string
 	BucketCreated bool
-	Migrations    migrations.Result
+	// BucketOwner is the bucket's owner when Config.S3BucketOwner was set;
+	// OwnerChanged tells whether this run changed it.
+	BucketOwner  string
+	OwnerChanged bool
+	// OwnerCreated tells whether this run created the owner's user.
+	OwnerCreated bool
+	Migrations   migrations.Result
 }
 
 // Changed reports whether the run changed anything.
@@ -203,7 +226,7 @@ func (r *Report) Changed() bool {
 			return true
 		}
 	}
-	return r.BucketCreated || len(r.Migrations.Applied) > 0
+	return r.BucketCreated || r.OwnerChanged || r.OwnerCreated || len(r.Migrations.Applied) > 0
 }
 
 // Run prepares every component not skipped, in order Kafka, object store,
@@ -225,18 +248,32 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Report, error) {
 		}
 	}
 	if !cfg.Skip[S3] {
+		s3 := cfg.S3
+		admin := cfg.S3AdminAccessKey != ""
+		if admin {
+			s3.AccessKey, s3.SecretKey = cfg.S3AdminAccessKey, cfg.S3AdminSecretKey
+		}
 		created, err := withTimeout(ctx, cfg.Timeout, func(ctx context.Context) (bool, error) {
+			created, err := prepareBucket(ctx, cfg, s3, &rep)
+			if err != nil || !admin {
+				return created, err
+			}
+			// The bucket was prepared with the admin key: check that the
+			// key the stages use (S3's) reaches it.
 			cl, err := objstore.New(cfg.S3)
 			if err != nil {
-				return false, err
+				return created, err
 			}
-			return objstore.EnsureBucket(ctx, cl, cfg.S3.Bucket, cfg.S3.Region)
+			if _, err := cl.BucketExists(ctx, cfg.S3.Bucket); err != nil {
+				return created, fmt.Errorf("check bucket %q with the stages' key %s: %w", cfg.S3.Bucket, cfg.S3.AccessKey, err)
+			}
+			return created, nil
 		})
 		if err != nil {
-			return rep, &Error{S3, fmt.Errorf("%s: %w", cfg.S3.Endpoint, err)}
+			return rep, &Error{S3, fmt.Errorf("%s: %w", cfg.S3.Endpoint, s3.Explain(err))}
 		}
 		rep.Bucket, rep.BucketCreated = cfg.S3.Bucket, created
-		log.Info("bucket ready", "bucket", cfg.S3.Bucket, "created", created)
+		log.Info("bucket ready", "bucket", cfg.S3.Bucket, "created", created, "owner", rep.BucketOwner, "owner_changed", rep.OwnerChanged)
 	}
 	if !cfg.Skip[Postgres] {
 		res, err := migrate(ctx, cfg, log)
@@ -246,6 +283,33 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Report, error) {
 		rep.Migrations = res
 	}
 	return rep, nil
+}
+
+// prepareBucket creates the owner's user (when asked), the bucket, and
+// hands the bucket to the owner (when asked), with s3's key; with an admin
+// key, its errors are marked ErrS3AdminKey.
+func prepareBucket(ctx context.Context, cfg Config, s3 objstore.Config, rep *Report) (created bool, err error) {
+	defer func() {
+		if err != nil && cfg.S3AdminAccessKey != "" {
+			err = fmt.Errorf("%w: %w", ErrS3AdminKey, err)
+		}
+	}()
+	cl, err := objstore.New(s3)
+	if err != nil {
+		return false, err
+	}
+	if cfg.S3BucketOwner != "" && cfg.S3BucketOwnerSecret != "" {
+		if rep.OwnerCreated, err = objstore.EnsureUser(ctx, s3, cfg.S3BucketOwner, cfg.S3BucketOwnerSecret); err != nil {
+			return false, err
+		}
+	}
+	created, err = objstore.EnsureBucket(ctx, cl, s3.Bucket, s3.Region)
+	if err != nil || cfg.S3BucketOwner == "" {
+		return created, err
+	}
+	rep.OwnerChanged, err = objstore.ChangeBucketOwner(ctx, s3, s3.Bucket, cfg.S3BucketOwner)
+	rep.BucketOwner = cfg.S3BucketOwner
+	return created, err
 }
 
 func withTimeout[T any](ctx context.Context, d time.Duration, fn func(context.Context) (T, error)) (T, error) {

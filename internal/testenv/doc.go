@@ -7,6 +7,14 @@
 // `scripts/services.sh env`. When one is missing, the test fails with a
 // message saying how to start them: integration tests are never skipped.
 //
+// PostgreSQL and S3 are reached over TLS, as the env gives them: the DSNs
+// carry sslmode=verify-full and sslrootcert, Env.S3Config has the https
+// endpoint, IOTPIPE_S3_CA_FILE and the lake sink's scoped key; Env.S3Admin
+// holds the root key (IOTPIPE_S3_ADMIN_*), used only to make and remove
+// buckets: Bucket makes one with it and hands it to the lake's key, as
+// `iotpipe init --s3-bucket-owner` does. Env.Environ and Env.S3Vars pass
+// all of it to child processes.
+//
 // Child processes: StartProc runs the iotpipe binary (built once per test
 // binary by Binary) as a Proc with an explicit environment (PATH and the
 // like, plus the variables the test passes; Env.Environ gives the

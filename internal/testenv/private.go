@@ -121,8 +121,12 @@ func startPrivate(t testing.TB, kafkaNodes int, services []string) *Private {
 		case "postgres":
 			env.PGDSN, env.PGWriterDSN = vars["IOTPIPE_PG_DSN"], vars["IOTPIPE_PG_WRITER_DSN"]
 			env.PGReaderDSN, env.PGAdminDSN = vars["IOTPIPE_PG_READER_DSN"], vars["IOTPIPE_PG_ADMIN_DSN"]
+			env.CAFile = vars["IOTPIPE_PG_CA_FILE"] // its own CA (the DSNs name it too)
 		case "s3":
-			env.S3Config.Endpoint = vars["IOTPIPE_S3_ENDPOINT"]
+			// Its own CA (the private state dir's) and its own IAM (the same
+			// users as the shared store's, made by services.sh).
+			env.S3Config.Endpoint, env.S3Config.CAFile = vars["IOTPIPE_S3_ENDPOINT"], vars["IOTPIPE_S3_CA_FILE"]
+			env.S3Admin.Endpoint, env.S3Admin.CAFile = env.S3Config.Endpoint, env.S3Config.CAFile
 		default:
 			t.Fatalf("unknown service %q", s)
 		}

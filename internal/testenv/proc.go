@@ -123,5 +123,38 @@ func (e *Env) Environ() []string {
 		"IOTPIPE_S3_SECRET_KEY=" + e.S3Config.SecretKey,
 		"IOTPIPE_S3_REGION=" + e.S3Config.Region,
 		"IOTPIPE_S3_BUCKET=" + e.S3Config.Bucket,
+		"IOTPIPE_S3_CA_FILE=" + e.S3Config.CAFile,
+		"IOTPIPE_S3_ADMIN_ACCESS_KEY=" + e.adminKey(),
+		"IOTPIPE_S3_ADMIN_SECRET_KEY=" + e.adminSecret(),
+		"IOTPIPE_S3_BUCKET_OWNER=" + e.S3BucketOwner,
 	}
+}
+
+// adminKey is the root key when it differs from the lake key ("" otherwise:
+// init then uses --s3-access-key, as before).
+func (e *Env) adminKey() string {
+	if e.S3Admin.AccessKey == e.S3Config.AccessKey {
+		return ""
+	}
+	return e.S3Admin.AccessKey
+}
+
+func (e *Env) adminSecret() string {
+	if e.adminKey() == "" {
+		return ""
+	}
+	return e.S3Admin.SecretKey
+}
+
+// S3Vars returns the object store settings as variables for a child
+// process or a command's environment map: the lake key, the CA file and,
+// for init, the root key and the bucket owner.
+func (e *Env) S3Vars() map[string]string {
+	m := map[string]string{}
+	for _, kv := range e.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "IOTPIPE_S3_") && k != "IOTPIPE_S3_BUCKET" {
+			m[k] = v
+		}
+	}
+	return m
 }

@@ -40,7 +40,19 @@ type Env struct {
 	PGReaderDSN string // read-only role
 	PGAdminDSN  string // superuser
 
+	// S3Config is the lake sink's settings: its scoped key (it owns the
+	// buckets Bucket makes), the https endpoint and the CA file.
 	S3Config objstore.Config
+	// S3Admin is S3Config with the store's root key, for setup only
+	// (making buckets and handing them to S3Config's key); without
+	// IOTPIPE_S3_ADMIN_ACCESS_KEY it is S3Config.
+	S3Admin objstore.Config
+	// S3BucketOwner is the user that gets the buckets (IOTPIPE_S3_BUCKET_OWNER,
+	// default S3Config's key when an admin key is set).
+	S3BucketOwner string
+	// CAFile is the CA of the services' TLS certificates (IOTPIPE_PG_CA_FILE;
+	// the DSNs name it in sslrootcert themselves).
+	CAFile string
 }
 
 const howToStart = `integration tests need the real services: run 'make test', or 'scripts/services.sh up && eval "$(scripts/services.sh env)"' before 'go test -tags integration'`
@@ -75,7 +87,17 @@ func Load(t testing.TB) *Env {
 			SecretKey: get("IOTPIPE_S3_SECRET_KEY"),
 			Region:    get("IOTPIPE_S3_REGION"),
 			Bucket:    get("IOTPIPE_S3_BUCKET"),
+			CAFile:    os.Getenv("IOTPIPE_S3_CA_FILE"),
 		},
+		CAFile: os.Getenv("IOTPIPE_PG_CA_FILE"),
+	}
+	e.S3Admin = e.S3Config
+	if k := os.Getenv("IOTPIPE_S3_ADMIN_ACCESS_KEY"); k != "" {
+		e.S3Admin.AccessKey, e.S3Admin.SecretKey = k, os.Getenv("IOTPIPE_S3_ADMIN_SECRET_KEY")
+		e.S3BucketOwner = os.Getenv("IOTPIPE_S3_BUCKET_OWNER")
+		if e.S3BucketOwner == "" {
+			e.S3BucketOwner = e.S3Config.AccessKey
+		}
 	}
 	if len(missing) > 0 {
 		t.Fatalf("missing %s; %s", strings.Join(missing, ", "), howToStart)
@@ -325,12 +347,22 @@ func (e *Env) S3(t testing.TB) *minio.Client {
 	return cl
 }
 
+// S3AdminClient returns a client with the store's root key (setup only).
+func (e *Env) S3AdminClient(t testing.TB) *minio.Client {
+	t.Helper()
+	cl, err := objstore.New(e.S3Admin)
+	if err != nil {
+		t.Fatalf("s3 admin client: %v", err)
+	}
+	return cl
+}
+
 // BucketName returns a unique bucket name and removes that bucket and its
-// objects when the test ends. It does not create it.
+// objects (with the root key) when the test ends. It does not create it.
 func (e *Env) BucketName(t testing.TB) string {
 	t.Helper()
 	name := Name(t, "t")
-	cl := e.S3(t)
+	cl := e.S3AdminClient(t)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -349,13 +381,20 @@ func (e *Env) BucketName(t testing.TB) string {
 	return name
 }
 
-// Bucket creates a unique bucket, removed with its objects when the test
-// ends, and returns its name.
+// Bucket creates a unique bucket with the root key, owned by the lake
+// sink's key (S3BucketOwner) as `iotpipe init --s3-bucket-owner` leaves
+// it, removed with its objects when the test ends, and returns its name.
 func (e *Env) Bucket(t testing.TB) string {
 	t.Helper()
 	name := e.BucketName(t)
-	if err := e.S3(t).MakeBucket(Context(t, 30*time.Second), name, minio.MakeBucketOptions{Region: e.S3Config.Region}); err != nil {
+	ctx := Context(t, 30*time.Second)
+	if err := e.S3AdminClient(t).MakeBucket(ctx, name, minio.MakeBucketOptions{Region: e.S3Config.Region}); err != nil {
 		t.Fatalf("make bucket %s: %v", name, err)
+	}
+	if e.S3BucketOwner != "" {
+		if _, err := objstore.ChangeBucketOwner(ctx, e.S3Admin, name, e.S3BucketOwner); err != nil {
+			t.Fatalf("hand bucket %s to %s: %v", name, e.S3BucketOwner, err)
+		}
 	}
 	return name
 }

@@ -41,6 +41,7 @@ func TestCommand(t *testing.T) {
 		"IOTPIPE_S3_ENDPOINT=" + env.S3Config.Endpoint,
 		"IOTPIPE_S3_ACCESS_KEY=" + env.S3Config.AccessKey,
 		"IOTPIPE_S3_SECRET_KEY=" + env.S3Config.SecretKey,
+		"IOTPIPE_S3_CA_FILE=" + env.S3Config.CAFile,
 		"IOTPIPE_S3_BUCKET=" + env.Bucket(t),
 		"IOTPIPE_TOPIC_READINGS=" + raw, "IOTPIPE_TOPIC_METRICS=-", "IOTPIPE_TOPIC_DLQ=" + dlq,
 		"IOTPIPE_GROUP=" + env.Group(t), "IOTPIPE_HTTP_ADDR=" + addr,

@@ -52,6 +52,7 @@ func TestCrashExactlyOnce(t *testing.T) {
 		"IOTPIPE_S3_ENDPOINT=" + env.S3Config.Endpoint,
 		"IOTPIPE_S3_ACCESS_KEY=" + env.S3Config.AccessKey,
 		"IOTPIPE_S3_SECRET_KEY=" + env.S3Config.SecretKey,
+		"IOTPIPE_S3_CA_FILE=" + env.S3Config.CAFile,
 		"IOTPIPE_S3_REGION=" + env.S3Config.Region,
 		"IOTPIPE_S3_BUCKET=" + bucket,
 		"IOTPIPE_PREFIX=lake",

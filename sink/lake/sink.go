@@ -8,10 +8,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/objstore"
 	"github.com/iotpipe/iotpipe/internal/service"
@@ -222,7 +224,34 @@ func (s *Sink) Run(ctx context.Context) error {
 	return err
 }
 
+// checkS3 stops the sink at start, naming the setting, when the object
+// store can never be used as configured: its certificate does not verify
+// (S3.CAFile, S3.Endpoint) or it refuses the key access to the bucket
+// (S3.AccessKey). An unreachable store is not an error here: the uploads
+// wait it out.
+func (s *Sink) checkS3(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := s.store.Ping(pctx)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	var fe *config.FieldError
+	if errors.As(s.cfg.S3.Explain(err), &fe) {
+		return &config.FieldError{Field: "S3." + fe.Field, Err: fe.Err}
+	}
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) && (resp.Code == "AccessDenied" || resp.Code == "InvalidAccessKeyId" || resp.Code == "SignatureDoesNotMatch") {
+		return &config.FieldError{Field: "S3.AccessKey", Err: fmt.Errorf("the object store refuses this key access to bucket %s (%s; the key must own the bucket: iotpipe init --s3-bucket-owner): %w", s.cfg.S3.Bucket, resp.Code, err)}
+	}
+	s.log.Warn("object store not reachable yet; uploads will retry", "err", err)
+	return nil
+}
+
 func (s *Sink) consume(ctx context.Context) error {
+	if err := s.checkS3(ctx); err != nil {
+		return err
+	}
 	for {
 		if ctx.Err() != nil {
 			return nil

@@ -79,7 +79,7 @@ const SkipTopic = "-"
 const DefaultSessionTimeout = 45 * time.Second
 
 // DefaultDSN is the local database as the sink's login role.
-const DefaultDSN = "postgres://iotpipe_sink@localhost:5432/iotpipe?sslmode=disable"
+const DefaultDSN = "postgres://iotpipe_sink@localhost:5432/iotpipe?sslmode=verify-full"
 
 // DefaultConfig returns the documented defaults: the local Kafka and
 // database, group iotpipe-sink-timescale, the host name as static member

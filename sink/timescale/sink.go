@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/retry"
 	"github.com/iotpipe/iotpipe/internal/service"
@@ -103,7 +104,11 @@ func (s *Sink) Run(ctx context.Context) error {
 
 	// Wait for the database and the schema: no point joining the group
 	// before rows can be written.
-	if err := s.retry(ctx, "database", func() error { return s.st.ready(ctx, s.cfg.Schema) }); err != nil {
+	if err := s.retry(ctx, "database", func() error { return settingProblem(s.st.ready(ctx, s.cfg.Schema)) }); err != nil {
+		var fe *config.FieldError
+		if errors.As(err, &fe) {
+			return err
+		}
 		return nil // cancelled while waiting
 	}
 	s.setErr(nil)

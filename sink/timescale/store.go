@@ -12,6 +12,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/certs"
+	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/retry"
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/schemas/migrations"
 )
@@ -487,4 +490,31 @@ func deadLetters(b *batch, rej []rejection, topic string, now time.Time) []*kgo.
 		out = append(out, rec)
 	}
 	return out
+}
+
+// settingProblem turns a connection failure that waiting cannot cure into
+// a permanent *config.FieldError on DSN: the server's certificate does not
+// verify (sslrootcert, or the host name for sslmode=verify-full), the
+// server's pg_hba refuses the connection (e.g. plaintext to a hostssl-only
+// server), or the password is wrong. The message holds pgx's error, which
+// names host, user and database, never the password.
+func settingProblem(err error) error {
+	if err == nil {
+		return nil
+	}
+	var why string
+	var pe *pgconn.PgError
+	switch {
+	case certs.IsUnknownAuthority(err):
+		why = "the server's certificate is not signed by a CA in the DSN's sslrootcert"
+	case certs.IsNameMismatch(err):
+		why = "the server's certificate does not hold the DSN's host name (sslmode=verify-full)"
+	case errors.As(err, &pe) && pe.Code == "28000":
+		why = "the server refuses this connection (pg_hba; it may take TLS connections only: sslmode=verify-full)"
+	case errors.As(err, &pe) && pe.Code == "28P01":
+		why = "the server refuses the DSN's user or password"
+	default:
+		return err
+	}
+	return retry.Permanent(&config.FieldError{Field: "DSN", Err: fmt.Errorf("%s: %w", why, err)})
 }

@@ -118,7 +118,7 @@ func TestChaos(t *testing.T) {
 		"IOTPIPE_KAFKA_BROKERS="+strings.Join(env.KafkaBrokers, ","),
 		"IOTPIPE_MQTT_URL="+env.MQTTURL,
 		"IOTPIPE_PG_DSN="+env.PGDSN, "IOTPIPE_PG_WRITER_DSN="+env.PGWriterDSN,
-		"IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint,
+		"IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint, "IOTPIPE_S3_CA_FILE="+env.S3Config.CAFile, // the private store's own CA
 		"IOTPIPE_TOPIC_RAW="+raw, "IOTPIPE_TOPIC_METRICS="+metrics, "IOTPIPE_TOPIC_DLQ="+dlq,
 		// The processor's accepted readings, which the sinks store (init
 		// creates the topic).
