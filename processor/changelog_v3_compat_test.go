@@ -27,7 +27,7 @@ var v3After = []v2Step{
 	{wall: 29 * time.Second, ts: 2 * time.Second, dev: "d1", seq: 9, ignored: 5}, // closed window: late
 	{wall: 29 * time.Second, ts: 18 * time.Second, dev: "d1", seq: 10, ignored: 2},
 	{wall: 30 * time.Second, ts: 28 * time.Second, dev: "d1", seq: 8, ignored: 3},
-	{wall: 30500 * time.Millisecond, ts: 28 * time.Second, dev: "d1", seq: 8, ignored: 3}, // re-send: duplicate
+	{wall: 30500 * time.Millisecond, ts: 28 * time.Second, dev: "d1", seq: 8, ignored: 3},  // re-send: duplicate
 	{wall: 30600 * time.Millisecond, ts: 26 * time.Second, dev: "d1", seq: 11, ignored: 4}, // re-send of a restored identity
 	{wall: 31 * time.Second, ts: 9 * time.Second, dev: "d2", seq: 3, ignored: 4},
 	{wall: 31500 * time.Millisecond, ts: 23 * time.Second, dev: "d3", seq: -1},
@@ -48,6 +48,20 @@ func v3Dump(t *testing.T) changelogDump {
 	eng.Changes(func(k, v []byte) {
 		dump.Changelog = append(dump.Changelog, struct{ K, V string }{base64.StdEncoding.EncodeToString(k), base64.StdEncoding.EncodeToString(v)})
 	})
+	// The continuation runs on an engine restored from that changelog, as
+	// after a restart at wall 28 s.
+	eng, _ = NewEngine(goldenWindow)
+	for _, kv := range dump.Changelog {
+		k, _ := base64.StdEncoding.DecodeString(kv.K)
+		var v []byte
+		if kv.V != "" {
+			v, _ = base64.StdEncoding.DecodeString(kv.V)
+		}
+		if err := eng.Restore(k, v); err != nil {
+			t.Fatalf("restore %q: %v", k, err)
+		}
+	}
+	eng.FinishRestore(goldenBase.Add(28 * time.Second))
 	runV2Steps(eng, v3After, func(em *Emission) {
 		if em.Metric != nil {
 			dump.After = append(dump.After, string(schemas.AppendMetric(nil, em.Metric)))

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -32,11 +33,22 @@ import (
 // is unchanged, and a processor of that earlier release, which reads
 // versions 1 and 2, refuses a version 3 record (ErrBadState) instead of
 // misreading it.
+//
+// Version 4 (written now for every window record; device records stay
+// version 2) is the compact state: the identities as the engine keeps
+// them (idSet: ~2 bytes each in order), and per metric the sketch's
+// occupied bins only (key delta and count, ~2 bytes a bin) instead of a
+// DDSketch encoding, the first/last identities only when they differ from
+// the window's, the exact sum's partials, min, max, the Welford pair,
+// first and last value, and the revision. Versions 1–3 still restore; a
+// processor that reads at most version 3 refuses a version 4 record
+// (ErrBadState) instead of misreading it.
 const (
 	metaKey              = "meta"
 	stateVersion1        = 1
 	stateVersion         = 2
 	stateVersion3Ignored = 3
+	stateVersion4        = 4
 )
 
 // deviceKeyPrefix starts a device record's key: as a window start it would
@@ -131,11 +143,7 @@ const (
 )
 
 func appendDevWin(b []byte, dw *devWin) []byte {
-	version := byte(stateVersion)
-	if dw.ignored != 0 {
-		version = stateVersion3Ignored
-	}
-	b = append(b, version)
+	b = append(b, stateVersion4)
 	var flags byte
 	if dw.closed {
 		flags |= flagClosed
@@ -147,71 +155,167 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 		flags |= flagEmitted
 	}
 	b = append(b, flags)
-	for _, v := range []int64{dw.messages, dw.dups, dw.late, dw.resets} {
-		b = binary.AppendVarint(b, v)
-	}
-	if version == stateVersion3Ignored {
-		b = binary.AppendVarint(b, dw.ignored)
-	}
-	for _, v := range []int64{dw.firstSeen - dw.start, dw.lastSeen - dw.start, dw.gaps, dw.actRev} {
+	for _, v := range []int64{dw.messages, dw.dups, dw.late, dw.resets, dw.ignored,
+		dw.ids.first.t - dw.start, dw.ids.last.t - dw.start, dw.gaps, dw.actRev} {
 		b = binary.AppendVarint(b, v)
 	}
 	if dw.closed {
 		return b
 	}
-	// Identities, sorted: event time as the rise from the previous one
-	// (from the window start for the first), seq+1 (0 = none) as the
-	// change from the previous one. In order at 1 Hz that is ~4 bytes.
-	b = binary.AppendUvarint(b, uint64(len(dw.ids)))
-	pt, ps := dw.start, int64(0)
-	for _, x := range dw.ids {
-		b = binary.AppendUvarint(b, uint64(x.t-pt))
-		b = binary.AppendVarint(b, x.seq+1-ps)
-		pt, ps = x.t, x.seq+1
-	}
+	b = binary.AppendUvarint(b, uint64(len(dw.ids.b)))
+	b = append(b, dw.ids.b...)
 	b = binary.AppendUvarint(b, uint64(len(dw.aggs)))
-	for _, a := range dw.aggs {
-		b = appendAgg(b, a)
+	for i := range dw.aggs {
+		b = appendAgg(b, &dw.aggs[i], dw.start)
 	}
 	return b
 }
 
-func appendAgg(b []byte, a *agg) []byte {
+const (
+	aggChanged = 1
+	aggOwn     = 2
+)
+
+func appendAgg(b []byte, a *agg, start int64) []byte {
 	b = binary.AppendUvarint(b, uint64(len(a.name)))
 	b = append(b, a.name...)
 	b = binary.AppendVarint(b, a.count)
-	b = binary.AppendUvarint(b, uint64(len(a.partials)))
-	for _, p := range a.partials {
-		b = appendF(b, p)
+	p := a.partials()
+	b = binary.AppendUvarint(b, uint64(len(p)))
+	for _, x := range p {
+		b = appendF(b, x)
 	}
 	for _, f := range []float64{a.min, a.max, a.wmean, a.m2, a.first, a.last} {
 		b = appendF(b, f)
 	}
-	for _, v := range []int64{a.firstT, a.firstSeq, a.lastT, a.lastSeq, a.revision} {
-		b = binary.AppendVarint(b, v)
-	}
-	var ch byte
+	b = binary.AppendVarint(b, a.revision)
+	var fl byte
 	if a.changed {
-		ch = 1
+		fl |= aggChanged
 	}
-	b = append(b, ch)
-	var sk []byte
-	a.sketch.Encode(&sk, true)
-	b = binary.AppendUvarint(b, uint64(len(sk)))
-	return append(b, sk...)
+	own := a.ext != nil && a.ext.own
+	if own {
+		fl |= aggOwn
+	}
+	b = append(b, fl)
+	if own {
+		f, l := a.ext.first, a.ext.last
+		for _, v := range []int64{f.t - start, f.seq + 1, l.t - start, l.seq + 1} {
+			b = binary.AppendVarint(b, v)
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(a.bins)))
+	prev := uint32(0)
+	for _, x := range a.bins {
+		k := x >> binCountBits
+		b = binary.AppendUvarint(b, uint64(k-prev))
+		b = binary.AppendUvarint(b, uint64(x&binCountMax))
+		prev = k
+	}
+	return b
 }
 
 func decodeDevWin(v []byte, start int64) (*devWin, error) {
 	r := reader{b: v}
 	version := r.byte()
-	if version != stateVersion && version != stateVersion1 && version != stateVersion3Ignored {
+	switch version {
+	case stateVersion1, stateVersion, stateVersion3Ignored:
+		return decodeDevWinV123(r, version, start)
+	case stateVersion4:
+	default:
 		return nil, fmt.Errorf("%w: version %d", ErrBadState, version)
 	}
 	flags := r.byte()
-	dw := &devWin{start: start, maxSeq: -1, closed: flags&flagClosed != 0, actChanged: flags&flagActChanged != 0}
+	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0,
+		actChanged: flags&flagActChanged != 0, emitted: flags&flagEmitted != 0}
+	var firstSeen, lastSeen int64
+	for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.resets, &dw.ignored,
+		&firstSeen, &lastSeen, &dw.gaps, &dw.actRev} {
+		*p = r.varint()
+	}
+	dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
+	if dw.ignored < 0 && r.err == nil {
+		r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
+	}
+	if dw.closed || r.err != nil {
+		return dw, r.err
+	}
+	ids := r.bytes(r.count())
+	if r.err != nil {
+		return nil, r.err
+	}
+	if err := dw.ids.load(slices.Clone(ids), start); err != nil {
+		return nil, err
+	}
+	if len(ids) == 0 {
+		dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
+	}
+	n := r.count()
+	dw.aggs = make([]agg, 0, n)
+	for range n {
+		var a agg
+		a.name = string(r.bytes(r.count()))
+		a.count = r.varint()
+		np := r.count()
+		var buf [8]float64
+		p := buf[:0]
+		for range np {
+			p = append(p, r.f64())
+		}
+		a.setPartials(p)
+		for _, p := range []*float64{&a.min, &a.max, &a.wmean, &a.m2, &a.first, &a.last} {
+			*p = r.f64()
+		}
+		a.revision = r.varint()
+		fl := r.byte()
+		a.changed = fl&aggChanged != 0
+		if fl&aggOwn != 0 {
+			var e [4]int64
+			for i := range e {
+				e[i] = r.varint()
+			}
+			a.setEdges(tseq{start + e[0], e[1] - 1}, tseq{start + e[2], e[3] - 1})
+		}
+		nb := r.count()
+		a.bins = make([]uint32, 0, nb)
+		k := uint64(0)
+		for range nb {
+			k += r.uvarint()
+			c := r.uvarint()
+			if (k >= binKeyLimit || c == 0 || c > binCountMax) && r.err == nil {
+				r.err = fmt.Errorf("%w: sketch bin of %q", ErrBadState, a.name)
+			}
+			a.bins = append(a.bins, uint32(k)<<binCountBits|uint32(c))
+		}
+		if r.err != nil {
+			return nil, r.err
+		}
+		dw.aggs = append(dw.aggs, a)
+	}
+	if r.err == nil && !slices.IsSortedFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.name, b.name) }) {
+		r.err = fmt.Errorf("%w: metrics out of order", ErrBadState)
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
+	}
+	return dw, r.err
+}
+
+// decodeDevWinV123 reads the window records of versions 1 to 3 (r after
+// the version byte) into the compact state.
+func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
+	flags := r.byte()
+	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0, actChanged: flags&flagActChanged != 0}
+	var ids []tseq
+	var firstSeen, lastSeen int64
+	defer func() {
+		if len(dw.ids.b) == 0 {
+			dw.ids.first.t, dw.ids.last.t = firstSeen, lastSeen
+		}
+	}()
 	if version == stateVersion1 {
 		dw.legacy = true
-		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.firstSeen, &dw.lastSeen, &dw.gaps, &dw.actRev} {
+		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &firstSeen, &lastSeen, &dw.gaps, &dw.actRev} {
 			*p = r.varint()
 		}
 		if dw.closed || r.err != nil {
@@ -219,13 +323,17 @@ func decodeDevWin(v []byte, start int64) (*devWin, error) {
 		}
 		n := r.count()
 		for range n {
-			dw.ids = append(dw.ids, tseq{r.varint(), r.varint()})
+			ids = append(ids, tseq{r.varint(), r.varint()})
 		}
 		n = r.count()
 		for range n {
-			dw.ids = append(dw.ids, tseq{^r.varint(), -1}) // stored as ^t
+			ids = append(ids, tseq{^r.varint(), -1}) // stored as ^t
 		}
-		slices.SortFunc(dw.ids, cmpTseq)
+		slices.SortFunc(ids, cmpTseq)
+		ids = slices.CompactFunc(ids, func(a, b tseq) bool { return a == b })
+		if len(ids) > 0 && (ids[0].t < start || ids[0].seq < -1) && r.err == nil {
+			r.err = fmt.Errorf("%w: identities out of range", ErrBadState)
+		}
 	} else {
 		dw.emitted = flags&flagEmitted != 0
 		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.resets} {
@@ -236,58 +344,69 @@ func decodeDevWin(v []byte, start int64) (*devWin, error) {
 				r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
 			}
 		}
-		for _, p := range []*int64{&dw.firstSeen, &dw.lastSeen, &dw.gaps, &dw.actRev} {
+		for _, p := range []*int64{&firstSeen, &lastSeen, &dw.gaps, &dw.actRev} {
 			*p = r.varint()
 		}
-		dw.firstSeen += start
-		dw.lastSeen += start
+		firstSeen += start
+		lastSeen += start
 		if dw.closed || r.err != nil {
 			return dw, r.err
 		}
 		n := r.count()
-		dw.ids = make([]tseq, 0, n)
+		ids = make([]tseq, 0, n)
 		pt, ps := start, int64(0)
 		for range n {
 			d := r.uvarint()
 			pt += int64(d)
 			ps += r.varint()
-			if d > math.MaxInt64/2 || ps < 0 || (len(dw.ids) > 0 && cmpTseq(tseq{pt, ps - 1}, dw.ids[len(dw.ids)-1]) <= 0) {
+			if d > math.MaxInt64/2 || ps < 0 || (len(ids) > 0 && cmpTseq(tseq{pt, ps - 1}, ids[len(ids)-1]) <= 0) {
 				r.err = fmt.Errorf("%w: identities out of order", ErrBadState)
 				break
 			}
-			dw.ids = append(dw.ids, tseq{pt, ps - 1})
+			ids = append(ids, tseq{pt, ps - 1})
 		}
 	}
-	for _, x := range dw.ids {
-		dw.maxSeq = max(dw.maxSeq, x.seq)
+	if r.err != nil {
+		return nil, r.err
+	}
+	b, _ := encodeIDs(nil, ids, start)
+	if err := dw.ids.load(b, start); err != nil {
+		return nil, err
 	}
 	n := r.count()
 	for range n {
-		a := &agg{}
+		var a agg
 		a.name = string(r.bytes(r.count()))
 		a.count = r.varint()
 		np := r.count()
+		p := make([]float64, 0, np)
 		for range np {
-			a.partials = append(a.partials, r.f64())
+			p = append(p, r.f64())
 		}
+		a.setPartials(p)
 		for _, p := range []*float64{&a.min, &a.max, &a.wmean, &a.m2, &a.first, &a.last} {
 			*p = r.f64()
 		}
-		for _, p := range []*int64{&a.firstT, &a.firstSeq, &a.lastT, &a.lastSeq, &a.revision} {
+		var f, l tseq
+		for _, p := range []*int64{&f.t, &f.seq, &l.t, &l.seq, &a.revision} {
 			*p = r.varint()
+		}
+		if f != dw.ids.first || l != dw.ids.last {
+			a.setEdges(f, l)
 		}
 		a.changed = r.byte() == 1
 		sk := r.bytes(r.count())
 		if r.err != nil {
 			return nil, r.err
 		}
-		s, err := decodeSketch(sk)
+		bins, err := decodeSketch(sk)
 		if err != nil {
 			return nil, fmt.Errorf("%w: sketch of %q: %v", ErrBadState, a.name, err)
 		}
-		a.sketch = s
+		a.bins = bins
 		dw.aggs = append(dw.aggs, a)
 	}
+	slices.SortStableFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.name, b.name) })
 	if r.err == nil && len(r.b) != 0 {
 		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
 	}
@@ -371,31 +490,58 @@ func (r *reader) bytes(n int) []byte {
 
 // maxSketchSpan bounds the bin indexes of a decoded sketch: at 1 %
 // accuracy every finite float64 magnitude has an index within about
-// ±36,000 (71,000 bins in all), so an index or a range beyond this means a
-// corrupt record (that would make a dense store allocate without bound:
-// the fuzzer found indexes near the int limits with a small range).
-const maxSketchSpan = 1 << 17
+// ±36,000, so an index beyond this means a corrupt record (the fuzzer
+// found indexes near the int limits).
+const maxSketchSpan = binIndexBias - 1
 
-// decodeSketch decodes into sparse stores first, checks the index range,
-// and only then builds the dense sketch the engine uses.
-func decodeSketch(b []byte) (*ddsketch.DDSketch, error) {
+// decodeSketch reads a DDSketch encoding (changelog versions 1–3) into
+// sparse stores, checks the index range, and returns its bins as the
+// engine keeps them (see binKey).
+func decodeSketch(b []byte) ([]uint32, error) {
 	sparse, err := ddsketch.DecodeDDSketch(b, store.SparseStoreConstructor, sketchMapping)
 	if err != nil {
 		return nil, err
 	}
-	for _, st := range []store.Store{sparse.GetPositiveValueStore(), sparse.GetNegativeValueStore()} {
-		if st.IsEmpty() {
-			continue
+	type bin struct {
+		k uint32
+		n float64
+	}
+	var bins []bin
+	var bad error
+	collect := func(st store.Store, key func(int) uint32) {
+		st.ForEach(func(i int, c float64) bool {
+			if i < -maxSketchSpan || i > maxSketchSpan || c < 0 || c != math.Trunc(c) || c > 1<<53 {
+				bad = fmt.Errorf("sketch bin %d count %v", i, c)
+				return true
+			}
+			if c > 0 {
+				bins = append(bins, bin{key(i), c})
+			}
+			return false
+		})
+	}
+	collect(sparse.GetPositiveValueStore(), func(i int) uint32 { return uint32(binZeroKey + 1 + i + binIndexBias) })
+	collect(sparse.GetNegativeValueStore(), func(i int) uint32 { return uint32(binZeroKey - 1 - i - binIndexBias) })
+	if z := sparse.GetZeroCount(); z != 0 {
+		if z < 0 || z != math.Trunc(z) || z > 1<<53 {
+			bad = fmt.Errorf("zero count %v", z)
 		}
-		lo, err1 := st.MinIndex()
-		hi, err2 := st.MaxIndex()
-		if err1 != nil || err2 != nil || hi-lo > maxSketchSpan || hi-lo < 0 || lo < -maxSketchSpan || hi > maxSketchSpan {
-			return nil, fmt.Errorf("sketch bins span [%d, %d]", lo, hi)
+		bins = append(bins, bin{binZeroKey, z})
+	}
+	if bad != nil {
+		return nil, bad
+	}
+	slices.SortFunc(bins, func(a, b bin) int { return cmp.Compare(a.k, b.k) })
+	var out []uint32
+	for _, x := range bins {
+		// The entry that is not full first, as addBin keeps them.
+		n := int64(x.n)
+		if r := n % binCountMax; r != 0 {
+			out = append(out, x.k<<binCountBits|uint32(r))
+		}
+		for range n / binCountMax {
+			out = append(out, x.k<<binCountBits|binCountMax)
 		}
 	}
-	dense := newSketch()
-	if err := dense.MergeWith(sparse); err != nil {
-		return nil, err
-	}
-	return dense, nil
+	return out, nil
 }

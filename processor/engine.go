@@ -153,6 +153,7 @@ type Engine struct {
 	minWM int64 // the smallest device watermark at the last Advance
 
 	lateDev *device // the device of the last Late outcome
+	scratch []tseq  // identities, for an out-of-order insert
 
 	attn     []*device // devices with work at the next Advance
 	due      dueHeap   // devices waiting for a wall-clock time
@@ -194,18 +195,16 @@ type device struct {
 // the identities seen (for dedup, seq gaps and seq resets) and the
 // activity counters.
 type devWin struct {
-	d      *device
-	start  int64
-	aggs   []*agg // sorted by name
-	ids    []tseq // identities seen, sorted by (t, seq); seq −1 without seq
-	maxSeq int64  // largest seq in ids, −1 if none (memory only)
+	d     *device
+	start int64
+	aggs  []agg // sorted by name
+	ids   idSet // identities seen, sorted by (t, seq); seq −1 without seq
 
 	emitted, closed bool
 	legacy          bool // restored from a version 1 record (emitted not known yet)
 
 	messages, dups, late, resets int64
 	ignored                      int64 // ignored payload fields of the accepted readings
-	firstSeen, lastSeen          int64
 	gaps                         int64 // computed at each activity emission
 	actRev                       int64
 	resetsEmitted                int64 // resets in the last activity emission (memory only)
@@ -347,7 +346,7 @@ func (d *device) win(start int64) *devWin {
 }
 
 func (e *Engine) newDevWin(d *device, start int64) *devWin {
-	dw := &devWin{d: d, start: start, maxSeq: -1}
+	dw := &devWin{d: d, start: start, ids: idSet{maxSeq: -1}}
 	i := len(d.wins)
 	for i > 0 && d.wins[i-1].start > start {
 		i--
@@ -416,7 +415,9 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 			e.attend(d)
 		}
 	}
-	switch dw.addID(tseq{t, seq}) {
+	id := tseq{t, seq}
+	wf, wl, had := dw.ids.first, dw.ids.last, len(dw.ids.b) > 0
+	switch dw.ids.add(id, dw.start, &e.scratch) {
 	case idDuplicate:
 		e.stats.Duplicates++
 		dw.dups++
@@ -428,20 +429,35 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 		dw.resets++
 		e.stats.SeqResets++
 	}
-	if dw.messages == 0 || t < dw.firstSeen {
-		dw.firstSeen = t
-	}
-	if dw.messages == 0 || t > dw.lastSeen {
-		dw.lastSeen = t
-	}
 	dw.messages++
 	// Only here, past dedup: a re-sent message's ignored fields count once.
 	dw.ignored += int64(r.IgnoredFields)
 	e.stats.IgnoredFields += int64(r.IgnoredFields)
 	dw.actChanged = true
+	// An aggregate's first/last identities are its window's unless it
+	// missed one of the window's readings: then it keeps its own.
 	for i := range r.Measurements {
 		m := &r.Measurements[i]
-		dw.aggFor(e, m.Name).add(m.Value, t, seq)
+		a := dw.aggFor(e, m.Name)
+		f, l := a.edges(wf, wl)
+		own := a.ext != nil && a.ext.own
+		if a.touched && !own {
+			f, l = dw.ids.first, dw.ids.last // a second value in one reading
+		}
+		if a.count == 0 && had {
+			own = true // new in a window with earlier readings
+		}
+		a.add(m.Value, id, f, l, own)
+	}
+	for i := range dw.aggs {
+		a := &dw.aggs[i]
+		if a.touched {
+			a.touched = false
+			continue
+		}
+		if had && (a.ext == nil || !a.ext.own) && (dw.ids.first != wf || dw.ids.last != wl) {
+			a.setEdges(wf, wl) // the window's edges moved without it
+		}
 	}
 	e.stats.Accepted++
 	e.queue(dw)
@@ -457,45 +473,37 @@ const (
 	idSeqReset // new identity, but its seq is already used in the window
 )
 
-// addID records an identity. Identities mostly arrive in increasing order
-// (time rises), which appends; a seq above every seq of the window cannot
-// be a reuse, so the scan for one is needed only for readings that arrive
-// out of order or after a device restart.
-func (dw *devWin) addID(id tseq) idResult {
-	n := len(dw.ids)
-	res := idNew
-	if id.seq >= 0 && id.seq <= dw.maxSeq {
-		for _, x := range dw.ids {
-			if x.seq == id.seq && x.t != id.t {
-				res = idSeqReset
-				break
+func (dw *devWin) aggFor(e *Engine, name string) *agg {
+	// Devices report a handful of metrics: a sorted slice beats a map.
+	// Devices report a handful of metrics, in the same order every time.
+	i := 0
+	for ; i < len(dw.aggs); i++ {
+		if c := cmp.Compare(dw.aggs[i].name, name); c >= 0 {
+			if c == 0 {
+				return &dw.aggs[i]
+			}
+			break
+		}
+	}
+	{
+		dw.aggs = slices.Insert(dw.aggs, i, agg{name: dw.d.internName(name)})
+		e.openAggs++
+		e.stats.WindowsOpened++
+	}
+	return &dw.aggs[i]
+}
+
+// internName returns name, sharing the string of an aggregate of another
+// of d's windows when one has it (a decoded reading's names are its own).
+func (d *device) internName(name string) string {
+	for _, w := range d.wins {
+		for i := range w.aggs {
+			if w.aggs[i].name == name {
+				return w.aggs[i].name
 			}
 		}
 	}
-	if n == 0 || cmpTseq(id, dw.ids[n-1]) > 0 {
-		dw.ids = append(dw.ids, id)
-	} else {
-		i, found := slices.BinarySearchFunc(dw.ids, id, cmpTseq)
-		if found {
-			return idDuplicate
-		}
-		dw.ids = slices.Insert(dw.ids, i, id)
-	}
-	dw.maxSeq = max(dw.maxSeq, id.seq)
-	return res
-}
-
-func (dw *devWin) aggFor(e *Engine, name string) *agg {
-	// Devices report a handful of metrics: a sorted slice beats a map.
-	i, found := slices.BinarySearchFunc(dw.aggs, name, func(a *agg, n string) int { return cmp.Compare(a.name, n) })
-	if found {
-		return dw.aggs[i]
-	}
-	a := newAgg(name)
-	dw.aggs = slices.Insert(dw.aggs, i, a)
-	e.openAggs++
-	e.stats.WindowsOpened++
-	return a
+	return name
 }
 
 // queue marks dw for re-emission when it was already emitted.
@@ -704,7 +712,7 @@ func (e *Engine) closeDevWin(dw *devWin) {
 	dw.closed = true
 	e.openAggs -= len(dw.aggs)
 	e.stats.WindowsClosed += int64(len(dw.aggs))
-	dw.aggs, dw.ids = nil, nil
+	dw.aggs, dw.ids = nil, idSet{first: dw.ids.first, last: dw.ids.last, maxSeq: -1}
 	e.markDirty(dw)
 }
 
@@ -712,10 +720,12 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	ws := time.UnixMicro(dw.start).UTC()
 	we := time.UnixMicro(dw.start + e.size).UTC()
 	at := now.UTC().Truncate(time.Microsecond)
-	for _, a := range dw.aggs {
+	for i := range dw.aggs {
+		a := &dw.aggs[i]
 		if !a.changed {
 			continue
 		}
+		f, l := a.edges(dw.ids.first, dw.ids.last)
 		a.changed = false
 		a.revision++
 		m := &e.metric
@@ -724,7 +734,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 			Count: a.count, Sum: a.sum(), Min: a.min, Max: a.max, Mean: a.mean(), Stddev: a.stddev(),
 			First: a.first, Last: a.last,
 			P50: a.quantile(0.50), P95: a.quantile(0.95), P99: a.quantile(0.99),
-			FirstTime: time.UnixMicro(a.firstT).UTC(), LastTime: time.UnixMicro(a.lastT).UTC(),
+			FirstTime: time.UnixMicro(f.t).UTC(), LastTime: time.UnixMicro(l.t).UTC(),
 			Revision: a.revision, EmittedAt: at,
 		}
 		e.stats.MetricsEmitted++
@@ -736,7 +746,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	dw.actChanged = false
 	dw.actRev++
 	if !dw.closed {
-		dw.gaps = seqGaps(dw.ids)
+		dw.gaps = seqGaps(dw.ids.b, dw.start)
 	}
 	ac := &e.activity
 	*ac = schemas.Activity{
@@ -745,8 +755,8 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		IgnoredFields: dw.ignored, Revision: dw.actRev, EmittedAt: at,
 	}
 	if dw.messages > 0 {
-		ac.FirstSeen = time.UnixMicro(dw.firstSeen).UTC()
-		ac.LastSeen = time.UnixMicro(dw.lastSeen).UTC()
+		ac.FirstSeen = time.UnixMicro(dw.ids.first.t).UTC()
+		ac.LastSeen = time.UnixMicro(dw.ids.last.t).UTC()
 	}
 	e.stats.ActivityEmitted++
 	newResets := max(dw.resets-dw.resetsEmitted, 0)
@@ -807,11 +817,12 @@ func (e *Engine) CloseOldest() bool {
 // readings with a seq in (event time, seq) order, each rise of seq by
 // d > 1 counts d−1 missing messages; a fall (a device restart) counts
 // none. Gaps that straddle a window boundary are counted in neither
-// window. ids must be sorted.
-func seqGaps(ids []tseq) int64 {
+// window. ids is an identity string (see idSet).
+func seqGaps(ids []byte, start int64) int64 {
 	var gaps int64
 	prev := int64(-1)
-	for _, x := range ids {
+	it := newIDIter(ids, start)
+	for x, ok := it.next(); ok; x, ok = it.next() {
 		if x.seq < 0 {
 			continue
 		}
@@ -943,8 +954,8 @@ func (e *Engine) FinishRestore(now time.Time) {
 				dw.emitted = dw.closed || (e.hasFloor && dw.start+e.size <= e.legacyWM)
 				dw.legacy = false
 			}
-			if noRecord && dw.messages > 0 && (d.maxEvent == math.MinInt64 || dw.lastSeen > d.maxEvent) {
-				d.maxEvent = dw.lastSeen
+			if noRecord && dw.messages > 0 && (d.maxEvent == math.MinInt64 || dw.ids.last.t > d.maxEvent) {
+				d.maxEvent = dw.ids.last.t
 			}
 			e.devWins++
 			if !dw.closed {
