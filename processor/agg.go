@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"encoding/binary"
 	"math"
 	"slices"
 
@@ -25,15 +26,12 @@ var sketchMapping = func() mapping.IndexMapping {
 	return m
 }()
 
-// Sketch bins, kept sorted in one []uint32 per aggregate: each entry is
-// key<<binCountBits | count. The key orders bins by value: negative
+// Sketch bins, kept per aggregate as one byte string of its occupied bins
+// in key order, each as uvarint(key − previous key) (the first from 0) and
+// uvarint(count): ~2 bytes a bin. The key orders bins by value: negative
 // values by decreasing magnitude, then zero, then positive values by
-// increasing magnitude. Only occupied bins are stored (4 bytes each); a
-// bin that reaches the largest count continues in another entry with the
-// same key.
+// increasing magnitude.
 const (
-	binCountBits = 14
-	binCountMax  = 1<<binCountBits - 1
 	// binIndexBias moves DDSketch indexes (|index| ≤ ~35,500 at 1 %
 	// accuracy over the whole float64 range) to [0, 2·binIndexBias).
 	binIndexBias = 1 << 16
@@ -72,17 +70,73 @@ func binValue(k uint32) float64 {
 	}
 }
 
-// addBin counts one value of bin key k into the sorted bins b.
-func addBin(b []uint32, k uint32) []uint32 {
-	lo := k << binCountBits
-	i, _ := slices.BinarySearch(b, lo)
-	// The entries of key k are b[i:j]; at most the first is not full
-	// (a full one sorts last).
-	if i < len(b) && b[i]>>binCountBits == k && b[i]&binCountMax < binCountMax {
-		b[i]++
+// binIter walks a bins string.
+type binIter struct {
+	b   []byte
+	pos int    // offset of the next entry
+	key uint32 // key of the last entry
+	bad bool
+}
+
+// next returns the next bin: its key, count, and the offsets of its entry
+// and of its count.
+func (it *binIter) next() (k uint32, c uint64, at, cat int, ok bool) {
+	if it.pos >= len(it.b) {
+		return 0, 0, 0, 0, false
+	}
+	at = it.pos
+	d, n1 := binary.Uvarint(it.b[at:])
+	if n1 <= 0 || d >= binKeyLimit || uint64(it.key)+d >= binKeyLimit || (d == 0 && at > 0) {
+		it.bad, it.pos = true, len(it.b)
+		return 0, 0, 0, 0, false
+	}
+	cat = at + n1
+	c, n2 := binary.Uvarint(it.b[cat:])
+	if n2 <= 0 || c == 0 {
+		it.bad, it.pos = true, len(it.b)
+		return 0, 0, 0, 0, false
+	}
+	it.key += uint32(d)
+	it.pos = cat + n2
+	return it.key, c, at, cat, true
+}
+
+// addBin counts one value of bin key k into the bins string b.
+func addBin(b []byte, k uint32) []byte {
+	var tmp [3 * binary.MaxVarintLen64]byte
+	it := binIter{b: b}
+	prev := uint32(0)
+	for {
+		key, c, at, cat, ok := it.next()
+		switch {
+		case !ok:
+			r := binary.AppendUvarint(tmp[:0], uint64(k-prev))
+			return spliceBins(b, len(b), len(b), append(r, 1))
+		case key == k:
+			return spliceBins(b, cat, it.pos, binary.AppendUvarint(tmp[:0], c+1))
+		case key > k:
+			// A new entry before this one, whose delta shrinks.
+			r := binary.AppendUvarint(tmp[:0], uint64(k-prev))
+			r = append(r, 1)
+			r = binary.AppendUvarint(r, uint64(key-k))
+			return spliceBins(b, at, cat, r)
+		}
+		prev = key
+	}
+}
+
+// spliceBins replaces b[i:j] with r, growing b by a quarter when needed
+// (not double: most windows stop adding bins early, and slack would stay
+// for the window's life).
+func spliceBins(b []byte, i, j int, r []byte) []byte {
+	if len(r) == j-i {
+		copy(b[i:], r)
 		return b
 	}
-	return slices.Insert(b, i, lo|1)
+	if need := len(b) + len(r) - (j - i); need > cap(b) {
+		b = slices.Grow(b, max(need-len(b), len(b)/4+1))
+	}
+	return slices.Replace(b, i, j, r...)
 }
 
 // agg is the running aggregate of one metric of one device in one window.
@@ -103,8 +157,8 @@ type agg struct {
 	first, last float64
 	p           [2]float64 // the exact sum's partials while there are at most two
 	ext         *aggExt    // rare parts; nil when none is needed
-	bins        []uint32   // sketch bins, see binKey
-	revision    int64      // revision of the last emission; 0 = never emitted
+	bins        []byte     // sketch bins, see binIter
+	revision    int32      // revision of the last emission; 0 = never emitted
 	np          uint8      // partials in p; 3 = in ext.partials
 	changed     bool       // updated since the last emission
 	touched     bool       // updated by the reading being added (Engine.Add only)
@@ -218,13 +272,13 @@ func (a *agg) quantile(q float64) float64 {
 	if a.count == 0 || len(a.bins) == 0 {
 		return 0
 	}
-	rank := int64(math.Floor(q * float64(a.count-1)))
-	var n int64
-	k := a.bins[len(a.bins)-1] >> binCountBits
-	for _, b := range a.bins {
-		n += int64(b & binCountMax)
-		if n > rank {
-			k = b >> binCountBits
+	rank := uint64(math.Floor(q * float64(a.count-1)))
+	var n uint64
+	var k uint32
+	it := binIter{b: a.bins}
+	for key, c, _, _, ok := it.next(); ok; key, c, _, _, ok = it.next() {
+		k = key
+		if n += c; n > rank {
 			break
 		}
 	}

@@ -37,7 +37,8 @@ import (
 // Version 4 (written now for every window record; device records stay
 // version 2) is the compact state: the identities as the engine keeps
 // them (idSet: ~2 bytes each in order), and per metric the sketch's
-// occupied bins only (key delta and count, ~2 bytes a bin) instead of a
+// occupied bins only (key delta and count, ~2 bytes a bin, as the engine
+// keeps them) instead of a
 // DDSketch encoding, the first/last identities only when they differ from
 // the window's, the exact sum's partials, min, max, the Welford pair,
 // first and last value, and the revision. Versions 1–3 still restore; a
@@ -155,8 +156,8 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 		flags |= flagEmitted
 	}
 	b = append(b, flags)
-	for _, v := range []int64{dw.messages, dw.dups, dw.late, dw.resets, dw.ignored,
-		dw.ids.first.t - dw.start, dw.ids.last.t - dw.start, dw.gaps, dw.actRev} {
+	for _, v := range []int64{dw.messages, int64(dw.dups), int64(dw.late), int64(dw.resets), dw.ignored,
+		dw.ids.first.t - dw.start, dw.ids.last.t - dw.start, dw.gaps, int64(dw.actRev)} {
 		b = binary.AppendVarint(b, v)
 	}
 	if dw.closed {
@@ -188,7 +189,7 @@ func appendAgg(b []byte, a *agg, start int64) []byte {
 	for _, f := range []float64{a.min, a.max, a.wmean, a.m2, a.first, a.last} {
 		b = appendF(b, f)
 	}
-	b = binary.AppendVarint(b, a.revision)
+	b = binary.AppendVarint(b, int64(a.revision))
 	var fl byte
 	if a.changed {
 		fl |= aggChanged
@@ -205,14 +206,7 @@ func appendAgg(b []byte, a *agg, start int64) []byte {
 		}
 	}
 	b = binary.AppendUvarint(b, uint64(len(a.bins)))
-	prev := uint32(0)
-	for _, x := range a.bins {
-		k := x >> binCountBits
-		b = binary.AppendUvarint(b, uint64(k-prev))
-		b = binary.AppendUvarint(b, uint64(x&binCountMax))
-		prev = k
-	}
-	return b
+	return append(b, a.bins...)
 }
 
 func decodeDevWin(v []byte, start int64) (*devWin, error) {
@@ -228,11 +222,12 @@ func decodeDevWin(v []byte, start int64) (*devWin, error) {
 	flags := r.byte()
 	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0,
 		actChanged: flags&flagActChanged != 0, emitted: flags&flagEmitted != 0}
-	var firstSeen, lastSeen int64
-	for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.resets, &dw.ignored,
-		&firstSeen, &lastSeen, &dw.gaps, &dw.actRev} {
+	var firstSeen, lastSeen, dups, late, resets, actRev int64
+	for _, p := range []*int64{&dw.messages, &dups, &late, &resets, &dw.ignored,
+		&firstSeen, &lastSeen, &dw.gaps, &actRev} {
 		*p = r.varint()
 	}
+	dw.setCounters(dups, late, resets, actRev)
 	dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
 	if dw.ignored < 0 && r.err == nil {
 		r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
@@ -266,7 +261,7 @@ func decodeDevWin(v []byte, start int64) (*devWin, error) {
 		for _, p := range []*float64{&a.min, &a.max, &a.wmean, &a.m2, &a.first, &a.last} {
 			*p = r.f64()
 		}
-		a.revision = r.varint()
+		a.revision = clamp32(r.varint())
 		fl := r.byte()
 		a.changed = fl&aggChanged != 0
 		if fl&aggOwn != 0 {
@@ -276,16 +271,12 @@ func decodeDevWin(v []byte, start int64) (*devWin, error) {
 			}
 			a.setEdges(tseq{start + e[0], e[1] - 1}, tseq{start + e[2], e[3] - 1})
 		}
-		nb := r.count()
-		a.bins = make([]uint32, 0, nb)
-		k := uint64(0)
-		for range nb {
-			k += r.uvarint()
-			c := r.uvarint()
-			if (k >= binKeyLimit || c == 0 || c > binCountMax) && r.err == nil {
-				r.err = fmt.Errorf("%w: sketch bin of %q", ErrBadState, a.name)
-			}
-			a.bins = append(a.bins, uint32(k)<<binCountBits|uint32(c))
+		a.bins = slices.Clone(r.bytes(r.count()))
+		it := binIter{b: a.bins}
+		for _, _, _, _, ok := it.next(); ok; _, _, _, _, ok = it.next() {
+		}
+		if it.bad && r.err == nil {
+			r.err = fmt.Errorf("%w: sketch bins of %q", ErrBadState, a.name)
 		}
 		if r.err != nil {
 			return nil, r.err
@@ -307,15 +298,16 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 	flags := r.byte()
 	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0, actChanged: flags&flagActChanged != 0}
 	var ids []tseq
-	var firstSeen, lastSeen int64
+	var firstSeen, lastSeen, dups, late, resets, actRev int64
 	defer func() {
+		dw.setCounters(dups, late, resets, actRev)
 		if len(dw.ids.b) == 0 {
 			dw.ids.first.t, dw.ids.last.t = firstSeen, lastSeen
 		}
 	}()
 	if version == stateVersion1 {
 		dw.legacy = true
-		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &firstSeen, &lastSeen, &dw.gaps, &dw.actRev} {
+		for _, p := range []*int64{&dw.messages, &dups, &late, &firstSeen, &lastSeen, &dw.gaps, &actRev} {
 			*p = r.varint()
 		}
 		if dw.closed || r.err != nil {
@@ -336,7 +328,7 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 		}
 	} else {
 		dw.emitted = flags&flagEmitted != 0
-		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.resets} {
+		for _, p := range []*int64{&dw.messages, &dups, &late, &resets} {
 			*p = r.varint()
 		}
 		if version == stateVersion3Ignored {
@@ -344,7 +336,7 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 				r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
 			}
 		}
-		for _, p := range []*int64{&firstSeen, &lastSeen, &dw.gaps, &dw.actRev} {
+		for _, p := range []*int64{&firstSeen, &lastSeen, &dw.gaps, &actRev} {
 			*p = r.varint()
 		}
 		firstSeen += start
@@ -388,9 +380,11 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 			*p = r.f64()
 		}
 		var f, l tseq
-		for _, p := range []*int64{&f.t, &f.seq, &l.t, &l.seq, &a.revision} {
+		var rev int64
+		for _, p := range []*int64{&f.t, &f.seq, &l.t, &l.seq, &rev} {
 			*p = r.varint()
 		}
+		a.revision = clamp32(rev)
 		if f != dw.ids.first || l != dw.ids.last {
 			a.setEdges(f, l)
 		}
@@ -412,6 +406,14 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 	}
 	return dw, r.err
 }
+
+// setCounters sets the per-window counters kept as int32 (records of
+// versions 1–3 held int64; a value beyond int32 stops at its largest).
+func (dw *devWin) setCounters(dups, late, resets, actRev int64) {
+	dw.dups, dw.late, dw.resets, dw.actRev = clamp32(dups), clamp32(late), clamp32(resets), clamp32(actRev)
+}
+
+func clamp32(v int64) int32 { return int32(min(max(v, 0), math.MaxInt32)) }
 
 // reader decodes the changelog encoding; the first error sticks.
 type reader struct {
@@ -497,7 +499,7 @@ const maxSketchSpan = binIndexBias - 1
 // decodeSketch reads a DDSketch encoding (changelog versions 1–3) into
 // sparse stores, checks the index range, and returns its bins as the
 // engine keeps them (see binKey).
-func decodeSketch(b []byte) ([]uint32, error) {
+func decodeSketch(b []byte) ([]byte, error) {
 	sparse, err := ddsketch.DecodeDDSketch(b, store.SparseStoreConstructor, sketchMapping)
 	if err != nil {
 		return nil, err
@@ -532,16 +534,12 @@ func decodeSketch(b []byte) ([]uint32, error) {
 		return nil, bad
 	}
 	slices.SortFunc(bins, func(a, b bin) int { return cmp.Compare(a.k, b.k) })
-	var out []uint32
+	var out []byte
+	prev := uint32(0)
 	for _, x := range bins {
-		// The entry that is not full first, as addBin keeps them.
-		n := int64(x.n)
-		if r := n % binCountMax; r != 0 {
-			out = append(out, x.k<<binCountBits|uint32(r))
-		}
-		for range n / binCountMax {
-			out = append(out, x.k<<binCountBits|binCountMax)
-		}
+		out = binary.AppendUvarint(out, uint64(x.k-prev))
+		out = binary.AppendUvarint(out, uint64(x.n))
+		prev = x.k
 	}
 	return out, nil
 }

@@ -170,8 +170,7 @@ type Engine struct {
 
 // device is the per-device part of the state: its event-time clock.
 type device struct {
-	id  string
-	idx int
+	id string
 	// maxEvent is the largest event time accepted from the device (µs).
 	maxEvent int64
 	// closeTo: the device's windows ending at or before it are closed for
@@ -188,6 +187,7 @@ type device struct {
 	next                 int64
 	dueAt                int64
 	dueGen               uint32
+	idx                  int32 // position in Engine.devList
 	dirty, deleted, attn bool
 }
 
@@ -203,11 +203,12 @@ type devWin struct {
 	emitted, closed bool
 	legacy          bool // restored from a version 1 record (emitted not known yet)
 
-	messages, dups, late, resets int64
+	messages                     int64
+	dups, late, resets           int32 // saturating (see inc)
 	ignored                      int64 // ignored payload fields of the accepted readings
 	gaps                         int64 // computed at each activity emission
-	actRev                       int64
-	resetsEmitted                int64 // resets in the last activity emission (memory only)
+	actRev                       int32
+	resetsEmitted                int32 // resets in the last activity emission (memory only)
 	actChanged                   bool
 
 	dirty, queued, deleted bool
@@ -313,13 +314,20 @@ func (e *Engine) raiseClose(d *device, now int64) {
 }
 
 func (e *Engine) newDevice(id string, t int64) *device {
-	d := &device{id: id, idx: len(e.devList), maxEvent: t, closeTo: t - 2*e.lateness, next: math.MaxInt64, dueAt: math.MaxInt64}
+	d := &device{id: id, idx: int32(len(e.devList)), maxEvent: t, closeTo: t - 2*e.lateness, next: math.MaxInt64, dueAt: math.MaxInt64}
 	if e.hasFloor && e.floor > d.closeTo {
 		d.closeTo = e.floor
 	}
 	e.devs[id] = d
 	e.devList = append(e.devList, d)
 	return d
+}
+
+// inc adds 1 to a per-window counter, which stops at its largest value.
+func inc(p *int32) {
+	if *p < math.MaxInt32 {
+		*p++
+	}
 }
 
 func (e *Engine) removeDevice(d *device) {
@@ -398,7 +406,7 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 		e.stats.Late++
 		e.lateDev = d
 		if dw != nil {
-			dw.late++
+			inc(&dw.late)
 			dw.actChanged = true
 			e.queue(dw)
 			e.markDirty(dw)
@@ -420,13 +428,13 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 	switch dw.ids.add(id, dw.start, &e.scratch) {
 	case idDuplicate:
 		e.stats.Duplicates++
-		dw.dups++
+		inc(&dw.dups)
 		dw.actChanged = true
 		e.queue(dw)
 		e.markDirty(dw)
 		return Duplicate
 	case idSeqReset:
-		dw.resets++
+		inc(&dw.resets)
 		e.stats.SeqResets++
 	}
 	dw.messages++
@@ -735,7 +743,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 			First: a.first, Last: a.last,
 			P50: a.quantile(0.50), P95: a.quantile(0.95), P99: a.quantile(0.99),
 			FirstTime: time.UnixMicro(f.t).UTC(), LastTime: time.UnixMicro(l.t).UTC(),
-			Revision: a.revision, EmittedAt: at,
+			Revision: int64(a.revision), EmittedAt: at,
 		}
 		e.stats.MetricsEmitted++
 		emit(&Emission{Metric: m, Delay: delay})
@@ -751,15 +759,15 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	ac := &e.activity
 	*ac = schemas.Activity{
 		DeviceID: dw.d.id, WindowStart: ws, WindowEnd: we,
-		Messages: dw.messages, SeqGaps: dw.gaps, SeqResets: dw.resets, Late: dw.late, Duplicates: dw.dups,
-		IgnoredFields: dw.ignored, Revision: dw.actRev, EmittedAt: at,
+		Messages: dw.messages, SeqGaps: dw.gaps, SeqResets: int64(dw.resets), Late: int64(dw.late), Duplicates: int64(dw.dups),
+		IgnoredFields: dw.ignored, Revision: int64(dw.actRev), EmittedAt: at,
 	}
 	if dw.messages > 0 {
 		ac.FirstSeen = time.UnixMicro(dw.ids.first.t).UTC()
 		ac.LastSeen = time.UnixMicro(dw.ids.last.t).UTC()
 	}
 	e.stats.ActivityEmitted++
-	newResets := max(dw.resets-dw.resetsEmitted, 0)
+	newResets := int64(max(dw.resets-dw.resetsEmitted, 0))
 	dw.resetsEmitted = dw.resets
 	emit(&Emission{Activity: ac, Delay: delay, NewSeqResets: newResets})
 	e.markDirty(dw)
@@ -877,7 +885,7 @@ var ErrBadState = errors.New("invalid processor state record")
 func (e *Engine) restoreDevice(id string) *device {
 	d := e.devs[id]
 	if d == nil {
-		d = &device{id: id, idx: len(e.devList), maxEvent: math.MinInt64, closeTo: math.MinInt64, next: math.MaxInt64, dueAt: math.MaxInt64}
+		d = &device{id: id, idx: int32(len(e.devList)), maxEvent: math.MinInt64, closeTo: math.MinInt64, next: math.MaxInt64, dueAt: math.MaxInt64}
 		e.devs[id] = d
 		e.devList = append(e.devList, d)
 	}
@@ -979,7 +987,7 @@ func (e *Engine) FinishRestore(now time.Time) {
 			d.lastInput = nowUS
 		}
 		d.idleFrom = max(d.lastInput, nowUS)
-		d.idx = len(kept)
+		d.idx = int32(len(kept))
 		kept = append(kept, d)
 		e.attend(d)
 	}
