@@ -203,13 +203,13 @@ type devWin struct {
 	emitted, closed bool
 	legacy          bool // restored from a version 1 record (emitted not known yet)
 
-	messages                     int64
-	dups, late, resets           int32 // saturating (see inc)
-	ignored                      int64 // ignored payload fields of the accepted readings
-	gaps                         int64 // computed at each activity emission
-	actRev                       int32
-	resetsEmitted                int32 // resets in the last activity emission (memory only)
-	actChanged                   bool
+	messages           int64
+	dups, late, resets int32 // saturating (see inc)
+	ignored            int64 // ignored payload fields of the accepted readings
+	gaps               int64 // computed at each activity emission
+	actRev             int32
+	resetsEmitted      int32 // resets in the last activity emission (memory only)
+	actChanged         bool
 
 	dirty, queued, deleted bool
 }
@@ -494,6 +494,18 @@ func (dw *devWin) aggFor(e *Engine, name string) *agg {
 		}
 	}
 	{
+		if len(dw.aggs) == cap(dw.aggs) {
+			// Grow to what the device's other windows hold, or by one: an
+			// agg is large, and doubling would keep unused ones for the
+			// window's life.
+			n := len(dw.aggs) + 1
+			for _, w := range dw.d.wins {
+				n = max(n, len(w.aggs))
+			}
+			aggs := make([]agg, len(dw.aggs), n)
+			copy(aggs, dw.aggs)
+			dw.aggs = aggs
+		}
 		dw.aggs = slices.Insert(dw.aggs, i, agg{name: dw.d.internName(name)})
 		e.openAggs++
 		e.stats.WindowsOpened++

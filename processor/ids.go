@@ -151,8 +151,14 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 		s.b, c = appendID(s.b, idCursor{t: start}, id)
 		s.first, s.gap = id, c.gap
 	case cmpTseq(id, s.last) > 0:
-		var c idCursor
-		s.b, c = appendID(s.b, idCursor{s.last.t, s.last.seq + 1, s.gap}, id)
+		var tmp [2 * binary.MaxVarintLen64]byte
+		e, c := appendID(tmp[:0], idCursor{s.last.t, s.last.seq + 1, s.gap}, id)
+		if len(s.b)+len(e) > cap(s.b) {
+			// Grow by a quarter, not double: the slack stays for the
+			// window's life.
+			s.b = growBytes(s.b, max(len(e), len(s.b)/4))
+		}
+		s.b = append(s.b, e...)
 		s.gap = c.gap
 	default:
 		ids, _ := decodeIDs((*scratch)[:0], s.b, start)
@@ -204,4 +210,15 @@ func (s *idSet) count() int {
 		n++
 	}
 	return n
+}
+
+// growBytes returns b with room for at least n more bytes, allocating
+// about that much (append and slices.Grow double small slices).
+func growBytes(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b
+	}
+	nb := make([]byte, len(b), len(b)+n)
+	copy(nb, b)
+	return nb
 }
