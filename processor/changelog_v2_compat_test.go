@@ -123,7 +123,7 @@ func TestRestoreChangelogV2(t *testing.T) {
 			delete(written, k64)
 		} else {
 			written[k64] = base64.StdEncoding.EncodeToString(v)
-			if kind, _, _, _ := parseKey(k); kind == keyWindow && v[0] != stateVersion4 {
+			if kind, _, _, _, _ := parseKey(k); kind == keyWindow && v[0] != stateVersion4 {
 				t.Errorf("window record %s written as version %d, want %d", k64, v[0], stateVersion4)
 			}
 		}

@@ -31,7 +31,7 @@ func restoreDump(t *testing.T, path string) (got, want []string, versions map[by
 		var v []byte
 		if kv.V != "" {
 			v, _ = base64.StdEncoding.DecodeString(kv.V)
-			if kind, _, _, _ := parseKey(k); kind == keyWindow {
+			if kind, _, _, _, _ := parseKey(k); kind == keyWindow {
 				versions[v[0]]++
 			}
 		}

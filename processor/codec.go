@@ -63,7 +63,37 @@ const (
 	keyWindow keyKind = iota
 	keyDevice
 	keyMeta
+	keyChunk
 )
+
+// chunkMark separates a window key from the number of one of its identity
+// chunks (version 4): 0xFF is in no UTF-8 text, so in no device id, and a
+// processor that reads at most version 3 refuses such a key (ErrBadState).
+const chunkMark = 0xff
+
+// chunkKey names an identity chunk record while a restore collects them.
+type chunkKey struct {
+	start int64
+	dev   string
+	n     uint8
+}
+
+// appendChunkKey appends chunk n's suffix to a window key.
+func appendChunkKey(b []byte, n uint8) []byte { return append(b, chunkMark, n) }
+
+// appendChunk encodes an identity chunk: version 4, then identity bytes
+// that continue the window's identity string.
+func appendChunk(b, ids []byte) []byte {
+	b = append(b, stateVersion4)
+	return append(b, ids...)
+}
+
+func decodeChunk(v []byte) ([]byte, error) {
+	if len(v) < 2 || v[0] != stateVersion4 {
+		return nil, fmt.Errorf("%w: identity chunk version", ErrBadState)
+	}
+	return slices.Clone(v[1:]), nil
+}
 
 func appendStateKey(b []byte, start int64, dev string) []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(start))
@@ -75,17 +105,20 @@ func appendDeviceKey(b []byte, dev string) []byte {
 	return append(b, dev...)
 }
 
-func parseKey(k []byte) (keyKind, int64, string, error) {
+func parseKey(k []byte) (kind keyKind, start int64, dev string, chunk uint8, err error) {
 	if string(k) == metaKey {
-		return keyMeta, 0, "", nil
+		return keyMeta, 0, "", 0, nil
+	}
+	if n := len(k); n >= 11 && k[n-2] == chunkMark && [8]byte(k[:8]) != deviceKeyPrefix && k[n-1] > 0 && utf8.Valid(k[8:n-2]) {
+		return keyChunk, int64(binary.BigEndian.Uint64(k)), string(k[8 : n-2]), k[n-1], nil
 	}
 	if len(k) < 9 || !utf8.Valid(k[8:]) {
-		return 0, 0, "", fmt.Errorf("%w: key %q", ErrBadState, k)
+		return 0, 0, "", 0, fmt.Errorf("%w: key %q", ErrBadState, k)
 	}
 	if [8]byte(k[:8]) == deviceKeyPrefix {
-		return keyDevice, 0, string(k[8:]), nil
+		return keyDevice, 0, string(k[8:]), 0, nil
 	}
-	return keyWindow, int64(binary.BigEndian.Uint64(k)), string(k[8:]), nil
+	return keyWindow, int64(binary.BigEndian.Uint64(k)), string(k[8:]), 0, nil
 }
 
 // decodeMeta reads a version 1 meta record: the partition's largest event
@@ -156,15 +189,22 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 		flags |= flagEmitted
 	}
 	b = append(b, flags)
-	for _, v := range []int64{dw.messages, int64(dw.dups), int64(dw.late), int64(dw.resets), dw.ignored,
+	for _, v := range []int64{dw.messages, int64(dw.dups), int64(dw.late), int64(dw.resets), int64(dw.ignored),
 		dw.ids.first.t - dw.start, dw.ids.last.t - dw.start, dw.gaps, int64(dw.actRev)} {
 		b = binary.AppendVarint(b, v)
 	}
 	if dw.closed {
 		return b
 	}
-	b = binary.AppendUvarint(b, uint64(len(dw.ids.b)))
-	b = append(b, dw.ids.b...)
+	// The identities: the bytes in this record, then how many chunk
+	// records hold the rest (see Engine.sendIDs).
+	ids := dw.ids.b
+	if dw.chunks > 0 {
+		ids = nil
+	}
+	b = binary.AppendUvarint(b, uint64(len(ids)))
+	b = append(b, ids...)
+	b = binary.AppendUvarint(b, uint64(dw.chunks))
 	b = binary.AppendUvarint(b, uint64(len(dw.aggs)))
 	for i := range dw.aggs {
 		b = appendAgg(b, &dw.aggs[i], dw.start)
@@ -210,6 +250,12 @@ func appendAgg(b []byte, a *agg, start int64) []byte {
 }
 
 func decodeDevWin(v []byte, start int64) (*devWin, error) {
+	return decodeDevWinChunks(v, start, nil)
+}
+
+// decodeDevWinChunks decodes a window record; chunk returns the identity
+// chunk records read before it (version 4).
+func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool)) (*devWin, error) {
 	r := reader{b: v}
 	version := r.byte()
 	switch version {
@@ -222,26 +268,51 @@ func decodeDevWin(v []byte, start int64) (*devWin, error) {
 	flags := r.byte()
 	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0,
 		actChanged: flags&flagActChanged != 0, emitted: flags&flagEmitted != 0}
-	var firstSeen, lastSeen, dups, late, resets, actRev int64
-	for _, p := range []*int64{&dw.messages, &dups, &late, &resets, &dw.ignored,
+	var firstSeen, lastSeen, dups, late, resets, actRev, ignored int64
+	for _, p := range []*int64{&dw.messages, &dups, &late, &resets, &ignored,
 		&firstSeen, &lastSeen, &dw.gaps, &actRev} {
 		*p = r.varint()
 	}
 	dw.setCounters(dups, late, resets, actRev)
+	dw.ignored = clamp32(ignored)
 	dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
-	if dw.ignored < 0 && r.err == nil {
+	if ignored < 0 && r.err == nil {
 		r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
 	}
 	if dw.closed || r.err != nil {
 		return dw, r.err
 	}
-	ids := r.bytes(r.count())
+	inline := r.bytes(r.count())
+	nc := r.uvarint()
 	if r.err != nil {
 		return nil, r.err
 	}
-	if err := dw.ids.load(slices.Clone(ids), start); err != nil {
+	if nc > maxChunks {
+		return nil, fmt.Errorf("%w: %d identity chunks", ErrBadState, nc)
+	}
+	ids := slices.Clone(inline)
+	base := len(inline)
+	for c := 1; c <= int(nc); c++ {
+		var b []byte
+		ok := false
+		if chunk != nil {
+			b, ok = chunk(uint8(c))
+		}
+		if !ok {
+			return nil, fmt.Errorf("%w: identity chunk %d of %d missing", ErrBadState, c, nc)
+		}
+		ids = append(ids, b...)
+		if c == 1 {
+			base = len(ids)
+		}
+	}
+	if len(ids) > math.MaxInt32 {
+		return nil, fmt.Errorf("%w: identities too long", ErrBadState)
+	}
+	if err := dw.ids.load(ids, start); err != nil {
 		return nil, err
 	}
+	dw.idsBase, dw.idsSent, dw.chunks = int32(base), int32(len(ids)), uint8(nc)
 	if len(ids) == 0 {
 		dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
 	}
@@ -332,7 +403,8 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 			*p = r.varint()
 		}
 		if version == stateVersion3Ignored {
-			if dw.ignored = r.varint(); dw.ignored < 0 && r.err == nil {
+			ignored := r.varint()
+			if dw.ignored = clamp32(ignored); ignored < 0 && r.err == nil {
 				r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
 			}
 		}

@@ -29,7 +29,7 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 		t.Helper()
 		recs := map[string][]byte{}
 		eng.Changes(func(k, v []byte) {
-			if kind, start, dev, _ := parseKey(k); kind == keyWindow && start == goldenBase.UnixMicro() && v != nil {
+			if kind, start, dev, _, _ := parseKey(k); kind == keyWindow && start == goldenBase.UnixMicro() && v != nil {
 				recs[dev] = bytes.Clone(v)
 			}
 		})
@@ -78,7 +78,7 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 	fresh.FinishRestore(goldenBase.Add(21 * time.Second))
 	for _, dev := range []string{"clean", "dirty"} {
 		dw := fresh.devs[dev].wins[0]
-		want := map[string]int64{"clean": 0, "dirty": 5}[dev]
+		want := map[string]int32{"clean": 0, "dirty": 5}[dev]
 		if dw.ignored != want || !dw.closed || dw.late != 1 {
 			t.Errorf("restored %s: ignored %d closed %v late %d, want %d true 1", dev, dw.ignored, dw.closed, dw.late, want)
 		}

@@ -153,6 +153,9 @@ type Engine struct {
 	minWM int64 // the smallest device watermark at the last Advance
 
 	lateDev *device // the device of the last Late outcome
+	// chunks holds the identity chunk records read by Restore until
+	// FinishRestore.
+	chunks map[chunkKey][]byte
 	scratch []tseq  // identities, for an out-of-order insert
 
 	attn     []*device // devices with work at the next Advance
@@ -200,16 +203,21 @@ type devWin struct {
 	aggs  []agg // sorted by name
 	ids   idSet // identities seen, sorted by (t, seq); seq −1 without seq
 
-	emitted, closed bool
-	legacy          bool // restored from a version 1 record (emitted not known yet)
-
 	messages           int64
-	dups, late, resets int32 // saturating (see inc)
-	ignored            int64 // ignored payload fields of the accepted readings
 	gaps               int64 // computed at each activity emission
+	dups, late, resets int32 // saturating (see inc)
+	ignored            int32 // ignored payload fields of the accepted readings (saturating)
 	actRev             int32
 	resetsEmitted      int32 // resets in the last activity emission (memory only)
-	actChanged         bool
+	// The identity string in the changelog: idsBase bytes in the window
+	// record, up to idsSent in chunk records 1..chunks (see
+	// Engine.sendIDs); idsSent 0 = to be written whole.
+	idsBase, idsSent int32
+	chunks           uint8
+
+	emitted, closed bool
+	legacy          bool // restored from a version 1 record (emitted not known yet)
+	actChanged      bool
 
 	dirty, queued, deleted bool
 }
@@ -425,6 +433,11 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 	}
 	id := tseq{t, seq}
 	wf, wl, had := dw.ids.first, dw.ids.last, len(dw.ids.b) > 0
+	if had && cmpTseq(id, wl) < 0 {
+		// An insert (or a duplicate): the bytes already in the changelog
+		// may change, so the next record holds them whole.
+		dw.idsSent = 0
+	}
 	switch dw.ids.add(id, dw.start, &e.scratch) {
 	case idDuplicate:
 		e.stats.Duplicates++
@@ -439,7 +452,7 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 	}
 	dw.messages++
 	// Only here, past dedup: a re-sent message's ignored fields count once.
-	dw.ignored += int64(r.IgnoredFields)
+	dw.ignored = int32(min(int64(dw.ignored)+int64(r.IgnoredFields), math.MaxInt32))
 	e.stats.IgnoredFields += int64(r.IgnoredFields)
 	dw.actChanged = true
 	// An aggregate's first/last identities are its window's unless it
@@ -772,7 +785,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	*ac = schemas.Activity{
 		DeviceID: dw.d.id, WindowStart: ws, WindowEnd: we,
 		Messages: dw.messages, SeqGaps: dw.gaps, SeqResets: int64(dw.resets), Late: int64(dw.late), Duplicates: int64(dw.dups),
-		IgnoredFields: dw.ignored, Revision: int64(dw.actRev), EmittedAt: at,
+		IgnoredFields: int64(dw.ignored), Revision: int64(dw.actRev), EmittedAt: at,
 	}
 	if dw.messages > 0 {
 		ac.FirstSeen = time.UnixMicro(dw.ids.first.t).UTC()
@@ -878,15 +891,78 @@ func (e *Engine) Changes(fn func(key, value []byte)) {
 	for _, dw := range e.dirtyWins {
 		dw.dirty = false
 		kb = appendStateKey(kb[:0], dw.start, dw.d.id)
+		if dw.deleted || dw.closed {
+			kb = e.dropChunks(kb, dw, 1, fn)
+		}
 		if dw.deleted {
 			fn(kb, nil)
 			continue
+		}
+		if !dw.closed {
+			kb = e.sendIDs(kb, dw, fn)
 		}
 		vb = appendDevWin(vb[:0], dw)
 		fn(kb, vb)
 	}
 	clear(e.dirtyWins)
 	e.dirtyWins = e.dirtyWins[:0]
+}
+
+// A window's identity string grows with its readings; rewriting it whole
+// at every commit would make a device at hundreds of Hz write its whole
+// window every half second. So a window record holds the string itself
+// only while it is shorter than chunkMinBase bytes. Beyond, the string is
+// in identity chunk records (key: window key + 0xFF + chunk number 1..255,
+// value: version 4 and bytes that continue the string): chunk 1 holds the
+// whole string as of its writing (idsBase bytes), each later commit adds a
+// chunk with only what was added since, and the window record says how
+// many chunks there are. When the added chunks would sum to more than
+// chunk 1, after maxChunks chunks, or when an identity was inserted before
+// the end, chunk 1 is written whole again and the others are deleted
+// (tombstones). So a commit writes the window record (aggregates, bins,
+// counters: no identities) and about what was added, the rewrites cost at
+// most about the final string again over a window, and the compacted
+// changelog holds at most about twice the string.
+const (
+	chunkMinBase = 512
+	maxChunks    = 255
+)
+
+// sendIDs writes, for this commit, the identity chunks of dw that are due
+// (see chunkMinBase); kb is dw's key.
+func (e *Engine) sendIDs(kb []byte, dw *devWin, fn func(key, value []byte)) []byte {
+	n := int32(len(dw.ids.b))
+	if n < chunkMinBase {
+		kb = e.dropChunks(kb, dw, 1, fn) // in the window record
+		dw.idsBase, dw.idsSent = n, n
+		return kb
+	}
+	k := len(kb)
+	switch {
+	case dw.idsSent == 0 || dw.chunks == 0 || dw.chunks == maxChunks || n-dw.idsBase > dw.idsBase:
+		kb = e.dropChunks(kb, dw, 2, fn)
+		kb = appendChunkKey(kb, 1)
+		fn(kb, appendChunk(nil, dw.ids.b))
+		dw.chunks, dw.idsBase = 1, n
+	case n > dw.idsSent:
+		dw.chunks++
+		kb = appendChunkKey(kb, dw.chunks)
+		fn(kb, appendChunk(nil, dw.ids.b[dw.idsSent:]))
+	}
+	dw.idsSent = n
+	return kb[:k]
+}
+
+// dropChunks writes a tombstone for each of dw's identity chunks from
+// number from on.
+func (e *Engine) dropChunks(kb []byte, dw *devWin, from int, fn func(key, value []byte)) []byte {
+	k := len(kb)
+	for c := from; c <= int(dw.chunks); c++ {
+		kb = appendChunkKey(kb[:k], uint8(c))
+		fn(kb, nil)
+	}
+	dw.chunks = uint8(min(int(dw.chunks), from-1))
+	return kb[:k]
 }
 
 // ErrBadState reports a changelog record this version cannot read.
@@ -908,7 +984,7 @@ func (e *Engine) restoreDevice(id string) *device {
 // per-partition watermark version) to the engine; records must come in log
 // order. Call FinishRestore after the last.
 func (e *Engine) Restore(key, value []byte) error {
-	switch kind, start, id, err := parseKey(key); {
+	switch kind, start, id, chunk, err := parseKey(key); {
 	case err != nil:
 		return err
 	case kind == keyMeta:
@@ -917,6 +993,21 @@ func (e *Engine) Restore(key, value []byte) error {
 			return nil
 		}
 		return e.decodeMeta(value)
+	case kind == keyChunk:
+		ck := chunkKey{start, id, chunk}
+		if value == nil {
+			delete(e.chunks, ck)
+			return nil
+		}
+		b, err := decodeChunk(value)
+		if err != nil {
+			return fmt.Errorf("identity chunk %d of device %q window %s: %w", chunk, id, time.UnixMicro(start).UTC().Format(time.RFC3339), err)
+		}
+		if e.chunks == nil {
+			e.chunks = map[chunkKey][]byte{}
+		}
+		e.chunks[ck] = b
+		return nil
 	case kind == keyDevice:
 		if value == nil {
 			if d := e.devs[id]; d != nil {
@@ -939,7 +1030,10 @@ func (e *Engine) Restore(key, value []byte) error {
 			}
 			return nil
 		}
-		dw, err := decodeDevWin(value, start)
+		dw, err := decodeDevWinChunks(value, start, func(c uint8) ([]byte, bool) {
+			b, ok := e.chunks[chunkKey{start, id, c}]
+			return b, ok
+		})
 		if err != nil {
 			return fmt.Errorf("state of device %q window %s: %w", id, time.UnixMicro(start).UTC().Format(time.RFC3339), err)
 		}
@@ -1007,4 +1101,5 @@ func (e *Engine) FinishRestore(now time.Time) {
 	e.devList = kept
 	e.dirtyWins = e.dirtyWins[:0]
 	e.dirtyDevs = e.dirtyDevs[:0]
+	e.chunks = nil
 }
