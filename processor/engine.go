@@ -155,8 +155,8 @@ type Engine struct {
 	lateDev *device // the device of the last Late outcome
 	// chunks holds the identity chunk records read by Restore until
 	// FinishRestore.
-	chunks map[chunkKey][]byte
-	scratch []tseq  // identities, for an out-of-order insert
+	chunks  map[chunkKey][]byte
+	scratch []tseq // identities, for an out-of-order insert
 
 	attn     []*device // devices with work at the next Advance
 	due      dueHeap   // devices waiting for a wall-clock time
