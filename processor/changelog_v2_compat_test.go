@@ -105,7 +105,9 @@ func TestRestoreChangelogV2(t *testing.T) {
 			t.Fatalf("restore %q: %v", k, err)
 		}
 	}
-	eng.FinishRestore(goldenBase.Add(28 * time.Second))
+	if err := eng.FinishRestore(goldenBase.Add(28 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 
 	// This version, given v2Before without ignored fields, writes version 4
 	// records for the same keys, restored into own.
@@ -131,7 +133,9 @@ func TestRestoreChangelogV2(t *testing.T) {
 			t.Fatalf("restore this version's record %q: %v", k, err)
 		}
 	})
-	own.FinishRestore(goldenBase.Add(28 * time.Second))
+	if err := own.FinishRestore(goldenBase.Add(28 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	if len(written) != len(dump.Changelog) {
 		t.Errorf("this version wrote %d changelog records for v2Before, the previous one %d", len(written), len(dump.Changelog))
 	}

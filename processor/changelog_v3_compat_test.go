@@ -61,7 +61,9 @@ func v3Dump(t *testing.T) changelogDump {
 			t.Fatalf("restore %q: %v", k, err)
 		}
 	}
-	eng.FinishRestore(goldenBase.Add(28 * time.Second))
+	if err := eng.FinishRestore(goldenBase.Add(28 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	runV2Steps(eng, v3After, func(em *Emission) {
 		if em.Metric != nil {
 			dump.After = append(dump.After, string(schemas.AppendMetric(nil, em.Metric)))

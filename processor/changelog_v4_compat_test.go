@@ -39,7 +39,9 @@ func restoreDump(t *testing.T, path string) (got, want []string, versions map[by
 			t.Fatalf("restore %q: %v", k, err)
 		}
 	}
-	eng.FinishRestore(goldenBase.Add(28 * time.Second))
+	if err := eng.FinishRestore(goldenBase.Add(28 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	runV2Steps(eng, v3After, func(em *Emission) {
 		if em.Metric != nil {
 			got = append(got, string(schemas.AppendMetric(nil, em.Metric)))

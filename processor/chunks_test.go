@@ -8,10 +8,16 @@ import (
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
+// fullLog is every changelog record written, in order.
+type fullLog [][2][]byte
+
 // commitLog applies Changes to a compacted view of the changelog (last
-// value per key) and returns the bytes written by this commit.
-func commitLog(eng *Engine, log map[string][]byte) (written int) {
+// value per key) and to full, and returns the bytes written by this commit.
+func commitLog(eng *Engine, log map[string][]byte, full *fullLog) (written int) {
 	eng.Changes(func(k, v []byte) {
+		if full != nil {
+			*full = append(*full, [2][]byte{bytes.Clone(k), bytes.Clone(v)})
+		}
 		written += len(k) + len(v)
 		if v == nil {
 			delete(log, string(k))
@@ -22,28 +28,20 @@ func commitLog(eng *Engine, log map[string][]byte) (written int) {
 	return written
 }
 
-// restoreLog rebuilds an engine from a compacted changelog view, window
-// records after their chunks as in the log (a window record is always
-// written after the chunks it counts).
+// restoreLog rebuilds an engine from a compacted changelog view, in the
+// map's (random) order: FinishRestore decodes window records with their
+// chunks at the end.
 func restoreLog(t *testing.T, log map[string][]byte, now time.Time) *Engine {
 	t.Helper()
 	eng, _ := NewEngine(benchWindow())
-	var later [][2][]byte
 	for k, v := range log {
-		if kind, _, _, _, _ := parseKey([]byte(k)); kind == keyChunk {
-			if err := eng.Restore([]byte(k), v); err != nil {
-				t.Fatalf("restore chunk: %v", err)
-			}
-		} else {
-			later = append(later, [2][]byte{[]byte(k), v})
+		if err := eng.Restore([]byte(k), v); err != nil {
+			t.Fatalf("restore %q: %v", k, err)
 		}
 	}
-	for _, kv := range later {
-		if err := eng.Restore(kv[0], kv[1]); err != nil {
-			t.Fatalf("restore %q: %v", kv[0], err)
-		}
+	if err := eng.FinishRestore(now); err != nil {
+		t.Fatal(err)
 	}
-	eng.FinishRestore(now)
 	return eng
 }
 
@@ -58,6 +56,7 @@ func TestChangelogChunks(t *testing.T) {
 	eng, _ := NewEngine(benchWindow())
 	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	log := map[string][]byte{}
+	var full fullLog
 	const hz = 500
 	var perCommit []int
 	seq := int64(0)
@@ -77,7 +76,7 @@ func TestChangelogChunks(t *testing.T) {
 		// A slow device beside it: never chunked.
 		eng.Add(&schemas.Reading{DeviceID: "slow", EventTime: t0.Add(time.Duration(c) * 500 * time.Millisecond), Seq: int64(c), HasSeq: true,
 			Measurements: []schemas.Measurement{{Name: "v", Value: 1}}}, t0)
-		perCommit = append(perCommit, commitLog(eng, log))
+		perCommit = append(perCommit, commitLog(eng, log, &full))
 
 		got := restoreLog(t, log, t0)
 		for _, dev := range []string{"fast", "slow"} {
@@ -127,6 +126,32 @@ func TestChangelogChunks(t *testing.T) {
 	if compacted > 3*len(fast.ids.b) {
 		t.Errorf("compacted changelog %d B for a %d B identity string", compacted, len(fast.ids.b))
 	}
+	// The log as written, and as the log cleaner may leave it (older
+	// values removed only below some offset), restore in log order to the
+	// same state.
+	want := eng.devs["fast"].wins[0]
+	for cut := 0; cut <= len(full); cut += len(full)/7 + 1 {
+		latest := map[string]int{}
+		for i, kv := range full[:cut] {
+			latest[string(kv[0])] = i
+		}
+		got, _ := NewEngine(benchWindow())
+		for i, kv := range full {
+			if i < cut && i < latest[string(kv[0])] {
+				continue // cleaned
+			}
+			if err := got.Restore(kv[0], kv[1]); err != nil {
+				t.Fatalf("cleaned below %d: restore record %d: %v", cut, i, err)
+			}
+		}
+		if err := got.FinishRestore(t0); err != nil {
+			t.Fatalf("cleaned below %d: %v", cut, err)
+		}
+		if have := got.devs["fast"].wins[0]; !bytes.Equal(have.ids.b, want.ids.b) || have.aggs[0].count != want.aggs[0].count {
+			t.Fatalf("cleaned below %d: %d identity bytes, %d values; want %d, %d", cut, len(have.ids.b), have.aggs[0].count, len(want.ids.b), want.aggs[0].count)
+		}
+	}
+
 	// Closing the window (a reading in the next one, then silence) deletes
 	// its chunks.
 	eng.Add(&schemas.Reading{DeviceID: "fast", EventTime: t0.Add(61 * time.Second), Seq: seq, HasSeq: true,
@@ -135,7 +160,7 @@ func TestChangelogChunks(t *testing.T) {
 	if w := eng.devs["fast"].win(t0.UnixMicro()); w != nil && !w.closed {
 		t.Fatalf("window [0 s, 60 s) still open")
 	}
-	commitLog(eng, log)
+	commitLog(eng, log, nil)
 	for k := range log {
 		if kind, _, _, _, _ := parseKey([]byte(k)); kind == keyChunk {
 			t.Fatalf("chunk %q left after the window closed", k)

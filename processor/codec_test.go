@@ -75,7 +75,9 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fresh.FinishRestore(goldenBase.Add(21 * time.Second))
+	if err := fresh.FinishRestore(goldenBase.Add(21 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	for _, dev := range []string{"clean", "dirty"} {
 		dw := fresh.devs[dev].wins[0]
 		want := map[string]int32{"clean": 0, "dirty": 5}[dev]

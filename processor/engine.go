@@ -1,10 +1,12 @@
 package processor
 
 import (
+	"bytes"
 	"cmp"
 	"container/heap"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"time"
@@ -153,9 +155,13 @@ type Engine struct {
 	minWM int64 // the smallest device watermark at the last Advance
 
 	lateDev *device // the device of the last Late outcome
-	// chunks holds the identity chunk records read by Restore until
-	// FinishRestore.
+	// chunks and restWins hold the identity chunk records and the version
+	// 4 window records read by Restore until FinishRestore decodes them:
+	// a log that compaction cleaned only in part can hold a window record
+	// whose chunks were since rewritten; only the last value of each key
+	// counts.
 	chunks  map[chunkKey][]byte
+	restWins map[chunkKey][]byte // n = 0
 	scratch []tseq // identities, for an out-of-order insert
 
 	attn     []*device // devices with work at the next Advance
@@ -1021,6 +1027,22 @@ func (e *Engine) Restore(key, value []byte) error {
 		}
 		return nil
 	default:
+		wk := chunkKey{start: start, dev: id}
+		delete(e.restWins, wk)
+		if value != nil && len(value) > 0 && value[0] == stateVersion4 {
+			// Decoded by FinishRestore, with its chunks; what an earlier
+			// record of the key restored is replaced.
+			if d := e.devs[id]; d != nil {
+				if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
+					d.wins = slices.Delete(d.wins, i, i+1)
+				}
+			}
+			if e.restWins == nil {
+				e.restWins = map[chunkKey][]byte{}
+			}
+			e.restWins[wk] = bytes.Clone(value)
+			return nil
+		}
 		d := e.devs[id]
 		if value == nil {
 			if d != nil {
@@ -1030,32 +1052,54 @@ func (e *Engine) Restore(key, value []byte) error {
 			}
 			return nil
 		}
-		dw, err := decodeDevWinChunks(value, start, func(c uint8) ([]byte, bool) {
-			b, ok := e.chunks[chunkKey{start, id, c}]
-			return b, ok
-		})
+		dw, err := decodeDevWin(value, start)
 		if err != nil {
 			return fmt.Errorf("state of device %q window %s: %w", id, time.UnixMicro(start).UTC().Format(time.RFC3339), err)
 		}
-		d = e.restoreDevice(id)
+		e.placeWin(id, dw)
+		return nil
+	}
+}
+
+// placeWin puts a restored window into its device's windows, replacing
+// one with the same start.
+func (e *Engine) placeWin(id string, dw *devWin) {
+	{
+		d := e.restoreDevice(id)
 		dw.d = d
+		start := dw.start
 		if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
 			d.wins[i] = dw
-			return nil
+			return
 		}
 		i := len(d.wins)
 		for i > 0 && d.wins[i-1].start > start {
 			i--
 		}
 		d.wins = slices.Insert(d.wins, i, dw)
-		return nil
 	}
 }
 
-// FinishRestore rebuilds the derived fields after Restore and starts the
-// idle timer of every device at now (or at its last reading, if that is
-// later).
-func (e *Engine) FinishRestore(now time.Time) {
+// FinishRestore decodes the window records Restore kept for the end (with
+// their identity chunks), rebuilds the derived fields and starts the idle
+// timer of every device at now (or at its last reading, if that is
+// later). It fails (ErrBadState) when a window record is corrupt or one of
+// its chunks is missing; the engine is then unusable.
+func (e *Engine) FinishRestore(now time.Time) error {
+	keys := slices.SortedFunc(maps.Keys(e.restWins), func(a, b chunkKey) int {
+		return cmp.Or(cmp.Compare(a.dev, b.dev), cmp.Compare(a.start, b.start))
+	})
+	for _, k := range keys {
+		dw, err := decodeDevWinChunks(e.restWins[k], k.start, func(c uint8) ([]byte, bool) {
+			b, ok := e.chunks[chunkKey{k.start, k.dev, c}]
+			return b, ok
+		})
+		if err != nil {
+			return fmt.Errorf("state of device %q window %s: %w", k.dev, time.UnixMicro(k.start).UTC().Format(time.RFC3339), err)
+		}
+		e.placeWin(k.dev, dw)
+	}
+	e.restWins, e.chunks = nil, nil
 	nowUS := now.UnixMicro()
 	e.openAggs, e.devWins = 0, 0
 	kept := e.devList[:0]
@@ -1101,5 +1145,5 @@ func (e *Engine) FinishRestore(now time.Time) {
 	e.devList = kept
 	e.dirtyWins = e.dirtyWins[:0]
 	e.dirtyDevs = e.dirtyDevs[:0]
-	e.chunks = nil
+	return nil
 }

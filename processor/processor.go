@@ -599,7 +599,9 @@ func (p *Processor) restore(ctx context.Context, adm *kadm.Client, parts []int32
 	}
 	now := p.now()
 	for part, eng := range engines {
-		eng.FinishRestore(now)
+		if err := eng.FinishRestore(now); err != nil {
+			return fmt.Errorf("changelog %s partition %d: %w", topic, part, err)
+		}
 		p.tasks[part] = newTask(part, eng, p.cfg.Topics, p.m)
 	}
 	p.m.restoredRecs.Add(float64(n))

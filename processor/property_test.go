@@ -174,7 +174,9 @@ func TestPropertyFinalEqualsBatch(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				fresh.FinishRestore(at[i])
+				if err := fresh.FinishRestore(at[i]); err != nil {
+					t.Fatal(err)
+				}
 				eng = fresh
 			}
 		}
