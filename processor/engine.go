@@ -160,9 +160,9 @@ type Engine struct {
 	// a log that compaction cleaned only in part can hold a window record
 	// whose chunks were since rewritten; only the last value of each key
 	// counts.
-	chunks  map[chunkKey][]byte
+	chunks   map[chunkKey][]byte
 	restWins map[chunkKey][]byte // n = 0
-	scratch []tseq // identities, for an out-of-order insert
+	scratch  []tseq              // identities, for an out-of-order insert
 
 	attn     []*device // devices with work at the next Advance
 	due      dueHeap   // devices waiting for a wall-clock time
