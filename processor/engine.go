@@ -877,9 +877,12 @@ func seqGaps(ids []byte, start int64) int64 {
 
 // Changes calls fn for every state change since the last call, as
 // changelog key/value pairs: the value of a device's or device window's
-// key is its encoded state, nil (a tombstone) once it is forgotten.
-// Applying the pairs with Restore to an empty Engine rebuilds this one.
-// value is only valid during the call.
+// key is its encoded state, nil (a tombstone) once it is forgotten; a
+// window whose identities pass chunkMinBase bytes also has identity chunk
+// records, written before its window record, with only what was added
+// since the last call (see chunkMinBase). Applying the pairs with Restore
+// to an empty Engine, then FinishRestore, rebuilds this one. key and value
+// are only valid during the call.
 func (e *Engine) Changes(fn func(key, value []byte)) {
 	var kb, vb []byte
 	for _, d := range e.dirtyDevs {
