@@ -932,10 +932,10 @@ func (e *Engine) Changes(fn func(key, value []byte)) {
 // counters: no identities) and about what was added, the rewrites cost at
 // most about the final string again over a window, and the compacted
 // changelog holds at most about twice the string.
-const (
-	chunkMinBase = 512
-	maxChunks    = 255
-)
+const maxChunks = 255
+
+// chunkMinBase is 512 bytes; tests lower it to put every window in chunks.
+var chunkMinBase int32 = 512
 
 // sendIDs writes, for this commit, the identity chunks of dw that are due
 // (see chunkMinBase); kb is dw's key.
