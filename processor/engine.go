@@ -439,11 +439,6 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 	}
 	id := tseq{t, seq}
 	wf, wl, had := dw.ids.first, dw.ids.last, len(dw.ids.b) > 0
-	if had && cmpTseq(id, wl) < 0 {
-		// An insert (or a duplicate): the bytes already in the changelog
-		// may change, so the next record holds them whole.
-		dw.idsSent = 0
-	}
 	switch dw.ids.add(id, dw.start, &e.scratch) {
 	case idDuplicate:
 		e.stats.Duplicates++
@@ -455,6 +450,11 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 	case idSeqReset:
 		inc(&dw.resets)
 		e.stats.SeqResets++
+	}
+	if had && cmpTseq(id, wl) < 0 {
+		// Inserted before the end: the bytes already in the changelog
+		// changed, so the next record holds them whole.
+		dw.idsSent = 0
 	}
 	dw.messages++
 	// Only here, past dedup: a re-sent message's ignored fields count once.
