@@ -1032,7 +1032,7 @@ func (e *Engine) Restore(key, value []byte) error {
 	default:
 		wk := chunkKey{start: start, dev: id}
 		delete(e.restWins, wk)
-		if value != nil && len(value) > 0 && value[0] == stateVersion4 {
+		if len(value) > 0 && value[0] == stateVersion4 {
 			// Decoded by FinishRestore, with its chunks; what an earlier
 			// record of the key restored is replaced.
 			if d := e.devs[id]; d != nil {
