@@ -75,8 +75,10 @@ func v3Dump(t *testing.T) changelogDump {
 }
 
 // TestWriteChangelogV3Golden writes testdata/changelog_v3/v3.json; it was
-// run once, with the version that wrote changelog versions 2 and 3
-// (commit 2b9ce9a), by IOTPIPE_WRITE_CHANGELOG_V3=1.
+// run once, by IOTPIPE_WRITE_CHANGELOG_V3=1, on a checkout of commit
+// 285deed (the processor of 2b9ce9a, which wrote changelog versions 2 and
+// 3) with this generator; with this version it would write version 4
+// records (TestChangelogV4Golden checks those).
 func TestWriteChangelogV3Golden(t *testing.T) {
 	if os.Getenv("IOTPIPE_WRITE_CHANGELOG_V3") == "" {
 		t.Skip("one-off generator: IOTPIPE_WRITE_CHANGELOG_V3=1 with the version 2/3 writer")
