@@ -128,13 +128,13 @@
 //
 // State grows with the open device × metric × window aggregates (the
 // OpenKeys of an Engine; about BytesPerKeyEstimate bytes each at 1 Hz with
-// two metrics per device: 394 B in memory and 161 B in the changelog,
-// measured by BenchmarkStateBytesPerKey; 740 B and 438 B at 10 Hz; 260 B
+// two metrics per device: 386 B in memory and 161 B in the changelog,
+// measured by BenchmarkStateBytesPerKey; 732 B and 438 B at 10 Hz; 256 B
 // and 117 B with five metrics per device, whose device and window parts
 // the metrics share), a small activity summary per device window for
 // LateRetention, and the devices: a device's clock is ~150 B plus its id
 // (struct, map entry, heap entry; by size), and a silent device keeps its
-// newest window until it returns or the device retention passes (797 B in
+// newest window until it returns or the device retention passes (781 B in
 // memory, 275 B in the changelog for 20 s of 1 Hz readings of two metrics:
 // BenchmarkStateBytesPerIdleDevice); those windows count in OpenKeys. Per
 // window, a metric costs ~130 B plus ~2 B per occupied sketch bin, and the

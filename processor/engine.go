@@ -193,10 +193,12 @@ type device struct {
 	wins                []*devWin // held windows, by start
 	// next is the smallest watermark at which Advance has work for the
 	// device (see plan); dueAt/dueGen its entry in the due heap.
-	next                 int64
-	dueAt                int64
-	dueGen               uint32
-	idx                  int32 // position in Engine.devList
+	next  int64
+	dueAt int64
+	idx   int32 // position in Engine.devList
+	// dueGen wraps at 256: a stale heap entry that matches again only
+	// makes Advance visit the device and plan it anew.
+	dueGen               uint8
 	dirty, deleted, attn bool
 }
 
@@ -727,7 +729,7 @@ const scanEvery = 5_000_000 // µs
 type dueItem struct {
 	at  int64
 	d   *device
-	gen uint32
+	gen uint8
 }
 
 type dueHeap []dueItem
