@@ -1,11 +1,11 @@
 package processor
 
 import (
+	"encoding/binary"
 	"math"
+	"slices"
 
-	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/DataDog/sketches-go/ddsketch/mapping"
-	"github.com/DataDog/sketches-go/ddsketch/store"
 )
 
 // SketchRelativeAccuracy is the relative accuracy of the p50/p95/p99
@@ -13,6 +13,11 @@ import (
 // guarantee; the rank of quantile q among n values is floor(q·(n−1))).
 const SketchRelativeAccuracy = 0.01
 
+// sketchMapping is DDSketch's logarithmic index mapping at 1 % relative
+// accuracy (github.com/DataDog/sketches-go): value v > 0 falls in bin
+// Index(v), whose representative Value(i) is within 1 % of every value of
+// the bin. The bins are kept by the engine itself (binKey), sparse and
+// compact; changelogs of versions 1–3 hold them as DDSketch encodings.
 var sketchMapping = func() mapping.IndexMapping {
 	m, err := mapping.NewLogarithmicMapping(SketchRelativeAccuracy)
 	if err != nil {
@@ -21,8 +26,117 @@ var sketchMapping = func() mapping.IndexMapping {
 	return m
 }()
 
-func newSketch() *ddsketch.DDSketch {
-	return ddsketch.NewDDSketchFromStoreProvider(sketchMapping, store.DenseStoreConstructor)
+// Sketch bins, kept per aggregate as one byte string of its occupied bins
+// in key order, each as uvarint(key − previous key) (the first from 0) and
+// uvarint(count): ~2 bytes a bin. The key orders bins by value: negative
+// values by decreasing magnitude, then zero, then positive values by
+// increasing magnitude.
+const (
+	// binIndexBias moves DDSketch indexes (|index| ≤ ~35,500 at 1 %
+	// accuracy over the whole float64 range) to [0, 2·binIndexBias).
+	binIndexBias = 1 << 16
+	binZeroKey   = 2 * binIndexBias
+	binKeyLimit  = 4*binIndexBias + 2 // keys are below it
+)
+
+var (
+	sketchMinValue = sketchMapping.MinIndexableValue()
+	sketchMaxValue = sketchMapping.MaxIndexableValue()
+)
+
+// binKey returns the bin key of v (not NaN). Magnitudes beyond the
+// mapping's largest indexable value (about 1.8e308/1.02) go to its last
+// bin; DDSketch dropped them.
+func binKey(v float64) uint32 {
+	switch {
+	case v > sketchMinValue:
+		return binZeroKey + 1 + uint32(sketchMapping.Index(min(v, sketchMaxValue))+binIndexBias)
+	case v < -sketchMinValue:
+		return binZeroKey - 1 - uint32(sketchMapping.Index(min(-v, sketchMaxValue))+binIndexBias)
+	default:
+		return binZeroKey
+	}
+}
+
+// binValue is the representative value of the bin with key k.
+func binValue(k uint32) float64 {
+	switch {
+	case k > binZeroKey:
+		return sketchMapping.Value(int(k) - binZeroKey - 1 - binIndexBias)
+	case k < binZeroKey:
+		return -sketchMapping.Value(binZeroKey - 1 - int(k) - binIndexBias)
+	default:
+		return 0
+	}
+}
+
+// binIter walks a bins string.
+type binIter struct {
+	b   []byte
+	pos int    // offset of the next entry
+	key uint32 // key of the last entry
+	bad bool
+}
+
+// next returns the next bin: its key, count, and the offsets of its entry
+// and of its count.
+func (it *binIter) next() (k uint32, c uint64, at, cat int, ok bool) {
+	if it.pos >= len(it.b) {
+		return 0, 0, 0, 0, false
+	}
+	at = it.pos
+	d, n1 := binary.Uvarint(it.b[at:])
+	if n1 <= 0 || d >= binKeyLimit || uint64(it.key)+d >= binKeyLimit || (d == 0 && at > 0) {
+		it.bad, it.pos = true, len(it.b)
+		return 0, 0, 0, 0, false
+	}
+	cat = at + n1
+	c, n2 := binary.Uvarint(it.b[cat:])
+	if n2 <= 0 || c == 0 {
+		it.bad, it.pos = true, len(it.b)
+		return 0, 0, 0, 0, false
+	}
+	it.key += uint32(d)
+	it.pos = cat + n2
+	return it.key, c, at, cat, true
+}
+
+// addBin counts one value of bin key k into the bins string b.
+func addBin(b []byte, k uint32) []byte {
+	var tmp [3 * binary.MaxVarintLen64]byte
+	it := binIter{b: b}
+	prev := uint32(0)
+	for {
+		key, c, at, cat, ok := it.next()
+		switch {
+		case !ok:
+			r := binary.AppendUvarint(tmp[:0], uint64(k-prev))
+			return spliceBins(b, len(b), len(b), append(r, 1))
+		case key == k:
+			return spliceBins(b, cat, it.pos, binary.AppendUvarint(tmp[:0], c+1))
+		case key > k:
+			// A new entry before this one, whose delta shrinks.
+			r := binary.AppendUvarint(tmp[:0], uint64(k-prev))
+			r = append(r, 1)
+			r = binary.AppendUvarint(r, uint64(key-k))
+			return spliceBins(b, at, cat, r)
+		}
+		prev = key
+	}
+}
+
+// spliceBins replaces b[i:j] with r, growing b by a quarter when needed
+// (not double: most windows stop adding bins early, and slack would stay
+// for the window's life).
+func spliceBins(b []byte, i, j int, r []byte) []byte {
+	if len(r) == j-i {
+		copy(b[i:], r)
+		return b
+	}
+	if need := len(b) + len(r) - (j - i); need > cap(b) {
+		b = growBytes(b, max(need-len(b), len(b)/4+1))
+	}
+	return slices.Replace(b, i, j, r...)
 }
 
 // agg is the running aggregate of one metric of one device in one window.
@@ -31,53 +145,113 @@ func newSketch() *ddsketch.DDSketch {
 // Python's math.fsum), min/max/first/last are order-free by construction and
 // the sketch counts bins. The Welford pair is merged stably, so stddev is
 // reproducible to ~1e-15 relative whatever the order.
+//
+// Its first and last readings' identities are, as a rule, its window's
+// first and last identities (every reading of the window carried the
+// metric); only an aggregate that missed one holds its own (ext.edges).
 type agg struct {
-	name      string
-	count     int64
-	partials  []float64 // exact sum as non-overlapping partials
-	min, max  float64
-	wmean, m2 float64 // Welford running mean and sum of squared deviations
-	first     float64
-	firstT    int64
-	firstSeq  int64
-	last      float64
-	lastT     int64
-	lastSeq   int64
-	sketch    *ddsketch.DDSketch
-	revision  int64 // revision of the last emission; 0 = never emitted
-	changed   bool  // updated since the last emission
+	name        string
+	count       int64
+	min, max    float64
+	wmean, m2   float64 // Welford running mean and sum of squared deviations
+	first, last float64
+	p           [2]float64 // the exact sum's partials while there are at most two
+	ext         *aggExt    // rare parts; nil when none is needed
+	bins        []byte     // sketch bins, see binIter
+	revision    int32      // revision of the last emission; 0 = never emitted
+	np          uint8      // partials in p; 3 = in ext.partials
+	changed     bool       // updated since the last emission
+	touched     bool       // updated by the reading being added (Engine.Add only)
 }
 
-func newAgg(name string) *agg {
-	return &agg{name: name, sketch: newSketch()}
+// aggExt holds what most aggregates do not need.
+type aggExt struct {
+	partials []float64 // the exact sum's partials when more than two
+	// own: first/last are this aggregate's first and last identities,
+	// which differ from its window's.
+	own         bool
+	first, last tseq
 }
 
-// add folds one value with event time t (µs) and seq (−1 without seq) in.
-func (a *agg) add(v float64, t, seq int64) {
+// sum returns the exactly rounded sum.
+func (a *agg) sum() float64 { return sumPartials(a.partials()) }
+
+func (a *agg) partials() []float64 {
+	if a.np > 2 {
+		return a.ext.partials
+	}
+	return a.p[:a.np]
+}
+
+func (a *agg) setPartials(p []float64) {
+	if len(p) <= 2 {
+		if a.np > 2 {
+			a.ext.partials = nil
+		}
+		a.np = uint8(copy(a.p[:], p))
+		return
+	}
+	if a.ext == nil {
+		a.ext = &aggExt{}
+	}
+	if a.np <= 2 {
+		a.ext.partials = slices.Clone(p)
+	} else {
+		a.ext.partials = append(a.ext.partials[:0], p...)
+	}
+	a.np = 3
+}
+
+// edges returns the identities of a's first and last readings; wf and wl
+// are its window's.
+func (a *agg) edges(wf, wl tseq) (tseq, tseq) {
+	if a.ext != nil && a.ext.own {
+		return a.ext.first, a.ext.last
+	}
+	return wf, wl
+}
+
+// setEdges makes a hold its own first and last identities.
+func (a *agg) setEdges(f, l tseq) {
+	if a.ext == nil {
+		a.ext = &aggExt{}
+	}
+	a.ext.own, a.ext.first, a.ext.last = true, f, l
+}
+
+// add folds one value with identity id in. f and l are a's first and last
+// identities before it (meaningless while count is 0); own tells whether
+// a's identities must be its own after it (its window's differ).
+func (a *agg) add(v float64, id, f, l tseq, own bool) {
 	a.count++
 	if a.count == 1 {
 		a.min, a.max = v, v
-		a.first, a.firstT, a.firstSeq = v, t, seq
-		a.last, a.lastT, a.lastSeq = v, t, seq
+		a.first, a.last = v, v
+		f, l = id, id
 	} else {
 		a.min = math.Min(a.min, v)
 		a.max = math.Max(a.max, v)
-		if t < a.firstT || (t == a.firstT && seq < a.firstSeq) {
-			a.first, a.firstT, a.firstSeq = v, t, seq
+		if cmpTseq(id, f) < 0 {
+			a.first, f = v, id
 		}
-		if t > a.lastT || (t == a.lastT && seq > a.lastSeq) {
-			a.last, a.lastT, a.lastSeq = v, t, seq
+		if cmpTseq(id, l) > 0 {
+			a.last, l = v, id
 		}
 	}
-	a.partials = addPartials(a.partials, v)
+	if own {
+		a.setEdges(f, l)
+	} else if a.ext != nil {
+		a.ext.own = false
+	}
+	var buf [8]float64
+	a.setPartials(addPartials(append(buf[:0], a.partials()...), v))
 	d := v - a.wmean
 	a.wmean += d / float64(a.count)
 	a.m2 += d * (v - a.wmean)
-	_ = a.sketch.Add(v) // only NaN fails, and NaN never reaches an aggregate
+	a.bins = addBin(a.bins, binKey(v)) // NaN never reaches an aggregate
 	a.changed = true
+	a.touched = true
 }
-
-func (a *agg) sum() float64 { return sumPartials(a.partials) }
 
 // mean is the exactly rounded sum divided by the count.
 func (a *agg) mean() float64 { return a.sum() / float64(a.count) }
@@ -91,29 +265,24 @@ func (a *agg) stddev() float64 {
 }
 
 // quantile estimates the value of rank floor(q·(count−1)) among the
-// window's sorted values. It reads the sketch's stores itself:
-// DDSketch.GetValueAtQuantile uses the fractional rank q·(count−1), which
-// for negative values (kept by magnitude) picks the neighbour above the
-// wanted rank.
+// window's sorted values: the representative value of the bin holding
+// that rank, clamped to [min, max] (a bin's representative can lie just
+// outside them). It gives what DDSketch's stores gave for the same bins.
 func (a *agg) quantile(q float64) float64 {
-	if a.count == 0 {
+	if a.count == 0 || len(a.bins) == 0 {
 		return 0
 	}
-	rank := math.Floor(q * float64(a.count-1))
-	neg, pos := a.sketch.GetNegativeValueStore(), a.sketch.GetPositiveValueStore()
-	nneg := neg.TotalCount()
-	var v float64
-	switch {
-	case rank < nneg:
-		v = -sketchMapping.Value(neg.KeyAtRank(nneg - 1 - rank))
-	case rank < nneg+a.sketch.GetZeroCount():
-		v = 0
-	default:
-		v = sketchMapping.Value(pos.KeyAtRank(rank - nneg - a.sketch.GetZeroCount()))
+	rank := uint64(math.Floor(q * float64(a.count-1)))
+	var n uint64
+	var k uint32
+	it := binIter{b: a.bins}
+	for key, c, _, _, ok := it.next(); ok; key, c, _, _, ok = it.next() {
+		k = key
+		if n += c; n > rank {
+			break
+		}
 	}
-	// The sketch returns a bin's representative value, which can lie just
-	// outside [min, max]; clamp so the record stays consistent.
-	return math.Min(math.Max(v, a.min), a.max)
+	return math.Min(math.Max(binValue(k), a.min), a.max)
 }
 
 // addPartials adds x to the non-overlapping partials of an exact sum

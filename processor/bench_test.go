@@ -86,11 +86,52 @@ func BenchmarkTaskHandle(b *testing.B) {
 }
 
 // BenchmarkStateBytesPerKey reports the heap held per open metric window
-// (device × metric × window) after a minute of 1 Hz readings with seq.
-func BenchmarkStateBytesPerKey(b *testing.B) {
+// (device × metric × window) after a minute of 1 Hz readings with seq, two
+// metrics per device (bytes/key), and what that state takes in the
+// changelog (changelog-bytes/key). The 10Hz and 5Metrics variants change
+// only the rate or the number of metrics.
+func BenchmarkStateBytesPerKey(b *testing.B) { benchStateBytes(b, 2000, 1, 2) }
+
+// BenchmarkStateBytesPerKey10Hz is BenchmarkStateBytesPerKey at 10 Hz.
+func BenchmarkStateBytesPerKey10Hz(b *testing.B) { benchStateBytes(b, 500, 10, 2) }
+
+// BenchmarkStateBytesPerKey5Metrics is BenchmarkStateBytesPerKey with five
+// metrics per device.
+func BenchmarkStateBytesPerKey5Metrics(b *testing.B) { benchStateBytes(b, 1000, 1, 5) }
+
+// benchReadingsHz returns 59 s of readings of devices devices at hz, each
+// with metrics measurements (values with a few significant digits, as
+// sensors send), in event-time order.
+func benchReadingsHz(devices, hz, metrics int) []*schemas.Reading {
+	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	names := []string{"hum", "temp", "co2", "pressure", "voltage"}[:metrics]
+	rounds := 59 * hz // all in one open window
+	rs := make([]*schemas.Reading, 0, rounds*devices)
+	for round := range rounds {
+		for d := range devices {
+			i := round*devices + d
+			ms := make([]schemas.Measurement, metrics)
+			for m, name := range names {
+				ms[m] = schemas.Measurement{Name: name, Value: float64(10*(m+2)) + float64((i+7*m)%17)/float64(1+m%3*9)}
+			}
+			rs = append(rs, &schemas.Reading{
+				DeviceID:  "device-" + strconv.Itoa(d),
+				EventTime: t0.Add(time.Duration(round)*time.Second/time.Duration(hz) + time.Duration(d)*time.Microsecond),
+				Seq:       int64(round), HasSeq: true, Measurements: ms,
+			})
+		}
+	}
+	return rs
+}
+
+func benchStateBytes(b *testing.B, devices, hz, metrics int) {
+	var rs []*schemas.Reading
+	if hz == 1 && metrics == 2 {
+		rs = benchReadings(devices*59, devices) // the figures before 10Hz/5Metrics came from these
+	} else {
+		rs = benchReadingsHz(devices, hz, metrics)
+	}
 	for range b.N {
-		const devices = 2000
-		rs := benchReadings(devices*59, devices) // 59 s: all in one open window
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
@@ -102,13 +143,16 @@ func BenchmarkStateBytesPerKey(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		keys := eng.OpenKeys()
+		if keys != devices*metrics {
+			b.Fatalf("%d open keys, want %d", keys, devices*metrics)
+		}
 		b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/float64(keys), "bytes/key")
 		var cl int
 		eng.Changes(func(k, v []byte) { cl += len(k) + len(v) })
 		b.ReportMetric(float64(cl)/float64(keys), "changelog-bytes/key")
 		runtime.KeepAlive(eng)
-		runtime.KeepAlive(rs)
 	}
+	runtime.KeepAlive(rs)
 }
 
 // benchWindow is the default window config with 1m windows and 5s
@@ -150,5 +194,42 @@ func BenchmarkStateBytesPerIdleDevice(b *testing.B) {
 		b.ReportMetric(float64(cl)/devices, "changelog-bytes/idle-device")
 		runtime.KeepAlive(eng)
 		runtime.KeepAlive(rs)
+	}
+}
+
+// BenchmarkChangelogBytesPerCommit reports what the changelog receives per
+// commit (every 500 ms of event time, as --commit-interval's default) for
+// one device through a 59 s window at 1, 10 and 500 Hz with two metrics:
+// bytes/commit/device (keys + values, averaged over the window's commits)
+// and bytes/reading. What a commit writes should grow with what changed,
+// not with the whole window.
+func BenchmarkChangelogBytesPerCommit(b *testing.B) {
+	for _, c := range []struct {
+		name        string
+		devices, hz int
+	}{{"rate=1Hz", 1000, 1}, {"rate=10Hz", 200, 10}, {"rate=500Hz", 4, 500}} {
+		b.Run(c.name, func(b *testing.B) {
+			rs := benchReadingsHz(c.devices, c.hz, 2)
+			for range b.N {
+				eng, _ := NewEngine(benchWindow())
+				now := time.Now()
+				var bytes, commits int
+				next := rs[0].EventTime.Add(500 * time.Millisecond)
+				commit := func() {
+					eng.Changes(func(k, v []byte) { bytes += len(k) + len(v) })
+					commits++
+				}
+				for _, r := range rs {
+					if !r.EventTime.Before(next) {
+						commit()
+						next = next.Add(500 * time.Millisecond)
+					}
+					eng.Add(r, now)
+				}
+				commit()
+				b.ReportMetric(float64(bytes)/float64(commits)/float64(c.devices), "bytes/commit/device")
+				b.ReportMetric(float64(bytes)/float64(len(rs)), "bytes/reading")
+			}
+		})
 	}
 }

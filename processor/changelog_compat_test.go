@@ -43,7 +43,9 @@ func TestRestoreChangelogV1(t *testing.T) {
 			t.Fatalf("restore %q: %v", k, err)
 		}
 	}
-	eng.FinishRestore(goldenBase.Add(36 * time.Second))
+	if err := eng.FinishRestore(goldenBase.Add(36 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	if eng.Devices() != 2 || eng.OpenKeys() != 2 {
 		t.Fatalf("restored %d devices, %d open keys; want 2, 2", eng.Devices(), eng.OpenKeys())
 	}

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -32,11 +33,23 @@ import (
 // is unchanged, and a processor of that earlier release, which reads
 // versions 1 and 2, refuses a version 3 record (ErrBadState) instead of
 // misreading it.
+//
+// Version 4 (written now for every window record; device records stay
+// version 2) is the compact state: the identities as the engine keeps
+// them (idSet: ~2 bytes each in order), and per metric the sketch's
+// occupied bins only (key delta and count, ~2 bytes a bin, as the engine
+// keeps them) instead of a
+// DDSketch encoding, the first/last identities only when they differ from
+// the window's, the exact sum's partials, min, max, the Welford pair,
+// first and last value, and the revision. Versions 1–3 still restore; a
+// processor that reads at most version 3 refuses a version 4 record
+// (ErrBadState) instead of misreading it.
 const (
 	metaKey              = "meta"
 	stateVersion1        = 1
 	stateVersion         = 2
 	stateVersion3Ignored = 3
+	stateVersion4        = 4
 )
 
 // deviceKeyPrefix starts a device record's key: as a window start it would
@@ -50,7 +63,37 @@ const (
 	keyWindow keyKind = iota
 	keyDevice
 	keyMeta
+	keyChunk
 )
+
+// chunkMark separates a window key from the number of one of its identity
+// chunks (version 4): 0xFF is in no UTF-8 text, so in no device id, and a
+// processor that reads at most version 3 refuses such a key (ErrBadState).
+const chunkMark = 0xff
+
+// chunkKey names an identity chunk record while a restore collects them.
+type chunkKey struct {
+	start int64
+	dev   string
+	n     uint8
+}
+
+// appendChunkKey appends chunk n's suffix to a window key.
+func appendChunkKey(b []byte, n uint8) []byte { return append(b, chunkMark, n) }
+
+// appendChunk encodes an identity chunk: version 4, then identity bytes
+// that continue the window's identity string.
+func appendChunk(b, ids []byte) []byte {
+	b = append(b, stateVersion4)
+	return append(b, ids...)
+}
+
+func decodeChunk(v []byte) ([]byte, error) {
+	if len(v) < 2 || v[0] != stateVersion4 {
+		return nil, fmt.Errorf("%w: identity chunk version", ErrBadState)
+	}
+	return slices.Clone(v[1:]), nil
+}
 
 func appendStateKey(b []byte, start int64, dev string) []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(start))
@@ -62,17 +105,20 @@ func appendDeviceKey(b []byte, dev string) []byte {
 	return append(b, dev...)
 }
 
-func parseKey(k []byte) (keyKind, int64, string, error) {
+func parseKey(k []byte) (kind keyKind, start int64, dev string, chunk uint8, err error) {
 	if string(k) == metaKey {
-		return keyMeta, 0, "", nil
+		return keyMeta, 0, "", 0, nil
+	}
+	if n := len(k); n >= 11 && k[n-2] == chunkMark && [8]byte(k[:8]) != deviceKeyPrefix && k[n-1] > 0 && utf8.Valid(k[8:n-2]) {
+		return keyChunk, int64(binary.BigEndian.Uint64(k)), string(k[8 : n-2]), k[n-1], nil
 	}
 	if len(k) < 9 || !utf8.Valid(k[8:]) {
-		return 0, 0, "", fmt.Errorf("%w: key %q", ErrBadState, k)
+		return 0, 0, "", 0, fmt.Errorf("%w: key %q", ErrBadState, k)
 	}
 	if [8]byte(k[:8]) == deviceKeyPrefix {
-		return keyDevice, 0, string(k[8:]), nil
+		return keyDevice, 0, string(k[8:]), 0, nil
 	}
-	return keyWindow, int64(binary.BigEndian.Uint64(k)), string(k[8:]), nil
+	return keyWindow, int64(binary.BigEndian.Uint64(k)), string(k[8:]), 0, nil
 }
 
 // decodeMeta reads a version 1 meta record: the partition's largest event
@@ -131,11 +177,7 @@ const (
 )
 
 func appendDevWin(b []byte, dw *devWin) []byte {
-	version := byte(stateVersion)
-	if dw.ignored != 0 {
-		version = stateVersion3Ignored
-	}
-	b = append(b, version)
+	b = append(b, stateVersion4)
 	var flags byte
 	if dw.closed {
 		flags |= flagClosed
@@ -147,152 +189,303 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 		flags |= flagEmitted
 	}
 	b = append(b, flags)
-	for _, v := range []int64{dw.messages, dw.dups, dw.late, dw.resets} {
-		b = binary.AppendVarint(b, v)
-	}
-	if version == stateVersion3Ignored {
-		b = binary.AppendVarint(b, dw.ignored)
-	}
-	for _, v := range []int64{dw.firstSeen - dw.start, dw.lastSeen - dw.start, dw.gaps, dw.actRev} {
+	for _, v := range []int64{dw.messages, int64(dw.dups), int64(dw.late), int64(dw.resets), int64(dw.ignored),
+		dw.ids.first.t - dw.start, dw.ids.last.t - dw.start, dw.gaps, int64(dw.actRev)} {
 		b = binary.AppendVarint(b, v)
 	}
 	if dw.closed {
 		return b
 	}
-	// Identities, sorted: event time as the rise from the previous one
-	// (from the window start for the first), seq+1 (0 = none) as the
-	// change from the previous one. In order at 1 Hz that is ~4 bytes.
-	b = binary.AppendUvarint(b, uint64(len(dw.ids)))
-	pt, ps := dw.start, int64(0)
-	for _, x := range dw.ids {
-		b = binary.AppendUvarint(b, uint64(x.t-pt))
-		b = binary.AppendVarint(b, x.seq+1-ps)
-		pt, ps = x.t, x.seq+1
+	// The identities: the bytes in this record, then how many chunk
+	// records hold the rest (see Engine.sendIDs).
+	ids := dw.ids.b
+	if dw.chunks > 0 {
+		ids = nil
 	}
+	b = binary.AppendUvarint(b, uint64(len(ids)))
+	b = append(b, ids...)
+	b = binary.AppendUvarint(b, uint64(dw.chunks))
 	b = binary.AppendUvarint(b, uint64(len(dw.aggs)))
-	for _, a := range dw.aggs {
-		b = appendAgg(b, a)
+	for i := range dw.aggs {
+		b = appendAgg(b, &dw.aggs[i], dw.start)
 	}
 	return b
 }
 
-func appendAgg(b []byte, a *agg) []byte {
+const (
+	aggChanged = 1
+	aggOwn     = 2
+)
+
+func appendAgg(b []byte, a *agg, start int64) []byte {
 	b = binary.AppendUvarint(b, uint64(len(a.name)))
 	b = append(b, a.name...)
 	b = binary.AppendVarint(b, a.count)
-	b = binary.AppendUvarint(b, uint64(len(a.partials)))
-	for _, p := range a.partials {
-		b = appendF(b, p)
+	p := a.partials()
+	b = binary.AppendUvarint(b, uint64(len(p)))
+	for _, x := range p {
+		b = appendF(b, x)
 	}
 	for _, f := range []float64{a.min, a.max, a.wmean, a.m2, a.first, a.last} {
 		b = appendF(b, f)
 	}
-	for _, v := range []int64{a.firstT, a.firstSeq, a.lastT, a.lastSeq, a.revision} {
-		b = binary.AppendVarint(b, v)
-	}
-	var ch byte
+	b = binary.AppendVarint(b, int64(a.revision))
+	var fl byte
 	if a.changed {
-		ch = 1
+		fl |= aggChanged
 	}
-	b = append(b, ch)
-	var sk []byte
-	a.sketch.Encode(&sk, true)
-	b = binary.AppendUvarint(b, uint64(len(sk)))
-	return append(b, sk...)
+	own := a.ext != nil && a.ext.own
+	if own {
+		fl |= aggOwn
+	}
+	b = append(b, fl)
+	if own {
+		f, l := a.ext.first, a.ext.last
+		for _, v := range []int64{f.t - start, f.seq + 1, l.t - start, l.seq + 1} {
+			b = binary.AppendVarint(b, v)
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(a.bins)))
+	return append(b, a.bins...)
 }
 
 func decodeDevWin(v []byte, start int64) (*devWin, error) {
+	return decodeDevWinChunks(v, start, nil)
+}
+
+// decodeDevWinChunks decodes a window record; chunk returns the identity
+// chunk records read before it (version 4).
+func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool)) (*devWin, error) {
 	r := reader{b: v}
 	version := r.byte()
-	if version != stateVersion && version != stateVersion1 && version != stateVersion3Ignored {
+	switch version {
+	case stateVersion1, stateVersion, stateVersion3Ignored:
+		return decodeDevWinV123(r, version, start)
+	case stateVersion4:
+	default:
 		return nil, fmt.Errorf("%w: version %d", ErrBadState, version)
 	}
 	flags := r.byte()
-	dw := &devWin{start: start, maxSeq: -1, closed: flags&flagClosed != 0, actChanged: flags&flagActChanged != 0}
-	if version == stateVersion1 {
-		dw.legacy = true
-		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.firstSeen, &dw.lastSeen, &dw.gaps, &dw.actRev} {
-			*p = r.varint()
+	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0,
+		actChanged: flags&flagActChanged != 0, emitted: flags&flagEmitted != 0}
+	var firstSeen, lastSeen, dups, late, resets, actRev, ignored int64
+	for _, p := range []*int64{&dw.messages, &dups, &late, &resets, &ignored,
+		&firstSeen, &lastSeen, &dw.gaps, &actRev} {
+		*p = r.varint()
+	}
+	dw.setCounters(dups, late, resets, actRev)
+	dw.ignored = clamp32(ignored)
+	dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
+	if ignored < 0 && r.err == nil {
+		r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
+	}
+	if dw.closed || r.err != nil {
+		return dw, r.err
+	}
+	inline := r.bytes(r.count())
+	nc := r.uvarint()
+	if r.err != nil {
+		return nil, r.err
+	}
+	if nc > maxChunks {
+		return nil, fmt.Errorf("%w: %d identity chunks", ErrBadState, nc)
+	}
+	ids := slices.Clone(inline)
+	base := len(inline)
+	for c := 1; c <= int(nc); c++ {
+		var b []byte
+		ok := false
+		if chunk != nil {
+			b, ok = chunk(uint8(c))
 		}
-		if dw.closed || r.err != nil {
-			return dw, r.err
+		if !ok {
+			return nil, fmt.Errorf("%w: identity chunk %d of %d missing", ErrBadState, c, nc)
 		}
-		n := r.count()
-		for range n {
-			dw.ids = append(dw.ids, tseq{r.varint(), r.varint()})
-		}
-		n = r.count()
-		for range n {
-			dw.ids = append(dw.ids, tseq{^r.varint(), -1}) // stored as ^t
-		}
-		slices.SortFunc(dw.ids, cmpTseq)
-	} else {
-		dw.emitted = flags&flagEmitted != 0
-		for _, p := range []*int64{&dw.messages, &dw.dups, &dw.late, &dw.resets} {
-			*p = r.varint()
-		}
-		if version == stateVersion3Ignored {
-			if dw.ignored = r.varint(); dw.ignored < 0 && r.err == nil {
-				r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
-			}
-		}
-		for _, p := range []*int64{&dw.firstSeen, &dw.lastSeen, &dw.gaps, &dw.actRev} {
-			*p = r.varint()
-		}
-		dw.firstSeen += start
-		dw.lastSeen += start
-		if dw.closed || r.err != nil {
-			return dw, r.err
-		}
-		n := r.count()
-		dw.ids = make([]tseq, 0, n)
-		pt, ps := start, int64(0)
-		for range n {
-			d := r.uvarint()
-			pt += int64(d)
-			ps += r.varint()
-			if d > math.MaxInt64/2 || ps < 0 || (len(dw.ids) > 0 && cmpTseq(tseq{pt, ps - 1}, dw.ids[len(dw.ids)-1]) <= 0) {
-				r.err = fmt.Errorf("%w: identities out of order", ErrBadState)
-				break
-			}
-			dw.ids = append(dw.ids, tseq{pt, ps - 1})
+		ids = append(ids, b...)
+		if c == 1 {
+			base = len(ids)
 		}
 	}
-	for _, x := range dw.ids {
-		dw.maxSeq = max(dw.maxSeq, x.seq)
+	if len(ids) > math.MaxInt32 {
+		return nil, fmt.Errorf("%w: identities too long", ErrBadState)
+	}
+	if err := dw.ids.load(ids, start); err != nil {
+		return nil, err
+	}
+	dw.idsBase, dw.idsSent, dw.chunks = int32(base), int32(len(ids)), uint8(nc)
+	if len(ids) == 0 {
+		dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
 	}
 	n := r.count()
+	dw.aggs = make([]agg, 0, n)
 	for range n {
-		a := &agg{}
+		var a agg
 		a.name = string(r.bytes(r.count()))
 		a.count = r.varint()
 		np := r.count()
+		var buf [8]float64
+		p := buf[:0]
 		for range np {
-			a.partials = append(a.partials, r.f64())
+			p = append(p, r.f64())
 		}
+		a.setPartials(p)
 		for _, p := range []*float64{&a.min, &a.max, &a.wmean, &a.m2, &a.first, &a.last} {
 			*p = r.f64()
 		}
-		for _, p := range []*int64{&a.firstT, &a.firstSeq, &a.lastT, &a.lastSeq, &a.revision} {
-			*p = r.varint()
+		a.revision = clamp32(r.varint())
+		fl := r.byte()
+		a.changed = fl&aggChanged != 0
+		if fl&aggOwn != 0 {
+			var e [4]int64
+			for i := range e {
+				e[i] = r.varint()
+			}
+			a.setEdges(tseq{start + e[0], e[1] - 1}, tseq{start + e[2], e[3] - 1})
 		}
-		a.changed = r.byte() == 1
-		sk := r.bytes(r.count())
+		a.bins = slices.Clone(r.bytes(r.count()))
+		it := binIter{b: a.bins}
+		for _, _, _, _, ok := it.next(); ok; _, _, _, _, ok = it.next() {
+		}
+		if it.bad && r.err == nil {
+			r.err = fmt.Errorf("%w: sketch bins of %q", ErrBadState, a.name)
+		}
 		if r.err != nil {
 			return nil, r.err
 		}
-		s, err := decodeSketch(sk)
-		if err != nil {
-			return nil, fmt.Errorf("%w: sketch of %q: %v", ErrBadState, a.name, err)
-		}
-		a.sketch = s
 		dw.aggs = append(dw.aggs, a)
+	}
+	if r.err == nil && !slices.IsSortedFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.name, b.name) }) {
+		r.err = fmt.Errorf("%w: metrics out of order", ErrBadState)
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
 	}
 	return dw, r.err
 }
+
+// decodeDevWinV123 reads the window records of versions 1 to 3 (r after
+// the version byte) into the compact state.
+func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
+	flags := r.byte()
+	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0, actChanged: flags&flagActChanged != 0}
+	var ids []tseq
+	var firstSeen, lastSeen, dups, late, resets, actRev int64
+	defer func() {
+		dw.setCounters(dups, late, resets, actRev)
+		if len(dw.ids.b) == 0 {
+			dw.ids.first.t, dw.ids.last.t = firstSeen, lastSeen
+		}
+	}()
+	if version == stateVersion1 {
+		dw.legacy = true
+		for _, p := range []*int64{&dw.messages, &dups, &late, &firstSeen, &lastSeen, &dw.gaps, &actRev} {
+			*p = r.varint()
+		}
+		if dw.closed || r.err != nil {
+			return dw, r.err
+		}
+		n := r.count()
+		for range n {
+			ids = append(ids, tseq{r.varint(), r.varint()})
+		}
+		n = r.count()
+		for range n {
+			ids = append(ids, tseq{^r.varint(), -1}) // stored as ^t
+		}
+		slices.SortFunc(ids, cmpTseq)
+		ids = slices.CompactFunc(ids, func(a, b tseq) bool { return a == b })
+		if len(ids) > 0 && (ids[0].t < start || ids[0].seq < -1) && r.err == nil {
+			r.err = fmt.Errorf("%w: identities out of range", ErrBadState)
+		}
+	} else {
+		dw.emitted = flags&flagEmitted != 0
+		for _, p := range []*int64{&dw.messages, &dups, &late, &resets} {
+			*p = r.varint()
+		}
+		if version == stateVersion3Ignored {
+			ignored := r.varint()
+			if dw.ignored = clamp32(ignored); ignored < 0 && r.err == nil {
+				r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
+			}
+		}
+		for _, p := range []*int64{&firstSeen, &lastSeen, &dw.gaps, &actRev} {
+			*p = r.varint()
+		}
+		firstSeen += start
+		lastSeen += start
+		if dw.closed || r.err != nil {
+			return dw, r.err
+		}
+		n := r.count()
+		ids = make([]tseq, 0, n)
+		pt, ps := start, int64(0)
+		for range n {
+			d := r.uvarint()
+			pt += int64(d)
+			ps += r.varint()
+			if d > math.MaxInt64/2 || ps < 0 || (len(ids) > 0 && cmpTseq(tseq{pt, ps - 1}, ids[len(ids)-1]) <= 0) {
+				r.err = fmt.Errorf("%w: identities out of order", ErrBadState)
+				break
+			}
+			ids = append(ids, tseq{pt, ps - 1})
+		}
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	b, _ := encodeIDs(nil, ids, start)
+	if err := dw.ids.load(b, start); err != nil {
+		return nil, err
+	}
+	n := r.count()
+	for range n {
+		var a agg
+		a.name = string(r.bytes(r.count()))
+		a.count = r.varint()
+		np := r.count()
+		p := make([]float64, 0, np)
+		for range np {
+			p = append(p, r.f64())
+		}
+		a.setPartials(p)
+		for _, p := range []*float64{&a.min, &a.max, &a.wmean, &a.m2, &a.first, &a.last} {
+			*p = r.f64()
+		}
+		var f, l tseq
+		var rev int64
+		for _, p := range []*int64{&f.t, &f.seq, &l.t, &l.seq, &rev} {
+			*p = r.varint()
+		}
+		a.revision = clamp32(rev)
+		if f != dw.ids.first || l != dw.ids.last {
+			a.setEdges(f, l)
+		}
+		a.changed = r.byte() == 1
+		sk := r.bytes(r.count())
+		if r.err != nil {
+			return nil, r.err
+		}
+		bins, err := decodeSketch(sk)
+		if err != nil {
+			return nil, fmt.Errorf("%w: sketch of %q: %v", ErrBadState, a.name, err)
+		}
+		a.bins = bins
+		dw.aggs = append(dw.aggs, a)
+	}
+	slices.SortStableFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.name, b.name) })
+	if r.err == nil && len(r.b) != 0 {
+		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
+	}
+	return dw, r.err
+}
+
+// setCounters sets the per-window counters kept as int32 (records of
+// versions 1–3 held int64; a value beyond int32 stops at its largest).
+func (dw *devWin) setCounters(dups, late, resets, actRev int64) {
+	dw.dups, dw.late, dw.resets, dw.actRev = clamp32(dups), clamp32(late), clamp32(resets), clamp32(actRev)
+}
+
+func clamp32(v int64) int32 { return int32(min(max(v, 0), math.MaxInt32)) }
 
 // reader decodes the changelog encoding; the first error sticks.
 type reader struct {
@@ -371,31 +564,54 @@ func (r *reader) bytes(n int) []byte {
 
 // maxSketchSpan bounds the bin indexes of a decoded sketch: at 1 %
 // accuracy every finite float64 magnitude has an index within about
-// ±36,000 (71,000 bins in all), so an index or a range beyond this means a
-// corrupt record (that would make a dense store allocate without bound:
-// the fuzzer found indexes near the int limits with a small range).
-const maxSketchSpan = 1 << 17
+// ±36,000, so an index beyond this means a corrupt record (the fuzzer
+// found indexes near the int limits).
+const maxSketchSpan = binIndexBias - 1
 
-// decodeSketch decodes into sparse stores first, checks the index range,
-// and only then builds the dense sketch the engine uses.
-func decodeSketch(b []byte) (*ddsketch.DDSketch, error) {
+// decodeSketch reads a DDSketch encoding (changelog versions 1–3) into
+// sparse stores, checks the index range, and returns its bins as the
+// engine keeps them (see binKey).
+func decodeSketch(b []byte) ([]byte, error) {
 	sparse, err := ddsketch.DecodeDDSketch(b, store.SparseStoreConstructor, sketchMapping)
 	if err != nil {
 		return nil, err
 	}
-	for _, st := range []store.Store{sparse.GetPositiveValueStore(), sparse.GetNegativeValueStore()} {
-		if st.IsEmpty() {
-			continue
-		}
-		lo, err1 := st.MinIndex()
-		hi, err2 := st.MaxIndex()
-		if err1 != nil || err2 != nil || hi-lo > maxSketchSpan || hi-lo < 0 || lo < -maxSketchSpan || hi > maxSketchSpan {
-			return nil, fmt.Errorf("sketch bins span [%d, %d]", lo, hi)
-		}
+	type bin struct {
+		k uint32
+		n float64
 	}
-	dense := newSketch()
-	if err := dense.MergeWith(sparse); err != nil {
-		return nil, err
+	var bins []bin
+	var bad error
+	collect := func(st store.Store, key func(int) uint32) {
+		st.ForEach(func(i int, c float64) bool {
+			if i < -maxSketchSpan || i > maxSketchSpan || c < 0 || c != math.Trunc(c) || c > 1<<53 {
+				bad = fmt.Errorf("sketch bin %d count %v", i, c)
+				return true
+			}
+			if c > 0 {
+				bins = append(bins, bin{key(i), c})
+			}
+			return false
+		})
 	}
-	return dense, nil
+	collect(sparse.GetPositiveValueStore(), func(i int) uint32 { return uint32(binZeroKey + 1 + i + binIndexBias) })
+	collect(sparse.GetNegativeValueStore(), func(i int) uint32 { return uint32(binZeroKey - 1 - i - binIndexBias) })
+	if z := sparse.GetZeroCount(); z != 0 {
+		if z < 0 || z != math.Trunc(z) || z > 1<<53 {
+			bad = fmt.Errorf("zero count %v", z)
+		}
+		bins = append(bins, bin{binZeroKey, z})
+	}
+	if bad != nil {
+		return nil, bad
+	}
+	slices.SortFunc(bins, func(a, b bin) int { return cmp.Compare(a.k, b.k) })
+	var out []byte
+	prev := uint32(0)
+	for _, x := range bins {
+		out = binary.AppendUvarint(out, uint64(x.k-prev))
+		out = binary.AppendUvarint(out, uint64(x.n))
+		prev = x.k
+	}
+	return out, nil
 }

@@ -8,11 +8,10 @@ import (
 	"time"
 )
 
-// A window whose accepted readings had ignored fields is written as
-// version 3 (ignored count after the seq resets), any other as version 2
-// exactly as before ignored fields existed; both restore to the same
-// counters, open and closed (late-counting summary), and a version 2
-// record reads as 0 ignored fields.
+// Every window record is written as version 4 (the ignored count after
+// the seq resets); it restores to the same counters, open and closed
+// (late-counting summary). Versions 2 and 3 are read by the changelog
+// compatibility tests.
 func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 	eng, _ := NewEngine(goldenWindow)
 	add := func(dev string, ts time.Duration, seq int64, ignored int, wall time.Duration) Outcome {
@@ -30,11 +29,11 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 		t.Helper()
 		recs := map[string][]byte{}
 		eng.Changes(func(k, v []byte) {
-			if kind, start, dev, _ := parseKey(k); kind == keyWindow && start == goldenBase.UnixMicro() && v != nil {
+			if kind, start, dev, _, _ := parseKey(k); kind == keyWindow && start == goldenBase.UnixMicro() && v != nil {
 				recs[dev] = bytes.Clone(v)
 			}
 		})
-		for dev, wantV := range map[string]byte{"clean": stateVersion, "dirty": stateVersion3Ignored} {
+		for dev, wantV := range map[string]byte{"clean": stateVersion4, "dirty": stateVersion4} {
 			v := recs[dev]
 			if len(v) == 0 || v[0] != wantV {
 				t.Fatalf("%s: %s window record %x, want version %d", phase, dev, v, wantV)
@@ -45,8 +44,8 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 				t.Fatalf("%s: decode %s: %v", phase, dev, err)
 			}
 			if dw.closed != closed || dw.ignored != orig.ignored || dw.messages != orig.messages || dw.dups != orig.dups ||
-				dw.resets != orig.resets || dw.firstSeen != orig.firstSeen || dw.lastSeen != orig.lastSeen ||
-				dw.actRev != orig.actRev || len(dw.ids) != len(orig.ids) || len(dw.aggs) != len(orig.aggs) {
+				dw.resets != orig.resets || dw.ids.first.t != orig.ids.first.t || dw.ids.last.t != orig.ids.last.t ||
+				dw.actRev != orig.actRev || dw.ids.count() != orig.ids.count() || (!closed && dw.ids.last != orig.ids.last) || len(dw.aggs) != len(orig.aggs) {
 				t.Errorf("%s: %s decoded %+v, want %+v", phase, dev, *dw, *orig)
 			}
 		}
@@ -76,26 +75,28 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fresh.FinishRestore(goldenBase.Add(21 * time.Second))
+	if err := fresh.FinishRestore(goldenBase.Add(21 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	for _, dev := range []string{"clean", "dirty"} {
 		dw := fresh.devs[dev].wins[0]
-		want := map[string]int64{"clean": 0, "dirty": 5}[dev]
+		want := map[string]int32{"clean": 0, "dirty": 5}[dev]
 		if dw.ignored != want || !dw.closed || dw.late != 1 {
 			t.Errorf("restored %s: ignored %d closed %v late %d, want %d true 1", dev, dw.ignored, dw.closed, dw.late, want)
 		}
 	}
 }
 
-// A version 3 record that is cut short or holds a negative count is
-// ErrBadState; so is an unknown version.
+// A version 4 record that is cut short or holds a negative ignored count
+// is ErrBadState; so is an unknown version.
 func TestDevWinIgnoredFieldsCorrupt(t *testing.T) {
-	dw := &devWin{start: 0, messages: 2, ignored: 4, firstSeen: 1, lastSeen: 2, actRev: 1, closed: true}
+	dw := &devWin{start: 0, messages: 2, ignored: 4, ids: idSet{first: tseq{1, 0}, last: tseq{2, 0}}, actRev: 1, closed: true}
 	v := appendDevWin(nil, dw)
-	if v[0] != stateVersion3Ignored {
+	if v[0] != stateVersion4 {
 		t.Fatalf("version %d", v[0])
 	}
 	got, err := decodeDevWin(v, 0)
-	if err != nil || got.ignored != 4 || got.messages != 2 || got.lastSeen != 2 {
+	if err != nil || got.ignored != 4 || got.messages != 2 || got.ids.last.t != 2 {
 		t.Fatalf("round trip: %v %+v", err, got)
 	}
 	neg := bytes.Clone(v[:6]) // version, flags, messages, dups, late, resets
@@ -104,7 +105,7 @@ func TestDevWinIgnoredFieldsCorrupt(t *testing.T) {
 	for name, b := range map[string][]byte{
 		"truncated":       v[:6],
 		"negative":        neg,
-		"unknown version": append([]byte{4}, v[1:]...),
+		"unknown version": append([]byte{5}, v[1:]...),
 	} {
 		if _, err := decodeDevWin(b, 0); !errors.Is(err, ErrBadState) {
 			t.Errorf("%s: err %v, want ErrBadState", name, err)

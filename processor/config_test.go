@@ -78,7 +78,7 @@ func FuzzRestore(f *testing.F) {
 	f.Fuzz(func(t *testing.T, k, v []byte) {
 		e, _ := NewEngine(DefaultWindowConfig())
 		_ = e.Restore(k, v)
-		e.FinishRestore(time.Now())
+		_ = e.FinishRestore(time.Now())
 		e.Advance(time.Now().Add(time.Hour), func(*Emission) {})
 	})
 }

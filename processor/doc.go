@@ -53,9 +53,12 @@
 // so it and the mean (sum/count) do not depend on arrival order; stddev is
 // the population standard deviation from Welford's running update (order
 // affects only the last bits); first/last are by event time, ties broken by
-// seq. Quantiles come from a DDSketch (github.com/DataDog/sketches-go) with
-// 1 % relative accuracy: p_q is within 1 % of the value of rank
-// floor(q·(count−1)) of the window's sorted values.
+// seq. Quantiles come from DDSketch's logarithmic bins
+// (github.com/DataDog/sketches-go's mapping) with 1 % relative accuracy:
+// p_q is within 1 % of the value of rank floor(q·(count−1)) of the
+// window's sorted values (TestQuantileAccuracy checks it against exact
+// percentiles). The engine keeps only the occupied bins, ~2 bytes each,
+// and gives the same estimates DDSketch's own stores gave.
 //
 // # Identity of a reading
 //
@@ -82,9 +85,7 @@
 // however often it was stored in telemetry.raw; late readings and readings
 // too far ahead add nothing either (their records are in the DLQ whole).
 // iotpipe_processor_ignored_fields_total counts the same, as readings are
-// accepted. In the changelog a window with ignored fields is written as
-// version 3 (see codec.go); windows without are version 2 records as
-// before.
+// accepted.
 //
 // # One identity, every store
 //
@@ -109,7 +110,11 @@
 // of every piece of state that changed: the compacted changelog topic has a
 // partition per input partition, keyed by window start and device (a
 // device window's state) or by device (its clock: largest event time, close
-// point, last input), with a tombstone when either is forgotten. On
+// point, last input), with a tombstone when either is forgotten; a window
+// whose identities pass 512 bytes (a device at hundreds of Hz) keeps them
+// in identity chunk records, so that a commit writes what the turn added,
+// not the whole window (see Engine.Changes). Window records are format
+// version 4 (codec.go); versions 1–3 are still restored. On
 // assignment a partition's state is read back from its changelog partition
 // (read_committed, up to the end the log had when the restore began) before
 // any of its input is processed; changelogs written by the per-partition
@@ -122,15 +127,19 @@
 // # Memory
 //
 // State grows with the open device × metric × window aggregates (the
-// OpenKeys of an Engine; about BytesPerKeyEstimate bytes each at 1 Hz:
-// 1,573 B in memory and 262 B in the changelog measured by
-// BenchmarkStateBytesPerKey), a small activity summary per device window
-// for LateRetention, and the devices: a device's clock is ~200 B plus its
-// id (struct, map entry, heap entry; by size), and a
-// silent device keeps its newest window until it returns or the device
-// retention passes (2,663 B in memory, 351 B in the changelog for 20 s of
-// 1 Hz readings of two metrics: BenchmarkStateBytesPerIdleDevice); those
-// windows count in OpenKeys. At Config.MaxKeys the processor closes the
+// OpenKeys of an Engine; about BytesPerKeyEstimate bytes each at 1 Hz with
+// two metrics per device: 386 B in memory and 161 B in the changelog,
+// measured by BenchmarkStateBytesPerKey; 732 B and 438 B at 10 Hz; 256 B
+// and 117 B with five metrics per device, whose device and window parts
+// the metrics share), a small activity summary per device window for
+// LateRetention, and the devices: a device's clock is ~150 B plus its id
+// (struct, map entry, heap entry; by size), and a silent device keeps its
+// newest window until it returns or the device retention passes (781 B in
+// memory, 275 B in the changelog for 20 s of 1 Hz readings of two metrics:
+// BenchmarkStateBytesPerIdleDevice); those windows count in OpenKeys. Per
+// window, a metric costs ~130 B plus ~2 B per occupied sketch bin, and the
+// window's identities ~1 B per reading at a steady rate (2 B while the
+// gaps between readings vary by up to ±2 s). At Config.MaxKeys the processor closes the
 // oldest open windows early (their later readings are late: DLQ, counted);
 // the newest windows of long-silent devices are usually the oldest.
 package processor

@@ -1,10 +1,12 @@
 package processor
 
 import (
+	"bytes"
 	"cmp"
 	"container/heap"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"time"
@@ -153,6 +155,14 @@ type Engine struct {
 	minWM int64 // the smallest device watermark at the last Advance
 
 	lateDev *device // the device of the last Late outcome
+	// chunks and restWins hold the identity chunk records and the version
+	// 4 window records read by Restore until FinishRestore decodes them:
+	// a log that compaction cleaned only in part can hold a window record
+	// whose chunks were since rewritten; only the last value of each key
+	// counts.
+	chunks   map[chunkKey][]byte
+	restWins map[chunkKey][]byte // n = 0
+	scratch  []tseq              // identities, for an out-of-order insert
 
 	attn     []*device // devices with work at the next Advance
 	due      dueHeap   // devices waiting for a wall-clock time
@@ -169,8 +179,7 @@ type Engine struct {
 
 // device is the per-device part of the state: its event-time clock.
 type device struct {
-	id  string
-	idx int
+	id string
 	// maxEvent is the largest event time accepted from the device (µs).
 	maxEvent int64
 	// closeTo: the device's windows ending at or before it are closed for
@@ -184,9 +193,12 @@ type device struct {
 	wins                []*devWin // held windows, by start
 	// next is the smallest watermark at which Advance has work for the
 	// device (see plan); dueAt/dueGen its entry in the due heap.
-	next                 int64
-	dueAt                int64
-	dueGen               uint32
+	next  int64
+	dueAt int64
+	idx   int32 // position in Engine.devList
+	// dueGen wraps at 256: a stale heap entry that matches again only
+	// makes Advance visit the device and plan it anew.
+	dueGen               uint8
 	dirty, deleted, attn bool
 }
 
@@ -194,22 +206,26 @@ type device struct {
 // the identities seen (for dedup, seq gaps and seq resets) and the
 // activity counters.
 type devWin struct {
-	d      *device
-	start  int64
-	aggs   []*agg // sorted by name
-	ids    []tseq // identities seen, sorted by (t, seq); seq −1 without seq
-	maxSeq int64  // largest seq in ids, −1 if none (memory only)
+	d     *device
+	start int64
+	aggs  []agg // sorted by name
+	ids   idSet // identities seen, sorted by (t, seq); seq −1 without seq
+
+	messages           int64
+	gaps               int64 // computed at each activity emission
+	dups, late, resets int32 // saturating (see inc)
+	ignored            int32 // ignored payload fields of the accepted readings (saturating)
+	actRev             int32
+	resetsEmitted      int32 // resets in the last activity emission (memory only)
+	// The identity string in the changelog: idsBase bytes in the window
+	// record, up to idsSent in chunk records 1..chunks (see
+	// Engine.sendIDs); idsSent 0 = to be written whole.
+	idsBase, idsSent int32
+	chunks           uint8
 
 	emitted, closed bool
 	legacy          bool // restored from a version 1 record (emitted not known yet)
-
-	messages, dups, late, resets int64
-	ignored                      int64 // ignored payload fields of the accepted readings
-	firstSeen, lastSeen          int64
-	gaps                         int64 // computed at each activity emission
-	actRev                       int64
-	resetsEmitted                int64 // resets in the last activity emission (memory only)
-	actChanged                   bool
+	actChanged      bool
 
 	dirty, queued, deleted bool
 }
@@ -314,13 +330,20 @@ func (e *Engine) raiseClose(d *device, now int64) {
 }
 
 func (e *Engine) newDevice(id string, t int64) *device {
-	d := &device{id: id, idx: len(e.devList), maxEvent: t, closeTo: t - 2*e.lateness, next: math.MaxInt64, dueAt: math.MaxInt64}
+	d := &device{id: id, idx: int32(len(e.devList)), maxEvent: t, closeTo: t - 2*e.lateness, next: math.MaxInt64, dueAt: math.MaxInt64}
 	if e.hasFloor && e.floor > d.closeTo {
 		d.closeTo = e.floor
 	}
 	e.devs[id] = d
 	e.devList = append(e.devList, d)
 	return d
+}
+
+// inc adds 1 to a per-window counter, which stops at its largest value.
+func inc(p *int32) {
+	if *p < math.MaxInt32 {
+		*p++
+	}
 }
 
 func (e *Engine) removeDevice(d *device) {
@@ -347,7 +370,7 @@ func (d *device) win(start int64) *devWin {
 }
 
 func (e *Engine) newDevWin(d *device, start int64) *devWin {
-	dw := &devWin{d: d, start: start, maxSeq: -1}
+	dw := &devWin{d: d, start: start, ids: idSet{maxSeq: -1}}
 	i := len(d.wins)
 	for i > 0 && d.wins[i-1].start > start {
 		i--
@@ -399,7 +422,7 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 		e.stats.Late++
 		e.lateDev = d
 		if dw != nil {
-			dw.late++
+			inc(&dw.late)
 			dw.actChanged = true
 			e.queue(dw)
 			e.markDirty(dw)
@@ -416,32 +439,54 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 			e.attend(d)
 		}
 	}
-	switch dw.addID(tseq{t, seq}) {
+	id := tseq{t, seq}
+	wf, wl, had := dw.ids.first, dw.ids.last, len(dw.ids.b) > 0
+	switch dw.ids.add(id, dw.start, &e.scratch) {
 	case idDuplicate:
 		e.stats.Duplicates++
-		dw.dups++
+		inc(&dw.dups)
 		dw.actChanged = true
 		e.queue(dw)
 		e.markDirty(dw)
 		return Duplicate
 	case idSeqReset:
-		dw.resets++
+		inc(&dw.resets)
 		e.stats.SeqResets++
 	}
-	if dw.messages == 0 || t < dw.firstSeen {
-		dw.firstSeen = t
-	}
-	if dw.messages == 0 || t > dw.lastSeen {
-		dw.lastSeen = t
+	if had && cmpTseq(id, wl) < 0 {
+		// Inserted before the end: the bytes already in the changelog
+		// changed, so the next record holds them whole.
+		dw.idsSent = 0
 	}
 	dw.messages++
 	// Only here, past dedup: a re-sent message's ignored fields count once.
-	dw.ignored += int64(r.IgnoredFields)
+	dw.ignored = int32(min(int64(dw.ignored)+int64(r.IgnoredFields), math.MaxInt32))
 	e.stats.IgnoredFields += int64(r.IgnoredFields)
 	dw.actChanged = true
+	// An aggregate's first/last identities are its window's unless it
+	// missed one of the window's readings: then it keeps its own.
 	for i := range r.Measurements {
 		m := &r.Measurements[i]
-		dw.aggFor(e, m.Name).add(m.Value, t, seq)
+		a := dw.aggFor(e, m.Name)
+		f, l := a.edges(wf, wl)
+		own := a.ext != nil && a.ext.own
+		if a.touched && !own {
+			f, l = dw.ids.first, dw.ids.last // a second value in one reading
+		}
+		if a.count == 0 && had {
+			own = true // new in a window with earlier readings
+		}
+		a.add(m.Value, id, f, l, own)
+	}
+	for i := range dw.aggs {
+		a := &dw.aggs[i]
+		if a.touched {
+			a.touched = false
+			continue
+		}
+		if had && (a.ext == nil || !a.ext.own) && (dw.ids.first != wf || dw.ids.last != wl) {
+			a.setEdges(wf, wl) // the window's edges moved without it
+		}
 	}
 	e.stats.Accepted++
 	e.queue(dw)
@@ -457,45 +502,49 @@ const (
 	idSeqReset // new identity, but its seq is already used in the window
 )
 
-// addID records an identity. Identities mostly arrive in increasing order
-// (time rises), which appends; a seq above every seq of the window cannot
-// be a reuse, so the scan for one is needed only for readings that arrive
-// out of order or after a device restart.
-func (dw *devWin) addID(id tseq) idResult {
-	n := len(dw.ids)
-	res := idNew
-	if id.seq >= 0 && id.seq <= dw.maxSeq {
-		for _, x := range dw.ids {
-			if x.seq == id.seq && x.t != id.t {
-				res = idSeqReset
-				break
+func (dw *devWin) aggFor(e *Engine, name string) *agg {
+	// Devices report a handful of metrics: a sorted slice beats a map.
+	// Devices report a handful of metrics, in the same order every time.
+	i := 0
+	for ; i < len(dw.aggs); i++ {
+		if c := cmp.Compare(dw.aggs[i].name, name); c >= 0 {
+			if c == 0 {
+				return &dw.aggs[i]
+			}
+			break
+		}
+	}
+	{
+		if len(dw.aggs) == cap(dw.aggs) {
+			// Grow to what the device's other windows hold, or by one: an
+			// agg is large, and doubling would keep unused ones for the
+			// window's life.
+			n := len(dw.aggs) + 1
+			for _, w := range dw.d.wins {
+				n = max(n, len(w.aggs))
+			}
+			aggs := make([]agg, len(dw.aggs), n)
+			copy(aggs, dw.aggs)
+			dw.aggs = aggs
+		}
+		dw.aggs = slices.Insert(dw.aggs, i, agg{name: dw.d.internName(name)})
+		e.openAggs++
+		e.stats.WindowsOpened++
+	}
+	return &dw.aggs[i]
+}
+
+// internName returns name, sharing the string of an aggregate of another
+// of d's windows when one has it (a decoded reading's names are its own).
+func (d *device) internName(name string) string {
+	for _, w := range d.wins {
+		for i := range w.aggs {
+			if w.aggs[i].name == name {
+				return w.aggs[i].name
 			}
 		}
 	}
-	if n == 0 || cmpTseq(id, dw.ids[n-1]) > 0 {
-		dw.ids = append(dw.ids, id)
-	} else {
-		i, found := slices.BinarySearchFunc(dw.ids, id, cmpTseq)
-		if found {
-			return idDuplicate
-		}
-		dw.ids = slices.Insert(dw.ids, i, id)
-	}
-	dw.maxSeq = max(dw.maxSeq, id.seq)
-	return res
-}
-
-func (dw *devWin) aggFor(e *Engine, name string) *agg {
-	// Devices report a handful of metrics: a sorted slice beats a map.
-	i, found := slices.BinarySearchFunc(dw.aggs, name, func(a *agg, n string) int { return cmp.Compare(a.name, n) })
-	if found {
-		return dw.aggs[i]
-	}
-	a := newAgg(name)
-	dw.aggs = slices.Insert(dw.aggs, i, a)
-	e.openAggs++
-	e.stats.WindowsOpened++
-	return a
+	return name
 }
 
 // queue marks dw for re-emission when it was already emitted.
@@ -680,7 +729,7 @@ const scanEvery = 5_000_000 // µs
 type dueItem struct {
 	at  int64
 	d   *device
-	gen uint32
+	gen uint8
 }
 
 type dueHeap []dueItem
@@ -704,7 +753,7 @@ func (e *Engine) closeDevWin(dw *devWin) {
 	dw.closed = true
 	e.openAggs -= len(dw.aggs)
 	e.stats.WindowsClosed += int64(len(dw.aggs))
-	dw.aggs, dw.ids = nil, nil
+	dw.aggs, dw.ids = nil, idSet{first: dw.ids.first, last: dw.ids.last, maxSeq: -1}
 	e.markDirty(dw)
 }
 
@@ -712,10 +761,12 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	ws := time.UnixMicro(dw.start).UTC()
 	we := time.UnixMicro(dw.start + e.size).UTC()
 	at := now.UTC().Truncate(time.Microsecond)
-	for _, a := range dw.aggs {
+	for i := range dw.aggs {
+		a := &dw.aggs[i]
 		if !a.changed {
 			continue
 		}
+		f, l := a.edges(dw.ids.first, dw.ids.last)
 		a.changed = false
 		a.revision++
 		m := &e.metric
@@ -724,8 +775,8 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 			Count: a.count, Sum: a.sum(), Min: a.min, Max: a.max, Mean: a.mean(), Stddev: a.stddev(),
 			First: a.first, Last: a.last,
 			P50: a.quantile(0.50), P95: a.quantile(0.95), P99: a.quantile(0.99),
-			FirstTime: time.UnixMicro(a.firstT).UTC(), LastTime: time.UnixMicro(a.lastT).UTC(),
-			Revision: a.revision, EmittedAt: at,
+			FirstTime: time.UnixMicro(f.t).UTC(), LastTime: time.UnixMicro(l.t).UTC(),
+			Revision: int64(a.revision), EmittedAt: at,
 		}
 		e.stats.MetricsEmitted++
 		emit(&Emission{Metric: m, Delay: delay})
@@ -736,20 +787,20 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	dw.actChanged = false
 	dw.actRev++
 	if !dw.closed {
-		dw.gaps = seqGaps(dw.ids)
+		dw.gaps = seqGaps(dw.ids.b, dw.start)
 	}
 	ac := &e.activity
 	*ac = schemas.Activity{
 		DeviceID: dw.d.id, WindowStart: ws, WindowEnd: we,
-		Messages: dw.messages, SeqGaps: dw.gaps, SeqResets: dw.resets, Late: dw.late, Duplicates: dw.dups,
-		IgnoredFields: dw.ignored, Revision: dw.actRev, EmittedAt: at,
+		Messages: dw.messages, SeqGaps: dw.gaps, SeqResets: int64(dw.resets), Late: int64(dw.late), Duplicates: int64(dw.dups),
+		IgnoredFields: int64(dw.ignored), Revision: int64(dw.actRev), EmittedAt: at,
 	}
 	if dw.messages > 0 {
-		ac.FirstSeen = time.UnixMicro(dw.firstSeen).UTC()
-		ac.LastSeen = time.UnixMicro(dw.lastSeen).UTC()
+		ac.FirstSeen = time.UnixMicro(dw.ids.first.t).UTC()
+		ac.LastSeen = time.UnixMicro(dw.ids.last.t).UTC()
 	}
 	e.stats.ActivityEmitted++
-	newResets := max(dw.resets-dw.resetsEmitted, 0)
+	newResets := int64(max(dw.resets-dw.resetsEmitted, 0))
 	dw.resetsEmitted = dw.resets
 	emit(&Emission{Activity: ac, Delay: delay, NewSeqResets: newResets})
 	e.markDirty(dw)
@@ -807,11 +858,12 @@ func (e *Engine) CloseOldest() bool {
 // readings with a seq in (event time, seq) order, each rise of seq by
 // d > 1 counts d−1 missing messages; a fall (a device restart) counts
 // none. Gaps that straddle a window boundary are counted in neither
-// window. ids must be sorted.
-func seqGaps(ids []tseq) int64 {
+// window. ids is an identity string (see idSet).
+func seqGaps(ids []byte, start int64) int64 {
 	var gaps int64
 	prev := int64(-1)
-	for _, x := range ids {
+	it := newIDIter(ids, start)
+	for x, ok := it.next(); ok; x, ok = it.next() {
 		if x.seq < 0 {
 			continue
 		}
@@ -827,9 +879,12 @@ func seqGaps(ids []tseq) int64 {
 
 // Changes calls fn for every state change since the last call, as
 // changelog key/value pairs: the value of a device's or device window's
-// key is its encoded state, nil (a tombstone) once it is forgotten.
-// Applying the pairs with Restore to an empty Engine rebuilds this one.
-// value is only valid during the call.
+// key is its encoded state, nil (a tombstone) once it is forgotten; a
+// window whose identities pass chunkMinBase bytes also has identity chunk
+// records, written before its window record, with only what was added
+// since the last call (see chunkMinBase). Applying the pairs with Restore
+// to an empty Engine, then FinishRestore, rebuilds this one. key and value
+// are only valid during the call.
 func (e *Engine) Changes(fn func(key, value []byte)) {
 	var kb, vb []byte
 	for _, d := range e.dirtyDevs {
@@ -847,15 +902,78 @@ func (e *Engine) Changes(fn func(key, value []byte)) {
 	for _, dw := range e.dirtyWins {
 		dw.dirty = false
 		kb = appendStateKey(kb[:0], dw.start, dw.d.id)
+		if dw.deleted || dw.closed {
+			kb = e.dropChunks(kb, dw, 1, fn)
+		}
 		if dw.deleted {
 			fn(kb, nil)
 			continue
+		}
+		if !dw.closed {
+			kb = e.sendIDs(kb, dw, fn)
 		}
 		vb = appendDevWin(vb[:0], dw)
 		fn(kb, vb)
 	}
 	clear(e.dirtyWins)
 	e.dirtyWins = e.dirtyWins[:0]
+}
+
+// A window's identity string grows with its readings; rewriting it whole
+// at every commit would make a device at hundreds of Hz write its whole
+// window every half second. So a window record holds the string itself
+// only while it is shorter than chunkMinBase bytes. Beyond, the string is
+// in identity chunk records (key: window key + 0xFF + chunk number 1..255,
+// value: version 4 and bytes that continue the string): chunk 1 holds the
+// whole string as of its writing (idsBase bytes), each later commit adds a
+// chunk with only what was added since, and the window record says how
+// many chunks there are. When the added chunks would sum to more than
+// chunk 1, after maxChunks chunks, or when an identity was inserted before
+// the end, chunk 1 is written whole again and the others are deleted
+// (tombstones). So a commit writes the window record (aggregates, bins,
+// counters: no identities) and about what was added, the rewrites cost at
+// most about the final string again over a window, and the compacted
+// changelog holds at most about twice the string.
+const maxChunks = 255
+
+// chunkMinBase is 512 bytes; tests lower it to put every window in chunks.
+var chunkMinBase int32 = 512
+
+// sendIDs writes, for this commit, the identity chunks of dw that are due
+// (see chunkMinBase); kb is dw's key.
+func (e *Engine) sendIDs(kb []byte, dw *devWin, fn func(key, value []byte)) []byte {
+	n := int32(len(dw.ids.b))
+	if n < chunkMinBase {
+		kb = e.dropChunks(kb, dw, 1, fn) // in the window record
+		dw.idsBase, dw.idsSent = n, n
+		return kb
+	}
+	k := len(kb)
+	switch {
+	case dw.idsSent == 0 || dw.chunks == 0 || dw.chunks == maxChunks || n-dw.idsBase > dw.idsBase:
+		kb = e.dropChunks(kb, dw, 2, fn)
+		kb = appendChunkKey(kb, 1)
+		fn(kb, appendChunk(nil, dw.ids.b))
+		dw.chunks, dw.idsBase = 1, n
+	case n > dw.idsSent:
+		dw.chunks++
+		kb = appendChunkKey(kb, dw.chunks)
+		fn(kb, appendChunk(nil, dw.ids.b[dw.idsSent:]))
+	}
+	dw.idsSent = n
+	return kb[:k]
+}
+
+// dropChunks writes a tombstone for each of dw's identity chunks from
+// number from on.
+func (e *Engine) dropChunks(kb []byte, dw *devWin, from int, fn func(key, value []byte)) []byte {
+	k := len(kb)
+	for c := from; c <= int(dw.chunks); c++ {
+		kb = appendChunkKey(kb[:k], uint8(c))
+		fn(kb, nil)
+	}
+	dw.chunks = uint8(min(int(dw.chunks), from-1))
+	return kb[:k]
 }
 
 // ErrBadState reports a changelog record this version cannot read.
@@ -866,7 +984,7 @@ var ErrBadState = errors.New("invalid processor state record")
 func (e *Engine) restoreDevice(id string) *device {
 	d := e.devs[id]
 	if d == nil {
-		d = &device{id: id, idx: len(e.devList), maxEvent: math.MinInt64, closeTo: math.MinInt64, next: math.MaxInt64, dueAt: math.MaxInt64}
+		d = &device{id: id, idx: int32(len(e.devList)), maxEvent: math.MinInt64, closeTo: math.MinInt64, next: math.MaxInt64, dueAt: math.MaxInt64}
 		e.devs[id] = d
 		e.devList = append(e.devList, d)
 	}
@@ -877,7 +995,7 @@ func (e *Engine) restoreDevice(id string) *device {
 // per-partition watermark version) to the engine; records must come in log
 // order. Call FinishRestore after the last.
 func (e *Engine) Restore(key, value []byte) error {
-	switch kind, start, id, err := parseKey(key); {
+	switch kind, start, id, chunk, err := parseKey(key); {
 	case err != nil:
 		return err
 	case kind == keyMeta:
@@ -886,6 +1004,21 @@ func (e *Engine) Restore(key, value []byte) error {
 			return nil
 		}
 		return e.decodeMeta(value)
+	case kind == keyChunk:
+		ck := chunkKey{start, id, chunk}
+		if value == nil {
+			delete(e.chunks, ck)
+			return nil
+		}
+		b, err := decodeChunk(value)
+		if err != nil {
+			return fmt.Errorf("identity chunk %d of device %q window %s: %w", chunk, id, time.UnixMicro(start).UTC().Format(time.RFC3339), err)
+		}
+		if e.chunks == nil {
+			e.chunks = map[chunkKey][]byte{}
+		}
+		e.chunks[ck] = b
+		return nil
 	case kind == keyDevice:
 		if value == nil {
 			if d := e.devs[id]; d != nil {
@@ -899,6 +1032,22 @@ func (e *Engine) Restore(key, value []byte) error {
 		}
 		return nil
 	default:
+		wk := chunkKey{start: start, dev: id}
+		delete(e.restWins, wk)
+		if len(value) > 0 && value[0] == stateVersion4 {
+			// Decoded by FinishRestore, with its chunks; what an earlier
+			// record of the key restored is replaced.
+			if d := e.devs[id]; d != nil {
+				if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
+					d.wins = slices.Delete(d.wins, i, i+1)
+				}
+			}
+			if e.restWins == nil {
+				e.restWins = map[chunkKey][]byte{}
+			}
+			e.restWins[wk] = bytes.Clone(value)
+			return nil
+		}
 		d := e.devs[id]
 		if value == nil {
 			if d != nil {
@@ -912,25 +1061,50 @@ func (e *Engine) Restore(key, value []byte) error {
 		if err != nil {
 			return fmt.Errorf("state of device %q window %s: %w", id, time.UnixMicro(start).UTC().Format(time.RFC3339), err)
 		}
-		d = e.restoreDevice(id)
+		e.placeWin(id, dw)
+		return nil
+	}
+}
+
+// placeWin puts a restored window into its device's windows, replacing
+// one with the same start.
+func (e *Engine) placeWin(id string, dw *devWin) {
+	{
+		d := e.restoreDevice(id)
 		dw.d = d
+		start := dw.start
 		if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
 			d.wins[i] = dw
-			return nil
+			return
 		}
 		i := len(d.wins)
 		for i > 0 && d.wins[i-1].start > start {
 			i--
 		}
 		d.wins = slices.Insert(d.wins, i, dw)
-		return nil
 	}
 }
 
-// FinishRestore rebuilds the derived fields after Restore and starts the
-// idle timer of every device at now (or at its last reading, if that is
-// later).
-func (e *Engine) FinishRestore(now time.Time) {
+// FinishRestore decodes the window records Restore kept for the end (with
+// their identity chunks), rebuilds the derived fields and starts the idle
+// timer of every device at now (or at its last reading, if that is
+// later). It fails (ErrBadState) when a window record is corrupt or one of
+// its chunks is missing; the engine is then unusable.
+func (e *Engine) FinishRestore(now time.Time) error {
+	keys := slices.SortedFunc(maps.Keys(e.restWins), func(a, b chunkKey) int {
+		return cmp.Or(cmp.Compare(a.dev, b.dev), cmp.Compare(a.start, b.start))
+	})
+	for _, k := range keys {
+		dw, err := decodeDevWinChunks(e.restWins[k], k.start, func(c uint8) ([]byte, bool) {
+			b, ok := e.chunks[chunkKey{k.start, k.dev, c}]
+			return b, ok
+		})
+		if err != nil {
+			return fmt.Errorf("state of device %q window %s: %w", k.dev, time.UnixMicro(k.start).UTC().Format(time.RFC3339), err)
+		}
+		e.placeWin(k.dev, dw)
+	}
+	e.restWins, e.chunks = nil, nil
 	nowUS := now.UnixMicro()
 	e.openAggs, e.devWins = 0, 0
 	kept := e.devList[:0]
@@ -943,8 +1117,8 @@ func (e *Engine) FinishRestore(now time.Time) {
 				dw.emitted = dw.closed || (e.hasFloor && dw.start+e.size <= e.legacyWM)
 				dw.legacy = false
 			}
-			if noRecord && dw.messages > 0 && (d.maxEvent == math.MinInt64 || dw.lastSeen > d.maxEvent) {
-				d.maxEvent = dw.lastSeen
+			if noRecord && dw.messages > 0 && (d.maxEvent == math.MinInt64 || dw.ids.last.t > d.maxEvent) {
+				d.maxEvent = dw.ids.last.t
 			}
 			e.devWins++
 			if !dw.closed {
@@ -968,7 +1142,7 @@ func (e *Engine) FinishRestore(now time.Time) {
 			d.lastInput = nowUS
 		}
 		d.idleFrom = max(d.lastInput, nowUS)
-		d.idx = len(kept)
+		d.idx = int32(len(kept))
 		kept = append(kept, d)
 		e.attend(d)
 	}
@@ -976,4 +1150,5 @@ func (e *Engine) FinishRestore(now time.Time) {
 	e.devList = kept
 	e.dirtyWins = e.dirtyWins[:0]
 	e.dirtyDevs = e.dirtyDevs[:0]
+	return nil
 }

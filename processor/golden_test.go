@@ -145,7 +145,9 @@ func runGolden(t *testing.T, dir string, restoreEachStep bool) []string {
 			}
 			// Every device's idle timer is in its own stored record; a
 			// restore time before all of them keeps it.
-			fresh.FinishRestore(goldenBase)
+			if err := fresh.FinishRestore(goldenBase); err != nil {
+				t.Fatal(err)
+			}
 			fresh.stats = tk.eng.stats
 			tk.eng = fresh
 		}

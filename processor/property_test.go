@@ -107,12 +107,17 @@ func modelLate(readings []*schemas.Reading, size, lateness time.Duration) []bool
 // clocks), and the last revision of every window equals the batch
 // computation over the readings that were not late, whatever the batch
 // boundaries and however often the state is rebuilt from the changelog in
-// between. No device's watermark is ever ahead of the wall clock plus the
+// between (every third stream with every window's identities in chunk
+// records). No device's watermark is ever ahead of the wall clock plus the
 // allowed future skew.
 func TestPropertyFinalEqualsBatch(t *testing.T) {
 	const iterations = 40
+	defer func(n int32) { chunkMinBase = n }(chunkMinBase)
 	for it := range iterations {
 		rng := rand.New(rand.NewPCG(uint64(it), 42))
+		// Every third stream keeps every window's identities in chunk
+		// records from the first bytes on.
+		chunkMinBase = map[bool]int32{true: 4, false: 512}[it%3 == 0]
 		wc := WindowConfig{Size: 10 * time.Second, Lateness: 5 * time.Second, IdleTimeout: time.Hour, LateRetention: 30 * time.Second, MaxFutureSkew: DefaultMaxFutureSkew}
 		disorder := wc.Lateness // within the lateness: never re-emitted
 		if it%2 == 1 {
@@ -174,7 +179,9 @@ func TestPropertyFinalEqualsBatch(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				fresh.FinishRestore(at[i])
+				if err := fresh.FinishRestore(at[i]); err != nil {
+					t.Fatal(err)
+				}
 				eng = fresh
 			}
 		}

@@ -217,6 +217,13 @@ type Micro struct {
 	StateBytesPerKey        float64    `json:"state_bytes_per_key"`
 	Benchmarks              Benchmarks `json:"benchmarks,omitempty"`
 	Error                   string     `json:"error,omitempty"`
+
+	// The state per key in the changelog, and both figures at 10 Hz
+	// (issue 19; StateBytesPerKey: 1 Hz, two metrics per device, 60 s
+	// windows).
+	StateChangelogBytesPerKey     float64 `json:"state_changelog_bytes_per_key"`
+	StateBytesPerKey10Hz          float64 `json:"state_bytes_per_key_10hz"`
+	StateChangelogBytesPerKey10Hz float64 `json:"state_changelog_bytes_per_key_10hz"`
 }
 
 // EndToEnd is the e2e benchmark's result as it is, plus the ratio to the

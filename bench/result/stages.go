@@ -24,6 +24,7 @@ const (
 	WindowUpdateBench     = "BenchmarkWindowUpdate"
 	TaskHandleBench       = "BenchmarkTaskHandle"
 	StateBytesPerKeyBench = "BenchmarkStateBytesPerKey"
+	StateBytes10HzBench   = "BenchmarkStateBytesPerKey10Hz"
 	DefaultBridgeVariant  = "lz4" // bridge.DefaultCompression
 	bridgeVariantPrefix   = BridgeBench + "/bridge-"
 	timescalePsqlCopy     = TimescaleBench + "/psql_copy"
@@ -174,6 +175,9 @@ func MicroFrom(bs []Bench) *Micro {
 	r.WindowUpdateAllocsPerOp, _ = Get(bs, WindowUpdateBench, "allocs/op")
 	r.TaskHandleNsPerOp, _ = Get(bs, TaskHandleBench, "ns/op")
 	r.StateBytesPerKey, _ = Get(bs, StateBytesPerKeyBench, "bytes/key")
+	r.StateChangelogBytesPerKey, _ = Get(bs, StateBytesPerKeyBench, "changelog-bytes/key")
+	r.StateBytesPerKey10Hz, _ = Get(bs, StateBytes10HzBench, "bytes/key")
+	r.StateChangelogBytesPerKey10Hz, _ = Get(bs, StateBytes10HzBench, "changelog-bytes/key")
 	r.Error = m.err()
 	return r
 }

@@ -186,7 +186,7 @@ func run() int {
 	if selected["micro"] {
 		timed("micro", func() {
 			bs, err := r.goTest(ctx, goBench{pkg: "./schemas/", pattern: ".", benchtime: sz.MicroBenchtime, benchmem: true})
-			bs2, err2 := r.goTest(ctx, goBench{pkg: "./processor/", pattern: "^(BenchmarkWindowUpdate|BenchmarkTaskHandle|BenchmarkStateBytesPerKey)$",
+			bs2, err2 := r.goTest(ctx, goBench{pkg: "./processor/", pattern: "^(BenchmarkWindowUpdate|BenchmarkTaskHandle|BenchmarkStateBytesPerKey|BenchmarkStateBytesPerKey10Hz)$",
 				benchtime: sz.MicroBenchtime, benchmem: true})
 			f.Micro = result.MicroFrom(append(bs, bs2...))
 			result.WithRunError(errors.Join(err, err2), &f.Micro.Error)
