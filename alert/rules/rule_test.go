@@ -15,13 +15,15 @@ func validRule() Rule {
 
 func TestValidateAccepts(t *testing.T) {
 	for name, mut := range map[string]func(*Rule){
-		"reading":        func(*Rule) {},
-		"no hysteresis":  func(r *Rule) { r.Clear = r.Trigger },
-		"below":          func(r *Rule) { r.Operator, r.Trigger, r.Clear = LT, 5, 8 },
-		"window p95":     func(r *Rule) { r.Kind, r.Statistic = KindWindow, "p95" },
-		"device scope":   func(r *Rule) { r.Scope, r.ScopeID = ScopeDevice, "boiler-7" },
-		"group for 5m":   func(r *Rule) { r.Scope, r.ScopeID, r.ForCount, r.ForDuration = ScopeGroup, "site-a", 3, 5*time.Minute },
-		"no data":        func(r *Rule) { *r = Rule{ID: "quiet", Kind: KindNoData, Scope: ScopeAll, Silence: 10 * time.Minute, ForCount: 1, Severity: SeverityInfo} },
+		"reading":       func(*Rule) {},
+		"no hysteresis": func(r *Rule) { r.Clear = r.Trigger },
+		"below":         func(r *Rule) { r.Operator, r.Trigger, r.Clear = LT, 5, 8 },
+		"window p95":    func(r *Rule) { r.Kind, r.Statistic = KindWindow, "p95" },
+		"device scope":  func(r *Rule) { r.Scope, r.ScopeID = ScopeDevice, "boiler-7" },
+		"group for 5m":  func(r *Rule) { r.Scope, r.ScopeID, r.ForCount, r.ForDuration = ScopeGroup, "site-a", 3, 5*time.Minute },
+		"no data": func(r *Rule) {
+			*r = Rule{ID: "quiet", Kind: KindNoData, Scope: ScopeAll, Silence: 10 * time.Minute, ForCount: 1, Severity: SeverityInfo}
+		},
 		"no recipients":  func(r *Rule) { r.Recipients = nil },
 		"unicode metric": func(r *Rule) { r.Metric = "température" },
 	} {
