@@ -379,93 +379,108 @@ func (n *Notifier) spend(recipient string) {
 	n.mu.Unlock()
 }
 
-// deliver sends recipient's due notifications: one transaction that locks
-// them, sends (one digest, or one message each), records the attempts and
-// marks the rows.
-func (n *Notifier) deliver(ctx context.Context, recipient string) (err error) {
+// deliver sends recipient's due notifications: with Digest, all of them
+// as one message; otherwise one message each, while the rate limit allows.
+// Each message is one transaction that locks its rows, sends, records the
+// attempt and marks the rows, so a crash repeats at most the message in
+// flight.
+func (n *Notifier) deliver(ctx context.Context, recipient string) error {
 	rc, err := rules.ParseRecipient(recipient)
 	if err != nil {
 		return fmt.Errorf("recipient %q: %w", recipient, err)
 	}
+	for first := true; ctx.Err() == nil; first = false {
+		if !first {
+			n.mu.Lock()
+			ok := n.allow(recipient)
+			n.mu.Unlock()
+			if !ok {
+				n.m.rateLimited.Inc()
+				return nil
+			}
+		}
+		limit := 1
+		if n.cfg.Digest {
+			limit = maxDigest
+		}
+		sent, err := n.deliverOne(ctx, rc, recipient, limit)
+		if err != nil || !sent || n.cfg.Digest {
+			return err
+		}
+	}
+	return nil
+}
+
+// deliverOne sends one message (up to limit notifications) to recipient
+// in one transaction; it reports whether there was anything to send and
+// the send succeeded.
+func (n *Notifier) deliverOne(ctx context.Context, rc rules.Recipient, recipient string, limit int) (sent bool, err error) {
 	tx, err := n.st.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return false, fmt.Errorf("begin: %w", err)
 	}
 	defer func() {
 		if err != nil {
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
-	ps, err := n.st.lockDue(ctx, tx, recipient)
+	ps, err := n.st.lockDue(ctx, tx, recipient, limit)
 	if err != nil || len(ps) == 0 {
 		if err == nil {
 			err = tx.Commit(ctx)
 		}
-		return err
+		return false, err
 	}
-	var msgs []*message
-	var attemptsOf []int
-	if n.cfg.Digest && len(ps) > 1 {
+	var m *message
+	hi := 0
+	if len(ps) > 1 {
 		evs := make([]*schemas.Alert, len(ps))
-		hi := 0
 		for i, p := range ps {
 			evs[i] = p.alert
 			hi = max(hi, p.attempts)
 		}
-		msgs, attemptsOf = []*message{digest(evs)}, []int{hi + 1}
+		m = digest(evs)
 	} else {
-		for i, p := range ps {
-			if i > 0 {
-				n.mu.Lock()
-				ok := n.allow(recipient)
-				n.mu.Unlock()
-				if !ok {
-					n.m.rateLimited.Inc()
-					break
-				}
-			}
-			msgs, attemptsOf = append(msgs, single(p.alert)), append(attemptsOf, p.attempts+1)
-		}
+		m, hi = single(ps[0].alert), ps[0].attempts
 	}
+	attempt := hi + 1
 	ch := string(rc.Channel)
-	for i, m := range msgs {
-		sctx, cancel := context.WithTimeout(ctx, n.cfg.SendTimeout)
-		start := n.now()
-		sendErr := n.send.send(sctx, rc, m)
-		cancel()
-		dur := n.now().Sub(start)
-		n.spend(recipient)
-		result, kind := "ok", "single"
-		if sendErr != nil {
-			result = "error"
-		}
-		if len(m.EventIDs) > 1 {
-			kind = "digest"
-		}
-		n.m.attempts.WithLabelValues(ch, result).Inc()
-		failed, err := n.st.attempt(ctx, tx, recipient, m, attemptsOf[i], start, dur, sendErr, n.nextAttempt)
-		if err != nil {
-			return err
-		}
-		if sendErr == nil {
-			n.m.messages.WithLabelValues(ch, kind).Inc()
-			n.m.delivered.WithLabelValues(ch).Add(float64(len(m.EventIDs)))
-			n.log.Info("notification delivered", "recipient", recipient, "message_id", m.ID, "events", len(m.EventIDs), "attempt", attemptsOf[i])
-		} else {
-			n.log.Warn("notification attempt failed", "recipient", recipient, "message_id", m.ID, "events", len(m.EventIDs),
-				"attempt", attemptsOf[i], "err", sendErr)
-			if failed > 0 {
-				n.m.undeliverable.WithLabelValues(ch).Add(float64(failed))
-				n.log.Error("notification undeliverable after the retry budget", "recipient", recipient, "message_id", m.ID,
-					"events", failed, "attempts", attemptsOf[i])
-			}
-		}
+	sctx, cancel := context.WithTimeout(ctx, n.cfg.SendTimeout)
+	start := n.now()
+	sendErr := n.send.send(sctx, rc, m)
+	cancel()
+	dur := n.now().Sub(start)
+	n.spend(recipient)
+	result, kind := "ok", "single"
+	if sendErr != nil {
+		result = "error"
+	}
+	if len(m.EventIDs) > 1 {
+		kind = "digest"
+	}
+	n.m.attempts.WithLabelValues(ch, result).Inc()
+	failed, err := n.st.attempt(ctx, tx, recipient, m, attempt, start, dur, sendErr, n.nextAttempt)
+	if err != nil {
+		return false, err
 	}
 	if err = tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit deliveries: %w", err)
+		return false, fmt.Errorf("commit delivery: %w", err)
 	}
 	n.setErr(nil)
-	return nil
+	if sendErr == nil {
+		n.m.messages.WithLabelValues(ch, kind).Inc()
+		n.m.delivered.WithLabelValues(ch).Add(float64(len(m.EventIDs)))
+		n.log.Info("notification delivered", "recipient", recipient, "message_id", m.ID, "events", len(m.EventIDs), "attempt", attempt)
+		return true, nil
+	}
+	n.log.Warn("notification attempt failed", "recipient", recipient, "message_id", m.ID, "events", len(m.EventIDs),
+		"attempt", attempt, "err", sendErr)
+	if failed > 0 {
+		n.m.undeliverable.WithLabelValues(ch).Add(float64(failed))
+		n.log.Error("notification undeliverable after the retry budget", "recipient", recipient, "message_id", m.ID,
+			"events", failed, "attempts", attempt)
+	}
+	return false, nil
 }
 
 // nextAttempt says, after attempt number attempts failed, whether the

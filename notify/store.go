@@ -211,10 +211,10 @@ const maxDigest = 1000
 
 // lockDue locks the due notifications of recipient (skipping those another
 // process holds) in tx, oldest first.
-func (s *store) lockDue(ctx context.Context, tx pgx.Tx, recipient string) ([]pending, error) {
+func (s *store) lockDue(ctx context.Context, tx pgx.Tx, recipient string, limit int) ([]pending, error) {
 	rows, err := tx.Query(ctx, `SELECT event_id, alert, attempts FROM `+s.rel("notifications")+`
 		WHERE recipient = $1 AND state = 'pending' AND next_attempt_at <= now()
-		ORDER BY created_at, event_id LIMIT $2 FOR UPDATE SKIP LOCKED`, recipient, maxDigest)
+		ORDER BY created_at, event_id LIMIT $2 FOR UPDATE SKIP LOCKED`, recipient, limit)
 	if err != nil {
 		return nil, fmt.Errorf("lock due notifications: %w", err)
 	}
