@@ -62,6 +62,8 @@ func (f *fixture) start(extra ...string) *testenv.Proc {
 		"IOTPIPE_RETRY_MAX=2s",
 		"IOTPIPE_LOG_LEVEL=debug",
 	)
+	// MQTT only where a test asks for it (IOTPIPE_MQTT_URL in extra).
+	vars = append(vars, "IOTPIPE_MQTT_URL=")
 	p := testenv.StartProc(f.t, "notify", append(vars, extra...), "notify")
 	p.WaitLine("notify started", 30*time.Second)
 	return p

@@ -65,7 +65,7 @@ SIGTERM/SIGINT: stops consuming, finishes the deliveries in flight, exits 0.`,
 		f.Secret(&c.SMTPPassword, "smtp-password", "SMTP password")
 		f.String(&c.SMTPFrom, "smtp-from", "sender address of alert emails")
 		f.String(&c.MQTTURL, "mqtt-url", "MQTT broker for mqtt:<topic> recipients, mqtt://host:port; empty: MQTT is not sent")
-		f.String(&c.MQTTUser, "mqtt-user", "MQTT user name")
+		f.String(&c.MQTTUser, "mqtt-username", "MQTT user name")
 		f.Secret(&c.MQTTPassword, "mqtt-password", "MQTT password")
 	},
 	describe: func(c *notify.Config, o *service.Options) string {
