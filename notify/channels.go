@@ -19,7 +19,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
-	"github.com/iotpipe/iotpipe/alert/rules"
+	"github.com/iotpipe/iotpipe/alerting/rules"
 )
 
 // Standard Webhooks headers.

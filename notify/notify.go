@@ -48,7 +48,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/iotpipe/iotpipe/alert/rules"
+	"github.com/iotpipe/iotpipe/alerting/rules"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/retry"
 	"github.com/iotpipe/iotpipe/internal/service"

@@ -1,7 +1,7 @@
 package main
 
 // `iotpipe alerts rules list|show|create|update|delete`: threshold alert
-// rules (package alert/rules) in PostgreSQL.
+// rules (package alerting/rules) in PostgreSQL.
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/iotpipe/iotpipe/alert/rules"
+	"github.com/iotpipe/iotpipe/alerting/rules"
 )
 
 const alertsSummary = "threshold alert rules: alerts rules list, show, create, update, delete"

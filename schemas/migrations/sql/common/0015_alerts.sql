@@ -3,7 +3,7 @@
 -- and the alerts_active view. Rules are written by the registry role
 -- ({{.Registry}}: iotpipe alerts rules ..., later the API) and read by the
 -- writer role (the alert and notify stages). The constraints repeat the
--- checks of package alert/rules, so a rule written by hand cannot be one the
+-- checks of package alerting/rules, so a rule written by hand cannot be one the
 -- stage cannot evaluate. Every change to alert_rules sends NOTIFY
 -- iotpipe_alert_rules with the schema name as payload.
 

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotpipe/iotpipe/alert/rules"
+	"github.com/iotpipe/iotpipe/alerting/rules"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 

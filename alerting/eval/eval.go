@@ -49,7 +49,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/iotpipe/iotpipe/alert/rules"
+	"github.com/iotpipe/iotpipe/alerting/rules"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
