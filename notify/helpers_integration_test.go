@@ -115,6 +115,7 @@ type delivery struct {
 	webhookID string
 	eventIDs  []string
 	status    int
+	at        time.Time
 }
 
 // receiver is a webhook endpoint on a private port that verifies
@@ -232,7 +233,7 @@ func (r *receiver) serve(l net.Listener) {
 		r.mu.Lock()
 		r.seen[id]++
 		code := r.fail(id, r.seen[id])
-		r.got = append(r.got, delivery{webhookID: id, eventIDs: ids, status: code})
+		r.got = append(r.got, delivery{webhookID: id, eventIDs: ids, status: code, at: time.Now()})
 		r.mu.Unlock()
 		w.WriteHeader(code)
 	})}

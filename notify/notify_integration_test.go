@@ -185,3 +185,47 @@ func TestNotifyStormRateLimit(t *testing.T) {
 	}
 	p.StopClean(20 * time.Second)
 }
+
+// With no grouping wait, the per-recipient rate limit is what bounds the
+// messages: 300 crossings over 3 s reach each recipient in full, and no
+// --rate-period window holds more than --rate-limit messages.
+func TestNotifyRateLimitBinds(t *testing.T) {
+	f := newFixture(t)
+	a, b := newReceiver(t), newReceiver(t)
+	const limit, period = 2, 6 * time.Second
+	evs := f.alerts(300, a.url("/hook"), b.url("/hook"))
+	p := f.start("IOTPIPE_DIGEST=true", "IOTPIPE_GROUP_WAIT=0s", fmt.Sprintf("IOTPIPE_RATE_LIMIT=%d", limit), "IOTPIPE_RATE_PERIOD="+period.String())
+	start := time.Now()
+	for i := range 6 {
+		f.produce(evs[i*50 : (i+1)*50])
+		next := start.Add(time.Duration(i+1) * 500 * time.Millisecond)
+		testenv.Eventually(t, 5*time.Second, 20*time.Millisecond, func() error {
+			if time.Now().Before(next) {
+				return fmt.Errorf("pacing")
+			}
+			return nil
+		})
+	}
+	ids := make([]string, len(evs))
+	for i, e := range evs {
+		ids[i] = e.EventID
+	}
+	for _, r := range []*receiver{a, b} {
+		waitAll(t, r, ids, time.Minute)
+		reqs := r.requests()
+		for i := range reqs {
+			// The receiver's clock sees the sends a little apart from the
+			// sender's; allow no more than the limit in any window of
+			// period minus 200 ms.
+			tight := 0
+			for j := i; j < len(reqs) && reqs[j].at.Sub(reqs[i].at) < period-200*time.Millisecond; j++ {
+				tight++
+			}
+			if tight > limit {
+				t.Errorf("receiver %s: %d messages within %s from message %d, limit %d per %s", r.addr, tight, period, i, limit, period)
+			}
+		}
+		t.Logf("receiver %s: 300 events in %d messages over %s", r.addr, len(reqs), reqs[len(reqs)-1].at.Sub(reqs[0].at).Truncate(time.Millisecond))
+	}
+	p.StopClean(20 * time.Second)
+}
