@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/iotpipe/iotpipe/internal/testenv"
+	"github.com/iotpipe/iotpipe/schemas"
 )
 
 // waitAll polls until every event reached the receiver at least once.
@@ -227,5 +230,40 @@ func TestNotifyRateLimitBinds(t *testing.T) {
 		}
 		t.Logf("receiver %s: 300 events in %d messages over %s", r.addr, len(reqs), reqs[len(reqs)-1].at.Sub(reqs[0].at).Truncate(time.Millisecond))
 	}
+	p.StopClean(20 * time.Second)
+}
+
+// A record that is not an alert goes to the DLQ with reason
+// invalid_record and its origin; the events around it are delivered.
+func TestNotifyBadRecordToDLQ(t *testing.T) {
+	f := newFixture(t)
+	r := newReceiver(t)
+	evs := f.alerts(2, r.url("/hook"))
+	f.produce(evs[:1])
+	cl := f.env.Kafka(t)
+	if err := cl.ProduceSync(testenv.Context(t, 10*time.Second), &kgo.Record{Topic: f.topic, Key: []byte("x"), Value: []byte(`{"schema_version":1,"state":"MAYBE"}`)}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	f.produce(evs[1:])
+	p := f.start()
+	waitAll(t, r, []string{evs[0].EventID, evs[1].EventID}, time.Minute)
+	rd := f.env.Kafka(t, kgo.ConsumeTopics(f.dlq), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	ctx := testenv.Context(t, 30*time.Second)
+	fs := rd.PollRecords(ctx, 10)
+	if err := fs.Err0(); err != nil {
+		t.Fatal(err)
+	}
+	recs := fs.Records()
+	if len(recs) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(recs))
+	}
+	d, err := schemas.ParseDeadLetter(recs[0].Key, recs[0].Value, recs[0].Headers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Reason != schemas.ReasonInvalidRecord || d.Stage != "notify" || d.SourceTopic != f.topic || string(d.Value) != `{"schema_version":1,"state":"MAYBE"}` {
+		t.Errorf("dead letter %+v", d)
+	}
+	t.Logf("dead letter: reason %s, error %q", d.Reason, d.Error)
 	p.StopClean(20 * time.Second)
 }
