@@ -214,7 +214,7 @@ const maxDigest = 1000
 func (s *store) lockDue(ctx context.Context, tx pgx.Tx, recipient string, limit int) ([]pending, error) {
 	rows, err := tx.Query(ctx, `SELECT event_id, alert, attempts FROM `+s.rel("notifications")+`
 		WHERE recipient = $1 AND state = 'pending' AND next_attempt_at <= now()
-		ORDER BY created_at, event_id LIMIT $2 FOR UPDATE SKIP LOCKED`, recipient, limit)
+		ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED`, recipient, limit)
 	if err != nil {
 		return nil, fmt.Errorf("lock due notifications: %w", err)
 	}

@@ -8,6 +8,10 @@
 CREATE TABLE IF NOT EXISTS {{.Schema}}.notifications (
     event_id        text        NOT NULL,
     recipient       text        NOT NULL,
+    -- Enqueue order (the Kafka order of each partition): a recipient's
+    -- notifications are sent in this order, so a device's FIRING precedes
+    -- its RESOLVED.
+    seq             bigint      GENERATED ALWAYS AS IDENTITY,
     channel         text        NOT NULL CHECK (channel IN ('webhook', 'ntfy', 'email', 'mqtt')),
     alert           jsonb       NOT NULL,
     state           text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
@@ -20,7 +24,7 @@ CREATE TABLE IF NOT EXISTS {{.Schema}}.notifications (
     PRIMARY KEY (event_id, recipient)
 );
 CREATE INDEX IF NOT EXISTS notifications_due_idx ON {{.Schema}}.notifications (next_attempt_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS notifications_recipient_idx ON {{.Schema}}.notifications (recipient, created_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS notifications_recipient_idx ON {{.Schema}}.notifications (recipient, seq) WHERE state = 'pending';
 
 CREATE TABLE IF NOT EXISTS {{.Schema}}.notification_attempts (
     attempt_id  bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
