@@ -51,7 +51,7 @@ func (f *fixture) start(extra ...string) *testenv.Proc {
 		"IOTPIPE_TOPIC_ALERTS="+f.topic,
 		"IOTPIPE_TOPIC_DLQ="+f.dlq,
 		"IOTPIPE_GROUP="+f.group,
-		"IOTPIPE_INSTANCE_ID=",
+		"IOTPIPE_INSTANCE_ID="+f.group, // static member: a restart after SIGKILL takes its partitions back at once
 		"IOTPIPE_HTTP_ADDR=127.0.0.1:0",
 		"IOTPIPE_WEBHOOK_SECRET="+testSecret,
 		"IOTPIPE_POLL_INTERVAL=50ms",
