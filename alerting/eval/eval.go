@@ -85,7 +85,8 @@ type Engine struct {
 	noData   []*rules.Rule
 	groups   func(device string) []string
 	series   map[Key]*State
-	dirty    map[Key]struct{}
+	dirty    []Key // series changed since Dirty (each once, by State.dirty; deletions may repeat)
+	wmDirty  bool
 	stats    Stats
 	// wm is the latest time Advance was given (Seen: once given); it is
 	// held as the series WatermarkKey so that a replay of older advances
@@ -100,7 +101,7 @@ var WatermarkKey = Key{}
 // New returns an engine for the enabled rules of set. groups returns the
 // groups a device is in (for group-scoped rules); nil means none.
 func New(set []*rules.Rule, groups func(device string) []string) *Engine {
-	e := &Engine{groups: groups, series: map[Key]*State{}, dirty: map[Key]struct{}{}}
+	e := &Engine{groups: groups, series: map[Key]*State{}}
 	e.SetRules(set)
 	return e
 }
@@ -127,7 +128,7 @@ func (e *Engine) SetRules(set []*rules.Rule) {
 	for k := range e.series {
 		if !keep[k.RuleID] {
 			delete(e.series, k)
-			e.dirty[k] = struct{}{}
+			e.dirty = append(e.dirty, k)
 		}
 	}
 }
@@ -154,7 +155,13 @@ func (e *Engine) state(k Key) *State {
 	return s
 }
 
-func (e *Engine) touch(k Key) { e.dirty[k] = struct{}{} }
+// mark records series k (state s) as changed since the last Dirty.
+func (e *Engine) mark(k Key, s *State) {
+	if !s.dirty {
+		s.dirty = true
+		e.dirty = append(e.dirty, k)
+	}
+}
 
 // Reading evaluates one reading against the reading rules of its metric
 // and records the device as seen for no_data rules; it appends the
@@ -202,7 +209,7 @@ func (e *Engine) step(out []*schemas.Alert, rule *rules.Rule, k Key, v float64, 
 	}
 	e.stats.Evaluated++
 	s.Seen, s.Last = true, t
-	e.touch(k)
+	e.mark(k, s)
 	switch s.Phase {
 	case OK, Pending:
 		if !rule.Breaches(v) {
@@ -239,7 +246,7 @@ func (e *Engine) seen(out []*schemas.Alert, rule *rules.Rule, device string, t i
 		return out // no newer: neither a sign of life nor stale for this rule
 	}
 	s.Seen, s.Last = true, t
-	e.touch(k)
+	e.mark(k, s)
 	if s.Phase == Firing {
 		ev := e.event(rule, k, schemas.AlertResolved, 0, 0, t, s.FiredID)
 		s.Phase, s.FiredID = OK, ""
@@ -257,7 +264,7 @@ func (e *Engine) Advance(out []*schemas.Alert, now time.Time) []*schemas.Alert {
 		return out // not newer than an advance already done (a replay)
 	}
 	e.wm.Seen, e.wm.Last = true, n
-	e.touch(WatermarkKey)
+	e.wmDirty = true
 	var due []Key
 	for k, s := range e.series {
 		if k.Metric != "" || s.Phase == Firing || !s.Seen {
@@ -277,7 +284,7 @@ func (e *Engine) Advance(out []*schemas.Alert, now time.Time) []*schemas.Alert {
 		at := s.Last + int64(rule.Silence)
 		ev := e.event(rule, k, schemas.AlertFiring, 0, 0, at, "")
 		s.Phase, s.FiredID = Firing, ev.EventID
-		e.touch(k)
+		e.mark(k, s)
 		e.stats.Fired++
 		out = append(out, ev)
 	}

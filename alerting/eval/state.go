@@ -57,6 +57,8 @@ type State struct {
 	Since int64
 	// FiredID is the FIRING event's id while FIRING.
 	FiredID string
+
+	dirty bool // changed since the last Engine.Dirty (not encoded)
 }
 
 // ErrCorrupt is returned for an undecodable state or key.
@@ -138,19 +140,27 @@ func DecodeKey(b []byte) (Key, error) {
 // Dirty returns the series changed since the last call, in key order, with
 // their states; a nil state means the series was dropped (a tombstone).
 func (e *Engine) Dirty() []Change {
-	out := make([]Change, 0, len(e.dirty))
-	for k := range e.dirty {
+	out := make([]Change, 0, len(e.dirty)+1)
+	seen := make(map[Key]bool, len(e.dirty))
+	for _, k := range e.dirty {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
 		c := Change{Key: k}
-		if k == WatermarkKey {
-			cp := e.wm
-			c.State = &cp
-		} else if s := e.series[k]; s != nil {
+		if s := e.series[k]; s != nil {
+			s.dirty = false
 			cp := *s
 			c.State = &cp
 		}
 		out = append(out, c)
 	}
-	clear(e.dirty)
+	e.dirty = e.dirty[:0]
+	if e.wmDirty {
+		cp := e.wm
+		out = append(out, Change{Key: WatermarkKey, State: &cp})
+		e.wmDirty = false
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key.less(out[j].Key) })
 	return out
 }
@@ -175,6 +185,7 @@ func (e *Engine) Restore(k Key, s *State) {
 		return
 	}
 	cp := *s
+	cp.dirty = false
 	e.series[k] = &cp
 }
 
