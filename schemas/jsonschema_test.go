@@ -22,7 +22,7 @@ func compileSchemas(t *testing.T) map[string]*jsonschema.Schema {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{SchemaFileDevicePayload, SchemaFileDLQ, SchemaFileMetrics, SchemaFileRaw}
+	want := []string{SchemaFileDevicePayload, SchemaFileAlert, SchemaFileDLQ, SchemaFileMetrics, SchemaFileRaw}
 	if strings.Join(names, ",") != strings.Join(want, ",") {
 		t.Fatalf("embedded schemas %v, want %v", names, want)
 	}
@@ -133,6 +133,8 @@ func TestJSONSchemas(t *testing.T) {
 			s = schemas[SchemaFileMetrics]
 		case strings.HasPrefix(base, "dlq"):
 			s = schemas[SchemaFileDLQ]
+		case strings.HasPrefix(base, "alert"):
+			s = schemas[SchemaFileAlert]
 		default:
 			t.Fatalf("no schema for %s", f)
 		}

@@ -36,7 +36,8 @@ type initFlags struct {
 	log   logFlags
 
 	topicRaw, topicMetrics, topicDLQ, topicChangelog string
-	topicReadings                                    string
+	topicReadings, topicAlerts                       string
+	alertsRet                                        time.Duration
 	rawParts, metricsParts, dlqParts                 int
 	rawRet, metricsRet, dlqRet                       time.Duration
 	replication, minISR                              int
@@ -63,6 +64,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.String(&o.topicReadings, "topic-readings", "telemetry.readings", "topic of the processor's accepted readings, each device message once, which the sinks store (partitions and retention of the raw topic; - creates none)")
 	f.String(&o.topicMetrics, "topic-metrics", "telemetry.metrics", "topic of window aggregates and activity records")
 	f.String(&o.topicDLQ, "topic-dlq", "telemetry.dlq", "dead-letter topic: rejected input with the reason in headers")
+	f.String(&o.topicAlerts, "topic-alerts", "telemetry.alerts", "topic of alert events (FIRING/RESOLVED, key = device id; partitions of the raw topic), read by iotpipe notify")
 	f.String(&o.topicChangelog, "topic-processor-changelog", "iotpipe.processor.changelog", "compacted topic holding the processor's open windows (same partition count as the raw topic)")
 	f.Int(&o.rawParts, "raw-partitions", 6, "partitions of the raw topic (and of the readings topic and the changelog); the unit of parallelism of every stage")
 	f.Int(&o.metricsParts, "metrics-partitions", 6, "partitions of the metrics topic")
@@ -70,6 +72,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.Duration(&o.rawRet, "raw-retention", 7*24*time.Hour, "retention of the raw topic (and of the readings topic)")
 	f.Duration(&o.metricsRet, "metrics-retention", 7*24*time.Hour, "retention of the metrics topic")
 	f.Duration(&o.dlqRet, "dlq-retention", 30*24*time.Hour, "retention of the dead-letter topic")
+	f.Duration(&o.alertsRet, "alerts-retention", 30*24*time.Hour, "retention of the alerts topic (how long a notify stage may stay down and still deliver)")
 	f.Int(&o.replication, "replication-factor", -1, "replication factor of new topics; -1 uses the broker's default. Refused when above the live brokers; 3 on a cluster of three or more")
 	f.Int(&o.minISR, "min-insync-replicas", -1, "min.insync.replicas of every topic (set on new ones, restored on existing ones); -1 uses the broker's default. Refused when above or equal to the replication factor (writes would stop when one broker is down), unless both are 1")
 	o.s3.bind(f)
@@ -174,6 +177,8 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.metricsRet)}},
 			{Name: o.topicDLQ, Partitions: int32(o.dlqParts), Purpose: "dead letters",
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.dlqRet)}},
+			{Name: o.topicAlerts, Partitions: int32(o.rawParts), Purpose: "alert events",
+				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.alertsRet)}},
 			{Name: o.topicChangelog, Partitions: int32(o.rawParts), Purpose: "processor changelog",
 				// Compaction never touches the active segment, so roll it
 				// often: the processor's restore time stays bounded.

@@ -16,6 +16,8 @@ var referenceCommands = [][]string{
 	{"ca", "init"}, {"ca", "server"}, {"ca", "client"},
 	{"devices", "add"}, {"devices", "list"}, {"devices", "show"}, {"devices", "disable"}, {"devices", "enable"},
 	{"devices", "revoke"}, {"devices", "reissue"}, {"devices", "import"}, {"devices", "sync"},
+	{"alerts", "rules", "list"}, {"alerts", "rules", "show"}, {"alerts", "rules", "create"}, {"alerts", "rules", "update"},
+	{"alerts", "rules", "delete"}, {"notify"},
 }
 
 // WriteReference writes the configuration reference (docs/CONFIG.md): the

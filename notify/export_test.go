@@ -1,0 +1,4 @@
+package notify
+
+// DecodeKey is decodeSecret, for the tests' receivers.
+var DecodeKey = decodeSecret
