@@ -11,8 +11,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/minio/minio-go/v7"
 
+	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/setup"
+	"github.com/iotpipe/iotpipe/processor"
 	"github.com/iotpipe/iotpipe/schemas/migrations"
+	"github.com/iotpipe/iotpipe/sink/lake"
+	"github.com/iotpipe/iotpipe/sink/timescale"
 )
 
 const initSummary = `Prepare the systems iotpipe runs on, idempotently:
@@ -20,6 +24,10 @@ const initSummary = `Prepare the systems iotpipe runs on, idempotently:
     accepted readings, which the sinks store; partitions and retention as
     the raw topic), telemetry.metrics, telemetry.dlq and the processor's
     compacted changelog, with their partitions and retention;
+  - with --kafka-acls: each stage's Kafka principal (a SCRAM-SHA-512 user,
+    created, or its password set when it cannot log in with the given one)
+    and the ACLs it needs, nothing more (docs/SECURITY.md); init itself runs
+    as a super user (--kafka-sasl-username);
   - object store: the lake bucket;
   - PostgreSQL/TimescaleDB: the schema, migrated to the latest version
     (TimescaleDB hypertables, compression, retention and continuous aggregates
@@ -45,6 +53,10 @@ type initFlags struct {
 	timeout     time.Duration
 	skip        string
 	checkConfig bool
+
+	kafkaACLs                                 bool
+	stageUsers                                map[string]*setup.Credentials
+	processorGroup, lakeGroup, timescaleGroup string
 }
 
 func (o *initFlags) bind(f *cmdFlags) {
@@ -53,6 +65,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.String(&o.skip, "skip", "", "comma-separated systems to leave alone: kafka, s3, postgres")
 	f.Bool(&o.checkConfig, "check-config", false, "validate the settings, print them and exit without contacting anything")
 	o.kafka.bind(f, "iotpipe-init")
+	o.bindACLs(f)
 	f.Group("Topics")
 	f.String(&o.topicRaw, "topic-raw", "telemetry.raw", "topic of canonical readings (key = device id)")
 	f.String(&o.topicReadings, "topic-readings", "telemetry.readings", "topic of the processor's accepted readings, each device message once, which the sinks store (partitions and retention of the raw topic; - creates none)")
@@ -81,6 +94,45 @@ func (o *initFlags) bind(f *cmdFlags) {
 	// The summary on stdout says what was done; logs add warnings only,
 	// unless asked for more.
 	o.log.bindLevel(f, "text", "warn")
+}
+
+// bindACLs binds --kafka-acls and each stage's principal; the passwords
+// are secrets (bindKafkaStagePassword).
+func (o *initFlags) bindACLs(f *cmdFlags) {
+	f.Group("Kafka principals and ACLs")
+	f.Bool(&o.kafkaACLs, "kafka-acls", false, "create each stage's Kafka principal (SCRAM-SHA-512 user) and the ACLs it needs; init's own principal must be a super user")
+	o.stageUsers = map[string]*setup.Credentials{}
+	for _, st := range setup.Stages {
+		c := &setup.Credentials{}
+		o.stageUsers[st] = c
+		f.String(&c.User, "kafka-"+st+"-username", "iotpipe-"+st, "Kafka principal of the "+st+" stage (its --kafka-sasl-username)")
+		bindKafkaStagePassword(f, &c.Password, st)
+	}
+	f.String(&o.processorGroup, "processor-group", processor.DefaultGroup, "consumer group of the processors (its transactional ids start with iotpipe-processor.<group>.)")
+	f.String(&o.lakeGroup, "sink-lake-group", lake.DefaultGroup, "consumer group of the lake sinks")
+	f.String(&o.timescaleGroup, "sink-timescale-group", timescale.DefaultGroup, "consumer group of the TimescaleDB sinks")
+}
+
+// bindKafkaStagePassword is the one place a stage principal's password
+// is bound for init: a secret, never printed or logged.
+func bindKafkaStagePassword(f *cmdFlags, p *string, stage string) {
+	f.Secret(p, "kafka-"+stage+"-password", "", "password of --kafka-"+stage+"-username, set when that user cannot log in with it; empty leaves the user's credentials alone")
+}
+
+// principals are the stage principals --kafka-acls ensures.
+func (o *initFlags) principals() []setup.Principal {
+	if !o.kafkaACLs {
+		return nil
+	}
+	users := map[string]setup.Credentials{}
+	for st, c := range o.stageUsers {
+		users[st] = *c
+	}
+	return setup.StagePrincipals(setup.PipelineNames{
+		Raw: o.topicRaw, Readings: o.topicReadings, Metrics: o.topicMetrics, DLQ: o.topicDLQ, Changelog: o.topicChangelog,
+		ProcessorGroup: o.processorGroup, LakeGroup: o.lakeGroup, TimescaleGroup: o.timescaleGroup,
+		TransactionalIDPrefix: (&processor.Config{Group: o.processorGroup}).TransactionalID(),
+	}, users)
 }
 
 func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
@@ -168,6 +220,7 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 				Configs: map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
 					"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}},
 		},
+		Principals:  o.principals(),
 		PostgresDSN: o.pgDSN,
 		Migrations:  mopts,
 		S3:          o.s3.c,
@@ -194,15 +247,15 @@ func runInit(ctx context.Context, env Env, args []string) error {
 	// --topic-readings -: the pipeline stores no readings, so no topic.
 	cfg.Topics = slices.DeleteFunc(cfg.Topics, func(t setup.Topic) bool { return t.Name == "-" })
 	if o.checkConfig {
-		fmt.Fprintf(env.Stdout, "settings are valid: kafka %s, s3 %s bucket %s, postgres schema %s (%s)\n",
-			strings.Join(cfg.Kafka.Brokers, ","), cfg.S3.Endpoint, cfg.S3.Bucket, cfg.Migrations.Schema, cfg.Migrations.Flavor)
+		fmt.Fprintf(env.Stdout, "settings are valid: %s, stage principals %d, s3 %s bucket %s, postgres schema %s (%s)\n",
+			cfg.Kafka.Describe(), len(cfg.Principals), cfg.S3.Endpoint, cfg.S3.Bucket, cfg.Migrations.Schema, cfg.Migrations.Flavor)
 		return nil
 	}
 	start := time.Now()
 	rep, err := setup.Run(ctx, cfg, log)
 	printReport(env, &rep)
 	if err != nil {
-		return nameSetting(err, &o)
+		return nameSetting(err, &o, f)
 	}
 	if rep.Changed() {
 		fmt.Fprintf(env.Stdout, "init: done in %s\n", time.Since(start).Round(time.Millisecond))
@@ -230,6 +283,15 @@ func printReport(env Env, rep *setup.Report) {
 		}
 		fmt.Fprintln(env.Stdout, line)
 	}
+	for _, p := range rep.Principals {
+		line := fmt.Sprintf("kafka: principal User:%s (%s): credentials %s", p.User, p.Stage, p.Credentials)
+		if len(p.Created) == 0 {
+			line += ", ACLs unchanged"
+		} else {
+			line += ", created ACLs: " + strings.Join(p.Created, "; ")
+		}
+		fmt.Fprintln(env.Stdout, line)
+	}
 	if rep.Bucket != "" {
 		state := "exists"
 		if rep.BucketCreated {
@@ -253,13 +315,16 @@ func printReport(env Env, rep *setup.Report) {
 
 // nameSetting rewrites a component failure so that it names the settings
 // that reach the component.
-func nameSetting(err error, o *initFlags) error {
+func nameSetting(err error, o *initFlags, f *cmdFlags) error {
 	var se *setup.Error
 	if !errors.As(err, &se) {
 		return err
 	}
 	switch se.Component {
 	case setup.Kafka:
+		if len(config.Fields(se.Err)) > 0 { // a security setting (kafkax.Config.Explain)
+			return &UsageError{fmt.Errorf("cannot prepare Kafka at --kafka-brokers (%s=%q): %w", EnvName("kafka-brokers"), strings.Join(o.kafka.c.Brokers, ","), f.Explain(se.Err, &o.kafka.c))}
+		}
 		return fmt.Errorf("cannot prepare Kafka at --kafka-brokers (%s=%q): %w", EnvName("kafka-brokers"), strings.Join(o.kafka.c.Brokers, ","), se.Err)
 	case setup.S3:
 		var resp minio.ErrorResponse
