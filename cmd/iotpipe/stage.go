@@ -166,7 +166,8 @@ func (sc *stageCmd[C, S]) explainKafka(cfg *C, err error) error {
 	if e == err || !errors.As(e, &fe) {
 		return err
 	}
-	return &config.FieldError{Field: "Kafka." + fe.Field, Err: fe.Err}
+	reason := fe.Reason(func(field string) string { return "{Kafka." + field + "}" })
+	return &config.FieldError{Field: "Kafka." + fe.Field, Err: errors.New(reason)}
 }
 
 // Flags is the command's flag set: internal/flags with the commands'

@@ -238,7 +238,7 @@ func Ping(ctx context.Context, adm *kadm.Client) (kadm.BrokerDetails, error) {
 // authorization errors Kafka answers when an ACL denies an operation, and
 // what was denied.
 var denied = []struct {
-	err  error
+	err  *kerr.Error
 	what string
 }{
 	{kerr.TopicAuthorizationFailed, "access to a topic"},
@@ -255,11 +255,39 @@ var ErrDenied = errors.New("denied by a Kafka ACL")
 // IsAuthorization reports whether err is Kafka denying an operation by ACL.
 func IsAuthorization(err error) bool {
 	for _, d := range denied {
-		if errors.Is(err, d.err) {
+		if isCode(err, d.err) {
 			return true
 		}
 	}
 	return false
+}
+
+// isCode reports whether err is the Kafka error code of target: franz-go
+// also returns errors of a code in values of their own (with the broker's
+// message), which errors.Is does not match.
+func isCode(err error, target *kerr.Error) bool {
+	var ke *kerr.Error
+	return errors.Is(err, target) || (errors.As(err, &ke) && ke.Code == target.Code)
+}
+
+// IsSecurity reports whether err is a failure of the security settings
+// that retrying does not cure: an ACL denied an operation, Kafka refused
+// the SASL credentials or mechanism, or the brokers' certificate is not
+// trusted or not for the expected name. Stages stop on it (Explain names
+// the setting) instead of waiting for Kafka.
+func IsSecurity(err error) bool {
+	return IsAuthorization(err) || isCode(err, kerr.SaslAuthenticationFailed) ||
+		isCode(err, kerr.UnsupportedSaslMechanism) || isCode(err, kerr.IllegalSaslState) ||
+		certs.IsUnknownAuthority(err) || certs.IsNameMismatch(err)
+}
+
+// FetchError names what a consumer of group was doing when err came in a
+// fetch: reading topic, or joining the group when topic is empty.
+func FetchError(group, topic string, err error) error {
+	if topic == "" {
+		return fmt.Errorf("join consumer group %s: %w", group, err)
+	}
+	return fmt.Errorf("read (consume) topic %s in consumer group %s: %w", topic, group, err)
 }
 
 // Explain returns err as a *config.FieldError on the setting at fault when
@@ -284,11 +312,11 @@ func (c *Config) Explain(err error) error {
 		return err
 	}
 	switch {
-	case errors.Is(err, kerr.SaslAuthenticationFailed):
+	case isCode(err, kerr.SaslAuthenticationFailed):
 		return &config.FieldError{Field: "SASL.Password", Err: fmt.Errorf("Kafka refused the credentials of principal %q ({SASL.Username}, mechanism %s): %w", c.SASL.Username, c.SASL.Mechanism, err)}
-	case errors.Is(err, kerr.UnsupportedSaslMechanism):
+	case isCode(err, kerr.UnsupportedSaslMechanism):
 		return &config.FieldError{Field: "SASL.Mechanism", Err: fmt.Errorf("the brokers do not offer SASL mechanism %s: %w", c.SASL.Mechanism, err)}
-	case errors.Is(err, kerr.IllegalSaslState):
+	case isCode(err, kerr.IllegalSaslState):
 		return &config.FieldError{Field: "SASL.Username", Err: fmt.Errorf("the brokers' listener does not expect SASL (is it PLAINTEXT or SSL?): %w", err)}
 	case certs.IsUnknownAuthority(err):
 		return &config.FieldError{Field: "TLS.CAFile", Err: fmt.Errorf("the brokers' certificate is not signed by a CA in %q: %w", c.TLS.CAFile, err)}
@@ -296,7 +324,7 @@ func (c *Config) Explain(err error) error {
 		return &config.FieldError{Field: "TLS.ServerName", Err: fmt.Errorf("the brokers' certificate does not hold the expected name (%q; {TLS.ServerName} or the broker's host): %w", c.TLS.ServerName, err)}
 	}
 	for _, d := range denied {
-		if errors.Is(err, d.err) {
+		if isCode(err, d.err) {
 			return &config.FieldError{Field: "SASL.Username", Err: fmt.Errorf("%w: Kafka denied principal %q %s (give each stage its own principal; iotpipe init --kafka-acls grants what it needs): %w",
 				ErrDenied, c.SASL.Username, d.what, err)}
 		}
