@@ -86,7 +86,7 @@ type Principal struct {
 // PipelineNames are the names the stages use: topics, consumer groups and
 // the processor's transactional-id prefix.
 type PipelineNames struct {
-	Raw, Readings, Metrics, DLQ, Changelog string
+	Raw, Readings, Metrics, DLQ, Changelog    string
 	ProcessorGroup, LakeGroup, TimescaleGroup string
 	// TransactionalIDPrefix starts every processor's transactional id
 	// (processor.Config.TransactionalID).
@@ -291,7 +291,7 @@ func ensureUser(ctx context.Context, adm *kadm.Client, kc kafkax.Config, p Princ
 // tryLogin connects as user over kc's listener and asks for metadata.
 func tryLogin(ctx context.Context, kc kafkax.Config, user, password string) error {
 	kc.SASL = kafkax.SASL{Mechanism: kafkax.MechanismSCRAMSHA512, Username: user, Password: password}
-	cl, err := kgo.NewClient(kc.Opts(kgo.RetryTimeout(5*time.Second))...)
+	cl, err := kgo.NewClient(kc.Opts(kgo.RetryTimeout(5 * time.Second))...)
 	if err != nil {
 		return err
 	}
