@@ -118,6 +118,8 @@ func startPrivate(t testing.TB, kafkaNodes int, services []string) *Private {
 			env.MQTTURL = vars["IOTPIPE_MQTT_URL"]
 		case "kafka":
 			env.KafkaBrokers = strings.Split(vars["IOTPIPE_KAFKA_BROKERS"], ",")
+			// The private Kafka has its own state dir, so its own CA.
+			env.KafkaSec = loadKafkaSecurity(func(k string) string { return vars[k] }, func(k string) string { return vars[k] })
 		case "postgres":
 			env.PGDSN, env.PGWriterDSN = vars["IOTPIPE_PG_DSN"], vars["IOTPIPE_PG_WRITER_DSN"]
 			env.PGReaderDSN, env.PGAdminDSN = vars["IOTPIPE_PG_READER_DSN"], vars["IOTPIPE_PG_ADMIN_DSN"]

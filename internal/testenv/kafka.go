@@ -1,0 +1,186 @@
+package testenv
+
+// Kafka over SASL_SSL: every client a test builds, and every stage it runs,
+// authenticates with a principal of its own. The admin (a super user)
+// creates topics and reads results; each stage runs as a test principal
+// that has its stage's operations (bridge: write; processor: read, write,
+// its transactions; sinks: read, write dead letters) on every topic and
+// group ("*" ACLs, since each test names its own), granted once per
+// cluster and test process by the same code as `iotpipe init --kafka-acls`.
+// The exact per-name ACLs of init are what the ACL tests check.
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/kafkax"
+	"github.com/iotpipe/iotpipe/internal/setup"
+)
+
+// Kafka principals of KafkaConfig and KafkaEnv.
+const (
+	// Admin is the super user of the services (IOTPIPE_KAFKA_SASL_*).
+	Admin = "admin"
+	// The stages' test principals (IOTPIPE_KAFKA_<STAGE>_PASSWORD).
+	Bridge        = setup.StageBridge
+	Processor     = setup.StageProcessor
+	SinkLake      = setup.StageSinkLake
+	SinkTimescale = setup.StageSinkTimescale
+)
+
+// KafkaSecurity is how the services' Kafka is reached besides its brokers.
+type KafkaSecurity struct {
+	TLS       bool
+	CAFile    string
+	Mechanism string
+	// Username and Password are the admin's (a super user).
+	Username, Password string
+	// Stages are the stages' credentials, keyed by Bridge, Processor, ...
+	Stages map[string]setup.Credentials
+}
+
+// loadKafkaSecurity reads IOTPIPE_KAFKA_TLS, _CA_FILE, _SASL_* and the
+// stages' _<STAGE>_USERNAME/_PASSWORD; get records what is missing.
+// IOTPIPE_KAFKA_TLS=false (a PLAINTEXT broker of the benchmark) needs
+// nothing else.
+func loadKafkaSecurity(lookup, get func(string) string) KafkaSecurity {
+	if lookup("IOTPIPE_KAFKA_TLS") == "false" {
+		return KafkaSecurity{}
+	}
+	s := KafkaSecurity{
+		TLS:       get("IOTPIPE_KAFKA_TLS") == "true",
+		CAFile:    get("IOTPIPE_KAFKA_CA_FILE"),
+		Mechanism: get("IOTPIPE_KAFKA_SASL_MECHANISM"),
+		Username:  get("IOTPIPE_KAFKA_SASL_USERNAME"),
+		Password:  get("IOTPIPE_KAFKA_SASL_PASSWORD"),
+		Stages:    map[string]setup.Credentials{},
+	}
+	for _, st := range setup.Stages {
+		v := "IOTPIPE_KAFKA_" + strings.ToUpper(strings.ReplaceAll(st, "-", "_"))
+		s.Stages[st] = setup.Credentials{User: get(v + "_USERNAME"), Password: get(v + "_PASSWORD")}
+	}
+	return s
+}
+
+// testUser is the SCRAM user of a stage's test principal: the stage's
+// user with a "test-" prefix, so that the "*" grants of the tests never
+// widen the principals `iotpipe init --kafka-acls` manages.
+func testUser(user string) string { return "test-" + user }
+
+// KafkaConfig returns the connection of principal (Admin, Bridge,
+// Processor, SinkLake, SinkTimescale) to the services' Kafka; a stage's
+// test principal is created with its grants first (once per cluster).
+func (e *Env) KafkaConfig(t testing.TB, principal string) kafkax.Config {
+	t.Helper()
+	c := kafkax.DefaultConfig("iotpipe-test-" + principal)
+	c.Brokers = e.KafkaBrokers
+	s := e.KafkaSec
+	c.TLS = kafkax.TLS{Enabled: s.TLS, CAFile: s.CAFile}
+	if s.Username == "" { // PLAINTEXT (benchmark baseline)
+		return c
+	}
+	c.SASL = kafkax.SASL{Mechanism: s.Mechanism, Username: s.Username, Password: s.Password}
+	if principal == Admin {
+		return c
+	}
+	cred, ok := s.Stages[principal]
+	if !ok {
+		t.Fatalf("testenv: unknown Kafka principal %q (want %s, %s, %s, %s or %s)", principal, Admin, Bridge, Processor, SinkLake, SinkTimescale)
+	}
+	e.ensureTestPrincipals(t)
+	c.SASL = kafkax.SASL{Mechanism: kafkax.MechanismSCRAMSHA512, Username: testUser(cred.User), Password: cred.Password}
+	return c
+}
+
+// KafkaEnv returns the IOTPIPE_KAFKA_* variables of principal's
+// connection (see KafkaConfig), for a child process; they come after
+// Environ's, which they override.
+func (e *Env) KafkaEnv(t testing.TB, principal string) []string {
+	t.Helper()
+	return KafkaConfigEnv(e.KafkaConfig(t, principal))
+}
+
+// KafkaConfigEnv returns the IOTPIPE_KAFKA_* variables that give c to a
+// child process.
+func KafkaConfigEnv(c kafkax.Config) []string {
+	return []string{
+		"IOTPIPE_KAFKA_BROKERS=" + strings.Join(c.Brokers, ","),
+		"IOTPIPE_KAFKA_TLS=" + strconv.FormatBool(c.TLS.Enabled),
+		"IOTPIPE_KAFKA_CA_FILE=" + c.TLS.CAFile,
+		"IOTPIPE_KAFKA_SASL_MECHANISM=" + c.SASL.Mechanism,
+		"IOTPIPE_KAFKA_SASL_USERNAME=" + c.SASL.Username,
+		"IOTPIPE_KAFKA_SASL_PASSWORD=" + c.SASL.Password,
+	}
+}
+
+// KafkaCLIArgs returns the command-line flags that give c to `iotpipe`.
+func KafkaCLIArgs(c kafkax.Config) []string {
+	return []string{"--kafka-brokers", strings.Join(c.Brokers, ","), "--kafka-tls=" + strconv.FormatBool(c.TLS.Enabled),
+		"--kafka-ca-file", c.TLS.CAFile, "--kafka-sasl-mechanism", c.SASL.Mechanism,
+		"--kafka-sasl-username", c.SASL.Username, "--kafka-sasl-password", c.SASL.Password}
+}
+
+// KCatArgs returns kcat's (librdkafka's) settings for c.
+func KCatArgs(c kafkax.Config) []string {
+	args := []string{"-b", strings.Join(c.Brokers, ",")}
+	if c.TLS.Enabled {
+		args = append(args, "-X", "ssl.ca.location="+c.TLS.CAFile)
+	}
+	switch {
+	case c.TLS.Enabled && c.SASL.Enabled():
+		args = append(args, "-X", "security.protocol=SASL_SSL")
+	case c.TLS.Enabled:
+		args = append(args, "-X", "security.protocol=SSL")
+	case c.SASL.Enabled():
+		args = append(args, "-X", "security.protocol=SASL_PLAINTEXT")
+	}
+	if c.SASL.Enabled() {
+		args = append(args, "-X", "sasl.mechanisms="+c.SASL.Mechanism, "-X", "sasl.username="+c.SASL.Username, "-X", "sasl.password="+c.SASL.Password)
+	}
+	return args
+}
+
+var (
+	principalsMu   sync.Mutex
+	principalsDone = map[string]bool{} // by broker list
+)
+
+// ensureTestPrincipals creates the stages' test principals and their "*"
+// grants on this cluster, once per test process.
+func (e *Env) ensureTestPrincipals(t testing.TB) {
+	t.Helper()
+	key := strings.Join(e.KafkaBrokers, ",")
+	principalsMu.Lock()
+	defer principalsMu.Unlock()
+	if principalsDone[key] {
+		return
+	}
+	users := map[string]setup.Credentials{}
+	for st, c := range e.KafkaSec.Stages {
+		users[st] = setup.Credentials{User: testUser(c.User), Password: c.Password}
+	}
+	ps := setup.StagePrincipals(setup.PipelineNames{
+		Raw: "*", Readings: "*", Metrics: "*", DLQ: "*", Changelog: "*",
+		ProcessorGroup: "*", LakeGroup: "*", TimescaleGroup: "*",
+		TransactionalIDPrefix: "iotpipe-processor.", // processor.Config.TransactionalID
+	}, users)
+	admin := e.KafkaConfig(t, Admin)
+	cl, err := kgo.NewClient(admin.Opts()...)
+	if err != nil {
+		t.Fatalf("kafka admin client: %v", err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := setup.EnsurePrincipals(ctx, kadm.NewClient(cl), admin, ps); err != nil {
+		t.Fatalf("testenv: the stages' test principals on %s: %v", key, admin.Explain(err))
+	}
+	principalsDone[key] = true
+}
