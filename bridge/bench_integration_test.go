@@ -61,12 +61,14 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 		b.Cleanup(func() { endSessionTB(b, env, tg.clientID) })
 	}
 	bin := testenv.Binary(b)
+	kc := env.KafkaConfig(b, testenv.Bridge)
 	bridgeArgs := func(tg target, compression string) []string {
 		args := []string{"bridge", "--mqtt-url", env.MQTTURL, "--mqtt-client-id", tg.clientID,
 			"--mqtt-username", env.MQTTUsername, "--mqtt-password", env.MQTTPassword,
 			"--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
-			"--kafka-brokers", strings.Join(env.KafkaBrokers, ","), "--topic-raw", tg.topic, "--topic-dlq", dlq,
+			"--topic-raw", tg.topic, "--topic-dlq", dlq,
 			"--topic-template", template, "--kafka-compression", compression, "--log-format", "json"}
+		args = append(args, testenv.KafkaCLIArgs(kc)...)
 		// IOTPIPE_BENCH_BRIDGE_ARGS adds flags, e.g. "--mqtt-receive-maximum 4000".
 		args = append(args, strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
 		return args
@@ -132,8 +134,8 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 				// -C: exit after the load, so that its buffered stdout
 				// reaches kcat.
 				sub := exec.Command("mosquitto_sub", subArgs(tg, "-C", strconv.Itoa(total))...)
-				kc := exec.Command("kcat", "-P", "-b", strings.Join(env.KafkaBrokers, ","), "-t", tg.topic,
-					"-z", "lz4", "-X", "linger.ms=5", "-X", "acks=all")
+				kc := exec.Command("kcat", append(append([]string{"-P"}, testenv.KCatArgs(env.KafkaPlainAdmin(b))...), "-t", tg.topic,
+					"-z", "lz4", "-X", "linger.ms=5", "-X", "acks=all")...)
 				pipe, err := sub.StdoutPipe()
 				if err != nil {
 					b.Fatal(err)
@@ -272,7 +274,7 @@ func BenchmarkBridgeDrain(b *testing.B) {
 	cfg.MQTT.URLs, cfg.MQTT.ClientID = []string{env.MQTTURL}, clientID
 	cfg.MQTT.Username, cfg.MQTT.Password = env.MQTTUsername, env.MQTTPassword
 	cfg.MQTT.ShareGroup, cfg.MQTT.SessionExpiry = s.group, 10*time.Minute
-	cfg.Kafka.Brokers = env.KafkaBrokers
+	cfg.Kafka = env.KafkaConfig(b, testenv.Bridge)
 	cfg.TopicRaw, cfg.TopicDLQ, cfg.TopicTemplate = s.raw, s.dlq, s.template()
 	run := func() (*Bridge, context.CancelFunc, chan error) {
 		br, err := New(cfg, service.Deps{})
@@ -395,7 +397,7 @@ func BenchmarkBridgeTLS(b *testing.B) {
 	bin := testenv.Binary(b)
 	bridgeArgs := func(tg *target) []string {
 		return append(append([]string{"bridge", "--mqtt-client-id", tg.clientID, "--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
-			"--mqtt-catch-all=false", "--kafka-brokers", strings.Join(env.KafkaBrokers, ","), "--topic-raw", tg.topic, "--topic-dlq", dlq,
+			"--mqtt-catch-all=false", "--topic-raw", tg.topic, "--topic-dlq", dlq,
 			"--topic-template", template, "--log-format", "json"}, tg.conn...), strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
 	}
 	// Sessions and subscriptions first, then offline.

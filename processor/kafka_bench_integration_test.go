@@ -116,7 +116,7 @@ func BenchmarkKafkaExactlyOnce(b *testing.B) {
 		}
 		group := env.Group(b)
 		cfg := DefaultConfig()
-		cfg.Kafka.Brokers, cfg.Group, cfg.InstanceID, cfg.Topics = env.KafkaBrokers, group, "bench", topics
+		cfg.Kafka, cfg.Group, cfg.InstanceID, cfg.Topics = env.KafkaConfig(b, testenv.Processor), group, "bench", topics
 		cfg.Window.Size, cfg.Window.Lateness, cfg.Window.IdleTimeout = time.Minute, 5*time.Second, time.Hour
 		if d, err := time.ParseDuration(os.Getenv("IOTPIPE_BENCH_COMMIT_INTERVAL")); err == nil {
 			cfg.CommitInterval = d

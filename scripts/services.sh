@@ -629,8 +629,11 @@ inter.broker.listener.name=SASL_SSL
 listener.security.protocol.map=CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 sasl.mechanism.controller.protocol=PLAIN
-listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+# PLAIN (over TLS) knows the admin only: for kcat, whose librdkafka 2.0.2 fails SCRAM against Kafka
+# 4.1, and to check iotpipe's PLAIN support against a real broker. Every stage principal is SCRAM.
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_ADMIN_USER" password="$KAFKA_ADMIN_PASS";
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$KAFKA_ADMIN_USER" password="$KAFKA_ADMIN_PASS" user_$KAFKA_ADMIN_USER="$KAFKA_ADMIN_PASS";
 listener.name.controller.sasl.enabled.mechanisms=PLAIN
 listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$KAFKA_CONTROLLER_USER" password="$KAFKA_CONTROLLER_PASS" user_$KAFKA_CONTROLLER_USER="$KAFKA_CONTROLLER_PASS";
 ssl.keystore.type=PEM

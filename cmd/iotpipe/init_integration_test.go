@@ -30,7 +30,6 @@ func initEnv(t *testing.T, env *testenv.Env) (vars map[string]string, topics []s
 		_, _ = adm.DeleteTopics(ctx, topics...)
 	})
 	vars = map[string]string{
-		"IOTPIPE_KAFKA_BROKERS":             strings.Join(env.KafkaBrokers, ","),
 		"IOTPIPE_TOPIC_RAW":                 topics[0],
 		"IOTPIPE_TOPIC_METRICS":             topics[1],
 		"IOTPIPE_TOPIC_DLQ":                 topics[2],

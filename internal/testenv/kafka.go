@@ -99,6 +99,16 @@ func (e *Env) KafkaConfig(t testing.TB, principal string) kafkax.Config {
 	return c
 }
 
+// KafkaPlainAdmin is the admin's connection with SASL PLAIN (for kcat).
+func (e *Env) KafkaPlainAdmin(t testing.TB) kafkax.Config {
+	t.Helper()
+	c := e.KafkaConfig(t, Admin)
+	if c.SASL.Enabled() {
+		c.SASL.Mechanism = kafkax.MechanismPlain
+	}
+	return c
+}
+
 // KafkaEnv returns the IOTPIPE_KAFKA_* variables of principal's
 // connection (see KafkaConfig), for a child process; they come after
 // Environ's, which they override.
@@ -127,7 +137,10 @@ func KafkaCLIArgs(c kafkax.Config) []string {
 		"--kafka-sasl-username", c.SASL.Username, "--kafka-sasl-password", c.SASL.Password}
 }
 
-// KCatArgs returns kcat's (librdkafka's) settings for c.
+// KCatArgs returns kcat's (librdkafka's) settings for c. librdkafka 2.0.2
+// (Debian's kcat) fails SCRAM against Kafka 4.1, so give it the admin with
+// mechanism PLAIN (over TLS), which scripts/services.sh enables for the
+// admin alone.
 func KCatArgs(c kafkax.Config) []string {
 	args := []string{"-b", strings.Join(c.Brokers, ",")}
 	if c.TLS.Enabled {
@@ -183,4 +196,16 @@ func (e *Env) ensureTestPrincipals(t testing.TB) {
 		t.Fatalf("testenv: the stages' test principals on %s: %v", key, admin.Explain(err))
 	}
 	principalsDone[key] = true
+}
+
+// KafkaVars is KafkaEnv as a map, for tests that keep their variables in
+// one.
+func (e *Env) KafkaVars(t testing.TB, principal string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	for _, kv := range e.KafkaEnv(t, principal) {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
 }
