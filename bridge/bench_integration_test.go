@@ -261,12 +261,21 @@ func waitOffsets(b *testing.B, adm *kadm.Client, topic string, want int) {
 // starts, while the bridge is offline).
 //
 //	go test -tags integration -run '^$' -bench BridgeDrain -benchtime 1x -cpuprofile cpu.out ./bridge/
-func BenchmarkBridgeDrain(b *testing.B) {
+func BenchmarkBridgeDrain(b *testing.B) { benchDrain(b, testenv.Load(b)) }
+
+// BenchmarkBridgeDrainKafkaPlaintext is BenchmarkBridgeDrain against a
+// private Kafka broker with a PLAINTEXT listener and no authorization
+// (IOTPIPE_KAFKA_SECURITY=plaintext): the baseline of what SASL_SSL costs
+// the bridge, in the same run (go test -bench 'BridgeDrain').
+func BenchmarkBridgeDrainKafkaPlaintext(b *testing.B) {
+	benchDrain(b, testenv.StartPrivateWith(b, []string{"IOTPIPE_KAFKA_SECURITY=plaintext"}, "kafka").Env)
+}
+
+func benchDrain(b *testing.B, env *testenv.Env) {
 	n := 100_000
 	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_MESSAGES")); err == nil && v > 0 {
 		n = v
 	}
-	env := testenv.Load(b)
 	s := &setup{env: env, prefix: env.MQTTPrefix(b), raw: env.Topic(b, 6, nil), dlq: env.Topic(b, 2, nil), group: testenv.Name(b, "share")}
 	clientID := testenv.Name(b, "bridge")
 	b.Cleanup(func() { endSessionTB(b, env, clientID) })
@@ -395,10 +404,11 @@ func BenchmarkBridgeTLS(b *testing.B) {
 		b.Cleanup(func() { endSessionTB(b, env, tg.clientID) })
 	}
 	bin := testenv.Binary(b)
+	kafkaArgs := testenv.KafkaCLIArgs(env.KafkaConfig(b, testenv.Bridge))
 	bridgeArgs := func(tg *target) []string {
-		return append(append([]string{"bridge", "--mqtt-client-id", tg.clientID, "--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
+		return append(append(append([]string{"bridge", "--mqtt-client-id", tg.clientID, "--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
 			"--mqtt-catch-all=false", "--topic-raw", tg.topic, "--topic-dlq", dlq,
-			"--topic-template", template, "--log-format", "json"}, tg.conn...), strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
+			"--topic-template", template, "--log-format", "json"}, tg.conn...), kafkaArgs...), strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
 	}
 	// Sessions and subscriptions first, then offline.
 	for _, tg := range targets {

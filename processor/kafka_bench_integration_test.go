@@ -105,8 +105,17 @@ func BenchmarkKafkaCeilingDecode(b *testing.B) {
 // IOTPIPE_BENCH_NO_READINGS=1 turns the copy off (Topics.Readings "-"), to
 // measure what it costs. readings/s counts from the first record processed to the
 // commit of the last.
-func BenchmarkKafkaExactlyOnce(b *testing.B) {
-	env := testenv.Load(b)
+func BenchmarkKafkaExactlyOnce(b *testing.B) { benchExactlyOnce(b, testenv.Load(b)) }
+
+// BenchmarkKafkaExactlyOncePlaintext is BenchmarkKafkaExactlyOnce against
+// a private Kafka broker with a PLAINTEXT listener and no authorization
+// (IOTPIPE_KAFKA_SECURITY=plaintext): the baseline of what SASL_SSL costs
+// the processor, in the same run (go test -bench 'KafkaExactlyOnce').
+func BenchmarkKafkaExactlyOncePlaintext(b *testing.B) {
+	benchExactlyOnce(b, testenv.StartPrivateWith(b, []string{"IOTPIPE_KAFKA_SECURITY=plaintext"}, "kafka").Env)
+}
+
+func benchExactlyOnce(b *testing.B, env *testenv.Env) {
 	topic := benchInput(b, env)
 	for range b.N {
 		topics := Topics{Raw: topic, Metrics: env.Topic(b, 3, nil), DLQ: env.Topic(b, 1, nil),
