@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	composecli "github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+)
+
+// TestComposeKafkaIsSASLSSL checks that docker-compose.yml runs Kafka with
+// a SASL_SSL listener only, its certificate from the certs volume, and
+// every stage as a principal of its own over TLS; init creates them.
+func TestComposeKafkaIsSASLSSL(t *testing.T) {
+	root := filepath.Join("..", "..")
+	opts, err := composecli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+		composecli.WithWorkingDirectory(root), composecli.WithProfiles([]string{"*"}),
+		composecli.WithEnv([]string{}), composecli.WithDiscardEnvFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatalf("docker-compose.yml does not load: %v", err)
+	}
+	mounts := func(s types.ServiceConfig, source, target string) bool {
+		for _, v := range s.Volumes {
+			if (v.Source == source || strings.HasSuffix(v.Source, source)) && v.Target == target {
+				return true
+			}
+		}
+		return false
+	}
+	kafka := p.Services["kafka"]
+	if !mounts(kafka, "certs", "/certs") {
+		t.Error("kafka does not mount the certs volume at /certs")
+	}
+	if !mounts(kafka, filepath.Join("deploy", "kafka", "entrypoint.sh"), "/opt/iotpipe/entrypoint.sh") {
+		t.Error("kafka does not run deploy/kafka/entrypoint.sh")
+	}
+	script, err := os.ReadFile(filepath.Join(root, "deploy", "kafka", "entrypoint.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"listeners=SASL_SSL://:9092,CONTROLLER://:9093", "listener.security.protocol.map=CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL",
+		"ssl.keystore.location=", "/certs/server/server.key", "StandardAuthorizer", "allow.everyone.if.no.acl.found=false", "--add-scram"} {
+		if !strings.Contains(string(script), want) {
+			t.Errorf("deploy/kafka/entrypoint.sh lacks %q", want)
+		}
+	}
+	if strings.Contains(string(script), "PLAINTEXT://") || strings.Contains(string(script), ":PLAINTEXT") {
+		t.Error("deploy/kafka/entrypoint.sh configures a PLAINTEXT listener")
+	}
+	env := func(s types.ServiceConfig, k string) string {
+		if v := s.Environment[k]; v != nil {
+			return *v
+		}
+		return ""
+	}
+	users := map[string]string{}
+	for _, name := range []string{"bridge", "processor", "sink-lake", "sink-timescale"} {
+		s := p.Services[name]
+		if env(s, "IOTPIPE_KAFKA_TLS") != "true" || env(s, "IOTPIPE_KAFKA_CA_FILE") != "/certs/ca.crt" || !mounts(s, "certs", "/certs") {
+			t.Errorf("%s does not reach Kafka over TLS with the stack's CA (/certs/ca.crt on the certs volume)", name)
+		}
+		u := env(s, "IOTPIPE_KAFKA_SASL_USERNAME")
+		if u != "iotpipe-"+name || env(s, "IOTPIPE_KAFKA_SASL_PASSWORD") == "" {
+			t.Errorf("%s runs as Kafka principal %q, want its own, iotpipe-%s, with a password", name, u, name)
+		}
+		if other, dup := users[u]; dup {
+			t.Errorf("%s and %s share the Kafka principal %q", name, other, u)
+		}
+		users[u] = name
+	}
+	ini := p.Services["init"]
+	if env(ini, "IOTPIPE_KAFKA_ACLS") != "true" || env(ini, "IOTPIPE_KAFKA_SASL_USERNAME") != "admin" {
+		t.Error("init does not create the stages' principals and ACLs as the admin (IOTPIPE_KAFKA_ACLS, IOTPIPE_KAFKA_SASL_USERNAME)")
+	}
+	for _, name := range []string{"bridge", "processor", "sink-lake", "sink-timescale"} {
+		v := "IOTPIPE_KAFKA_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_PASSWORD"
+		if env(ini, v) != env(p.Services[name], "IOTPIPE_KAFKA_SASL_PASSWORD") {
+			t.Errorf("init's %s is not the password %s logs in with", v, name)
+		}
+	}
+}
