@@ -696,6 +696,10 @@ kafka_brokers_seen() {
     return 0
   fi
   [[ -f $STATE_DIR/kafka/admin.properties ]] || kafka_admin_props
+  local a
+  for a in ${1//,/ }; do # a JVM per probe is costly: only once every broker accepts connections
+    (exec 3<>"/dev/tcp/${a%:*}/${a##*:}") 2>/dev/null || return 1
+  done
   timeout 20 java -Xms32m -Xmx128m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
     "-Dlog4j2.configurationFile=$STATE_DIR/kafka/tool-log4j2.xml" -cp "$INSTALL_DIR/kafka/libs/*" \
     kafka.admin.ConfigCommand --bootstrap-server "$1" --command-config "$STATE_DIR/kafka/admin.properties" \
@@ -1062,6 +1066,15 @@ kafka_cluster_up() {
 # advertised listeners (a broker is listed once the controller has unfenced it).
 ready_kafka_cluster() {
   local i j out
+  if kafka_secure; then
+    # One admin round trip through all brokers (each accepts connections, see kafka_brokers_seen)
+    # that lists every broker as registered and unfenced.
+    out=$(kafka_brokers_seen "$(kafka_brokers)") || return 1
+    for ((j = 1; j <= KAFKA_N; j++)); do
+      [[ $out == *"Dynamic configs for broker $j are:"* ]] || return 1
+    done
+    return 0
+  fi
   for ((i = 1; i <= KAFKA_N; i++)); do
     out=$(kafka_brokers_seen "$HOST:$(kafka_node_port "$i")") || return 1
     for ((j = 1; j <= KAFKA_N; j++)); do
@@ -1697,7 +1710,7 @@ cmd_up() {
       [[ ${to_wait[$i]} == "$w" ]] || continue
       svc=$w
     case $svc in
-      kafka) timeout=90 ;;
+      kafka) timeout=$((KAFKA_N > 1 ? 180 : 90)) ;; # a cluster of JVMs on a small machine
       postgres) timeout=60 ;;
       mqtt) timeout=60 ;;
       *) timeout=30 ;;
