@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"maps"
 	"net"
 	"strings"
 	"testing"
@@ -46,6 +47,7 @@ func initEnv(t *testing.T, env *testenv.Env) (vars map[string]string, topics []s
 		"IOTPIPE_S3_REGION":                 env.S3Config.Region,
 		"IOTPIPE_S3_BUCKET":                 bucket,
 	}
+	maps.Copy(vars, env.KafkaVars(t, testenv.Admin)) // init runs as Kafka's super user
 	return vars, topics, bucket, schema
 }
 
