@@ -266,7 +266,8 @@ func BenchmarkBridgeDrain(b *testing.B) { benchDrain(b, testenv.Load(b)) }
 // BenchmarkBridgeDrainKafkaPlaintext is BenchmarkBridgeDrain against a
 // private Kafka broker with a PLAINTEXT listener and no authorization
 // (IOTPIPE_KAFKA_SECURITY=plaintext): the baseline of what SASL_SSL costs
-// the bridge, in the same run (go test -bench 'BridgeDrain').
+// the bridge, in the same run (go test -bench 'BridgeDrain'). The private
+// broker starts cold: see BenchmarkKafkaExactlyOncePlaintext.
 func BenchmarkBridgeDrainKafkaPlaintext(b *testing.B) {
 	benchDrain(b, testenv.StartPrivateWith(b, []string{"IOTPIPE_KAFKA_SECURITY=plaintext"}, "kafka").Env)
 }
