@@ -71,12 +71,14 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 		b.Cleanup(func() { endSessionTB(b, env, tg.clientID) })
 	}
 	bin := testenv.Binary(b)
+	kc := env.KafkaConfig(b, testenv.Bridge)
 	bridgeArgs := func(tg target, topic string) []string {
 		args := []string{"bridge", "--mqtt-url", env.MQTTURL, "--mqtt-client-id", tg.clientID,
 			"--mqtt-username", env.MQTTUsername, "--mqtt-password", env.MQTTPassword,
 			"--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
-			"--kafka-brokers", strings.Join(env.KafkaBrokers, ","), "--topic-raw", topic, "--topic-dlq", dlq,
+			"--topic-raw", topic, "--topic-dlq", dlq,
 			"--topic-template", template, "--kafka-compression", tg.compression, "--log-format", "json"}
+		args = append(args, testenv.KafkaCLIArgs(kc)...)
 		// IOTPIPE_BENCH_BRIDGE_ARGS adds flags, e.g. "--mqtt-receive-maximum 4000".
 		args = append(args, strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
 		return args
@@ -142,8 +144,8 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			// -C: exit after the load, so that its buffered stdout
 			// reaches kcat.
 			sub := exec.Command("mosquitto_sub", subArgs(tg, "-C", strconv.Itoa(total))...)
-			kc := exec.Command("kcat", "-P", "-b", strings.Join(env.KafkaBrokers, ","), "-t", topic,
-				"-z", "lz4", "-X", "linger.ms=5", "-X", "acks=all")
+			kc := exec.Command("kcat", append(append([]string{"-P"}, testenv.KCatArgs(env.KafkaPlainAdmin(b))...), "-t", topic,
+				"-z", "lz4", "-X", "linger.ms=5", "-X", "acks=all")...)
 			pipe, err := sub.StdoutPipe()
 			if err != nil {
 				b.Fatal(err)
@@ -301,12 +303,22 @@ func waitOffsets(b *testing.B, adm *kadm.Client, topic string, want int) {
 // starts, while the bridge is offline).
 //
 //	go test -tags integration -run '^$' -bench BridgeDrain -benchtime 1x -cpuprofile cpu.out ./bridge/
-func BenchmarkBridgeDrain(b *testing.B) {
+func BenchmarkBridgeDrain(b *testing.B) { benchDrain(b, testenv.Load(b)) }
+
+// BenchmarkBridgeDrainKafkaPlaintext is BenchmarkBridgeDrain against a
+// private Kafka broker with a PLAINTEXT listener and no authorization
+// (IOTPIPE_KAFKA_SECURITY=plaintext): the baseline of what SASL_SSL costs
+// the bridge, in the same run (go test -bench 'BridgeDrain'). The private
+// broker starts cold: see BenchmarkKafkaExactlyOncePlaintext.
+func BenchmarkBridgeDrainKafkaPlaintext(b *testing.B) {
+	benchDrain(b, testenv.StartPrivateWith(b, []string{"IOTPIPE_KAFKA_SECURITY=plaintext"}, "kafka").Env)
+}
+
+func benchDrain(b *testing.B, env *testenv.Env) {
 	n := 100_000
 	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_MESSAGES")); err == nil && v > 0 {
 		n = v
 	}
-	env := testenv.Load(b)
 	s := &setup{env: env, prefix: env.MQTTPrefix(b), raw: env.Topic(b, 6, nil), dlq: env.Topic(b, 2, nil), group: testenv.Name(b, "share")}
 	clientID := testenv.Name(b, "bridge")
 	b.Cleanup(func() { endSessionTB(b, env, clientID) })
@@ -314,7 +326,7 @@ func BenchmarkBridgeDrain(b *testing.B) {
 	cfg.MQTT.URLs, cfg.MQTT.ClientID = []string{env.MQTTURL}, clientID
 	cfg.MQTT.Username, cfg.MQTT.Password = env.MQTTUsername, env.MQTTPassword
 	cfg.MQTT.ShareGroup, cfg.MQTT.SessionExpiry = s.group, 10*time.Minute
-	cfg.Kafka.Brokers = env.KafkaBrokers
+	cfg.Kafka = env.KafkaConfig(b, testenv.Bridge)
 	cfg.TopicRaw, cfg.TopicDLQ, cfg.TopicTemplate = s.raw, s.dlq, s.template()
 	run := func() (*Bridge, context.CancelFunc, chan error) {
 		br, err := New(cfg, service.Deps{})
@@ -435,10 +447,11 @@ func BenchmarkBridgeTLS(b *testing.B) {
 		b.Cleanup(func() { endSessionTB(b, env, tg.clientID) })
 	}
 	bin := testenv.Binary(b)
+	kafkaArgs := testenv.KafkaCLIArgs(env.KafkaConfig(b, testenv.Bridge))
 	bridgeArgs := func(tg *target) []string {
-		return append(append([]string{"bridge", "--mqtt-client-id", tg.clientID, "--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
-			"--mqtt-catch-all=false", "--kafka-brokers", strings.Join(env.KafkaBrokers, ","), "--topic-raw", tg.topic, "--topic-dlq", dlq,
-			"--topic-template", template, "--log-format", "json"}, tg.conn...), strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
+		return append(append(append([]string{"bridge", "--mqtt-client-id", tg.clientID, "--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
+			"--mqtt-catch-all=false", "--topic-raw", tg.topic, "--topic-dlq", dlq,
+			"--topic-template", template, "--log-format", "json"}, tg.conn...), kafkaArgs...), strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
 	}
 	// Sessions and subscriptions first, then offline.
 	for _, tg := range targets {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/retry"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/registry"
@@ -316,6 +317,9 @@ func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
 		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		td, err := adm.ListTopics(tctx, b.cfg.TopicRaw, b.cfg.TopicDLQ)
 		cancel()
+		if kafkax.IsSecurity(err) {
+			return retry.Permanent(fmt.Errorf("describe topics %s and %s (the bridge writes to both): %w", b.cfg.TopicRaw, b.cfg.TopicDLQ, err))
+		}
 		if err != nil {
 			return err
 		}
@@ -329,6 +333,8 @@ func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
 					return retry.Permanent(fmt.Errorf("%w: %s (create it with `iotpipe init`)", ErrMissingTopic, t))
 				}
 				err = fmt.Errorf("%w: %s", ErrMissingTopic, t)
+			case kafkax.IsAuthorization(d.Err):
+				return retry.Permanent(fmt.Errorf("write (produce) to topic %s: %w", t, d.Err))
 			case d.Err != nil:
 				err = fmt.Errorf("topic %s: %w", t, d.Err)
 			}

@@ -60,7 +60,8 @@ func (s *setup) config(t *testing.T, clientID string) Config {
 	c.MQTT.Username, c.MQTT.Password = s.env.MQTTUsername, s.env.MQTTPassword
 	c.MQTT.ShareGroup, c.MQTT.SessionExpiry = s.group, 10*time.Minute
 	c.MQTT.ReconnectMin, c.MQTT.ReconnectMax = 100*time.Millisecond, time.Second
-	c.Kafka.Brokers, c.Kafka.ClientID = s.env.KafkaBrokers, clientID
+	c.Kafka = s.env.KafkaConfig(t, testenv.Bridge)
+	c.Kafka.ClientID = clientID
 	c.TopicRaw, c.TopicDLQ, c.TopicTemplate = s.raw, s.dlq, s.template()
 	c.ShutdownTimeout = 10 * time.Second
 	return c

@@ -163,7 +163,8 @@ func tlsBridge(t *testing.T, env *testenv.Env, k *pki, raw, dlq, crt, key string
 	c.MQTT.CAFile, c.MQTT.CertFile, c.MQTT.KeyFile = k.tls.CAFile, crt, key
 	c.MQTT.ShareGroup, c.MQTT.SessionExpiry = testenv.Name(t, "share"), 10*time.Minute
 	c.MQTT.ReconnectMin, c.MQTT.ReconnectMax = 100*time.Millisecond, time.Second
-	c.Kafka.Brokers, c.Kafka.ClientID = env.KafkaBrokers, c.MQTT.ClientID
+	c.Kafka = env.KafkaConfig(t, testenv.Bridge)
+	c.Kafka.ClientID = c.MQTT.ClientID
 	c.TopicRaw, c.TopicDLQ, c.TopicTemplate = raw, dlq, "devices/{device_id}/telemetry"
 	c.ShutdownTimeout = 10 * time.Second
 	return c

@@ -27,11 +27,11 @@ func startProc(t *testing.T, cfg Config, extra ...string) *proc {
 		"--mqtt-username", cfg.MQTT.Username, "--mqtt-password", cfg.MQTT.Password,
 		"--mqtt-share-group", cfg.MQTT.ShareGroup,
 		"--mqtt-session-expiry", "10m",
-		"--kafka-brokers", strings.Join(cfg.Kafka.Brokers, ","),
 		"--topic-raw", cfg.TopicRaw, "--topic-dlq", cfg.TopicDLQ,
 		"--topic-template", cfg.TopicTemplate,
 		"--http-addr", "", "--log-format", "json", "--log-level", "info",
 	}
+	args = append(args, testenv.KafkaCLIArgs(cfg.Kafka)...)
 	p := &proc{testenv.StartProc(t, "bridge", nil, append(args, extra...)...)}
 	t.Cleanup(func() {
 		// Redeliveries are what the duplicate figures come from: show

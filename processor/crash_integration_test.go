@@ -5,7 +5,6 @@ package processor
 import (
 	"math/rand/v2"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -21,15 +20,15 @@ type proc struct {
 // only (no IOTPIPE_* variable reaches it).
 func startProc(t *testing.T, env *testenv.Env, topics Topics, group, instance string, extra ...string) *proc {
 	t.Helper()
-	args := append([]string{"processor",
-		"--kafka-brokers", strings.Join(env.KafkaBrokers, ","),
+	args := append(append([]string{"processor"}, testenv.KafkaCLIArgs(env.KafkaConfig(t, testenv.Processor))...),
 		"--group", group, "--instance-id", instance,
 		"--topic-raw", topics.Raw, "--topic-metrics", topics.Metrics, "--topic-dlq", topics.DLQ,
 		"--topic-processor-changelog", topics.Changelog, "--topic-readings", topics.Readings,
 		"--window", "2s", "--lateness", "1s", "--idle-timeout", "4s",
 		"--commit-interval", "200ms", "--session-timeout", "6s", "--transaction-timeout", "10s",
 		"--http-addr", "127.0.0.1:0", "--log-format", "json",
-	}, extra...)
+	)
+	args = append(args, extra...)
 	return &proc{testenv.StartProc(t, "processor "+instance, nil, args...)}
 }
 

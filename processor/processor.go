@@ -325,7 +325,7 @@ func (p *Processor) loop(ctx context.Context) error {
 			return err
 		}
 		if err := sess.Begin(); err != nil {
-			return fmt.Errorf("begin transaction: %w", err)
+			return fmt.Errorf("begin transaction (transactional id %s, group %s): %w", p.cfg.TransactionalID(), p.cfg.Group, err)
 		}
 		stop, err := p.turn(ctx, sess, adm)
 		if err != nil {

@@ -27,7 +27,8 @@ import (
 
 func testConfig(env *testenv.Env, t *testing.T, topics Topics, group, instance string) Config {
 	c := DefaultConfig()
-	c.Kafka.Brokers, c.Kafka.ClientID = env.KafkaBrokers, "test-processor"
+	c.Kafka = env.KafkaConfig(t, testenv.Processor)
+	c.Kafka.ClientID = "test-processor"
 	c.Group, c.InstanceID, c.Topics = group, instance, topics
 	c.Window.Size, c.Window.Lateness, c.Window.IdleTimeout = 2*time.Second, time.Second, 3*time.Second
 	c.CommitInterval, c.SessionTimeout = 200*time.Millisecond, 6*time.Second

@@ -56,6 +56,12 @@ S3_ACCESS=iotpipe S3_SECRET=iotpipe-dev-secret S3_REGION=us-east-1 S3_BUCKET=iot
 # The lake sink's own S3 user (versitygw IAM, role "user"): it can reach only the buckets it owns;
 # the root key above is for setup (iotpipe init hands the lake bucket to this user).
 S3_LAKE_ACCESS=iotpipe-lake S3_LAKE_SECRET=iotpipe-lake-dev-secret
+# Kafka (SASL_SSL, SCRAM-SHA-512): the super user `init` runs as (bootstrapped at storage format,
+# KIP-900), the controller quorum's own PLAIN user, and the stage principals `iotpipe init
+# --kafka-acls` creates with only the ACLs each stage needs.
+KAFKA_ADMIN_USER=admin KAFKA_ADMIN_PASS=admin-dev-secret
+KAFKA_CONTROLLER_USER=controller KAFKA_CONTROLLER_PASS=controller-dev-secret
+KAFKA_STAGES=(bridge processor sink-lake sink-timescale)
 
 ALL_SERVICES=(mqtt kafka postgres s3)
 
@@ -600,6 +606,139 @@ ready_mqtt() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# kafka security: every client listener is SASL_SSL (SCRAM-SHA-512) with a server certificate from
+# the project's CA; the controller listener is SASL_SSL with PLAIN for the quorum's own user; KRaft's
+# StandardAuthorizer denies what no ACL allows; admin (clients) and controller (quorum) are the super
+# users. IOTPIPE_KAFKA_SECURITY=plaintext (for a private broker of the PLAINTEXT-vs-SASL_SSL benchmark
+# only) runs the old PLAINTEXT listeners without authorisation.
+KAFKA_SECURITY=${IOTPIPE_KAFKA_SECURITY:-sasl_ssl}
+
+kafka_secure() { [[ $KAFKA_SECURITY == sasl_ssl ]]; }
+
+# kafka_tls: on first start, the brokers' key material in <state>/kafka/tls: server.crt/.key issued by
+# the project's CA (<state>/ca, made as for Mosquitto) for localhost and $HOST, and server.pem (key +
+# certificate, 0600), the PEM key store Kafka reads.
+kafka_tls() {
+  local ca=$STATE_DIR/ca tls=$STATE_DIR/kafka/tls bin
+  if [[ -f $tls/server.pem && -f $ca/ca.crt ]]; then return 0; fi
+  mqtt_tls # the CA (and the broker's files), made once for every service
+  mkdir -p "$tls"
+  if [[ -x $REPO_ROOT/bin/iotpipe ]] || find_go >/dev/null; then
+    bin=$(iotpipe_bin)
+    "${DAEMON_ENV[@]}" "$bin" ca server --ca-dir "$ca" --dns localhost --ip "$HOST" --out "$tls" --name server >&2 \
+      || die "kafka: iotpipe ca server failed"
+  else
+    command -v openssl >/dev/null || die "kafka: neither Go (to build bin/iotpipe) nor openssl is available to make the brokers' certificate"
+    (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/server.key" 2>/dev/null) \
+      || die "kafka: openssl: server key"
+    openssl req -new -key "$tls/server.key" -subj "/CN=localhost" 2>/dev/null \
+      | openssl x509 -req -CA "$ca/ca.crt" -CAkey "$ca/ca.key" -set_serial "0x$(openssl rand -hex 16)" -days 365 -sha256 \
+        -extfile <(printf 'keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:%s\n' "$HOST") \
+        -out "$tls/server.crt" 2>/dev/null || die "kafka: openssl: server certificate"
+  fi
+  (umask 077 && cat "$tls/server.key" "$tls/server.crt" >"$tls/server.pem.tmp" && mv -f "$tls/server.pem.tmp" "$tls/server.pem")
+}
+
+# kafka_listener_props PORT CPORT: the listener, TLS, SASL and authorizer settings of a node.
+kafka_listener_props() {
+  local port=$1 cport=$2
+  if ! kafka_secure; then
+    cat <<EOF
+listeners=PLAINTEXT://$HOST:$port,CONTROLLER://$HOST:$cport
+advertised.listeners=PLAINTEXT://$HOST:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+    return 0
+  fi
+  cat <<EOF
+# Clients and brokers: SASL_SSL with SCRAM-SHA-512; the controller quorum: SASL_SSL with PLAIN.
+listeners=SASL_SSL://$HOST:$port,CONTROLLER://$HOST:$cport
+advertised.listeners=SASL_SSL://$HOST:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+sasl.mechanism.controller.protocol=PLAIN
+# PLAIN (over TLS) knows the admin only: for kcat, whose librdkafka 2.0.2 fails SCRAM against Kafka
+# 4.1, and to check iotpipe's PLAIN support against a real broker. Every stage principal is SCRAM.
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_ADMIN_USER" password="$KAFKA_ADMIN_PASS";
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$KAFKA_ADMIN_USER" password="$KAFKA_ADMIN_PASS" user_$KAFKA_ADMIN_USER="$KAFKA_ADMIN_PASS";
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$KAFKA_CONTROLLER_USER" password="$KAFKA_CONTROLLER_PASS" user_$KAFKA_CONTROLLER_USER="$KAFKA_CONTROLLER_PASS";
+ssl.keystore.type=PEM
+ssl.keystore.location=$STATE_DIR/kafka/tls/server.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$STATE_DIR/ca/ca.crt
+ssl.client.auth=none
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:$KAFKA_ADMIN_USER;User:$KAFKA_CONTROLLER_USER
+EOF
+}
+
+# kafka_format_args: the SCRAM credentials bootstrapped at storage format (KIP-900).
+kafka_format_args() {
+  if kafka_secure; then
+    printf '%s\0' --add-scram "SCRAM-SHA-512=[name=\"$KAFKA_ADMIN_USER\",password=\"$KAFKA_ADMIN_PASS\"]"
+  fi
+}
+
+# kafka_check_format DIR: a node's data formatted for another security mode (a PLAINTEXT cluster of an
+# older checkout has no SCRAM credentials, so its brokers could never authenticate to each other) is
+# formatted again: the data of these loopback services is test and demo data.
+kafka_check_format() {
+  local d=$1 have
+  [[ -f $d/data/meta.properties ]] || return 0
+  have=$(cat "$d/security" 2>/dev/null || echo plaintext)
+  [[ $have == "$KAFKA_SECURITY" ]] && return 0
+  say "kafka: $d was formatted for $have, now $KAFKA_SECURITY (IOTPIPE_KAFKA_SECURITY); deleting its data and formatting it again"
+  rm -rf "$d/data"
+  mkdir -p "$d/data"
+}
+
+# kafka_admin_props: <state>/kafka/admin.properties (0600), the admin's client settings for Kafka's
+# own tools (--command-config). librdkafka 2.0.2 (Debian's kcat) fails SCRAM against Kafka 4.1 with
+# the right password, so readiness uses Kafka's ConfigCommand instead of kcat.
+kafka_admin_props() {
+  local f=$STATE_DIR/kafka/admin.properties
+  mkdir -p "$STATE_DIR/kafka"
+  (umask 077 && cat >"$f.tmp" <<EOF && mv -f "$f.tmp" "$f")
+# Generated by scripts/services.sh: the super user's client settings, for Kafka's tools (--command-config).
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_ADMIN_USER" password="$KAFKA_ADMIN_PASS";
+ssl.truststore.type=PEM
+ssl.truststore.location=$STATE_DIR/ca/ca.crt
+EOF
+  cat >"$STATE_DIR/kafka/tool-log4j2.xml" <<'EOF'
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="ERROR"><Appenders><Console name="E" target="SYSTEM_ERR"><PatternLayout pattern="%p %m%n"/></Console></Appenders>
+<Loggers><Root level="ERROR"><AppenderRef ref="E"/></Root></Loggers></Configuration>
+EOF
+}
+
+# kafka_brokers_seen ADDR: the "Dynamic configs for broker N" lines of a describe through ADDR: a
+# real round trip over the client listener as the admin (a broker is listed once it is unfenced).
+kafka_brokers_seen() {
+  if ! kafka_secure; then
+    timeout 10 kcat -b "$1" -L -m 3 2>/dev/null | sed -n 's/^ *broker \([0-9]*\) at .*/Dynamic configs for broker \1 are:/p'
+    return 0
+  fi
+  [[ -f $STATE_DIR/kafka/admin.properties ]] || kafka_admin_props
+  local a
+  for a in ${1//,/ }; do # a JVM per probe is costly: only once every broker accepts connections
+    (exec 3<>"/dev/tcp/${a%:*}/${a##*:}") 2>/dev/null || return 1
+  done
+  timeout 20 java -Xms32m -Xmx128m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
+    "-Dlog4j2.configurationFile=$STATE_DIR/kafka/tool-log4j2.xml" -cp "$INSTALL_DIR/kafka/libs/*" \
+    kafka.admin.ConfigCommand --bootstrap-server "$1" --command-config "$STATE_DIR/kafka/admin.properties" \
+    --describe --entity-type brokers 2>/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
 # kafka: Apache Kafka, KRaft, one combined broker+controller node
 
 KAFKA_POM=$SCRIPT_DIR/kafka/pom.xml
@@ -649,6 +788,7 @@ install_kafka() {
 configure_kafka() {
   local d=$STATE_DIR/kafka
   mkdir -p "$d/data" "$d/logs"
+  if kafka_secure; then kafka_tls; kafka_admin_props; fi
   cat >"$d/server.properties" <<EOF
 # Generated by scripts/services.sh; rewritten on every start.
 process.roles=broker,controller
@@ -656,11 +796,7 @@ node.id=1
 # Static single-voter quorum: the voter is taken from this file on every start, so changing
 # the controller port later does not clash with the endpoint recorded at format time.
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+$(kafka_listener_props "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT")
 log.dirs=$d/data
 
 num.partitions=1
@@ -743,12 +879,15 @@ start_kafka() {
   local d=$STATE_DIR/kafka cmd=()
   require_free_ports kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
   configure_kafka
+  kafka_check_format "$d"
   if [[ ! -f $d/data/meta.properties ]]; then
-    say "formatting Kafka storage (KRaft)..."
+    say "formatting Kafka storage (KRaft, $KAFKA_SECURITY)..."
     mapfile -d '' cmd < <(kafka_java kafka.tools.StorageTool format -t "$(kafka_cluster_id)" -c "$d/server.properties")
+    mapfile -d '' -O "${#cmd[@]}" cmd < <(kafka_format_args)
     if ! "${DAEMON_ENV[@]}" "${cmd[@]}" >>"$d/logs/server.log" 2>&1; then
       fail_start kafka "kafka-storage format failed"
     fi
+    echo "$KAFKA_SECURITY" >"$d/security"
   fi
   mapfile -d '' cmd < <(kafka_java kafka.Kafka "$d/server.properties")
   launch kafka "$(svc_log kafka)" "${cmd[@]}" || fail_start kafka "could not launch java"
@@ -758,8 +897,8 @@ ready_kafka() {
   # A real metadata round trip: the broker must list itself on the advertised listener.
   local out
   if kafka_multi; then ready_kafka_cluster; return; fi
-  out=$(timeout 10 kcat -b "$HOST:$KAFKA_PORT" -L -m 3 2>/dev/null) || return 1
-  [[ $out == *"broker 1 at $HOST:$KAFKA_PORT"* ]]
+  out=$(kafka_brokers_seen "$HOST:$KAFKA_PORT") || return 1
+  [[ $out == *"Dynamic configs for broker 1 are:"* ]]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -859,6 +998,7 @@ configure_kafka_node() { # NODE
   local i=$1 d rf misr voters="" j
   d=$(kafka_node_dir "$i")
   mkdir -p "$d/data" "$d/logs"
+  if kafka_secure; then kafka_tls; kafka_admin_props; fi
   rf=$((KAFKA_N < 3 ? KAFKA_N : 3))
   misr=$((rf >= 3 ? 2 : 1))
   for ((j = 1; j <= KAFKA_N; j++)); do voters+="${voters:+,}$j@$HOST:$(kafka_node_cport "$j")"; done
@@ -868,11 +1008,7 @@ process.roles=broker,controller
 node.id=$i
 # Static quorum of every node's controller, taken from this file on every start.
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://$HOST:$(kafka_node_port "$i"),CONTROLLER://$HOST:$(kafka_node_cport "$i")
-advertised.listeners=PLAINTEXT://$HOST:$(kafka_node_port "$i")
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+$(kafka_listener_props "$(kafka_node_port "$i")" "$(kafka_node_cport "$i")")
 log.dirs=$d/data
 
 # Every topic survives one broker failure without losing an acknowledged (acks=all) record:
@@ -909,13 +1045,16 @@ start_kafka_node() { # NODE
   require_free_ports "kafka-$i" "$(kafka_node_port "$i")" "$(kafka_node_cport "$i")"
   configure_kafka_node "$i"
   KAFKA_STARTED+=("$i")
+  kafka_check_format "$d"
   if [[ ! -f $d/data/meta.properties ]]; then
-    say "formatting Kafka storage of node $i (KRaft)..."
+    say "formatting Kafka storage of node $i (KRaft, $KAFKA_SECURITY)..."
     mapfile -d '' cmd < <(kafka_java_in "$d" "$heap" kafka.tools.StorageTool format \
       -t "$(kafka_cluster_id "$STATE_DIR/kafka/cluster-$KAFKA_N.id")" -c "$d/server.properties")
+    mapfile -d '' -O "${#cmd[@]}" cmd < <(kafka_format_args)
     if ! "${DAEMON_ENV[@]}" "${cmd[@]}" >>"$d/logs/server.log" 2>&1; then
       fail_start "kafka-$i" "kafka-storage format failed"
     fi
+    echo "$KAFKA_SECURITY" >"$d/security"
   fi
   mapfile -d '' cmd < <(kafka_java_in "$d" "$heap" kafka.Kafka "$d/server.properties")
   launch "kafka-$i" "$(svc_log "kafka-$i")" "${cmd[@]}" || fail_start "kafka-$i" "could not launch java"
@@ -959,10 +1098,19 @@ kafka_cluster_up() {
 # advertised listeners (a broker is listed once the controller has unfenced it).
 ready_kafka_cluster() {
   local i j out
-  for ((i = 1; i <= KAFKA_N; i++)); do
-    out=$(timeout 10 kcat -b "$HOST:$(kafka_node_port "$i")" -L -m 3 2>/dev/null) || return 1
+  if kafka_secure; then
+    # One admin round trip through all brokers (each accepts connections, see kafka_brokers_seen)
+    # that lists every broker as registered and unfenced.
+    out=$(kafka_brokers_seen "$(kafka_brokers)") || return 1
     for ((j = 1; j <= KAFKA_N; j++)); do
-      [[ $out == *"broker $j at $HOST:$(kafka_node_port "$j")"* ]] || return 1
+      [[ $out == *"Dynamic configs for broker $j are:"* ]] || return 1
+    done
+    return 0
+  fi
+  for ((i = 1; i <= KAFKA_N; i++)); do
+    out=$(kafka_brokers_seen "$HOST:$(kafka_node_port "$i")") || return 1
+    for ((j = 1; j <= KAFKA_N; j++)); do
+      [[ $out == *"Dynamic configs for broker $j are:"* ]] || return 1
     done
   done
 }
@@ -1684,7 +1832,7 @@ cmd_up() {
       [[ ${to_wait[$i]} == "$w" ]] || continue
       svc=$w
     case $svc in
-      kafka) timeout=90 ;;
+      kafka) timeout=180 ;; # JVMs (three for a cluster) on a small, busy machine
       postgres) timeout=60 ;;
       mqtt) timeout=60 ;;
       *) timeout=30 ;;
@@ -1811,6 +1959,7 @@ cmd_env() {
   env_line IOTPIPE_MQTT_BROKER_PID_FILE "$STATE_DIR/mqtt/pid"
   env_line IOTPIPE_KAFKA_BROKERS "$(kafka_brokers)"
   if kafka_multi; then env_line IOTPIPE_KAFKA_NODES "$KAFKA_N"; fi
+  kafka_env_lines
   env_line IOTPIPE_PG_DSN "$(pg_dsn "$PG_OWNER" "$PG_OWNER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_WRITER_DSN "$(pg_dsn "$PG_WRITER" "$PG_WRITER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_READER_DSN "$(pg_dsn "$PG_READER" "$PG_READER_PASS" "$PG_DB")"
@@ -1828,6 +1977,28 @@ cmd_env() {
   env_line IOTPIPE_S3_ADMIN_SECRET_KEY "$S3_SECRET"
   env_line IOTPIPE_S3_REGION "$S3_REGION"
   env_line IOTPIPE_S3_BUCKET "$S3_BUCKET"
+}
+
+# kafka_env_lines: what Kafka clients need. IOTPIPE_KAFKA_SASL_* are the admin's (so a plain eval gives
+# a working admin client: init, the tests' helpers); each stage's credentials are under
+# IOTPIPE_KAFKA_<STAGE>_USERNAME/PASSWORD, which `iotpipe init --kafka-acls` reads to create them.
+kafka_env_lines() {
+  local st up
+  if ! kafka_secure; then
+    env_line IOTPIPE_KAFKA_TLS false
+    return 0
+  fi
+  env_line IOTPIPE_KAFKA_TLS true
+  env_line IOTPIPE_KAFKA_CA_FILE "$STATE_DIR/ca/ca.crt"
+  env_line IOTPIPE_KAFKA_SASL_MECHANISM SCRAM-SHA-512
+  env_line IOTPIPE_KAFKA_SASL_USERNAME "$KAFKA_ADMIN_USER"
+  env_line IOTPIPE_KAFKA_SASL_PASSWORD "$KAFKA_ADMIN_PASS"
+  for st in "${KAFKA_STAGES[@]}"; do
+    up=${st^^}
+    up=${up//-/_}
+    env_line "IOTPIPE_KAFKA_${up}_USERNAME" "iotpipe-$st"
+    env_line "IOTPIPE_KAFKA_${up}_PASSWORD" "$st-dev-secret"
+  done
 }
 
 cmd_logs() {

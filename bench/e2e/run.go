@@ -23,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/objstore"
 	"github.com/iotpipe/iotpipe/internal/proc"
 )
@@ -55,9 +56,12 @@ type env struct {
 	mqttUser, mqttPass          string
 	devUser, devPass            string
 	brokers                     []string
-	pgDSN, pgReaderDSN          string
-	pgWriterDSN                 string
-	s3                          objstore.Config
+	// kafka is the admin's connection (IOTPIPE_KAFKA_TLS, _CA_FILE,
+	// _SASL_*); the stages run as the admin too.
+	kafka              kafkax.Config
+	pgDSN, pgReaderDSN string
+	pgWriterDSN        string
+	s3                 objstore.Config
 }
 
 // environ is the environment of every child process: PATH and the like
@@ -68,6 +72,9 @@ func (e env) environ() []string {
 		"IOTPIPE_MQTT_USERNAME="+e.mqttUser, "IOTPIPE_MQTT_PASSWORD="+e.mqttPass,
 		"IOTPIPE_MQTT_DEVICE_USERNAME="+e.devUser, "IOTPIPE_MQTT_DEVICE_PASSWORD="+e.devPass,
 		"IOTPIPE_KAFKA_BROKERS="+strings.Join(e.brokers, ","),
+		"IOTPIPE_KAFKA_TLS="+strconv.FormatBool(e.kafka.TLS.Enabled), "IOTPIPE_KAFKA_CA_FILE="+e.kafka.TLS.CAFile,
+		"IOTPIPE_KAFKA_SASL_MECHANISM="+e.kafka.SASL.Mechanism,
+		"IOTPIPE_KAFKA_SASL_USERNAME="+e.kafka.SASL.Username, "IOTPIPE_KAFKA_SASL_PASSWORD="+e.kafka.SASL.Password,
 		"IOTPIPE_PG_DSN="+e.pgDSN, "IOTPIPE_PG_WRITER_DSN="+e.pgWriterDSN, "IOTPIPE_PG_READER_DSN="+e.pgReaderDSN,
 		"IOTPIPE_S3_ENDPOINT="+e.s3.Endpoint, "IOTPIPE_S3_ACCESS_KEY="+e.s3.AccessKey,
 		"IOTPIPE_S3_SECRET_KEY="+e.s3.SecretKey, "IOTPIPE_S3_REGION="+e.s3.Region,
@@ -98,6 +105,13 @@ func loadEnv() (env, error) {
 			SecretKey: get("IOTPIPE_S3_SECRET_KEY"), Region: get("IOTPIPE_S3_REGION"), CAFile: os.Getenv("IOTPIPE_S3_CA_FILE")},
 	}
 	e.pgWriterDSN = get("IOTPIPE_PG_WRITER_DSN") // the sink reads it from the environment
+	e.kafka = kafkax.DefaultConfig("iotpipe-bench-e2e")
+	e.kafka.Brokers = e.brokers
+	e.kafka.TLS = kafkax.TLS{Enabled: os.Getenv("IOTPIPE_KAFKA_TLS") == "true", CAFile: os.Getenv("IOTPIPE_KAFKA_CA_FILE")}
+	if m := os.Getenv("IOTPIPE_KAFKA_SASL_MECHANISM"); m != "" {
+		e.kafka.SASL.Mechanism = m
+	}
+	e.kafka.SASL.Username, e.kafka.SASL.Password = os.Getenv("IOTPIPE_KAFKA_SASL_USERNAME"), os.Getenv("IOTPIPE_KAFKA_SASL_PASSWORD")
 	if len(missing) > 0 {
 		return e, fmt.Errorf("missing %s: start the services and load their settings (make services-up; eval \"$(scripts/services.sh env)\")", strings.Join(missing, ", "))
 	}
@@ -237,7 +251,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		res: &Result{Devices: o.Devices, RunID: n.id, LogDir: dir, Quick: o.Quick, StartedAt: time.Now().UTC(),
 			Cores: runtime.NumCPU(), DevicesPerConn: dpc, LatencyPollIntervalS: pollInterval.Seconds(),
 			Steps: []Step{}, Processes: []Proc{}, Notes: []string{}, BrokerCeilingProcesses: []Proc{}, BridgeMQTTEvents: []string{}}}
-	r.kcl, err = kgo.NewClient(kgo.SeedBrokers(e.brokers...))
+	r.kcl, err = kgo.NewClient(e.kafka.Opts()...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}

@@ -106,7 +106,9 @@ type Bridge struct {
 	Variants map[string]BridgeVariant `json:"variants,omitempty"`
 	// TLS: the bridge over mutual TLS against itself over plaintext
 	// (BenchmarkBridgeTLS, same run).
-	TLS        *BridgeTLS `json:"tls,omitempty"`
+	TLS *BridgeTLS `json:"tls,omitempty"`
+	// KafkaSec: BenchmarkBridgeDrain over SASL_SSL against a PLAINTEXT broker.
+	KafkaSec   *KafkaSec  `json:"kafka_sec,omitempty"`
 	Benchmarks Benchmarks `json:"benchmarks,omitempty"`
 	Error      string     `json:"error,omitempty"`
 }
@@ -150,18 +152,20 @@ type BridgeVariant struct {
 // Processor: BenchmarkKafkaExactlyOnce against BenchmarkKafkaCeilingDecode,
 // both with GOMAXPROCS=1 (-cpu 1), so that readings/s is per core.
 type Processor struct {
-	Readings                   int        `json:"readings"`
-	ReadingsPerSPerCore        float64    `json:"readings_per_s_per_core"`
-	MicrosPerReading           float64    `json:"us_per_reading"`
-	ChangelogBytesPerReading   float64    `json:"changelog_bytes_per_reading"`
-	Transactions               float64    `json:"transactions"`
-	CeilingReadingsPerSPerCore float64    `json:"ceiling_readings_per_s_per_core"`
-	CeilingMicrosPerReading    float64    `json:"ceiling_us_per_reading"`
-	Ratio                      float64    `json:"ratio"`
-	GoalReadingsPerSPerCore    float64    `json:"goal_readings_per_s_per_core"`
-	GoalMet                    bool       `json:"goal_met"`
-	Benchmarks                 Benchmarks `json:"benchmarks,omitempty"`
-	Error                      string     `json:"error,omitempty"`
+	Readings                   int     `json:"readings"`
+	ReadingsPerSPerCore        float64 `json:"readings_per_s_per_core"`
+	MicrosPerReading           float64 `json:"us_per_reading"`
+	ChangelogBytesPerReading   float64 `json:"changelog_bytes_per_reading"`
+	Transactions               float64 `json:"transactions"`
+	CeilingReadingsPerSPerCore float64 `json:"ceiling_readings_per_s_per_core"`
+	CeilingMicrosPerReading    float64 `json:"ceiling_us_per_reading"`
+	Ratio                      float64 `json:"ratio"`
+	GoalReadingsPerSPerCore    float64 `json:"goal_readings_per_s_per_core"`
+	GoalMet                    bool    `json:"goal_met"`
+	// KafkaSec: the same over SASL_SSL against a PLAINTEXT broker.
+	KafkaSec   *KafkaSec  `json:"kafka_sec,omitempty"`
+	Benchmarks Benchmarks `json:"benchmarks,omitempty"`
+	Error      string     `json:"error,omitempty"`
 }
 
 // Timescale: BenchmarkReadings of sink/timescale. The whole sink (Kafka

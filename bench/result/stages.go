@@ -10,26 +10,32 @@ import (
 
 // Names of the stage benchmarks the figures come from.
 const (
-	BridgeBench           = "BenchmarkBridgeVsPipeline"
-	BridgePipeline        = BridgeBench + "/pipeline"
-	BridgeTLSBench        = "BenchmarkBridgeTLS"
-	ProcessorBench        = "BenchmarkKafkaExactlyOnce"
-	ProcessorCeilingBench = "BenchmarkKafkaCeilingDecode"
-	TimescaleBench        = "BenchmarkReadings"
-	LakeBench             = "BenchmarkSink"
-	LakeCeilingBench      = "BenchmarkEncode/sensor-resolution"
-	LakeWorstCaseBench    = "BenchmarkEncode/full-precision"
-	DecodeBench           = "BenchmarkDecode/metrics_object/epoch_ms"
-	DecodeRawBench        = "BenchmarkDecodeRaw/RawDecoder"
-	WindowUpdateBench     = "BenchmarkWindowUpdate"
-	TaskHandleBench       = "BenchmarkTaskHandle"
-	StateBytesPerKeyBench = "BenchmarkStateBytesPerKey"
-	StateBytes10HzBench   = "BenchmarkStateBytesPerKey10Hz"
-	DefaultBridgeVariant  = "lz4" // bridge.DefaultCompression
-	bridgeVariantPrefix   = BridgeBench + "/bridge-"
-	timescalePsqlCopy     = TimescaleBench + "/psql_copy"
-	timescaleInterleaved  = TimescaleBench + "/interleaved"
-	timescaleSinkEndToEnd = TimescaleBench + "/sink_e2e"
+	BridgeBench    = "BenchmarkBridgeVsPipeline"
+	BridgePipeline = BridgeBench + "/pipeline"
+	BridgeTLSBench = "BenchmarkBridgeTLS"
+	ProcessorBench = "BenchmarkKafkaExactlyOnce"
+	// The same against a private PLAINTEXT broker: what SASL_SSL costs (#15).
+	ProcessorPlaintextBench = "BenchmarkKafkaExactlyOncePlaintext"
+	BridgeDrainBench        = "BenchmarkBridgeDrain"
+	BridgeDrainPlainBench   = "BenchmarkBridgeDrainKafkaPlaintext"
+	GoalKafkaSecBridge      = 0.85 // SASL_SSL costs the bridge ≤ 15 %
+	GoalKafkaSecProcessor   = 0.90 // SASL_SSL costs the processor ≤ 10 %
+	ProcessorCeilingBench   = "BenchmarkKafkaCeilingDecode"
+	TimescaleBench          = "BenchmarkReadings"
+	LakeBench               = "BenchmarkSink"
+	LakeCeilingBench        = "BenchmarkEncode/sensor-resolution"
+	LakeWorstCaseBench      = "BenchmarkEncode/full-precision"
+	DecodeBench             = "BenchmarkDecode/metrics_object/epoch_ms"
+	DecodeRawBench          = "BenchmarkDecodeRaw/RawDecoder"
+	WindowUpdateBench       = "BenchmarkWindowUpdate"
+	TaskHandleBench         = "BenchmarkTaskHandle"
+	StateBytesPerKeyBench   = "BenchmarkStateBytesPerKey"
+	StateBytes10HzBench     = "BenchmarkStateBytesPerKey10Hz"
+	DefaultBridgeVariant    = "lz4" // bridge.DefaultCompression
+	bridgeVariantPrefix     = BridgeBench + "/bridge-"
+	timescalePsqlCopy       = TimescaleBench + "/psql_copy"
+	timescaleInterleaved    = TimescaleBench + "/interleaved"
+	timescaleSinkEndToEnd   = TimescaleBench + "/sink_e2e"
 )
 
 // missing collects the figures a stage could not find.
@@ -86,6 +92,7 @@ func BridgeFrom(bs []Bench, messages int, compression string) *Bridge {
 	r.SpreadPct, _ = Get(bs, name, "spread-%")
 	r.CeilingSpreadPct, _ = Get(bs, BridgePipeline, "spread-%")
 	r.TLS = bridgeTLSFrom(bs, messages, &m)
+	r.KafkaSec = kafkaSecFrom(bs, BridgeDrainBench, BridgeDrainPlainBench, "msgs/s", GoalKafkaSecBridge)
 	r.Error = m.err()
 	r.GoalMet = r.Error == "" && r.Ratio >= r.GoalRatio
 	r.TLS.GoalMet = r.Error == "" && r.TLS.Ratio >= r.TLS.GoalRatio && r.TLS.DrainRatio >= r.TLS.GoalRatio
@@ -123,12 +130,36 @@ func ProcessorFrom(bs []Bench, readings int) *Processor {
 	r.MicrosPerReading = m.get(bs, ProcessorBench, "µs/reading")
 	r.ChangelogBytesPerReading, _ = Get(bs, ProcessorBench, "changelog-B/reading")
 	r.Transactions, _ = Get(bs, ProcessorBench, "txns")
+	r.KafkaSec = kafkaSecFrom(bs, ProcessorBench, ProcessorPlaintextBench, "readings/s", GoalKafkaSecProcessor)
 	r.CeilingReadingsPerSPerCore = m.get(bs, ProcessorCeilingBench, "readings/s")
 	r.CeilingMicrosPerReading = m.get(bs, ProcessorCeilingBench, "µs/reading")
 	r.Ratio = ratio(r.ReadingsPerSPerCore, r.CeilingReadingsPerSPerCore)
 	r.Error = m.err()
 	r.GoalMet = r.Error == "" && r.ReadingsPerSPerCore >= r.GoalReadingsPerSPerCore
 	return r
+}
+
+// KafkaSec is a stage over SASL_SSL against itself over PLAINTEXT (a
+// private broker without authorization), in the same run.
+type KafkaSec struct {
+	SASLSSL   float64 `json:"sasl_ssl"`
+	Plaintext float64 `json:"plaintext"`
+	Unit      string  `json:"unit"`
+	Ratio     float64 `json:"ratio"` // sasl_ssl / plaintext
+	GoalRatio float64 `json:"goal_ratio"`
+	GoalMet   bool    `json:"goal_met"`
+}
+
+// kafkaSecFrom is nil when the run has not both benchmarks.
+func kafkaSecFrom(bs []Bench, secure, plain, unit string, goal float64) *KafkaSec {
+	s, ok1 := Get(bs, secure, unit)
+	p, ok2 := Get(bs, plain, unit)
+	if !ok1 || !ok2 {
+		return nil
+	}
+	k := &KafkaSec{SASLSSL: s, Plaintext: p, Unit: unit, Ratio: ratio(s, p), GoalRatio: goal}
+	k.GoalMet = k.Ratio >= goal
+	return k
 }
 
 // TimescaleFrom fills the TimescaleDB sink figures (4 rows per reading).

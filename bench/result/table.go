@@ -77,6 +77,9 @@ func (f *File) Rows() []Row {
 		add(Row{"bridge", "msgs/s (QoS 1, ack after Kafka, " + b.Compression + ") vs mosquitto_sub | kcat -P" + warm, Num(b.MsgsPerS), Num(b.CeilingMsgsPerS), times(b.Ratio), "≥ " + times(b.GoalRatio), met(b.GoalMet)})
 		add(Row{"bridge", "CPU µs/msg (lower is better)", Num(b.CPUMicrosPerMsg), Num(b.CeilingCPUMicrosMsg), times(b.CPURatio), "", ""})
 		add(Row{"bridge", "allocs/msg", Num(b.AllocsPerMsg), "", "", "", ""})
+		if k := b.KafkaSec; k != nil {
+			add(Row{"bridge", "msgs/s draining a queued load, Kafka over SASL_SSL vs PLAINTEXT (same run)", Num(k.SASLSSL), Num(k.Plaintext), times(k.Ratio), "≥ " + times(k.GoalRatio), met(k.GoalMet)})
+		}
 		if t := b.TLS; t != nil {
 			rounds := fmt.Sprintf("median of %d rounds", t.Rounds)
 			add(Row{"bridge", "msgs/s over mutual TLS vs plaintext (same run, " + rounds + ")", Num(t.TLSMsgsPerS), Num(t.PlaintextMsgsPerS), times(t.Ratio),
@@ -90,6 +93,9 @@ func (f *File) Rows() []Row {
 	if p := f.Processor; p != nil {
 		failed("processor", p.Error)
 		add(Row{"processor", "readings/s per core, exactly-once, vs consume+decode", Num(p.ReadingsPerSPerCore), Num(p.CeilingReadingsPerSPerCore), times(p.Ratio), "≥ " + Num(p.GoalReadingsPerSPerCore) + "/s", met(p.GoalMet)})
+		if k := p.KafkaSec; k != nil {
+			add(Row{"processor", "readings/s per core, Kafka over SASL_SSL vs PLAINTEXT (same run)", Num(k.SASLSSL), Num(k.Plaintext), times(k.Ratio), "≥ " + times(k.GoalRatio), met(k.GoalMet)})
+		}
 		add(Row{"processor", "µs/reading", Num(p.MicrosPerReading), Num(p.CeilingMicrosPerReading), "", "", ""})
 	}
 	if t := f.Timescale; t != nil {

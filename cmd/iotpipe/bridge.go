@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"strings"
 	"time"
 
@@ -78,10 +79,11 @@ disconnect, exit 0 (within --shutdown-timeout).`,
 		f.Bool(&c.Decode.AcceptBools, "accept-bools", "make true/false measurements of value 1/0 (otherwise a top-level boolean is ignored and counted, and one under \"metrics\" rejects the message)")
 		f.Bool(&c.Decode.NumericStrings, "numeric-strings", "make strings holding exactly a JSON number (\"21.5\") measurements; \"NaN\"/\"Inf\" strings then reject the message (non_finite_value)")
 	},
+	kafka: func(c *bridge.Config) *kafkax.Config { return &c.Kafka },
 	describe: func(c *bridge.Config, o *service.Options) string {
 		return fmt.Sprintf("mqtt %s client id %s, subscribing to %s at QoS 1 (receive maximum %d, session expiry %s); kafka %s → %s, dlq %s (%s, linger %s); metrics on %q",
 			strings.Join(c.MQTT.URLs, ","), c.MQTT.ClientID, strings.Join(c.Subscriptions(), ","), c.MQTT.ReceiveMaximum, c.MQTT.SessionExpiry,
-			strings.Join(c.Kafka.Brokers, ","), c.TopicRaw, c.TopicDLQ, c.Compression, c.Linger, listenAddr(o))
+			c.Kafka.Describe(), c.TopicRaw, c.TopicDLQ, c.Compression, c.Linger, listenAddr(o))
 	},
 }
 

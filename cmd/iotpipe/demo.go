@@ -239,7 +239,7 @@ func (d *demoRun) start(name string, args ...string) (*demoChild, error) {
 	}
 	cmd := exec.Command(d.bin, args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), demoKafkaEnv(name, d.env.Getenv)...)
 	// Own process group: a terminal's Ctrl-C reaches only the demo, which
 	// stops the children in order; Pdeathsig stops them if the demo dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -260,6 +260,32 @@ func (d *demoRun) start(name string, args ...string) (*demoChild, error) {
 	fmt.Fprintf(d.pids, "%s %d\n", name, cmd.Process.Pid)
 	fmt.Fprintf(d.env.Stdout, "demo: started %-14s pid %-7d log %s\n", name, cmd.Process.Pid, logPath)
 	return c, nil
+}
+
+// demoKafkaEnv gives each stage its own Kafka principal: the
+// IOTPIPE_KAFKA_<STAGE>_USERNAME/PASSWORD that scripts/services.sh env
+// prints become its IOTPIPE_KAFKA_SASL_USERNAME/PASSWORD (the admin's are
+// left to init, which creates those principals and their ACLs with
+// --kafka-acls). Nothing changes when they are not set.
+func demoKafkaEnv(name string, getenv func(string) string) []string {
+	stage := map[string]string{"bridge": "BRIDGE", "processor": "PROCESSOR", "sink lake": "SINK_LAKE", "sink timescale": "SINK_TIMESCALE"}
+	if name == "init" {
+		for _, st := range stage {
+			if getenv("IOTPIPE_KAFKA_"+st+"_PASSWORD") != "" {
+				return []string{"IOTPIPE_KAFKA_ACLS=true"}
+			}
+		}
+		return nil
+	}
+	st, ok := stage[name]
+	if !ok {
+		return nil
+	}
+	user, pass := getenv("IOTPIPE_KAFKA_"+st+"_USERNAME"), getenv("IOTPIPE_KAFKA_"+st+"_PASSWORD")
+	if user == "" || pass == "" {
+		return nil
+	}
+	return []string{"IOTPIPE_KAFKA_SASL_MECHANISM=SCRAM-SHA-512", "IOTPIPE_KAFKA_SASL_USERNAME=" + user, "IOTPIPE_KAFKA_SASL_PASSWORD=" + pass}
 }
 
 // tail returns the last n lines of a file.
@@ -382,7 +408,10 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 func (d *demoRun) run(ctx context.Context) error {
 	o, w := d.o, d.env.Stdout
 	t0 := time.Now()
-	ini, err := d.start("init", "init")
+	// The groups init grants the stages' principals (with --kafka-acls)
+	// are the demo's.
+	ini, err := d.start("init", "init", "--processor-group", o.groupPrefix+"-processor",
+		"--sink-lake-group", o.groupPrefix+"-sink-lake", "--sink-timescale-group", o.groupPrefix+"-sink-timescale")
 	if err != nil {
 		return err
 	}

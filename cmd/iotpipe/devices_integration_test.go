@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -260,10 +261,10 @@ func TestBridgeCommandRefusesBrokerName(t *testing.T) {
 		"IOTPIPE_MQTT_URL": tl.URL, "IOTPIPE_MQTT_CA_FILE": tl.CAFile,
 		"IOTPIPE_MQTT_CERT_FILE": tl.BridgeCertFile, "IOTPIPE_MQTT_KEY_FILE": tl.BridgeKeyFile,
 		"IOTPIPE_MQTT_SERVER_NAME": "mqtt.example.com",
-		"IOTPIPE_KAFKA_BROKERS":    strings.Join(env.KafkaBrokers, ","),
 		"IOTPIPE_TOPIC_RAW":        raw, "IOTPIPE_TOPIC_DLQ": dlq,
 		"IOTPIPE_MQTT_CLIENT_ID": testenv.Name(t, "bridge"), "IOTPIPE_HTTP_ADDR": "127.0.0.1:0",
 	}}
+	maps.Copy(c.vars, env.KafkaVars(t, testenv.Bridge))
 	code, _, errOut := c.run("bridge")
 	if code != ExitUsage || !strings.Contains(errOut, "--mqtt-server-name (IOTPIPE_MQTT_SERVER_NAME)") || !strings.Contains(errOut, "valid for localhost") {
 		t.Fatalf("bridge with a wrong broker name: exit %d %q", code, errOut)

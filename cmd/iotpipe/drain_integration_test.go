@@ -179,9 +179,8 @@ func get(url string) (string, error) {
 	return string(b), err
 }
 
-func kafkaEnv(env *testenv.Env) []string {
-	return []string{"IOTPIPE_KAFKA_BROKERS=" + strings.Join(env.KafkaBrokers, ","), "IOTPIPE_LOG_FORMAT=json",
-		"IOTPIPE_HTTP_ADDR=127.0.0.1:0"}
+func kafkaEnv(t testing.TB, env *testenv.Env, principal string) []string {
+	return append(env.KafkaEnv(t, principal), "IOTPIPE_LOG_FORMAT=json", "IOTPIPE_HTTP_ADDR=127.0.0.1:0")
 }
 
 func produceRaw(t *testing.T, env *testenv.Env, topic string, n int) {
@@ -205,7 +204,7 @@ func produceRaw(t *testing.T, env *testenv.Env, topic string, n int) {
 func TestDrainBridge(t *testing.T) {
 	env := testenv.Load(t)
 	id := testenv.Name(t, "drain")
-	p := startStage(t, append(kafkaEnv(env),
+	p := startStage(t, append(kafkaEnv(t, env, testenv.Bridge),
 		"IOTPIPE_MQTT_URL="+env.MQTTURL, "IOTPIPE_MQTT_USERNAME="+env.MQTTUsername, "IOTPIPE_MQTT_PASSWORD="+env.MQTTPassword),
 		"bridge", "--topic-raw", env.Topic(t, 1, nil), "--topic-dlq", env.Topic(t, 1, nil),
 		"--mqtt-client-id", id, "--mqtt-share-group", id, "--mqtt-session-expiry", "1s",
@@ -220,7 +219,7 @@ func TestDrainProcessor(t *testing.T) {
 	raw := env.Topic(t, 2, nil)
 	changelog := env.Topic(t, 2, map[string]string{"cleanup.policy": "compact"})
 	produceRaw(t, env, raw, 200)
-	p := startStage(t, kafkaEnv(env), "processor", "--topic-raw", raw, "--topic-metrics", env.Topic(t, 1, nil),
+	p := startStage(t, kafkaEnv(t, env, testenv.Processor), "processor", "--topic-raw", raw, "--topic-metrics", env.Topic(t, 1, nil),
 		"--topic-dlq", env.Topic(t, 1, nil), "--topic-processor-changelog", changelog, "--topic-readings", env.Topic(t, 2, nil),
 		"--group", env.Group(t), "--instance-id", testenv.Name(t, "p"), "--session-timeout", "6s",
 		"--commit-interval", "100ms", "--debug-commit-delay", "3s")
@@ -234,7 +233,7 @@ func TestDrainSinkLake(t *testing.T) {
 	env := testenv.Load(t)
 	raw := env.Topic(t, 1, nil)
 	produceRaw(t, env, raw, 200)
-	p := startStage(t, append(kafkaEnv(env),
+	p := startStage(t, append(kafkaEnv(t, env, testenv.SinkLake),
 		"IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint, "IOTPIPE_S3_ACCESS_KEY="+env.S3Config.AccessKey,
 		"IOTPIPE_S3_SECRET_KEY="+env.S3Config.SecretKey, "IOTPIPE_S3_REGION="+env.S3Config.Region, "IOTPIPE_S3_BUCKET="+env.Bucket(t),
 		"IOTPIPE_S3_CA_FILE="+env.S3Config.CAFile),
@@ -267,7 +266,7 @@ func TestDrainSinkTimescale(t *testing.T) {
 	}
 	raw := env.Topic(t, 1, nil)
 	produceRaw(t, env, raw, 200)
-	p := startStage(t, append(kafkaEnv(env), "IOTPIPE_PG_WRITER_DSN="+env.PGWriterDSN),
+	p := startStage(t, append(kafkaEnv(t, env, testenv.SinkTimescale), "IOTPIPE_PG_WRITER_DSN="+env.PGWriterDSN),
 		"sink", "timescale", "--pg-schema", schema, "--topic-readings", raw, "--topic-metrics", env.Topic(t, 1, nil),
 		"--topic-dlq", env.Topic(t, 1, nil), "--group", env.Group(t), "--instance-id", testenv.Name(t, "ts"),
 		"--session-timeout", "6s", "--debug-stop-delay", "3s")
@@ -301,7 +300,7 @@ func TestHardStopExitsNonZero(t *testing.T) {
 	env := testenv.Load(t)
 	raw := env.Topic(t, 1, nil)
 	produceRaw(t, env, raw, 50)
-	p := startStage(t, kafkaEnv(env), "processor", "--topic-raw", raw, "--topic-metrics", env.Topic(t, 1, nil),
+	p := startStage(t, kafkaEnv(t, env, testenv.Processor), "processor", "--topic-raw", raw, "--topic-metrics", env.Topic(t, 1, nil),
 		"--topic-dlq", env.Topic(t, 1, nil), "--topic-processor-changelog", env.Topic(t, 1, map[string]string{"cleanup.policy": "compact"}),
 		"--topic-readings", env.Topic(t, 1, nil),
 		"--group", env.Group(t), "--instance-id", testenv.Name(t, "p"), "--session-timeout", "6s",

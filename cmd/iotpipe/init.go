@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/kafkaacl"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/minio/minio-go/v7"
 
@@ -15,7 +17,10 @@ import (
 	"github.com/iotpipe/iotpipe/internal/flags"
 	"github.com/iotpipe/iotpipe/internal/objstore"
 	"github.com/iotpipe/iotpipe/internal/setup"
+	"github.com/iotpipe/iotpipe/processor"
 	"github.com/iotpipe/iotpipe/schemas/migrations"
+	"github.com/iotpipe/iotpipe/sink/lake"
+	"github.com/iotpipe/iotpipe/sink/timescale"
 )
 
 const initSummary = `Prepare the systems iotpipe runs on, idempotently:
@@ -23,6 +28,10 @@ const initSummary = `Prepare the systems iotpipe runs on, idempotently:
     accepted readings, which the sinks store; partitions and retention as
     the raw topic), telemetry.metrics, telemetry.dlq and the processor's
     compacted changelog, with their partitions and retention;
+  - with --kafka-acls: each stage's Kafka principal (a SCRAM-SHA-512 user,
+    created, or its password set when it cannot log in with the given one)
+    and the ACLs it needs, nothing more (docs/SECURITY.md); init itself runs
+    as a super user (--kafka-sasl-username);
   - object store: the lake bucket;
   - PostgreSQL/TimescaleDB: the schema, migrated to the latest version
     (TimescaleDB hypertables, compression, retention and continuous aggregates
@@ -51,6 +60,10 @@ type initFlags struct {
 	timeout     time.Duration
 	skip        string
 	checkConfig bool
+
+	kafkaACLs                                 bool
+	stageUsers                                map[string]*kafkaacl.Credentials
+	processorGroup, lakeGroup, timescaleGroup string
 }
 
 func (o *initFlags) bind(f *cmdFlags) {
@@ -59,6 +72,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.String(&o.skip, "skip", "", "comma-separated systems to leave alone: kafka, s3, postgres")
 	f.Bool(&o.checkConfig, "check-config", false, "validate the settings, print them and exit without contacting anything")
 	o.kafka.bind(f, "iotpipe-init")
+	o.bindACLs(f)
 	f.Group("Topics")
 	f.String(&o.topicRaw, "topic-raw", "telemetry.raw", "topic of canonical readings (key = device id)")
 	f.String(&o.topicReadings, "topic-readings", "telemetry.readings", "topic of the processor's accepted readings, each device message once, which the sinks store (partitions and retention of the raw topic; - creates none)")
@@ -93,6 +107,45 @@ func (o *initFlags) bind(f *cmdFlags) {
 	// The summary on stdout says what was done; logs add warnings only,
 	// unless asked for more.
 	o.log.bindLevel(f, "text", "warn")
+}
+
+// bindACLs binds --kafka-acls and each stage's principal; the passwords
+// are secrets (bindKafkaStagePassword).
+func (o *initFlags) bindACLs(f *cmdFlags) {
+	f.Group("Kafka principals and ACLs")
+	f.Bool(&o.kafkaACLs, "kafka-acls", false, "create each stage's Kafka principal (SCRAM-SHA-512 user) and the ACLs it needs; init's own principal must be a super user")
+	o.stageUsers = map[string]*kafkaacl.Credentials{}
+	for _, st := range kafkaacl.Stages {
+		c := &kafkaacl.Credentials{}
+		o.stageUsers[st] = c
+		f.String(&c.User, "kafka-"+st+"-username", "iotpipe-"+st, "Kafka principal of the "+st+" stage (its --kafka-sasl-username)")
+		bindKafkaStagePassword(f, &c.Password, st)
+	}
+	f.String(&o.processorGroup, "processor-group", processor.DefaultGroup, "consumer group of the processors (its transactional ids start with iotpipe-processor.<group>.)")
+	f.String(&o.lakeGroup, "sink-lake-group", lake.DefaultGroup, "consumer group of the lake sinks")
+	f.String(&o.timescaleGroup, "sink-timescale-group", timescale.DefaultGroup, "consumer group of the TimescaleDB sinks")
+}
+
+// bindKafkaStagePassword is the one place a stage principal's password
+// is bound for init: a secret, never printed or logged.
+func bindKafkaStagePassword(f *cmdFlags, p *string, stage string) {
+	f.Secret(p, "kafka-"+stage+"-password", "", "password of --kafka-"+stage+"-username, set when that user cannot log in with it; empty leaves the user's credentials alone")
+}
+
+// principals are the stage principals --kafka-acls ensures.
+func (o *initFlags) principals() []kafkaacl.Principal {
+	if !o.kafkaACLs {
+		return nil
+	}
+	users := map[string]kafkaacl.Credentials{}
+	for st, c := range o.stageUsers {
+		users[st] = *c
+	}
+	return kafkaacl.StagePrincipals(kafkaacl.PipelineNames{
+		Raw: o.topicRaw, Readings: o.topicReadings, Metrics: o.topicMetrics, DLQ: o.topicDLQ, Changelog: o.topicChangelog,
+		ProcessorGroup: o.processorGroup, LakeGroup: o.lakeGroup, TimescaleGroup: o.timescaleGroup,
+		TransactionalIDPrefix: (&processor.Config{Group: o.processorGroup}).TransactionalID(),
+	}, users)
 }
 
 func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
@@ -215,15 +268,15 @@ func runInit(ctx context.Context, env Env, args []string) error {
 	// --topic-readings -: the pipeline stores no readings, so no topic.
 	cfg.Topics = slices.DeleteFunc(cfg.Topics, func(t setup.Topic) bool { return t.Name == "-" })
 	if o.checkConfig {
-		fmt.Fprintf(env.Stdout, "settings are valid: kafka %s, s3 %s bucket %s, postgres schema %s (%s)\n",
-			strings.Join(cfg.Kafka.Brokers, ","), cfg.S3.Endpoint, cfg.S3.Bucket, cfg.Migrations.Schema, cfg.Migrations.Flavor)
+		fmt.Fprintf(env.Stdout, "settings are valid: %s, stage principals %d, s3 %s bucket %s, postgres schema %s (%s)\n",
+			cfg.Kafka.Describe(), len(cfg.Principals), cfg.S3.Endpoint, cfg.S3.Bucket, cfg.Migrations.Schema, cfg.Migrations.Flavor)
 		return nil
 	}
 	start := time.Now()
 	rep, err := setup.Run(ctx, cfg, log)
 	printReport(env, &rep)
 	if err != nil {
-		return nameSetting(err, &o)
+		return nameSetting(err, &o, f)
 	}
 	if rep.Changed() {
 		fmt.Fprintf(env.Stdout, "init: done in %s\n", time.Since(start).Round(time.Millisecond))
@@ -248,6 +301,15 @@ func printReport(env Env, rep *setup.Report) {
 		}
 		if t.Warning != "" {
 			line += "; warning: " + t.Warning
+		}
+		fmt.Fprintln(env.Stdout, line)
+	}
+	for _, p := range rep.Principals {
+		line := fmt.Sprintf("kafka: principal User:%s (%s): credentials %s", p.User, p.Stage, p.Credentials)
+		if len(p.Created) == 0 {
+			line += ", ACLs unchanged"
+		} else {
+			line += ", created ACLs: " + strings.Join(p.Created, "; ")
 		}
 		fmt.Fprintln(env.Stdout, line)
 	}
@@ -284,13 +346,16 @@ func printReport(env Env, rep *setup.Report) {
 
 // nameSetting rewrites a component failure so that it names the settings
 // that reach the component.
-func nameSetting(err error, o *initFlags) error {
+func nameSetting(err error, o *initFlags, f *cmdFlags) error {
 	var se *setup.Error
 	if !errors.As(err, &se) {
 		return err
 	}
 	switch se.Component {
 	case setup.Kafka:
+		if len(config.Fields(se.Err)) > 0 { // a security setting (kafkax.Config.Explain)
+			return &UsageError{fmt.Errorf("cannot prepare Kafka at --kafka-brokers (%s=%q): %w", EnvName("kafka-brokers"), strings.Join(o.kafka.c.Brokers, ","), f.Explain(se.Err, &o.kafka.c))}
+		}
 		return fmt.Errorf("cannot prepare Kafka at --kafka-brokers (%s=%q): %w", EnvName("kafka-brokers"), strings.Join(o.kafka.c.Brokers, ","), se.Err)
 	case setup.S3:
 		var fe *config.FieldError

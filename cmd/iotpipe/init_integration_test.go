@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"maps"
 	"net"
 	"strings"
 	"testing"
@@ -30,7 +31,6 @@ func initEnv(t *testing.T, env *testenv.Env) (vars map[string]string, topics []s
 		_, _ = adm.DeleteTopics(ctx, topics...)
 	})
 	vars = map[string]string{
-		"IOTPIPE_KAFKA_BROKERS":             strings.Join(env.KafkaBrokers, ","),
 		"IOTPIPE_TOPIC_RAW":                 topics[0],
 		"IOTPIPE_TOPIC_METRICS":             topics[1],
 		"IOTPIPE_TOPIC_DLQ":                 topics[2],
@@ -53,6 +53,7 @@ func initEnv(t *testing.T, env *testenv.Env) (vars map[string]string, topics []s
 	for k, v := range env.S3Vars() {
 		vars[k] = v
 	}
+	maps.Copy(vars, env.KafkaVars(t, testenv.Admin)) // init runs as Kafka's super user
 	return vars, topics, bucket, schema
 }
 

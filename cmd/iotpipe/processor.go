@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"time"
 
 	"github.com/iotpipe/iotpipe/internal/service"
@@ -60,9 +61,10 @@ group and exits 0.`,
 		f.Duration(&c.StallAfter, "stall-after", "report a stall (iotpipe_processor_stalled, readiness \"progress\") when input waits on a partition and no transaction committed progress on it for this long (0: never)")
 		f.Duration(&c.DebugCommitDelay, "debug-commit-delay", "testing only: sleep this long inside every transaction commit (after \"transaction commit started\" is logged)")
 	},
+	kafka: func(c *processor.Config) *kafkax.Config { return &c.Kafka },
 	describe: func(c *processor.Config, o *service.Options) string {
 		return fmt.Sprintf("kafka %v, group %s, instance %s (transactional id %s), %s → %s, readings %s (dlq %s, changelog %s), window %s, lateness %s, idle timeout %s, commit interval %s, max keys %d, http %q",
-			c.Kafka.Brokers, c.Group, c.InstanceID, c.TransactionalID(), c.Topics.Raw, c.Topics.Metrics, c.Topics.Readings, c.Topics.DLQ,
+			c.Kafka.Describe(), c.Group, c.InstanceID, c.TransactionalID(), c.Topics.Raw, c.Topics.Metrics, c.Topics.Readings, c.Topics.DLQ,
 			c.Topics.Changelog, c.Window.Size, c.Window.Lateness, c.Window.IdleTimeout, c.CommitInterval, c.MaxKeys, listenAddr(o))
 	},
 }

@@ -236,11 +236,11 @@ func TestStagesWithSecretsFromFiles(t *testing.T) {
 		}
 	}
 
-	base := append(kafkaEnv(env), "IOTPIPE_PG_SCHEMA="+schema, "IOTPIPE_S3_BUCKET="+bucket,
-		"IOTPIPE_TOPIC_METRICS="+env.Topic(t, 1, nil), "IOTPIPE_TOPIC_DLQ="+env.Topic(t, 1, nil), "IOTPIPE_TOPIC_READINGS="+env.Topic(t, 1, nil))
-	ts := startStage(t, append(base, "IOTPIPE_PG_WRITER_DSN_FILE="+file("writer-dsn", env.PGWriterDSN), "IOTPIPE_GROUP="+env.Group(t)),
+	base := []string{"IOTPIPE_PG_SCHEMA=" + schema, "IOTPIPE_S3_BUCKET=" + bucket,
+		"IOTPIPE_TOPIC_METRICS=" + env.Topic(t, 1, nil), "IOTPIPE_TOPIC_DLQ=" + env.Topic(t, 1, nil), "IOTPIPE_TOPIC_READINGS=" + env.Topic(t, 1, nil)}
+	ts := startStage(t, append(append(kafkaEnv(t, env, testenv.SinkTimescale), base...), "IOTPIPE_PG_WRITER_DSN_FILE="+file("writer-dsn", env.PGWriterDSN), "IOTPIPE_GROUP="+env.Group(t)),
 		"sink", "timescale")
-	lk := startStage(t, append(base, "IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint, "IOTPIPE_S3_REGION="+env.S3Config.Region,
+	lk := startStage(t, append(append(kafkaEnv(t, env, testenv.SinkLake), base...), "IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint, "IOTPIPE_S3_REGION="+env.S3Config.Region,
 		"IOTPIPE_S3_CA_FILE="+env.S3Config.CAFile, "IOTPIPE_S3_ACCESS_KEY="+env.S3Config.AccessKey, "IOTPIPE_GROUP="+env.Group(t)),
 		"sink", "lake", "--s3-secret-key-file", file("lake-secret", env.S3Config.SecretKey))
 	for _, p := range []*stageProc{ts, lk} {

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"strconv"
 	"strings"
 	"time"
@@ -60,9 +61,10 @@ uploads, commits and exits 0.`,
 		f.Duration(&c.StallAfter, "stall-after", "report a stall (iotpipe_lake_stalled, readiness \"progress\") when input waits on a partition and no batch was committed on it for --max-age plus this long (0: never)")
 		f.Var((*failpoints)(&c.Failpoints), &c.Failpoints, "test-failpoints", "crash tests only: name=pause[@n] items (mid-upload, before-commit, after-commit): pause at the n-th arrival at that point")
 	},
+	kafka: func(c *lake.Config) *kafkax.Config { return &c.Kafka },
 	describe: func(c *lake.Config, o *service.Options) string {
 		return fmt.Sprintf("kafka %s group %s instance %q, topics %s %s → s3 %s bucket %s prefix %q; files close at %d rows, %d bytes or %s; http %q",
-			strings.Join(c.Kafka.Brokers, ","), c.Group, c.InstanceID, c.RawTopic, c.MetricsTopic, c.S3.Endpoint, c.S3.Bucket,
+			c.Kafka.Describe(), c.Group, c.InstanceID, c.RawTopic, c.MetricsTopic, c.S3.Endpoint, c.S3.Bucket,
 			c.Prefix, c.MaxRows, c.MaxBytes, c.MaxAge, listenAddr(o))
 	},
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"strconv"
 	"time"
 
@@ -55,9 +56,10 @@ SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
 		f.Duration(&c.RetryMax, "retry-max", "longest wait between database attempts")
 		f.Duration(&c.StallAfter, "stall-after", "report a stall (iotpipe_sink_timescale_stalled, readiness \"progress\") when input waits on a partition and no batch was committed for this long (0: never)")
 	},
+	kafka: func(c *timescale.Config) *kafkax.Config { return &c.Kafka },
 	describe: func(c *timescale.Config, o *service.Options) string {
 		return fmt.Sprintf("kafka %v group %s instance %q, topics readings=%s metrics=%s dlq=%s, postgres schema %s, batch %d rows / %s, http %q",
-			c.Kafka.Brokers, c.Group, c.InstanceID, c.TopicRaw, c.TopicMetrics, c.TopicDLQ, c.Schema, c.BatchRows, c.BatchDelay, listenAddr(o))
+			c.Kafka.Describe(), c.Group, c.InstanceID, c.TopicRaw, c.TopicMetrics, c.TopicDLQ, c.Schema, c.BatchRows, c.BatchDelay, listenAddr(o))
 	},
 }
 

@@ -48,6 +48,9 @@ type stageCmd[C any, S service.Stage] struct {
 	shutdown func(*C) *time.Duration
 	// describe is the --check-config summary.
 	describe func(*C, *service.Options) string
+	// kafka is the stage's Kafka connection (field Kafka of its Config):
+	// a failure of its security settings names their flag.
+	kafka func(*C) *kafkax.Config
 }
 
 // stageSettings are the settings of one stage command after parsing.
@@ -123,9 +126,10 @@ func runStage[C any, PC validating[C], S service.Stage](ctx context.Context, sc 
 	st.opts.Registry, st.opts.Log = reg, log
 	stage, err := sc.newFunc(st.cfg, service.Deps{Log: log, Registry: reg})
 	if err != nil {
-		return &UsageError{st.f.Explain(err, &st.cfg)}
+		return &UsageError{st.f.Explain(sc.explainKafka(&st.cfg, err), &st.cfg)}
 	}
 	if err := service.Run(ctx, stage, st.opts); err != nil {
+		err = sc.explainKafka(&st.cfg, err)
 		if errors.Is(err, service.ErrStopTimeout) {
 			if sc.shutdown != nil {
 				return fmt.Errorf("%w (%s is %s; the stage gets %s more)", err, flags.Setting("shutdown-timeout"), *sc.shutdown(&st.cfg), hardStopGrace)
@@ -148,6 +152,24 @@ func runStage[C any, PC validating[C], S service.Stage](ctx context.Context, sc 
 	return nil
 }
 
+// explainKafka names the Kafka setting at fault in a stage's error: a
+// wrong SASL password, an unknown CA, a certificate name mismatch, or an
+// ACL that denied an operation (kafkax.Config.Explain), under the field
+// path Kafka.<field> of the stage's Config.
+func (sc *stageCmd[C, S]) explainKafka(cfg *C, err error) error {
+	if sc.kafka == nil || err == nil {
+		return err
+	}
+	kc := sc.kafka(cfg)
+	e := kc.Explain(err)
+	var fe *config.FieldError
+	if e == err || !errors.As(e, &fe) {
+		return err
+	}
+	reason := fe.Reason(func(field string) string { return "{Kafka." + field + "}" })
+	return &config.FieldError{Field: "Kafka." + fe.Field, Err: errors.New(reason)}
+}
+
 // Flags is the command's flag set: internal/flags with the commands'
 // environment.
 type Flags = flags.Flags
@@ -162,6 +184,20 @@ func bindKafka(f *Flags, c *kafkax.Config) {
 	f.List(&c.Brokers, "kafka-brokers", "comma-separated Kafka seed brokers, host:port")
 	f.String(&c.ClientID, "kafka-client-id", "client id this process shows to Kafka")
 	f.Duration(&c.DialTimeout, "kafka-dial-timeout", "timeout of one connection attempt to a broker")
+	f.String(&c.SASL.Mechanism, "kafka-sasl-mechanism", "SASL mechanism: SCRAM-SHA-512, or PLAIN for brokers that only offer it (TLS required)")
+	f.String(&c.SASL.Username, "kafka-sasl-username", "Kafka principal of this process (User:<name> in ACLs); empty turns SASL off")
+	bindKafkaPassword(f, &c.SASL.Password)
+	f.Bool(&c.TLS.Enabled, "kafka-tls", "connect to the brokers with TLS")
+	f.String(&c.TLS.CAFile, "kafka-ca-file", "CA certificates (PEM) the brokers' certificates must chain to; empty uses the system's roots")
+	f.String(&c.TLS.CertFile, "kafka-cert-file", "client certificate (PEM) for brokers that ask for one, with --kafka-key-file")
+	f.String(&c.TLS.KeyFile, "kafka-key-file", "key (PEM) of --kafka-cert-file")
+	f.String(&c.TLS.ServerName, "kafka-server-name", "name the brokers' certificates must hold; empty checks each broker's host")
+}
+
+// bindKafkaPassword is the one place the Kafka SASL password is bound: a
+// secret, never printed by --check-config or logged.
+func bindKafkaPassword(f *Flags, p *string) {
+	f.Secret(p, "kafka-sasl-password", "password of --kafka-sasl-username")
 }
 
 // bindS3 binds the settings that reach the object store onto c.

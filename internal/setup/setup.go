@@ -51,6 +51,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/kafkaacl"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/objstore"
 	"github.com/iotpipe/iotpipe/schemas/migrations"
@@ -104,6 +105,10 @@ type Config struct {
 	// default.
 	MinInsyncReplicas int16
 	Topics            []Topic
+	// Principals are the stages' Kafka users and ACLs to ensure after the
+	// topics (iotpipe init --kafka-acls); none: users and ACLs are left
+	// alone.
+	Principals []kafkaacl.Principal
 
 	// PostgresDSN reaches the database as its owner (migrations create
 	// tables, roles and grants).
@@ -208,6 +213,7 @@ type KafkaReport struct {
 type Report struct {
 	Kafka         KafkaReport
 	Topics        []TopicResult
+	Principals    []kafkaacl.PrincipalResult
 	Bucket        string
 	BucketCreated bool
 	// BucketOwner is the bucket's owner when Config.S3BucketOwner was set;
@@ -223,6 +229,11 @@ type Report struct {
 func (r *Report) Changed() bool {
 	for _, t := range r.Topics {
 		if t.Action != "unchanged" {
+			return true
+		}
+	}
+	for _, p := range r.Principals {
+		if p.Changed() {
 			return true
 		}
 	}
@@ -244,7 +255,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Report, error) {
 			return struct{}{}, ensureTopics(ctx, cfg, log, &rep)
 		})
 		if err != nil {
-			return rep, &Error{Kafka, err}
+			return rep, &Error{Kafka, cfg.Kafka.Explain(err)}
+		}
+		if len(cfg.Principals) > 0 {
+			res, err := withTimeout(ctx, cfg.Timeout, func(ctx context.Context) ([]kafkaacl.PrincipalResult, error) {
+				cl, err := kgo.NewClient(cfg.Kafka.Opts(kgo.RetryTimeout(cfg.Timeout))...)
+				if err != nil {
+					return nil, err
+				}
+				defer cl.Close()
+				return kafkaacl.EnsurePrincipals(ctx, kadm.NewClient(cl), cfg.Kafka, cfg.Principals)
+			})
+			rep.Principals = res
+			if err != nil {
+				return rep, &Error{Kafka, cfg.Kafka.Explain(err)}
+			}
 		}
 	}
 	if !cfg.Skip[S3] {

@@ -8,14 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/setup"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
-func kafkaOnly(env *testenv.Env, names ...string) setup.Config {
-	kc := kafkax.DefaultConfig("setup-test")
-	kc.Brokers = env.KafkaBrokers
+func kafkaOnly(t testing.TB, env *testenv.Env, names ...string) setup.Config {
+	kc := env.KafkaConfig(t, testenv.Admin)
+	kc.ClientID = "setup-test"
 	cfg := setup.Config{
 		Kafka:             kc,
 		ReplicationFactor: -1,
@@ -46,7 +45,7 @@ func TestQuickSecondRunReportsExisting(t *testing.T) {
 	ctx := testenv.Context(t, time.Minute)
 	a, b := testenv.Name(t, "a"), testenv.Name(t, "b")
 	deleteTopics(t, env, a, b)
-	cfg := kafkaOnly(env, a, b)
+	cfg := kafkaOnly(t, env, a, b)
 	for run := 1; run <= 3; run++ {
 		rep, err := setup.Run(ctx, cfg, nil)
 		if err != nil {
@@ -77,7 +76,7 @@ func TestQuickSecondRunReportsExisting(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep, err := setup.Run(ctx, kafkaOnly(env, c), nil)
+		rep, err := setup.Run(ctx, kafkaOnly(t, env, c), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +102,7 @@ func TestRefusesUnsafeReplication(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			n := testenv.Name(t, "u")
 			deleteTopics(t, env, n)
-			cfg := kafkaOnly(env, n)
+			cfg := kafkaOnly(t, env, n)
 			cfg.ReplicationFactor, cfg.MinInsyncReplicas = tc.rf, tc.misr
 			_, err := setup.Run(ctx, cfg, nil)
 			if !errors.Is(err, setup.ErrUnsafeReplication) {

@@ -15,6 +15,13 @@
 // `iotpipe init --s3-bucket-owner` does. Env.Environ and Env.S3Vars pass
 // all of it to child processes.
 //
+// Kafka is SASL_SSL (docs/SECURITY.md): Env.Kafka is a client of the admin
+// (a super user); a stage gets its own principal with KafkaConfig(t,
+// Bridge|Processor|SinkLake|SinkTimescale), or KafkaEnv for a child
+// process: a test principal with that stage's operations only, created
+// once per cluster and test process. Never build a Kafka client from the
+// brokers alone.
+//
 // Child processes: StartProc runs the iotpipe binary (built once per test
 // binary by Binary) as a Proc with an explicit environment (PATH and the
 // like, plus the variables the test passes; Env.Environ gives the

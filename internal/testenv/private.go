@@ -61,6 +61,14 @@ func StartPrivate(t testing.TB, services ...string) *Private {
 	return startPrivate(t, 1, services)
 }
 
+// StartPrivateWith is StartPrivate with extra variables for
+// scripts/services.sh, e.g. IOTPIPE_KAFKA_SECURITY=plaintext for the
+// PLAINTEXT baseline of a benchmark.
+func StartPrivateWith(t testing.TB, environ []string, services ...string) *Private {
+	t.Helper()
+	return startPrivate(t, 1, services, environ...)
+}
+
 // StartPrivateCluster is StartPrivate with Kafka (which must be among the
 // services) as a KRaft cluster of kafkaNodes combined broker+controller
 // nodes (IOTPIPE_KAFKA_NODES), each on its own free ports: replication
@@ -73,7 +81,7 @@ func StartPrivateCluster(t testing.TB, kafkaNodes int, services ...string) *Priv
 	return startPrivate(t, kafkaNodes, services)
 }
 
-func startPrivate(t testing.TB, kafkaNodes int, services []string) *Private {
+func startPrivate(t testing.TB, kafkaNodes int, services []string, extra ...string) *Private {
 	t.Helper()
 	shared := Load(t)
 	root := repoRoot(t)
@@ -97,6 +105,7 @@ func startPrivate(t testing.TB, kafkaNodes int, services []string) *Private {
 		"IOTPIPE_PG_PORT="+freePort(t),
 		"IOTPIPE_S3_PORT="+freePort(t),
 	)
+	p.environ = append(p.environ, extra...)
 	if kafkaNodes > 1 {
 		var ports, cports []string
 		for range kafkaNodes {
@@ -118,6 +127,8 @@ func startPrivate(t testing.TB, kafkaNodes int, services []string) *Private {
 			env.MQTTURL = vars["IOTPIPE_MQTT_URL"]
 		case "kafka":
 			env.KafkaBrokers = strings.Split(vars["IOTPIPE_KAFKA_BROKERS"], ",")
+			// The private Kafka has its own state dir, so its own CA.
+			env.KafkaSec = loadKafkaSecurity(func(k string) string { return vars[k] }, func(k string) string { return vars[k] })
 		case "postgres":
 			env.PGDSN, env.PGWriterDSN = vars["IOTPIPE_PG_DSN"], vars["IOTPIPE_PG_WRITER_DSN"]
 			env.PGReaderDSN, env.PGAdminDSN = vars["IOTPIPE_PG_READER_DSN"], vars["IOTPIPE_PG_ADMIN_DSN"]

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/proc"
 )
 
@@ -106,14 +107,16 @@ func (p *Proc) KillWait(within time.Duration) {
 
 // Environ returns the services' settings as the IOTPIPE_* variables that
 // scripts/services.sh prints and the binary reads, for a child process.
+//
+// Kafka is reached as the admin (a super user, for `iotpipe init`); a
+// stage gets its own principal by appending KafkaEnv(t, stage).
 func (e *Env) Environ() []string {
-	return []string{
+	return append([]string{
 		"IOTPIPE_MQTT_URL=" + e.MQTTURL,
 		"IOTPIPE_MQTT_USERNAME=" + e.MQTTUsername,
 		"IOTPIPE_MQTT_PASSWORD=" + e.MQTTPassword,
 		"IOTPIPE_MQTT_DEVICE_USERNAME=" + e.MQTTDeviceUsername,
 		"IOTPIPE_MQTT_DEVICE_PASSWORD=" + e.MQTTDevicePassword,
-		"IOTPIPE_KAFKA_BROKERS=" + strings.Join(e.KafkaBrokers, ","),
 		"IOTPIPE_PG_DSN=" + e.PGDSN,
 		"IOTPIPE_PG_WRITER_DSN=" + e.PGWriterDSN,
 		"IOTPIPE_PG_READER_DSN=" + e.PGReaderDSN,
@@ -127,7 +130,19 @@ func (e *Env) Environ() []string {
 		"IOTPIPE_S3_ADMIN_ACCESS_KEY=" + e.adminKey(),
 		"IOTPIPE_S3_ADMIN_SECRET_KEY=" + e.adminSecret(),
 		"IOTPIPE_S3_BUCKET_OWNER=" + e.S3BucketOwner,
+	}, e.adminKafkaEnv()...)
+}
+
+// adminKafkaEnv is KafkaEnv(Admin) without a testing.TB (the admin needs
+// no setup).
+func (e *Env) adminKafkaEnv() []string {
+	c := kafkax.DefaultConfig("")
+	c.Brokers = e.KafkaBrokers
+	c.TLS = kafkax.TLS{Enabled: e.KafkaSec.TLS, CAFile: e.KafkaSec.CAFile}
+	if e.KafkaSec.Username != "" {
+		c.SASL = kafkax.SASL{Mechanism: e.KafkaSec.Mechanism, Username: e.KafkaSec.Username, Password: e.KafkaSec.Password}
 	}
+	return KafkaConfigEnv(c)
 }
 
 // adminKey is the root key when it differs from the lake key ("" otherwise:

@@ -34,6 +34,9 @@ type Env struct {
 	MQTTDevicePassword string
 
 	KafkaBrokers []string
+	// KafkaSec is how Kafka is reached besides its brokers (TLS, the
+	// admin's and the stages' SASL credentials); use KafkaConfig/KafkaEnv.
+	KafkaSec KafkaSecurity
 
 	PGDSN       string // schema owner, runs migrations
 	PGWriterDSN string // sink role
@@ -77,6 +80,7 @@ func Load(t testing.TB) *Env {
 		MQTTDeviceUsername: get("IOTPIPE_MQTT_DEVICE_USERNAME"),
 		MQTTDevicePassword: get("IOTPIPE_MQTT_DEVICE_PASSWORD"),
 		KafkaBrokers:       strings.Split(get("IOTPIPE_KAFKA_BROKERS"), ","),
+		KafkaSec:           loadKafkaSecurity(os.Getenv, get),
 		PGDSN:              get("IOTPIPE_PG_DSN"),
 		PGWriterDSN:        get("IOTPIPE_PG_WRITER_DSN"),
 		PGReaderDSN:        get("IOTPIPE_PG_READER_DSN"),
@@ -169,10 +173,19 @@ func WaitPort(t testing.TB, addr string, timeout time.Duration) {
 
 // ---- Kafka ----
 
-// Kafka returns a client of the real Kafka, closed when the test ends.
+// Kafka returns a client of the real Kafka as the admin (a super user),
+// closed when the test ends.
 func (e *Env) Kafka(t testing.TB, opts ...kgo.Opt) *kgo.Client {
 	t.Helper()
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(e.KafkaBrokers...)}, opts...)...)
+	return e.KafkaAs(t, Admin, opts...)
+}
+
+// KafkaAs returns a client of the real Kafka as principal (see
+// KafkaConfig), closed when the test ends.
+func (e *Env) KafkaAs(t testing.TB, principal string, opts ...kgo.Opt) *kgo.Client {
+	t.Helper()
+	c := e.KafkaConfig(t, principal)
+	cl, err := kgo.NewClient(c.Opts(opts...)...)
 	if err != nil {
 		t.Fatalf("kafka client: %v", err)
 	}
@@ -453,5 +466,5 @@ func (e *Env) MQTTClient(t testing.TB, username, password string, onPublish func
 
 // String describes the environment for test logs (no secrets).
 func (e *Env) String() string {
-	return fmt.Sprintf("mqtt=%s kafka=%s s3=%s", e.MQTTURL, strings.Join(e.KafkaBrokers, ","), e.S3Config.Endpoint)
+	return fmt.Sprintf("mqtt=%s kafka=%s (tls %v, sasl %s) s3=%s", e.MQTTURL, strings.Join(e.KafkaBrokers, ","), e.KafkaSec.TLS, e.KafkaSec.Mechanism, e.S3Config.Endpoint)
 }

@@ -61,7 +61,7 @@ func BenchmarkSink(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		group := env.Group(b)
-		cfg := testConfig(env, bucket, raw, "-", dlq, group)
+		cfg := testConfig(b, env, bucket, raw, "-", dlq, group)
 		cfg.Prefix = fmt.Sprintf("run%d/", i)
 		cfg.MaxRows = 500_000
 		cfg.MaxAge = 250 * time.Millisecond

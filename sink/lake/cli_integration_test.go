@@ -36,16 +36,15 @@ func TestCommand(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	c := startChild(t, []string{
-		"IOTPIPE_KAFKA_BROKERS=" + strings.Join(env.KafkaBrokers, ","),
-		"IOTPIPE_S3_ENDPOINT=" + env.S3Config.Endpoint,
-		"IOTPIPE_S3_ACCESS_KEY=" + env.S3Config.AccessKey,
-		"IOTPIPE_S3_SECRET_KEY=" + env.S3Config.SecretKey,
-		"IOTPIPE_S3_CA_FILE=" + env.S3Config.CAFile,
-		"IOTPIPE_S3_BUCKET=" + env.Bucket(t),
-		"IOTPIPE_TOPIC_READINGS=" + raw, "IOTPIPE_TOPIC_METRICS=-", "IOTPIPE_TOPIC_DLQ=" + dlq,
-		"IOTPIPE_GROUP=" + env.Group(t), "IOTPIPE_HTTP_ADDR=" + addr,
-	})
+	c := startChild(t, append(env.KafkaEnv(t, testenv.SinkLake),
+		"IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint,
+		"IOTPIPE_S3_ACCESS_KEY="+env.S3Config.AccessKey,
+		"IOTPIPE_S3_SECRET_KEY="+env.S3Config.SecretKey,
+		"IOTPIPE_S3_CA_FILE="+env.S3Config.CAFile,
+		"IOTPIPE_S3_BUCKET="+env.Bucket(t),
+		"IOTPIPE_TOPIC_READINGS="+raw, "IOTPIPE_TOPIC_METRICS=-", "IOTPIPE_TOPIC_DLQ="+dlq,
+		"IOTPIPE_GROUP="+env.Group(t), "IOTPIPE_HTTP_ADDR="+addr,
+	))
 	c.WaitLine("partition assigned", 60*time.Second)
 	testenv.Eventually(t, 20*time.Second, 100*time.Millisecond, func() error {
 		resp, err := http.Get("http://" + addr + "/readyz")

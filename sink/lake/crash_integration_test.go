@@ -47,27 +47,26 @@ func TestCrashExactlyOnce(t *testing.T) {
 	if os.Getenv("IOTPIPE_FULL") == "1" { // ~6 min of input, kills spread over it
 		n, randomKills, step, killWithin = 1_000_000, 15, 400*time.Millisecond, 25_000
 	}
-	childEnv := []string{
-		"IOTPIPE_KAFKA_BROKERS=" + strings.Join(env.KafkaBrokers, ","),
-		"IOTPIPE_S3_ENDPOINT=" + env.S3Config.Endpoint,
-		"IOTPIPE_S3_ACCESS_KEY=" + env.S3Config.AccessKey,
-		"IOTPIPE_S3_SECRET_KEY=" + env.S3Config.SecretKey,
-		"IOTPIPE_S3_CA_FILE=" + env.S3Config.CAFile,
-		"IOTPIPE_S3_REGION=" + env.S3Config.Region,
-		"IOTPIPE_S3_BUCKET=" + bucket,
+	childEnv := append(env.KafkaEnv(t, testenv.SinkLake),
+		"IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint,
+		"IOTPIPE_S3_ACCESS_KEY="+env.S3Config.AccessKey,
+		"IOTPIPE_S3_SECRET_KEY="+env.S3Config.SecretKey,
+		"IOTPIPE_S3_CA_FILE="+env.S3Config.CAFile,
+		"IOTPIPE_S3_REGION="+env.S3Config.Region,
+		"IOTPIPE_S3_BUCKET="+bucket,
 		"IOTPIPE_PREFIX=lake",
-		"IOTPIPE_TOPIC_READINGS=" + raw,
+		"IOTPIPE_TOPIC_READINGS="+raw,
 		"IOTPIPE_TOPIC_METRICS=-",
-		"IOTPIPE_TOPIC_DLQ=" + dlq,
-		"IOTPIPE_GROUP=" + group,
-		"IOTPIPE_INSTANCE_ID=" + group + "-0",
+		"IOTPIPE_TOPIC_DLQ="+dlq,
+		"IOTPIPE_GROUP="+group,
+		"IOTPIPE_INSTANCE_ID="+group+"-0",
 		"IOTPIPE_KAFKA_SESSION_TIMEOUT=6s",
 		"IOTPIPE_MAX_AGE=400ms",
 		"IOTPIPE_ROW_GROUP_ROWS=2000",
 		"IOTPIPE_RETRY_MIN=50ms",
 		"IOTPIPE_HTTP_ADDR=127.0.0.1:0",
 		"IOTPIPE_LOG_LEVEL=info",
-	}
+	)
 
 	// Input keeps arriving during the kills.
 	cl := env.Kafka(t)

@@ -300,11 +300,11 @@ func committedAll(ctx context.Context, env *testenv.Env, t testing.TB, group str
 }
 
 // testConfig is a sink config for the test's topics and bucket.
-func testConfig(env *testenv.Env, bucket, raw, metrics, dlq, group string) Config {
+func testConfig(t testing.TB, env *testenv.Env, bucket, raw, metrics, dlq, group string) Config {
 	s3 := env.S3Config
 	s3.Bucket = bucket
 	c := DefaultConfig()
-	c.Kafka, c.S3 = kafkaConfig(env), s3
+	c.Kafka, c.S3 = kafkaConfig(t, env), s3
 	c.Prefix, c.RawTopic, c.MetricsTopic, c.DLQTopic, c.Group = "lake/", raw, metrics, dlq, group
 	c.InstanceID = "" // several sinks of one group run in one process
 	c.SessionTimeout, c.RebalanceTimeout = 6*time.Second, 10*time.Second
@@ -345,8 +345,10 @@ func (w testWriter) Write(p []byte) (int, error) {
 var _ = io.Discard
 var _ = objstore.Config{}
 
-func kafkaConfig(env *testenv.Env) kafkax.Config {
-	return kafkax.Config{Brokers: env.KafkaBrokers, ClientID: "lake-test", DialTimeout: 5 * time.Second}
+func kafkaConfig(t testing.TB, env *testenv.Env) kafkax.Config {
+	c := env.KafkaConfig(t, testenv.SinkLake)
+	c.ClientID = "lake-test"
+	return c
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

@@ -52,7 +52,7 @@ func TestReadBackIndependent(t *testing.T) {
 	}
 	want := offsetsOf(t, env, raw, n)
 
-	cfg := testConfig(env, bucket, raw, met, dlq, group)
+	cfg := testConfig(t, env, bucket, raw, met, dlq, group)
 	cfg.MaxRows = 2500 // several batches per partition
 	cfg.MaxAge = time.Second
 	cfg.RowGroupRows = 1000

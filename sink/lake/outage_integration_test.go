@@ -19,7 +19,7 @@ func TestS3Outage(t *testing.T) {
 	env := p.Env
 	raw, dlq := env.Topic(t, 3, nil), env.Topic(t, 1, nil)
 	bucket, group := env.Bucket(t), env.Group(t)
-	cfg := testConfig(env, bucket, raw, "-", dlq, group)
+	cfg := testConfig(t, env, bucket, raw, "-", dlq, group)
 	cfg.MaxAge = 300 * time.Millisecond
 	cfg.MaxBytes = 256 << 10
 	cfg.MaxBuffered = 512 << 10 // small, so that the outage fills it
@@ -101,7 +101,7 @@ func TestQuietPartition(t *testing.T) {
 	env := testenv.Load(t)
 	raw, dlq := env.Topic(t, 1, nil), env.Topic(t, 1, nil)
 	bucket, group := env.Bucket(t), env.Group(t)
-	cfg := testConfig(env, bucket, raw, "-", dlq, group)
+	cfg := testConfig(t, env, bucket, raw, "-", dlq, group)
 	cfg.MaxAge = 2 * time.Second
 	runSink(t, cfg)
 	ctx := testenv.Context(t, time.Minute)

@@ -28,7 +28,7 @@ func TestLagAndStall(t *testing.T) {
 	produceReadings(t, cl, raw, 0, n, 10, pastBase(1), time.Second)
 	produced := time.Now()
 
-	cfg := testConfig(env, bucket, raw, met, dlq, group)
+	cfg := testConfig(t, env, bucket, raw, met, dlq, group)
 	cfg.MaxAge = 500 * time.Millisecond
 	cfg.StallAfter = 2 * time.Second // stalled once nothing is committed for 2.5 s
 	const hold = 12 * time.Second

@@ -262,11 +262,17 @@ func (s *Sink) consume(ctx context.Context) error {
 		if fetches.IsClientClosed() {
 			return nil
 		}
+		var denied error
 		fetches.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			if kafkax.IsSecurity(err) && denied == nil {
+				denied = kafkax.FetchError(s.cfg.Group, t, err)
+			} else if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 				s.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 			}
 		})
+		if denied != nil { // retrying does not cure it: stop, naming the setting
+			return denied
+		}
 		s.progress.Fetched(fetches)
 		now := time.Now()
 		s.mu.Lock()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,13 +24,13 @@ func TestMain(m *testing.M) {
 // only (no IOTPIPE_* variable reaches it).
 func (f *fixture) sinkProcess(t testing.TB, extra ...string) *testenv.Proc {
 	t.Helper()
-	args := []string{"sink", "timescale",
-		"--kafka-brokers", strings.Join(f.brokers, ","),
-		"--group", f.group, "--instance-id", f.group + "-0",
+	args := append([]string{"sink", "timescale"}, testenv.KafkaCLIArgs(f.kafka)...)
+	args = append(args,
+		"--group", f.group, "--instance-id", f.group+"-0",
 		"--topic-readings", f.raw, "--topic-metrics", f.metrics, "--topic-dlq", f.dlq,
 		"--pg-writer-dsn", f.writerDSN, "--pg-schema", f.schema,
 		"--http-addr", "", "--log-level", "warn", "--retry-min", "50ms", "--retry-max", "500ms",
-	}
+	)
 	return testenv.StartProc(t, "sink timescale", nil, append(args, extra...)...)
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -30,7 +31,7 @@ type fixture struct {
 	group               string
 	owner               *pgxpool.Pool
 	writerDSN, ownerDSN string
-	brokers             []string
+	kafka               kafkax.Config
 }
 
 // newFixture migrates a unique schema (plain PostgreSQL flavor) on the
@@ -43,7 +44,7 @@ func newFixture(t testing.TB, env *testenv.Env, rawParts, metricsParts int32) *f
 func newFixtureFlavor(t testing.TB, env *testenv.Env, flavor migrations.Flavor, rawParts, metricsParts int32) *fixture {
 	t.Helper()
 	f := &fixture{env: env, schema: env.Schema(t), group: env.Group(t),
-		writerDSN: env.PGWriterDSN, ownerDSN: env.PGDSN, brokers: env.KafkaBrokers}
+		writerDSN: env.PGWriterDSN, ownerDSN: env.PGDSN, kafka: env.KafkaConfig(t, testenv.SinkTimescale)}
 	ctx := testenv.Context(t, time.Minute)
 	conn, err := pgx.Connect(ctx, env.PGDSN)
 	if err != nil {
@@ -65,7 +66,8 @@ func newFixtureFlavor(t testing.TB, env *testenv.Env, flavor migrations.Flavor, 
 
 func (f *fixture) config() Config {
 	c := DefaultConfig()
-	c.Kafka.Brokers, c.Kafka.ClientID = f.brokers, "test-sink"
+	c.Kafka = f.kafka
+	c.Kafka.ClientID = "test-sink"
 	c.InstanceID = "" // several sinks of one group run in one process
 	c.Group = f.group
 	c.TopicRaw, c.TopicMetrics, c.TopicDLQ = f.raw, f.metrics, f.dlq

@@ -159,11 +159,18 @@ func (s *Sink) Run(ctx context.Context) error {
 		if fs.IsClientClosed() {
 			return errors.New("kafka client closed")
 		}
+		var denied error
 		fs.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			if kafkax.IsSecurity(err) && denied == nil {
+				denied = kafkax.FetchError(s.cfg.Group, t, err)
+			} else if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 				s.log.Warn("kafka fetch error", "topic", t, "partition", p, "err", err)
 			}
 		})
+		if denied != nil { // retrying does not cure it: stop, naming the setting
+			cl.AllowRebalance() // BlockRebalanceOnPoll: Close waits for it
+			return denied
+		}
 		now := s.now()
 		s.progress.Fetched(fs)
 		fs.EachPartition(func(p kgo.FetchTopicPartition) {

@@ -43,6 +43,7 @@ type supervisor struct {
 	t      *testing.T
 	bin    string
 	env    []string
+	kafka  map[string][]string // each stage's principal (testenv.KafkaEnv)
 	args   map[string][]string
 	mu     sync.Mutex
 	stages map[string]*pipecheck.Stage
@@ -51,7 +52,7 @@ type supervisor struct {
 }
 
 func (s *supervisor) start(name string) {
-	st := pipecheck.StartStage(s.t, s.bin, s.env, name, s.args[name]...)
+	st := pipecheck.StartStage(s.t, s.bin, append(append([]string(nil), s.env...), s.kafka[name]...), name, s.args[name]...)
 	s.mu.Lock()
 	s.stages[name] = st
 	s.mu.Unlock()
@@ -114,8 +115,7 @@ func TestChaos(t *testing.T) {
 	schema := env.Schema(t)
 	bucket := env.BucketName(t)
 	raw, metrics, dlq, changelog, readings := id+".raw", id+".metrics", id+".dlq", id+".changelog", id+".readings"
-	base := append(os.Environ(),
-		"IOTPIPE_KAFKA_BROKERS="+strings.Join(env.KafkaBrokers, ","),
+	base := append(append(os.Environ(), env.KafkaEnv(t, testenv.Admin)...),
 		"IOTPIPE_MQTT_URL="+env.MQTTURL,
 		"IOTPIPE_PG_DSN="+env.PGDSN, "IOTPIPE_PG_WRITER_DSN="+env.PGWriterDSN,
 		"IOTPIPE_S3_ENDPOINT="+env.S3Config.Endpoint, "IOTPIPE_S3_CA_FILE="+env.S3Config.CAFile, // the private store's own CA
@@ -133,7 +133,10 @@ func TestChaos(t *testing.T) {
 	}
 
 	template := "devices/" + id + "/{device_id}/telemetry"
-	sup := &supervisor{t: t, bin: bin, env: base, stages: map[string]*pipecheck.Stage{}, args: map[string][]string{
+	sup := &supervisor{t: t, bin: bin, env: base, stages: map[string]*pipecheck.Stage{}, kafka: map[string][]string{
+		"bridge": env.KafkaEnv(t, testenv.Bridge), "processor": env.KafkaEnv(t, testenv.Processor),
+		"sink timescale": env.KafkaEnv(t, testenv.SinkTimescale), "sink lake": env.KafkaEnv(t, testenv.SinkLake),
+	}, args: map[string][]string{
 		// One bridge with a plain subscription of its persistent session:
 		// Mosquitto 2.0.x drops shared subscriptions when it restarts (see
 		// bridge/doc.go), and devices would get "no matching subscribers".

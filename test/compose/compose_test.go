@@ -168,7 +168,7 @@ func TestStagesAcceptComposeSettings(t *testing.T) {
 		env := map[string]string{}
 		for k, v := range s.Environment {
 			if v != nil {
-				env[k] = onHost(s, vols, *v)
+				env[k] = secretOnHost(t, p, s, vols, onHost(s, vols, *v))
 			}
 		}
 		args = append([]string{}, args...)
@@ -211,6 +211,45 @@ func writesVolume(s types.ServiceConfig) bool {
 
 // onHost rewrites a path inside one of the service's named volumes to the
 // volume's folder under vols.
+// secretOnHost maps a Docker secret's path in a container
+// (/run/secrets/<name>) to its file on the host (the top-level secrets:
+// entry), after checking that the service is given that secret. Paths of
+// the service's volumes inside the secret (a DSN's sslrootcert) are mapped
+// too, into a copy.
+func secretOnHost(t *testing.T, p *types.Project, s types.ServiceConfig, vols, v string) string {
+	name, ok := strings.CutPrefix(v, "/run/secrets/")
+	if !ok {
+		return v
+	}
+	given := false
+	for _, sec := range s.Secrets {
+		given = given || sec.Source == name
+	}
+	sc, declared := p.Secrets[name]
+	if !given || !declared || sc.File == "" {
+		t.Errorf("service %s reads %s, but is not given that secret (or it has no file)", s.Name, v)
+		return v
+	}
+	b, err := os.ReadFile(sc.File)
+	if err != nil {
+		t.Fatalf("secret %s: %v", name, err)
+	}
+	mapped := string(b)
+	for _, m := range s.Volumes {
+		if m.Type == types.VolumeTypeVolume {
+			mapped = strings.ReplaceAll(mapped, m.Target+"/", filepath.Join(vols, m.Source)+"/")
+		}
+	}
+	if mapped == string(b) {
+		return sc.File
+	}
+	f := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(f, []byte(mapped), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 func onHost(s types.ServiceConfig, vols, v string) string {
 	for _, m := range s.Volumes {
 		if m.Type != types.VolumeTypeVolume {

@@ -268,19 +268,19 @@ func runIdentity(t *testing.T, killAll bool) {
 	template := "devices/" + id + "/{device_id}/telemetry"
 	start := map[string]func() *stage{
 		"bridge": func() *stage {
-			return testenv.StartProc(t, "bridge", base2, "bridge", "--topic-template", template,
+			return testenv.StartProc(t, "bridge", append(append([]string(nil), base2...), env.KafkaEnv(t, testenv.Bridge)...), "bridge", "--topic-template", template,
 				"--mqtt-share-group", id, "--mqtt-client-id", id+"-bridge", "--mqtt-session-expiry", "2m")
 		},
 		"processor": func() *stage {
-			return testenv.StartProc(t, "processor", base2, "processor", "--group", id+"-processor", "--instance-id", id+"-p1",
+			return testenv.StartProc(t, "processor", append(append([]string(nil), base2...), env.KafkaEnv(t, testenv.Processor)...), "processor", "--group", id+"-processor", "--instance-id", id+"-p1",
 				"--window", idWindow.String(), "--lateness", "3s", "--idle-timeout", idIdle.String(), "--commit-interval", "200ms")
 		},
 		"sink timescale": func() *stage {
-			return testenv.StartProc(t, "sink timescale", base2, "sink", "timescale", "--group", id+"-sink-ts",
+			return testenv.StartProc(t, "sink timescale", append(append([]string(nil), base2...), env.KafkaEnv(t, testenv.SinkTimescale)...), "sink", "timescale", "--group", id+"-sink-ts",
 				"--instance-id", id+"-ts1", "--batch-delay", "300ms", "--batch-rows", "500")
 		},
 		"sink lake": func() *stage {
-			return testenv.StartProc(t, "sink lake", base2, "sink", "lake", "--group", id+"-sink-lake",
+			return testenv.StartProc(t, "sink lake", append(append([]string(nil), base2...), env.KafkaEnv(t, testenv.SinkLake)...), "sink", "lake", "--group", id+"-sink-lake",
 				"--instance-id", id+"-lake1", "--max-age", "2s")
 		},
 	}

@@ -79,14 +79,14 @@ func TestPipelineEndToEnd(t *testing.T) {
 
 	// 2. The stages.
 	template := "devices/" + id + "/{device_id}/telemetry"
-	bridge := testenv.StartProc(t, "bridge", base, "bridge",
+	bridge := testenv.StartProc(t, "bridge", append(append([]string(nil), base...), env.KafkaEnv(t, testenv.Bridge)...), "bridge",
 		"--topic-template", template, "--mqtt-share-group", id, "--mqtt-client-id", id+"-bridge")
-	processor := testenv.StartProc(t, "processor", base, "processor",
+	processor := testenv.StartProc(t, "processor", append(append([]string(nil), base...), env.KafkaEnv(t, testenv.Processor)...), "processor",
 		"--group", id+"-processor", "--instance-id", id+"-p1",
 		"--window", "5s", "--lateness", "1s", "--idle-timeout", "2s", "--commit-interval", "200ms")
-	sinkTS := testenv.StartProc(t, "sink timescale", base, "sink", "timescale",
+	sinkTS := testenv.StartProc(t, "sink timescale", append(append([]string(nil), base...), env.KafkaEnv(t, testenv.SinkTimescale)...), "sink", "timescale",
 		"--group", id+"-sink-ts", "--batch-delay", "300ms")
-	sinkLake := testenv.StartProc(t, "sink lake", base, "sink", "lake",
+	sinkLake := testenv.StartProc(t, "sink lake", append(append([]string(nil), base...), env.KafkaEnv(t, testenv.SinkLake)...), "sink", "lake",
 		"--group", id+"-sink-lake", "--max-age", "2s")
 
 	// 3. A fleet: 20 devices, 25 messages each, 10 % invalid.

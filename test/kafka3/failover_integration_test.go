@@ -67,8 +67,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	bucket := env.BucketName(t)
 	raw, metrics, dlq, changelog, readings := id+".raw", id+".metrics", id+".dlq", id+".changelog", id+".readings"
 	groups := map[string]string{"processor": id + "-processor", "sink timescale": id + "-sink-ts", "sink lake": id + "-sink-lake"}
-	base := append(os.Environ(),
-		"IOTPIPE_KAFKA_BROKERS="+strings.Join(env.KafkaBrokers, ","),
+	base := append(append(os.Environ(), env.KafkaEnv(t, testenv.Admin)...),
 		"IOTPIPE_TOPIC_RAW="+raw, "IOTPIPE_TOPIC_METRICS="+metrics, "IOTPIPE_TOPIC_DLQ="+dlq,
 		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+changelog, "IOTPIPE_TOPIC_READINGS="+readings,
 		"IOTPIPE_PG_SCHEMA="+schema, "IOTPIPE_S3_BUCKET="+bucket,
@@ -111,15 +110,15 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 	// 2. The stages, never restarted by the test.
 	template := "devices/" + id + "/{device_id}/telemetry"
 	stages := []*pipecheck.Stage{
-		pipecheck.StartStage(t, bin, base, "bridge", "bridge",
+		pipecheck.StartStage(t, bin, append(append([]string(nil), base...), env.KafkaEnv(t, testenv.Bridge)...), "bridge", "bridge",
 			"--topic-template", template, "--mqtt-share-group", id, "--mqtt-client-id", id+"-bridge"),
 		// Lateness covers a broker outage: readings held up by it are not late.
-		pipecheck.StartStage(t, bin, base, "processor", "processor",
+		pipecheck.StartStage(t, bin, append(append([]string(nil), base...), env.KafkaEnv(t, testenv.Processor)...), "processor", "processor",
 			"--group", groups["processor"], "--instance-id", id+"-p1",
 			"--window", "5s", "--lateness", "10s", "--idle-timeout", "5s", "--commit-interval", "200ms"),
-		pipecheck.StartStage(t, bin, base, "sink timescale", "sink", "timescale",
+		pipecheck.StartStage(t, bin, append(append([]string(nil), base...), env.KafkaEnv(t, testenv.SinkTimescale)...), "sink timescale", "sink", "timescale",
 			"--group", groups["sink timescale"], "--instance-id", id+"-ts1", "--batch-delay", "300ms"),
-		pipecheck.StartStage(t, bin, base, "sink lake", "sink", "lake",
+		pipecheck.StartStage(t, bin, append(append([]string(nil), base...), env.KafkaEnv(t, testenv.SinkLake)...), "sink lake", "sink", "lake",
 			"--group", groups["sink lake"], "--instance-id", id+"-lake1", "--max-age", "2s"),
 	}
 	allRunning := func() {
