@@ -22,7 +22,7 @@ import (
 // ping connects with c and asks for the cluster's metadata.
 func ping(t *testing.T, c kafkax.Config) error {
 	t.Helper()
-	cl, err := kgo.NewClient(c.Opts(kgo.RetryTimeout(5*time.Second))...)
+	cl, err := kgo.NewClient(c.Opts(kgo.RetryTimeout(5 * time.Second))...)
 	if err != nil {
 		t.Fatal(err)
 	}
