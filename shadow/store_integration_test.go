@@ -247,4 +247,3 @@ func TestShadowConcurrentPatch(t *testing.T) {
 		t.Fatalf("%d writers succeeded, version %d; want exactly one, version 1", ok, sh.Version)
 	}
 }
-
