@@ -119,7 +119,7 @@ func (a *API) page(w http.ResponseWriter, r *http.Request) (limit int, after str
 // Page is a list response: items in a stable order (by id) and, when
 // there may be more, the cursor of the next page (pass it as after).
 type Page[T any] struct {
-	Items []T  `json:"items"`
+	Items []T     `json:"items"`
 	Next  *string `json:"next"`
 }
 
