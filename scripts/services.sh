@@ -490,6 +490,14 @@ user iotpipe-bridge
 topic read devices/#
 topic read \$SYS/#
 
+# The API's relay (CN iotpipe-api) publishes configurations and shadow answers to devices.
+user iotpipe-api
+topic write devices/+/config
+topic write devices/+/shadow/update/delta
+topic write devices/+/shadow/update/accepted
+topic write devices/+/shadow/update/rejected
+topic write devices/+/shadow/get/accepted
+
 # Every device (CN = device id = %u) writes only its own topics and reads only its own
 # configuration and shadow topics.
 pattern write devices/%u/#
