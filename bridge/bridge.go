@@ -312,12 +312,16 @@ func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
 	start := time.Now()
 	return retry.Do(ctx, retry.New(100*time.Millisecond, 5*time.Second), func() error {
 		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		td, err := adm.ListTopics(tctx, b.cfg.TopicRaw, b.cfg.TopicDLQ)
+		topics := []string{b.cfg.TopicRaw, b.cfg.TopicDLQ}
+		if b.cfg.TopicShadow != "" {
+			topics = append(topics, b.cfg.TopicShadow)
+		}
+		td, err := adm.ListTopics(tctx, topics...)
 		cancel()
 		if err != nil {
 			return err
 		}
-		for _, t := range []string{b.cfg.TopicRaw, b.cfg.TopicDLQ} {
+		for _, t := range topics {
 			d, ok := td[t]
 			switch {
 			case !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition):
