@@ -52,6 +52,7 @@ func commands() []command {
 		{"ca", caSummary, runCA},
 		{"devices", devicesSummary, runDevices},
 		{"api", apiSummary, runAPI},
+		{"shadow-consumer", shadowConsumerSummary, runShadowConsumer},
 		{"tokens", tokensSummary, runTokens},
 		{"simulate", "run a simulated device fleet against an MQTT broker (realistic signals, bad input, duplicates, late data)", runSimulate},
 		{"demo", "run the whole pipeline locally on the running services, with live progress (make demo)", runDemo},
