@@ -33,12 +33,13 @@ type pkg struct {
 }
 
 // sharedRoots are the top-level trees that hold no stage.
-var sharedRoots = []string{"internal", "schemas", "registry", "cmd", "bench", "test", "deploy", "scripts"}
+var sharedRoots = []string{"internal", "schemas", "registry", "shadow", "cmd", "bench", "test", "deploy", "scripts"}
 
 // domainRoots are the shared trees stages may import: plumbing (internal),
 // wire formats (schemas) and shared domain code (registry: devices,
-// groups, certificates; DESIGN.md "Layout direction").
-var domainRoots = []string{"internal", "schemas", "registry"}
+// groups, certificates; shadow: device shadows and their outbox;
+// DESIGN.md "Layout direction").
+var domainRoots = []string{"internal", "schemas", "registry", "shadow"}
 
 // rel is the path of p inside module mod ("" when p is not in it).
 func rel(mod, p string) (string, bool) {
