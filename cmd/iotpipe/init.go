@@ -18,8 +18,9 @@ import (
 const initSummary = `Prepare the systems iotpipe runs on, idempotently:
   - Kafka: the topics telemetry.raw, telemetry.readings (the processor's
     accepted readings, which the sinks store; partitions and retention as
-    the raw topic), telemetry.metrics, telemetry.dlq and the processor's
-    compacted changelog, with their partitions and retention;
+    the raw topic), telemetry.metrics, telemetry.dlq, devices.shadow (the
+    devices' shadow requests) and the processor's compacted changelog, with
+    their partitions and retention;
   - object store: the lake bucket;
   - PostgreSQL/TimescaleDB: the schema, migrated to the latest version
     (TimescaleDB hypertables, compression, retention and continuous aggregates
@@ -34,6 +35,7 @@ type initFlags struct {
 
 	topicRaw, topicMetrics, topicDLQ, topicChangelog string
 	topicReadings                                    string
+	topicShadow                                      string
 	rawParts, metricsParts, dlqParts                 int
 	rawRet, metricsRet, dlqRet                       time.Duration
 	replication, minISR                              int
@@ -58,6 +60,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.String(&o.topicReadings, "topic-readings", "telemetry.readings", "topic of the processor's accepted readings, each device message once, which the sinks store (partitions and retention of the raw topic; - creates none)")
 	f.String(&o.topicMetrics, "topic-metrics", "telemetry.metrics", "topic of window aggregates and activity records")
 	f.String(&o.topicDLQ, "topic-dlq", "telemetry.dlq", "dead-letter topic: rejected input with the reason in headers")
+	f.String(&o.topicShadow, "topic-shadow", "devices.shadow", "topic of the devices' shadow requests (bridge --topic-shadow → iotpipe shadow-consumer; partitions of the raw topic, retention of the DLQ; - creates none)")
 	f.String(&o.topicChangelog, "topic-processor-changelog", "iotpipe.processor.changelog", "compacted topic holding the processor's open windows (same partition count as the raw topic)")
 	f.Int(&o.rawParts, "raw-partitions", 6, "partitions of the raw topic (and of the readings topic and the changelog); the unit of parallelism of every stage")
 	f.Int(&o.metricsParts, "metrics-partitions", 6, "partitions of the metrics topic")
@@ -162,6 +165,8 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.metricsRet)}},
 			{Name: o.topicDLQ, Partitions: int32(o.dlqParts), Purpose: "dead letters",
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.dlqRet)}},
+			{Name: o.topicShadow, Partitions: int32(o.rawParts), Purpose: "device shadow requests",
+				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.dlqRet)}},
 			{Name: o.topicChangelog, Partitions: int32(o.rawParts), Purpose: "processor changelog",
 				// Compaction never touches the active segment, so roll it
 				// often: the processor's restore time stays bounded.
@@ -192,6 +197,7 @@ func runInit(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	// --topic-readings -: the pipeline stores no readings, so no topic.
+	// --topic-shadow -: no device shadows.
 	cfg.Topics = slices.DeleteFunc(cfg.Topics, func(t setup.Topic) bool { return t.Name == "-" })
 	if o.checkConfig {
 		fmt.Fprintf(env.Stdout, "settings are valid: kafka %s, s3 %s bucket %s, postgres schema %s (%s)\n",
