@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -61,12 +60,11 @@ func (l *latencies) pct(p float64) time.Duration {
 // and p99 at 100 and 1,000 changes/s, next to a plain MQTT publish →
 // subscriber round trip on the same broker in the same run (the API's
 // identity publishing QoS 1, as mosquitto_pub -q 1 would). Goal: p99 ≤ 3×
-// the round trip + 20 ms. Runs only with IOTPIPE_BENCH_SHADOW=1 (it loads
-// the machine for half a minute).
-func TestShadowLatencyBench(t *testing.T) {
-	if os.Getenv("IOTPIPE_BENCH_SHADOW") == "" {
-		t.Skip("set IOTPIPE_BENCH_SHADOW=1 to run the shadow latency benchmark")
-	}
+// the round trip + 20 ms. One measurement per run (-benchtime 1x):
+//
+//	go test -tags integration -run '^$' -bench ShadowLatency -benchtime 1x ./test/shadow/
+func BenchmarkShadowLatency(b *testing.B) {
+	t := b
 	s := newStack(t)
 	const devices = 20
 	devs := make([]*device, devices)
@@ -114,7 +112,7 @@ func TestShadowLatencyBench(t *testing.T) {
 		interval := time.Duration(int64(time.Second) * devices / int64(rate))
 		var wg sync.WaitGroup
 		var mu sync.Mutex
-		refused := 0
+		refused, pubErrs := 0, 0
 		start := time.Now()
 		for i, d := range devs {
 			wg.Go(func() {
@@ -138,7 +136,11 @@ func TestShadowLatencyBench(t *testing.T) {
 					// The baseline message of the same moment, to the same device.
 					bk := fmt.Sprintf("%s-%d", d.id, k)
 					base.send(bk)
-					_, _ = pub.Publish(context.Background(), &paho.Publish{Topic: "devices/" + d.id + "/shadow/get/accepted", QoS: 1, Payload: []byte(bk)})
+					if _, err := pub.Publish(context.Background(), &paho.Publish{Topic: "devices/" + d.id + "/shadow/get/accepted", QoS: 1, Payload: []byte(bk)}); err != nil {
+						mu.Lock()
+						pubErrs++
+						mu.Unlock()
+					}
 				}
 			})
 		}
@@ -150,12 +152,24 @@ func TestShadowLatencyBench(t *testing.T) {
 			if len(lat.got) < total-refused {
 				return fmt.Errorf("%d of %d deltas received", len(lat.got), total-refused)
 			}
+			base.mu.Lock()
+			defer base.mu.Unlock()
+			if len(base.got) < total-refused-pubErrs {
+				return fmt.Errorf("%d of %d baseline messages received", len(base.got), total-refused-pubErrs)
+			}
 			return nil
 		})
 		achieved := float64(total) / sent.Seconds()
 		p50, p99 := lat.pct(0.50), lat.pct(0.99)
 		b50, b99 := base.pct(0.50), base.pct(0.99)
 		goal := 3*b99 + 20*time.Millisecond
+		b.ReportMetric(float64(p50.Microseconds())/1000, fmt.Sprintf("p50-ms@%d/s", rate))
+		b.ReportMetric(float64(p99.Microseconds())/1000, fmt.Sprintf("p99-ms@%d/s", rate))
+		b.ReportMetric(float64(b99.Microseconds())/1000, fmt.Sprintf("mqtt-rt-p99-ms@%d/s", rate))
+		b.ReportMetric(achieved, fmt.Sprintf("achieved/s@%d/s", rate))
+		if pubErrs > 0 {
+			t.Errorf("rate %d/s: %d baseline publishes failed", rate, pubErrs)
+		}
 		t.Logf("rate %d/s (achieved %.0f/s, %d changes, %d refused): PATCH→delta p50 %s p99 %s; MQTT round trip p50 %s p99 %s; goal p99 ≤ %s: %v",
 			rate, achieved, total, refused, p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond),
 			b50.Round(10*time.Microsecond), b99.Round(10*time.Microsecond), goal.Round(10*time.Microsecond), p99 <= goal)

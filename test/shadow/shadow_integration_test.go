@@ -36,7 +36,7 @@ import (
 )
 
 type stack struct {
-	t      *testing.T
+	t      testing.TB
 	base   string
 	client *http.Client
 	tok    map[api.Role]string
@@ -45,7 +45,7 @@ type stack struct {
 	schema string
 }
 
-func run(t *testing.T, name string, s service.Stage) {
+func run(t testing.TB, name string, s service.Stage) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -63,7 +63,7 @@ func run(t *testing.T, name string, s service.Stage) {
 	})
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +72,7 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t testing.TB) *stack {
 	t.Helper()
 	env := testenv.Load(t)
 	p := testenv.StartPrivate(t, "mqtt")
@@ -191,7 +191,7 @@ func (s *stack) do(method, path string, role api.Role, hdr map[string]string, bo
 }
 
 type device struct {
-	t    *testing.T
+	t    testing.TB
 	id   string
 	cert tls.Certificate
 	s    *stack
@@ -280,7 +280,7 @@ func (d *device) waitFor(suffix string, n int) [][]byte {
 	return d.msgs(suffix)
 }
 
-func field(t *testing.T, b []byte, name string) any {
+func field(t testing.TB, b []byte, name string) any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(b, &m); err != nil {
