@@ -81,14 +81,32 @@ func newDevice(t *testing.T, b *broker, id string, certPEM, keyPEM string) *devi
 }
 
 // connect connects with a clean session (an offline device that comes
-// back with nothing queued) and subscribes to the device's topics.
+// back with nothing queued) and subscribes to the device's topics. A
+// SUBSCRIBE that Mosquitto 2.0.11 never answers (seen under -race, as in
+// the bridge's identity test) is tried again on a new connection, up to
+// three times; what the tests check is what is delivered.
 func (d *device) connect() {
 	d.t.Helper()
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		if err = d.connectOnce(); err == nil {
+			return
+		}
+		d.t.Logf("device %s: connect/subscribe attempt %d: %v", d.id, attempt, err)
+		d.disconnect()
+		d.mu.Lock()
+		d.got = map[string][][]byte{} // what the failed connection received is not counted
+		d.mu.Unlock()
+	}
+	d.t.Fatalf("device %s: %v", d.id, err)
+}
+
+func (d *device) connectOnce() error {
 	u, _ := url.Parse(d.url)
 	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", u.Host,
 		&tls.Config{RootCAs: d.ca, Certificates: []tls.Certificate{d.cert}, ServerName: u.Hostname()})
 	if err != nil {
-		d.t.Fatalf("device %s: dial: %v", d.id, err)
+		return fmt.Errorf("dial: %w", err)
 	}
 	d.c = paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 		func(pr paho.PublishReceived) (bool, error) {
@@ -100,24 +118,25 @@ func (d *device) connect() {
 	ctx := testenv.Context(d.t, 30*time.Second)
 	ack, err := d.c.Connect(ctx, &paho.Connect{ClientID: d.id, CleanStart: true, KeepAlive: 30})
 	if err != nil || ack.ReasonCode != 0 {
-		d.t.Fatalf("device %s: connect: %v %+v", d.id, err, ack)
+		return fmt.Errorf("connect: %v %+v", err, ack)
 	}
-	d.subscribe("devices/" + d.id + "/config")
-	d.subscribe("devices/" + d.id + "/shadow/update/delta")
-	d.subscribe("devices/" + d.id + "/shadow/update/accepted")
-	d.subscribe("devices/" + d.id + "/shadow/update/rejected")
-	d.subscribe("devices/" + d.id + "/shadow/get/accepted")
+	for _, f := range []string{"/config", "/shadow/update/delta", "/shadow/update/accepted", "/shadow/update/rejected", "/shadow/get/accepted"} {
+		if err := d.subscribe("devices/" + d.id + f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // subscribe returns after the SUBACK: the broker has sent the retained
 // messages of every earlier subscription by then.
-func (d *device) subscribe(filter string) {
-	d.t.Helper()
+func (d *device) subscribe(filter string) error {
 	ctx := testenv.Context(d.t, 30*time.Second)
 	sa, err := d.c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 1}}})
 	if err != nil || len(sa.Reasons) != 1 || sa.Reasons[0] >= 0x80 {
-		d.t.Fatalf("device %s: subscribe %s: %v %+v", d.id, filter, err, sa)
+		return fmt.Errorf("subscribe %s: %v %+v", filter, err, sa)
 	}
+	return nil
 }
 
 func (d *device) disconnect() {
