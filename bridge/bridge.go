@@ -315,7 +315,11 @@ func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
 	start := time.Now()
 	return retry.Do(ctx, retry.New(100*time.Millisecond, 5*time.Second), func() error {
 		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		td, err := adm.ListTopics(tctx, b.cfg.TopicRaw, b.cfg.TopicDLQ)
+		topics := []string{b.cfg.TopicRaw, b.cfg.TopicDLQ}
+		if b.cfg.TopicShadow != "" {
+			topics = append(topics, b.cfg.TopicShadow)
+		}
+		td, err := adm.ListTopics(tctx, topics...)
 		cancel()
 		if kafkax.IsSecurity(err) {
 			return retry.Permanent(fmt.Errorf("describe topics %s and %s (the bridge writes to both): %w", b.cfg.TopicRaw, b.cfg.TopicDLQ, err))
@@ -323,7 +327,7 @@ func (b *Bridge) checkTopics(ctx context.Context, kcl *kgo.Client) error {
 		if err != nil {
 			return err
 		}
-		for _, t := range []string{b.cfg.TopicRaw, b.cfg.TopicDLQ} {
+		for _, t := range topics {
 			d, ok := td[t]
 			switch {
 			case !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition):

@@ -76,7 +76,8 @@ log_type warning
 	cfg.MQTT.URLs, cfg.MQTT.ClientID = []string{"mqtt://" + addr}, clientID
 	cfg.MQTT.PlainSubscription, cfg.MQTT.SessionExpiry = true, 10*time.Minute
 	cfg.MQTT.ReconnectMin, cfg.MQTT.ReconnectMax = 100*time.Millisecond, time.Second
-	cfg.Kafka.Brokers, cfg.Kafka.ClientID = env.KafkaBrokers, clientID
+	cfg.Kafka = env.KafkaConfig(t, testenv.Bridge)
+	cfg.Kafka.ClientID = clientID
 	cfg.TopicRaw, cfg.TopicDLQ, cfg.TopicTemplate = s.raw, s.dlq, s.template()
 	cfg.ShutdownTimeout = 10 * time.Second
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -119,6 +120,10 @@ type Config struct {
 	// TopicRaw and TopicDLQ are the Kafka topics of accepted readings and
 	// of rejected messages.
 	TopicRaw, TopicDLQ string
+	// TopicShadow receives the devices' shadow requests
+	// (devices/<id>/shadow/update and /get, see ShadowFilters); empty:
+	// no shadow route (those topics are then unexpected).
+	TopicShadow string
 	// TopicTemplate maps MQTT topics to device ids
 	// (default schemas.DefaultTopicTemplate).
 	TopicTemplate string
@@ -195,13 +200,20 @@ func DefaultConfig() Config {
 // filters are the topic filters subscribed to: MQTT.Filters, or the
 // filter of the topic template when there are none.
 func (c *Config) filters() []string {
+	var out []string
 	if len(c.MQTT.Filters) > 0 {
-		return c.MQTT.Filters
+		out = append(out, c.MQTT.Filters...)
+	} else if tt, err := schemas.ParseTopicTemplate(c.TopicTemplate); err == nil {
+		out = append(out, tt.Filter())
 	}
-	if tt, err := schemas.ParseTopicTemplate(c.TopicTemplate); err == nil {
-		return []string{tt.Filter()}
+	if c.TopicShadow != "" {
+		for _, f := range ShadowFilters {
+			if !slices.Contains(out, f) {
+				out = append(out, f)
+			}
+		}
 	}
-	return nil
+	return out
 }
 
 // Validate reports every invalid field of c as a *config.FieldError.
@@ -263,6 +275,13 @@ func (c *Config) Validate() error {
 	}
 	if err := validTopic(c.TopicDLQ); err != nil {
 		p.Add("TopicDLQ", "%v", err)
+	}
+	if c.TopicShadow != "" {
+		if err := validTopic(c.TopicShadow); err != nil {
+			p.Add("TopicShadow", "%v", err)
+		} else if c.TopicShadow == c.TopicRaw || c.TopicShadow == c.TopicDLQ {
+			p.Add("TopicShadow", "must differ from {TopicRaw} and {TopicDLQ}")
+		}
 	}
 	if c.TopicRaw == c.TopicDLQ {
 		p.Add("TopicDLQ", "must differ from {TopicRaw} (%q)", c.TopicRaw)

@@ -8,6 +8,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/schemas"
 )
@@ -47,9 +48,46 @@ type route struct {
 
 // routes returns the route table of b.
 func (b *Bridge) routes() []route {
-	return []route{
-		newRoute("telemetry", b.tmpl.Filter(), b.telemetry),
+	rt := []route{newRoute("telemetry", b.tmpl.Filter(), b.telemetry)}
+	if b.cfg.TopicShadow != "" {
+		for _, f := range ShadowFilters {
+			rt = append(rt, newRoute("shadow", f, b.shadowRequest))
+		}
 	}
+	return rt
+}
+
+// ShadowFilters are the topics of a device's shadow requests: reports
+// (devices/<id>/shadow/update) and requests for the whole shadow
+// (devices/<id>/shadow/get). With Config.TopicShadow set they go, as
+// published, to that Kafka topic for the shadow consumer.
+var ShadowFilters = []string{"devices/+/shadow/update", "devices/+/shadow/get"}
+
+// Headers of a shadow request record.
+const (
+	// HeaderShadowKind is "update" or "get".
+	HeaderShadowKind = "shadow-kind"
+)
+
+// shadowRequest is the handler of the shadow routes: the payload goes to
+// TopicShadow unchanged (key = device id, the topic's second level, which
+// the broker's ACL binds to the device's certificate), for the shadow
+// consumer to judge and answer; the same PUBACK-after-Kafka guarantee as
+// telemetry.
+func (b *Bridge) shadowRequest(p *paho.Publish, now time.Time) (*kgo.Record, bool) {
+	levels := strings.Split(p.Topic, "/")
+	id := levels[1]
+	if err := certs.CheckDeviceID(id); err != nil {
+		return b.deadLetter(p, &schemas.RejectError{Reason: schemas.ReasonNoDeviceID,
+			Detail: fmt.Sprintf("shadow topic %q: %v", p.Topic, err)}, now), true
+	}
+	return &kgo.Record{
+		Topic: b.cfg.TopicShadow, Key: []byte(id), Value: p.Payload, Timestamp: now,
+		Headers: []kgo.RecordHeader{
+			{Key: schemas.HeaderMQTTTopic, Value: []byte(p.Topic)},
+			{Key: HeaderShadowKind, Value: []byte(levels[3])},
+		},
+	}, false
 }
 
 func newRoute(name, filter string, handle func(*paho.Publish, time.Time) (*kgo.Record, bool)) route {

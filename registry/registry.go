@@ -53,6 +53,10 @@ var (
 	ErrExists   = errors.New("device already registered")
 	ErrRevoked  = errors.New("device is revoked (final)")
 	ErrNoSchema = errors.New("the registry tables do not exist (run iotpipe init)")
+	// ErrConflict: an update named a version that is no longer current.
+	ErrConflict = errors.New("version conflict")
+	// ErrGroupExists: CreateGroup of an id already taken.
+	ErrGroupExists = errors.New("group already exists")
 )
 
 // Device is one registered device.
@@ -188,6 +192,13 @@ type Filter struct {
 	Status Status
 	// ID: only this device.
 	ID string
+	// SilentFor: devices not seen for at least this long (never seen
+	// included). 0: no condition.
+	SilentFor time.Duration
+	// After and Limit page through the result (ordered by id): devices
+	// with an id greater than After, at most Limit of them (0: all).
+	After string
+	Limit int
 }
 
 // List returns the devices matching f, by id.
@@ -204,13 +215,16 @@ WHERE d.attributes @> $1
   AND ($2 = '' OR EXISTS (SELECT 1 FROM ` + s.rel("device_group_members") + ` m JOIN sub USING (group_id) WHERE m.device_id = d.device_id))
   AND ($3 = '' OR d.status = $3)
   AND ($4 = '' OR d.device_id = $4)
-ORDER BY d.device_id`
+  AND ($5::bigint = 0 OR coalesce((SELECT l.last_seen FROM ` + s.rel("device_last_seen") + ` l WHERE l.device_id = d.device_id), '-infinity') < now() - make_interval(secs => $5::bigint / 1e6))
+  AND d.device_id > $6
+ORDER BY d.device_id
+LIMIT nullif($7::int, 0)`
 	attrs := f.Attributes
 	if attrs == nil {
 		attrs = map[string]string{}
 	}
 	aj, _ := json.Marshal(attrs)
-	rows, err := s.pool.Query(ctx, q, aj, f.Group, string(f.Status), f.ID)
+	rows, err := s.pool.Query(ctx, q, aj, f.Group, string(f.Status), f.ID, f.SilentFor.Microseconds(), f.After, f.Limit)
 	if err != nil {
 		return nil, fmt.Errorf("registry: list: %w", err)
 	}
@@ -402,4 +416,136 @@ func (s *Store) ids(ctx context.Context, where string) ([]string, error) {
 		return nil, fmt.Errorf("registry: device ids: %w", err)
 	}
 	return ids, nil
+}
+
+// Update is what UpdateDevice changes; nil fields stay as they are.
+type Update struct {
+	DisplayName *string
+	Type        *string
+	// Attributes replaces the attributes whole.
+	Attributes map[string]string
+}
+
+// UpdateDevice changes a device when it is at version expected (-1: any)
+// and returns it after the change; ErrConflict (wrapped) otherwise.
+func (s *Store) UpdateDevice(ctx context.Context, id string, expected int64, u Update) (*Device, error) {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var v int64
+		if err := tx.QueryRow(ctx, "SELECT version FROM "+s.rel("devices")+" WHERE device_id = $1 FOR UPDATE", id).Scan(&v); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return ErrNotFound
+			}
+			return err
+		}
+		if expected >= 0 && v != expected {
+			return fmt.Errorf("%w: version %d is stale, the device is at version %d", ErrConflict, expected, v)
+		}
+		var aj []byte
+		if u.Attributes != nil {
+			aj, _ = json.Marshal(u.Attributes)
+		}
+		_, err := tx.Exec(ctx, "UPDATE "+s.rel("devices")+" SET display_name = coalesce($2, display_name), device_type = coalesce($3, device_type), attributes = coalesce($4, attributes) WHERE device_id = $1",
+			id, u.DisplayName, u.Type, aj)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry: update %s: %w", id, err)
+	}
+	d, _, err := s.Get(ctx, id)
+	return d, err
+}
+
+// Group is one device group.
+type Group struct {
+	ID          string            `json:"group_id"`
+	Parent      string            `json:"parent_id,omitempty"`
+	DisplayName string            `json:"display_name"`
+	Attributes  map[string]string `json:"attributes"`
+	Members     int               `json:"members"`
+	CreatedAt   time.Time         `json:"created_at"`
+	Version     int64             `json:"version"`
+}
+
+// CreateGroup creates a group (Parent: the enclosing group, which must
+// exist; empty at the top level).
+func (s *Store) CreateGroup(ctx context.Context, g Group) error {
+	if err := certs.CheckID(g.ID); err != nil {
+		return fmt.Errorf("registry: create group: %w", err)
+	}
+	attrs := g.Attributes
+	if attrs == nil {
+		attrs = map[string]string{}
+	}
+	aj, _ := json.Marshal(attrs)
+	var parent *string
+	if g.Parent != "" {
+		parent = &g.Parent
+	}
+	_, err := s.pool.Exec(ctx, "INSERT INTO "+s.rel("device_groups")+" (group_id, parent_id, display_name, attributes) VALUES ($1, $2, $3, $4)",
+		g.ID, parent, g.DisplayName, aj)
+	if err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "23505" {
+			return fmt.Errorf("registry: create group %s: %w", g.ID, ErrGroupExists)
+		}
+		if errors.As(err, &pe) && pe.Code == "23503" {
+			return fmt.Errorf("registry: create group %s: parent %q: %w", g.ID, g.Parent, ErrNotFound)
+		}
+		return fmt.Errorf("registry: create group %s: %w", g.ID, err)
+	}
+	return nil
+}
+
+// AddToGroup puts devices into an existing group.
+func (s *Store) AddToGroup(ctx context.Context, group string, ids ...string) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		for _, id := range ids {
+			if _, err := tx.Exec(ctx, "INSERT INTO "+s.rel("device_group_members")+" (group_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", group, id); err != nil {
+				var pe *pgconn.PgError
+				if errors.As(err, &pe) && pe.Code == "23503" {
+					return fmt.Errorf("%s or %s: %w", group, id, ErrNotFound)
+				}
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("registry: add to group %s: %w", group, err)
+	}
+	return nil
+}
+
+// ListGroups returns the groups with an id greater than after, by id, at
+// most limit (0: all).
+func (s *Store) ListGroups(ctx context.Context, after string, limit int) ([]Group, error) {
+	rows, err := s.pool.Query(ctx, `SELECT g.group_id, coalesce(g.parent_id, ''), g.display_name, g.attributes,
+	(SELECT count(*) FROM `+s.rel("device_group_members")+` m WHERE m.group_id = g.group_id), g.created_at, g.version
+FROM `+s.rel("device_groups")+` g WHERE g.group_id > $1 ORDER BY g.group_id LIMIT nullif($2::int, 0)`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("registry: list groups: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Group, error) {
+		var g Group
+		var aj []byte
+		if err := r.Scan(&g.ID, &g.Parent, &g.DisplayName, &aj, &g.Members, &g.CreatedAt, &g.Version); err != nil {
+			return g, err
+		}
+		g.Attributes = map[string]string{}
+		var raw map[string]any
+		_ = json.Unmarshal(aj, &raw)
+		for k, v := range raw {
+			if str, ok := v.(string); ok {
+				g.Attributes[k] = str
+			} else {
+				b, _ := json.Marshal(v)
+				g.Attributes[k] = string(b)
+			}
+		}
+		return g, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry: list groups: %w", err)
+	}
+	return out, nil
 }

@@ -61,7 +61,7 @@ S3_LAKE_ACCESS=iotpipe-lake S3_LAKE_SECRET=iotpipe-lake-dev-secret
 # --kafka-acls` creates with only the ACLs each stage needs.
 KAFKA_ADMIN_USER=admin KAFKA_ADMIN_PASS=admin-dev-secret
 KAFKA_CONTROLLER_USER=controller KAFKA_CONTROLLER_PASS=controller-dev-secret
-KAFKA_STAGES=(bridge processor sink-lake sink-timescale)
+KAFKA_STAGES=(bridge processor sink-lake sink-timescale notify shadow-consumer)
 
 ALL_SERVICES=(mqtt kafka postgres s3)
 
@@ -527,6 +527,14 @@ topic write devices/#
 user iotpipe-bridge
 topic read devices/#
 topic read \$SYS/#
+
+# The API's relay (CN iotpipe-api) publishes configurations and shadow answers to devices.
+user iotpipe-api
+topic write devices/+/config
+topic write devices/+/shadow/update/delta
+topic write devices/+/shadow/update/accepted
+topic write devices/+/shadow/update/rejected
+topic write devices/+/shadow/get/accepted
 
 # Every device (CN = device id = %u) writes only its own topics and reads only its own
 # configuration and shadow topics.

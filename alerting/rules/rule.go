@@ -1,6 +1,6 @@
 // Package rules holds threshold alert rules: their type, the validation
 // that refuses a rule the alert stage could not evaluate, and their store in
-// PostgreSQL (table alert_rules of migration 0015_alerts).
+// PostgreSQL (table alert_rules of migration 0010_alerts).
 //
 // # Contracts
 //

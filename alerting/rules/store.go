@@ -32,7 +32,7 @@ type Store struct {
 	schema string
 }
 
-// Open connects and checks that migration 0015_alerts has run in schema.
+// Open connects and checks that migration 0010_alerts has run in schema.
 func Open(ctx context.Context, dsn, schema string) (*Store, error) {
 	pc, err := pgxpool.ParseConfig(dsn)
 	if err != nil {

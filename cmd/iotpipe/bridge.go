@@ -59,6 +59,7 @@ disconnect, exit 0 (within --shutdown-timeout).`,
 		f.Group("Kafka producer")
 		f.String(&c.TopicRaw, "topic-raw", "topic of accepted readings (key = device id)")
 		f.String(&c.TopicDLQ, "topic-dlq", "dead-letter topic of rejected messages")
+		f.String(&c.TopicShadow, "topic-shadow", "topic of the devices' shadow requests (devices/<id>/shadow/update and /get, key = device id) for the shadow consumer; empty: no shadow route")
 		f.String(&c.Compression, "kafka-compression", "batch compression: none, gzip, snappy, lz4 or zstd")
 		f.Duration(&c.Linger, "kafka-linger", "how long the producer waits to fill a batch (0: send at once)")
 		f.Int(&c.BatchMaxBytes, "kafka-batch-max-bytes", "largest record batch (keep at most the topic's max.message.bytes)")

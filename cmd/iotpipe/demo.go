@@ -54,6 +54,7 @@ type demoFlags struct {
 	progress, readyTimeout, stopWait time.Duration
 	httpBridge, httpProcessor        string
 	httpTimescale, httpLake          string
+	apiListen                        string
 	portOffset                       int
 	readerDSN, pgSchema              string
 	s3                               s3Flags
@@ -86,6 +87,7 @@ func (o *demoFlags) bind(f *cmdFlags) {
 	f.String(&o.httpProcessor, "processor-http-addr", "127.0.0.1:9102", "/metrics address of the processor")
 	f.String(&o.httpLake, "sink-lake-http-addr", "127.0.0.1:9103", "/metrics address of the lake sink")
 	f.String(&o.httpTimescale, "sink-timescale-http-addr", "127.0.0.1:9104", "/metrics address of the TimescaleDB sink")
+	f.String(&o.apiListen, "api-listen", "127.0.0.1:8443", "address of the demo's device API (with --mqtt-tls)")
 	f.Int(&o.portOffset, "http-port-offset", 0, "added to the port of every *-http-addr above: one setting moves the whole pipeline's ports (as IOTPIPE_HTTP_PORT_OFFSET does for each stage)")
 	f.Group("Where to look")
 	f.Secret(&o.readerDSN, "pg-reader-dsn", "", "read-only PostgreSQL URL, to find the first metric row (empty: skip that)")
@@ -444,7 +446,7 @@ func (d *demoRun) run(ctx context.Context) error {
 		args []string
 	}{
 		{"bridge", append([]string{"bridge", "--http-port-offset", "0", "--http-addr", o.httpBridge, "--mqtt-client-id", gp + "-bridge", "--mqtt-share-group", gp},
-			o.tls.bridgeArgs()...)},
+			append(o.tls.bridgeArgs(), o.tls.shadowArgs()...)...)},
 		{"processor", append([]string{"processor", "--http-port-offset", "0", "--http-addr", o.httpProcessor, "--group", gp + "-processor", "--instance-id", gp + "-processor-1"},
 			settingArgs(o.stageSettings()["processor"])...)},
 		{"sink timescale", []string{"sink", "timescale", "--http-port-offset", "0", "--http-addr", o.httpTimescale, "--group", gp + "-sink-timescale"}},
@@ -486,6 +488,14 @@ func (d *demoRun) run(ctx context.Context) error {
 	}
 	simStart := time.Now()
 	d.whereToLook()
+	if o.tls.on {
+		var followers sync.WaitGroup
+		fctx, stopFollowers := context.WithCancel(ctx)
+		defer func() { stopFollowers(); followers.Wait() }()
+		if err := d.startShadow(fctx, &followers, certDir); err != nil {
+			return err
+		}
+	}
 
 	first := newFirstRow(o.readerDSN, o.pgSchema, simStart.Add(-o.window))
 	defer first.close()

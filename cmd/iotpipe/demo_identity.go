@@ -81,6 +81,15 @@ func (t *demoTLS) bridgeArgs() []string {
 		"--mqtt-username", "", "--mqtt-password", ""}
 }
 
+// shadowArgs route the devices' shadow topics to Kafka (the demo runs
+// the shadow consumer and the API with mutual TLS only).
+func (t *demoTLS) shadowArgs() []string {
+	if !t.on {
+		return nil
+	}
+	return []string{"--topic-shadow", demoShadowTopic}
+}
+
 // simulatorArgs are the fleet's connection flags; certDir holds a
 // certificate per device.
 func (t *demoTLS) simulatorArgs(certDir string) []string {

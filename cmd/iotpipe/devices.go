@@ -41,6 +41,8 @@ const devicesUsage = `Usage: iotpipe devices <command> [args] [flags]
   import <file>  register many devices from a CSV file (one transaction) and issue their certificates
   sync           rewrite the CRL and the ACL's deny list from the registry and signal the broker
                  (also renews the CRL before it expires; run it from cron every month)
+  shadow get|set <id>   read a device's shadow, or change its desired state (merge patch), over iotpipe api
+  config set <id>       replace a device's desired configuration, over iotpipe api
 
 A device id is its MQTT topic level (devices/<id>/...) and its certificate's
 CN, which the broker uses as the MQTT user name: the ACL lets it write only
@@ -71,6 +73,10 @@ func runDevices(ctx context.Context, env Env, args []string) error {
 		return runDevicesImport(ctx, env, rest)
 	case "sync":
 		return runDevicesSync(ctx, env, rest)
+	case "shadow":
+		return runDevicesShadow(ctx, env, rest)
+	case "config":
+		return runDevicesConfig(ctx, env, rest)
 	}
 	return &UsageError{fmt.Errorf("unknown devices command %q (see iotpipe devices --help)", args[0])}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/iotpipe/iotpipe/internal/kafkaacl"
+	"github.com/iotpipe/iotpipe/notify"
+	"github.com/iotpipe/iotpipe/shadowconsumer"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/minio/minio-go/v7"
@@ -26,8 +28,10 @@ import (
 const initSummary = `Prepare the systems iotpipe runs on, idempotently:
   - Kafka: the topics telemetry.raw, telemetry.readings (the processor's
     accepted readings, which the sinks store; partitions and retention as
-    the raw topic), telemetry.metrics, telemetry.dlq and the processor's
-    compacted changelog, with their partitions and retention;
+    the raw topic), telemetry.metrics, telemetry.dlq, telemetry.alerts (alert
+    events, read by iotpipe notify), devices.shadow (the devices' shadow
+    requests) and the processor's compacted changelog, with their partitions
+    and retention;
   - with --kafka-acls: each stage's Kafka principal (a SCRAM-SHA-512 user,
     created, or its password set when it cannot log in with the given one)
     and the ACLs it needs, nothing more (docs/SECURITY.md); init itself runs
@@ -45,7 +49,7 @@ type initFlags struct {
 	log   logFlags
 
 	topicRaw, topicMetrics, topicDLQ, topicChangelog string
-	topicReadings, topicAlerts                       string
+	topicReadings, topicAlerts, topicShadow          string
 	alertsRet                                        time.Duration
 	rawParts, metricsParts, dlqParts                 int
 	rawRet, metricsRet, dlqRet                       time.Duration
@@ -64,6 +68,7 @@ type initFlags struct {
 	kafkaACLs                                 bool
 	stageUsers                                map[string]*kafkaacl.Credentials
 	processorGroup, lakeGroup, timescaleGroup string
+	notifyGroup, shadowGroup                  string
 }
 
 func (o *initFlags) bind(f *cmdFlags) {
@@ -79,6 +84,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.String(&o.topicMetrics, "topic-metrics", "telemetry.metrics", "topic of window aggregates and activity records")
 	f.String(&o.topicDLQ, "topic-dlq", "telemetry.dlq", "dead-letter topic: rejected input with the reason in headers")
 	f.String(&o.topicAlerts, "topic-alerts", "telemetry.alerts", "topic of alert events (FIRING/RESOLVED, key = device id; partitions of the raw topic), read by iotpipe notify")
+	f.String(&o.topicShadow, "topic-shadow", "devices.shadow", "topic of the devices' shadow requests (bridge --topic-shadow → iotpipe shadow-consumer; partitions of the raw topic, retention of the DLQ; - creates none)")
 	f.String(&o.topicChangelog, "topic-processor-changelog", "iotpipe.processor.changelog", "compacted topic holding the processor's open windows (same partition count as the raw topic)")
 	f.Int(&o.rawParts, "raw-partitions", 6, "partitions of the raw topic (and of the readings topic and the changelog); the unit of parallelism of every stage")
 	f.Int(&o.metricsParts, "metrics-partitions", 6, "partitions of the metrics topic")
@@ -124,6 +130,8 @@ func (o *initFlags) bindACLs(f *cmdFlags) {
 	f.String(&o.processorGroup, "processor-group", processor.DefaultGroup, "consumer group of the processors (its transactional ids start with iotpipe-processor.<group>.)")
 	f.String(&o.lakeGroup, "sink-lake-group", lake.DefaultGroup, "consumer group of the lake sinks")
 	f.String(&o.timescaleGroup, "sink-timescale-group", timescale.DefaultGroup, "consumer group of the TimescaleDB sinks")
+	f.String(&o.notifyGroup, "notify-group", notify.DefaultGroup, "consumer group of the notify stages")
+	f.String(&o.shadowGroup, "shadow-consumer-group", shadowconsumer.DefaultConfig().Group, "consumer group of the shadow consumers")
 }
 
 // bindKafkaStagePassword is the one place a stage principal's password
@@ -144,6 +152,7 @@ func (o *initFlags) principals() []kafkaacl.Principal {
 	return kafkaacl.StagePrincipals(kafkaacl.PipelineNames{
 		Raw: o.topicRaw, Readings: o.topicReadings, Metrics: o.topicMetrics, DLQ: o.topicDLQ, Changelog: o.topicChangelog,
 		ProcessorGroup: o.processorGroup, LakeGroup: o.lakeGroup, TimescaleGroup: o.timescaleGroup,
+		Alerts: o.topicAlerts, Shadow: o.topicShadow, NotifyGroup: o.notifyGroup, ShadowGroup: o.shadowGroup,
 		TransactionalIDPrefix: (&processor.Config{Group: o.processorGroup}).TransactionalID(),
 	}, users)
 }
@@ -232,6 +241,8 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.dlqRet)}},
 			{Name: o.topicAlerts, Partitions: int32(o.rawParts), Purpose: "alert events",
 				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.alertsRet)}},
+			{Name: o.topicShadow, Partitions: int32(o.rawParts), Purpose: "device shadow requests",
+				Configs: map[string]string{"cleanup.policy": "delete", "retention.ms": setup.Millis(o.dlqRet)}},
 			{Name: o.topicChangelog, Partitions: int32(o.rawParts), Purpose: "processor changelog",
 				// Compaction never touches the active segment, so roll it
 				// often: the processor's restore time stays bounded.
@@ -266,6 +277,7 @@ func runInit(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	// --topic-readings -: the pipeline stores no readings, so no topic.
+	// --topic-shadow -: no device shadows.
 	cfg.Topics = slices.DeleteFunc(cfg.Topics, func(t setup.Topic) bool { return t.Name == "-" })
 	if o.checkConfig {
 		fmt.Fprintf(env.Stdout, "settings are valid: %s, stage principals %d, s3 %s bucket %s, postgres schema %s (%s)\n",

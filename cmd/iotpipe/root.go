@@ -53,6 +53,9 @@ func commands() []command {
 		{"devices", devicesSummary, runDevices},
 		{"alerts", alertsSummary, runAlerts},
 		{"notify", notifySummary, runNotify},
+		{"api", apiSummary, runAPI},
+		{"shadow-consumer", shadowConsumerSummary, runShadowConsumer},
+		{"tokens", tokensSummary, runTokens},
 		{"simulate", "run a simulated device fleet against an MQTT broker (realistic signals, bad input, duplicates, late data)", runSimulate},
 		{"demo", "run the whole pipeline locally on the running services, with live progress (make demo)", runDemo},
 		{"healthcheck", "exit 0 when a running stage answers ready (for container healthchecks)", runHealthcheck},
@@ -116,7 +119,7 @@ func Run(ctx context.Context, env Env, args []string) int {
 			continue
 		}
 		err := c.run(ctx, env, args[1:])
-		if (name == "sink" || name == "ca" || name == "devices" || name == "alerts") && len(args) > 1 && !strings.HasPrefix(args[1], "-") {
+		if (name == "sink" || name == "ca" || name == "devices" || name == "alerts" || name == "tokens") && len(args) > 1 && !strings.HasPrefix(args[1], "-") {
 			name += " " + args[1]
 		}
 		switch {

@@ -91,6 +91,11 @@ type Principal struct {
 type PipelineNames struct {
 	Raw, Readings, Metrics, DLQ, Changelog    string
 	ProcessorGroup, LakeGroup, TimescaleGroup string
+	// Alerts and Shadow are the alert events (read by notify) and the
+	// devices' shadow requests (written by the bridge, read by the shadow
+	// consumer); NotifyGroup and ShadowGroup the groups of their readers.
+	Alerts, Shadow           string
+	NotifyGroup, ShadowGroup string
 	// TransactionalIDPrefix starts every processor's transactional id
 	// (processor.Config.TransactionalID).
 	TransactionalIDPrefix string
@@ -105,10 +110,12 @@ const (
 	StageProcessor     = "processor"
 	StageSinkLake      = "sink-lake"
 	StageSinkTimescale = "sink-timescale"
+	StageNotify        = "notify"
+	StageShadow        = "shadow-consumer"
 )
 
 // Stages lists the stages that have a principal, in pipeline order.
-var Stages = []string{StageBridge, StageProcessor, StageSinkLake, StageSinkTimescale}
+var Stages = []string{StageBridge, StageProcessor, StageSinkLake, StageSinkTimescale, StageNotify, StageShadow}
 
 // StagePrincipals returns each stage's principal with only what it needs:
 //   - bridge: write raw and dlq (dead letters, unexpected topics included);
@@ -116,7 +123,10 @@ var Stages = []string{StageBridge, StageProcessor, StageSinkLake, StageSinkTimes
 //     write metrics, readings, dlq and the changelog; its consumer group;
 //     its transactional ids;
 //   - sink lake and sink timescale: read readings and metrics, their
-//     group; write dlq (records that do not decode).
+//     group; write dlq (records that do not decode);
+//   - notify: read alerts, its group; write dlq;
+//   - shadow consumer: read the shadow topic, its group;
+//   - the bridge also writes the shadow topic (its shadow route).
 //
 // Stages without credentials in users are left out; a topic named "" or
 // "-" (not used) is left out.
@@ -130,13 +140,24 @@ func StagePrincipals(n PipelineNames, users map[string]Credentials) []Principal 
 		}
 		return gs
 	}
+	groups := func(names ...string) []Grant {
+		var gs []Grant
+		for _, g := range names {
+			if g != "" {
+				gs = append(gs, GroupRead(g))
+			}
+		}
+		return gs
+	}
 	grants := map[string][]Grant{
-		StageBridge: topics(TopicWrite, n.Raw, n.DLQ),
+		StageBridge: topics(TopicWrite, n.Raw, n.DLQ, n.Shadow),
 		StageProcessor: slices.Concat(topics(TopicRead, n.Raw, n.Changelog), topics(TopicDescribeConfigs, n.Raw),
 			topics(TopicWrite, n.Metrics, n.Readings, n.DLQ, n.Changelog),
 			[]Grant{GroupRead(n.ProcessorGroup), TransactionalIDPrefix(n.TransactionalIDPrefix)}),
 		StageSinkLake:      slices.Concat(topics(TopicRead, n.Readings, n.Metrics), topics(TopicWrite, n.DLQ), []Grant{GroupRead(n.LakeGroup)}),
 		StageSinkTimescale: slices.Concat(topics(TopicRead, n.Readings, n.Metrics), topics(TopicWrite, n.DLQ), []Grant{GroupRead(n.TimescaleGroup)}),
+		StageNotify:        slices.Concat(topics(TopicRead, n.Alerts), topics(TopicWrite, n.DLQ), groups(n.NotifyGroup)),
+		StageShadow:        slices.Concat(topics(TopicRead, n.Shadow), groups(n.ShadowGroup)),
 	}
 	var out []Principal
 	for _, st := range Stages {

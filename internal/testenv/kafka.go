@@ -29,10 +29,12 @@ const (
 	// Admin is the super user of the services (IOTPIPE_KAFKA_SASL_*).
 	Admin = "admin"
 	// The stages' test principals (IOTPIPE_KAFKA_<STAGE>_PASSWORD).
-	Bridge        = kafkaacl.StageBridge
-	Processor     = kafkaacl.StageProcessor
-	SinkLake      = kafkaacl.StageSinkLake
-	SinkTimescale = kafkaacl.StageSinkTimescale
+	Bridge         = kafkaacl.StageBridge
+	Processor      = kafkaacl.StageProcessor
+	SinkLake       = kafkaacl.StageSinkLake
+	SinkTimescale  = kafkaacl.StageSinkTimescale
+	Notify         = kafkaacl.StageNotify
+	ShadowConsumer = kafkaacl.StageShadow
 )
 
 // KafkaSecurity is how the services' Kafka is reached besides its brokers.
@@ -182,6 +184,7 @@ func (e *Env) ensureTestPrincipals(t testing.TB) {
 	ps := kafkaacl.StagePrincipals(kafkaacl.PipelineNames{
 		Raw: "*", Readings: "*", Metrics: "*", DLQ: "*", Changelog: "*",
 		ProcessorGroup: "*", LakeGroup: "*", TimescaleGroup: "*",
+		Alerts: "*", Shadow: "*", NotifyGroup: "*", ShadowGroup: "*",
 		TransactionalIDPrefix: "iotpipe-processor.", // processor.Config.TransactionalID
 	}, users)
 	admin := e.KafkaConfig(t, Admin)

@@ -33,14 +33,14 @@ type pkg struct {
 }
 
 // sharedRoots are the top-level trees that hold no stage.
-var sharedRoots = []string{"internal", "schemas", "registry", "alerting", "cmd", "bench", "test", "deploy", "scripts"}
+var sharedRoots = []string{"internal", "schemas", "registry", "alerting", "shadow", "cmd", "bench", "test", "deploy", "scripts"}
 
 // domainRoots are the shared trees stages may import: plumbing (internal),
 // wire formats (schemas) and shared domain code (registry: devices,
 // groups, certificates; alerting: alert rules and the pure evaluation core
-// shared by the alert stage, notify and the API; DESIGN.md "Layout
-// direction").
-var domainRoots = []string{"internal", "schemas", "registry", "alerting"}
+// shared by the alert stage, notify and the API; shadow: device shadows and
+// their outbox; DESIGN.md "Layout direction").
+var domainRoots = []string{"internal", "schemas", "registry", "alerting", "shadow"}
 
 // rel is the path of p inside module mod ("" when p is not in it).
 func rel(mod, p string) (string, bool) {

@@ -159,15 +159,19 @@ func TestACLBindsTopicsToCertificates(t *testing.T) {
 	if got := users["iotpipe-bridge"]; !slices.Contains(got, "read devices/#") {
 		t.Errorf("the bridge's identity iotpipe-bridge: %q, want read devices/#", got)
 	}
+	// Towards devices only the API's relay writes, and only the topics a
+	// device reads: its configuration and its shadow answers.
+	apiWrites := []string{"write devices/+/config", "write devices/+/shadow/update/delta", "write devices/+/shadow/update/accepted",
+		"write devices/+/shadow/update/rejected", "write devices/+/shadow/get/accepted"}
 	for u, rules := range users {
 		for _, r := range rules {
-			if !strings.HasPrefix(r, "read ") {
-				t.Errorf("acl: user %s may %q: only devices write, each on its own topics", u, r)
+			if !strings.HasPrefix(r, "read ") && !(u == "iotpipe-api" && slices.Contains(apiWrites, r)) {
+				t.Errorf("acl: user %s may %q: only devices write telemetry, each on its own topics, and the API's relay their configuration and shadow answers", u, r)
 			}
 		}
 	}
-	if len(users) != 1 {
-		t.Errorf("acl: users %v, want only iotpipe-bridge (password users live in acl-passwords, used with MQTT_PLAINTEXT=1)", keys(users))
+	if got := keys(users); !slices.Equal(got, []string{"iotpipe-api", "iotpipe-bridge"}) {
+		t.Errorf("acl: users %v, want iotpipe-api and iotpipe-bridge (password users live in acl-passwords, used with MQTT_PLAINTEXT=1)", got)
 	}
 }
 

@@ -1,4 +1,4 @@
--- 0016_notify (both flavors): the notify stage's durable queue. A row of
+-- 0011_notify (both flavors): the notify stage's durable queue. A row of
 -- notifications is one (alert event, recipient), inserted exactly once: in
 -- the transaction that also moves the stage's Kafka offsets in
 -- notify_offsets (as the TimescaleDB sink does with sink_offsets). Every

@@ -1,4 +1,4 @@
--- 0015_alerts (both flavors): threshold alert rules, the alert events the
+-- 0010_alerts (both flavors): threshold alert rules, the alert events the
 -- alert stage emits (written by the TimescaleDB sink, unique on event_id)
 -- and the alerts_active view. Rules are written by the registry role
 -- ({{.Registry}}: iotpipe alerts rules ..., later the API) and read by the

@@ -1,0 +1,34 @@
+// Package api is the iotpipe api stage: the device registry, device
+// shadows and device configuration over a versioned REST API (/v1/...),
+// and the relay that publishes the shadow outbox to devices over MQTT.
+//
+// # Contracts
+//
+//   - Routing is the standard library's; the route table (API.Routes)
+//     and openapi.json (OpenAPI 3.1, served at /v1/openapi.json) describe
+//     the same routes, roles and responses (checked by a test).
+//   - Every error is an RFC 9457 problem details object
+//     (application/problem+json) with a machine-readable code.
+//   - Authentication: bearer tokens (iotp_<id>_<secret>) of the
+//     api_tokens table, stored as SHA-256 of the secret, refused once
+//     revoked or expired. Authorisation: each route needs a role
+//     (viewer < operator < admin). Requests per token are rate-limited
+//     (429 with Retry-After).
+//   - Writes to a shadow or a device need If-Match with the ETag (the
+//     version) read before: 428 without it, 412 when another write came
+//     first (version_conflict, with the current version). Of concurrent
+//     writes with the same If-Match exactly one succeeds.
+//   - Documents over a limit (size, depth, keys) are 413 too_large and
+//     change nothing; a body that is not a JSON object is 400 malformed.
+//   - List endpoints are ordered by id and paged with limit/after (the
+//     page's next cursor): a page never skips or repeats an item that
+//     existed throughout the walk.
+//   - Every shadow change commits its MQTT messages to the outbox in the
+//     same transaction; the Relay publishes them at QoS 1, in order per
+//     device, at least once, also after a crash between commit and
+//     publish (see Relay).
+//   - Run serves HTTPS with the configured certificate (plain HTTP only
+//     with Insecure); on cancel it stops taking requests, lets those in
+//     flight finish within ShutdownTimeout, stops the relay and returns
+//     nil.
+package api
