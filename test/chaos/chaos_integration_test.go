@@ -1,4 +1,4 @@
-//go:build integration && failover
+//go:build integration
 
 // Package chaos runs the whole pipeline on services of its own (Mosquitto,
 // a three-broker Kafka, PostgreSQL, versitygw) under a fleet that sends
