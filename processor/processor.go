@@ -362,6 +362,18 @@ func (p *Processor) session(ctx context.Context, first bool) error {
 		p.ready.Store(false)
 	}()
 	adm := kadm.NewClient(sess.Client())
+	// Initialise the transactional producer before restoring anything: it
+	// fences the predecessor (an earlier session or process with this
+	// transactional id) and has its open transaction aborted, or finished
+	// if it was committing. The changelog (read read_committed) and the
+	// committed offsets are then final at once instead of held until the
+	// transaction timeout.
+	if _, _, err := sess.Client().ProducerID(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return &sessionError{fmt.Errorf("initialise the transactional producer: %w", err)}
+	}
 	if first {
 		p.devRetention = p.rawRetention(ctx, adm)
 		p.log.Info("processor started", "group", p.cfg.Group, "instance", p.cfg.InstanceID,
