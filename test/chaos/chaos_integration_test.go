@@ -139,10 +139,16 @@ func TestChaos(t *testing.T) {
 		// Mosquitto 2.0.x drops shared subscriptions when it restarts (see
 		// bridge/doc.go), and devices would get "no matching subscribers".
 		"bridge": {"bridge", "--topic-template", template, "--mqtt-plain-subscription", "--mqtt-client-id", id + "-bridge"},
-		// Lateness covers the outages of the schedule (a Kafka broker:
-		// about 25 s on 2 cores), so held-up readings are not late.
+		// Lateness and the idle timeout cover the outages of the schedule
+		// (a Kafka broker: about 25 s on 2 cores), so held-up readings are
+		// not late. The processor takes a device that sent nothing for
+		// the idle timeout (its own wall clock) as silent: with 5 s, an
+		// out-of-order reading or a redelivered copy at the head of a
+		// backlog held up by a Mosquitto restart or a broker kill was
+		// dead-lettered as late (12 readings sent on time in a run at a
+		// load average of 30).
 		"processor": {"processor", "--group", id + "-processor", "--instance-id", id + "-p1",
-			"--window", "5s", "--lateness", "20s", "--idle-timeout", "5s", "--commit-interval", "300ms"},
+			"--window", "5s", "--lateness", "20s", "--idle-timeout", "20s", "--commit-interval", "300ms"},
 		"sink timescale": {"sink", "timescale", "--group", id + "-sink-ts", "--instance-id", id + "-ts1", "--batch-delay", "300ms"},
 		"sink lake":      {"sink", "lake", "--group", id + "-sink-lake", "--instance-id", id + "-lake1", "--max-age", "2s"},
 	}}
