@@ -120,7 +120,13 @@
 // any of its input is processed; changelogs written by the per-partition
 // watermark version are read too. When a transaction does not commit, all
 // in-memory state is discarded and restored the same way, so the state
-// always matches the committed offsets. ARCHITECTURE.md at the repository
+// always matches the committed offsets. When ending a transaction fails
+// (its coordinator unreachable beyond the client's retries, as when its
+// broker dies), whether it committed is unknown: the processor then starts
+// a new Kafka session, as a restarted process would (it fences the old
+// producer, takes the offsets the broker committed and restores the state),
+// and fails only after 10 such sessions in a row without a commit.
+// ARCHITECTURE.md at the repository
 // root explains why nothing is lost or counted twice across SIGKILL,
 // rebalances and zombie instances.
 //

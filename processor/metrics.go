@@ -30,6 +30,7 @@ type metrics struct {
 	restoredRecs   prometheus.Counter
 	partitions     prometheus.Gauge
 	watermarkLag   prometheus.Gauge
+	sessions       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,10 +62,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		restoredRecs:   prometheus.NewCounter(prometheus.CounterOpts(f("restored_records_total", "Changelog records read while restoring state."))),
 		partitions:     prometheus.NewGauge(prometheus.GaugeOpts(f("partitions_assigned", "Input partitions this process owns."))),
 		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest device watermark of the owned partitions."))),
+		sessions:       prometheus.NewCounter(prometheus.CounterOpts(f("session_restarts_total", "Kafka sessions thrown away after a transaction whose end failed (outcome unknown) or a failed state restore; the next session resumes from the committed offsets with the state restored, as a restarted process does."))),
 	}
 	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.seqResets, m.ignoredFields, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
 		m.deviceWindows, m.devices, m.stateBytes, m.capReached, m.capEvents, m.txns, m.txnSeconds, m.changelogBytes,
-		m.restoreSeconds, m.restoredRecs, m.partitions, m.watermarkLag)
+		m.restoreSeconds, m.restoredRecs, m.partitions, m.watermarkLag, m.sessions)
 	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord, schemas.ReasonTimestampSkew} {
 		m.dropped.WithLabelValues(string(r))
 	}

@@ -169,8 +169,10 @@ type Processor struct {
 	// produceFailures counts consecutive transactions aborted because a
 	// record could not be produced; at maxProduceFailures Run fails.
 	produceFailures int
-	ready           atomic.Bool
-	bytesKey        float64
+	// commits counts the transactions committed (main loop only).
+	commits  int
+	ready    atomic.Bool
+	bytesKey float64
 	// devRetention is how long a silent device's state is kept: the raw
 	// topic's retention, read at start (main loop only).
 	devRetention time.Duration
@@ -286,17 +288,23 @@ func (p *Processor) unassign(m map[string][]int32, why string) {
 // commits every polled offset). When a transaction does not commit, the
 // in-memory state is thrown away and rebuilt from the changelog, which
 // then matches the committed offsets again.
+//
+// When ending a transaction fails (its coordinator stayed unreachable
+// longer than the client's retries, e.g. while a broker dies and its
+// transaction-state partitions move), whether it committed is unknown:
+// the client's idea of the committed offsets may be behind what the
+// broker holds. loop then throws the whole Kafka session away and starts
+// a new one, exactly as a restarted process would: the new producer
+// (same transactional id) fences the old one and has the open
+// transaction finished or aborted, the group hands the partitions back
+// with the offsets the broker committed, and the state is restored from
+// the committed changelog. After maxSessionRestarts sessions in a row
+// without a commit, Run fails.
 func (p *Processor) loop(ctx context.Context) error {
-	sess, err := kgo.NewGroupTransactSession(p.sessionOpts()...)
-	if err != nil {
-		return fmt.Errorf("kafka client: %w", err)
-	}
-	adm := kadm.NewClient(sess.Client())
 	defer func() {
 		// Soft stop, step 2: leave the group so that the partitions move
 		// to the other instances now rather than after the session
 		// timeout (static members do not leave on close by themselves).
-		sess.Close()
 		lctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
 		defer cancel()
 		lcl, err := kgo.NewClient(p.cfg.Kafka.Opts()...)
@@ -308,12 +316,84 @@ func (p *Processor) loop(ctx context.Context) error {
 		}
 		p.log.Info("left the group", "group", p.cfg.Group, "instance", p.cfg.InstanceID)
 	}()
-	p.devRetention = p.rawRetention(ctx, adm)
-	p.log.Info("processor started", "group", p.cfg.Group, "instance", p.cfg.InstanceID,
-		"transactional_id", p.cfg.TransactionalID(), "input", p.cfg.Topics.Raw, "readings", p.cfg.Topics.Readings, "window", p.cfg.Window.Size,
-		"lateness", p.cfg.Window.Lateness, "idle_timeout", p.cfg.Window.IdleTimeout, "max_future_skew", p.cfg.Window.MaxFutureSkew,
-		"device_retention", p.devRetention)
+	for restarts := 0; ; {
+		commits := p.commits
+		err := p.session(ctx, restarts == 0 && commits == 0)
+		var se *sessionError
+		if err == nil || !errors.As(err, &se) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return se.err // the shutdown commit failed: its outcome is unknown
+		}
+		if p.commits > commits {
+			restarts = 0
+		}
+		restarts++
+		if restarts > maxSessionRestarts {
+			return fmt.Errorf("%d Kafka sessions in a row ended without a commit, last: %w", restarts, se.err)
+		}
+		wait := min(time.Duration(1<<(restarts-1))*time.Second, 30*time.Second)
+		p.m.sessions.Inc()
+		p.log.Warn("starting a new Kafka session: it resumes from the committed offsets with the state restored from the changelog",
+			"err", se.err, "attempt", restarts, "of", maxSessionRestarts, "in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
 
+// maxSessionRestarts bounds the Kafka sessions thrown away in a row (no
+// commit in between); with the waits between them (1 s doubling up to
+// 30 s), about 3.5 minutes of a cluster that cannot end a transaction.
+const maxSessionRestarts = 10
+
+// sessionError is an error after which the Kafka session is thrown away
+// and a new one started (see loop).
+type sessionError struct{ err error }
+
+func (e *sessionError) Error() string { return e.err.Error() }
+func (e *sessionError) Unwrap() error { return e.err }
+
+// session runs turns on one Kafka session (client, group membership,
+// transactional producer) until ctx ends or an error.
+func (p *Processor) session(ctx context.Context, first bool) error {
+	sess, err := kgo.NewGroupTransactSession(p.sessionOpts()...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer func() {
+		sess.Close()
+		// What this session was given and restored is not the next
+		// session's: it gets its partitions (and their state) anew.
+		p.mu.Lock()
+		clear(p.assigned)
+		p.mu.Unlock()
+		p.dropAll("kafka session closed")
+		p.ready.Store(false)
+	}()
+	adm := kadm.NewClient(sess.Client())
+	// Initialise the transactional producer before restoring anything: it
+	// fences the predecessor (an earlier session or process with this
+	// transactional id) and has its open transaction aborted, or finished
+	// if it was committing. The changelog (read read_committed) and the
+	// committed offsets are then final at once instead of held until the
+	// transaction timeout.
+	if _, _, err := sess.Client().ProducerID(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return &sessionError{fmt.Errorf("initialise the transactional producer: %w", err)}
+	}
+	if first {
+		p.devRetention = p.rawRetention(ctx, adm)
+		p.log.Info("processor started", "group", p.cfg.Group, "instance", p.cfg.InstanceID,
+			"transactional_id", p.cfg.TransactionalID(), "input", p.cfg.Topics.Raw, "readings", p.cfg.Topics.Readings, "window", p.cfg.Window.Size,
+			"lateness", p.cfg.Window.Lateness, "idle_timeout", p.cfg.Window.IdleTimeout, "max_future_skew", p.cfg.Window.MaxFutureSkew,
+			"device_retention", p.devRetention)
+	}
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -322,10 +402,10 @@ func (p *Processor) loop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return err
+			return &sessionError{err}
 		}
 		if err := sess.Begin(); err != nil {
-			return fmt.Errorf("begin transaction (transactional id %s, group %s): %w", p.cfg.TransactionalID(), p.cfg.Group, err)
+			return &sessionError{fmt.Errorf("begin transaction (transactional id %s, group %s): %w", p.cfg.TransactionalID(), p.cfg.Group, err)}
 		}
 		stop, err := p.turn(ctx, sess, adm)
 		if err != nil {
@@ -404,7 +484,7 @@ func (p *Processor) turn(ctx context.Context, sess *kgo.GroupTransactSession, ad
 			if ctx.Err() != nil {
 				return true, nil
 			}
-			return false, rerr
+			return false, &sessionError{rerr}
 		}
 		p.ready.Store(true)
 		if ctx.Err() != nil || !p.now().Before(deadline) {
@@ -437,12 +517,12 @@ func (p *Processor) turn(ctx context.Context, sess *kgo.GroupTransactSession, ad
 	}
 	committed, err := p.endTxn(sess, want, ctx)
 	if err != nil {
-		return false, err
+		return false, &sessionError{err}
 	}
 	if committed {
+		p.commits++
 		p.progress.CommittedAll()
-	}
-	if !committed {
+	} else {
 		p.dropAll("transaction aborted")
 	}
 	if p.produceFailures >= maxProduceFailures {

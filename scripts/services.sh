@@ -32,6 +32,8 @@
 # <state>/kafka/node-i. `up kafka` (re)starts the nodes that are not running and waits until every
 # broker is in the cluster metadata; `down kafka` stops all; `status kafka` lists each node; `env` gives
 # every broker in IOTPIPE_KAFKA_BROKERS. A running cluster keeps its node count until `down kafka`.
+# `up kafka` waits IOTPIPE_KAFKA_START_TIMEOUT seconds (default 90, 240 for a cluster: a node restarted
+# on a loaded 2-core machine has taken 95 s to be listed by every broker).
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +326,9 @@ wait_ready() {
       return 0
     fi
     if (($(now) >= deadline)); then
+      if [[ $svc == kafka ]] && kafka_multi; then
+        fail_start "$svc" "not every node of $(kafka_brokers) lists all $KAFKA_N brokers after ${timeout}s"
+      fi
       fail_start "$svc" "not answering on $HOST:$(svc_port "$svc") after ${timeout}s"
     fi
     sleep 0.5
@@ -1840,7 +1845,11 @@ cmd_up() {
       [[ ${to_wait[$i]} == "$w" ]] || continue
       svc=$w
     case $svc in
-      kafka) timeout=180 ;; # JVMs (three for a cluster) on a small, busy machine
+      kafka)
+        # JVMs (three for a cluster) on a small, busy machine.
+        timeout=${IOTPIPE_KAFKA_START_TIMEOUT:-180}
+        if kafka_multi; then timeout=${IOTPIPE_KAFKA_START_TIMEOUT:-240}; fi
+        ;;
       postgres) timeout=60 ;;
       mqtt) timeout=60 ;;
       *) timeout=30 ;;
@@ -2040,6 +2049,8 @@ cmd_logs() {
 main() {
   check_port_value IOTPIPE_MQTT_PORT "$MQTT_PORT"
   check_port_value IOTPIPE_KAFKA_PORT "$KAFKA_PORT"
+  [[ ${IOTPIPE_KAFKA_START_TIMEOUT:-90} =~ ^[1-9][0-9]{0,4}$ ]] ||
+    die "IOTPIPE_KAFKA_START_TIMEOUT=${IOTPIPE_KAFKA_START_TIMEOUT}: want a number of seconds (1-99999)"
   check_port_value IOTPIPE_KAFKA_CONTROLLER_PORT "$KAFKA_CONTROLLER_PORT"
   check_port_value IOTPIPE_PG_PORT "$PG_PORT"
   check_port_value IOTPIPE_S3_PORT "$S3_PORT"

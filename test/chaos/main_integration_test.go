@@ -1,4 +1,4 @@
-//go:build integration && failover
+//go:build integration
 
 package chaos
 

@@ -1,4 +1,4 @@
-//go:build integration && failover
+//go:build integration
 
 // Package kafka3 runs the pipeline on a three-broker Kafka cluster of its
 // own (scripts/services.sh with IOTPIPE_KAFKA_NODES=3: replication factor

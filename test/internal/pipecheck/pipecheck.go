@@ -496,30 +496,95 @@ func CountRecords(t *testing.T, ctx context.Context, env *testenv.Env, topic str
 }
 
 // DrainTopic reads topic from the start, read committed, with a new client
-// and Drain. A fresh client on a cluster that lost a broker has been seen
-// to read nothing for 30 s (under -race only; not diagnosed): when it read
-// nothing while the topic holds records, it tries again with another
-// client, three times at most.
+// and Drain, decoding lz4 with Decompressor (franz-go's default takes
+// minutes for a raw topic under -race). When it read nothing while the
+// topic holds records, it logs what the cluster says about the topic
+// (leaders, ISRs, start and end offsets) and the client's own debug log,
+// and tries again with another client, three times at most.
 func DrainTopic(t *testing.T, ctx context.Context, env *testenv.Env, topic string, fn func(*kgo.Record)) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
+		klog := &syncBuffer{}
+		start := time.Now()
 		cl := env.Kafka(t, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-			kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+			kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.WithDecompressor(Decompressor),
+			kgo.WithLogger(kgo.BasicLogger(klog, kgo.LogLevelDebug, func() string {
+				return time.Since(start).Round(time.Millisecond).String() + " "
+			})))
 		n := 0
 		Drain(t, ctx, cl, func(r *kgo.Record) { n++; fn(r) })
 		cl.Close()
-		if n > 0 || attempt == 3 {
+		if n > 0 {
 			return
+		}
+		adm := kadm.NewClient(env.Kafka(t))
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		ends, err := adm.ListEndOffsets(lctx, topic)
+		cancel()
+		if err == nil {
+			err = ends.Error()
 		}
 		var end int64
-		for _, o := range EndOffsets(ctx, kadm.NewClient(env.Kafka(t)), topic) {
-			end += o
+		ends.Each(func(o kadm.ListedOffset) { end += o.Offset })
+		if err == nil && end == 0 {
+			return // empty
 		}
-		if end == 0 {
+		t.Logf("read nothing of %s, which holds records up to %d offsets (list offsets: %v); the cluster says:\n%s\nthe client's log (last 200 lines):\n%s",
+			topic, end, err, DescribeTopic(ctx, adm, topic), tailLines(klog.String(), 200))
+		if attempt == 3 {
 			return
 		}
-		t.Logf("read nothing of %s, which holds records up to %d offsets; trying again with a new client", topic, end)
+		t.Logf("trying again with a new client")
 	}
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// DescribeTopic says, for a diagnosis, which brokers the cluster lists and,
+// per partition of topic, the leader, its epoch, the replicas, the ISR and
+// the start and end offsets.
+func DescribeTopic(ctx context.Context, adm *kadm.Client, topic string) string {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var b strings.Builder
+	md, err := adm.Metadata(ctx, topic)
+	if err != nil {
+		return fmt.Sprintf("metadata: %v", err)
+	}
+	for _, br := range md.Brokers {
+		fmt.Fprintf(&b, "broker %d %s:%d\n", br.NodeID, br.Host, br.Port)
+	}
+	fmt.Fprintf(&b, "controller %d\n", md.Controller)
+	starts, serr := adm.ListStartOffsets(ctx, topic)
+	ends, eerr := adm.ListEndOffsets(ctx, topic)
+	td := md.Topics[topic]
+	if td.Err != nil {
+		fmt.Fprintf(&b, "topic %s: %v\n", topic, td.Err)
+	}
+	for _, p := range td.Partitions.Sorted() {
+		fmt.Fprintf(&b, "%s/%d leader %d epoch %d replicas %v isr %v", topic, p.Partition, p.Leader, p.LeaderEpoch, p.Replicas, p.ISR)
+		if p.Err != nil {
+			fmt.Fprintf(&b, " err %v", p.Err)
+		}
+		if serr == nil {
+			if o, ok := starts.Lookup(topic, p.Partition); ok {
+				fmt.Fprintf(&b, " start %d (%v)", o.Offset, o.Err)
+			}
+		}
+		if eerr == nil {
+			if o, ok := ends.Lookup(topic, p.Partition); ok {
+				fmt.Fprintf(&b, " end %d (%v)", o.Offset, o.Err)
+			}
+		}
+		b.WriteString("\n")
+	}
+	if serr != nil || eerr != nil {
+		fmt.Fprintf(&b, "list offsets: %v %v\n", serr, eerr)
+	}
+	return b.String()
 }
 
 // CheckMetrics compares device_metrics with the recomputation: every
