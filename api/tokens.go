@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -177,10 +176,4 @@ func (t *Tokens) Authenticate(ctx context.Context, bearer string) (Token, error)
 		_, _ = t.pool.Exec(ctx, "UPDATE "+t.rel()+" SET last_used_at = now() WHERE token_id = $1", id) // best effort
 	}
 	return k, nil
-}
-
-// isUndefinedTable reports a missing table (42P01).
-func isUndefinedTable(err error) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "42P01"
 }

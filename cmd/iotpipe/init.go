@@ -249,6 +249,7 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 				Configs: map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
 					"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}},
 		},
+		Principals:          o.principals(),
 		PostgresDSN:         o.pgDSN,
 		Migrations:          mopts,
 		S3:                  o.s3.c,

@@ -102,7 +102,7 @@ func BenchmarkShadowLatency(b *testing.B) {
 	if _, err := pub.Connect(testenv.Context(t, 10*time.Second), &paho.Connect{ClientID: testenv.Name(t, "pub"), CleanStart: true, KeepAlive: 30}); err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Disconnect(&paho.Disconnect{})
+	defer func() { _ = pub.Disconnect(&paho.Disconnect{}) }()
 
 	for _, rate := range []int{100, 1000} {
 		lat.got, base.got = nil, nil
