@@ -323,6 +323,11 @@ func (p *Processor) loop(ctx context.Context) error {
 		if err == nil || !errors.As(err, &se) {
 			return err
 		}
+		if kafkax.IsSecurity(se.err) {
+			// A denied ACL, a wrong password, an untrusted certificate: a
+			// new session cannot cure it. Stop, naming the setting.
+			return se.err
+		}
 		if ctx.Err() != nil {
 			return se.err // the shutdown commit failed: its outcome is unknown
 		}

@@ -28,6 +28,7 @@ type aclFixture struct {
 	schema                                 string
 	groups                                 map[string]string // by stage
 	users                                  map[string]kafkaacl.Credentials
+	lakeBucket                             string
 }
 
 func newACLFixture(t *testing.T) *aclFixture {
@@ -58,6 +59,8 @@ func newACLFixture(t *testing.T) *aclFixture {
 		"IOTPIPE_RAW_PARTITIONS": "2", "IOTPIPE_METRICS_PARTITIONS": "2", "IOTPIPE_DLQ_PARTITIONS": "1",
 		"IOTPIPE_PROCESSOR_GROUP": f.groups[kafkaacl.StageProcessor], "IOTPIPE_SINK_LAKE_GROUP": f.groups[kafkaacl.StageSinkLake],
 		"IOTPIPE_SINK_TIMESCALE_GROUP": f.groups[kafkaacl.StageSinkTimescale],
+		"IOTPIPE_NOTIFY_GROUP":         f.groups[kafkaacl.StageNotify], "IOTPIPE_SHADOW_CONSUMER_GROUP": f.groups[kafkaacl.StageShadow],
+		"IOTPIPE_TOPIC_ALERTS": env.Topic(t, 2, nil), "IOTPIPE_TOPIC_SHADOW": env.Topic(t, 2, nil),
 	} {
 		vars[k] = v
 	}
@@ -93,7 +96,7 @@ func (f *aclFixture) as(t *testing.T, stage, who string) []string {
 		"IOTPIPE_MQTT_CLIENT_ID="+f.groups[stage],
 		"IOTPIPE_S3_ENDPOINT="+f.env.S3Config.Endpoint, "IOTPIPE_S3_ACCESS_KEY="+f.env.S3Config.AccessKey,
 		"IOTPIPE_S3_SECRET_KEY="+f.env.S3Config.SecretKey, "IOTPIPE_S3_REGION="+f.env.S3Config.Region,
-		"IOTPIPE_S3_BUCKET="+f.env.S3Config.Bucket,
+		"IOTPIPE_S3_BUCKET="+f.bucket(t), "IOTPIPE_S3_CA_FILE="+f.env.S3Config.CAFile,
 		"IOTPIPE_PG_WRITER_DSN="+f.env.PGWriterDSN, "IOTPIPE_PG_SCHEMA="+f.schema,
 	)...)
 }
@@ -163,4 +166,13 @@ func TestKafkaACLSinkTimescale(t *testing.T) {
 	f.runs(t, "partitions assigned", "sink", "timescale")
 	// The bridge's principal may not read.
 	f.denied(t, kafkaacl.StageBridge, "read (consume) topic", "sink", "timescale")
+}
+
+// bucket is a bucket of this test handed to the lake's S3 key (made on
+// first use).
+func (f *aclFixture) bucket(t *testing.T) string {
+	if f.lakeBucket == "" {
+		f.lakeBucket = f.env.Bucket(t)
+	}
+	return f.lakeBucket
 }
