@@ -77,10 +77,12 @@ func TestSinkCrash(t *testing.T) {
 		f.produce(t, chunk(raw, k, kills+1))
 		f.produce(t, chunk(met, k, kills+1))
 		runRows := int64(2*readings*(k+1)/(kills+1)) - last // readings rows this run can write
-		p := f.sinkProcess(t, "--batch-rows", "50", "--batch-delay", "200ms")
-		// Kill once this run has committed a random part of its rows:
-		// the next batch is then in flight.
-		step := 1 + rand.Int64N(max(1, runRows*9/10))
+		// Batches of 10 rows: a run takes 100 transactions, long enough
+		// on a quiet machine for a kill to land among them.
+		p := f.sinkProcess(t, "--batch-rows", "10", "--batch-delay", "200ms")
+		// Kill once this run has committed a random part of the first half
+		// of its rows: the next batch is then in flight.
+		step := 1 + rand.Int64N(max(1, runRows/2))
 		testenv.Eventually(t, 2*time.Minute, 2*time.Millisecond, func() error {
 			if n := f.count(t, `SELECT count(*) FROM $S.readings`); n < last+step {
 				return fmt.Errorf("run %d: readings = %d, waiting for > %d", k, n, last+step)
