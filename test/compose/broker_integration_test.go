@@ -97,8 +97,17 @@ func composeBroker(t *testing.T, plaintext string) {
 	}
 	defer errFile.Close()
 	broker := exec.Command("sh", scriptPath)
+	// The passwords come from Docker secret files, as in docker-compose.yml.
+	secret := func(name, value string) string {
+		f := filepath.Join(vols, name)
+		if err := os.WriteFile(f, []byte(value+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
 	broker.Env = []string{"PATH=" + filepath.Dir(bin) + ":" + os.Getenv("PATH"), "MQTT_PLAINTEXT=" + plaintext,
-		"MQTT_BRIDGE_USERNAME=svc", "MQTT_BRIDGE_PASSWORD=svc-pw", "MQTT_DEVICE_USERNAME=dev", "MQTT_DEVICE_PASSWORD=dev-pw"}
+		"MQTT_BRIDGE_USERNAME=svc", "MQTT_BRIDGE_PASSWORD_FILE=" + secret("mqtt_bridge_password", "svc-pw"),
+		"MQTT_DEVICE_USERNAME=dev", "MQTT_DEVICE_PASSWORD_FILE=" + secret("mqtt_device_password", "dev-pw")}
 	broker.Stdout, broker.Stderr = errFile, errFile
 	brokerLog := func() string {
 		b, _ := os.ReadFile(logPath)
