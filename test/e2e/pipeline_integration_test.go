@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -172,6 +173,20 @@ func TestPipelineEndToEnd(t *testing.T) {
 	})
 
 	// 5. Every dashboard query runs as Grafana's read-only role and returns rows.
+	// The shadow panel needs a shadow: device 0 is registered and given one
+	// (desired vs reported, one key pending), as iotpipe api and a device
+	// report would write it.
+	dev0 := devicesim.DeviceID("e2e-", 0)
+	sch := pgx.Identifier{schema}.Sanitize()
+	for _, q := range []string{
+		`INSERT INTO ` + sch + `.devices (device_id) VALUES ($1) ON CONFLICT DO NOTHING`,
+		`INSERT INTO ` + sch + `.device_shadows (device_id, desired, reported, version, desired_at, reported_at)
+		 VALUES ($1, '{"config": {"interval_s": 10}, "led": "on"}', '{"config": {"interval_s": 30}, "led": "on"}', 2, now(), now())`,
+	} {
+		if _, err := pg.Exec(ctx, q, dev0); err != nil {
+			t.Fatalf("register %s and give it a shadow: %v", dev0, err)
+		}
+	}
 	reader, err := pgxpool.New(ctx, env.PGReaderDSN)
 	if err != nil {
 		t.Fatal(err)
