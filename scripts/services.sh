@@ -1811,7 +1811,19 @@ cmd_up() {
     if pid=$(svc_pid "$svc"); then
       check_running_port "$svc" "$(svc_port "$svc")"
       if [[ $svc == postgres ]]; then pg_upgrade_running; fi
-      if [[ $svc == s3 ]] && s3_plaintext_running; then
+      if [[ $svc == kafka ]] && [[ $(cat "$STATE_DIR/kafka/security" 2>/dev/null || echo plaintext) != "$KAFKA_SECURITY" ]]; then
+        # A broker of an older checkout (PLAINTEXT) still running: it can never answer the
+        # readiness check of this one. Stop it; the start below formats it for $KAFKA_SECURITY.
+        say "kafka: the running broker (pid $pid) is $(cat "$STATE_DIR/kafka/security" 2>/dev/null || echo plaintext), now $KAFKA_SECURITY; stopping it to start it again"
+        kill_group kafka "$pid" "$(svc_tag kafka)" 60
+        rm -f "$STATE_DIR/kafka/pid"
+        t0=$(now)
+        start_kafka
+        svc_port kafka >"$STATE_DIR/kafka/port"
+        to_wait+=(kafka)
+        started_at+=("$t0")
+        continue
+      elif [[ $svc == s3 ]] && s3_plaintext_running; then
         say "s3: the running versitygw (pid $pid) serves plain http; restarting it with TLS and its IAM"
         kill_group s3 "$pid" "$(svc_tag s3)" 15
         rm -f "$STATE_DIR/s3/pid"
