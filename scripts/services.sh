@@ -1736,8 +1736,11 @@ s3_admin() {
 # s3_provision: the lake sink's user (role "user": no admin API, no bucket creation, only the
 # buckets it owns), idempotently; its secret is reset to the one of this script.
 s3_provision() {
-  local out
-  if s3_admin list-users 2>/dev/null | grep -qw -- "$S3_LAKE_ACCESS"; then
+  local out users
+  # The list first, then grep: with pipefail, `list-users | grep -q` fails whenever grep stops
+  # reading early (SIGPIPE), and an existing user would be created again (XAdminUserExists).
+  users=$(s3_admin list-users 2>/dev/null) || users=
+  if grep -qw -- "$S3_LAKE_ACCESS" <<<"$users"; then
     out=$(s3_admin update-user --access "$S3_LAKE_ACCESS" --secret "$S3_LAKE_SECRET" --role user 2>&1) \
       || fail_start s3 "updating the lake user failed: $out"
   else
