@@ -11,6 +11,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/alerting/rules"
 	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/schemas/migrations"
 )
 
 // ErrConflict: another notify process moved this group's offsets under
@@ -21,9 +22,10 @@ var ErrConflict = errors.New("notify: notify_offsets changed under the batch (an
 var ErrNoSchema = errors.New("the notify tables do not exist (run iotpipe init)")
 
 type store struct {
-	pool  *pgxpool.Pool
-	group string
-	rel   func(string) string
+	pool   *pgxpool.Pool
+	group  string
+	schema string
+	rel    func(string) string
 }
 
 func newStore(cfg *Config) (*store, error) {
@@ -37,12 +39,12 @@ func newStore(cfg *Config) (*store, error) {
 		return nil, fmt.Errorf("database pool: %w", err)
 	}
 	schema := cfg.Schema
-	return &store{pool: pool, group: cfg.Group, rel: func(t string) string { return pgx.Identifier{schema, t}.Sanitize() }}, nil
+	return &store{pool: pool, group: cfg.Group, schema: schema, rel: func(t string) string { return pgx.Identifier{schema, t}.Sanitize() }}, nil
 }
 
 func (s *store) ready(ctx context.Context) error {
-	var ok bool
-	if err := s.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", s.rel("notifications")).Scan(&ok); err != nil {
+	ok, err := migrations.TableExists(ctx, s.pool, s.schema, "notifications")
+	if err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
 	if !ok {

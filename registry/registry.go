@@ -32,6 +32,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/iotpipe/iotpipe/internal/certs"
+	"github.com/iotpipe/iotpipe/schemas/migrations"
 )
 
 // NotifyChannel is the channel of the registry's change notices.
@@ -103,8 +104,8 @@ func Open(ctx context.Context, dsn, schema string) (*Store, error) {
 		return nil, fmt.Errorf("registry: connect: %w", err)
 	}
 	s := &Store{pool: pool, schema: schema}
-	var ok bool
-	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", s.rel("devices")).Scan(&ok); err != nil {
+	ok, err := migrations.TableExists(ctx, pool, schema, "devices")
+	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("registry: connect: %w", err)
 	}

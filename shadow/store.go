@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/iotpipe/iotpipe/schemas/migrations"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -61,8 +62,8 @@ func New(pool *pgxpool.Pool, schema string, l Limits) *Store {
 
 // Check reports ErrNoSchema when the shadow tables do not exist.
 func (s *Store) Check(ctx context.Context) error {
-	var ok bool
-	if err := s.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", s.rel("device_shadows")).Scan(&ok); err != nil {
+	ok, err := migrations.TableExists(ctx, s.pool, s.schema, "device_shadows")
+	if err != nil {
 		return fmt.Errorf("shadow: check tables: %w", err)
 	}
 	if !ok {

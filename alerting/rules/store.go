@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/schemas/migrations"
 )
 
 // NotifyChannel is the PostgreSQL channel of rule change notices.
@@ -44,8 +45,8 @@ func Open(ctx context.Context, dsn, schema string) (*Store, error) {
 		return nil, fmt.Errorf("alert rules: connect: %w", err)
 	}
 	s := &Store{pool: pool, schema: schema}
-	var ok bool
-	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", s.rel("alert_rules")).Scan(&ok); err != nil {
+	ok, err := migrations.TableExists(ctx, pool, schema, "alert_rules")
+	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("alert rules: connect: %w", err)
 	}

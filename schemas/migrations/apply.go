@@ -140,12 +140,26 @@ func apply(ctx context.Context, conn *pgx.Conn, opts Options, c *catalog) (res R
 	return res, nil
 }
 
+// Querier runs a query returning one row: a connection, a pool or a
+// transaction.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// TableExists reports whether schema.table exists: how a store checks that
+// the migration creating its tables has run before it uses them.
+func TableExists(ctx context.Context, q Querier, schema, table string) (bool, error) {
+	var ok bool
+	err := q.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", pgx.Identifier{schema, table}.Sanitize()).Scan(&ok)
+	return ok, err
+}
+
 // readApplied returns the rows of <schema>.schema_migrations by version, or
 // none when the table does not exist.
 func readApplied(ctx context.Context, conn *pgx.Conn, schema string) ([]appliedRow, error) {
 	table := pgx.Identifier{schema, "schema_migrations"}.Sanitize()
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", table).Scan(&exists); err != nil {
+	exists, err := TableExists(ctx, conn, schema, "schema_migrations")
+	if err != nil {
 		return nil, fmt.Errorf("migrations: look up %s: %w", table, err)
 	}
 	if !exists {
