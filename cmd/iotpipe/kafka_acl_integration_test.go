@@ -25,6 +25,7 @@ import (
 type aclFixture struct {
 	env                                    *testenv.Env
 	raw, readings, metrics, dlq, changelog string
+	alerts                                 string
 	schema                                 string
 	groups                                 map[string]string // by stage
 	users                                  map[string]kafkaacl.Credentials
@@ -36,7 +37,7 @@ func newACLFixture(t *testing.T) *aclFixture {
 	env := testenv.Load(t)
 	f := &aclFixture{env: env, raw: env.Topic(t, 2, nil), readings: env.Topic(t, 2, nil), metrics: env.Topic(t, 2, nil),
 		dlq: env.Topic(t, 1, nil), changelog: env.Topic(t, 2, map[string]string{"cleanup.policy": "compact"}),
-		schema: env.Schema(t), groups: map[string]string{}, users: map[string]kafkaacl.Credentials{}}
+		alerts: env.Topic(t, 2, nil), schema: env.Schema(t), groups: map[string]string{}, users: map[string]kafkaacl.Credentials{}}
 	id := testenv.Name(t, "u")
 	vars := map[string]string{}
 	for _, st := range kafkaacl.Stages {
@@ -60,7 +61,7 @@ func newACLFixture(t *testing.T) *aclFixture {
 		"IOTPIPE_PROCESSOR_GROUP": f.groups[kafkaacl.StageProcessor], "IOTPIPE_SINK_LAKE_GROUP": f.groups[kafkaacl.StageSinkLake],
 		"IOTPIPE_SINK_TIMESCALE_GROUP": f.groups[kafkaacl.StageSinkTimescale],
 		"IOTPIPE_NOTIFY_GROUP":         f.groups[kafkaacl.StageNotify], "IOTPIPE_SHADOW_CONSUMER_GROUP": f.groups[kafkaacl.StageShadow],
-		"IOTPIPE_TOPIC_ALERTS": env.Topic(t, 2, nil), "IOTPIPE_TOPIC_SHADOW": env.Topic(t, 2, nil),
+		"IOTPIPE_TOPIC_ALERTS": f.alerts, "IOTPIPE_TOPIC_SHADOW": env.Topic(t, 2, nil),
 	} {
 		vars[k] = v
 	}
@@ -89,7 +90,7 @@ func (f *aclFixture) as(t *testing.T, stage, who string) []string {
 	}
 	return append(testenv.KafkaConfigEnv(c), append(f.env.Environ()[:0:0],
 		raw, "IOTPIPE_TOPIC_READINGS="+f.readings, "IOTPIPE_TOPIC_METRICS="+f.metrics,
-		"IOTPIPE_TOPIC_DLQ="+f.dlq, "IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+f.changelog,
+		"IOTPIPE_TOPIC_DLQ="+f.dlq, "IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+f.changelog, "IOTPIPE_TOPIC_ALERTS="+f.alerts,
 		"IOTPIPE_GROUP="+f.groups[stage], "IOTPIPE_INSTANCE_ID="+f.groups[stage]+"-0",
 		"IOTPIPE_HTTP_ADDR=127.0.0.1:0", "IOTPIPE_LOG_FORMAT=text",
 		"IOTPIPE_MQTT_URL="+f.env.MQTTURL, "IOTPIPE_MQTT_USERNAME="+f.env.MQTTUsername, "IOTPIPE_MQTT_PASSWORD="+f.env.MQTTPassword,

@@ -22,6 +22,8 @@ var sinkTimescaleCmd = stageCmd[timescale.Config, *timescale.Sink]{
                         message the processor accepted; --topic-readings - skips it)
   - telemetry.metrics → device_metrics (window aggregates, upserted: a lower
                         revision never overwrites a higher one) and device_activity.
+  - telemetry.alerts  → alert_events (the alert stage's FIRING/RESOLVED events,
+                        once per event id; --topic-alerts - skips it)
 Rows and the consumed Kafka offsets are committed in the same transaction
 (table sink_offsets); on partition assignment the sink resumes from there.
 Records that do not decode or that the database refuses go to the DLQ topic.
@@ -46,6 +48,7 @@ SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
 		f.Legacy(readingsFlag{c}, "readings", "--readings=false is --topic-readings -")
 		f.String(&c.TopicMetrics, "topic-metrics", "topic of window aggregates and activity records")
 		f.String(&c.TopicDLQ, "topic-dlq", "dead-letter topic for records that do not decode or that the database refuses")
+		f.String(&c.TopicAlerts, "topic-alerts", "topic of alert events (iotpipe alert), written to alert_events once per event id (- to skip); needs schema migration 12 and Kafka READ on the topic")
 		f.Group("PostgreSQL / TimescaleDB")
 		f.Secret(&c.DSN, "pg-writer-dsn", "database URL of the sink's login role, a member of the writer role (not the schema owner)")
 		f.String(&c.Schema, "pg-schema", "schema that holds the tables")
@@ -58,8 +61,8 @@ SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
 	},
 	kafka: func(c *timescale.Config) *kafkax.Config { return &c.Kafka },
 	describe: func(c *timescale.Config, o *service.Options) string {
-		return fmt.Sprintf("kafka %v group %s instance %q, topics readings=%s metrics=%s dlq=%s, postgres schema %s, batch %d rows / %s, http %q",
-			c.Kafka.Describe(), c.Group, c.InstanceID, c.TopicRaw, c.TopicMetrics, c.TopicDLQ, c.Schema, c.BatchRows, c.BatchDelay, listenAddr(o))
+		return fmt.Sprintf("kafka %v group %s instance %q, topics readings=%s metrics=%s alerts=%s dlq=%s, postgres schema %s, batch %d rows / %s, http %q",
+			c.Kafka.Describe(), c.Group, c.InstanceID, c.TopicRaw, c.TopicMetrics, c.TopicAlerts, c.TopicDLQ, c.Schema, c.BatchRows, c.BatchDelay, listenAddr(o))
 	},
 }
 

@@ -91,7 +91,8 @@ type Principal struct {
 type PipelineNames struct {
 	Raw, Readings, Metrics, DLQ, Changelog    string
 	ProcessorGroup, LakeGroup, TimescaleGroup string
-	// Alerts and Shadow are the alert events (read by notify) and the
+	// Alerts and Shadow are the alert events (read by notify and the
+	// TimescaleDB sink) and the
 	// devices' shadow requests (written by the bridge, read by the shadow
 	// consumer); NotifyGroup and ShadowGroup the groups of their readers.
 	Alerts, Shadow           string
@@ -123,7 +124,8 @@ var Stages = []string{StageBridge, StageProcessor, StageSinkLake, StageSinkTimes
 //     write metrics, readings, dlq and the changelog; its consumer group;
 //     its transactional ids;
 //   - sink lake and sink timescale: read readings and metrics, their
-//     group; write dlq (records that do not decode);
+//     group; write dlq (records that do not decode); sink timescale also
+//     reads alerts (into alert_events);
 //   - notify: read alerts, its group; write dlq;
 //   - shadow consumer: read the shadow topic, its group;
 //   - the bridge also writes the shadow topic (its shadow route).
@@ -155,7 +157,7 @@ func StagePrincipals(n PipelineNames, users map[string]Credentials) []Principal 
 			topics(TopicWrite, n.Metrics, n.Readings, n.DLQ, n.Changelog),
 			[]Grant{GroupRead(n.ProcessorGroup), TransactionalIDPrefix(n.TransactionalIDPrefix)}),
 		StageSinkLake:      slices.Concat(topics(TopicRead, n.Readings, n.Metrics), topics(TopicWrite, n.DLQ), []Grant{GroupRead(n.LakeGroup)}),
-		StageSinkTimescale: slices.Concat(topics(TopicRead, n.Readings, n.Metrics), topics(TopicWrite, n.DLQ), []Grant{GroupRead(n.TimescaleGroup)}),
+		StageSinkTimescale: slices.Concat(topics(TopicRead, n.Readings, n.Metrics, n.Alerts), topics(TopicWrite, n.DLQ), []Grant{GroupRead(n.TimescaleGroup)}),
 		StageNotify:        slices.Concat(topics(TopicRead, n.Alerts), topics(TopicWrite, n.DLQ), groups(n.NotifyGroup)),
 		StageShadow:        slices.Concat(topics(TopicRead, n.Shadow), groups(n.ShadowGroup)),
 	}

@@ -16,6 +16,7 @@ const (
 	kindMetric                  // metrics[row]
 	kindActivity                // activity[row]
 	kindInvalid                 // did not decode: DLQ invalid_record
+	kindAlert                   // alerts[row]
 )
 
 // source is one consumed Kafka record and the rows it became.
@@ -58,12 +59,13 @@ type activityKey struct {
 // batch collects decoded records until they are written in one
 // transaction. It is used by one goroutine.
 type batch struct {
-	topicRaw, topicMetrics string
+	topicRaw, topicMetrics, topicAlerts string
 
 	srcs     []source
 	readings []readingRow
 	metrics  []schemas.WindowMetric
 	activity []schemas.Activity
+	alerts   []*schemas.Alert
 	rows     int       // rows to write (metrics and activity before dedup)
 	started  time.Time // when the first record was added
 
@@ -77,9 +79,11 @@ type batch struct {
 	mr   schemas.MetricsRecord
 }
 
-func newBatch(topicRaw, topicMetrics string) *batch {
+// newBatch makes a batch for the topics given; an empty topicRaw or
+// topicAlerts is not consumed.
+func newBatch(topicRaw, topicMetrics, topicAlerts string) *batch {
 	return &batch{
-		topicRaw: topicRaw, topicMetrics: topicMetrics,
+		topicRaw: topicRaw, topicMetrics: topicMetrics, topicAlerts: topicAlerts,
 		metricIdx: map[metricKey]int{}, activityIdx: map[activityKey]int{},
 	}
 }
@@ -92,6 +96,8 @@ func (b *batch) reset() {
 	b.readings = b.readings[:0]
 	b.metrics = b.metrics[:0]
 	b.activity = b.activity[:0]
+	clear(b.alerts)
+	b.alerts = b.alerts[:0]
 	b.rows = 0
 	clear(b.metricIdx)
 	clear(b.activityIdx)
@@ -104,8 +110,17 @@ func (b *batch) add(r *kgo.Record, now time.Time) {
 		b.started = now
 	}
 	s := source{rec: r}
-	switch r.Topic {
-	case b.topicRaw:
+	switch {
+	case r.Topic == b.topicAlerts && b.topicAlerts != "":
+		a, err := schemas.DecodeAlert(r.Value)
+		if err != nil {
+			s.kind, s.err = kindInvalid, err.Error()
+			break
+		}
+		s.kind, s.lo, s.hi = kindAlert, len(b.alerts), len(b.alerts)+1
+		b.alerts = append(b.alerts, a)
+		b.rows++
+	case r.Topic == b.topicRaw:
 		if err := b.raw.Decode(r.Value, &b.r); err != nil {
 			s.kind, s.err = kindInvalid, err.Error()
 			break
@@ -119,7 +134,7 @@ func (b *batch) add(r *kgo.Record, now time.Time) {
 		}
 		s.hi = len(b.readings)
 		b.rows += s.hi - s.lo
-	case b.topicMetrics:
+	case r.Topic == b.topicMetrics:
 		if err := b.mdec.Decode(r.Value, &b.mr); err != nil {
 			s.kind, s.err = kindInvalid, err.Error()
 			break

@@ -123,12 +123,12 @@ func BenchmarkReadings(b *testing.B) {
 	sinkWriteOnce := func(b *testing.B) time.Duration {
 		reset()
 		var batches []*batch
-		bt := newBatch(f.raw, f.metrics)
+		bt := newBatch(f.raw, f.metrics, "")
 		for _, rec := range recs {
 			bt.add(rec, time.Now())
 			if bt.rows >= cfg.BatchRows {
 				batches = append(batches, bt)
-				bt = newBatch(f.raw, f.metrics)
+				bt = newBatch(f.raw, f.metrics, "")
 			}
 		}
 		if !bt.empty() {

@@ -20,6 +20,8 @@ const (
 	DefaultRetryMin        = 200 * time.Millisecond
 	DefaultRetryMax        = 10 * time.Second
 	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultTopicAlerts is the alert stage's output topic.
+	DefaultTopicAlerts = "telemetry.alerts"
 )
 
 // Config configures a Sink. Start from DefaultConfig.
@@ -46,6 +48,11 @@ type Config struct {
 	// re-sends and MQTT redeliveries included). "-" (SkipTopic) skips it:
 	// the readings table is then not written.
 	TopicRaw, TopicMetrics, TopicDLQ string
+	// TopicAlerts is the alert stage's topic of FIRING/RESOLVED events
+	// (schemas.Alert), written to alert_events once per event id; default
+	// DefaultTopicAlerts. "-" (SkipTopic) skips it. Consuming it needs
+	// migration 0012 (iotpipe init) and Kafka READ on the topic.
+	TopicAlerts string
 	// DSN is the database URL of the sink's login role (a member of the
 	// writer role).
 	DSN string
@@ -83,7 +90,8 @@ const DefaultDSN = "postgres://iotpipe_sink@localhost:5432/iotpipe?sslmode=verif
 
 // DefaultConfig returns the documented defaults: the local Kafka and
 // database, group iotpipe-sink-timescale, the host name as static member
-// id, the standard topic names (readings from telemetry.readings), schema iotpipe, batches of 20000 rows or
+// id, the standard topic names (readings from telemetry.readings, alert
+// events from telemetry.alerts), schema iotpipe, batches of 20000 rows or
 // 500 ms.
 func DefaultConfig() Config {
 	return Config{
@@ -94,6 +102,7 @@ func DefaultConfig() Config {
 		TopicRaw:        schemas.TopicReadings,
 		TopicMetrics:    schemas.TopicMetrics,
 		TopicDLQ:        schemas.TopicDLQ,
+		TopicAlerts:     DefaultTopicAlerts,
 		DSN:             DefaultDSN,
 		Schema:          migrations.DefaultSchema,
 		BatchRows:       DefaultBatchRows,
@@ -109,6 +118,9 @@ func DefaultConfig() Config {
 // table.
 func (c *Config) readings() bool { return c.TopicRaw != SkipTopic }
 
+// alerts tells whether the alerts topic is consumed into alert_events.
+func (c *Config) alerts() bool { return c.TopicAlerts != SkipTopic }
+
 // Validate reports every invalid field as a *config.FieldError.
 func (c *Config) Validate() error {
 	var p config.Problems
@@ -122,6 +134,10 @@ func (c *Config) Validate() error {
 		p.Add("TopicRaw", "must differ from the metrics and DLQ topics")
 	}
 	p.Check(c.TopicMetrics == c.TopicDLQ, "TopicDLQ", "must differ from {TopicMetrics}")
+	p.Check(c.TopicAlerts == "", "TopicAlerts", "must not be empty (- skips the topic)")
+	if c.alerts() && (c.TopicAlerts == c.TopicRaw || c.TopicAlerts == c.TopicMetrics || c.TopicAlerts == c.TopicDLQ) {
+		p.Add("TopicAlerts", "must differ from the readings, metrics and DLQ topics")
+	}
 	if c.DSN == "" {
 		p.Add("DSN", "must not be empty")
 	} else if _, err := pgx.ParseConfig(c.DSN); err != nil {

@@ -3,9 +3,10 @@
 // device message once, so that the table counts the same readings as
 // device_metrics (late readings are in neither: they are in the DLQ) — into
 // the readings table (one row per measurement; can be switched off) and telemetry.metrics into device_metrics (window
-// aggregates) and device_activity (per-device window activity), on
-// TimescaleDB or plain PostgreSQL ≥ 15, in the schema created by package
-// migrations.
+// aggregates) and device_activity (per-device window activity), and
+// telemetry.alerts (the alert stage's FIRING/RESOLVED events, can be
+// switched off) into alert_events, on TimescaleDB or plain PostgreSQL ≥ 15,
+// in the schema created by package migrations.
 //
 // # Guarantees
 //
@@ -19,6 +20,13 @@
 //     reading twice), and the offsets are moved with a compare-and-set, so
 //     a zombie consumer that lost its partitions cannot commit overlapping
 //     rows: its transaction fails with ErrConflict and is retried.
+//   - One row per alert event: alert_events is keyed by the event id,
+//     which the alert stage derives from the crossing, so the same
+//     crossing produced twice (by a replay or by the stage) is stored once
+//     (INSERT … ON CONFLICT (event_id) DO NOTHING, counted in
+//     _alert_repeats_total). An alert record that does not decode or
+//     validate (schemas.DecodeAlert) goes to the DLQ with reason
+//     invalid_record and the decoder's error.
 //   - Upserts never roll back: device_metrics and device_activity rows are
 //     replaced only by a higher revision (ON CONFLICT … DO UPDATE … WHERE
 //     revision < EXCLUDED.revision); an equal revision is a replay and
@@ -55,7 +63,7 @@
 //
 // iotpipe_sink_timescale_rows_total{table}, _records_total{topic},
 // _batch_rows, _commit_seconds, _retries_total{cause},
-// _rejected_total{reason}, _replayed_skipped_total, _db_up and
+// _rejected_total{reason}, _replayed_skipped_total, _alert_repeats_total, _db_up and
 // _consumer_lag_records{topic,partition} (internal/kafkax.Progress, with
 // _consumer_lag_seconds and _stalled).
 package timescale

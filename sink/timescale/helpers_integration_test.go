@@ -71,6 +71,7 @@ func (f *fixture) config() Config {
 	c.InstanceID = "" // several sinks of one group run in one process
 	c.Group = f.group
 	c.TopicRaw, c.TopicMetrics, c.TopicDLQ = f.raw, f.metrics, f.dlq
+	c.TopicAlerts = SkipTopic // the shared telemetry.alerts is not this test's; alert tests set their own
 	c.DSN = f.writerDSN
 	c.Schema = f.schema
 	c.BatchDelay = 50 * time.Millisecond

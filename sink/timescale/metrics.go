@@ -11,6 +11,7 @@ const (
 	tableReadings = "readings"
 	tableMetrics  = "device_metrics"
 	tableActivity = "device_activity"
+	tableAlerts   = "alert_events"
 )
 
 // metrics are the sink's Prometheus collectors.
@@ -22,7 +23,9 @@ type metrics struct {
 	retries   *prometheus.CounterVec // failed attempts, by cause
 	rejected  *prometheus.CounterVec // records sent to the DLQ, by reason
 	skipped   prometheus.Counter     // replayed records already in the database
-	dbUp      prometheus.Gauge       // 1 when the last database operation succeeded
+	// alertRepeats counts alert records whose event id was already stored.
+	alertRepeats prometheus.Counter
+	dbUp         prometheus.Gauge // 1 when the last database operation succeeded
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -42,20 +45,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "rejected_total", Help: "Records sent to the dead-letter topic, by reason (invalid_record, db_rejected)."}, []string{"reason"}),
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "replayed_skipped_total", Help: "Records received again that the database already held (offset below sink_offsets); not written twice."}),
+		alertRepeats: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "alert_repeats_total", Help: "Alert records whose event id alert_events already held (a repeat of the same crossing from the alert stage); not stored twice."}),
 		dbUp: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "db_up", Help: "1 when the last database operation succeeded, 0 while the sink is retrying."}),
 	}
 	for _, r := range []schemas.Reason{schemas.ReasonInvalidRecord, schemas.ReasonRejectedByDatabase} {
 		m.rejected.WithLabelValues(string(r))
 	}
-	for _, t := range []string{tableReadings, tableMetrics, tableActivity} {
+	for _, t := range []string{tableReadings, tableMetrics, tableActivity, tableAlerts} {
 		m.rows.WithLabelValues(t)
 	}
 	for _, c := range []string{"database", "dlq", "conflict"} {
 		m.retries.WithLabelValues(c)
 	}
 	if reg != nil {
-		reg.MustRegister(m.records, m.rows, m.batchRows, m.commit, m.retries, m.rejected, m.skipped, m.dbUp)
+		reg.MustRegister(m.records, m.rows, m.batchRows, m.commit, m.retries, m.rejected, m.skipped, m.alertRepeats, m.dbUp)
 	}
 	return m
 }

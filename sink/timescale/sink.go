@@ -17,9 +17,9 @@ import (
 	"github.com/iotpipe/iotpipe/internal/service"
 )
 
-// Sink consumes telemetry.readings and telemetry.metrics and writes readings,
-// device_metrics and device_activity rows, exactly once (see the package
-// documentation).
+// Sink consumes telemetry.readings, telemetry.metrics and telemetry.alerts
+// and writes readings, device_metrics, device_activity and alert_events
+// rows, exactly once (see the package documentation).
 type Sink struct {
 	cfg   Config
 	log   *slog.Logger
@@ -104,7 +104,7 @@ func (s *Sink) Run(ctx context.Context) error {
 
 	// Wait for the database and the schema: no point joining the group
 	// before rows can be written.
-	if err := s.retry(ctx, "database", func() error { return settingProblem(s.st.ready(ctx, s.cfg.Schema)) }); err != nil {
+	if err := s.retry(ctx, "database", func() error { return settingProblem(s.st.ready(ctx, s.cfg.Schema, s.cfg.alerts())) }); err != nil {
 		var fe *config.FieldError
 		if errors.As(err, &fe) {
 			return err
@@ -116,6 +116,9 @@ func (s *Sink) Run(ctx context.Context) error {
 	topics := []string{s.cfg.TopicMetrics}
 	if s.cfg.readings() {
 		topics = append(topics, s.cfg.TopicRaw)
+	}
+	if s.cfg.alerts() {
+		topics = append(topics, s.cfg.TopicAlerts)
 	}
 	opts := []kgo.Opt{
 		kgo.ConsumerGroup(s.cfg.Group),
@@ -140,7 +143,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	s.log.Info("sink started", "group", s.cfg.Group, "topics", topics, "schema", s.cfg.Schema,
 		"batch_rows", s.cfg.BatchRows, "batch_delay", s.cfg.BatchDelay)
 
-	b := newBatch(s.rawTopic(), s.cfg.TopicMetrics)
+	b := newBatch(s.rawTopic(), s.cfg.TopicMetrics, s.alertsTopic())
 	var lastCommit time.Time
 	for {
 		pollCtx, cancel := ctx, context.CancelFunc(func() {})
@@ -215,6 +218,13 @@ func (s *Sink) Run(ctx context.Context) error {
 	return nil
 }
 
+func (s *Sink) alertsTopic() string {
+	if s.cfg.alerts() {
+		return s.cfg.TopicAlerts
+	}
+	return ""
+}
+
 func (s *Sink) rawTopic() string {
 	if s.cfg.readings() {
 		return s.cfg.TopicRaw
@@ -248,7 +258,9 @@ func (s *Sink) flush(ctx context.Context, cl *kgo.Client, b *batch) error {
 	s.m.rows.WithLabelValues(tableReadings).Add(float64(res.readings))
 	s.m.rows.WithLabelValues(tableMetrics).Add(float64(res.metrics))
 	s.m.rows.WithLabelValues(tableActivity).Add(float64(res.activity))
-	s.m.batchRows.Observe(float64(res.readings + res.metrics + res.activity))
+	s.m.rows.WithLabelValues(tableAlerts).Add(float64(res.alerts))
+	s.m.alertRepeats.Add(float64(res.alertRepeats))
+	s.m.batchRows.Observe(float64(res.readings + res.metrics + res.activity + res.alerts))
 	s.m.skipped.Add(float64(res.skipped))
 	for _, r := range res.rejected {
 		s.m.rejected.WithLabelValues(string(r.reason)).Inc()

@@ -28,7 +28,15 @@ var (
 	ErrConflict = errors.New("timescale: sink_offsets changed under the batch (another writer)")
 	// ErrSchemaMissing: the schema has no iotpipe tables; run `iotpipe init`.
 	ErrSchemaMissing = errors.New("timescale: schema is not migrated (run iotpipe init)")
+	// ErrSchemaOld: the schema predates the tables a configured topic is
+	// written to (alert_events' columns of migration 0012); run
+	// `iotpipe init` to upgrade it.
+	ErrSchemaOld = errors.New("timescale: schema is older than this sink needs (run iotpipe init)")
 )
+
+// alertsMigration is the schema version whose alert_events columns the
+// sink writes.
+const alertsMigration = 12
 
 // Staging tables, one set per connection (temporary, emptied on commit).
 const (
@@ -49,6 +57,7 @@ type store struct {
 
 	readings, metricsTbl, activityTbl, offsets pgx.Identifier
 	upsertMetrics, upsertActivity              string
+	insertAlert                                string
 	readOffsets, allOffsets                    string
 	casOffset, insertOffset                    string
 }
@@ -70,6 +79,11 @@ func newStore(cfg *Config) (*store, error) {
 	}
 	s.upsertMetrics = upsertSQL(s.metricsTbl.Sanitize(), stageMetrics, metricCols, "device_id, metric, bucket")
 	s.upsertActivity = upsertSQL(s.activityTbl.Sanitize(), stageActivity, activityCols, "device_id, bucket")
+	s.insertAlert = `INSERT INTO ` + pgx.Identifier{cfg.Schema, "alert_events"}.Sanitize() + ` (event_id, rule_id, rule_version,
+		device_id, metric, state, severity, value, threshold, event_time, fired_event_id, message, kind, statistic, operator,
+		recipients, source_topic, source_partition, source_offset)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULLIF($11, ''), $12, $13, $14, $15, $16, $17, $18, $19)
+		ON CONFLICT (event_id) DO NOTHING`
 	off := s.offsets.Sanitize()
 	s.readOffsets = `SELECT o.topic, o.partition, o.next_offset FROM ` + off + ` o
 		JOIN unnest($2::text[], $3::int[]) AS k(topic, partition) USING (topic, partition)
@@ -113,8 +127,10 @@ func upsertSQL(table, stage string, cols []string, key string) string {
 		table, list, list, stage, key, strings.Join(set, ", "))
 }
 
-// ready checks that the database answers and holds the schema.
-func (s *store) ready(ctx context.Context, schema string) error {
+// ready checks that the database answers and holds the schema, at least
+// at migration 0012 when alerts are consumed (a permanent
+// *config.FieldError on TopicAlerts otherwise: waiting does not cure it).
+func (s *store) ready(ctx context.Context, schema string, alerts bool) error {
 	c, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -126,6 +142,10 @@ func (s *store) ready(ctx context.Context, schema string) error {
 	}
 	if v == 0 {
 		return fmt.Errorf("schema %q: %w", schema, ErrSchemaMissing)
+	}
+	if alerts && v < alertsMigration {
+		return retry.Permanent(&config.FieldError{Field: "TopicAlerts", Err: fmt.Errorf(
+			"schema %q is at version %d, alert events need version %d (or skip the topic with -): %w", schema, v, alertsMigration, ErrSchemaOld)})
 	}
 	return nil
 }
@@ -156,6 +176,8 @@ type rejection struct {
 // writeResult is what one committed batch did.
 type writeResult struct {
 	readings, metrics, activity int // rows written
+	alerts                      int // alert_events rows written
+	alertRepeats                int // alert records whose event id was stored already
 	skipped                     int // records already in the database
 	rejected                    []rejection
 }
@@ -272,12 +294,14 @@ func (s *store) writeIsolating(ctx context.Context, tx pgx.Tx, b *batch, idxs []
 	if err != nil {
 		return fmt.Errorf("savepoint: %w", err)
 	}
-	nr, nm, na, err := s.writeRows(ctx, sp, b, idxs)
+	n, err := s.writeRows(ctx, sp, b, idxs)
 	if err == nil {
 		if err = sp.Commit(ctx); err == nil {
-			res.readings += nr
-			res.metrics += nm
-			res.activity += na
+			res.readings += n.readings
+			res.metrics += n.metrics
+			res.activity += n.activity
+			res.alerts += n.alerts
+			res.alertRepeats += n.alertRepeats
 			return nil
 		}
 	}
@@ -297,9 +321,13 @@ func (s *store) writeIsolating(ctx context.Context, tx pgx.Tx, b *batch, idxs []
 }
 
 // writeRows writes the rows of records idxs: readings by binary COPY,
-// metrics and activity by COPY into the staging tables and one upsert each.
-func (s *store) writeRows(ctx context.Context, tx pgx.Tx, b *batch, idxs []int) (nr, nm, na int, err error) {
+// metrics and activity by COPY into the staging tables and one upsert each,
+// alert events by one INSERT … ON CONFLICT (event_id) DO NOTHING each, sent
+// in one round trip. The counts are in the readings, metrics, activity,
+// alerts and alertRepeats fields of the result.
+func (s *store) writeRows(ctx context.Context, tx pgx.Tx, b *batch, idxs []int) (n writeResult, err error) {
 	var haveR, haveM, haveA bool
+	var ab pgx.Batch
 	for _, i := range idxs {
 		switch b.srcs[i].kind {
 		case kindReading:
@@ -308,42 +336,70 @@ func (s *store) writeRows(ctx context.Context, tx pgx.Tx, b *batch, idxs []int) 
 			haveM = true
 		case kindActivity:
 			haveA = true
+		case kindAlert:
+			src := &b.srcs[i]
+			a := b.alerts[src.lo]
+			rc := a.Recipients
+			if rc == nil {
+				rc = []string{}
+			}
+			ab.Queue(s.insertAlert, a.EventID, a.RuleID, a.RuleVersion, a.DeviceID, a.Metric, string(a.State), a.Severity,
+				a.Value, a.Threshold, a.EventTime, a.FiredEventID, a.Message, a.Kind, a.Statistic, a.Operator,
+				rc, src.rec.Topic, src.rec.Partition, src.rec.Offset)
 		}
 	}
 	if haveR {
-		n, err := tx.CopyFrom(ctx, s.readings, readingCols, &readingSource{b: b, idxs: idxs, vals: make([]any, len(readingCols))})
+		c, err := tx.CopyFrom(ctx, s.readings, readingCols, &readingSource{b: b, idxs: idxs, vals: make([]any, len(readingCols))})
 		if err != nil {
-			return 0, 0, 0, fmt.Errorf("copy readings: %w", err)
+			return n, fmt.Errorf("copy readings: %w", err)
 		}
-		nr = int(n)
+		n.readings = int(c)
 	}
 	if haveM {
 		if _, err := tx.Exec(ctx, "TRUNCATE "+stageMetrics); err != nil {
-			return 0, 0, 0, fmt.Errorf("stage device_metrics: %w", err)
+			return n, fmt.Errorf("stage device_metrics: %w", err)
 		}
-		n, err := tx.CopyFrom(ctx, pgx.Identifier{stageMetrics}, metricCols, &metricSource{b: b, idxs: idxs, vals: make([]any, len(metricCols))})
+		c, err := tx.CopyFrom(ctx, pgx.Identifier{stageMetrics}, metricCols, &metricSource{b: b, idxs: idxs, vals: make([]any, len(metricCols))})
 		if err != nil {
-			return 0, 0, 0, fmt.Errorf("stage device_metrics: %w", err)
+			return n, fmt.Errorf("stage device_metrics: %w", err)
 		}
 		if _, err := tx.Exec(ctx, s.upsertMetrics); err != nil {
-			return 0, 0, 0, fmt.Errorf("upsert device_metrics: %w", err)
+			return n, fmt.Errorf("upsert device_metrics: %w", err)
 		}
-		nm = int(n)
+		n.metrics = int(c)
 	}
 	if haveA {
 		if _, err := tx.Exec(ctx, "TRUNCATE "+stageActivity); err != nil {
-			return 0, 0, 0, fmt.Errorf("stage device_activity: %w", err)
+			return n, fmt.Errorf("stage device_activity: %w", err)
 		}
-		n, err := tx.CopyFrom(ctx, pgx.Identifier{stageActivity}, activityCols, &activitySource{b: b, idxs: idxs, vals: make([]any, len(activityCols))})
+		c, err := tx.CopyFrom(ctx, pgx.Identifier{stageActivity}, activityCols, &activitySource{b: b, idxs: idxs, vals: make([]any, len(activityCols))})
 		if err != nil {
-			return 0, 0, 0, fmt.Errorf("stage device_activity: %w", err)
+			return n, fmt.Errorf("stage device_activity: %w", err)
 		}
 		if _, err := tx.Exec(ctx, s.upsertActivity); err != nil {
-			return 0, 0, 0, fmt.Errorf("upsert device_activity: %w", err)
+			return n, fmt.Errorf("upsert device_activity: %w", err)
 		}
-		na = int(n)
+		n.activity = int(c)
 	}
-	return nr, nm, na, nil
+	if ab.Len() > 0 {
+		br := tx.SendBatch(ctx, &ab)
+		for range ab.Len() {
+			tag, err := br.Exec()
+			if err != nil {
+				_ = br.Close()
+				return n, fmt.Errorf("insert alert_events: %w", err)
+			}
+			if tag.RowsAffected() == 1 {
+				n.alerts++
+			} else {
+				n.alertRepeats++
+			}
+		}
+		if err := br.Close(); err != nil {
+			return n, fmt.Errorf("insert alert_events: %w", err)
+		}
+	}
+	return n, nil
 }
 
 // isDataError reports whether the database refused the data itself

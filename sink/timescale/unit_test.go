@@ -74,7 +74,7 @@ func metRec(off int64, dev string, start int64, rev int64) *kgo.Record {
 }
 
 func TestBatchAdd(t *testing.T) {
-	b := newBatch("raw", "met")
+	b := newBatch("raw", "met", "")
 	now := time.Now()
 	b.add(rawRec(t, 10, "d1", 3), now)
 	b.add(&kgo.Record{Topic: "raw", Offset: 11, Value: []byte("{")}, now)
@@ -108,7 +108,7 @@ func TestBatchAdd(t *testing.T) {
 }
 
 func TestReadingSource(t *testing.T) {
-	b := newBatch("raw", "met")
+	b := newBatch("raw", "met", "")
 	b.add(rawRec(t, 1, "d1", 2), time.Now())
 	b.add(metRec(2, "d1", 1_764_252_000_000_000, 1), time.Now())
 	b.add(rawRec(t, 3, "d2", 3), time.Now())
@@ -168,7 +168,7 @@ func TestUpsertSQL(t *testing.T) {
 }
 
 func TestDeadLetters(t *testing.T) {
-	b := newBatch("raw", "met")
+	b := newBatch("raw", "met", "")
 	b.add(&kgo.Record{Topic: "raw", Partition: 2, Offset: 42, Key: []byte("d1"), Value: []byte("{")}, time.Now())
 	now := time.Date(2026, 11, 27, 14, 0, 0, 123456789, time.UTC)
 	recs := deadLetters(b, []rejection{{0, schemas.ReasonInvalidRecord, "bad"}}, "dlq", now)
