@@ -19,10 +19,12 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
+	"github.com/iotpipe/iotpipe/alerting/rules"
 	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/registry"
+	"github.com/iotpipe/iotpipe/schemas/migrations"
 	"github.com/iotpipe/iotpipe/shadow"
 )
 
@@ -45,6 +47,7 @@ type API struct {
 	tokens  *Tokens
 	ca      *certs.CA
 	relay   *Relay
+	rules   *rules.Store
 
 	limMu    sync.Mutex
 	limiters map[string]*rate.Limiter
@@ -95,6 +98,15 @@ func (a *API) Open(ctx context.Context) error {
 		return fmt.Errorf("api: %w", err)
 	}
 	a.tokens = NewTokens(pool, a.cfg.Schema)
+	ok, err := migrations.TableExists(ctx, pool, a.cfg.Schema, "alert_rules")
+	if err == nil && !ok {
+		err = rules.ErrNoSchema
+	}
+	if err != nil {
+		a.Close()
+		return fmt.Errorf("api: alert rules in schema %q: %w", a.cfg.Schema, err)
+	}
+	a.rules = rules.NewStore(pool, a.cfg.Schema)
 	return nil
 }
 
@@ -211,6 +223,11 @@ func (a *API) table() []route {
 		{"GET", "/v1/groups", RoleViewer, a.listGroups},
 		{"POST", "/v1/groups", RoleAdmin, a.createGroup},
 		{"POST", "/v1/groups/{id}/members", RoleAdmin, a.addMembers},
+		{"GET", "/v1/alert-rules", RoleViewer, a.listAlertRules},
+		{"POST", "/v1/alert-rules", RoleOperator, a.createAlertRule},
+		{"GET", "/v1/alert-rules/{id}", RoleViewer, a.getAlertRule},
+		{"PATCH", "/v1/alert-rules/{id}", RoleOperator, a.updateAlertRule},
+		{"DELETE", "/v1/alert-rules/{id}", RoleOperator, a.deleteAlertRule},
 	}
 }
 

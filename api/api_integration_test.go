@@ -371,6 +371,9 @@ func TestAPIRoutes(t *testing.T) {
 	want(t, h.do(call{route: "PUT /v1/devices/{id}/status", path: "/v1/devices/dev-5/status", role: RoleAdmin, body: `{"status":"active"}`}), 409)
 	want(t, h.do(call{route: "PUT /v1/devices/{id}/status", path: "/v1/devices/dev-5/status", role: RoleAdmin, body: `{"status":"gone"}`}), 400)
 
+	// Alert rules (alert_rules_integration_test.go).
+	exerciseAlertRules(t, h)
+
 	// A revoked token is refused from the next request.
 	tokID := strings.SplitN(h.tok[RoleViewer], "_", 3)[1]
 	if err := h.a.tokens.Revoke(testenv.Context(t, 10*time.Second), tokID); err != nil {

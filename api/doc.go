@@ -1,6 +1,7 @@
 // Package api is the iotpipe api stage: the device registry, device
-// shadows and device configuration over a versioned REST API (/v1/...),
-// and the relay that publishes the shadow outbox to devices over MQTT.
+// shadows, device configuration and threshold alert rules over a versioned
+// REST API (/v1/...), and the relay that publishes the shadow outbox to
+// devices over MQTT.
 //
 // # Contracts
 //
@@ -18,6 +19,13 @@
 //     version) read before: 428 without it, 412 when another write came
 //     first (version_conflict, with the current version). Of concurrent
 //     writes with the same If-Match exactly one succeeds.
+//   - Alert rules (/v1/alert-rules) are validated by package
+//     alerting/rules: a rule the alert stage could not evaluate (missing or
+//     invalid metric, bad operator, clear threshold on the wrong side of
+//     the trigger, bad recipient or duration) is 422 invalid_rule with
+//     every field at fault in "errors". Changes need If-Match as above;
+//     each commits a NOTIFY iotpipe_alert_rules (table trigger), so a
+//     running alert stage reloads its rules.
 //   - Documents over a limit (size, depth, keys) are 413 too_large and
 //     change nothing; a body that is not a JSON object is 400 malformed.
 //   - List endpoints are ordered by id and paged with limit/after (the

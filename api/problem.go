@@ -26,6 +26,15 @@ type Problem struct {
 	CurrentVersion *int64 `json:"current_version,omitempty"`
 	// Limit: on too_large, which limit ("size", "depth", "keys").
 	Limit string `json:"limit,omitempty"`
+	// Errors: on invalid_rule, every field at fault.
+	Errors []FieldProblem `json:"errors,omitempty"`
+}
+
+// FieldProblem is one field of a request that cannot be used, and why.
+type FieldProblem struct {
+	Field  string `json:"field"`
+	Value  string `json:"value,omitempty"`
+	Reason string `json:"reason"`
 }
 
 // Problem codes.
@@ -43,6 +52,9 @@ const (
 	CodeUnsupportedMedia = "unsupported_media_type"
 	CodeUnavailable      = "unavailable"
 	CodeInternal         = "internal"
+	// CodeInvalidRule: an alert rule the alert stage could not evaluate
+	// (422, with Problem.Errors).
+	CodeInvalidRule = "invalid_rule"
 )
 
 var titles = map[string]string{
@@ -59,6 +71,7 @@ var titles = map[string]string{
 	CodeUnsupportedMedia: "Unsupported media type",
 	CodeUnavailable:      "Unavailable",
 	CodeInternal:         "Internal error",
+	CodeInvalidRule:      "Alert rule cannot be evaluated",
 }
 
 func writeProblem(w http.ResponseWriter, r *http.Request, status int, code, detail string) {
