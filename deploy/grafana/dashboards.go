@@ -26,6 +26,48 @@ type Dashboard struct {
 	Templating struct {
 		List []Variable `json:"list"`
 	} `json:"templating"`
+	Annotations struct {
+		List []Annotation `json:"list"`
+	} `json:"annotations"`
+}
+
+// Annotation is one annotation query of a dashboard (for iotpipe: alert
+// events from alert_events, on the TimescaleDB datasource).
+type Annotation struct {
+	Name       string `json:"name"`
+	Enable     bool   `json:"enable"`
+	IconColor  string `json:"iconColor"`
+	Target     Target `json:"target"`
+	Datasource struct {
+		Type string `json:"type"`
+		UID  string `json:"uid"`
+	} `json:"datasource"`
+}
+
+// Queries returns every SQL query of the dashboard on the TimescaleDB
+// datasource — the query variables', the panels' and the annotations' —
+// keyed by where it is ("panel <title>", "variable <name>", "annotation
+// <name>").
+func (d *Dashboard) Queries() map[string]string {
+	out := map[string]string{}
+	for _, v := range d.Templating.List {
+		if v.Type == "query" {
+			out["variable "+v.Name] = v.Query
+		}
+	}
+	for _, p := range d.Panels {
+		for _, t := range p.Targets {
+			if t.IsSQL() {
+				out["panel "+p.Title+" "+t.RefID] = t.RawSQL
+			}
+		}
+	}
+	for _, a := range d.Annotations.List {
+		if a.Target.IsSQL() {
+			out["annotation "+a.Name] = a.Target.RawSQL
+		}
+	}
+	return out
 }
 
 // Panel is one dashboard panel.

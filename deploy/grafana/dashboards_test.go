@@ -41,6 +41,16 @@ func TestDashboardsLoadAndExpand(t *testing.T) {
 				}
 			}
 		}
+		for _, a := range d.Annotations.List {
+			if !a.Target.IsSQL() || a.Datasource.UID != a.Target.Datasource.UID || a.Name == "" || !a.Enable {
+				t.Errorf("%s / annotation %q: want an enabled query on the TimescaleDB datasource", d.Title, a.Name)
+				continue
+			}
+			q, err := Expand(a.Target.RawSQL, from, from.Add(time.Hour), time.Minute, vars)
+			if err != nil || strings.Contains(q, "$") || !strings.Contains(q, "iotpipe.") {
+				t.Errorf("%s / annotation %s: %v %s", d.Title, a.Name, err, q)
+			}
+		}
 	}
 }
 

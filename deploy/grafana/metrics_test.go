@@ -13,6 +13,7 @@ import (
 	"github.com/iotpipe/iotpipe/bridge"
 	"github.com/iotpipe/iotpipe/internal/devicesim"
 	"github.com/iotpipe/iotpipe/internal/service"
+	"github.com/iotpipe/iotpipe/notify"
 	"github.com/iotpipe/iotpipe/processor"
 	"github.com/iotpipe/iotpipe/sink/lake"
 	"github.com/iotpipe/iotpipe/sink/timescale"
@@ -69,6 +70,9 @@ func stageMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	if _, err := devicesim.New(devicesim.DefaultConfig(), deps); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := notify.New(notify.DefaultConfig(), deps); err != nil {
 		t.Fatal(err)
 	}
 	return n.m
@@ -218,7 +222,7 @@ func TestAlertRulesProvisioned(t *testing.T) {
 	}
 	for _, m := range []string{"iotpipe_bridge_broker_dropped_messages", "iotpipe_bridge_mqtt_connected",
 		"iotpipe_processor_stalled", "iotpipe_sink_timescale_stalled", "iotpipe_lake_stalled",
-		"iotpipe_processor_consumer_lag_seconds", "iotpipe_processor_dlq_total"} {
+		"iotpipe_processor_consumer_lag_seconds", "iotpipe_processor_dlq_total", "iotpipe_notify_undeliverable_total"} {
 		if !covered[m] {
 			t.Errorf("no alert rule watches %s", m)
 		}

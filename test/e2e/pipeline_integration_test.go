@@ -52,10 +52,11 @@ func TestPipelineEndToEnd(t *testing.T) {
 	bucket := env.BucketName(t)
 	topicRaw, topicMetrics, topicDLQ, topicChangelog := id+".raw", id+".metrics", id+".dlq", id+".changelog"
 	topicReadings := id + ".readings"
+	topicAlerts := id + ".alerts" // init creates it, the TimescaleDB sink reads it (no alert stage runs here)
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_, _ = env.KafkaAdmin(t).DeleteTopics(cctx, topicRaw, topicMetrics, topicDLQ, topicChangelog, topicReadings)
+		_, _ = env.KafkaAdmin(t).DeleteTopics(cctx, topicRaw, topicMetrics, topicDLQ, topicChangelog, topicReadings, topicAlerts)
 	})
 
 	// The services' settings, explicitly: nothing else of this process's
@@ -63,7 +64,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	base := append(env.Environ(),
 		"IOTPIPE_TOPIC_RAW="+topicRaw, "IOTPIPE_TOPIC_METRICS="+topicMetrics, "IOTPIPE_TOPIC_DLQ="+topicDLQ,
 		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+topicChangelog, "IOTPIPE_TOPIC_READINGS="+topicReadings,
-		"IOTPIPE_PG_SCHEMA="+schema, "IOTPIPE_S3_BUCKET="+bucket,
+		"IOTPIPE_TOPIC_ALERTS="+topicAlerts, "IOTPIPE_PG_SCHEMA="+schema, "IOTPIPE_S3_BUCKET="+bucket,
 		"IOTPIPE_HTTP_ADDR=127.0.0.1:0", "IOTPIPE_LOG_FORMAT=json",
 	)
 
@@ -259,6 +260,14 @@ func checkDashboards(t *testing.T, ctx context.Context, db *pgxpool.Pool, schema
 		// so the silent-device panels have rows to show.
 		"silent": "0 seconds",
 	}
+	// This pipeline runs no alert stage: with no alert event stored, the
+	// alert panels may be empty (their SQL still runs here, as the reader;
+	// deploy/grafana's TestAlertQueries checks their rows on known events).
+	var stored int64
+	if err := db.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, "alert_events"}.Sanitize()).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
+	noAlerts := stored == 0
 	queries := 0
 	run := func(where, raw string) {
 		q, err := grafana.Expand(raw, now.Add(-time.Hour), now.Add(time.Minute), 5*time.Second, vars)
@@ -281,7 +290,7 @@ func checkDashboards(t *testing.T, ctx context.Context, db *pgxpool.Pool, schema
 			t.Errorf("%s: %v\n%s", where, err, q)
 			return
 		}
-		if n == 0 {
+		if n == 0 && !(noAlerts && strings.Contains(raw, "alert")) {
 			t.Errorf("%s: no rows\n%s", where, q)
 		}
 		queries++
