@@ -36,3 +36,25 @@ func TestSettingProblem(t *testing.T) {
 		t.Error("settingProblem(nil) != nil")
 	}
 }
+
+// TestConfigTopicAlerts: the alerts topic is on by default, "-" skips it,
+// and an empty or clashing name is a problem on TopicAlerts.
+func TestConfigTopicAlerts(t *testing.T) {
+	c := DefaultConfig()
+	if c.TopicAlerts != DefaultTopicAlerts || !c.alerts() {
+		t.Fatalf("default TopicAlerts %q", c.TopicAlerts)
+	}
+	for _, tc := range []struct {
+		topic string
+		ok    bool
+	}{{"-", true}, {"pipe.alerts", true}, {"", false}, {c.TopicMetrics, false}, {c.TopicDLQ, false}, {c.TopicRaw, false}} {
+		c := DefaultConfig()
+		c.TopicAlerts = tc.topic
+		err := c.Validate()
+		var fe *config.FieldError
+		bad := errors.As(err, &fe) && fe.Field == "TopicAlerts"
+		if bad == tc.ok || (tc.ok && err != nil) {
+			t.Errorf("TopicAlerts %q: %v", tc.topic, err)
+		}
+	}
+}

@@ -184,3 +184,38 @@ func TestDeadLetters(t *testing.T) {
 		t.Fatalf("dead letter = %+v", d)
 	}
 }
+
+// TestBatchAddAlerts: alert records decode into alerts; a record that does
+// not validate is kept for the DLQ with the decoder's reason; with no
+// alerts topic, a record from it is unexpected.
+func TestBatchAddAlerts(t *testing.T) {
+	a := &schemas.Alert{SchemaVersion: 1, EventID: "e1", State: schemas.AlertFiring, RuleID: "hot", Kind: "reading",
+		Severity: "critical", DeviceID: "d1", Metric: "temp", Operator: ">", Value: 95, Threshold: 90,
+		EventTime: time.UnixMicro(1_764_252_000_000_000).UTC()}
+	v, err := schemas.EncodeAlert(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBatch("raw", "met", "alerts")
+	now := time.Now()
+	b.add(&kgo.Record{Topic: "alerts", Offset: 1, Value: v}, now)
+	b.add(&kgo.Record{Topic: "alerts", Offset: 2, Value: []byte(`{"schema_version":1,"event_id":"e2","state":"MAYBE"}`)}, now)
+	if len(b.alerts) != 1 || b.alerts[0].EventID != "e1" || b.rows != 1 {
+		t.Fatalf("alerts %v rows %d", b.alerts, b.rows)
+	}
+	if s := b.srcs[0]; s.kind != kindAlert || s.lo != 0 || s.hi != 1 {
+		t.Fatalf("alert source %+v", s)
+	}
+	if s := b.srcs[1]; s.kind != kindInvalid || !strings.Contains(s.err, "MAYBE") {
+		t.Fatalf("invalid alert source %+v", s)
+	}
+	b.reset()
+	if len(b.alerts) != 0 {
+		t.Fatal("reset kept alerts")
+	}
+	nb := newBatch("raw", "met", "")
+	nb.add(&kgo.Record{Topic: "alerts", Offset: 1, Value: v}, now)
+	if nb.srcs[0].kind != kindInvalid || len(nb.alerts) != 0 {
+		t.Fatalf("alerts record without an alerts topic: %+v", nb.srcs[0])
+	}
+}
