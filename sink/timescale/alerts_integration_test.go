@@ -46,8 +46,9 @@ func resolved(id, fired, dev string, at time.Time, v float64) *schemas.Alert {
 // TestSinkAlertEvents: alert records from a real Kafka topic land in
 // alert_events once each — a repeated event id (in the same run and
 // after a restart) is stored once — alerts_active shows the series whose
-// newest event is FIRING, and malformed records go to the DLQ with their
-// reason. On both flavors.
+// newest event is FIRING, malformed records go to the DLQ with their
+// reason and a row the database refuses goes there as db_rejected. On both
+// flavors.
 func TestSinkAlertEvents(t *testing.T) {
 	env := testenv.Load(t)
 	for _, flavor := range []migrations.Flavor{migrations.FlavorPostgres, migrations.FlavorTimescaleDB} {
@@ -63,6 +64,12 @@ func TestSinkAlertEvents(t *testing.T) {
 func testSinkAlertEvents(t *testing.T, env *testenv.Env, flavor migrations.Flavor) {
 	f := newFixtureFlavor(t, env, flavor, 1, 1)
 	alerts := env.Topic(t, 2, nil)
+	// A database rule the sink does not know about: the row it refuses
+	// goes to the DLQ as db_rejected, the others are stored.
+	if _, err := f.owner.Exec(context.Background(), `ALTER TABLE `+pgx.Identifier{f.schema, "alert_events"}.Sanitize()+
+		` ADD CONSTRAINT no_refused_device CHECK (device_id <> 'dev-refused')`); err != nil {
+		t.Fatal(err)
+	}
 	base := time.Now().Add(-time.Hour).Truncate(time.Second)
 
 	fa := firing("hot/dev-a/1", "dev-a", base, 95.5)
@@ -79,6 +86,7 @@ func testSinkAlertEvents(t *testing.T, env *testenv.Env, flavor migrations.Flavo
 		alertRecord(t, alerts, fa), alertRecord(t, alerts, fb), alertRecord(t, alerts, fc1),
 		alertRecord(t, alerts, fa), // the same crossing again (a repeat): stored once
 		alertRecord(t, alerts, ra), alertRecord(t, alerts, rc), alertRecord(t, alerts, fc2), alertRecord(t, alerts, nd),
+		alertRecord(t, alerts, firing("hot/dev-refused/1", "dev-refused", base, 99)),
 		// Malformed: not JSON; valid JSON with a bad state; a RESOLVED without the FIRING it closes.
 		{Topic: alerts, Key: []byte("dev-x"), Value: []byte(`{"schema_version":1,"event_id":`)},
 		{Topic: alerts, Key: []byte("dev-x"), Value: []byte(`{"schema_version":1,"event_id":"x1","state":"BURNING","rule_id":"hot","kind":"reading","severity":"critical","device_id":"dev-x","metric":"temp","value":1,"threshold":2,"event_time":"2026-12-07T10:00:00Z","recipients":[],"message":""}`)},
@@ -92,8 +100,23 @@ func testSinkAlertEvents(t *testing.T, env *testenv.Env, flavor migrations.Flavo
 	reg := prometheus.NewRegistry()
 	stop, s := runSinkReg(t, cfg, reg)
 	f.waitCount(t, time.Minute, 7, `SELECT count(*) FROM $S.alert_events`)
-	dl := f.readDLQ(t, 3)
+	all := f.readDLQ(t, 4)
 	stop()
+	var dl []*schemas.DeadLetter
+	refused := 0
+	for _, d := range all {
+		if d.Reason == schemas.ReasonRejectedByDatabase {
+			refused++
+			if string(d.Key) != "dev-refused" || !strings.Contains(d.Error, "no_refused_device") || d.SourceTopic != alerts {
+				t.Errorf("db_rejected dead letter %+v", d)
+			}
+			continue
+		}
+		dl = append(dl, d)
+	}
+	if refused != 1 {
+		t.Errorf("%d db_rejected dead letters, want 1", refused)
+	}
 
 	// Each event once, with every field of the record.
 	if n := f.count(t, `SELECT count(DISTINCT event_id) FROM $S.alert_events`); n != 7 {
@@ -148,6 +171,9 @@ func testSinkAlertEvents(t *testing.T, env *testenv.Env, flavor migrations.Flavo
 	}
 	if got := testutil.ToFloat64(s.m.rejected.WithLabelValues(string(schemas.ReasonInvalidRecord))); got != 3 {
 		t.Errorf("rejected_total{invalid_record} = %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(s.m.rejected.WithLabelValues(string(schemas.ReasonRejectedByDatabase))); got != 1 {
+		t.Errorf("rejected_total{db_rejected} = %v, want 1", got)
 	}
 
 	// A restart: the alert stage produces dev-b's crossing once more and

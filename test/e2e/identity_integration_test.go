@@ -232,7 +232,7 @@ func runIdentity(t *testing.T, killAll bool) {
 	schema := env.Schema(t)
 	bucket := env.BucketName(t)
 	topics := map[string]string{"RAW": id + ".raw", "READINGS": id + ".readings", "METRICS": id + ".metrics",
-		"DLQ": id + ".dlq", "PROCESSOR_CHANGELOG": id + ".changelog"}
+		"DLQ": id + ".dlq", "PROCESSOR_CHANGELOG": id + ".changelog", "ALERTS": id + ".alerts"}
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
