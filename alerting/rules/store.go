@@ -195,18 +195,24 @@ type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// InsertEvents stores alert events in schema's alert_events, each once:
-// an event id already stored is skipped (a redelivery). It returns how
-// many rows were new. Meant for the TimescaleDB sink, inside the
-// transaction that also stores its offsets.
+// InsertEvents stores alert events in schema's alert_events (migration
+// 0012 or later), each once: an event id already stored is skipped (a
+// redelivery). It returns how many rows were new. The TimescaleDB sink
+// does the same in its batch transaction (sink/timescale, which also
+// records the Kafka source of each row); this is for tools and tests that
+// write events without Kafka.
 func InsertEvents(ctx context.Context, db Execer, schema string, events []*schemas.Alert) (int, error) {
 	q := `INSERT INTO ` + pgx.Identifier{schema, "alert_events"}.Sanitize() + ` (event_id, rule_id, rule_version, device_id, metric,
-	state, severity, value, threshold, event_time, fired_event_id, message)
-	VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,NULLIF($11,''),$12) ON CONFLICT (event_id) DO NOTHING`
+	state, severity, value, threshold, event_time, fired_event_id, message, kind, statistic, operator, recipients)
+	VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,NULLIF($11,''),$12,$13,$14,$15,$16) ON CONFLICT (event_id) DO NOTHING`
 	n := 0
 	for _, e := range events {
+		rc := e.Recipients
+		if rc == nil {
+			rc = []string{}
+		}
 		tag, err := db.Exec(ctx, q, e.EventID, e.RuleID, e.RuleVersion, e.DeviceID, e.Metric, string(e.State), e.Severity,
-			e.Value, e.Threshold, e.EventTime, e.FiredEventID, e.Message)
+			e.Value, e.Threshold, e.EventTime, e.FiredEventID, e.Message, e.Kind, e.Statistic, e.Operator, rc)
 		if err != nil {
 			return n, fmt.Errorf("store alert event %s: %w", e.EventID, err)
 		}
