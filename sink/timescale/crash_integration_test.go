@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/testenv"
+	"github.com/iotpipe/iotpipe/schemas"
 )
 
 func TestMain(m *testing.M) {
@@ -27,7 +28,7 @@ func (f *fixture) sinkProcess(t testing.TB, extra ...string) *testenv.Proc {
 	args := append([]string{"sink", "timescale"}, testenv.KafkaCLIArgs(f.kafka)...)
 	args = append(args,
 		"--group", f.group, "--instance-id", f.group+"-0",
-		"--topic-readings", f.raw, "--topic-metrics", f.metrics, "--topic-dlq", f.dlq,
+		"--topic-readings", f.raw, "--topic-metrics", f.metrics, "--topic-dlq", f.dlq, "--topic-alerts", f.alertsTopic(),
 		"--pg-writer-dsn", f.writerDSN, "--pg-schema", f.schema,
 		"--http-addr", "", "--log-level", "warn", "--retry-min", "50ms", "--retry-max", "500ms",
 	)
@@ -36,8 +37,9 @@ func (f *fixture) sinkProcess(t testing.TB, extra ...string) *testenv.Proc {
 
 // TestSinkCrash kills the sink process with SIGKILL in the middle of its
 // batches, again and again, and restarts it: readings must hold every
-// record exactly once and device_metrics the highest revision of every
-// window. IOTPIPE_FULL=1 runs a larger version.
+// record exactly once, device_metrics the highest revision of every
+// window and alert_events every alert event once (repeats included in the
+// input). IOTPIPE_FULL=1 runs a larger version.
 func TestSinkCrash(t *testing.T) {
 	readings, kills, windows := 3000, 5, 300
 	if os.Getenv("IOTPIPE_FULL") == "1" {
@@ -45,6 +47,7 @@ func TestSinkCrash(t *testing.T) {
 	}
 	env := testenv.Load(t)
 	f := newFixture(t, env, 3, 3)
+	f.alerts = env.Topic(t, 2, nil)
 	base := time.Now().Add(-2 * time.Hour).Truncate(time.Minute)
 
 	// All input, cut into kills+1 chunks: each run gets new work, so every
@@ -66,6 +69,23 @@ func TestSinkCrash(t *testing.T) {
 		a2, a1 := activity(dev, start, 2), activity(dev, start, 1)
 		met = append(met, activityRecord(f.metrics, &a2), activityRecord(f.metrics, &a1))
 	}
+	// Alert events: a FIRING and a RESOLVED per crossing, every fifth
+	// event sent twice (the alert stage repeating a crossing).
+	var alerts []*kgo.Record
+	events := 0
+	for c := range windows / 2 {
+		dev := fmt.Sprintf("dev-%03d", c%50)
+		at := base.Add(time.Duration(c) * time.Second)
+		fire := firing(fmt.Sprintf("hot/%s/%d", dev, c), dev, at, 95)
+		res := resolved(fmt.Sprintf("hot/%s/%d-r", dev, c), fire.EventID, dev, at.Add(time.Second), 80)
+		for _, a := range []*schemas.Alert{fire, res} {
+			events++
+			alerts = append(alerts, alertRecord(t, f.alerts, a))
+			if events%5 == 0 {
+				alerts = append(alerts, alertRecord(t, f.alerts, a))
+			}
+		}
+	}
 	chunk := func(recs []*kgo.Record, i, n int) []*kgo.Record {
 		return recs[len(recs)*i/n : len(recs)*(i+1)/n]
 	}
@@ -76,6 +96,7 @@ func TestSinkCrash(t *testing.T) {
 	for k := range kills {
 		f.produce(t, chunk(raw, k, kills+1))
 		f.produce(t, chunk(met, k, kills+1))
+		f.produce(t, chunk(alerts, k, kills+1))
 		runRows := int64(2*readings*(k+1)/(kills+1)) - last // readings rows this run can write
 		// Batches of 10 rows: a run takes 100 transactions, long enough
 		// on a quiet machine for a kill to land among them.
@@ -110,12 +131,17 @@ func TestSinkCrash(t *testing.T) {
 	t.Logf("%d of %d kills landed while the run was still writing", midRun, kills)
 	f.produce(t, chunk(raw, kills, kills+1))
 	f.produce(t, chunk(met, kills, kills+1))
+	f.produce(t, chunk(alerts, kills, kills+1))
 	p := f.sinkProcess(t, "--batch-rows", "500", "--batch-delay", "200ms")
 	want := int64(2 * readings)
 	f.waitCount(t, 5*time.Minute, want, `SELECT count(*) FROM $S.readings`)
 	f.waitCount(t, time.Minute, int64(windows), `SELECT count(*) FROM $S.device_metrics`)
 	f.waitCount(t, time.Minute, int64(windows), `SELECT count(*) FROM $S.device_activity`)
-	f.waitCount(t, time.Minute, int64(len(raw)+len(met)), `SELECT sum(next_offset)::bigint FROM $S.sink_offsets`)
+	f.waitCount(t, time.Minute, int64(events), `SELECT count(*) FROM $S.alert_events`)
+	f.waitCount(t, time.Minute, int64(len(raw)+len(met)+len(alerts)), `SELECT sum(next_offset)::bigint FROM $S.sink_offsets`)
+	if n := f.count(t, `SELECT count(*) FROM $S.alert_events WHERE (state = 'FIRING') = (fired_event_id IS NULL) AND source_topic = $1`, f.alerts); n != int64(events) {
+		t.Fatalf("alert events stored whole = %d, want %d", n, events)
+	}
 
 	if n := f.count(t, `SELECT count(*) FROM (SELECT DISTINCT device_id, metric, seq FROM $S.readings) d`); n != want {
 		t.Fatalf("distinct readings = %d, want %d (duplicates or losses)", n, want)

@@ -28,6 +28,7 @@ type fixture struct {
 	env                 *testenv.Env
 	schema              string
 	raw, metrics, dlq   string
+	alerts              string // "" : the sink skips alerts (the shared telemetry.alerts is not this test's)
 	group               string
 	owner               *pgxpool.Pool
 	writerDSN, ownerDSN string
@@ -64,6 +65,15 @@ func newFixtureFlavor(t testing.TB, env *testenv.Env, flavor migrations.Flavor, 
 	return f
 }
 
+// alertsTopic is the fixture's alerts topic, or SkipTopic when the test
+// has none.
+func (f *fixture) alertsTopic() string {
+	if f.alerts == "" {
+		return SkipTopic
+	}
+	return f.alerts
+}
+
 func (f *fixture) config() Config {
 	c := DefaultConfig()
 	c.Kafka = f.kafka
@@ -71,7 +81,7 @@ func (f *fixture) config() Config {
 	c.InstanceID = "" // several sinks of one group run in one process
 	c.Group = f.group
 	c.TopicRaw, c.TopicMetrics, c.TopicDLQ = f.raw, f.metrics, f.dlq
-	c.TopicAlerts = SkipTopic // the shared telemetry.alerts is not this test's; alert tests set their own
+	c.TopicAlerts = f.alertsTopic()
 	c.DSN = f.writerDSN
 	c.Schema = f.schema
 	c.BatchDelay = 50 * time.Millisecond
