@@ -76,6 +76,9 @@ type Stats struct {
 	Stale     uint64 // values ignored: not newer than their series' last
 	Fired     uint64
 	Resolved  uint64
+	// Refused counts values not evaluated because their series was new
+	// and the engine held MaxSeries series (see SetMaxSeries).
+	Refused uint64 `json:",omitempty"`
 }
 
 // Engine evaluates a rule set. It is not safe for concurrent use.
@@ -88,6 +91,9 @@ type Engine struct {
 	dirty    []Key // series changed since Dirty (each once, by State.dirty; deletions may repeat)
 	wmDirty  bool
 	stats    Stats
+	// max caps the series held when capped.
+	max    int
+	capped bool
 	// wm is the latest time Advance was given (Seen: once given); it is
 	// held as the series WatermarkKey so that a replay of older advances
 	// after a restore does nothing.
@@ -146,9 +152,21 @@ func (e *Engine) applies(r *rules.Rule, device string) bool {
 	return r.AppliesTo(device, e.groups(device))
 }
 
+// SetMaxSeries caps the series the engine holds, as a memory guard: at
+// the cap a value of a series not held yet is not evaluated (the series is
+// not created) and is counted in Stats.Refused. Series already held go on
+// as before. A negative n removes the cap (the default).
+func (e *Engine) SetMaxSeries(n int) { e.max, e.capped = n, n >= 0 }
+
+// state returns series k's state, creating it; nil when it is new and the
+// engine is at its cap.
 func (e *Engine) state(k Key) *State {
 	s := e.series[k]
 	if s == nil {
+		if e.capped && len(e.series) >= e.max {
+			e.stats.Refused++
+			return nil
+		}
 		s = &State{}
 		e.series[k] = s
 	}
@@ -203,6 +221,9 @@ func (e *Engine) Window(out []*schemas.Alert, w Window) []*schemas.Alert {
 // step runs one series' state machine on value v at event time t.
 func (e *Engine) step(out []*schemas.Alert, rule *rules.Rule, k Key, v float64, t int64) []*schemas.Alert {
 	s := e.state(k)
+	if s == nil {
+		return out
+	}
 	if s.Seen && t <= s.Last {
 		e.stats.Stale++
 		return out
@@ -242,6 +263,9 @@ func (e *Engine) step(out []*schemas.Alert, rule *rules.Rule, k Key, v float64, 
 func (e *Engine) seen(out []*schemas.Alert, rule *rules.Rule, device string, t int64) []*schemas.Alert {
 	k := Key{rule.ID, device, ""}
 	s := e.state(k)
+	if s == nil {
+		return out
+	}
 	if s.Seen && t <= s.Last {
 		return out // no newer: neither a sign of life nor stale for this rule
 	}

@@ -396,7 +396,7 @@ func (r *Runtime[T]) session(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return &sessionError{fmt.Errorf("initialise the transactional producer: %w", err)}
+		return &sessionError{fmt.Errorf("initialise the transactional producer (transactional id %s): %w", r.cfg.TransactionalID, err)}
 	}
 	if !r.started {
 		r.started = true
