@@ -28,7 +28,7 @@ type fixture struct {
 	store  *rules.Store
 }
 
-func newFixture(t *testing.T, rawParts, metricsParts int32) *fixture {
+func newFixture(t testing.TB, rawParts, metricsParts int32) *fixture {
 	t.Helper()
 	env := testenv.Load(t)
 	schema, regDSN := registrytest.Schema(t, env)
@@ -44,7 +44,7 @@ func newFixture(t *testing.T, rawParts, metricsParts int32) *fixture {
 	}}
 }
 
-func (f *fixture) config(t *testing.T, group, instance string) Config {
+func (f *fixture) config(t testing.TB, group, instance string) Config {
 	cfg := DefaultConfig()
 	cfg.Kafka = f.env.KafkaConfig(t, testenv.Alert)
 	cfg.Group, cfg.InstanceID, cfg.Topics = group, instance, f.topics
@@ -53,7 +53,7 @@ func (f *fixture) config(t *testing.T, group, instance string) Config {
 	return cfg
 }
 
-func (f *fixture) rule(t *testing.T, r rules.Rule) {
+func (f *fixture) rule(t testing.TB, r rules.Rule) {
 	t.Helper()
 	r.Enabled = true
 	r.Normalize()
