@@ -91,6 +91,9 @@ func (st *Stage) Checks() map[string]service.Check {
 // error naming DSN). Later read failures keep the last rule set.
 func (st *Stage) Run(ctx context.Context) error {
 	store, err := rules.Open(ctx, st.cfg.DSN, st.cfg.Schema)
+	if errors.Is(err, rules.ErrNoSchema) {
+		return &config.FieldError{Field: "Schema", Err: err}
+	}
 	if err != nil {
 		return &config.FieldError{Field: "DSN", Err: err}
 	}
