@@ -95,11 +95,11 @@ type Engine struct {
 	byDevMetric map[devMetric][]ruleAt
 	noData      []ruleAt
 	noDataByDev map[string][]ruleAt
-	groups   func(device string) []string
-	series   map[Key]*State
-	dirty    []Key // series changed since Dirty (each once, by State.dirty; deletions may repeat)
-	wmDirty  bool
-	stats    Stats
+	groups      func(device string) []string
+	series      map[Key]*State
+	dirty       []Key // series changed since Dirty (each once, by State.dirty; deletions may repeat)
+	wmDirty     bool
+	stats       Stats
 	// max caps the series held when capped.
 	max    int
 	capped bool
