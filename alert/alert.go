@@ -91,6 +91,9 @@ func (st *Stage) Checks() map[string]service.Check {
 // error naming DSN). Later read failures keep the last rule set.
 func (st *Stage) Run(ctx context.Context) error {
 	store, err := rules.Open(ctx, st.cfg.DSN, st.cfg.Schema)
+	if err != nil && ctx.Err() != nil {
+		return nil // stopped while starting
+	}
 	if errors.Is(err, rules.ErrNoSchema) {
 		return &config.FieldError{Field: "Schema", Err: err}
 	}
@@ -100,11 +103,17 @@ func (st *Stage) Run(ctx context.Context) error {
 	defer store.Close()
 	l := &loader{store: store, dsn: st.cfg.DSN, schema: st.cfg.Schema, log: st.log, logged: map[string]int64{}}
 	conn, err := pgx.Connect(ctx, st.cfg.DSN)
+	if err != nil && ctx.Err() != nil {
+		return nil
+	}
 	if err != nil {
 		return &config.FieldError{Field: "DSN", Err: fmt.Errorf("alert rules: connect: %w", err)}
 	}
 	rs, err := l.load(ctx, conn)
 	conn.Close(context.Background())
+	if err != nil && ctx.Err() != nil {
+		return nil
+	}
 	if err != nil {
 		return &config.FieldError{Field: "DSN", Err: fmt.Errorf("alert rules: %w", err)}
 	}
