@@ -16,6 +16,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/alerting/rules"
 	"github.com/iotpipe/iotpipe/internal/testenv"
+	"github.com/iotpipe/iotpipe/schemas"
 )
 
 // The scripted crossings of the crash test: every device's temperature
@@ -87,21 +88,87 @@ func expectedCrossings(readings []crashReading) map[string]int {
 			case !firing && r.v > crashTrigger:
 				if hot++; hot >= crashForCount {
 					firing, hot = true, 0
-					want[eventKey("FIRING", dev, r.at)]++
+					want[eventKey("FIRING", "hot", dev, r.at)]++
 				}
 			case !firing:
 				hot = 0
 			case r.v <= crashClear:
 				firing = false
-				want[eventKey("RESOLVED", dev, r.at)]++
+				want[eventKey("RESOLVED", "hot", dev, r.at)]++
 			}
 		}
 	}
 	return want
 }
 
-func eventKey(state, dev string, at time.Time) string {
-	return fmt.Sprintf("%s %s %s", state, dev, at.UTC().Format(time.RFC3339Nano))
+func eventKey(state, rule, dev string, at time.Time) string {
+	return fmt.Sprintf("%s %s %s %s", state, rule, dev, at.UTC().Format(time.RFC3339Nano))
+}
+
+// The window part of the crash test: every device gets a window aggregate
+// of "hum" every 10 s of event time, its p95 at one of three levels;
+// rule "p95" fires at p95 >= 80 and resolves below 70. Some windows are
+// sent again as a later revision (same end: not evaluated again).
+const crashWindowTrigger, crashWindowClear = 80.0, 70.0
+
+var crashWindowLevels = []float64{60, 75, 85}
+
+type crashWindow struct {
+	dev string
+	end time.Time
+	p95 float64
+}
+
+// crashWindows generates the windows of the readings' time span, in
+// rounds of one window per device, shuffled within the round.
+func crashWindows(rng *rand.Rand, rounds, devices int, t0 time.Time) (windows []crashWindow, batches [][]*kgo.Record) {
+	for round := 1; round <= rounds; round++ {
+		var batch, revs []*kgo.Record
+		for d := range devices {
+			w := crashWindow{dev: "dev-" + strconv.Itoa(d), end: t0.Add(time.Duration(round) * 10 * time.Second),
+				p95: crashWindowLevels[rng.IntN(len(crashWindowLevels))] + rng.Float64()*2 - 1}
+			windows = append(windows, w)
+			batch = append(batch, windowRec(w, 1))
+			if rng.IntN(20) == 0 {
+				rev := w
+				rev.p95 = crashWindowLevels[rng.IntN(len(crashWindowLevels))]
+				revs = append(revs, windowRec(rev, 2)) // a later revision: not evaluated again
+			}
+		}
+		rng.Shuffle(len(batch), func(i, j int) { batch[i], batch[j] = batch[j], batch[i] })
+		batch = append(batch, revs...) // after their first emissions
+		batches = append(batches, batch)
+	}
+	return windows, batches
+}
+
+func windowRec(w crashWindow, rev int64) *kgo.Record {
+	m := &schemas.WindowMetric{DeviceID: w.dev, Metric: "hum", WindowStart: w.end.Add(-10 * time.Second), WindowEnd: w.end, Count: 10,
+		Sum: 500, Min: 40, Max: w.p95 + 1, Mean: 50, First: 50, Last: 50, P50: 50, P95: w.p95, P99: w.p95 + 0.5,
+		FirstTime: w.end.Add(-10 * time.Second), LastTime: w.end.Add(-time.Second), Revision: rev, EmittedAt: time.Now().UTC()}
+	return &kgo.Record{Key: []byte(w.dev), Value: schemas.AppendMetric(nil, m), Timestamp: m.WindowStart}
+}
+
+// expectedWindowCrossings computes the window rule's events on its own.
+func expectedWindowCrossings(windows []crashWindow, want map[string]int) {
+	byDev := map[string][]crashWindow{}
+	for _, w := range windows {
+		byDev[w.dev] = append(byDev[w.dev], w)
+	}
+	for dev, ws := range byDev {
+		sort.Slice(ws, func(i, j int) bool { return ws[i].end.Before(ws[j].end) })
+		firing := false
+		for _, w := range ws {
+			switch {
+			case !firing && w.p95 >= crashWindowTrigger:
+				firing = true
+				want[eventKey("FIRING", "p95", dev, w.end)]++
+			case firing && w.p95 < crashWindowClear:
+				firing = false
+				want[eventKey("RESOLVED", "p95", dev, w.end)]++
+			}
+		}
+	}
 }
 
 // alertProc starts `iotpipe alert` as a child process, flags only.
@@ -129,20 +196,42 @@ func TestCrashExactlyOnce(t *testing.T) {
 	if os.Getenv("IOTPIPE_FULL") == "1" {
 		n, devices, kills, rate = 400_000, 1000, 6, 15000.0
 	}
-	f := newFixture(t, 4, 1)
+	// Raw and metrics partition p share changelog partition p.
+	f := newFixture(t, 4, 4)
 	ctx := testenv.Context(t, 15*time.Minute)
 	f.rule(t, rules.Rule{ID: "hot", Metric: "temp", Operator: rules.GT, Trigger: crashTrigger, Clear: crashClear, ForCount: crashForCount})
+	f.rule(t, rules.Rule{ID: "p95", Kind: rules.KindWindow, Metric: "hum", Statistic: "p95", Operator: rules.GE, Trigger: crashWindowTrigger, Clear: crashWindowClear})
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, 17))
-	readings, batches := crashWorkload(rng, n, devices, time.Now().Add(-2*time.Hour).Truncate(time.Second))
+	t0 := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
+	readings, batches := crashWorkload(rng, n, devices, t0)
 	want := expectedCrossings(readings)
-	t.Logf("seed %d: %d readings of %d devices at %.0f/s, %d kills; %d scripted transitions", seed, n, devices, rate, kills, len(want))
+	windows, wbatches := crashWindows(rng, n/devices/10, devices, t0)
+	expectedWindowCrossings(windows, want)
+	t.Logf("seed %d: %d readings and %d windows of %d devices at %.0f/s, %d kills; %d scripted transitions", seed, n, len(windows), devices, rate, kills, len(want))
 	testenv.Binary(t)
 	out := readAlerts(ctx, t, f.env, f.topics.Alerts)
 	group := f.env.Group(t)
 
 	produced := make(chan error, 1)
-	go func() { produced <- produceAt(ctx, f.env.Kafka(t), f.topics.Raw, batches, rate) }()
+	go func() {
+		// The windows go along with the readings they summarise: one
+		// round of windows per ten rounds of readings.
+		cl := f.env.Kafka(t)
+		for i := 0; i < len(batches); i += 10 {
+			if err := produceAt(ctx, cl, f.topics.Raw, batches[i:min(i+10, len(batches))], rate); err != nil {
+				produced <- err
+				return
+			}
+			if w := i / 10; w < len(wbatches) {
+				if err := produceAt(ctx, cl, f.topics.Metrics, wbatches[w:w+1], rate); err != nil {
+					produced <- err
+					return
+				}
+			}
+		}
+		produced <- nil
+	}()
 	start := time.Now()
 	produceFor := time.Duration(float64(n) / rate * float64(time.Second))
 	randomWait := func() time.Duration {
@@ -189,7 +278,7 @@ func TestCrashExactlyOnce(t *testing.T) {
 				t.Fatalf("event id %s twice (%s %s at %s)", ev.EventID, ev.State, ev.DeviceID, ev.EventTime)
 			}
 			ids[ev.EventID] = true
-			got[eventKey(string(ev.State), ev.DeviceID, ev.EventTime)]++
+			got[eventKey(string(ev.State), ev.RuleID, ev.DeviceID, ev.EventTime)]++
 		}
 		for k, c := range got {
 			if want[k] == 0 {
