@@ -178,8 +178,13 @@ func (st *Stage) NewTask(p eos.Partition) (*task, error) {
 // Restore (eos.Logic) applies one changelog record.
 func (st *Stage) Restore(t *task, key, value []byte) error { return t.restore(key, value) }
 
-// Restored (eos.Logic): nothing to finish.
-func (st *Stage) Restored(*task, time.Time) error { return nil }
+// Restored (eos.Logic) drops the restored series of rules no longer in
+// use (deleted or disabled while the partition was elsewhere); their
+// tombstones go out with the next commit.
+func (st *Stage) Restored(t *task, _ time.Time) error {
+	t.eng.SetRules(st.applied.rules)
+	return nil
+}
 
 // Process (eos.Logic) evaluates one partition's polled records and
 // produces the events, in input order.

@@ -95,6 +95,9 @@ func TestChangelogRestore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := st.Restored(b, time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	if b.eng.Series() != a.eng.Series() || m.eng.Series() != 0 || b.lastAdvance != a.lastAdvance {
 		t.Fatalf("restored %d series (metrics task %d), last advance %d; want %d, 0, %d", b.eng.Series(), m.eng.Series(), b.lastAdvance, a.eng.Series(), a.lastAdvance)
 	}
@@ -121,6 +124,30 @@ func TestChangelogRestore(t *testing.T) {
 	// (since t0) fire, and d1's reading resolves its own.
 	if len(want) != 4 || !slices.Equal(got, want) {
 		t.Fatalf("after restore %v,\noriginal %v;\nwant the same 4 events", got, want)
+	}
+
+	// Restored under a rule set without "quiet": its series are dropped,
+	// with tombstones in the next changelog records.
+	st.setRules(&ruleSet{rules: []*rules.Rule{hot}})
+	c, _ := st.NewTask(part)
+	for _, r := range changelog {
+		if err := st.Restore(c, r.Key, r.Value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Restored(c, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	outs = nil
+	st.changes(c, out)
+	tombs := 0
+	for _, r := range outs {
+		if r.Value == nil {
+			tombs++
+		}
+	}
+	if c.eng.Series() != 2 || tombs != 2 {
+		t.Fatalf("restored under the smaller rule set: %d series, %d tombstones; want 2 (hot) and 2 (quiet)", c.eng.Series(), tombs)
 	}
 
 	if err := st.Restore(b, []byte("x"), nil); !errors.Is(err, eval.ErrCorrupt) {
