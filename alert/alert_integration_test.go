@@ -4,7 +4,13 @@ package alert
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
+	"math/big"
 	"slices"
 	"testing"
 	"time"
@@ -17,6 +23,7 @@ import (
 	"github.com/iotpipe/iotpipe/alerting/rules"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
+	"github.com/iotpipe/iotpipe/registry"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -157,4 +164,84 @@ func waitEvents(t *testing.T, out *alertReader, t0 time.Time, want []string) {
 		}
 		return nil
 	})
+}
+
+// TestGroupRules: a rule scoped to a group applies to the devices of its
+// nested groups, read from the registry as the reader role, and follows
+// membership changes (NOTIFY iotpipe_registry).
+func TestGroupRules(t *testing.T) {
+	f := newFixture(t, 1, 1)
+	ctx := testenv.Context(t, 3*time.Minute)
+	reg, err := registry.Open(ctx, f.regDSN, f.schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	for i, id := range []string{"d-in", "d-out", "d-later"} {
+		if err := reg.Add(ctx, registry.NewDevice{ID: id, Cert: selfSigned(t, id, int64(i+1))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, g := range []registry.Group{{ID: "site"}, {ID: "floor", Parent: "site"}} {
+		if err := reg.CreateGroup(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := reg.AddToGroup(ctx, "floor", "d-in"); err != nil {
+		t.Fatal(err)
+	}
+	f.rule(t, rules.Rule{ID: "site-hot", Scope: rules.ScopeGroup, ScopeID: "site", Metric: "temp", Operator: rules.GT, Trigger: 30, Clear: 25})
+	cfg := f.config(t, f.env.Group(t), "a")
+	cfg.RulesRefresh = time.Hour
+	st, err := New(cfg, service.Deps{Registry: prometheus.NewRegistry(), Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- st.Run(sctx) }()
+	out := readAlerts(ctx, t, f.env, f.topics.Alerts)
+	prod := f.env.Kafka(t)
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second).UTC()
+	produce(t, prod, f.topics.Raw, reading("d-in", t0, 1, m("temp", 31)), reading("d-out", t0, 1, m("temp", 31)), reading("d-later", t0, 1, m("temp", 31)))
+	want := []string{"FIRING site-hot d-in temp @0s"}
+	waitEvents(t, out, t0, want)
+
+	n0 := testutil.ToFloat64(st.m.reloads.WithLabelValues("ok"))
+	if err := reg.AddToGroup(ctx, "floor", "d-later"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, 100*time.Millisecond, func() error {
+		if n := testutil.ToFloat64(st.m.reloads.WithLabelValues("ok")); n <= n0 {
+			return fmt.Errorf("no rule reload after the membership change (%v loads)", n)
+		}
+		return nil
+	})
+	produce(t, prod, f.topics.Raw, reading("d-later", t0.Add(time.Second), 2, m("temp", 32)), reading("d-out", t0.Add(time.Second), 2, m("temp", 32)))
+	want = append(want, "FIRING site-hot d-later temp @1s")
+	waitEvents(t, out, t0, want)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// selfSigned is a certificate with CN id (the registry wants one per
+// device; nothing checks its issuer here).
+func selfSigned(t *testing.T, id string, serial int64) *x509.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: id},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

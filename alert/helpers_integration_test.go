@@ -25,6 +25,7 @@ type fixture struct {
 	env    *testenv.Env
 	topics Topics
 	schema string
+	regDSN string // a member of the registry role
 	store  *rules.Store
 }
 
@@ -38,7 +39,7 @@ func newFixture(t testing.TB, rawParts, metricsParts int32) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(store.Close)
-	return &fixture{env: env, schema: schema, store: store, topics: Topics{
+	return &fixture{env: env, schema: schema, regDSN: regDSN, store: store, topics: Topics{
 		Raw: env.Topic(t, rawParts, nil), Metrics: env.Topic(t, metricsParts, nil), Alerts: env.Topic(t, 3, nil),
 		Changelog: env.Topic(t, max(rawParts, metricsParts), map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}),
 	}}
