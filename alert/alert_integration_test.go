@@ -245,3 +245,42 @@ func selfSigned(t *testing.T, id string, serial int64) *x509.Certificate {
 	}
 	return c
 }
+
+// TestStateCap: at --max-series the values of new series are not
+// evaluated, counted and flagged; the series held go on.
+func TestStateCap(t *testing.T) {
+	f := newFixture(t, 2, 1)
+	ctx := testenv.Context(t, 3*time.Minute)
+	f.rule(t, rules.Rule{ID: "hot", Metric: "temp", Operator: rules.GT, Trigger: 30, Clear: 25})
+	cfg := f.config(t, f.env.Group(t), "a")
+	cfg.MaxSeries = 2
+	st, err := New(cfg, service.Deps{Registry: prometheus.NewRegistry(), Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- st.Run(sctx) }()
+	out := readAlerts(ctx, t, f.env, f.topics.Alerts)
+	prod := f.env.Kafka(t)
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second).UTC()
+	produce(t, prod, f.topics.Raw, reading("d1", t0, 1, m("temp", 20)), reading("d2", t0, 1, m("temp", 20)))
+	testenv.Eventually(t, 60*time.Second, 100*time.Millisecond, func() error {
+		if n := testutil.ToFloat64(st.m.series); n != 2 {
+			return fmt.Errorf("%v series held, want 2", n)
+		}
+		return nil
+	})
+	produce(t, prod, f.topics.Raw, reading("d3", t0, 1, m("temp", 35)), reading("d1", t0.Add(time.Second), 2, m("temp", 35)))
+	waitEvents(t, out, t0, []string{"FIRING hot d1 temp @1s"})
+	testenv.Eventually(t, 30*time.Second, 100*time.Millisecond, func() error {
+		if n, c := testutil.ToFloat64(st.m.refused), testutil.ToFloat64(st.m.capReached); n != 1 || c != 1 {
+			return fmt.Errorf("refused %v, cap reached %v; want 1 and 1", n, c)
+		}
+		return nil
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
