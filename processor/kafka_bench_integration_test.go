@@ -170,8 +170,8 @@ func benchExactlyOnce(b *testing.B, env *testenv.Env) {
 				fmt.Fprintf(&sb, "\n  readiness %s: %v", name, check(context.Background()))
 			}
 			fmt.Fprintf(&sb, "\n  records in %v, transactions committed %v, aborted %v",
-				testutil.ToFloat64(p.m.recordsIn), testutil.ToFloat64(p.m.txns.WithLabelValues("committed")),
-				testutil.ToFloat64(p.m.txns.WithLabelValues("aborted")))
+				testutil.ToFloat64(p.m.recordsIn), testutil.ToFloat64(p.rt.Metrics().Txns.WithLabelValues("committed")),
+				testutil.ToFloat64(p.rt.Metrics().Txns.WithLabelValues("aborted")))
 			select {
 			case err := <-done:
 				fmt.Fprintf(&sb, "\n  the processor had stopped: Run returned %v", err)
@@ -203,7 +203,7 @@ func benchExactlyOnce(b *testing.B, env *testenv.Env) {
 		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(benchN), "cpu-µs/reading")
 		b.ReportMetric(float64(benchN)/el.Seconds(), "readings/s")
 		b.ReportMetric(el.Seconds()*1e6/float64(benchN), "µs/reading")
-		b.ReportMetric(testutil.ToFloat64(p.m.txns.WithLabelValues("committed")), "txns")
+		b.ReportMetric(testutil.ToFloat64(p.rt.Metrics().Txns.WithLabelValues("committed")), "txns")
 		b.ReportMetric(testutil.ToFloat64(p.m.changelogBytes)/float64(benchN), "changelog-B/reading")
 		cancel()
 		if err := <-done; err != nil {

@@ -7,7 +7,11 @@ import (
 )
 
 // metrics are the processor's Prometheus collectors (prefix
-// iotpipe_processor_).
+// iotpipe_processor_); those of its transactions, restores and sessions
+// (transactions_total, transaction_end_seconds, restore_seconds,
+// restored_records_total, partitions_assigned, session_restarts_total)
+// and its consumer lag are the exactly-once runtime's, under the same
+// prefix.
 type metrics struct {
 	recordsIn      prometheus.Counter
 	accepted       prometheus.Counter
@@ -23,14 +27,8 @@ type metrics struct {
 	stateBytes     prometheus.Gauge
 	capReached     prometheus.Gauge
 	capEvents      prometheus.Counter
-	txns           *prometheus.CounterVec // by result
-	txnSeconds     prometheus.Histogram
 	changelogBytes prometheus.Counter
-	restoreSeconds prometheus.Histogram
-	restoredRecs   prometheus.Counter
-	partitions     prometheus.Gauge
 	watermarkLag   prometheus.Gauge
-	sessions       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,26 +53,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stateBytes:     prometheus.NewGauge(prometheus.GaugeOpts(f("state_bytes_estimate", "Estimated in-memory bytes of window state (windows_open × measured bytes per key)."))),
 		capReached:     prometheus.NewGauge(prometheus.GaugeOpts(f("state_cap_reached", "1 while open windows are at --max-keys (the oldest are being closed early)."))),
 		capEvents:      prometheus.NewCounter(prometheus.CounterOpts(f("state_cap_early_closes_total", "Windows closed before their time because open windows reached --max-keys."))),
-		txns:           prometheus.NewCounterVec(prometheus.CounterOpts(f("transactions_total", "Kafka transactions ended, by result (committed, aborted).")), []string{"result"}),
-		txnSeconds:     prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "transaction_end_seconds", Help: "Time to end (flush and commit) a transaction.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		changelogBytes: prometheus.NewCounter(prometheus.CounterOpts(f("changelog_bytes_total", "Bytes of state written to the changelog topic."))),
-		restoreSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "restore_seconds", Help: "Time to restore assigned partitions' state from the changelog.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}),
-		restoredRecs:   prometheus.NewCounter(prometheus.CounterOpts(f("restored_records_total", "Changelog records read while restoring state."))),
-		partitions:     prometheus.NewGauge(prometheus.GaugeOpts(f("partitions_assigned", "Input partitions this process owns."))),
 		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest device watermark of the owned partitions."))),
-		sessions:       prometheus.NewCounter(prometheus.CounterOpts(f("session_restarts_total", "Kafka sessions thrown away after a transaction whose end failed (outcome unknown) or a failed state restore; the next session resumes from the committed offsets with the state restored, as a restarted process does."))),
 	}
 	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.seqResets, m.ignoredFields, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
-		m.deviceWindows, m.devices, m.stateBytes, m.capReached, m.capEvents, m.txns, m.txnSeconds, m.changelogBytes,
-		m.restoreSeconds, m.restoredRecs, m.partitions, m.watermarkLag, m.sessions)
+		m.deviceWindows, m.devices, m.stateBytes, m.capReached, m.capEvents, m.changelogBytes,
+		m.watermarkLag)
 	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord, schemas.ReasonTimestampSkew} {
 		m.dropped.WithLabelValues(string(r))
 	}
 	for _, k := range []string{"metric", "activity"} {
 		m.emitted.WithLabelValues(k)
-	}
-	for _, r := range []string{"committed", "aborted"} {
-		m.txns.WithLabelValues(r)
 	}
 	return m
 }

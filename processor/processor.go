@@ -6,16 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/eos"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -154,27 +152,19 @@ func (c *Config) TransactionalID() string { return "iotpipe-processor." + c.Grou
 
 // Processor consumes telemetry.raw in a consumer group and writes window
 // aggregates to telemetry.metrics, exactly once (see the package comment).
+// The transactions, the changelog restore and the Kafka sessions are the
+// shared exactly-once runtime's (internal/eos); the processor is its
+// Logic: the tasks, the engines, the cap on open windows and its metrics.
 type Processor struct {
-	cfg      Config
-	log      *slog.Logger
-	m        *metrics
-	now      func() time.Time
-	progress *kafkax.Progress // lag and stall of the raw partitions
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+	rt  *eos.Runtime[*task]
 
-	mu       sync.Mutex
-	assigned map[int32]bool // partitions of the raw topic the group gave us
-
-	tasks  map[int32]*task // restored partitions (main loop only)
-	capped bool            // open windows at MaxKeys (main loop only)
-	// produceFailures counts consecutive transactions aborted because a
-	// record could not be produced; at maxProduceFailures Run fails.
-	produceFailures int
-	// commits counts the transactions committed (main loop only).
-	commits  int
-	ready    atomic.Bool
+	capped   bool // open windows at MaxKeys (Run's goroutine only)
 	bytesKey float64
 	// devRetention is how long a silent device's state is kept: the raw
-	// topic's retention, read at start (main loop only).
+	// topic's retention, read at start (Run's goroutine only).
 	devRetention time.Duration
 }
 
@@ -189,9 +179,21 @@ func New(cfg Config, deps service.Deps) (*Processor, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	return &Processor{cfg: cfg, log: deps.Logger(), m: newMetrics(reg), now: time.Now,
-		progress: kafkax.NewProgress("iotpipe", "processor", reg, cfg.StallAfter),
-		assigned: map[int32]bool{}, tasks: map[int32]*task{}, bytesKey: BytesPerKeyEstimate}, nil
+	p := &Processor{cfg: cfg, log: deps.Logger(), m: newMetrics(reg), bytesKey: BytesPerKeyEstimate, devRetention: DefaultDeviceRetention}
+	rt, err := eos.New[*task](eos.Config{
+		Kafka: cfg.Kafka, Group: cfg.Group, InstanceID: cfg.InstanceID, TransactionalID: cfg.TransactionalID(),
+		Inputs: []string{cfg.Topics.Raw}, Changelog: cfg.Topics.Changelog,
+		CommitInterval: cfg.CommitInterval, MaxPollRecords: cfg.MaxPollRecords,
+		TransactionTimeout: cfg.TransactionTimeout, SessionTimeout: cfg.SessionTimeout,
+		RestoreTimeout: cfg.RestoreTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
+		StallAfter: cfg.StallAfter, DebugCommitDelay: cfg.DebugCommitDelay,
+		Namespace: "iotpipe", Subsystem: "processor",
+	}, p, p.log, reg)
+	if err != nil {
+		return nil, err
+	}
+	p.rt = rt
+	return p, nil
 }
 
 // Checks are the readiness checks: "processor" passes once the group has
@@ -200,14 +202,12 @@ func New(cfg Config, deps service.Deps) (*Processor, error) {
 // committed for StallAfter).
 func (p *Processor) Checks() map[string]service.Check {
 	return map[string]service.Check{"processor": func(context.Context) error {
-		if !p.ready.Load() {
+		if !p.rt.Ready() {
 			return errors.New("not consuming yet (joining the group or restoring state)")
 		}
 		return nil
-	}, "progress": func(context.Context) error { return p.progress.Check() }}
+	}, "progress": func(context.Context) error { return p.rt.ProgressCheck() }}
 }
-
-const maxProduceFailures = 5
 
 // BytesPerKeyEstimate is the measured heap size of one open metric window
 // with a minute of 1 Hz readings, two metrics per device (see
@@ -220,496 +220,60 @@ const BytesPerKeyEstimate = 400
 // ShutdownTimeout) and leaves the group; it returns nil after a clean stop.
 // It returns an error when Kafka fails in a way that retrying within the
 // process cannot fix (the transaction then aborts, and a restart resumes
-// from the last commit).
+// from the last commit). Each turn of the loop is one Kafka transaction
+// holding the metrics, accepted-readings and DLQ records produced, the
+// changelog records of every state change, and the input offsets (see
+// internal/eos).
 func (p *Processor) Run(ctx context.Context) error {
-	return p.loop(ctx)
+	return p.rt.Run(ctx)
 }
 
-// partitioner sends changelog records to the partition they name (that of
-// their input partition) and everything else by key hash, as Kafka's
-// default partitioner does.
-type partitioner struct {
-	changelog string
-	byKey     kgo.Partitioner
+// Start (eos.Logic) reads the raw topic's retention once.
+func (p *Processor) Start(ctx context.Context, adm *kadm.Client) {
+	p.devRetention = p.rawRetention(ctx, adm)
+	p.log.Info("processor started", "group", p.cfg.Group, "instance", p.cfg.InstanceID,
+		"transactional_id", p.cfg.TransactionalID(), "input", p.cfg.Topics.Raw, "readings", p.cfg.Topics.Readings, "window", p.cfg.Window.Size,
+		"lateness", p.cfg.Window.Lateness, "idle_timeout", p.cfg.Window.IdleTimeout, "max_future_skew", p.cfg.Window.MaxFutureSkew,
+		"device_retention", p.devRetention)
 }
 
-func (pt partitioner) ForTopic(topic string) kgo.TopicPartitioner {
-	if topic == pt.changelog {
-		return kgo.ManualPartitioner().ForTopic(topic)
-	}
-	return pt.byKey.ForTopic(topic)
-}
-
-func (p *Processor) sessionOpts() []kgo.Opt {
-	c := &p.cfg
-	return c.Kafka.Opts(
-		kgo.ConsumerGroup(c.Group),
-		kgo.ConsumeTopics(c.Topics.Raw),
-		kgo.InstanceID(c.InstanceID),
-		kgo.SessionTimeout(c.SessionTimeout),
-		kgo.TransactionalID(c.TransactionalID()),
-		kgo.TransactionTimeout(c.TransactionTimeout),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RecordPartitioner(partitioner{changelog: c.Topics.Changelog, byKey: kgo.StickyKeyPartitioner(nil)}),
-		kgo.MaxBufferedRecords(1<<20),
-		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			for _, part := range m[c.Topics.Raw] {
-				p.assigned[part] = true
-			}
-			p.log.Info("partitions assigned", "topic", c.Topics.Raw, "partitions", m[c.Topics.Raw])
-		}),
-		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-			p.unassign(m, "revoked")
-		}),
-		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-			p.unassign(m, "lost")
-		}),
-	)
-}
-
-func (p *Processor) unassign(m map[string][]int32, why string) {
-	p.progress.Forget(m)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, part := range m[p.cfg.Topics.Raw] {
-		delete(p.assigned, part)
-	}
-	if len(m[p.cfg.Topics.Raw]) > 0 {
-		p.log.Info("partitions "+why, "topic", p.cfg.Topics.Raw, "partitions", m[p.cfg.Topics.Raw])
-	}
-}
-
-// loop is the consume → aggregate → produce → commit cycle. Each turn is
-// one Kafka transaction holding: the metrics, accepted-readings and DLQ
-// records produced, the
-// changelog records of every state change, and the input offsets (End
-// commits every polled offset). When a transaction does not commit, the
-// in-memory state is thrown away and rebuilt from the changelog, which
-// then matches the committed offsets again.
-//
-// When ending a transaction fails (its coordinator stayed unreachable
-// longer than the client's retries, e.g. while a broker dies and its
-// transaction-state partitions move), whether it committed is unknown:
-// the client's idea of the committed offsets may be behind what the
-// broker holds. loop then throws the whole Kafka session away and starts
-// a new one, exactly as a restarted process would: the new producer
-// (same transactional id) fences the old one and has the open
-// transaction finished or aborted, the group hands the partitions back
-// with the offsets the broker committed, and the state is restored from
-// the committed changelog. After maxSessionRestarts sessions in a row
-// without a commit, Run fails.
-func (p *Processor) loop(ctx context.Context) error {
-	defer func() {
-		// Soft stop, step 2: leave the group so that the partitions move
-		// to the other instances now rather than after the session
-		// timeout (static members do not leave on close by themselves).
-		lctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
-		defer cancel()
-		lcl, err := kgo.NewClient(p.cfg.Kafka.Opts()...)
-		if err == nil {
-			if _, err := kadm.NewClient(lcl).LeaveGroup(lctx, kadm.LeaveGroup(p.cfg.Group).InstanceIDs(p.cfg.InstanceID).Reason("shutdown")); err != nil {
-				p.log.Warn("leave group", "err", err)
-			}
-			lcl.Close()
-		}
-		p.log.Info("left the group", "group", p.cfg.Group, "instance", p.cfg.InstanceID)
-	}()
-	for restarts := 0; ; {
-		commits := p.commits
-		err := p.session(ctx, restarts == 0 && commits == 0)
-		var se *sessionError
-		if err == nil || !errors.As(err, &se) {
-			return err
-		}
-		if kafkax.IsSecurity(se.err) {
-			// A denied ACL, a wrong password, an untrusted certificate: a
-			// new session cannot cure it. Stop, naming the setting.
-			return se.err
-		}
-		if ctx.Err() != nil {
-			return se.err // the shutdown commit failed: its outcome is unknown
-		}
-		if p.commits > commits {
-			restarts = 0
-		}
-		restarts++
-		if restarts > maxSessionRestarts {
-			return fmt.Errorf("%d Kafka sessions in a row ended without a commit, last: %w", restarts, se.err)
-		}
-		wait := min(time.Duration(1<<(restarts-1))*time.Second, 30*time.Second)
-		p.m.sessions.Inc()
-		p.log.Warn("starting a new Kafka session: it resumes from the committed offsets with the state restored from the changelog",
-			"err", se.err, "attempt", restarts, "of", maxSessionRestarts, "in", wait)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
-	}
-}
-
-// maxSessionRestarts bounds the Kafka sessions thrown away in a row (no
-// commit in between); with the waits between them (1 s doubling up to
-// 30 s), about 3.5 minutes of a cluster that cannot end a transaction.
-const maxSessionRestarts = 10
-
-// sessionError is an error after which the Kafka session is thrown away
-// and a new one started (see loop).
-type sessionError struct{ err error }
-
-func (e *sessionError) Error() string { return e.err.Error() }
-func (e *sessionError) Unwrap() error { return e.err }
-
-// session runs turns on one Kafka session (client, group membership,
-// transactional producer) until ctx ends or an error.
-func (p *Processor) session(ctx context.Context, first bool) error {
-	sess, err := kgo.NewGroupTransactSession(p.sessionOpts()...)
+// NewTask (eos.Logic) returns the empty engine of a raw partition.
+func (p *Processor) NewTask(part eos.Partition) (*task, error) {
+	eng, err := NewEngine(p.cfg.Window)
 	if err != nil {
-		return fmt.Errorf("kafka client: %w", err)
+		return nil, err
 	}
-	defer func() {
-		sess.Close()
-		// What this session was given and restored is not the next
-		// session's: it gets its partitions (and their state) anew.
-		p.mu.Lock()
-		clear(p.assigned)
-		p.mu.Unlock()
-		p.dropAll("kafka session closed")
-		p.ready.Store(false)
-	}()
-	adm := kadm.NewClient(sess.Client())
-	// Initialise the transactional producer before restoring anything: it
-	// fences the predecessor (an earlier session or process with this
-	// transactional id) and has its open transaction aborted, or finished
-	// if it was committing. The changelog (read read_committed) and the
-	// committed offsets are then final at once instead of held until the
-	// transaction timeout.
-	if _, _, err := sess.Client().ProducerID(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return &sessionError{fmt.Errorf("initialise the transactional producer: %w", err)}
-	}
-	if first {
-		p.devRetention = p.rawRetention(ctx, adm)
-		p.log.Info("processor started", "group", p.cfg.Group, "instance", p.cfg.InstanceID,
-			"transactional_id", p.cfg.TransactionalID(), "input", p.cfg.Topics.Raw, "readings", p.cfg.Topics.Readings, "window", p.cfg.Window.Size,
-			"lateness", p.cfg.Window.Lateness, "idle_timeout", p.cfg.Window.IdleTimeout, "max_future_skew", p.cfg.Window.MaxFutureSkew,
-			"device_retention", p.devRetention)
-	}
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err := p.syncAssignment(ctx, adm); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return &sessionError{err}
-		}
-		if err := sess.Begin(); err != nil {
-			return &sessionError{fmt.Errorf("begin transaction (transactional id %s, group %s): %w", p.cfg.TransactionalID(), p.cfg.Group, err)}
-		}
-		stop, err := p.turn(ctx, sess, adm)
-		if err != nil {
-			return err
-		}
-		if stop {
-			if ctx.Err() == nil {
-				return errors.New("kafka client closed unexpectedly")
-			}
-			return nil
-		}
-	}
+	eng.SetDeviceRetention(p.devRetention)
+	return newTask(part.Partition, eng, p.cfg.Topics, p.m), nil
 }
 
-// turn runs one transaction. It returns stop=true after the shutdown
-// commit.
-func (p *Processor) turn(ctx context.Context, sess *kgo.GroupTransactSession, adm *kadm.Client) (stop bool, err error) {
-	var produceErr error
-	var perrMu sync.Mutex
-	// One promise for every record of the turn (not a closure per record:
-	// with a copy of every accepted reading, out runs once per reading).
-	promise := func(_ *kgo.Record, err error) {
-		if err != nil {
-			perrMu.Lock()
-			if produceErr == nil {
-				produceErr = err
-			}
-			perrMu.Unlock()
-		}
+// Restore (eos.Logic) applies one changelog record.
+func (p *Processor) Restore(t *task, key, value []byte) error { return t.eng.Restore(key, value) }
+
+// Restored (eos.Logic) ends a partition's restore.
+func (p *Processor) Restored(t *task, now time.Time) error { return t.eng.FinishRestore(now) }
+
+// Process (eos.Logic) aggregates one partition's polled records, then
+// keeps the open windows under the cap.
+func (p *Processor) Process(t *task, recs []*kgo.Record, now time.Time, out func(*kgo.Record)) {
+	for _, r := range recs {
+		t.handle(r, now, out)
 	}
-	out := func(r *kgo.Record) { sess.Produce(context.Background(), r, promise) }
-	deadline := p.now().Add(p.cfg.CommitInterval)
-	for {
-		pctx, cancel := context.WithDeadline(ctx, deadline)
-		fs := sess.PollRecords(pctx, p.cfg.MaxPollRecords)
-		cancel()
-		if fs.IsClientClosed() {
-			return true, nil
-		}
-		var fatal error
-		fs.EachError(func(t string, part int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return
-			}
-			p.log.Warn("fetch error", "topic", t, "partition", part, "err", err)
-			if errors.Is(err, kgo.ErrClientClosed) {
-				fatal = err
-			}
-		})
-		if fatal != nil {
-			return false, fatal
-		}
-		p.progress.Fetched(fs)
-		now := p.now()
-		var rerr error
-		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
-			if rerr != nil || len(fp.Records) == 0 {
-				return
-			}
-			t, err := p.task(ctx, adm, fp.Partition)
-			if err != nil {
-				rerr = err
-				return
-			}
-			for _, r := range fp.Records {
-				t.handle(r, now, out)
-			}
-			p.enforceCap(now, out)
-		})
-		if rerr != nil {
-			// The records polled are in no transaction yet: abort, and the
-			// session rewinds to the committed offsets.
-			if _, aerr := p.endTxn(sess, kgo.TryAbort, ctx); aerr != nil {
-				rerr = errors.Join(rerr, fmt.Errorf("abort the transaction: %w", aerr))
-			}
-			if ctx.Err() != nil {
-				return true, nil
-			}
-			return false, &sessionError{rerr}
-		}
-		p.ready.Store(true)
-		if ctx.Err() != nil || !p.now().Before(deadline) {
-			break
-		}
-	}
-	// Emit what the watermarks allow, then write the state changes: the
-	// changelog always describes the state after these emissions.
-	now := p.now()
-	for _, t := range p.tasks {
+	p.enforceCap(now, out)
+}
+
+// EndTurn (eos.Logic) emits what the watermarks allow, then writes the
+// state changes: the changelog always describes the state after these
+// emissions.
+func (p *Processor) EndTurn(now time.Time, out func(*kgo.Record)) {
+	tasks := p.rt.Tasks()
+	for _, t := range tasks {
 		t.advance(now, out)
 	}
-	for _, t := range p.tasks {
+	for _, t := range tasks {
 		t.changes(out)
 	}
 	p.observeState(now)
-	want := kgo.TryCommit
-	if err := sess.Client().Flush(ctx); err != nil && ctx.Err() == nil {
-		return false, fmt.Errorf("flush: %w", err)
-	}
-	perrMu.Lock()
-	perr := produceErr
-	perrMu.Unlock()
-	if perr != nil {
-		p.produceFailures++
-		p.log.Error("produce failed; aborting the transaction", "err", perr, "consecutive", p.produceFailures)
-		want = kgo.TryAbort
-	} else {
-		p.produceFailures = 0
-	}
-	committed, err := p.endTxn(sess, want, ctx)
-	if err != nil {
-		return false, &sessionError{err}
-	}
-	if committed {
-		p.commits++
-		p.progress.CommittedAll()
-	} else {
-		p.dropAll("transaction aborted")
-	}
-	if p.produceFailures >= maxProduceFailures {
-		return false, fmt.Errorf("%d transactions in a row failed to produce, last: %w", p.produceFailures, perr)
-	}
-	return ctx.Err() != nil, nil
-}
-
-// endTxn ends the transaction; after a shutdown request it still commits,
-// within ShutdownTimeout (the hard deadline).
-func (p *Processor) endTxn(sess *kgo.GroupTransactSession, want kgo.TransactionEndTry, ctx context.Context) (bool, error) {
-	ectx := context.Background()
-	if ctx.Err() != nil {
-		var cancel context.CancelFunc
-		ectx, cancel = context.WithTimeout(ectx, p.cfg.ShutdownTimeout)
-		defer cancel()
-	}
-	if d := p.cfg.DebugCommitDelay; d > 0 && want == kgo.TryCommit {
-		ectx = kgo.PreTxnCommitFnContext(ectx, func(*kmsg.TxnOffsetCommitRequest) error {
-			p.log.Info("transaction commit started")
-			time.Sleep(d)
-			return nil
-		})
-	}
-	start := time.Now()
-	committed, err := sess.End(ectx, want)
-	p.m.txnSeconds.Observe(time.Since(start).Seconds())
-	if committed {
-		p.m.txns.WithLabelValues("committed").Inc()
-	} else {
-		p.m.txns.WithLabelValues("aborted").Inc()
-	}
-	if err != nil {
-		return false, fmt.Errorf("end transaction: %w", err)
-	}
-	return committed, nil
-}
-
-// dropAll forgets every partition's in-memory state; the partitions still
-// assigned are restored from the changelog before they are used again.
-func (p *Processor) dropAll(why string) {
-	if len(p.tasks) > 0 {
-		p.log.Info("dropping in-memory state; it will be restored from the changelog", "reason", why, "partitions", len(p.tasks))
-	}
-	clear(p.tasks)
-}
-
-// syncAssignment drops the state of partitions no longer assigned and
-// restores the state of newly assigned ones (so that their windows close
-// even when no new input comes).
-func (p *Processor) syncAssignment(ctx context.Context, adm *kadm.Client) error {
-	p.mu.Lock()
-	var missing []int32
-	for part := range p.assigned {
-		if p.tasks[part] == nil {
-			missing = append(missing, part)
-		}
-	}
-	for part := range p.tasks {
-		if !p.assigned[part] {
-			delete(p.tasks, part)
-		}
-	}
-	n := len(p.assigned)
-	p.mu.Unlock()
-	p.m.partitions.Set(float64(n))
-	if len(missing) == 0 {
-		return nil
-	}
-	return p.restore(ctx, adm, missing)
-}
-
-// task returns the task of an input partition, restoring its state first
-// when needed.
-func (p *Processor) task(ctx context.Context, adm *kadm.Client, part int32) (*task, error) {
-	if t := p.tasks[part]; t != nil {
-		return t, nil
-	}
-	if err := p.restore(ctx, adm, []int32{part}); err != nil {
-		return nil, err
-	}
-	return p.tasks[part], nil
-}
-
-// restore rebuilds the engines of parts from their changelog partitions:
-// it reads each from its start to the end that the log had when the
-// restore began, read_committed, so that only state written by committed
-// transactions is applied. A transaction still open on the changelog (a
-// predecessor's, being committed or aborted) holds the read back until it
-// ends, as it holds the input offsets (franz-go always fetches stable offsets).
-func (p *Processor) restore(ctx context.Context, adm *kadm.Client, parts []int32) error {
-	start := time.Now()
-	rctx, cancel := context.WithTimeout(ctx, p.cfg.RestoreTimeout)
-	defer cancel()
-	topic := p.cfg.Topics.Changelog
-	ends, err := adm.ListEndOffsets(rctx, topic)
-	if err == nil {
-		err = ends.Error()
-	}
-	if err != nil {
-		return fmt.Errorf("list end offsets of changelog %s: %w", topic, err)
-	}
-	starts, err := adm.ListStartOffsets(rctx, topic)
-	if err == nil {
-		err = starts.Error()
-	}
-	if err != nil {
-		return fmt.Errorf("list start offsets of changelog %s: %w", topic, err)
-	}
-	engines := map[int32]*Engine{}
-	target := map[int32]int64{}
-	offsets := map[int32]kgo.Offset{}
-	for _, part := range parts {
-		eng, err := NewEngine(p.cfg.Window)
-		if err != nil {
-			return err
-		}
-		eng.SetDeviceRetention(p.devRetention)
-		engines[part] = eng
-		e, ok := ends.Lookup(topic, part)
-		if !ok {
-			return fmt.Errorf("changelog %s has no partition %d: it needs as many partitions as %s", topic, part, p.cfg.Topics.Raw)
-		}
-		s, _ := starts.Lookup(topic, part)
-		if e.Offset > s.Offset {
-			target[part] = e.Offset
-			offsets[part] = kgo.NewOffset().At(s.Offset)
-		}
-	}
-	var n int64
-	if len(target) > 0 {
-		cl, err := kgo.NewClient(p.cfg.Kafka.Opts(
-			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}),
-			kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-			kgo.KeepControlRecords(),
-			kgo.FetchMaxBytes(64<<20),
-		)...)
-		if err != nil {
-			return fmt.Errorf("changelog client: %w", err)
-		}
-		defer cl.Close()
-		for len(target) > 0 {
-			fs := cl.PollFetches(rctx)
-			if err := rctx.Err(); err != nil {
-				return fmt.Errorf("restore partitions %v from %s: %w (open transaction on the changelog?)", parts, topic, err)
-			}
-			var ferr error
-			fs.EachError(func(_ string, part int32, err error) { ferr = fmt.Errorf("partition %d: %w", part, err) })
-			if ferr != nil {
-				return fmt.Errorf("read changelog %s: %w", topic, ferr)
-			}
-			fs.EachRecord(func(r *kgo.Record) {
-				if ferr != nil {
-					return
-				}
-				if !r.Attrs.IsControl() {
-					if err := engines[r.Partition].Restore(r.Key, r.Value); err != nil {
-						ferr = fmt.Errorf("changelog %s partition %d offset %d: %w", topic, r.Partition, r.Offset, err)
-						return
-					}
-					n++
-				}
-				if end, ok := target[r.Partition]; ok && r.Offset >= end-1 {
-					delete(target, r.Partition)
-				}
-			})
-			if ferr != nil {
-				return ferr
-			}
-		}
-	}
-	now := p.now()
-	for part, eng := range engines {
-		if err := eng.FinishRestore(now); err != nil {
-			return fmt.Errorf("changelog %s partition %d: %w", topic, part, err)
-		}
-		p.tasks[part] = newTask(part, eng, p.cfg.Topics, p.m)
-	}
-	p.m.restoredRecs.Add(float64(n))
-	p.m.restoreSeconds.Observe(time.Since(start).Seconds())
-	p.log.Info("restored state", "partitions", parts, "records", n, "took", time.Since(start).Round(time.Millisecond))
-	return nil
 }
 
 // rawRetention returns the raw topic's retention.ms, how long a device
@@ -741,7 +305,7 @@ func (p *Processor) rawRetention(ctx context.Context, adm *kadm.Client) time.Dur
 
 func (p *Processor) openKeys() int {
 	n := 0
-	for _, t := range p.tasks {
+	for _, t := range p.rt.Tasks() {
 		n += t.eng.OpenKeys()
 	}
 	return n
@@ -758,13 +322,14 @@ func (p *Processor) enforceCap(now time.Time, out func(*kgo.Record)) {
 	if !p.overCap() {
 		return
 	}
-	for _, t := range p.tasks { // first let windows close in their own time
+	tasks := p.rt.Tasks()
+	for _, t := range tasks { // first let windows close in their own time
 		t.advance(now, out)
 	}
 	for p.overCap() {
 		var victim *task
 		var oldest int64
-		for _, t := range p.tasks {
+		for _, t := range tasks {
 			if st, ok := t.eng.oldestOpen(); ok && (victim == nil || st < oldest) {
 				victim, oldest = t, st
 			}
@@ -791,7 +356,7 @@ func (p *Processor) enforceCap(now time.Time, out func(*kgo.Record)) {
 func (p *Processor) observeState(now time.Time) {
 	keys, dws, devs := 0, 0, 0
 	var oldest time.Time
-	for _, t := range p.tasks {
+	for _, t := range p.rt.Tasks() {
 		keys += t.eng.OpenKeys()
 		dws += t.eng.DeviceWindows()
 		devs += t.eng.Devices()

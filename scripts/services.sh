@@ -63,7 +63,7 @@ S3_LAKE_ACCESS=iotpipe-lake S3_LAKE_SECRET=iotpipe-lake-dev-secret
 # --kafka-acls` creates with only the ACLs each stage needs.
 KAFKA_ADMIN_USER=admin KAFKA_ADMIN_PASS=admin-dev-secret
 KAFKA_CONTROLLER_USER=controller KAFKA_CONTROLLER_PASS=controller-dev-secret
-KAFKA_STAGES=(bridge processor sink-lake sink-timescale notify shadow-consumer)
+KAFKA_STAGES=(bridge processor sink-lake sink-timescale alert notify shadow-consumer)
 
 ALL_SERVICES=(mqtt kafka postgres s3)
 

@@ -76,22 +76,60 @@ type Stats struct {
 	Stale     uint64 // values ignored: not newer than their series' last
 	Fired     uint64
 	Resolved  uint64
+	// Refused counts values not evaluated because their series was new
+	// and the engine held MaxSeries series (see SetMaxSeries).
+	Refused uint64 `json:",omitempty"`
 }
 
 // Engine evaluates a rule set. It is not safe for concurrent use.
 type Engine struct {
-	rules    []*rules.Rule
-	byMetric map[string][]*rules.Rule // reading and window rules by metric
-	noData   []*rules.Rule
-	groups   func(device string) []string
-	series   map[Key]*State
-	dirty    []Key // series changed since Dirty (each once, by State.dirty; deletions may repeat)
-	wmDirty  bool
-	stats    Stats
+	rules []*rules.Rule
+	byID  map[string]*rules.Rule
+	// Reading and window rules by metric, the device-scoped ones by
+	// device and metric; no_data rules, the device-scoped ones by device.
+	// Each list is in rule-set order (pos), and a value meets the rules of
+	// both of its lists in that order: events come out as with one list,
+	// while a reading costs the rules that may apply to it, not every
+	// device's own.
+	byMetric    map[string][]ruleAt
+	byDevMetric map[devMetric][]ruleAt
+	noData      []ruleAt
+	noDataByDev map[string][]ruleAt
+	groups      func(device string) []string
+	series      map[Key]*State
+	dirty       []Key // series changed since Dirty (each once, by State.dirty; deletions may repeat)
+	wmDirty     bool
+	stats       Stats
+	// max caps the series held when capped.
+	max    int
+	capped bool
 	// wm is the latest time Advance was given (Seen: once given); it is
 	// held as the series WatermarkKey so that a replay of older advances
 	// after a restore does nothing.
 	wm State
+}
+
+// ruleAt is a rule and its position in the rule set.
+type ruleAt struct {
+	*rules.Rule
+	pos int
+}
+
+type devMetric struct{ device, metric string }
+
+// merged calls f with the rules of a and b (each in position order) in
+// position order.
+func merged(a, b []ruleAt, f func(*rules.Rule)) {
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		if j >= len(b) || (i < len(a) && a[i].pos < b[j].pos) {
+			f(a[i].Rule)
+			i++
+		} else {
+			f(b[j].Rule)
+			j++
+		}
+	}
 }
 
 // WatermarkKey is the key under which Dirty and Restore carry the engine's
@@ -110,19 +148,31 @@ func New(set []*rules.Rule, groups func(device string) []string) *Engine {
 // disabled) are dropped.
 func (e *Engine) SetRules(set []*rules.Rule) {
 	e.rules = e.rules[:0]
-	e.byMetric = map[string][]*rules.Rule{}
+	e.byID = map[string]*rules.Rule{}
+	e.byMetric = map[string][]ruleAt{}
+	e.byDevMetric = map[devMetric][]ruleAt{}
 	e.noData = nil
+	e.noDataByDev = map[string][]ruleAt{}
 	keep := map[string]bool{}
 	for _, r := range set {
 		if !r.Enabled {
 			continue
 		}
 		keep[r.ID] = true
+		ra := ruleAt{r, len(e.rules)}
 		e.rules = append(e.rules, r)
-		if r.Kind == rules.KindNoData {
-			e.noData = append(e.noData, r)
-		} else {
-			e.byMetric[r.Metric] = append(e.byMetric[r.Metric], r)
+		e.byID[r.ID] = r
+		device := r.Scope == rules.ScopeDevice
+		switch {
+		case r.Kind == rules.KindNoData && device:
+			e.noDataByDev[r.ScopeID] = append(e.noDataByDev[r.ScopeID], ra)
+		case r.Kind == rules.KindNoData:
+			e.noData = append(e.noData, ra)
+		case device:
+			k := devMetric{r.ScopeID, r.Metric}
+			e.byDevMetric[k] = append(e.byDevMetric[k], ra)
+		default:
+			e.byMetric[r.Metric] = append(e.byMetric[r.Metric], ra)
 		}
 	}
 	for k := range e.series {
@@ -146,9 +196,21 @@ func (e *Engine) applies(r *rules.Rule, device string) bool {
 	return r.AppliesTo(device, e.groups(device))
 }
 
+// SetMaxSeries caps the series the engine holds, as a memory guard: at
+// the cap a value of a series not held yet is not evaluated (the series is
+// not created) and is counted in Stats.Refused. Series already held go on
+// as before. A negative n removes the cap (the default).
+func (e *Engine) SetMaxSeries(n int) { e.max, e.capped = n, n >= 0 }
+
+// state returns series k's state, creating it; nil when it is new and the
+// engine is at its cap.
 func (e *Engine) state(k Key) *State {
 	s := e.series[k]
 	if s == nil {
+		if e.capped && len(e.series) >= e.max {
+			e.stats.Refused++
+			return nil
+		}
 		s = &State{}
 		e.series[k] = s
 	}
@@ -168,18 +230,18 @@ func (e *Engine) mark(k Key, s *State) {
 // events to out and returns it.
 func (e *Engine) Reading(out []*schemas.Alert, r Reading) []*schemas.Alert {
 	t := r.Time.UnixNano()
-	for _, rule := range e.byMetric[r.Metric] {
+	merged(e.byMetric[r.Metric], e.byDevMetric[devMetric{r.DeviceID, r.Metric}], func(rule *rules.Rule) {
 		if rule.Kind != rules.KindReading || !e.applies(rule, r.DeviceID) {
-			continue
+			return
 		}
 		out = e.step(out, rule, Key{rule.ID, r.DeviceID, r.Metric}, r.Value, t)
-	}
-	for _, rule := range e.noData {
+	})
+	merged(e.noData, e.noDataByDev[r.DeviceID], func(rule *rules.Rule) {
 		if !e.applies(rule, r.DeviceID) {
-			continue
+			return
 		}
 		out = e.seen(out, rule, r.DeviceID, t)
-	}
+	})
 	return out
 }
 
@@ -187,22 +249,25 @@ func (e *Engine) Reading(out []*schemas.Alert, r Reading) []*schemas.Alert {
 // metric, at the window's end.
 func (e *Engine) Window(out []*schemas.Alert, w Window) []*schemas.Alert {
 	t := w.End.UnixNano()
-	for _, rule := range e.byMetric[w.Metric] {
+	merged(e.byMetric[w.Metric], e.byDevMetric[devMetric{w.DeviceID, w.Metric}], func(rule *rules.Rule) {
 		if rule.Kind != rules.KindWindow || !e.applies(rule, w.DeviceID) {
-			continue
+			return
 		}
 		v, ok := w.Stats[rule.Statistic]
 		if !ok {
-			continue
+			return
 		}
 		out = e.step(out, rule, Key{rule.ID, w.DeviceID, w.Metric}, v, t)
-	}
+	})
 	return out
 }
 
 // step runs one series' state machine on value v at event time t.
 func (e *Engine) step(out []*schemas.Alert, rule *rules.Rule, k Key, v float64, t int64) []*schemas.Alert {
 	s := e.state(k)
+	if s == nil {
+		return out
+	}
 	if s.Seen && t <= s.Last {
 		e.stats.Stale++
 		return out
@@ -242,6 +307,9 @@ func (e *Engine) step(out []*schemas.Alert, rule *rules.Rule, k Key, v float64, 
 func (e *Engine) seen(out []*schemas.Alert, rule *rules.Rule, device string, t int64) []*schemas.Alert {
 	k := Key{rule.ID, device, ""}
 	s := e.state(k)
+	if s == nil {
+		return out
+	}
 	if s.Seen && t <= s.Last {
 		return out // no newer: neither a sign of life nor stale for this rule
 	}
@@ -291,14 +359,7 @@ func (e *Engine) Advance(out []*schemas.Alert, now time.Time) []*schemas.Alert {
 	return out
 }
 
-func (e *Engine) ruleByID(id string) *rules.Rule {
-	for _, r := range e.rules {
-		if r.ID == id {
-			return r
-		}
-	}
-	return nil
-}
+func (e *Engine) ruleByID(id string) *rules.Rule { return e.byID[id] }
 
 // EventID is the deterministic id of a transition: the same rule, series,
 // state and event time always give the same id.

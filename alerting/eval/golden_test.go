@@ -155,3 +155,26 @@ func TestGolden(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxSeries: at the cap a new series is refused (counted), held
+// series go on; removing the cap creates it.
+func TestMaxSeries(t *testing.T) {
+	r := &rules.Rule{ID: "hot", Kind: rules.KindReading, Scope: rules.ScopeAll, Metric: "temp", Operator: rules.GT,
+		Trigger: 30, Clear: 25, ForCount: 1, Severity: rules.SeverityWarning, Enabled: true, Version: 1}
+	e := New([]*rules.Rule{r}, nil)
+	e.SetMaxSeries(1)
+	t0 := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	if out := e.Reading(nil, Reading{DeviceID: "a", Metric: "temp", Value: 31, Time: t0}); len(out) != 1 {
+		t.Fatalf("held series: %d events, want 1 FIRING", len(out))
+	}
+	if out := e.Reading(nil, Reading{DeviceID: "b", Metric: "temp", Value: 31, Time: t0}); len(out) != 0 || e.Stats().Refused != 1 || e.Series() != 1 {
+		t.Fatalf("at the cap: %d events, refused %d, series %d; want 0, 1, 1", len(out), e.Stats().Refused, e.Series())
+	}
+	if out := e.Reading(nil, Reading{DeviceID: "a", Metric: "temp", Value: 20, Time: t0.Add(time.Second)}); len(out) != 1 {
+		t.Fatalf("held series at the cap: %d events, want 1 RESOLVED", len(out))
+	}
+	e.SetMaxSeries(-1)
+	if out := e.Reading(nil, Reading{DeviceID: "b", Metric: "temp", Value: 31, Time: t0}); len(out) != 1 || e.Series() != 2 {
+		t.Fatalf("no cap: %d events, series %d; want 1, 2", len(out), e.Series())
+	}
+}

@@ -41,6 +41,7 @@ type File struct {
 	// Stages; nil when skipped.
 	Bridge    *Bridge    `json:"bridge,omitempty"`
 	Processor *Processor `json:"processor,omitempty"`
+	Alert     *Alert     `json:"alert,omitempty"`
 	Timescale *Timescale `json:"timescale,omitempty"`
 	Lake      *Lake      `json:"lake,omitempty"`
 	Micro     *Micro     `json:"micro,omitempty"`

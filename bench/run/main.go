@@ -25,7 +25,7 @@ import (
 // their medians).
 const bridgeTLSRounds = 5
 
-var stageNames = []string{"bridge", "processor", "timescale", "lake", "micro", "e2e"}
+var stageNames = []string{"bridge", "processor", "alert", "timescale", "lake", "micro", "e2e"}
 
 // sizes are the loads of one run.
 type sizes struct {
@@ -133,7 +133,7 @@ func run() int {
 	}
 	r.testBins = filepath.Join(tmp, "tests")
 	if err := r.command(ctx, "compile the benchmarks", *goCmd, "test", "-tags", "integration", "-c", "-o", r.testBins+"/",
-		"./bridge/", "./processor/", "./sink/timescale/", "./sink/lake/", "./schemas/"); err != nil {
+		"./bridge/", "./processor/", "./alert/", "./sink/timescale/", "./sink/lake/", "./schemas/"); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v (the stages that do not compile will fail)\n", err)
 	}
 
@@ -163,6 +163,16 @@ func run() int {
 				benchtime: "1x", cpu: "1", env: []string{"IOTPIPE_BENCH_READINGS=" + strconv.Itoa(sz.ProcessorReadings)}})
 			f.Processor = result.ProcessorFrom(bs, sz.ProcessorReadings)
 			result.WithRunError(err, &f.Processor.Error, &f.Processor.GoalMet)
+		})
+	}
+	if selected["alert"] {
+		timed("alert", func() {
+			// The alert stage with 1,000 rules against consume+decode of
+			// the same input, -cpu 1; the readings of the processor's load.
+			bs, err := r.goTest(ctx, goBench{pkg: "./alert/", pattern: "^(" + result.AlertCeilingBench + "|" + result.AlertBench + ")$",
+				benchtime: "1x", cpu: "1", env: []string{"IOTPIPE_BENCH_READINGS=" + strconv.Itoa(sz.ProcessorReadings)}})
+			f.Alert = result.AlertFrom(bs, sz.ProcessorReadings)
+			result.WithRunError(err, &f.Alert.Error, &f.Alert.GoalMet)
 		})
 	}
 	if selected["timescale"] {

@@ -18,8 +18,8 @@ func TestSelectStages(t *testing.T) {
 		err        string
 	}{
 		{"", "", stageNames, ""},
-		{"", "e2e,bridge", []string{"processor", "timescale", "lake", "micro"}, ""},
-		{"", "end_to_end", []string{"bridge", "processor", "timescale", "lake", "micro"}, ""},
+		{"", "e2e,bridge", []string{"processor", "alert", "timescale", "lake", "micro"}, ""},
+		{"", "end_to_end", []string{"bridge", "processor", "alert", "timescale", "lake", "micro"}, ""},
 		{"lake, micro", "", []string{"lake", "micro"}, ""},
 		{"lake,micro", "micro", []string{"lake"}, ""},
 		{"", "brigde", nil, `--skip: unknown stage "brigde"`},

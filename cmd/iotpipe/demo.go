@@ -56,6 +56,7 @@ type demoFlags struct {
 	httpTimescale, httpLake          string
 	apiListen                        string
 	portOffset                       int
+	alertThreshold                   float64
 	readerDSN, pgSchema              string
 	s3                               s3Flags
 	prefix                           string
@@ -88,6 +89,7 @@ func (o *demoFlags) bind(f *cmdFlags) {
 	f.String(&o.httpLake, "sink-lake-http-addr", "127.0.0.1:9103", "/metrics address of the lake sink")
 	f.String(&o.httpTimescale, "sink-timescale-http-addr", "127.0.0.1:9104", "/metrics address of the TimescaleDB sink")
 	f.String(&o.apiListen, "api-listen", "127.0.0.1:8443", "address of the demo's device API (with --mqtt-tls)")
+	f.Float(&o.alertThreshold, "alert-threshold", 32, "the demo's alert rule fires above this temperature (°C; the fleet's spikes cross 32) and resolves 3 °C below it")
 	f.Int(&o.portOffset, "http-port-offset", 0, "added to the port of every *-http-addr above: one setting moves the whole pipeline's ports (as IOTPIPE_HTTP_PORT_OFFSET does for each stage)")
 	f.Group("Where to look")
 	f.Secret(&o.readerDSN, "pg-reader-dsn", "", "read-only PostgreSQL URL, to find the first metric row (empty: skip that)")
@@ -270,7 +272,8 @@ func (d *demoRun) start(name string, args ...string) (*demoChild, error) {
 // left to init, which creates those principals and their ACLs with
 // --kafka-acls). Nothing changes when they are not set.
 func demoKafkaEnv(name string, getenv func(string) string) []string {
-	stage := map[string]string{"bridge": "BRIDGE", "processor": "PROCESSOR", "sink lake": "SINK_LAKE", "sink timescale": "SINK_TIMESCALE"}
+	stage := map[string]string{"bridge": "BRIDGE", "processor": "PROCESSOR", "sink lake": "SINK_LAKE", "sink timescale": "SINK_TIMESCALE",
+		"alert": "ALERT", "notify": "NOTIFY"}
 	if name == "init" {
 		for _, st := range stage {
 			if getenv("IOTPIPE_KAFKA_"+st+"_PASSWORD") != "" {
@@ -413,7 +416,8 @@ func (d *demoRun) run(ctx context.Context) error {
 	// The groups init grants the stages' principals (with --kafka-acls)
 	// are the demo's.
 	ini, err := d.start("init", "init", "--processor-group", o.groupPrefix+"-processor",
-		"--sink-lake-group", o.groupPrefix+"-sink-lake", "--sink-timescale-group", o.groupPrefix+"-sink-timescale")
+		"--sink-lake-group", o.groupPrefix+"-sink-lake", "--sink-timescale-group", o.groupPrefix+"-sink-timescale",
+		"--alert-group", o.groupPrefix+"-alert", "--notify-group", o.groupPrefix+"-notify")
 	if err != nil {
 		return err
 	}
@@ -488,13 +492,16 @@ func (d *demoRun) run(ctx context.Context) error {
 	}
 	simStart := time.Now()
 	d.whereToLook()
+	var followers sync.WaitGroup
+	fctx, stopFollowers := context.WithCancel(ctx)
+	defer func() { stopFollowers(); followers.Wait() }()
 	if o.tls.on {
-		var followers sync.WaitGroup
-		fctx, stopFollowers := context.WithCancel(ctx)
-		defer func() { stopFollowers(); followers.Wait() }()
 		if err := d.startShadow(fctx, &followers, certDir); err != nil {
 			return err
 		}
+	}
+	if err := d.startAlerts(fctx, &followers); err != nil {
+		return err
 	}
 
 	first := newFirstRow(o.readerDSN, o.pgSchema, simStart.Add(-o.window))

@@ -66,7 +66,7 @@ func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...str
 	id := testenv.Name(t, "demo")
 	d := &demoProc{out: &lockedLines{}, errOut: &strings.Builder{}, done: make(chan error, 1), state: t.TempDir(),
 		schema: env.Schema(t), bucket: env.BucketName(t), devicePrefix: id + "-"}
-	topics := []string{id + ".raw", id + ".metrics", id + ".dlq", id + ".changelog", id + ".readings"}
+	topics := []string{id + ".raw", id + ".metrics", id + ".dlq", id + ".changelog", id + ".readings", id + ".alerts", id + ".alertchangelog"}
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -78,6 +78,7 @@ func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...str
 	d.cmd.Env = append(append(os.Environ(),
 		"IOTPIPE_TOPIC_RAW="+topics[0], "IOTPIPE_TOPIC_METRICS="+topics[1], "IOTPIPE_TOPIC_DLQ="+topics[2],
 		"IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+topics[3], "IOTPIPE_TOPIC_READINGS="+topics[4],
+		"IOTPIPE_TOPIC_ALERTS="+topics[5], "IOTPIPE_TOPIC_ALERT_CHANGELOG="+topics[6],
 		"IOTPIPE_PG_SCHEMA="+d.schema, "IOTPIPE_S3_BUCKET="+d.bucket, "IOTPIPE_STATE_DIR="+d.state,
 		// Mutual TLS: the ACL lets a device write only devices/<its CN>/...,
 		// so the test's own level comes after the device id; without the
@@ -112,7 +113,7 @@ func startDemo(t *testing.T, env *testenv.Env, ctx context.Context, extra ...str
 		}
 		if t.Failed() {
 			t.Logf("demo stdout:\n%s\nstderr:\n%s", d.out, d.errOut.String())
-			for _, f := range []string{"bridge", "processor", "sink-timescale", "sink-lake", "simulate"} {
+			for _, f := range []string{"bridge", "processor", "sink-timescale", "sink-lake", "simulate", "alert", "notify"} {
 				t.Logf("--- %s.log:\n%s", f, tail(filepath.Join(d.state, "demo", f+".log"), 15))
 			}
 		}
@@ -150,11 +151,12 @@ func (d *demoProc) checkNoChild(t *testing.T, want int) {
 // child on SIGINT, exiting 0.
 func TestDemoRunsAndStopsCleanly(t *testing.T) {
 	env := testenv.Load(t)
-	ctx := testenv.Context(t, 90*time.Second)
-	d := startDemo(t, env, ctx)
+	ctx := testenv.Context(t, 150*time.Second)
+	// An alert threshold most of the fleet is above: alerts fire at once.
+	d := startDemo(t, env, ctx, "IOTPIPE_ALERT_THRESHOLD=15")
 	cmd, out, done, state, bucket, schema := d.cmd, d.out, d.done, d.state, d.bucket, d.schema
 
-	testenv.Eventually(t, 70*time.Second, 500*time.Millisecond, func() error {
+	testenv.Eventually(t, 120*time.Second, 500*time.Millisecond, func() error {
 		select {
 		case err := <-done:
 			t.Fatalf("demo exited early: %v", err)
@@ -167,8 +169,19 @@ func TestDemoRunsAndStopsCleanly(t *testing.T) {
 		if strings.Count(s, "] bridge ") < 3 {
 			return errors.New("fewer than 3 progress lines")
 		}
+		if !strings.Contains(s, "demo: alert FIRING ") {
+			return errors.New("no alert printed yet")
+		}
+		if !strings.Contains(s, "demo: notification received: webhook ") || !strings.Contains(s, "signature verified") {
+			return errors.New("no notification received yet")
+		}
 		return nil
 	})
+	for _, l := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(l, "demo: alert") || strings.HasPrefix(l, "demo: notification") {
+			t.Log(l)
+		}
+	}
 	var rows int64
 	if err := env.PG(t).QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM %s.device_metrics", schema)).Scan(&rows); err != nil || rows == 0 {
 		t.Fatalf("device_metrics rows: %d (%v)", rows, err)
@@ -195,12 +208,12 @@ func TestDemoRunsAndStopsCleanly(t *testing.T) {
 		t.Fatal("demo still running 45s after SIGINT")
 	}
 	s = out.String()
-	for _, name := range []string{"simulate", "bridge", "processor", "sink timescale", "sink lake"} {
+	for _, name := range []string{"simulate", "bridge", "processor", "sink timescale", "sink lake", "alert", "notify"} {
 		if !strings.Contains(s, fmt.Sprintf("demo: %-14s exit 0", name)) {
 			t.Errorf("no clean exit reported for %s", name)
 		}
 	}
-	d.checkNoChild(t, 6) // init, 4 stages, simulate
+	d.checkNoChild(t, 8) // init, 4 stages, simulate, alert, notify
 }
 
 // checkTLS checks that the pipeline ran over mutual TLS: the bridge and the

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/iotpipe/iotpipe/alert"
 	"github.com/iotpipe/iotpipe/internal/kafkaacl"
 	"github.com/iotpipe/iotpipe/notify"
 	"github.com/iotpipe/iotpipe/shadowconsumer"
@@ -30,8 +31,8 @@ const initSummary = `Prepare the systems iotpipe runs on, idempotently:
     accepted readings, which the sinks store; partitions and retention as
     the raw topic), telemetry.metrics, telemetry.dlq, telemetry.alerts (alert
     events, read by iotpipe notify), devices.shadow (the devices' shadow
-    requests) and the processor's compacted changelog, with their partitions
-    and retention;
+    requests) and the processor's and the alert stage's compacted
+    changelogs, with their partitions and retention;
   - with --kafka-acls: each stage's Kafka principal (a SCRAM-SHA-512 user,
     created, or its password set when it cannot log in with the given one)
     and the ACLs it needs, nothing more (docs/SECURITY.md); init itself runs
@@ -50,6 +51,7 @@ type initFlags struct {
 
 	topicRaw, topicMetrics, topicDLQ, topicChangelog string
 	topicReadings, topicAlerts, topicShadow          string
+	topicAlertChangelog                              string
 	alertsRet                                        time.Duration
 	rawParts, metricsParts, dlqParts                 int
 	rawRet, metricsRet, dlqRet                       time.Duration
@@ -69,6 +71,7 @@ type initFlags struct {
 	stageUsers                                map[string]*kafkaacl.Credentials
 	processorGroup, lakeGroup, timescaleGroup string
 	notifyGroup, shadowGroup                  string
+	alertGroup                                string
 }
 
 func (o *initFlags) bind(f *cmdFlags) {
@@ -86,6 +89,7 @@ func (o *initFlags) bind(f *cmdFlags) {
 	f.String(&o.topicAlerts, "topic-alerts", "telemetry.alerts", "topic of alert events (FIRING/RESOLVED, key = device id; partitions of the raw topic), read by iotpipe notify")
 	f.String(&o.topicShadow, "topic-shadow", "devices.shadow", "topic of the devices' shadow requests (bridge --topic-shadow → iotpipe shadow-consumer; partitions of the raw topic, retention of the DLQ; - creates none)")
 	f.String(&o.topicChangelog, "topic-processor-changelog", "iotpipe.processor.changelog", "compacted topic holding the processor's open windows (same partition count as the raw topic)")
+	f.String(&o.topicAlertChangelog, "topic-alert-changelog", alert.DefaultChangelogTopic, "compacted topic holding the alert stage's series states (partitions: the larger of the raw and metrics topics')")
 	f.Int(&o.rawParts, "raw-partitions", 6, "partitions of the raw topic (and of the readings topic and the changelog); the unit of parallelism of every stage")
 	f.Int(&o.metricsParts, "metrics-partitions", 6, "partitions of the metrics topic")
 	f.Int(&o.dlqParts, "dlq-partitions", 3, "partitions of the dead-letter topic")
@@ -130,6 +134,7 @@ func (o *initFlags) bindACLs(f *cmdFlags) {
 	f.String(&o.processorGroup, "processor-group", processor.DefaultGroup, "consumer group of the processors (its transactional ids start with iotpipe-processor.<group>.)")
 	f.String(&o.lakeGroup, "sink-lake-group", lake.DefaultGroup, "consumer group of the lake sinks")
 	f.String(&o.timescaleGroup, "sink-timescale-group", timescale.DefaultGroup, "consumer group of the TimescaleDB sinks")
+	f.String(&o.alertGroup, "alert-group", alert.DefaultGroup, "consumer group of the alert stages (their transactional ids start with iotpipe-alert.<group>.)")
 	f.String(&o.notifyGroup, "notify-group", notify.DefaultGroup, "consumer group of the notify stages")
 	f.String(&o.shadowGroup, "shadow-consumer-group", shadowconsumer.DefaultConfig().Group, "consumer group of the shadow consumers")
 }
@@ -154,6 +159,8 @@ func (o *initFlags) principals() []kafkaacl.Principal {
 		ProcessorGroup: o.processorGroup, LakeGroup: o.lakeGroup, TimescaleGroup: o.timescaleGroup,
 		Alerts: o.topicAlerts, Shadow: o.topicShadow, NotifyGroup: o.notifyGroup, ShadowGroup: o.shadowGroup,
 		TransactionalIDPrefix: (&processor.Config{Group: o.processorGroup}).TransactionalID(),
+		AlertChangelog:        o.topicAlertChangelog, AlertGroup: o.alertGroup,
+		AlertTransactionalIDPrefix: alert.TransactionalIDPrefix(o.alertGroup),
 	}, users)
 }
 
@@ -246,6 +253,9 @@ func (o *initFlags) config(f *cmdFlags) (setup.Config, error) {
 			{Name: o.topicChangelog, Partitions: int32(o.rawParts), Purpose: "processor changelog",
 				// Compaction never touches the active segment, so roll it
 				// often: the processor's restore time stays bounded.
+				Configs: map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+					"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}},
+			{Name: o.topicAlertChangelog, Partitions: int32(max(o.rawParts, o.metricsParts)), Purpose: "alert changelog",
 				Configs: map[string]string{"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
 					"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}},
 		},

@@ -21,7 +21,7 @@ import (
 // services, with a unique topic prefix, bucket and schema for this test.
 func initEnv(t *testing.T, env *testenv.Env) (vars map[string]string, topics []string, bucket, schema string) {
 	prefix := testenv.Name(t, "t")
-	topics = []string{prefix + ".raw", prefix + ".metrics", prefix + ".dlq", prefix + ".changelog", prefix + ".readings", prefix + ".alerts", prefix + ".shadow"}
+	topics = []string{prefix + ".raw", prefix + ".metrics", prefix + ".dlq", prefix + ".changelog", prefix + ".readings", prefix + ".alerts", prefix + ".shadow", prefix + ".alertchangelog"}
 	bucket = env.BucketName(t)
 	schema = env.Schema(t)
 	t.Cleanup(func() {
@@ -38,6 +38,7 @@ func initEnv(t *testing.T, env *testenv.Env) (vars map[string]string, topics []s
 		"IOTPIPE_TOPIC_READINGS":            topics[4],
 		"IOTPIPE_TOPIC_ALERTS":              topics[5],
 		"IOTPIPE_TOPIC_SHADOW":              topics[6],
+		"IOTPIPE_TOPIC_ALERT_CHANGELOG":     topics[7],
 		"IOTPIPE_RAW_PARTITIONS":            "4",
 		"IOTPIPE_METRICS_PARTITIONS":        "2",
 		"IOTPIPE_DLQ_PARTITIONS":            "1",
@@ -84,7 +85,7 @@ func TestInitTwiceIsIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int{topics[0]: 4, topics[1]: 2, topics[2]: 1, topics[3]: 4, topics[4]: 4, topics[5]: 4, topics[6]: 4}
+	want := map[string]int{topics[0]: 4, topics[1]: 2, topics[2]: 1, topics[3]: 4, topics[4]: 4, topics[5]: 4, topics[6]: 4, topics[7]: 4}
 	for name, n := range want {
 		d, ok := details[name]
 		if !ok || d.Err != nil {

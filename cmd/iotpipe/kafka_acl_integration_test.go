@@ -25,7 +25,7 @@ import (
 type aclFixture struct {
 	env                                    *testenv.Env
 	raw, readings, metrics, dlq, changelog string
-	alerts                                 string
+	alerts, alertChangelog                 string
 	schema                                 string
 	groups                                 map[string]string // by stage
 	users                                  map[string]kafkaacl.Credentials
@@ -37,7 +37,8 @@ func newACLFixture(t *testing.T) *aclFixture {
 	env := testenv.Load(t)
 	f := &aclFixture{env: env, raw: env.Topic(t, 2, nil), readings: env.Topic(t, 2, nil), metrics: env.Topic(t, 2, nil),
 		dlq: env.Topic(t, 1, nil), changelog: env.Topic(t, 2, map[string]string{"cleanup.policy": "compact"}),
-		alerts: env.Topic(t, 2, nil), schema: env.Schema(t), groups: map[string]string{}, users: map[string]kafkaacl.Credentials{}}
+		alerts: env.Topic(t, 2, nil), alertChangelog: env.Topic(t, 2, map[string]string{"cleanup.policy": "compact"}),
+		schema: env.Schema(t), groups: map[string]string{}, users: map[string]kafkaacl.Credentials{}}
 	id := testenv.Name(t, "u")
 	vars := map[string]string{}
 	for _, st := range kafkaacl.Stages {
@@ -62,6 +63,7 @@ func newACLFixture(t *testing.T) *aclFixture {
 		"IOTPIPE_SINK_TIMESCALE_GROUP": f.groups[kafkaacl.StageSinkTimescale],
 		"IOTPIPE_NOTIFY_GROUP":         f.groups[kafkaacl.StageNotify], "IOTPIPE_SHADOW_CONSUMER_GROUP": f.groups[kafkaacl.StageShadow],
 		"IOTPIPE_TOPIC_ALERTS": f.alerts, "IOTPIPE_TOPIC_SHADOW": env.Topic(t, 2, nil),
+		"IOTPIPE_TOPIC_ALERT_CHANGELOG": f.alertChangelog, "IOTPIPE_ALERT_GROUP": f.groups[kafkaacl.StageAlert],
 	} {
 		vars[k] = v
 	}
@@ -99,6 +101,7 @@ func (f *aclFixture) as(t *testing.T, stage, who string) []string {
 		"IOTPIPE_S3_SECRET_KEY="+f.env.S3Config.SecretKey, "IOTPIPE_S3_REGION="+f.env.S3Config.Region,
 		"IOTPIPE_S3_BUCKET="+f.bucket(t), "IOTPIPE_S3_CA_FILE="+f.env.S3Config.CAFile,
 		"IOTPIPE_PG_WRITER_DSN="+f.env.PGWriterDSN, "IOTPIPE_PG_SCHEMA="+f.schema,
+		"IOTPIPE_TOPIC_ALERTS="+f.alerts, "IOTPIPE_TOPIC_ALERT_CHANGELOG="+f.alertChangelog, "IOTPIPE_PG_READER_DSN="+f.env.PGReaderDSN,
 	)...)
 }
 
@@ -167,6 +170,16 @@ func TestKafkaACLSinkTimescale(t *testing.T) {
 	f.runs(t, "partitions assigned", "sink", "timescale")
 	// The bridge's principal may not read.
 	f.denied(t, kafkaacl.StageBridge, "read (consume) topic", "sink", "timescale")
+}
+
+func TestKafkaACLAlert(t *testing.T) {
+	f := newACLFixture(t)
+	f.runs(t, "restored state", "alert")
+	// The processor's principal reads raw and runs transactions, but
+	// under its own transactional-id prefix only.
+	f.denied(t, kafkaacl.StageProcessor, "use of the transactional id", "alert")
+	// The notify principal may not even read raw nor join the alert group.
+	f.denied(t, kafkaacl.StageNotify, "Kafka denied", "alert")
 }
 
 // bucket is a bucket of this test handed to the lake's S3 key (made on

@@ -17,7 +17,7 @@ var referenceCommands = [][]string{
 	{"devices", "add"}, {"devices", "list"}, {"devices", "show"}, {"devices", "disable"}, {"devices", "enable"},
 	{"devices", "revoke"}, {"devices", "reissue"}, {"devices", "import"}, {"devices", "sync"},
 	{"alerts", "rules", "list"}, {"alerts", "rules", "show"}, {"alerts", "rules", "create"}, {"alerts", "rules", "update"},
-	{"alerts", "rules", "delete"}, {"notify"},
+	{"alerts", "rules", "delete"}, {"alert"}, {"notify"},
 }
 
 // WriteReference writes the configuration reference (docs/CONFIG.md): the

@@ -51,6 +51,7 @@ func commands() []command {
 		{"sink", sinkSummary, runSink},
 		{"ca", caSummary, runCA},
 		{"devices", devicesSummary, runDevices},
+		{"alert", alertSummary, runAlert},
 		{"alerts", alertsSummary, runAlerts},
 		{"notify", notifySummary, runNotify},
 		{"api", apiSummary, runAPI},

@@ -100,6 +100,10 @@ type PipelineNames struct {
 	// TransactionalIDPrefix starts every processor's transactional id
 	// (processor.Config.TransactionalID).
 	TransactionalIDPrefix string
+	// AlertChangelog, AlertGroup and AlertTransactionalIDPrefix are the
+	// alert stage's compacted changelog, consumer group and the start of
+	// its transactional ids (alert.Config.TransactionalID).
+	AlertChangelog, AlertGroup, AlertTransactionalIDPrefix string
 }
 
 // Credentials of one stage's principal.
@@ -113,10 +117,11 @@ const (
 	StageSinkTimescale = "sink-timescale"
 	StageNotify        = "notify"
 	StageShadow        = "shadow-consumer"
+	StageAlert         = "alert"
 )
 
 // Stages lists the stages that have a principal, in pipeline order.
-var Stages = []string{StageBridge, StageProcessor, StageSinkLake, StageSinkTimescale, StageNotify, StageShadow}
+var Stages = []string{StageBridge, StageProcessor, StageSinkLake, StageSinkTimescale, StageAlert, StageNotify, StageShadow}
 
 // StagePrincipals returns each stage's principal with only what it needs:
 //   - bridge: write raw and dlq (dead letters, unexpected topics included);
@@ -126,6 +131,8 @@ var Stages = []string{StageBridge, StageProcessor, StageSinkLake, StageSinkTimes
 //   - sink lake and sink timescale: read readings and metrics, their
 //     group; write dlq (records that do not decode); sink timescale also
 //     reads alerts (into alert_events);
+//   - alert: read raw and metrics and its changelog; write alerts and its
+//     changelog; its consumer group; its transactional ids;
 //   - notify: read alerts, its group; write dlq;
 //   - shadow consumer: read the shadow topic, its group;
 //   - the bridge also writes the shadow topic (its shadow route).
@@ -151,6 +158,15 @@ func StagePrincipals(n PipelineNames, users map[string]Credentials) []Principal 
 		}
 		return gs
 	}
+	prefixes := func(names ...string) []Grant {
+		var gs []Grant
+		for _, p := range names {
+			if p != "" {
+				gs = append(gs, TransactionalIDPrefix(p))
+			}
+		}
+		return gs
+	}
 	grants := map[string][]Grant{
 		StageBridge: topics(TopicWrite, n.Raw, n.DLQ, n.Shadow),
 		StageProcessor: slices.Concat(topics(TopicRead, n.Raw, n.Changelog), topics(TopicDescribeConfigs, n.Raw),
@@ -158,8 +174,10 @@ func StagePrincipals(n PipelineNames, users map[string]Credentials) []Principal 
 			[]Grant{GroupRead(n.ProcessorGroup), TransactionalIDPrefix(n.TransactionalIDPrefix)}),
 		StageSinkLake:      slices.Concat(topics(TopicRead, n.Readings, n.Metrics), topics(TopicWrite, n.DLQ), []Grant{GroupRead(n.LakeGroup)}),
 		StageSinkTimescale: slices.Concat(topics(TopicRead, n.Readings, n.Metrics, n.Alerts), topics(TopicWrite, n.DLQ), []Grant{GroupRead(n.TimescaleGroup)}),
-		StageNotify:        slices.Concat(topics(TopicRead, n.Alerts), topics(TopicWrite, n.DLQ), groups(n.NotifyGroup)),
-		StageShadow:        slices.Concat(topics(TopicRead, n.Shadow), groups(n.ShadowGroup)),
+		StageAlert: slices.Concat(topics(TopicRead, n.Raw, n.Metrics, n.AlertChangelog), topics(TopicWrite, n.Alerts, n.AlertChangelog),
+			groups(n.AlertGroup), prefixes(n.AlertTransactionalIDPrefix)),
+		StageNotify: slices.Concat(topics(TopicRead, n.Alerts), topics(TopicWrite, n.DLQ), groups(n.NotifyGroup)),
+		StageShadow: slices.Concat(topics(TopicRead, n.Shadow), groups(n.ShadowGroup)),
 	}
 	var out []Principal
 	for _, st := range Stages {

@@ -35,6 +35,7 @@ const (
 	SinkTimescale  = kafkaacl.StageSinkTimescale
 	Notify         = kafkaacl.StageNotify
 	ShadowConsumer = kafkaacl.StageShadow
+	Alert          = kafkaacl.StageAlert
 )
 
 // KafkaSecurity is how the services' Kafka is reached besides its brokers.
@@ -186,6 +187,8 @@ func (e *Env) ensureTestPrincipals(t testing.TB) {
 		ProcessorGroup: "*", LakeGroup: "*", TimescaleGroup: "*",
 		Alerts: "*", Shadow: "*", NotifyGroup: "*", ShadowGroup: "*",
 		TransactionalIDPrefix: "iotpipe-processor.", // processor.Config.TransactionalID
+		AlertChangelog:        "*", AlertGroup: "*",
+		AlertTransactionalIDPrefix: "iotpipe-alert.", // alert.TransactionalIDPrefix
 	}, users)
 	admin := e.KafkaConfig(t, Admin)
 	cl, err := kgo.NewClient(admin.Opts()...)
