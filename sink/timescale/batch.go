@@ -106,6 +106,12 @@ func (b *batch) add(r *kgo.Record, now time.Time) {
 	s := source{rec: r}
 	switch r.Topic {
 	case b.topicRaw:
+		if schemas.IsHeartbeat(r.Headers) {
+			// A bridge's heartbeat (when the raw topic is stored): not a
+			// reading, no rows.
+			s.kind, s.lo, s.hi = kindReading, len(b.readings), len(b.readings)
+			break
+		}
 		if err := b.raw.Decode(r.Value, &b.r); err != nil {
 			s.kind, s.err = kindInvalid, err.Error()
 			break
