@@ -31,6 +31,7 @@ type metrics struct {
 	partitions     prometheus.Gauge
 	watermarkLag   prometheus.Gauge
 	sessions       prometheus.Counter
+	heartbeats     *prometheus.CounterVec // by result: read, invalid
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -62,11 +63,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		restoredRecs:   prometheus.NewCounter(prometheus.CounterOpts(f("restored_records_total", "Changelog records read while restoring state."))),
 		partitions:     prometheus.NewGauge(prometheus.GaugeOpts(f("partitions_assigned", "Input partitions this process owns."))),
 		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest device watermark of the owned partitions."))),
+		heartbeats:     prometheus.NewCounterVec(prometheus.CounterOpts(f("heartbeats_total", "Bridge heartbeat records read from the raw topic, by result (read, invalid: skipped); they set the partitions' ingest clock, on which device silence is measured, and are not readings.")), []string{"result"}),
 		sessions:       prometheus.NewCounter(prometheus.CounterOpts(f("session_restarts_total", "Kafka sessions thrown away after a transaction whose end failed (outcome unknown) or a failed state restore; the next session resumes from the committed offsets with the state restored, as a restarted process does."))),
 	}
 	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.seqResets, m.ignoredFields, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
 		m.deviceWindows, m.devices, m.stateBytes, m.capReached, m.capEvents, m.txns, m.txnSeconds, m.changelogBytes,
-		m.restoreSeconds, m.restoredRecs, m.partitions, m.watermarkLag, m.sessions)
+		m.restoreSeconds, m.restoredRecs, m.partitions, m.watermarkLag, m.sessions, m.heartbeats)
+	m.heartbeats.WithLabelValues("read")
+	m.heartbeats.WithLabelValues("invalid")
 	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord, schemas.ReasonTimestampSkew} {
 		m.dropped.WithLabelValues(string(r))
 	}
