@@ -100,7 +100,8 @@ type Bridge struct {
 	holding   atomic.Bool
 	heldUntil atomic.Int64
 
-	hb *heartbeater // see heartbeat.go
+	hb   *heartbeater // see heartbeat.go
+	ping *pinger      // the MQTT keep-alive, which also times the heartbeats' round trips
 }
 
 // New validates cfg (the errors are *config.FieldError) and returns a
@@ -133,10 +134,11 @@ func New(cfg Config, deps service.Deps) (*Bridge, error) {
 		win:    window{ring: make([]*inflight, cfg.MQTT.ReceiveMaximum)},
 		stopCh: make(chan struct{}),
 		fatal:  make(chan error, 1),
-		hb:     newHeartbeater(reg),
+		hb:     newHeartbeater(reg, cfg.MQTT.ReceiveMaximum),
 	}
 	b.rt = b.routes()
 	b.routeNames = routesSummary(b.rt)
+	b.ping = newPinger(b.heldBack)
 	return b, nil
 }
 
@@ -440,7 +442,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 		ClientConfig: paho.ClientConfig{
 			ClientID:                   mc.ClientID,
 			EnableManualAcknowledgment: true,
-			PingHandler:                newPinger(b.heldBack),
+			PingHandler:                b.ping,
 			SendAcksInterval:           mc.AckInterval,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) { return b.onPublish(kcl, pr) },
@@ -640,6 +642,9 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 			b.noteUnacked(p)
 			return true, nil
 		}
+	}
+	if len(b.slots) >= b.hb.busy {
+		b.hb.stall() // the broker may be at its in-flight limit for us: see heartbeat.go
 	}
 	// Held until this message's Produce call: a heartbeat is either before
 	// its receive time or after its record (see heartbeat.go).

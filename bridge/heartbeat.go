@@ -25,41 +25,54 @@ const maxHeartbeatPartitions = 10000
 // partition of TopicRaw a heartbeat record (schemas.Heartbeat, header
 // schemas.HeaderHeartbeat) holding its instance id (the MQTT client id)
 // and a time H, meaning: every MQTT message this bridge received before H
-// was produced to this partition before this record. The processor
+// was produced to this partition before this record, and the MQTT broker
+// had no message for the bridge at H that it had not sent. The processor
 // measures a device's silence on these times instead of its own wall
 // clock, so that a stall of the ingest path is not taken for silent
 // devices (see the processor's package comment).
 //
-// H is taken, and the records produced, under hb.mu, which onPublish also
-// holds from taking a message's receive time to its Produce call; records
-// of one partition keep their Produce order (idempotent producer), so
-// every message received before H is before the heartbeat in each
-// partition. H must not advance while messages may be waiting upstream of
-// the bridge, so no heartbeat is written while
-//   - the MQTT connection is down or its subscription not confirmed;
-//   - the bridge is saturated: every in-flight slot was taken (the
-//     broker may be queueing messages for it) at some moment of the last
-//     interval, or holds back now;
-//   - a produce (a message's or the previous heartbeat's) has been
-//     outstanding for longer than an interval;
-//   - the connection came up less than an interval ago (a resumed session
-//     delivers its queued messages first);
+// H is the send time of the last PINGREQ the broker answered (the bridge
+// sends one every interval, see pinger.probe): the broker sends its
+// PINGRESP after every message it had for the bridge, and paho hands each
+// message to onPublish before reading the next packet. The records are
+// produced under hb.mu, which onPublish also holds from taking a
+// message's receive time to its Produce call; records of one partition
+// keep their Produce order (idempotent producer), so every message
+// received before H is before the heartbeat in each partition.
 //
-// and it resumes only after a whole interval free of all of these. So H
-// freezes at the last moment the path was provably flowing.
+// H must not advance while messages may be waiting upstream of the bridge
+// or in it, so no heartbeat is written while
+//   - the MQTT connection is down or its subscription not confirmed;
+//   - the bridge is busy: half its in-flight slots or more are taken, or
+//     it holds back reading. The broker queues messages for it, and still
+//     answers pings, when its in-flight count reaches the Receive Maximum;
+//     that count includes the PUBACKs the bridge has released but paho
+//     not yet sent (every MQTT.AckInterval), so the bridge's own count can
+//     be lower: half the limit leaves room for them;
+//   - a ping has been unanswered for longer than an interval (a broker
+//     that is frozen, or a link that is);
+//   - a produce (a message's or the previous heartbeat's) has been
+//     outstanding for longer than an interval (Kafka slow or down);
+//
+// and H is only ever the send time of a ping sent after the last moment
+// one of these was seen. So H freezes at the last moment the path was
+// provably flowing, and moves on about one interval after it flows again.
 type heartbeater struct {
 	mu sync.Mutex // held by onPublish from receive time to Produce, and by beat
 
 	lastStall   atomic.Int64 // UnixNano of the last stall seen (see above)
+	last        time.Time    // H of the last heartbeat (under mu)
+	busy        int          // in-flight slots taken from which the path counts as stalled
 	outstanding atomic.Int64 // heartbeat records not yet acknowledged
 	written     prometheus.Counter
 	withheld    prometheus.Counter
 	failed      prometheus.Counter
 }
 
-func newHeartbeater(reg prometheus.Registerer) *heartbeater {
+func newHeartbeater(reg prometheus.Registerer, receiveMaximum int) *heartbeater {
 	const ns, sub = "iotpipe", "bridge"
 	h := &heartbeater{
+		busy: max(1, receiveMaximum/2),
 		written: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "heartbeats_total",
 			Help: "Heartbeat records (one per partition of the raw topic and interval) Kafka acknowledged."}),
 		withheld: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "heartbeats_withheld_total",
@@ -87,21 +100,25 @@ func (w *window) oldest() int64 {
 	return w.ring[w.head].at
 }
 
-// stalled reports whether the ingest path may have been stalled within
-// the last interval before now (noting it when it is now).
+// stalled reports whether the ingest path may be stalled at now (noting
+// it when it is).
 func (b *Bridge) stalled(now time.Time, interval time.Duration) bool {
-	switch {
-	case !b.mqttUp.Load() || !b.subscribed.Load() || b.holding.Load() || b.stopping.Load(),
-		len(b.slots) == cap(b.slots),
-		b.hb.outstanding.Load() > 0:
-		b.hb.stall()
-		return true
+	stall := !b.mqttUp.Load() || !b.subscribed.Load() || b.holding.Load() || b.stopping.Load() ||
+		len(b.slots) >= b.hb.busy || b.hb.outstanding.Load() > 0
+	if !stall {
+		if _, w := b.ping.roundTrip(); !w.IsZero() && now.Sub(w) > interval {
+			stall = true
+		}
 	}
-	if o := b.win.oldest(); o != 0 && now.UnixNano()-o > int64(interval) {
-		b.hb.stall()
-		return true
+	if !stall {
+		if o := b.win.oldest(); o != 0 && now.UnixNano()-o > int64(interval) {
+			stall = true
+		}
 	}
-	return now.UnixNano()-b.hb.lastStall.Load() < int64(interval)
+	if stall {
+		b.hb.stall()
+	}
+	return stall
 }
 
 // runHeartbeats writes the heartbeats until ctx ends.
@@ -136,9 +153,11 @@ func (b *Bridge) runHeartbeats(ctx context.Context, kcl *kgo.Client) {
 }
 
 // beat writes one heartbeat to each of parts partitions, unless the
-// ingest path may have been stalled within the last interval.
+// ingest path may be stalled or no ping sent since the last stall has
+// been answered; then it sends the next ping.
 func (b *Bridge) beat(kcl *kgo.Client, parts int32, interval time.Duration) {
 	h := b.hb
+	defer b.ping.probe()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := time.Now()
@@ -146,7 +165,15 @@ func (b *Bridge) beat(kcl *kgo.Client, parts int32, interval time.Duration) {
 		h.withheld.Inc()
 		return
 	}
-	hb := schemas.Heartbeat{Bridge: b.cfg.MQTT.ClientID, Time: now.UTC().Truncate(time.Microsecond)}
+	at, _ := b.ping.roundTrip()
+	if at.UnixNano() <= h.lastStall.Load() || !at.After(h.last) {
+		if at.UnixNano() <= h.lastStall.Load() {
+			h.withheld.Inc()
+		}
+		return
+	}
+	h.last = at
+	hb := schemas.Heartbeat{Bridge: b.cfg.MQTT.ClientID, Time: at.UTC().Truncate(time.Microsecond)}
 	h.outstanding.Add(int64(parts))
 	for p := range parts {
 		// TryProduce: never block onPublish behind a full buffer; a
