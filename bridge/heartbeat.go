@@ -76,7 +76,7 @@ func newHeartbeater(reg prometheus.Registerer, receiveMaximum int) *heartbeater 
 		written: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "heartbeats_total",
 			Help: "Heartbeat records (one per partition of the raw topic and interval) Kafka acknowledged."}),
 		withheld: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "heartbeats_withheld_total",
-			Help: "Heartbeat intervals in which no heartbeat was written because the ingest path may have been stalled (MQTT down, in-flight slots full, a produce outstanding): the processors' clock for device silence does not advance meanwhile."}),
+			Help: "Heartbeat intervals in which no heartbeat was written because the ingest path may have been stalled (MQTT down or a ping unanswered, half the in-flight slots taken, a produce outstanding): the processors' clock for device silence does not advance meanwhile."}),
 		failed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "heartbeat_errors_total",
 			Help: "Heartbeat records Kafka refused or that could not be buffered."}),
 	}
