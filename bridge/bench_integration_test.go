@@ -77,7 +77,8 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			"--mqtt-username", env.MQTTUsername, "--mqtt-password", env.MQTTPassword,
 			"--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
 			"--topic-raw", topic, "--topic-dlq", dlq,
-			"--topic-template", template, "--kafka-compression", tg.compression, "--log-format", "json"}
+			"--topic-template", template, "--kafka-compression", tg.compression, "--log-format", "json",
+			"--heartbeat-interval", "0"} // the bench counts raw records by end offsets
 		args = append(args, testenv.KafkaCLIArgs(kc)...)
 		// IOTPIPE_BENCH_BRIDGE_ARGS adds flags, e.g. "--mqtt-receive-maximum 4000".
 		args = append(args, strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
@@ -328,6 +329,7 @@ func benchDrain(b *testing.B, env *testenv.Env) {
 	cfg.MQTT.ShareGroup, cfg.MQTT.SessionExpiry = s.group, 10*time.Minute
 	cfg.Kafka = env.KafkaConfig(b, testenv.Bridge)
 	cfg.TopicRaw, cfg.TopicDLQ, cfg.TopicTemplate = s.raw, s.dlq, s.template()
+	cfg.HeartbeatInterval = 0 // the bench counts raw records by end offsets
 	run := func() (*Bridge, context.CancelFunc, chan error) {
 		br, err := New(cfg, service.Deps{})
 		if err != nil {
@@ -451,7 +453,8 @@ func BenchmarkBridgeTLS(b *testing.B) {
 	bridgeArgs := func(tg *target) []string {
 		return append(append(append([]string{"bridge", "--mqtt-client-id", tg.clientID, "--mqtt-share-group", tg.group, "--mqtt-session-expiry", "10m",
 			"--mqtt-catch-all=false", "--topic-raw", tg.topic, "--topic-dlq", dlq,
-			"--topic-template", template, "--log-format", "json"}, tg.conn...), kafkaArgs...), strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
+			"--topic-template", template, "--log-format", "json",
+			"--heartbeat-interval", "0"}, tg.conn...), kafkaArgs...), strings.Fields(os.Getenv("IOTPIPE_BENCH_BRIDGE_ARGS"))...)
 	}
 	// Sessions and subscriptions first, then offline.
 	for _, tg := range targets {

@@ -99,6 +99,9 @@ type Bridge struct {
 	// it last stopped waiting (UnixNano). See pinger.
 	holding   atomic.Bool
 	heldUntil atomic.Int64
+
+	hb   *heartbeater // see heartbeat.go
+	ping *pinger      // the MQTT keep-alive, which also times the heartbeats' round trips
 }
 
 // New validates cfg (the errors are *config.FieldError) and returns a
@@ -131,9 +134,11 @@ func New(cfg Config, deps service.Deps) (*Bridge, error) {
 		win:    window{ring: make([]*inflight, cfg.MQTT.ReceiveMaximum)},
 		stopCh: make(chan struct{}),
 		fatal:  make(chan error, 1),
+		hb:     newHeartbeater(reg, cfg.MQTT.ReceiveMaximum),
 	}
 	b.rt = b.routes()
 	b.routeNames = routesSummary(b.rt)
+	b.ping = newPinger(b.heldBack)
 	return b, nil
 }
 
@@ -188,7 +193,9 @@ func (b *Bridge) kafkaOpts() []kgo.Opt {
 		// The in-flight limit (slots) keeps fewer records than this
 		// buffered, so Produce never blocks; a DLQ fallback may add one
 		// record per slot.
-		kgo.MaxBufferedRecords(2*b.cfg.MQTT.ReceiveMaximum+16),
+		// Heartbeats add at most one record per partition.
+		kgo.MaxBufferedRecords(2*b.cfg.MQTT.ReceiveMaximum+16+maxHeartbeatPartitions),
+		kgo.RecordPartitioner(heartbeatPartitioner{kgo.UniformBytesPartitioner(64<<10, true, true, nil)}),
 		kgo.RecordDeliveryTimeout(0),
 	)
 }
@@ -232,7 +239,15 @@ func (b *Bridge) Run(ctx context.Context) error {
 	}
 	b.log.Info("bridge started", "mqtt", b.cfg.MQTT.URLs, "client_id", b.cfg.MQTT.ClientID,
 		"filters", b.cfg.Subscriptions(), "raw", b.cfg.TopicRaw, "dlq", b.cfg.TopicDLQ,
-		"receive_maximum", b.cfg.MQTT.ReceiveMaximum)
+		"receive_maximum", b.cfg.MQTT.ReceiveMaximum, "heartbeat_interval", b.cfg.HeartbeatInterval)
+	hbCtx, hbCancel := context.WithCancel(context.Background())
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		if b.cfg.HeartbeatInterval > 0 {
+			b.runHeartbeats(hbCtx, kcl)
+		}
+	}()
 
 	var runErr error
 	select {
@@ -240,6 +255,8 @@ func (b *Bridge) Run(ctx context.Context) error {
 	case runErr = <-b.fatal:
 		b.log.Error("bridge stopping on a fatal error", "err", runErr)
 	}
+	hbCancel()
+	<-hbDone
 	b.shutdown(cm, kcl)
 	mqttCancel()
 	subs.Wait()
@@ -378,6 +395,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 			b.mqttUp.Store(true)
+			b.hb.stall() // a resumed session delivers its queue first
 			b.m.connected.Set(1)
 			b.m.connections.Inc()
 			n := b.connections.Add(1)
@@ -393,6 +411,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 		},
 		OnConnectionDown: func() bool {
 			b.mqttUp.Store(false)
+			b.hb.stall()
 			b.subscribed.Store(false)
 			b.m.connected.Set(0)
 			b.log.Warn("mqtt connection lost; reconnecting")
@@ -423,7 +442,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 		ClientConfig: paho.ClientConfig{
 			ClientID:                   mc.ClientID,
 			EnableManualAcknowledgment: true,
-			PingHandler:                newPinger(b.heldBack),
+			PingHandler:                b.ping,
 			SendAcksInterval:           mc.AckInterval,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) { return b.onPublish(kcl, pr) },
@@ -611,17 +630,26 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 		// Every slot is taken: hold back (paho stops reading meanwhile;
 		// the pinger knows why no PINGRESP comes).
 		b.holding.Store(true)
+		b.hb.stall()
 		select {
 		case b.slots <- struct{}{}:
 		case <-b.stopCh:
 		}
 		b.heldUntil.Store(time.Now().UnixNano())
+		b.hb.stall()
 		b.holding.Store(false)
 		if b.stopping.Load() {
 			b.noteUnacked(p)
 			return true, nil
 		}
 	}
+	if len(b.slots) >= b.hb.busy {
+		b.hb.stall() // the broker may be at its in-flight limit for us: see heartbeat.go
+	}
+	// Held until this message's Produce call: a heartbeat is either before
+	// its receive time or after its record (see heartbeat.go).
+	b.hb.mu.Lock()
+	defer b.hb.mu.Unlock()
 	now := time.Now()
 	b.received.Add(1)
 	b.m.received.Inc()
@@ -649,7 +677,7 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	} else {
 		rec = b.unexpectedTopic(p, now)
 	}
-	e := b.win.push(p, pr.Client)
+	e := b.win.push(p, pr.Client, now.UnixNano())
 	var promise func(*kgo.Record, error)
 	promise = func(r *kgo.Record, err error) {
 		switch {

@@ -151,6 +151,13 @@ type Config struct {
 	// flushed and their acknowledgements sent within it; what is left is
 	// not acknowledged, and the broker redelivers it.
 	ShutdownTimeout time.Duration
+
+	// HeartbeatInterval is how often the bridge writes a heartbeat to
+	// every partition of TopicRaw (see heartbeat.go): the processor's
+	// clock for device silence, which stops while the ingest path is
+	// stalled. 0 writes none (the processor then judges silence by its
+	// wall clock). Default 1s.
+	HeartbeatInterval time.Duration
 }
 
 // RegistryConfig is the bridge's strict mode (--require-registered).
@@ -194,6 +201,8 @@ func DefaultConfig() Config {
 		DLQMaxValueBytes: DefaultDLQMaxValueBytes,
 		Registry:         RegistryConfig{DSN: "postgres://grafana@localhost:5432/iotpipe?sslmode=verify-full", Schema: "iotpipe", Refresh: time.Minute},
 		ShutdownTimeout:  DefaultShutdownTimeout,
+
+		HeartbeatInterval: DefaultHeartbeatInterval,
 	}
 }
 
@@ -314,6 +323,9 @@ func (c *Config) Validate() error {
 		p.Check(r.Refresh < time.Second, "Registry.Refresh", "must be at least 1s")
 	}
 	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	if h := c.HeartbeatInterval; h != 0 && (h < 10*time.Millisecond || h > time.Minute) {
+		p.Add("HeartbeatInterval", "%s must be 0 (off) or between 10ms and 1m", h)
+	}
 	return p.Err()
 }
 

@@ -29,7 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatalf("default subscription %v", got)
 	}
 	if c.TopicRaw != schemas.TopicRaw || c.TopicDLQ != schemas.TopicDLQ || c.MQTT.ReceiveMaximum != DefaultReceiveMaximum ||
-		c.MQTT.SessionExpiry != 24*time.Hour || c.MQTT.ShareGroup != "iotpipe" {
+		c.MQTT.SessionExpiry != 24*time.Hour || c.MQTT.ShareGroup != "iotpipe" || c.HeartbeatInterval != time.Second {
 		t.Fatalf("defaults %+v", c)
 	}
 	if !strings.HasPrefix(DefaultClientID(), ClientIDPrefix) {
@@ -54,6 +54,8 @@ func TestConfigValidateNamesField(t *testing.T) {
 		{"TopicRaw", func(c *Config) { c.TopicRaw = "bad topic" }},
 		{"TopicTemplate", func(c *Config) { c.TopicTemplate = "devices/#" }},
 		{"Compression", func(c *Config) { c.Compression = "brotli" }},
+		{"HeartbeatInterval", func(c *Config) { c.HeartbeatInterval = time.Millisecond }},
+		{"HeartbeatInterval", func(c *Config) { c.HeartbeatInterval = time.Hour }},
 		{"Decode.MaxDepth", func(c *Config) { c.Decode.MaxDepth = 1 }},
 		{"Decode.MaxFutureSkew", func(c *Config) { c.Decode.MaxFutureSkew = 0 }},
 		{"MQTT.ReceiveMaximum", func(c *Config) { c.MQTT.ReceiveMaximum = 0 }},

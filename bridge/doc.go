@@ -111,6 +111,30 @@
 //     redelivery), waits for the records in flight and their PUBACKs, and
 //     disconnects, within Config.ShutdownTimeout.
 //
+// # Heartbeats
+//
+// Every Config.HeartbeatInterval (--heartbeat-interval, default 1s; 0
+// turns them off) the bridge writes to every partition of TopicRaw a
+// heartbeat record (header schemas.HeaderHeartbeat, value
+// schemas.Heartbeat: its MQTT client id and a time H, record timestamp H):
+// every message it received before H is before the heartbeat in that
+// partition, and the broker had nothing for it at H that it had not sent.
+// H is the send time of the last PINGREQ the broker answered (the broker
+// answers after the messages it had queued for the bridge). No heartbeat
+// is written while the ingest path may be stalled: MQTT down or a ping
+// unanswered for an interval, half the in-flight slots taken or reading
+// held back (the broker may be queueing), a produce outstanding for an
+// interval; so H freezes at the last moment the path provably flowed. The
+// processor measures devices' silence on these times (see its package
+// comment): a stall is not taken for silent devices. With several bridges
+// each writes its own, and each holds the processor's clock for its
+// partitions until its heartbeats are more than the processor's
+// --heartbeat-expiry (2m) behind another's. Heartbeats cost a record per
+// partition and interval (iotpipe_bridge_heartbeats_total; withheld
+// intervals in iotpipe_bridge_heartbeats_withheld_total) and have nothing
+// to do with PUBACKs. Every consumer of telemetry.raw skips them
+// (schemas.IsHeartbeat).
+//
 // # Broker restarts
 //
 // The bridge keeps its MQTT session (stable client id, clean start off,

@@ -215,12 +215,13 @@ func (s *setup) newFleet(t *testing.T, env *testenv.Env, edit func(*devicesim.Co
 
 // got is what the bridge wrote to Kafka.
 type got struct {
-	raw     map[string][]int64 // device id -> seqs in partition order
-	rawN    int
-	dlq     map[string]int
-	dlqWhy  map[string]schemas.Reason
-	dlqN    int
-	reasons map[schemas.Reason]int
+	raw        map[string][]int64 // device id -> seqs in partition order
+	rawN       int
+	heartbeats int // bridge heartbeat records (skipped)
+	dlq        map[string]int
+	dlqWhy     map[string]schemas.Reason
+	dlqN       int
+	reasons    map[schemas.Reason]int
 }
 
 // readAll consumes both topics from the start until every message e
@@ -242,6 +243,10 @@ func (s *setup) readAll(t *testing.T, env *testenv.Env, e *expect, timeout time.
 		cancel()
 		n := 0
 		fs.EachRecord(func(rec *kgo.Record) {
+			if schemas.IsHeartbeat(rec.Headers) {
+				g.heartbeats++
+				return
+			}
 			n++
 			switch rec.Topic {
 			case s.raw:

@@ -191,6 +191,9 @@ func watchKafka(t *testing.T, env *testenv.Env, raw, dlq string) *kafkaView {
 		for ctx.Err() == nil {
 			fs := cl.PollFetches(ctx)
 			fs.EachRecord(func(rec *kgo.Record) {
+				if schemas.IsHeartbeat(rec.Headers) {
+					return
+				}
 				v.mu.Lock()
 				defer v.mu.Unlock()
 				if rec.Topic == raw {

@@ -38,6 +38,15 @@ type pinger struct {
 	mu       sync.Mutex
 	lastSent time.Time
 	lastRecv time.Time
+
+	// For the heartbeats: the connection of the running Run (nil between
+	// connections), the send times of the PINGREQs not answered yet,
+	// oldest first, and the send time of the last one answered. PINGRESPs
+	// carry no id; each is taken for the oldest unanswered PINGREQ, which
+	// never credits the broker with more than it answered.
+	conn     net.Conn
+	pings    []time.Time
+	answered time.Time
 }
 
 func newPinger(heldBack func() time.Time) *pinger {
@@ -60,7 +69,13 @@ func (p *pinger) Run(ctx context.Context, conn net.Conn, keepAlive uint16) error
 	p.mu.Lock()
 	start := time.Now()
 	p.lastSent, p.lastRecv = start, start
+	p.conn, p.pings, p.answered = conn, nil, time.Time{}
 	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.conn, p.pings = nil, nil
+		p.mu.Unlock()
+	}()
 	tick := time.NewTicker(max(interval/4, 50*time.Millisecond))
 	defer tick.Stop()
 	errCh := make(chan error, 1)
@@ -93,6 +108,9 @@ func (p *pinger) Run(ctx context.Context, conn net.Conn, keepAlive uint16) error
 			if waiting.IsZero() {
 				waiting = now
 			}
+			p.mu.Lock()
+			p.pings = append(p.pings, time.Now())
+			p.mu.Unlock()
 			go func() {
 				// A write can block on a congested link; closing the
 				// connection unblocks it, so this does not leak.
@@ -123,7 +141,48 @@ func (p *pinger) PacketReceived() {
 
 // PingResp is called by paho for a PINGRESP (PacketReceived was called
 // for it too).
-func (p *pinger) PingResp() {}
+func (p *pinger) PingResp() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.pings) > 0 {
+		p.answered = p.pings[0]
+		p.pings = p.pings[1:]
+	}
+}
+
+// probe sends a PINGREQ now, for the heartbeats, unless one is
+// unanswered or there is no connection. The broker queues its PINGRESP
+// behind every message it had for the bridge (unless the in-flight limit
+// holds them back, which the heartbeats check apart), and paho's reader
+// hands each PUBLISH to the bridge before it reads the next packet: once
+// it is answered, every message the broker had before the PINGREQ has
+// reached onPublish.
+func (p *pinger) probe() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	conn := p.conn
+	if conn == nil || len(p.pings) > 0 {
+		return
+	}
+	p.pings = append(p.pings, time.Now())
+	go func() {
+		// As in Run: closing the connection unblocks a stuck write, and a
+		// failed write is Run's to find (no answer).
+		_, _ = packets.NewControlPacket(packets.PINGREQ).WriteTo(conn)
+	}()
+}
+
+// roundTrip returns the send time of the last PINGREQ answered on this
+// connection (zero if none) and of the oldest one unanswered (zero if
+// none).
+func (p *pinger) roundTrip() (answered, waiting time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.pings) > 0 {
+		waiting = p.pings[0]
+	}
+	return p.answered, waiting
+}
 
 // SetDebug is part of paho.Pinger; the bridge logs through slog, and
 // paho reports Run's error (OnClientError).

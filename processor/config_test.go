@@ -25,6 +25,7 @@ func TestConfigValidate(t *testing.T) {
 		{"Kafka.Brokers", func(c *Config) { c.Kafka.Brokers = []string{"nope"} }},
 		{"Window.Lateness", func(c *Config) { c.Window.Lateness = -time.Second }},
 		{"Window.IdleTimeout", func(c *Config) { c.Window.IdleTimeout = 0 }},
+		{"Window.HeartbeatExpiry", func(c *Config) { c.Window.HeartbeatExpiry = 0 }},
 		{"MaxPollRecords", func(c *Config) { c.MaxPollRecords = 0 }},
 		{"Topics.Changelog", func(c *Config) { c.Topics.Changelog = c.Topics.Raw }},
 		{"Window.Size", func(c *Config) { c.Window.Size = time.Nanosecond }},

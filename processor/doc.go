@@ -15,15 +15,40 @@
 // own windows.
 //
 //   - A device's watermark is the largest event time accepted from it minus
-//     Lateness. Once the device has sent nothing for IdleTimeout (wall
-//     clock), its watermark advances with the wall clock instead: its
-//     largest event time plus the silence beyond IdleTimeout. No watermark
-//     is ever ahead of the wall clock plus MaxFutureSkew (default 5m, as the
-//     bridge's --max-future-skew); a reading further ahead than that goes to
-//     the DLQ with reason "timestamp_skew" and changes nothing.
+//     Lateness. Once the device has sent nothing for IdleTimeout (on the
+//     idle clock, below), its watermark advances with that clock instead:
+//     its largest event time plus the silence beyond IdleTimeout. No
+//     watermark is ever ahead of the wall clock plus MaxFutureSkew (default
+//     5m, as the bridge's --max-future-skew); a reading further ahead of the
+//     processor's wall clock than that goes to the DLQ with reason
+//     "timestamp_skew" and changes nothing.
+//   - The idle clock: a device is silent only while the ingest path is
+//     flowing. Every bridge writes a heartbeat to every partition of the
+//     raw topic each second (schemas.Heartbeat: its instance id and a time
+//     H, "every message I received before H is before this record"), and
+//     writes none while its path may be stalled (MQTT down or frozen, its
+//     in-flight slots half full, a produce outstanding: see the bridge's
+//     heartbeat.go). Each partition's clock is the smallest latest H of the
+//     bridges seen on it, leaving out a bridge more than HeartbeatExpiry
+//     (default 2m, --heartbeat-expiry) behind the newest (a bridge scaled
+//     away); a device's silence counts from when its bridge received its
+//     last reading. The clock moves only as heartbeats are read, so a
+//     stall anywhere between the devices and this processor — Mosquitto, a
+//     bridge, Kafka, or this processor's own fetches and commits — does
+//     not count as silence: a reading held up by it is judged as if it had
+//     come on time. While no bridge writes heartbeats (all stopped), no
+//     device falls silent. A partition on which no heartbeat was seen (a
+//     bridge with --heartbeat-interval 0 or older than heartbeats, records
+//     produced straight to Kafka) uses the processor's wall clock, as
+//     before heartbeats; so does a partition after a restore until its
+//     first heartbeat, when every device's silence restarts at the restore
+//     anyway. Heartbeats are not readings: they are skipped (not counted,
+//     copied or dead-lettered; iotpipe_processor_heartbeats_total counts
+//     them), and their offsets are committed like any other's.
 //   - A window is emitted when its device's watermark reaches its end: for a
-//     device that falls silent, its final window at most IdleTimeout after
-//     the window's end (when its clock is right). A reading that updates an
+//     device that falls silent, its final window at most IdleTimeout (plus
+//     about a heartbeat interval) after the window's end, when its clock is
+//     right and the ingest path flows. A reading that updates an
 //     emitted window makes it emitted again with a higher revision.
 //   - A window closes for good (its state is dropped) when its end +
 //     Lateness is at or before its device's watermark, but never while its
@@ -37,15 +62,15 @@
 //   - Late: a reading is late when its window has closed for good for its
 //     own device — its window ends at or before that device's largest event
 //     time minus 2·Lateness, or at or before its largest event time when the
-//     device had been silent for IdleTimeout. So a reading newer than its
+//     device had been silent for IdleTimeout (on the idle clock). So a reading newer than its
 //     device's newest one is never late (the memory cap, below, is the one
 //     exception). A late reading goes to the DLQ with reason "late", is
 //     counted, and (for LateRetention) bumps the "late" counter of its
 //     window's activity record.
 //
-// Which readings are late after a silence, and whether one is too far
-// ahead, depend on the wall clock; see ARCHITECTURE.md for what that means
-// for replays.
+// Which readings are late after a silence depends on the heartbeats (the
+// wall clock without them), and whether one is too far ahead on the wall
+// clock; see ARCHITECTURE.md for what that means for replays.
 //
 // # Aggregates
 //

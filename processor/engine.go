@@ -28,8 +28,10 @@ type WindowConfig struct {
 	// the reading is late. Default 30s.
 	Lateness time.Duration
 	// IdleTimeout is how long a device may send nothing before its
-	// watermark advances with the wall clock, so that its windows close.
-	// Default 30s.
+	// watermark advances with the clock, so that its windows close. The
+	// clock is the partition's ingest clock (the bridges' heartbeats: a
+	// device is silent only while the ingest path is flowing), or the wall
+	// clock on a partition where no heartbeat was seen. Default 30s.
 	IdleTimeout time.Duration
 	// LateRetention is how long after a window's state is dropped its
 	// activity summary is kept, so that late readings are counted in the
@@ -42,6 +44,11 @@ type WindowConfig struct {
 	// clock plus MaxFutureSkew. Keep it at least the bridge's
 	// --max-future-skew. Default 5m, as the bridge's.
 	MaxFutureSkew time.Duration
+	// HeartbeatExpiry: a bridge whose latest heartbeat on a partition is
+	// more than this behind the newest heartbeat of another bridge there
+	// no longer holds the partition's ingest clock (a bridge scaled away);
+	// within it, a stalled bridge holds the clock. Default 2m.
+	HeartbeatExpiry time.Duration
 }
 
 // Defaults of WindowConfig.
@@ -51,6 +58,8 @@ const (
 	DefaultIdleTimeout   = 30 * time.Second
 	DefaultLateRetention = 5 * time.Minute
 	DefaultMaxFutureSkew = schemas.DefaultMaxFutureSkew
+	// DefaultHeartbeatExpiry is the default of WindowConfig.HeartbeatExpiry.
+	DefaultHeartbeatExpiry = 2 * time.Minute
 )
 
 // DefaultDeviceRetention is how long the state of a silent device is kept
@@ -61,7 +70,7 @@ const DefaultDeviceRetention = 7 * 24 * time.Hour
 // DefaultWindowConfig returns the defaults of WindowConfig.
 func DefaultWindowConfig() WindowConfig {
 	return WindowConfig{Size: DefaultWindowSize, Lateness: DefaultLateness, IdleTimeout: DefaultIdleTimeout,
-		LateRetention: DefaultLateRetention, MaxFutureSkew: DefaultMaxFutureSkew}
+		LateRetention: DefaultLateRetention, MaxFutureSkew: DefaultMaxFutureSkew, HeartbeatExpiry: DefaultHeartbeatExpiry}
 }
 
 // Validate reports every field out of range as a *config.FieldError.
@@ -77,6 +86,7 @@ func (c *WindowConfig) Validate() error {
 	p.Check(c.IdleTimeout <= 0, "IdleTimeout", "must be positive")
 	p.Check(c.LateRetention < 0, "LateRetention", "must not be negative")
 	p.Check(c.MaxFutureSkew < 0, "MaxFutureSkew", "must not be negative")
+	p.Check(c.HeartbeatExpiry <= 0, "HeartbeatExpiry", "must be positive")
 	return p.Err()
 }
 
@@ -124,9 +134,9 @@ type Stats struct {
 
 // Engine aggregates the readings of one input partition into tumbling
 // event-time windows per device × metric, with a watermark per device. It
-// is a pure function of the readings it is given and of the wall-clock
-// times passed to Add and Advance: it does no I/O, reads no clock and is
-// not safe for concurrent use.
+// is a pure function of the readings it is given and of the times passed
+// to Add and Advance (AddAt and AdvanceAt: a wall clock and an idle clock):
+// it does no I/O, reads no clock and is not safe for concurrent use.
 //
 // Its whole state can be written out as key/value changes (Changes) and
 // rebuilt from them (Restore); that is how it survives crashes and
@@ -185,7 +195,7 @@ type device struct {
 	// closeTo: the device's windows ending at or before it are closed for
 	// good (never lowered).
 	closeTo int64
-	// lastInput is the wall-clock time of the device's last reading (µs;
+	// lastInput is the idle-clock time of the device's last reading (µs;
 	// stored, for DeviceRetention); idleFrom is when its current silence
 	// started counting: lastInput, or the restore time if later (memory
 	// only).
@@ -305,10 +315,11 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
-// watermark is d's watermark at wall-clock time now (µs): its largest
+// watermark is d's watermark at idle-clock time now (µs): its largest
 // event time minus the lateness; once the device has been silent for
 // IdleTimeout, its largest event time plus the silence beyond IdleTimeout;
-// never more than now + MaxFutureSkew.
+// never more than now + MaxFutureSkew (the idle clock is never ahead of
+// the wall clock, so neither is this bound).
 func (e *Engine) watermark(d *device, now int64) int64 {
 	w := d.maxEvent - e.lateness
 	if q := now - d.idleFrom - e.idle; q > 0 && d.maxEvent+q > w {
@@ -388,9 +399,20 @@ func (e *Engine) newDevWin(d *device, start int64) *devWin {
 // its window with another event time is Accepted and counted as a seq
 // reset.
 func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
-	nowUS := now.UnixMicro()
+	return e.AddAt(r, now, now, now)
+}
+
+// AddAt is Add with the idle clock apart from the wall clock: wall (the
+// processor's clock) judges how far ahead the reading is (MaxFutureSkew);
+// clock is the idle clock, on which a device's silence is measured (see
+// WindowConfig.IdleTimeout), and seen is when the reading entered the
+// pipeline on that clock (its silence counts from there; taken as clock
+// when earlier). Add(r, now) is AddAt(r, now, now, now). The idle clock
+// must not run ahead of the wall clock.
+func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome {
+	nowUS := clock.UnixMicro()
 	t := r.EventTime.UnixMicro()
-	if t > nowUS+e.skew {
+	if t > wall.UnixMicro()+e.skew {
 		e.stats.TooFarAhead++
 		return TooFarAhead
 	}
@@ -415,7 +437,8 @@ func (e *Engine) Add(r *schemas.Reading, now time.Time) Outcome {
 		}
 		e.raiseClose(d, nowUS)
 	}
-	d.lastInput, d.idleFrom = nowUS, nowUS
+	seenUS := max(seen.UnixMicro(), nowUS)
+	d.lastInput, d.idleFrom = seenUS, seenUS
 	e.markDevDirty(d)
 	dw := d.win(start)
 	if end <= d.closeTo {
@@ -585,7 +608,15 @@ func (e *Engine) markDevDirty(d *device) {
 // next threshold (or past the device retention) waits in a heap ordered by
 // that wall-clock time.
 func (e *Engine) Advance(now time.Time, emit func(*Emission)) {
-	nowUS := now.UnixMicro()
+	e.AdvanceAt(now, now, emit)
+}
+
+// AdvanceAt is Advance with the idle clock apart from the wall clock (see
+// AddAt): silences are measured on clock, the emissions are stamped with
+// wall.
+func (e *Engine) AdvanceAt(wall, clock time.Time, emit func(*Emission)) {
+	now := wall
+	nowUS := clock.UnixMicro()
 	for len(e.due) > 0 && e.due[0].at <= nowUS {
 		it := heap.Pop(&e.due).(dueItem)
 		if d := it.d; !d.deleted && d.dueGen == it.gen {

@@ -26,7 +26,7 @@ var update = flag.Bool("update", false, "rewrite the golden expected.jsonl files
 var goldenBase = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 
 // goldenWindow is the engine configuration of every golden case.
-var goldenWindow = WindowConfig{Size: 10 * time.Second, Lateness: 5 * time.Second, IdleTimeout: 20 * time.Second, LateRetention: 30 * time.Second, MaxFutureSkew: DefaultMaxFutureSkew}
+var goldenWindow = WindowConfig{Size: 10 * time.Second, Lateness: 5 * time.Second, IdleTimeout: 20 * time.Second, LateRetention: 30 * time.Second, MaxFutureSkew: DefaultMaxFutureSkew, HeartbeatExpiry: DefaultHeartbeatExpiry}
 
 var goldenTopics = Topics{Raw: "raw", Metrics: "metrics", DLQ: "dlq", Changelog: "changelog", Readings: "readings"}
 

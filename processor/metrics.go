@@ -29,6 +29,7 @@ type metrics struct {
 	capEvents      prometheus.Counter
 	changelogBytes prometheus.Counter
 	watermarkLag   prometheus.Gauge
+	heartbeats     *prometheus.CounterVec // by result: read, invalid
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,10 +56,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		capEvents:      prometheus.NewCounter(prometheus.CounterOpts(f("state_cap_early_closes_total", "Windows closed before their time because open windows reached --max-keys."))),
 		changelogBytes: prometheus.NewCounter(prometheus.CounterOpts(f("changelog_bytes_total", "Bytes of state written to the changelog topic."))),
 		watermarkLag:   prometheus.NewGauge(prometheus.GaugeOpts(f("watermark_lag_seconds", "Wall clock minus the oldest device watermark of the owned partitions."))),
+		heartbeats:     prometheus.NewCounterVec(prometheus.CounterOpts(f("heartbeats_total", "Bridge heartbeat records read from the raw topic, by result (read, invalid: skipped); they set the partitions' ingest clock, on which device silence is measured, and are not readings.")), []string{"result"}),
 	}
 	reg.MustRegister(m.recordsIn, m.accepted, m.duplicates, m.seqResets, m.ignoredFields, m.dropped, m.emitted, m.emitDelay, m.windowsOpen,
 		m.deviceWindows, m.devices, m.stateBytes, m.capReached, m.capEvents, m.changelogBytes,
-		m.watermarkLag)
+		m.watermarkLag, m.heartbeats)
+	m.heartbeats.WithLabelValues("read")
+	m.heartbeats.WithLabelValues("invalid")
 	for _, r := range []schemas.Reason{schemas.ReasonLate, schemas.ReasonInvalidRecord, schemas.ReasonTimestampSkew} {
 		m.dropped.WithLabelValues(string(r))
 	}

@@ -118,7 +118,7 @@ func TestPropertyFinalEqualsBatch(t *testing.T) {
 		// Every third stream keeps every window's identities in chunk
 		// records from the first bytes on.
 		chunkMinBase = map[bool]int32{true: 4, false: 512}[it%3 == 0]
-		wc := WindowConfig{Size: 10 * time.Second, Lateness: 5 * time.Second, IdleTimeout: time.Hour, LateRetention: 30 * time.Second, MaxFutureSkew: DefaultMaxFutureSkew}
+		wc := WindowConfig{Size: 10 * time.Second, Lateness: 5 * time.Second, IdleTimeout: time.Hour, LateRetention: 30 * time.Second, MaxFutureSkew: DefaultMaxFutureSkew, HeartbeatExpiry: DefaultHeartbeatExpiry}
 		disorder := wc.Lateness // within the lateness: never re-emitted
 		if it%2 == 1 {
 			disorder = 2*wc.Lateness - time.Millisecond // re-emissions, never late

@@ -675,7 +675,11 @@ func (r *runner) startStages(ctx context.Context) error {
 	}{
 		{"bridge", []string{"bridge", "--mqtt-client-id", n.bridgeClient, "--mqtt-share-group", n.shareGroup,
 			"--topic-template", n.template, "--mqtt-session-expiry", "2m", "--topic-raw", n.raw, "--topic-dlq", n.dlq,
-			"--kafka-client-id", n.id + "-bridge"}},
+			"--kafka-client-id", n.id + "-bridge",
+			// No heartbeats: the counts compare the raw topic's end offsets
+			// with the devices' messages (the processor then measures device
+			// silence on its wall clock, as before heartbeats).
+			"--heartbeat-interval", "0"}},
 		{"processor", append([]string{"processor", "--group", n.gProcessor, "--instance-id", n.id + "-1",
 			"--topic-processor-changelog", n.changelog, "--topic-readings", n.readings, "--window", window.String(), "--lateness", lateness.String(),
 			"--idle-timeout", idleTimeout.String(), "--kafka-client-id", n.id + "-processor"}, topics...)},

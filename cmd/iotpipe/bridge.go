@@ -63,6 +63,7 @@ disconnect, exit 0 (within --shutdown-timeout).`,
 		f.String(&c.Compression, "kafka-compression", "batch compression: none, gzip, snappy, lz4 or zstd")
 		f.Duration(&c.Linger, "kafka-linger", "how long the producer waits to fill a batch (0: send at once)")
 		f.Int(&c.BatchMaxBytes, "kafka-batch-max-bytes", "largest record batch (keep at most the topic's max.message.bytes)")
+		f.Duration(&c.HeartbeatInterval, "heartbeat-interval", "how often a heartbeat is written to every partition of the raw topic; the processor measures device silence on them, so a stalled ingest path does not close devices' windows (0: none, silence is measured on the processor's wall clock)")
 		f.Int(&c.DLQMaxValueBytes, "dlq-max-value-bytes", "longest original payload kept in a dead letter; longer ones are cut and the error header says so")
 		f.Group("Registry (strict mode)")
 		f.Bool(&c.Registry.Require, "require-registered", "dead-letter (reason unknown_device) readings of devices that are not in the registry or not active; the set is kept in memory, updated on every registry change (LISTEN/NOTIFY) and every --registry-refresh")

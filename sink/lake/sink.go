@@ -387,6 +387,9 @@ func (s *Sink) decode(b *batch, r *kgo.Record) error {
 	var derr error
 	switch r.Topic {
 	case s.cfg.RawTopic:
+		if schemas.IsHeartbeat(r.Headers) {
+			return nil // a bridge's heartbeat (when the raw topic is stored): not a reading
+		}
 		if derr = s.rawDec.Decode(r.Value, &s.reading); derr == nil {
 			f, err := b.file(Readings, s.reading.EventTime)
 			if err != nil {

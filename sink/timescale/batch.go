@@ -120,6 +120,10 @@ func (b *batch) add(r *kgo.Record, now time.Time) {
 		s.kind, s.lo, s.hi = kindAlert, len(b.alerts), len(b.alerts)+1
 		b.alerts = append(b.alerts, a)
 		b.rows++
+	case r.Topic == b.topicRaw && schemas.IsHeartbeat(r.Headers):
+		// A bridge's heartbeat (when the raw topic is stored): not a
+		// reading, no rows.
+		s.kind, s.lo, s.hi = kindReading, len(b.readings), len(b.readings)
 	case r.Topic == b.topicRaw:
 		if err := b.raw.Decode(r.Value, &b.r); err != nil {
 			s.kind, s.err = kindInvalid, err.Error()

@@ -219,3 +219,21 @@ func TestBatchAddAlerts(t *testing.T) {
 		t.Fatalf("alerts record without an alerts topic: %+v", nb.srcs[0])
 	}
 }
+
+// A bridge heartbeat in the stored raw topic is no reading: no row, not
+// invalid (no dead letter), its offset consumed like any other's.
+func TestBatchSkipsHeartbeats(t *testing.T) {
+	b := newBatch("raw", "met", "")
+	now := time.Now()
+	hb := schemas.HeartbeatRecord("raw", 0, schemas.Heartbeat{Bridge: "b1", Time: now})
+	hb.Offset = 12
+	b.add(rawRec(t, 11, "d1", 2), now)
+	b.add(hb, now)
+	b.add(rawRec(t, 13, "d1", 1), now)
+	if len(b.readings) != 3 || b.rows != 3 || len(b.srcs) != 3 {
+		t.Fatalf("rows %d (%d readings), sources %d; want 3, 3, 3", b.rows, len(b.readings), len(b.srcs))
+	}
+	if s := b.srcs[1]; s.kind != kindReading || s.lo != s.hi {
+		t.Fatalf("heartbeat source %+v, want a reading source without rows", s)
+	}
+}
