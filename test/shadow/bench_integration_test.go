@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/iotpipe/iotpipe/api"
@@ -98,7 +99,15 @@ func BenchmarkShadowLatency(b *testing.B) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := paho.NewClient(paho.ClientConfig{Conn: conn})
+	// Many goroutines publish on it: paho writes a packet in pieces, so
+	// the connection must serialise them as autopaho's own TLS
+	// connections do (a bare tls.Conn interleaves them and the broker
+	// drops the connection).
+	pub := paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn),
+		OnClientError: func(err error) { t.Logf("baseline publisher: client error: %v", err) },
+		OnServerDisconnect: func(d *paho.Disconnect) {
+			t.Logf("baseline publisher: the broker disconnected it: reason %#x %s", d.ReasonCode, d.Properties.ReasonString)
+		}})
 	if _, err := pub.Connect(testenv.Context(t, 10*time.Second), &paho.Connect{ClientID: testenv.Name(t, "pub"), CleanStart: true, KeepAlive: 30}); err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +122,7 @@ func BenchmarkShadowLatency(b *testing.B) {
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		refused, pubErrs := 0, 0
+		var pubErr error
 		start := time.Now()
 		for i, d := range devs {
 			wg.Go(func() {
@@ -139,6 +149,7 @@ func BenchmarkShadowLatency(b *testing.B) {
 					if _, err := pub.Publish(context.Background(), &paho.Publish{Topic: "devices/" + d.id + "/shadow/get/accepted", QoS: 1, Payload: []byte(bk)}); err != nil {
 						mu.Lock()
 						pubErrs++
+						pubErr = err
 						mu.Unlock()
 					}
 				}
@@ -168,7 +179,7 @@ func BenchmarkShadowLatency(b *testing.B) {
 		b.ReportMetric(float64(b99.Microseconds())/1000, fmt.Sprintf("mqtt-rt-p99-ms@%d/s", rate))
 		b.ReportMetric(achieved, fmt.Sprintf("achieved/s@%d/s", rate))
 		if pubErrs > 0 {
-			t.Errorf("rate %d/s: %d baseline publishes failed", rate, pubErrs)
+			t.Errorf("rate %d/s: %d baseline publishes failed, the last: %v", rate, pubErrs, pubErr)
 		}
 		t.Logf("rate %d/s (achieved %.0f/s, %d changes, %d refused): PATCH→delta p50 %s p99 %s; MQTT round trip p50 %s p99 %s; goal p99 ≤ %s: %v",
 			rate, achieved, total, refused, p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond),
