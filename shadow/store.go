@@ -312,7 +312,17 @@ func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 
 // Pending returns up to limit outbox messages in publication order.
 func (s *Store) Pending(ctx context.Context, limit int) ([]Message, error) {
-	rows, err := s.pool.Query(ctx, "SELECT id, device_id, topic, payload, retain, version FROM "+s.rel("shadow_outbox")+" ORDER BY id LIMIT $1", limit)
+	return s.PendingExcept(ctx, limit, nil)
+}
+
+// PendingExcept returns up to limit outbox messages in publication order,
+// leaving out the ids in except (those a relay already handed out).
+func (s *Store) PendingExcept(ctx context.Context, limit int, except []int64) ([]Message, error) {
+	if except == nil {
+		except = []int64{}
+	}
+	rows, err := s.pool.Query(ctx, "SELECT id, device_id, topic, payload, retain, version FROM "+s.rel("shadow_outbox")+
+		" WHERE id <> ALL($2::bigint[]) ORDER BY id LIMIT $1", limit, except)
 	if err != nil {
 		return nil, fmt.Errorf("shadow: read outbox: %w", err)
 	}
