@@ -247,3 +247,78 @@ func TestShadowConcurrentPatch(t *testing.T) {
 		t.Fatalf("%d writers succeeded, version %d; want exactly one, version 1", ok, sh.Version)
 	}
 }
+
+// Concurrent writes to a shadow that already has a row (the conditional
+// UPDATE path): of the writers with the same If-Match exactly one
+// succeeds and only its messages are in the outbox; writers with
+// AnyVersion all succeed, one version each, while reports land in
+// between, and every change's messages carry its own version in
+// version order.
+func TestShadowConcurrentWritesOnAnExistingRow(t *testing.T) {
+	f := newFixture(t)
+	ctx := testenv.Context(t, time.Minute)
+	if _, err := f.st.PatchDesired(ctx, f.dev, 0, []byte(`{"start":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 8
+	var wg sync.WaitGroup
+	errs := make([]error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			_, errs[i] = f.st.PatchDesired(ctx, f.dev, 1, []byte(`{"w":`+string(rune('0'+i))+`}`))
+		})
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		var ce *ConflictError
+		switch {
+		case err == nil:
+			ok++
+		case errors.As(err, &ce):
+			if ce.Current != 2 {
+				t.Fatalf("conflict names version %d, want the current 2: %v", ce.Current, err)
+			}
+		default:
+			t.Fatalf("unexpected error: %v", err)
+		}
+	}
+	if sh, _ := f.st.Get(ctx, f.dev); ok != 1 || sh.Version != 2 {
+		t.Fatalf("%d writers succeeded, version %d; want exactly one, version 2", ok, sh.Version)
+	}
+	if got := f.outbox(t); len(got) != 2 || got[0].Version != 1 || got[1].Version != 2 {
+		t.Fatalf("outbox %+v; want the two deltas of versions 1 and 2", got)
+	}
+
+	// AnyVersion writers and reports at the same time: nobody is refused.
+	for i := range writers {
+		wg.Go(func() {
+			_, errs[i] = f.st.PatchDesired(ctx, f.dev, AnyVersion, []byte(`{"any`+string(rune('0'+i))+`":true}`))
+		})
+	}
+	wg.Go(func() {
+		for i := range 3 {
+			f.report(t, `{"state":{"reported":{"r":`+string(rune('0'+i))+`}}}`)
+		}
+	})
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("an AnyVersion writer failed: %v", err)
+		}
+	}
+	sh, _ := f.st.Get(ctx, f.dev)
+	if sh.Version != 2+writers+3 || len(sh.State.Desired) != 2+writers {
+		t.Fatalf("version %d, desired %v; want version %d and every writer's key", sh.Version, sh.State.Desired, 2+writers+3)
+	}
+	last := int64(0)
+	for _, m := range f.outbox(t) {
+		if m.Version < last {
+			t.Fatalf("outbox goes back from version %d to %d (%s)", last, m.Version, m.Topic)
+		}
+		last = m.Version
+	}
+	if last != sh.Version {
+		t.Fatalf("the last outbox message carries version %d, the shadow is at %d", last, sh.Version)
+	}
+}
