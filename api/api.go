@@ -11,13 +11,11 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 
 	"github.com/iotpipe/iotpipe/internal/certs"
 	"github.com/iotpipe/iotpipe/internal/config"
@@ -46,9 +44,8 @@ type API struct {
 	ca      *certs.CA
 	relay   *Relay
 
-	limMu    sync.Mutex
-	limiters map[string]*rate.Limiter
-	ready    chan struct{}
+	limits *tokenLimits
+	ready  chan struct{}
 }
 
 // New checks cfg and builds the API; nothing is contacted before Run.
@@ -56,7 +53,8 @@ func New(cfg Config, deps service.Deps) (*API, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &API{cfg: cfg, log: deps.Logger(), m: newMetrics(deps.Registry), limiters: map[string]*rate.Limiter{}, ready: make(chan struct{})}
+	a := &API{cfg: cfg, log: deps.Logger(), m: newMetrics(deps.Registry),
+		limits: newTokenLimits(cfg.RatePerToken, cfg.RateBurst), ready: make(chan struct{})}
 	if cfg.CADir != "" {
 		ca, err := certs.Load(cfg.CADir)
 		if err != nil {
@@ -273,14 +271,7 @@ func (a *API) allow(id string) bool {
 	if a.cfg.RatePerToken == 0 {
 		return true
 	}
-	a.limMu.Lock()
-	l, ok := a.limiters[id]
-	if !ok {
-		l = rate.NewLimiter(rate.Limit(a.cfg.RatePerToken), a.cfg.RateBurst)
-		a.limiters[id] = l
-	}
-	a.limMu.Unlock()
-	return l.Allow()
+	return a.limits.allow(id)
 }
 
 type statusWriter struct {
