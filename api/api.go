@@ -11,8 +11,11 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -42,7 +45,11 @@ type API struct {
 	shadows *shadow.Store
 	tokens  *Tokens
 	ca      *certs.CA
-	relay   *Relay
+	relay   atomic.Pointer[Relay]
+
+	// outboxWritten's NOTIFY sender: running, and asked again meanwhile.
+	notifyMu               sync.Mutex
+	notifying, notifyAgain bool
 
 	limits *tokenLimits
 	ready  chan struct{}
@@ -77,6 +84,15 @@ func (a *API) Open(ctx context.Context) error {
 		return &config.FieldError{Field: "DSN", Err: err}
 	}
 	pc.MaxConns = int32(a.cfg.MaxConns)
+	// The outbox trigger leaves the NOTIFY to us (migration
+	// 0015_outbox_notify): PostgreSQL serialises notifying commits
+	// through their WAL flush. outboxWritten wakes the relay after each
+	// commit instead. Before that migration the setting is ignored and the
+	// trigger notifies as before.
+	pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "SET iotpipe.outbox_notify = 'after_commit'")
+		return err
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return fmt.Errorf("api: connect to the database: %w", err)
@@ -88,6 +104,7 @@ func (a *API) Open(ctx context.Context) error {
 	}
 	a.pool, a.reg = pool, reg
 	a.shadows = shadow.New(pool, a.cfg.Schema, a.cfg.Limits)
+	a.shadows.OnOutbox(a.outboxWritten)
 	if err := a.shadows.Check(ctx); err != nil {
 		a.Close()
 		return fmt.Errorf("api: %w", err)
@@ -132,6 +149,9 @@ func (a *API) Run(ctx context.Context) error {
 	a.log.Info("api listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String()+"/v1/")
 	close(a.ready)
 
+	if !a.cfg.Relay.Disabled {
+		a.relay.Store(NewRelay(a.cfg.Relay, a.shadows, a.pool, a.cfg.Schema, a.log, a.m))
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -139,9 +159,8 @@ func (a *API) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	if !a.cfg.Relay.Disabled {
-		a.relay = NewRelay(a.cfg.Relay, a.shadows, a.pool, a.cfg.Schema, a.log, a.m)
-		g.Go(func() error { return a.relay.Run(gctx) })
+	if r := a.relay.Load(); r != nil {
+		g.Go(func() error { return r.Run(gctx) })
 	}
 	g.Go(func() error {
 		<-gctx.Done()
@@ -154,6 +173,45 @@ func (a *API) Run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// outboxWritten runs after every shadow change that committed outbox
+// messages: it wakes this process's relay when that is the one
+// publishing, or else sends a NOTIFY for the relay of another process
+// (outside the change's transaction; requests that come while one is
+// being sent are one more). A lost wake-up costs latency, never a
+// message: the relay reads the outbox every Relay.Poll anyway.
+func (a *API) outboxWritten() {
+	if r := a.relay.Load(); r != nil && r.Leading() {
+		r.Wake()
+		return
+	}
+	a.notifyMu.Lock()
+	if a.notifying {
+		a.notifyAgain = true
+		a.notifyMu.Unlock()
+		return
+	}
+	a.notifying = true
+	a.notifyMu.Unlock()
+	go func() {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := a.pool.Exec(ctx, "SELECT pg_notify('iotpipe_outbox', $1)", a.cfg.Schema)
+			cancel()
+			if err != nil {
+				a.log.Warn("api: notify the relay of new outbox messages (it polls them anyway)", "err", err)
+			}
+			a.notifyMu.Lock()
+			if !a.notifyAgain {
+				a.notifying = false
+				a.notifyMu.Unlock()
+				return
+			}
+			a.notifyAgain = false
+			a.notifyMu.Unlock()
+		}
+	}()
 }
 
 // Checks: the database answers; the relay is connected to the broker.
@@ -171,7 +229,7 @@ func (a *API) Checks() map[string]service.Check {
 			if a.cfg.Relay.Disabled {
 				return nil
 			}
-			if a.relay == nil || !a.relay.Connected() {
+			if r := a.relay.Load(); r == nil || !r.Connected() {
 				return errors.New("not connected to the MQTT broker")
 			}
 			return nil

@@ -50,11 +50,29 @@ type Relay struct {
 	log    *slog.Logger
 	m      *metrics
 	up     atomic.Bool
+	// leading while this relay holds the schema's lock and publishes.
+	leading atomic.Bool
+	// wake holds at most one wake-up: change notices and Wake calls that
+	// come while the relay is busy are one.
+	wake chan struct{}
 }
 
 // NewRelay returns a relay of the outbox of st.
 func NewRelay(cfg RelayConfig, st *shadow.Store, pool *pgxpool.Pool, schema string, log *slog.Logger, m *metrics) *Relay {
-	return &Relay{cfg: cfg, st: st, pool: pool, schema: schema, log: log, m: m}
+	return &Relay{cfg: cfg, st: st, pool: pool, schema: schema, log: log, m: m, wake: make(chan struct{}, 1)}
+}
+
+// Leading reports whether this relay is the one publishing the schema's
+// outbox (a Wake reaches it; otherwise a NOTIFY must).
+func (r *Relay) Leading() bool { return r.leading.Load() }
+
+// Wake makes the relay read the outbox now (after a commit of this
+// process that did not NOTIFY); it never blocks.
+func (r *Relay) Wake() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Connected reports whether the relay is connected to the broker.
@@ -166,10 +184,8 @@ func (r *Relay) leader(ctx context.Context, cm *autopaho.ConnectionManager) erro
 	}()
 
 	// The notice waiter owns conn until waitDone is closed (werr is then
-	// why it stopped); wake holds at most one notice (those that come
-	// while the relay is busy are one).
+	// why it stopped).
 	wctx, wcancel := context.WithCancel(ctx)
-	wake := make(chan struct{}, 1)
 	waitDone := make(chan struct{})
 	var werr error
 	go func() {
@@ -179,13 +195,12 @@ func (r *Relay) leader(ctx context.Context, cm *autopaho.ConnectionManager) erro
 				werr = err
 				return
 			}
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
+			r.Wake()
 		}
 	}()
-	err = r.pump(ctx, cm, wake, waitDone, &werr)
+	r.leading.Store(true)
+	err = r.pump(ctx, cm, r.wake, waitDone, &werr)
+	r.leading.Store(false)
 	wcancel()
 	<-waitDone
 	return err

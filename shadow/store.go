@@ -54,7 +54,17 @@ type Store struct {
 	schema string
 	limits Limits
 	now    func() time.Time
+	// written, when set, is called after a desired change committed
+	// outbox messages (OnOutbox).
+	written func()
 }
+
+// OnOutbox sets f to be called after every desired change that committed
+// outbox messages, once the commit is done: a writer whose connections
+// set iotpipe.outbox_notify = 'after_commit' (so the outbox trigger does
+// not NOTIFY inside its transactions) wakes the relay there. Set it
+// before the Store is used.
+func (s *Store) OnOutbox(f func()) { s.written = f }
 
 // New returns a Store on pool (a member of the registry role) for schema.
 func New(pool *pgxpool.Pool, schema string, l Limits) *Store {
@@ -206,9 +216,11 @@ func (s *Store) SetConfig(ctx context.Context, id string, expected int64, config
 // changed here, and written by one statement (one transaction) that
 // updates the row only if its version is still the one read and inserts
 // the outbox messages in the same statement, under the row lock it took
-// (so a device's outbox ids follow its commit order; the outbox trigger
-// sends the relay's NOTIFY at commit). When another write came first the
-// statement changes nothing: with an expected version that is a conflict
+// (so a device's outbox ids follow its commit order). The outbox
+// trigger's NOTIFY wakes the relay at the commit, or, for a writer that
+// turned it off (OnOutbox), the OnOutbox function right after it. When
+// another write came first the statement changes nothing: with an
+// expected version that is a conflict
 // (as a locked read would have found), with AnyVersion the change is
 // tried again on the new version.
 func (s *Store) changeDesired(ctx context.Context, op, id string, expected int64, change func(*Shadow, int64) bool) (*Shadow, error) {
@@ -240,6 +252,9 @@ func (s *Store) changeDesired(ctx context.Context, op, id string, expected int64
 			return nil, fmt.Errorf("shadow: %s of %s: %w", op, id, err)
 		}
 		if ok {
+			if len(msgs) > 0 && s.written != nil {
+				s.written()
+			}
 			return sh, nil
 		}
 		// Another write came first.

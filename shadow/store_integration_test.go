@@ -3,6 +3,7 @@
 package shadow
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -320,5 +321,76 @@ func TestShadowConcurrentWritesOnAnExistingRow(t *testing.T) {
 	}
 	if last != sh.Version {
 		t.Fatalf("the last outbox message carries version %d, the shadow is at %d", last, sh.Version)
+	}
+}
+
+// The outbox trigger notifies the relay at every commit, except on a
+// connection that set iotpipe.outbox_notify = 'after_commit' (iotpipe
+// api, which wakes the relay itself after the commit: PostgreSQL
+// serialises notifying commits). Notices arrive in commit order, so a
+// marker sent after the change is the first notice exactly when the
+// change sent none.
+func TestShadowOutboxNotifyUnlessAfterCommit(t *testing.T) {
+	f := newFixture(t)
+	ctx := testenv.Context(t, time.Minute)
+	listen, err := f.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listen.Release()
+	if _, err := listen.Exec(ctx, "LISTEN iotpipe_outbox"); err != nil {
+		t.Fatal(err)
+	}
+	firstNotice := func(afterCommit bool, version int64) string {
+		t.Helper()
+		pc, err := pgxpool.ParseConfig(f.pool.Config().ConnString())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if afterCommit {
+			pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+				_, err := c.Exec(ctx, "SET iotpipe.outbox_notify = 'after_commit'")
+				return err
+			}
+		}
+		pool, err := pgxpool.NewWithConfig(ctx, pc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Close()
+		st := New(pool, f.schema, f.st.Limits())
+		called := 0
+		st.OnOutbox(func() { called++ })
+		if _, err := st.PatchDesired(ctx, f.dev, version, []byte(`{"n":`+string(rune('0'+version))+`}`)); err != nil {
+			t.Fatal(err)
+		}
+		if called != 1 {
+			t.Fatalf("OnOutbox called %d times for one change, want 1", called)
+		}
+		if _, err := f.pool.Exec(ctx, "SELECT pg_notify('iotpipe_outbox', 'marker')"); err != nil {
+			t.Fatal(err)
+		}
+		n, err := listen.Conn().WaitForNotification(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Payload != "marker" { // drain up to the marker
+			for {
+				m, err := listen.Conn().WaitForNotification(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m.Payload == "marker" {
+					break
+				}
+			}
+		}
+		return n.Payload
+	}
+	if got := firstNotice(false, 0); got != f.schema {
+		t.Fatalf("first notice %q after a change, want the trigger's (%q)", got, f.schema)
+	}
+	if got := firstNotice(true, 1); got != "marker" {
+		t.Fatalf("first notice %q after a change with outbox_notify=after_commit, want none before the marker", got)
 	}
 }
