@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -110,15 +111,23 @@ func BenchmarkShadowLatency(b *testing.B) {
 	// the connection must serialise them as autopaho's own TLS
 	// connections do (a bare tls.Conn interleaves them and the broker
 	// drops the connection).
+	var finished atomic.Bool
 	pub := paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn),
-		OnClientError: func(err error) { t.Logf("baseline publisher: client error: %v", err) },
+		OnClientError: func(err error) {
+			if !finished.Load() { // not the connection's close at the end
+				t.Logf("baseline publisher: client error: %v", err)
+			}
+		},
 		OnServerDisconnect: func(d *paho.Disconnect) {
 			t.Logf("baseline publisher: the broker disconnected it: reason %#x %s", d.ReasonCode, d.Properties.ReasonString)
 		}})
 	if _, err := pub.Connect(testenv.Context(t, 10*time.Second), &paho.Connect{ClientID: testenv.Name(t, "pub"), CleanStart: true, KeepAlive: 30}); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = pub.Disconnect(&paho.Disconnect{}) }()
+	defer func() {
+		finished.Store(true)
+		_ = pub.Disconnect(&paho.Disconnect{})
+	}()
 
 	for _, rate := range []int{100, 1000} {
 		lat.got, base.got = nil, nil
