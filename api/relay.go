@@ -263,6 +263,9 @@ func (r *Relay) pump(ctx context.Context, cm *autopaho.ConnectionManager, wake <
 	// out and deletes what was acknowledged.
 	shutdown := func(err error) error {
 		stop()
+		for _, q := range queues {
+			close(q) // nothing is handed out any more
+		}
 		for inFlight > 0 {
 			handle(<-results)
 		}
@@ -361,29 +364,20 @@ func shard(device string, n int) int {
 }
 
 // publisher publishes the messages of its queue in order, each after the
-// previous one's PUBACK, and answers each on results. After a failure
-// (or once ctx ends) it answers the rest of its queue with an error
-// without publishing them, so a device's later message never overtakes
-// an earlier one that was not acknowledged.
+// previous one's PUBACK, and answers each on results, until the queue is
+// closed. After a failure, or once ctx ends, it answers the rest with an
+// error without publishing them, so a device's later message never
+// overtakes an earlier one that was not acknowledged, and every message
+// handed out is answered (the pump counts on it to stop).
 func (r *Relay) publisher(ctx context.Context, cm *autopaho.ConnectionManager, q <-chan shadow.Message, results chan<- result) {
 	var failed error
-	for {
-		var m shadow.Message
-		select {
-		case <-ctx.Done():
-			// Answer what is queued, then stop.
-			for {
-				select {
-				case m := <-q:
-					results <- result{id: m.ID, err: ctx.Err()}
-				default:
-					return
-				}
-			}
-		case m = <-q:
-		}
+	for m := range q {
 		if failed == nil {
-			failed = r.publishOne(ctx, cm, m)
+			if err := ctx.Err(); err != nil {
+				failed = err
+			} else {
+				failed = r.publishOne(ctx, cm, m)
+			}
 		}
 		if failed != nil {
 			results <- result{id: m.ID, err: failed}
