@@ -12,12 +12,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 
 	"github.com/iotpipe/iotpipe/alerting/rules"
 	"github.com/iotpipe/iotpipe/internal/certs"
@@ -46,12 +47,15 @@ type API struct {
 	shadows *shadow.Store
 	tokens  *Tokens
 	ca      *certs.CA
-	relay   *Relay
+	relay   atomic.Pointer[Relay]
 	rules   *rules.Store
 
-	limMu    sync.Mutex
-	limiters map[string]*rate.Limiter
-	ready    chan struct{}
+	// outboxWritten's NOTIFY sender: running, and asked again meanwhile.
+	notifyMu               sync.Mutex
+	notifying, notifyAgain bool
+
+	limits *tokenLimits
+	ready  chan struct{}
 }
 
 // New checks cfg and builds the API; nothing is contacted before Run.
@@ -59,7 +63,8 @@ func New(cfg Config, deps service.Deps) (*API, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &API{cfg: cfg, log: deps.Logger(), m: newMetrics(deps.Registry), limiters: map[string]*rate.Limiter{}, ready: make(chan struct{})}
+	a := &API{cfg: cfg, log: deps.Logger(), m: newMetrics(deps.Registry),
+		limits: newTokenLimits(cfg.RatePerToken, cfg.RateBurst), ready: make(chan struct{})}
 	if cfg.CADir != "" {
 		ca, err := certs.Load(cfg.CADir)
 		if err != nil {
@@ -82,6 +87,15 @@ func (a *API) Open(ctx context.Context) error {
 		return &config.FieldError{Field: "DSN", Err: err}
 	}
 	pc.MaxConns = int32(a.cfg.MaxConns)
+	// The outbox trigger leaves the NOTIFY to us (migration
+	// 0013_outbox_notify): PostgreSQL serialises notifying commits
+	// through their WAL flush. outboxWritten wakes the relay after each
+	// commit instead. Before that migration the setting is ignored and the
+	// trigger notifies as before.
+	pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "SET iotpipe.outbox_notify = 'after_commit'")
+		return err
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return fmt.Errorf("api: connect to the database: %w", err)
@@ -93,6 +107,7 @@ func (a *API) Open(ctx context.Context) error {
 	}
 	a.pool, a.reg = pool, reg
 	a.shadows = shadow.New(pool, a.cfg.Schema, a.cfg.Limits)
+	a.shadows.OnOutbox(a.outboxWritten)
 	if err := a.shadows.Check(ctx); err != nil {
 		a.Close()
 		return fmt.Errorf("api: %w", err)
@@ -146,6 +161,9 @@ func (a *API) Run(ctx context.Context) error {
 	a.log.Info("api listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String()+"/v1/")
 	close(a.ready)
 
+	if !a.cfg.Relay.Disabled {
+		a.relay.Store(NewRelay(a.cfg.Relay, a.shadows, a.pool, a.cfg.Schema, a.log, a.m))
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -153,9 +171,8 @@ func (a *API) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	if !a.cfg.Relay.Disabled {
-		a.relay = NewRelay(a.cfg.Relay, a.shadows, a.pool, a.cfg.Schema, a.log, a.m)
-		g.Go(func() error { return a.relay.Run(gctx) })
+	if r := a.relay.Load(); r != nil {
+		g.Go(func() error { return r.Run(gctx) })
 	}
 	g.Go(func() error {
 		<-gctx.Done()
@@ -168,6 +185,45 @@ func (a *API) Run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// outboxWritten runs after every shadow change that committed outbox
+// messages: it wakes this process's relay when that is the one
+// publishing, or else sends a NOTIFY for the relay of another process
+// (outside the change's transaction; requests that come while one is
+// being sent are one more). A lost wake-up costs latency, never a
+// message: the relay reads the outbox every Relay.Poll anyway.
+func (a *API) outboxWritten() {
+	if r := a.relay.Load(); r != nil && r.Leading() {
+		r.Wake()
+		return
+	}
+	a.notifyMu.Lock()
+	if a.notifying {
+		a.notifyAgain = true
+		a.notifyMu.Unlock()
+		return
+	}
+	a.notifying = true
+	a.notifyMu.Unlock()
+	go func() {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := a.pool.Exec(ctx, "SELECT pg_notify('iotpipe_outbox', $1)", a.cfg.Schema)
+			cancel()
+			if err != nil {
+				a.log.Warn("api: notify the relay of new outbox messages (it polls them anyway)", "err", err)
+			}
+			a.notifyMu.Lock()
+			if !a.notifyAgain {
+				a.notifying = false
+				a.notifyMu.Unlock()
+				return
+			}
+			a.notifyAgain = false
+			a.notifyMu.Unlock()
+		}
+	}()
 }
 
 // Checks: the database answers; the relay is connected to the broker.
@@ -185,7 +241,7 @@ func (a *API) Checks() map[string]service.Check {
 			if a.cfg.Relay.Disabled {
 				return nil
 			}
-			if a.relay == nil || !a.relay.Connected() {
+			if r := a.relay.Load(); r == nil || !r.Connected() {
 				return errors.New("not connected to the MQTT broker")
 			}
 			return nil
@@ -290,14 +346,7 @@ func (a *API) allow(id string) bool {
 	if a.cfg.RatePerToken == 0 {
 		return true
 	}
-	a.limMu.Lock()
-	l, ok := a.limiters[id]
-	if !ok {
-		l = rate.NewLimiter(rate.Limit(a.cfg.RatePerToken), a.cfg.RateBurst)
-		a.limiters[id] = l
-	}
-	a.limMu.Unlock()
-	return l.Allow()
+	return a.limits.allow(id)
 }
 
 type statusWriter struct {

@@ -72,8 +72,14 @@ type RelayConfig struct {
 	Username, Password string
 	// CAFile, CertFile, KeyFile and ServerName: as the bridge's.
 	CAFile, CertFile, KeyFile, ServerName string
-	// Batch is how many outbox rows one read takes.
+	// Batch bounds the outbox rows the relay holds at a time (read and
+	// not yet deleted).
 	Batch int
+	// InFlight is how many publishers pipeline the outbox: each owns a
+	// share of the devices and publishes their messages in order, one
+	// PUBACK at a time, so up to InFlight messages are in flight (and no
+	// more than the broker's Receive Maximum).
+	InFlight int
 	// Poll is how often the outbox is read when no change notice came.
 	Poll time.Duration
 	// ConnectTimeout bounds one connection attempt.
@@ -106,6 +112,7 @@ func DefaultConfig() Config {
 			URLs:           []string{"mqtts://localhost:8883"},
 			ClientID:       "iotpipe-api-" + host,
 			Batch:          500,
+			InFlight:       64,
 			Poll:           time.Second,
 			ConnectTimeout: 10 * time.Second,
 		},
@@ -154,6 +161,7 @@ func (c *Config) Validate() error {
 		}
 		p.Check(r.ClientID == "", "Relay.ClientID", "must not be empty")
 		p.Check(r.Batch < 1, "Relay.Batch", "must be at least 1")
+		p.Check(r.InFlight < 1, "Relay.InFlight", "must be at least 1")
 		p.Check(r.Poll <= 0, "Relay.Poll", "must be positive")
 		p.Check(r.ConnectTimeout <= 0, "Relay.ConnectTimeout", "must be positive")
 		p.Check(r.DebugDelay < 0, "Relay.DebugDelay", "must not be negative")

@@ -14,7 +14,8 @@
 //     api_tokens table, stored as SHA-256 of the secret, refused once
 //     revoked or expired. Authorisation: each route needs a role
 //     (viewer < operator < admin). Requests per token are rate-limited
-//     (429 with Retry-After).
+//     (429 with Retry-After); a token's limiter is dropped once idle for
+//     the time its bucket takes to refill, which changes no answer.
 //   - Writes to a shadow or a device need If-Match with the ETag (the
 //     version) read before: 428 without it, 412 when another write came
 //     first (version_conflict, with the current version). Of concurrent

@@ -409,12 +409,15 @@ func BenchmarkBridgeTLS(b *testing.B) {
 	}
 	const devices = 100
 	env := testenv.Load(b)
-	tlsEnv := testenv.LoadMQTTTLS(b)
+	// A private Mosquitto (this checkout's configuration and ACL) for both
+	// transports: the ACL lets a device publish only devices/<CN>/telemetry,
+	// so a run cannot keep other runs' messages out with a topic level of
+	// its own on the shared broker. Kafka is the shared one.
+	priv := testenv.StartPrivate(b, "mqtt")
+	tlsEnv, mq := priv.MQTTTLS(b), priv.Env
 	id := testenv.Name(b, "tls")
 	devicePrefix := id + "-"
-	// The device id comes first, as the ACL binds devices/<CN>/...; the
-	// run's own level after it keeps other runs' messages out.
-	template := "devices/{device_id}/" + id + "/telemetry"
+	template := "devices/{device_id}/telemetry"
 	certDir := b.TempDir()
 	ca, err := certs.Load(tlsEnv.CADir)
 	if err != nil {
@@ -439,14 +442,14 @@ func BenchmarkBridgeTLS(b *testing.B) {
 		conn                         []string
 	}
 	targets := []*target{
-		{name: "plaintext", conn: []string{"--mqtt-url", env.MQTTURL, "--mqtt-username", env.MQTTUsername, "--mqtt-password", env.MQTTPassword}},
+		{name: "plaintext", conn: []string{"--mqtt-url", mq.MQTTURL, "--mqtt-username", mq.MQTTUsername, "--mqtt-password", mq.MQTTPassword}},
 		{name: "tls", conn: []string{"--mqtt-url", tlsEnv.URL, "--mqtt-ca-file", tlsEnv.CAFile,
 			"--mqtt-cert-file", tlsEnv.BridgeCertFile, "--mqtt-key-file", tlsEnv.BridgeKeyFile}},
 	}
 	dlq := envTopic(b, env)
 	for _, tg := range targets {
 		tg.group, tg.clientID, tg.topic = testenv.Name(b, "g"), testenv.Name(b, "bridge"), envTopic(b, env)
-		b.Cleanup(func() { endSessionTB(b, env, tg.clientID) })
+		b.Cleanup(func() { endSessionTB(b, mq, tg.clientID) })
 	}
 	bin := testenv.Binary(b)
 	kafkaArgs := testenv.KafkaCLIArgs(env.KafkaConfig(b, testenv.Bridge))
@@ -468,7 +471,7 @@ func BenchmarkBridgeTLS(b *testing.B) {
 		if overTLS {
 			c.URL, c.CAFile, c.CertDir = tlsEnv.URL, tlsEnv.CAFile, certDir
 		} else {
-			c.URL, c.Username, c.Password = env.MQTTURL, env.MQTTDeviceUsername, env.MQTTDevicePassword
+			c.URL, c.Username, c.Password = mq.MQTTURL, mq.MQTTDeviceUsername, mq.MQTTDevicePassword
 		}
 		sim, err := devicesim.New(c, service.Deps{})
 		if err != nil {

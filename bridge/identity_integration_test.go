@@ -307,16 +307,21 @@ func TestIdentityMutualTLS(t *testing.T) {
 		if subErr != nil {
 			t.Fatal(subErr)
 		}
-		bCrt, bKey, _ := k.issue(t, k.ca, b)
-		bd, err := connectDevice(t, k.tls.URL, k.tls.CAFile, bCrt, bKey, b)
+		// Configurations come from the API's identity (iotpipe-api); a
+		// device may not write one, not even its own.
+		if rc, _ := d.publish(t, "devices/"+a+"/config", []byte("from a itself")); rc != 0x87 {
+			t.Fatalf("a writing its own config: reason %#x, want 0x87 Not authorized", rc)
+		}
+		apiCrt, apiKey, _ := k.issue(t, k.ca, "iotpipe-api")
+		api, err := connectDevice(t, k.tls.URL, k.tls.CAFile, apiCrt, apiKey, testenv.Name(t, "api"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rc, _ := bd.publish(t, "devices/"+b+"/config", []byte("for b only")); rc != 0 {
-			t.Fatalf("b's own config: %#x", rc)
+		if rc, _ := api.publish(t, "devices/"+b+"/config", []byte("for b only")); rc != 0 {
+			t.Fatalf("b's config: %#x", rc)
 		}
-		if rc, _ := d.publish(t, "devices/"+a+"/config", []byte("for a")); rc != 0 {
-			t.Fatalf("a's own config: %#x", rc)
+		if rc, _ := api.publish(t, "devices/"+a+"/config", []byte("for a")); rc != 0 {
+			t.Fatalf("a's config: %#x", rc)
 		}
 		select {
 		case topic := <-got:
@@ -468,13 +473,15 @@ func TestIdentityMutualTLS(t *testing.T) {
 		raw2, dlq2 := env.Topic(t, 1, nil), env.Topic(t, 1, nil)
 		v2 := watchKafka(t, env, raw2, dlq2)
 		cfg := tlsBridge(t, env, k, raw2, dlq2, crt, key)
-		cfg.TopicTemplate = "devices/{device_id}/rotation"
+		// The devices' telemetry topic (the ACL lets a device write no
+		// other); this bridge has its own share group and raw topic.
+		cfg.TopicTemplate = "devices/{device_id}/telemetry"
 		r := startBridge(t, cfg)
 		d, err := connectDevice(t, k.tls.URL, k.tls.CAFile, aCrt, aKey, a+"-rot")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rc, _ := d.publish(t, "devices/"+a+"/rotation", reading(10)); rc != 0 {
+		if rc, _ := d.publish(t, "devices/"+a+"/telemetry", reading(10)); rc != 0 {
 			t.Fatalf("publish: %#x", rc)
 		}
 		v2.waitFor(t, a, 10)
@@ -514,7 +521,7 @@ func TestIdentityMutualTLS(t *testing.T) {
 			}
 			return r.b.MQTTReady(context.Background())
 		})
-		if rc, _ := d.publish(t, "devices/"+a+"/rotation", reading(11)); rc != 0 {
+		if rc, _ := d.publish(t, "devices/"+a+"/telemetry", reading(11)); rc != 0 {
 			t.Fatalf("publish after rotation: %#x", rc)
 		}
 		v2.waitFor(t, a, 11)

@@ -541,9 +541,12 @@ topic write devices/+/shadow/update/accepted
 topic write devices/+/shadow/update/rejected
 topic write devices/+/shadow/get/accepted
 
-# Every device (CN = device id = %u) writes only its own topics and reads only its own
-# configuration and shadow topics.
-pattern write devices/%u/#
+# Every device (CN = device id = %u) writes only the topics a device uses, under its own id
+# (telemetry, shadow reports and shadow requests), and reads only its own configuration and
+# shadow topics.
+pattern write devices/%u/telemetry
+pattern write devices/%u/shadow/update
+pattern write devices/%u/shadow/get
 pattern read devices/%u/config
 pattern read devices/%u/shadow/#
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/schemas/migrations"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -53,7 +54,17 @@ type Store struct {
 	schema string
 	limits Limits
 	now    func() time.Time
+	// written, when set, is called after a desired change committed
+	// outbox messages (OnOutbox).
+	written func()
 }
+
+// OnOutbox sets f to be called after every desired change that committed
+// outbox messages, once the commit is done: a writer whose connections
+// set iotpipe.outbox_notify = 'after_commit' (so the outbox trigger does
+// not NOTIFY inside its transactions) wakes the relay there. Set it
+// before the Store is used.
+func (s *Store) OnOutbox(f func()) { s.written = f }
 
 // New returns a Store on pool (a member of the registry role) for schema.
 func New(pool *pgxpool.Pool, schema string, l Limits) *Store {
@@ -198,44 +209,113 @@ func (s *Store) SetConfig(ctx context.Context, id string, expected int64, config
 	})
 }
 
-// changeDesired runs change on the locked shadow and, when it changed
-// desired, checks the limits and writes the shadow and its messages.
+// changeDesired runs change on the shadow and, when it changed desired,
+// checks the limits and writes the shadow and its messages.
+//
+// It is optimistic, two round trips: the shadow is read without a lock,
+// changed here, and written by one statement (one transaction) that
+// updates the row only if its version is still the one read and inserts
+// the outbox messages in the same statement, under the row lock it took
+// (so a device's outbox ids follow its commit order). The outbox
+// trigger's NOTIFY wakes the relay at the commit, or, for a writer that
+// turned it off (OnOutbox), the OnOutbox function right after it. When
+// another write came first the statement changes nothing: with an
+// expected version that is a conflict
+// (as a locked read would have found), with AnyVersion the change is
+// tried again on the new version.
 func (s *Store) changeDesired(ctx context.Context, op, id string, expected int64, change func(*Shadow, int64) bool) (*Shadow, error) {
-	var out *Shadow
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		sh, err := s.load(ctx, tx, id, true)
+	const attempts = 20
+	for attempt := 1; ; attempt++ {
+		sh, err := s.load(ctx, s.pool, id, false)
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("shadow: %s of %s: %w", op, id, err)
 		}
 		if expected != AnyVersion && expected != sh.Version {
-			return &ConflictError{Expected: expected, Current: sh.Version}
+			return nil, fmt.Errorf("shadow: %s of %s: %w", op, id, &ConflictError{Expected: expected, Current: sh.Version})
 		}
+		base := sh.Version
 		before := copyObject(sh.State.Desired)
 		now := s.now()
 		if !change(sh, now.Unix()) {
-			out = sh
-			return nil
+			return sh, nil
 		}
 		if err := checkDoc(sh.State.Desired, s.limits, "desired"); err != nil {
-			return err
+			return nil, fmt.Errorf("shadow: %s of %s: %w", op, id, err)
 		}
 		sh.Version++
 		sh.DesiredAt = &now
 		oldDelta := sh.State.Delta
 		sh.State.Delta = Delta(sh.State.Desired, sh.State.Reported)
-		if err := s.save(ctx, tx, sh, now); err != nil {
-			return err
+		msgs := changeMessages(sh, before, oldDelta, now)
+		ok, err := s.saveDesiredIf(ctx, sh, base, msgs, now)
+		if err != nil {
+			return nil, fmt.Errorf("shadow: %s of %s: %w", op, id, err)
 		}
-		if err := s.enqueueChanges(ctx, tx, sh, before, oldDelta, now); err != nil {
-			return err
+		if ok {
+			if len(msgs) > 0 && s.written != nil {
+				s.written()
+			}
+			return sh, nil
 		}
-		out = sh
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("shadow: %s of %s: %w", op, id, err)
+		// Another write came first.
+		if expected != AnyVersion || attempt == attempts {
+			cur, err := s.load(ctx, s.pool, id, false)
+			if err != nil {
+				return nil, fmt.Errorf("shadow: %s of %s: %w", op, id, err)
+			}
+			return nil, fmt.Errorf("shadow: %s of %s: %w", op, id, &ConflictError{Expected: base, Current: cur.Version})
+		}
 	}
-	return out, nil
+}
+
+// sqlstateForeignKeyViolation: the device row is gone.
+const sqlstateForeignKeyViolation = "23503"
+
+// saveDesiredIf writes desired, the metadata and the version of sh and
+// inserts msgs into the outbox, in one statement, if the stored version
+// is still base; false when it is not (nothing is written).
+func (s *Store) saveDesiredIf(ctx context.Context, sh *Shadow, base int64, msgs []Message, now time.Time) (bool, error) {
+	des, _ := json.Marshal(sh.State.Desired)
+	meta, _ := json.Marshal(sh.Metadata)
+	args := []any{sh.DeviceID, des, meta, sh.Version, sh.DesiredAt, now, base}
+	var write string
+	if base == 0 {
+		// A device without a row yet (version 0): insert it, or update
+		// one another writer inserted meanwhile if it is still at 0.
+		write = "INSERT INTO " + s.rel("device_shadows") + " AS t (device_id, desired, metadata, version, desired_at, updated_at)" +
+			" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id) DO UPDATE SET desired = EXCLUDED.desired," +
+			" metadata = EXCLUDED.metadata, version = EXCLUDED.version, desired_at = EXCLUDED.desired_at, updated_at = EXCLUDED.updated_at" +
+			" WHERE t.version = $7 RETURNING t.device_id"
+	} else {
+		write = "UPDATE " + s.rel("device_shadows") + " SET desired = $2, metadata = $3, version = $4, desired_at = $5, updated_at = $6" +
+			" WHERE device_id = $1 AND version = $7 RETURNING device_id"
+	}
+	sql := "WITH w AS (" + write + ")"
+	if len(msgs) > 0 {
+		topics, payloads, retains := make([]string, len(msgs)), make([][]byte, len(msgs)), make([]bool, len(msgs))
+		for i, m := range msgs {
+			topics[i], payloads[i], retains[i] = m.Topic, m.Payload, m.Retain
+			if payloads[i] == nil {
+				payloads[i] = []byte{}
+			}
+		}
+		// Outbox ids are drawn in message order, under w's row lock.
+		sql += ", o AS (INSERT INTO " + s.rel("shadow_outbox") + " (device_id, topic, payload, retain, version)" +
+			" SELECT w.device_id, m.topic, m.payload, m.retain, $4 FROM w," +
+			" unnest($8::text[], $9::bytea[], $10::boolean[]) WITH ORDINALITY AS m(topic, payload, retain, n) ORDER BY m.n)"
+		args = append(args, topics, payloads, retains)
+	}
+	sql += " SELECT count(*) FROM w"
+	var n int
+	err := s.pool.QueryRow(ctx, sql, args...).Scan(&n)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == sqlstateForeignKeyViolation {
+		return false, fmt.Errorf("device %s: %w", sh.DeviceID, ErrNoDevice) // removed meanwhile
+	}
+	if err != nil {
+		return false, fmt.Errorf("write shadow and outbox: %w", err)
+	}
+	return n == 1, nil
 }
 
 // checkDoc checks a whole document against the limits.
@@ -275,6 +355,12 @@ type Message struct {
 // enqueueChanges writes the delta and config messages that the change
 // from (desired before, oldDelta) to sh calls for.
 func (s *Store) enqueueChanges(ctx context.Context, tx pgx.Tx, sh *Shadow, desiredBefore, oldDelta Object, now time.Time) error {
+	return s.enqueue(ctx, tx, changeMessages(sh, desiredBefore, oldDelta, now)...)
+}
+
+// changeMessages returns the delta and config messages that the change
+// from (desired before, oldDelta) to sh calls for, delta first.
+func changeMessages(sh *Shadow, desiredBefore, oldDelta Object, now time.Time) []Message {
 	var msgs []Message
 	if !Equal(oldDelta, sh.State.Delta) {
 		var payload []byte // empty: clears the retained delta
@@ -292,7 +378,7 @@ func (s *Store) enqueueChanges(ctx context.Context, tx pgx.Tx, sh *Shadow, desir
 		payload, _ := json.Marshal(map[string]any{"version": sh.Version, "timestamp": now.Unix(), "config": newCfg})
 		msgs = append(msgs, Message{DeviceID: sh.DeviceID, Topic: ConfigTopic(sh.DeviceID), Payload: payload, Retain: true, Version: sh.Version})
 	}
-	return s.enqueue(ctx, tx, msgs...)
+	return msgs
 }
 
 // enqueue writes messages to the outbox in tx.
@@ -312,7 +398,17 @@ func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 
 // Pending returns up to limit outbox messages in publication order.
 func (s *Store) Pending(ctx context.Context, limit int) ([]Message, error) {
-	rows, err := s.pool.Query(ctx, "SELECT id, device_id, topic, payload, retain, version FROM "+s.rel("shadow_outbox")+" ORDER BY id LIMIT $1", limit)
+	return s.PendingExcept(ctx, limit, nil)
+}
+
+// PendingExcept returns up to limit outbox messages in publication order,
+// leaving out the ids in except (those a relay already handed out).
+func (s *Store) PendingExcept(ctx context.Context, limit int, except []int64) ([]Message, error) {
+	if except == nil {
+		except = []int64{}
+	}
+	rows, err := s.pool.Query(ctx, "SELECT id, device_id, topic, payload, retain, version FROM "+s.rel("shadow_outbox")+
+		" WHERE id <> ALL($2::bigint[]) ORDER BY id LIMIT $1", limit, except)
 	if err != nil {
 		return nil, fmt.Errorf("shadow: read outbox: %w", err)
 	}

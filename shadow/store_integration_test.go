@@ -3,6 +3,7 @@
 package shadow
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -245,5 +246,151 @@ func TestShadowConcurrentPatch(t *testing.T) {
 	sh, _ := f.st.Get(ctx, f.dev)
 	if ok != 1 || sh.Version != 1 {
 		t.Fatalf("%d writers succeeded, version %d; want exactly one, version 1", ok, sh.Version)
+	}
+}
+
+// Concurrent writes to a shadow that already has a row (the conditional
+// UPDATE path): of the writers with the same If-Match exactly one
+// succeeds and only its messages are in the outbox; writers with
+// AnyVersion all succeed, one version each, while reports land in
+// between, and every change's messages carry its own version in
+// version order.
+func TestShadowConcurrentWritesOnAnExistingRow(t *testing.T) {
+	f := newFixture(t)
+	ctx := testenv.Context(t, time.Minute)
+	if _, err := f.st.PatchDesired(ctx, f.dev, 0, []byte(`{"start":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 8
+	var wg sync.WaitGroup
+	errs := make([]error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			_, errs[i] = f.st.PatchDesired(ctx, f.dev, 1, []byte(`{"w":`+string(rune('0'+i))+`}`))
+		})
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		var ce *ConflictError
+		switch {
+		case err == nil:
+			ok++
+		case errors.As(err, &ce):
+			if ce.Current != 2 {
+				t.Fatalf("conflict names version %d, want the current 2: %v", ce.Current, err)
+			}
+		default:
+			t.Fatalf("unexpected error: %v", err)
+		}
+	}
+	if sh, _ := f.st.Get(ctx, f.dev); ok != 1 || sh.Version != 2 {
+		t.Fatalf("%d writers succeeded, version %d; want exactly one, version 2", ok, sh.Version)
+	}
+	if got := f.outbox(t); len(got) != 2 || got[0].Version != 1 || got[1].Version != 2 {
+		t.Fatalf("outbox %+v; want the two deltas of versions 1 and 2", got)
+	}
+
+	// AnyVersion writers and reports at the same time: nobody is refused.
+	for i := range writers {
+		wg.Go(func() {
+			_, errs[i] = f.st.PatchDesired(ctx, f.dev, AnyVersion, []byte(`{"any`+string(rune('0'+i))+`":true}`))
+		})
+	}
+	wg.Go(func() {
+		for i := range 3 {
+			f.report(t, `{"state":{"reported":{"r":`+string(rune('0'+i))+`}}}`)
+		}
+	})
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("an AnyVersion writer failed: %v", err)
+		}
+	}
+	sh, _ := f.st.Get(ctx, f.dev)
+	if sh.Version != 2+writers+3 || len(sh.State.Desired) != 2+writers {
+		t.Fatalf("version %d, desired %v; want version %d and every writer's key", sh.Version, sh.State.Desired, 2+writers+3)
+	}
+	last := int64(0)
+	for _, m := range f.outbox(t) {
+		if m.Version < last {
+			t.Fatalf("outbox goes back from version %d to %d (%s)", last, m.Version, m.Topic)
+		}
+		last = m.Version
+	}
+	if last != sh.Version {
+		t.Fatalf("the last outbox message carries version %d, the shadow is at %d", last, sh.Version)
+	}
+}
+
+// The outbox trigger notifies the relay at every commit, except on a
+// connection that set iotpipe.outbox_notify = 'after_commit' (iotpipe
+// api, which wakes the relay itself after the commit: PostgreSQL
+// serialises notifying commits). Notices arrive in commit order, so a
+// marker sent after the change is the first notice exactly when the
+// change sent none.
+func TestShadowOutboxNotifyUnlessAfterCommit(t *testing.T) {
+	f := newFixture(t)
+	ctx := testenv.Context(t, time.Minute)
+	listen, err := f.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listen.Release()
+	if _, err := listen.Exec(ctx, "LISTEN iotpipe_outbox"); err != nil {
+		t.Fatal(err)
+	}
+	firstNotice := func(afterCommit bool, version int64) string {
+		t.Helper()
+		pc, err := pgxpool.ParseConfig(f.pool.Config().ConnString())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if afterCommit {
+			pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+				_, err := c.Exec(ctx, "SET iotpipe.outbox_notify = 'after_commit'")
+				return err
+			}
+		}
+		pool, err := pgxpool.NewWithConfig(ctx, pc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Close()
+		st := New(pool, f.schema, f.st.Limits())
+		called := 0
+		st.OnOutbox(func() { called++ })
+		if _, err := st.PatchDesired(ctx, f.dev, version, []byte(`{"n":`+string(rune('0'+version))+`}`)); err != nil {
+			t.Fatal(err)
+		}
+		if called != 1 {
+			t.Fatalf("OnOutbox called %d times for one change, want 1", called)
+		}
+		if _, err := f.pool.Exec(ctx, "SELECT pg_notify('iotpipe_outbox', 'marker')"); err != nil {
+			t.Fatal(err)
+		}
+		n, err := listen.Conn().WaitForNotification(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Payload != "marker" { // drain up to the marker
+			for {
+				m, err := listen.Conn().WaitForNotification(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m.Payload == "marker" {
+					break
+				}
+			}
+		}
+		return n.Payload
+	}
+	if got := firstNotice(false, 0); got != f.schema {
+		t.Fatalf("first notice %q after a change, want the trigger's (%q)", got, f.schema)
+	}
+	if got := firstNotice(true, 1); got != "marker" {
+		t.Fatalf("first notice %q after a change with outbox_notify=after_commit, want none before the marker", got)
 	}
 }

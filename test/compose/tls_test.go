@@ -147,7 +147,8 @@ func TestACLBindsTopicsToCertificates(t *testing.T) {
 			t.Errorf("acl: unexpected line %q", l)
 		}
 	}
-	want := []string{"write devices/%u/#", "read devices/%u/config", "read devices/%u/shadow/#"}
+	want := []string{"write devices/%u/telemetry", "write devices/%u/shadow/update", "write devices/%u/shadow/get",
+		"read devices/%u/config", "read devices/%u/shadow/#"}
 	if !slices.Equal(patterns, want) {
 		t.Errorf("acl patterns %q, want %q: a device writes only devices/<its CN>/... and reads only its config and shadow", patterns, want)
 	}

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -154,7 +155,10 @@ func newStack(t testing.TB) *stack {
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Cert)
 	s := &stack{t: t, base: "https://" + listen, m: m, pool: pool, schema: schema, tok: map[api.Role]string{},
-		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}}
+		// Keep-alive connections for every concurrent caller (the
+		// benchmark's devices): Go's default keeps 2 idle per host, so
+		// the other callers would pay a TLS handshake per request.
+		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, MaxIdleConnsPerHost: 256}}}
 	toks := api.NewTokens(pool, schema)
 	for _, r := range []api.Role{api.RoleAdmin, api.RoleOperator, api.RoleViewer} {
 		sec, _, err := toks.Create(testenv.Context(t, 10*time.Second), "e2e", r, 0)
@@ -247,7 +251,10 @@ func (d *device) connectOnce() error {
 	if err != nil {
 		return err
 	}
-	d.c = paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+	// paho writes a packet in pieces from more than one goroutine (its
+	// acknowledgements, the test's publishes): the connection serialises
+	// them, as autopaho's TLS connections do.
+	d.c = paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn), OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 		func(pr paho.PublishReceived) (bool, error) {
 			d.mu.Lock()
 			d.got[pr.Packet.Topic] = append(d.got[pr.Packet.Topic], pr.Packet.Payload)
