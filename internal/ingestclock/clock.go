@@ -67,6 +67,13 @@ func (c *Clock) Observe(h schemas.Heartbeat) {
 // expiry) is behind the others.
 func (c *Clock) Now() (time.Time, bool) { return c.now, c.ok }
 
+// Latest returns bridge's latest heartbeat time, false when the clock
+// holds none of it (never seen, or expired).
+func (c *Clock) Latest(bridge string) (time.Time, bool) {
+	t, ok := c.bridges[bridge]
+	return t, ok
+}
+
 // OK reports whether a heartbeat was observed.
 func (c *Clock) OK() bool { return c.ok }
 
