@@ -18,6 +18,7 @@ import (
 	"github.com/iotpipe/iotpipe/alerting/rules"
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/internal/eos"
+	"github.com/iotpipe/iotpipe/internal/ingestclock"
 	"github.com/iotpipe/iotpipe/internal/service"
 )
 
@@ -167,7 +168,7 @@ func (st *Stage) Start(context.Context, *kadm.Client) {
 // NewTask (eos.Logic) returns the empty state of an input partition.
 func (st *Stage) NewTask(p eos.Partition) (*task, error) {
 	st.applyRules()
-	t := &task{part: p, raw: p.Topic == st.cfg.Topics.Raw, prefix: prefixMetrics}
+	t := &task{part: p, raw: p.Topic == st.cfg.Topics.Raw, prefix: prefixMetrics, clock: ingestclock.New(st.cfg.HeartbeatExpiry)}
 	if t.raw {
 		t.prefix = prefixRaw
 	}

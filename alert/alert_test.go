@@ -24,8 +24,9 @@ func TestConfigValidate(t *testing.T) {
 	c.Topics.Changelog = c.Topics.Raw
 	c.MaxSeries = 0
 	c.DSN = "::"
+	c.HeartbeatExpiry = 0
 	err := c.Validate()
-	for _, f := range []string{"Topics.Changelog", "MaxSeries", "DSN"} {
+	for _, f := range []string{"Topics.Changelog", "MaxSeries", "DSN", "HeartbeatExpiry"} {
 		found := false
 		for _, fe := range config.Fields(err) {
 			found = found || fe.Field == f

@@ -24,6 +24,7 @@ const (
 	DefaultDSN                = "postgres://grafana@localhost:5432/iotpipe?sslmode=verify-full"
 	DefaultRulesRefresh       = time.Minute
 	DefaultNoDataResolution   = time.Second
+	DefaultHeartbeatExpiry    = 2 * time.Minute
 	DefaultCommitInterval     = 500 * time.Millisecond
 	DefaultMaxPollRecords     = 10000
 	DefaultMaxSeries          = 2_000_000
@@ -71,12 +72,18 @@ type Config struct {
 	// RulesRefresh is how often the rules are read again besides on every
 	// change notice (NOTIFY iotpipe_alert_rules).
 	RulesRefresh time.Duration
-	// NoDataResolution is the event-time step of no_data checks: a
-	// partition's silent devices are looked for each time its largest
-	// event time passes into a new step. The event time of a no_data
-	// FIRING is always last reading + silence; only when it is emitted
-	// depends on the step.
+	// NoDataResolution is the step of no_data checks: a partition's
+	// silent devices are looked for each time its clock (the ingest clock
+	// of the bridges' heartbeats; see the package comment) passes into a
+	// new step. The event time of a no_data FIRING is always last
+	// reading's received time + silence; only when it is emitted depends
+	// on the step.
 	NoDataResolution time.Duration
+	// HeartbeatExpiry: a bridge whose latest heartbeat on a partition is
+	// more than this behind another bridge's newest no longer holds the
+	// partition's clock (scaled away); within it a stalled bridge holds
+	// it, so its devices' silences do not count while it is stalled.
+	HeartbeatExpiry time.Duration
 	// CommitInterval is the longest a transaction stays open.
 	CommitInterval time.Duration
 	// MaxPollRecords bounds the records taken per poll.
@@ -110,6 +117,7 @@ func DefaultConfig() Config {
 		Schema:             migrations.DefaultSchema,
 		RulesRefresh:       DefaultRulesRefresh,
 		NoDataResolution:   DefaultNoDataResolution,
+		HeartbeatExpiry:    DefaultHeartbeatExpiry,
 		CommitInterval:     DefaultCommitInterval,
 		MaxPollRecords:     DefaultMaxPollRecords,
 		MaxSeries:          DefaultMaxSeries,
@@ -151,6 +159,7 @@ func (c *Config) Validate() error {
 	p.Check(c.Schema == "" || strings.ToLower(c.Schema) != c.Schema || len(c.Schema) > 63, "Schema", fmt.Sprintf("%q is not a lower-case SQL identifier", c.Schema))
 	p.Check(c.RulesRefresh < time.Second, "RulesRefresh", "must be at least 1s")
 	p.Check(c.NoDataResolution < time.Millisecond, "NoDataResolution", "must be at least 1ms")
+	p.Check(c.HeartbeatExpiry <= 0, "HeartbeatExpiry", "must be positive")
 	if c.CommitInterval < time.Millisecond || c.CommitInterval > time.Minute {
 		p.Add("CommitInterval", "%s: must be between 1ms and 1m", c.CommitInterval)
 	}

@@ -12,18 +12,47 @@
 //     series (rule, device, metric). Bridge heartbeats
 //     (schemas.IsHeartbeat) are skipped; records that do not decode are
 //     counted and skipped (the processor dead-letters them).
+//
 //   - Window rules: the rule's statistic (mean, min, max, p50, p95, p99) of
 //     each window aggregate of telemetry.metrics, at the window's end; a
 //     window's later revisions are not evaluated again. Activity records
 //     are skipped.
+//
 //   - no_data rules: per (rule, device), fire when the device has sent
-//     nothing for the rule's silence, in event time: the clock is the
-//     largest event time of the device's raw partition, checked each time
-//     it passes into a new NoDataResolution step (before the reading that
-//     moved it, so a device back after a long silence fires and resolves).
-//     A partition whose every device is silent has no clock: its silences
-//     fire when input comes again. The event time of the FIRING is the
-//     last reading + silence, whenever it is emitted.
+//     nothing for the rule's silence, measured on the bridges' clock:
+//     from its last reading's received time (schemas.Reading.ReceivedTime,
+//     the bridge's clock; never the device's own) to the partition's
+//     ingest clock (internal/ingestclock): the smallest latest heartbeat
+//     of the bridges writing to the raw partition (schemas.Heartbeat).
+//     Bridges write heartbeats to every partition (every second by
+//     default) while their ingest path flows, so a partition whose every
+//     device went silent still fires "silent for N"; and they write none
+//     while their
+//     path may be stalled (MQTT disconnected, a produce outstanding), so
+//     a stall holds the clock and fires nothing falsely. A stalled bridge
+//     holds the clock until it is HeartbeatExpiry behind the newest
+//     (scaled away). Silent devices are looked for each time the clock
+//     passes into a new NoDataResolution step; the device's next reading
+//     resolves the FIRING.
+//
+//     The clock is a pure function of the input: the heartbeats read, in
+//     partition order. Each bridge's latest heartbeat goes to the
+//     changelog in the same transaction as the events (key 'h' + bridge
+//     id), so a restored partition goes on with the clock of its
+//     committed offsets, and the latest clock value checked is kept too
+//     (a replay fires nothing twice). The FIRING's event time is last
+//     received time + silence, whenever it is detected, and its id is
+//     eval.EventID of (rule, device, FIRING, that time): a replay after a
+//     crash gives the same event with the same id.
+//
+//     Without heartbeats (a partition on which none was ever read: bridges
+//     started with heartbeats off, or records written by other producers)
+//     the clock is the largest received time of the partition's readings:
+//     a device is found silent when others on its partition send, and a
+//     partition whose every device is silent fires when input comes
+//     again. The wall clock is never used: it cannot tell a stalled
+//     ingest path from silent devices, and it would make a replay's
+//     output depend on when it runs.
 //
 // The state machine, hysteresis, for-count/for-duration and the event ids
 // are alerting/eval's (see its package comment). A value whose event time

@@ -20,6 +20,7 @@ type metrics struct {
 	rulesInvalid   prometheus.Gauge
 	reloads        *prometheus.CounterVec // by result
 	changelogBytes prometheus.Counter
+	heartbeats     *prometheus.CounterVec // by result
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -42,14 +43,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rulesInvalid:   prometheus.NewGauge(prometheus.GaugeOpts(f("rules_invalid", "Enabled rules left out because they cannot be evaluated (logged with the reason)."))),
 		reloads:        prometheus.NewCounterVec(prometheus.CounterOpts(f("rule_reloads_total", "Rule set reads, by result (ok, error; on error the last set stays in use).")), []string{"result"}),
 		changelogBytes: prometheus.NewCounter(prometheus.CounterOpts(f("changelog_bytes_total", "Bytes of series state written to the changelog topic."))),
+		heartbeats:     prometheus.NewCounterVec(prometheus.CounterOpts(f("heartbeats_total", "Bridge heartbeats read from the raw topic, by result (read: moved the partition's ingest clock, the no_data rules' clock; invalid: did not decode, skipped).")), []string{"result"}),
 	}
 	reg.MustRegister(m.readings, m.windows, m.invalid, m.evaluated, m.stale, m.events, m.eventsInvalid, m.refused,
-		m.series, m.capReached, m.rulesLoaded, m.rulesInvalid, m.reloads, m.changelogBytes)
+		m.series, m.capReached, m.rulesLoaded, m.rulesInvalid, m.reloads, m.changelogBytes, m.heartbeats)
 	for _, s := range []string{"FIRING", "RESOLVED"} {
 		m.events.WithLabelValues(s)
 	}
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
+	}
+	for _, r := range []string{"read", "invalid"} {
+		m.heartbeats.WithLabelValues(r)
 	}
 	return m
 }

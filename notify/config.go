@@ -44,9 +44,11 @@ type Config struct {
 	DSN, Schema string
 	// PollInterval is how often the deliverer looks for due notifications.
 	PollInterval time.Duration
-	// GroupWait: a recipient's first pending notification waits this long
-	// for others, which are then sent together as one digest. 0 sends each
-	// at once (still grouping what is due together when Digest is set).
+	// GroupWait: after a message to a recipient, its next notifications
+	// wait until the oldest is GroupWait old, for others, and are then sent
+	// together as one digest; a recipient that got no message in the last
+	// GroupWait is told at once. 0 never waits (still grouping what is due
+	// together when Digest is set).
 	GroupWait time.Duration
 	// Digest groups every due notification of a recipient into one message;
 	// false sends one message per event.

@@ -23,11 +23,17 @@
 //     notification is marked failed and counted in
 //     iotpipe_notify_undeliverable_total. Every attempt is a row of
 //     notification_attempts.
-//   - Storm control: only transitions arrive (FIRING, RESOLVED); a
-//     recipient's first due notification waits GroupWait for others and
-//     all due ones go out as one digest ("12 devices over threshold");
-//     at most RateLimit messages per RatePeriod per recipient (per
-//     process): beyond it they wait and go out as one digest.
+//   - Storm control: only transitions arrive (FIRING, RESOLVED). A
+//     recipient that got no message in the last GroupWait gets its
+//     notification at once (with every other one due for it, as one
+//     digest); after a message, the next due notification waits until it
+//     is GroupWait old, for others, and all due ones go out as one digest
+//     ("12 devices over threshold"). So an isolated alert is not delayed,
+//     and a storm reaches a recipient as at most one message per
+//     GroupWait. At most RateLimit messages per RatePeriod per recipient
+//     (per process): beyond it they wait and go out as one digest.
+//   - Latency: the deliverer looks for due notifications as soon as the
+//     consumer has enqueued some, and every PollInterval (retries, waits).
 //   - Recipients are independent: each is delivered to in its own
 //     goroutine with its own timeout, so a failing or slow channel never
 //     blocks the others.
@@ -71,6 +77,10 @@ type Notifier struct {
 	mu      sync.Mutex
 	lastErr error
 	sent    map[string][]time.Time // per recipient: send times within RatePeriod
+	last    map[string]time.Time   // per recipient: the last message's send time (grouping)
+	// wake tells the deliverer that notifications were enqueued, so that
+	// it looks for due ones at once rather than at its next poll.
+	wake chan struct{}
 }
 
 // New validates cfg (errors are *config.FieldError) and prepares the
@@ -93,7 +103,7 @@ func New(cfg Config, deps service.Deps) (*Notifier, error) {
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}
 	n := &Notifier{cfg: cfg, log: deps.Logger(), m: newMetrics(deps.Registry), st: st, admin: admin, now: time.Now,
-		sent: map[string][]time.Time{}}
+		sent: map[string][]time.Time{}, last: map[string]time.Time{}, wake: make(chan struct{}, 1)}
 	n.send = &senders{cfg: &n.cfg, key: key, client: &http.Client{Timeout: cfg.SendTimeout}, now: time.Now}
 	return n, nil
 }
@@ -220,6 +230,12 @@ func (n *Notifier) consume(ctx context.Context) error {
 				return err
 			}
 			n.m.enqueued.Add(float64(res.notifications))
+			if res.notifications > 0 {
+				select {
+				case n.wake <- struct{}{}:
+				default: // a wake-up is pending already
+				}
+			}
 			for _, b := range res.badRecipients {
 				n.m.rejected.WithLabelValues("bad_recipient").Inc()
 				n.log.Warn("recipient not enqueued", "err", b)
@@ -306,6 +322,7 @@ func (n *Notifier) deliverLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-n.wake:
 		}
 		due, err := n.st.due(ctx)
 		if err != nil {
@@ -316,15 +333,20 @@ func (n *Notifier) deliverLoop(ctx context.Context) error {
 			continue
 		}
 		for _, d := range due {
-			if d.oldest.Add(n.cfg.GroupWait).After(d.now) {
-				continue // wait for more to group
-			}
 			mu.Lock()
 			if busy[d.recipient] {
 				mu.Unlock()
 				continue
 			}
-			if !n.allow(d.recipient) {
+			n.mu.Lock() // after mu: the order everywhere
+			group := n.cfg.GroupWait > 0 && d.oldest.Add(n.cfg.GroupWait).After(d.now) && n.recentlySent(d.recipient)
+			allowed := group || n.allow(d.recipient)
+			n.mu.Unlock()
+			if group {
+				mu.Unlock()
+				continue // a message went out lately: wait for more to group
+			}
+			if !allowed {
 				mu.Unlock()
 				n.m.rateLimited.Inc()
 				continue
@@ -353,7 +375,7 @@ func (n *Notifier) deliverLoop(ctx context.Context) error {
 }
 
 // allow reports whether recipient may get a message now under the rate
-// limit. Callers hold mu.
+// limit. Callers hold n.mu.
 func (n *Notifier) allow(recipient string) bool {
 	if n.cfg.RateLimit == 0 {
 		return true
@@ -369,14 +391,29 @@ func (n *Notifier) allow(recipient string) bool {
 	return len(ts) < n.cfg.RateLimit
 }
 
-// spend records a message sent to recipient, for the rate limit.
-func (n *Notifier) spend(recipient string) {
-	if n.cfg.RateLimit == 0 {
-		return
+// recentlySent reports whether recipient got a message within the last
+// GroupWait (and forgets the recipients that did not). Callers hold mu.
+func (n *Notifier) recentlySent(recipient string) bool {
+	now := n.now()
+	for r, at := range n.last {
+		if now.Sub(at) >= n.cfg.GroupWait {
+			delete(n.last, r)
+		}
 	}
+	_, ok := n.last[recipient]
+	return ok
+}
+
+// spend records a message sent to recipient, for grouping and the rate
+// limit.
+func (n *Notifier) spend(recipient string) {
 	n.mu.Lock()
-	n.sent[recipient] = append(n.sent[recipient], n.now())
-	n.mu.Unlock()
+	defer n.mu.Unlock()
+	now := n.now()
+	n.last[recipient] = now
+	if n.cfg.RateLimit != 0 {
+		n.sent[recipient] = append(n.sent[recipient], now)
+	}
 }
 
 // deliver sends recipient's due notifications: with Digest, all of them

@@ -5,6 +5,7 @@ package notify_test
 import (
 	"fmt"
 	"maps"
+	"strings"
 	"testing"
 	"time"
 
@@ -265,5 +266,40 @@ func TestNotifyBadRecordToDLQ(t *testing.T) {
 		t.Errorf("dead letter %+v", d)
 	}
 	t.Logf("dead letter: reason %s, error %q", d.Reason, d.Error)
+	p.StopClean(20 * time.Second)
+}
+
+// Grouping (--group-wait 2s, digests): an alert to a recipient that got no
+// message lately goes out at once and alone; the 10 that follow it within
+// the wait go out together as one digest, no earlier than the wait after
+// they were enqueued.
+func TestNotifyGroupWait(t *testing.T) {
+	f := newFixture(t)
+	r := newReceiver(t)
+	evs := f.alerts(11, r.url("/hook"))
+	p := f.start("IOTPIPE_DIGEST=true", "IOTPIPE_GROUP_WAIT=2s", "IOTPIPE_RATE_LIMIT=0")
+	start := time.Now()
+	f.produce(evs[:1])
+	waitAll(t, r, []string{evs[0].EventID}, time.Minute)
+	first := r.requests()
+	if len(first) != 1 || first[0].webhookID != evs[0].EventID || len(first[0].eventIDs) != 1 {
+		t.Fatalf("first alert: %d requests %+v, want one message with the event alone", len(first), first)
+	}
+	t.Logf("a lone alert reached its recipient %s after it was produced (group wait 2s)", first[0].at.Sub(start).Round(time.Millisecond))
+
+	burst := time.Now()
+	f.produce(evs[1:])
+	ids := make([]string, 10)
+	for i, e := range evs[1:] {
+		ids[i] = e.EventID
+	}
+	waitAll(t, r, ids, time.Minute)
+	reqs := r.requests()
+	if len(reqs) != 2 || len(reqs[1].eventIDs) != 10 || !strings.HasPrefix(reqs[1].webhookID, "d-") {
+		t.Fatalf("the 10 after it: %d requests, want one digest of 10 (%+v)", len(reqs)-1, reqs[1:])
+	}
+	if d := reqs[1].at.Sub(burst); d < 1500*time.Millisecond {
+		t.Fatalf("the digest went out %s after its events were produced, before the 2s group wait", d)
+	}
 	p.StopClean(20 * time.Second)
 }

@@ -190,39 +190,7 @@ func TestTaskInvalidHeartbeat(t *testing.T) {
 	if n != 0 || testutil.ToFloat64(m.heartbeats.WithLabelValues("invalid")) != 1 || testutil.ToFloat64(m.recordsIn) != 0 {
 		t.Fatalf("invalid heartbeat: %d records out, invalid %v, records_in %v", n, testutil.ToFloat64(m.heartbeats.WithLabelValues("invalid")), testutil.ToFloat64(m.recordsIn))
 	}
-	if got := tk.clock.at(at(time.Hour)); !got.Equal(at(time.Hour)) {
+	if got := tk.clock.At(at(time.Hour)); !got.Equal(at(time.Hour)) {
 		t.Fatalf("clock without a valid heartbeat %s, want the wall clock", got)
-	}
-}
-
-func TestIngestClock(t *testing.T) {
-	c := ingestClock{expiry: time.Minute}
-	wall := at(time.Hour)
-	if got := c.at(wall); !got.Equal(wall) {
-		t.Fatalf("no heartbeat: %s, want the wall clock", got)
-	}
-	obs := func(b string, h time.Duration) {
-		c.observe(schemas.Heartbeat{Bridge: b, Time: at(h)})
-	}
-	obs("a", 10*time.Second)
-	obs("b", 12*time.Second)
-	if got := c.at(wall); !got.Equal(at(10 * time.Second)) {
-		t.Fatalf("min of a 10s, b 12s: %s", got.Sub(goldenBase))
-	}
-	obs("a", 5*time.Second) // older than a's latest: ignored
-	obs("b", 50*time.Second)
-	if got := c.at(wall); !got.Equal(at(10 * time.Second)) {
-		t.Fatalf("a stalled at 10s within the expiry: %s", got.Sub(goldenBase))
-	}
-	obs("b", 71*time.Second) // a is 61 s behind: expired
-	if got := c.at(wall); !got.Equal(at(71 * time.Second)) {
-		t.Fatalf("a expired: %s, want b's 71s", got.Sub(goldenBase))
-	}
-	obs("a", 72*time.Second) // back
-	if got := c.at(wall); !got.Equal(at(71 * time.Second)) {
-		t.Fatalf("a back at 72s: %s, want 71s", got.Sub(goldenBase))
-	}
-	if got := c.at(at(60 * time.Second)); !got.Equal(at(60 * time.Second)) {
-		t.Fatalf("a clock ahead of the wall clock: %s, want the wall clock", got.Sub(goldenBase))
 	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/ingestclock"
 	"github.com/iotpipe/iotpipe/schemas"
 )
 
@@ -20,7 +21,7 @@ type task struct {
 	m         *metrics
 	dec       schemas.RawDecoder
 	r         schemas.Reading
-	clock     ingestClock
+	clock     ingestclock.Clock
 }
 
 // Topics names the topics a processor reads and writes.
@@ -46,61 +47,7 @@ const SkipTopic = "-"
 
 func newTask(partition int32, eng *Engine, topics Topics, m *metrics) *task {
 	return &task{partition: partition, eng: eng, topics: topics, m: m,
-		clock: ingestClock{expiry: eng.cfg.HeartbeatExpiry}}
-}
-
-// ingestClock is the clock on which a partition's device silences are
-// measured: the bridges' heartbeats read from it so far. A bridge's
-// heartbeat at time H says every message it received before H is before
-// the heartbeat in the partition (see schemas.Heartbeat); a bridge writes
-// none while its ingest path may be stalled. The clock is the smallest
-// latest H of the bridges seen, leaving out a bridge whose latest H is more
-// than expiry behind the newest one (scaled away). So it does not move
-// while any live bridge is stalled, nor while this processor reads
-// nothing (it moves only as heartbeats are read), and a device's silence
-// counts only while the whole ingest path was flowing. It is memory only:
-// a restored partition starts without one (the engine's idle timers
-// restart at the restore).
-type ingestClock struct {
-	expiry  time.Duration
-	bridges map[string]time.Time // latest heartbeat per bridge instance
-	now     time.Time
-	ok      bool // a heartbeat was seen
-}
-
-// observe takes in one heartbeat.
-func (c *ingestClock) observe(h schemas.Heartbeat) {
-	if c.bridges == nil {
-		c.bridges = map[string]time.Time{}
-	}
-	if prev, ok := c.bridges[h.Bridge]; ok && !h.Time.After(prev) {
-		return
-	}
-	c.bridges[h.Bridge] = h.Time
-	var newest time.Time
-	for _, t := range c.bridges {
-		if t.After(newest) {
-			newest = t
-		}
-	}
-	c.now = newest
-	for b, t := range c.bridges {
-		if newest.Sub(t) > c.expiry {
-			delete(c.bridges, b)
-		} else if t.Before(c.now) {
-			c.now = t
-		}
-	}
-	c.ok = true
-}
-
-// at returns the idle clock at wall-clock time wall: the ingest clock
-// (never ahead of wall), or wall on a partition without heartbeats.
-func (c *ingestClock) at(wall time.Time) time.Time {
-	if !c.ok || c.now.After(wall) {
-		return wall
-	}
-	return c.now
+		clock: ingestclock.New(eng.cfg.HeartbeatExpiry)}
 }
 
 // handle processes one input record at wall-clock time now. A heartbeat
@@ -115,7 +62,7 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 			return
 		}
 		t.m.heartbeats.WithLabelValues("read").Inc()
-		t.clock.observe(h)
+		t.clock.Observe(h)
 		return
 	}
 	t.m.recordsIn.Inc()
@@ -126,9 +73,9 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 	}
 	// The reading's silence counts from when its bridge received it (on
 	// the bridges' clock, within [ingest clock, wall]).
-	clock := t.clock.at(now)
+	clock := t.clock.At(now)
 	seen := clock
-	if t.clock.ok && t.r.ReceivedTime.After(seen) {
+	if t.clock.OK() && t.r.ReceivedTime.After(seen) {
 		seen = t.r.ReceivedTime
 		if seen.After(now) {
 			seen = now
@@ -171,7 +118,7 @@ func (t *task) deadLetter(rec *kgo.Record, reason schemas.Reason, msg string, no
 // advance lets the engine emit what the watermark allows at now, and
 // appends the metrics records to out.
 func (t *task) advance(now time.Time, out func(*kgo.Record)) {
-	t.eng.AdvanceAt(now, t.clock.at(now), func(em *Emission) {
+	t.eng.AdvanceAt(now, t.clock.At(now), func(em *Emission) {
 		var v []byte
 		var key string
 		var ws time.Time

@@ -21,9 +21,11 @@
 //     (same end) are not evaluated again.
 //   - no_data rules fire when [Engine.Advance] is given a time at least
 //     Silence after the device's last reading (any metric) seen since the
-//     rule applies; the event time is last reading + Silence, not the time
-//     Advance was called, so the id does not depend on when the caller
-//     advances. The next reading of the device resolves it. An Advance
+//     rule applies — its [Reading.Received] time, or its event time when
+//     that is zero; Advance's time must be on the same clock. The event
+//     time is last reading + Silence, not the time Advance was called, so
+//     the id does not depend on when the caller advances. The next reading
+//     of the device resolves it (event time: that reading's Received). An Advance
 //     not after the latest one is ignored (the latest is kept as
 //     [WatermarkKey] in Dirty/Restore, so a replay after a restore
 //     re-fires nothing). The caller
@@ -59,6 +61,10 @@ type Reading struct {
 	Metric   string
 	Value    float64
 	Time     time.Time // event time
+	// Received is when the bridge received the reading: the time no_data
+	// rules measure silences from (on the same clock as the caller's
+	// Advance). Zero: Time.
+	Received time.Time
 }
 
 // Window is one window aggregate of telemetry.metrics.
@@ -236,11 +242,15 @@ func (e *Engine) Reading(out []*schemas.Alert, r Reading) []*schemas.Alert {
 		}
 		out = e.step(out, rule, Key{rule.ID, r.DeviceID, r.Metric}, r.Value, t)
 	})
+	seenAt := t
+	if !r.Received.IsZero() {
+		seenAt = r.Received.UnixNano()
+	}
 	merged(e.noData, e.noDataByDev[r.DeviceID], func(rule *rules.Rule) {
 		if !e.applies(rule, r.DeviceID) {
 			return
 		}
-		out = e.seen(out, rule, r.DeviceID, t)
+		out = e.seen(out, rule, r.DeviceID, seenAt)
 	})
 	return out
 }

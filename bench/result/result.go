@@ -42,10 +42,12 @@ type File struct {
 	Bridge    *Bridge    `json:"bridge,omitempty"`
 	Processor *Processor `json:"processor,omitempty"`
 	Alert     *Alert     `json:"alert,omitempty"`
-	Timescale *Timescale `json:"timescale,omitempty"`
-	Lake      *Lake      `json:"lake,omitempty"`
-	Micro     *Micro     `json:"micro,omitempty"`
-	EndToEnd  *EndToEnd  `json:"end_to_end,omitempty"`
+	// AlertLatency: stage name alert-latency.
+	AlertLatency *AlertLatency `json:"alert_latency,omitempty"`
+	Timescale    *Timescale    `json:"timescale,omitempty"`
+	Lake         *Lake         `json:"lake,omitempty"`
+	Micro        *Micro        `json:"micro,omitempty"`
+	EndToEnd     *EndToEnd     `json:"end_to_end,omitempty"`
 	// Failed lists the stages that failed (their "error" fields say why)
 	// and "end_to_end.count_check" when the count check failed.
 	Failed []string `json:"failed"`

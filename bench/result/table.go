@@ -99,6 +99,7 @@ func (f *File) Rows() []Row {
 		add(Row{"processor", "µs/reading", Num(p.MicrosPerReading), Num(p.CeilingMicrosPerReading), "", "", ""})
 	}
 	rows = append(rows, f.Alert.rows()...)
+	rows = append(rows, f.AlertLatency.rows()...)
 	if t := f.Timescale; t != nil {
 		failed("timescale", t.Error)
 		add(Row{"timescale", "rows/s, whole sink (Kafka → PostgreSQL) vs psql \\copy", Num(t.RowsPerS), Num(t.CeilingRowsPerS), times(t.Ratio), "≥ " + times(t.GoalRatio), met(t.GoalMet)})
@@ -180,6 +181,9 @@ func (f *File) Errors() [][2]string {
 	}
 	if f.Alert != nil {
 		add("alert", f.Alert.Error)
+	}
+	if f.AlertLatency != nil {
+		add("alert-latency", f.AlertLatency.Error)
 	}
 	if f.Timescale != nil {
 		add("timescale", f.Timescale.Error)

@@ -25,7 +25,7 @@ import (
 // their medians).
 const bridgeTLSRounds = 5
 
-var stageNames = []string{"bridge", "processor", "alert", "timescale", "lake", "micro", "e2e"}
+var stageNames = []string{"bridge", "processor", "alert", "alert-latency", "timescale", "lake", "micro", "e2e"}
 
 // sizes are the loads of one run.
 type sizes struct {
@@ -34,7 +34,10 @@ type sizes struct {
 	TimescaleReadings int
 	LakeReadings      int
 	EncodeBenchtime   string // lake ceiling (BenchmarkEncode: 200k readings per op)
-	MicroBenchtime    string
+	// AlertLatencyProbes: alerts timed by BenchmarkAlertLatency (one
+	// every 500 ms).
+	AlertLatencyProbes int
+	MicroBenchtime     string
 }
 
 // defaultSizes: the full sizes are the stage issues' acceptance figures;
@@ -43,10 +46,10 @@ type sizes struct {
 func defaultSizes(quick bool) sizes {
 	if quick {
 		return sizes{BridgeMessages: 20_000, ProcessorReadings: 300_000, TimescaleReadings: 50_000,
-			LakeReadings: 100_000, EncodeBenchtime: "1x", MicroBenchtime: "100ms"}
+			LakeReadings: 100_000, EncodeBenchtime: "1x", MicroBenchtime: "100ms", AlertLatencyProbes: 40}
 	}
 	return sizes{BridgeMessages: 100_000, ProcessorReadings: 1_500_000, TimescaleReadings: 250_000,
-		LakeReadings: 1_000_000, EncodeBenchtime: "3x", MicroBenchtime: "1s"}
+		LakeReadings: 1_000_000, EncodeBenchtime: "3x", MicroBenchtime: "1s", AlertLatencyProbes: 200}
 }
 
 func main() {
@@ -173,6 +176,16 @@ func run() int {
 				benchtime: "1x", cpu: "1", env: []string{"IOTPIPE_BENCH_READINGS=" + strconv.Itoa(sz.ProcessorReadings)}})
 			f.Alert = result.AlertFrom(bs, sz.ProcessorReadings)
 			result.WithRunError(err, &f.Alert.Error, &f.Alert.GoalMet)
+		})
+	}
+	if selected["alert-latency"] {
+		timed("alert-latency", func() {
+			// Reading in Kafka → webhook received, through iotpipe alert
+			// and iotpipe notify as processes, under 10,000 readings/s.
+			bs, err := r.goTest(ctx, goBench{pkg: "./alert/", pattern: "^" + result.AlertLatencyBench + "$", benchtime: "1x",
+				env: []string{"IOTPIPE_BENCH_PROBES=" + strconv.Itoa(sz.AlertLatencyProbes), "IOTPIPE_BENCH_LOAD=" + strconv.Itoa(result.AlertLatencyLoad)}})
+			f.AlertLatency = result.AlertLatencyFrom(bs)
+			result.WithRunError(err, &f.AlertLatency.Error, &f.AlertLatency.GoalMet)
 		})
 	}
 	if selected["timescale"] {
@@ -331,8 +344,8 @@ func printHeader(w io.Writer, f *result.File, sz sizes) {
 		m.Cores, m.GOMAXPROCS, float64(m.MemoryBytes)/(1<<30), m.CPUModel, m.Kernel, m.LoadAvgStart[0], m.LoadAvgStart[1], m.LoadAvgStart[2])
 	fmt.Fprintf(w, "versions: %s, commit %.12s%s, Kafka %s (Java %s), Mosquitto %s, kcat %s, PostgreSQL %s, TimescaleDB %s, versitygw %s\n",
 		v.Go, v.Commit, dirty, v.Kafka, v.Java, v.Mosquitto, v.Kcat, v.PostgreSQL, v.TimescaleDB, v.Versitygw)
-	fmt.Fprintf(w, "sizes: bridge %d messages, processor %d readings, timescale %d readings, lake %d readings, micro -benchtime %s\n",
-		sz.BridgeMessages, sz.ProcessorReadings, sz.TimescaleReadings, sz.LakeReadings, sz.MicroBenchtime)
+	fmt.Fprintf(w, "sizes: bridge %d messages, processor %d readings, alert latency %d probes, timescale %d readings, lake %d readings, micro -benchtime %s\n",
+		sz.BridgeMessages, sz.ProcessorReadings, sz.AlertLatencyProbes, sz.TimescaleReadings, sz.LakeReadings, sz.MicroBenchtime)
 }
 
 // repoRoot is the directory of the main module's go.mod.

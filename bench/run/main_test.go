@@ -18,11 +18,12 @@ func TestSelectStages(t *testing.T) {
 		err        string
 	}{
 		{"", "", stageNames, ""},
-		{"", "e2e,bridge", []string{"processor", "alert", "timescale", "lake", "micro"}, ""},
-		{"", "end_to_end", []string{"bridge", "processor", "alert", "timescale", "lake", "micro"}, ""},
+		{"", "e2e,bridge", []string{"processor", "alert", "alert-latency", "timescale", "lake", "micro"}, ""},
+		{"", "end_to_end", []string{"bridge", "processor", "alert", "alert-latency", "timescale", "lake", "micro"}, ""},
 		{"lake, micro", "", []string{"lake", "micro"}, ""},
 		{"lake,micro", "micro", []string{"lake"}, ""},
 		{"", "brigde", nil, `--skip: unknown stage "brigde"`},
+		{"alert-latency", "", []string{"alert-latency"}, ""},
 		{"x", "", nil, `--only: unknown stage "x"`},
 	}
 	for _, tt := range tests {

@@ -61,7 +61,7 @@ func TestComposeKafkaIsSASLSSL(t *testing.T) {
 		return ""
 	}
 	users := map[string]string{}
-	for _, name := range []string{"bridge", "processor", "sink-lake", "sink-timescale"} {
+	for _, name := range []string{"bridge", "processor", "sink-lake", "sink-timescale", "alert", "notify"} {
 		s := p.Services[name]
 		if env(s, "IOTPIPE_KAFKA_TLS") != "true" || env(s, "IOTPIPE_KAFKA_CA_FILE") != "/certs/ca.crt" || !mounts(s, "certs", "/certs") {
 			t.Errorf("%s does not reach Kafka over TLS with the stack's CA (/certs/ca.crt on the certs volume)", name)
@@ -80,7 +80,7 @@ func TestComposeKafkaIsSASLSSL(t *testing.T) {
 	if env(ini, "IOTPIPE_KAFKA_ACLS") != "true" || env(ini, "IOTPIPE_KAFKA_SASL_USERNAME") != "admin" {
 		t.Error("init does not create the stages' principals and ACLs as the admin (IOTPIPE_KAFKA_ACLS, IOTPIPE_KAFKA_SASL_USERNAME)")
 	}
-	for _, name := range []string{"bridge", "processor", "sink-lake", "sink-timescale"} {
+	for _, name := range []string{"bridge", "processor", "sink-lake", "sink-timescale", "alert", "notify"} {
 		v := "IOTPIPE_KAFKA_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_PASSWORD_FILE"
 		if env(ini, v) == "" || env(ini, v) != env(p.Services[name], "IOTPIPE_KAFKA_SASL_PASSWORD_FILE") {
 			t.Errorf("init's %s is not the password file %s logs in with", v, name)

@@ -682,6 +682,10 @@ func (o *demoFlags) stageSettings() map[string]map[string]string {
 	return map[string]map[string]string{
 		"processor": {"window": o.window.String(), "lateness": o.lateness.String(), "idle-timeout": o.idle.String()},
 		"sink-lake": {"max-age": o.lakeAge.String()},
+		// Alerts within ~0.2 s, a lone notification at once, a storm
+		// grouped per second (BenchmarkAlertLatency measures these).
+		"alert":  {"commit-interval": demoAlertCommitInterval.String()},
+		"notify": {"group-wait": demoNotifyGroupWait.String()},
 		"simulator": {"devices": strconv.Itoa(o.devices), "rate": fmtFloat(o.rate), "invalid-fraction": fmtFloat(o.invalid),
 			"duplicate-fraction": fmtFloat(o.dup), "out-of-order-fraction": fmtFloat(o.ooo), "late-fraction": fmtFloat(o.late),
 			"device-prefix": o.tls.devicePrefix, "devices-per-conn": "1"},

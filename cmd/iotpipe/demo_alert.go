@@ -36,6 +36,13 @@ import (
 // reading resolves it.
 const demoRuleID = "demo-temperature-spike"
 
+// The demo's alert and notify settings (docker-compose.yml sets the same:
+// DemoStageSettings).
+const (
+	demoAlertCommitInterval = 200 * time.Millisecond
+	demoNotifyGroupWait     = time.Second
+)
+
 // startAlerts starts the receiver, the rule, the alert stage and notify,
 // and the followers that print events and notifications (stopped when ctx
 // ends, waited for through wg). Without the database settings it needs it
@@ -73,11 +80,11 @@ func (d *demoRun) startAlerts(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 	gp := o.groupPrefix
 	if _, err := d.start("alert", "alert", "--http-port-offset", "0", "--http-addr", "127.0.0.1:0", "--group", gp+"-alert",
-		"--instance-id", gp+"-alert-1", "--pg-schema", o.pgSchema, "--commit-interval", "200ms"); err != nil {
+		"--instance-id", gp+"-alert-1", "--pg-schema", o.pgSchema, "--commit-interval", demoAlertCommitInterval.String()); err != nil {
 		return err
 	}
 	if _, err := d.start("notify", "notify", "--http-port-offset", "0", "--http-addr", "127.0.0.1:0", "--group", gp+"-notify",
-		"--instance-id", gp+"-notify-1", "--pg-schema", o.pgSchema, "--webhook-secret", secret, "--group-wait", "1s"); err != nil {
+		"--instance-id", gp+"-notify-1", "--pg-schema", o.pgSchema, "--webhook-secret", secret, "--group-wait", demoNotifyGroupWait.String()); err != nil {
 		return err
 	}
 	kc := demoAdminKafka(getenv)

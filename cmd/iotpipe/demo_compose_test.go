@@ -150,7 +150,8 @@ func TestComposeSecurity(t *testing.T) {
 	}
 	// Every DSN (in its secret file) is verify-full against the CA on the
 	// certs volume.
-	for _, c := range []struct{ service, variable string }{{"init", "IOTPIPE_PG_DSN_FILE"}, {"sink-timescale", "IOTPIPE_PG_WRITER_DSN_FILE"}} {
+	for _, c := range []struct{ service, variable string }{{"init", "IOTPIPE_PG_DSN_FILE"}, {"sink-timescale", "IOTPIPE_PG_WRITER_DSN_FILE"},
+		{"alert", "IOTPIPE_PG_READER_DSN_FILE"}, {"notify", "IOTPIPE_PG_WRITER_DSN_FILE"}} {
 		mountsCerts(c.service)
 		src := strings.TrimPrefix(env(c.service, c.variable), "/run/secrets/")
 		u, err := url.Parse(secretFile[src])

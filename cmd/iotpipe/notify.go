@@ -25,9 +25,10 @@ Each (event, recipient) is enqueued exactly once in PostgreSQL (table
 notifications, with the Kafka offsets in notify_offsets in the same
 transaction) and delivered at least once, retried with exponential backoff;
 every attempt is recorded (notification_attempts). Storm control: a
-recipient's notifications are grouped for --group-wait into one digest, and
-at most --rate-limit messages per --rate-period go to one recipient (the rest
-follow as one digest). Run 'iotpipe init' first.
+recipient that got no message in the last --group-wait is told at once; after
+a message, its next notifications wait --group-wait and go out as one digest;
+and at most --rate-limit messages per --rate-period go to one recipient (the
+rest follow as one digest). Run 'iotpipe init' first.
 SIGTERM/SIGINT: stops consuming, finishes the deliveries in flight, exits 0.`,
 	addr:     ":9106",
 	config:   notify.DefaultConfig,
@@ -47,7 +48,7 @@ SIGTERM/SIGINT: stops consuming, finishes the deliveries in flight, exits 0.`,
 		f.String(&c.Schema, "pg-schema", "schema that holds the notifications tables")
 		f.Group("Delivery")
 		f.Duration(&c.PollInterval, "poll-interval", "how often due notifications are looked for")
-		f.Duration(&c.GroupWait, "group-wait", "a recipient's first pending notification waits this long for others, sent together as one digest (0: at once)")
+		f.Duration(&c.GroupWait, "group-wait", "grouping: a recipient that got a message less than this ago has its next notifications wait until this old, then sent together as one digest; a recipient without one is told at once (0: never wait)")
 		f.Bool(&c.Digest, "digest", "send a recipient's due notifications as one digest message (false: one message per event)")
 		f.Int(&c.RateLimit, "rate-limit", "at most this many messages per --rate-period to one recipient, per notify process; the rest wait and go out as one digest (0: no limit)")
 		f.Duration(&c.RatePeriod, "rate-period", "period of --rate-limit")

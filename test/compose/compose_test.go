@@ -132,8 +132,8 @@ func TestServicesUseOnlyVariablesTheBinaryReads(t *testing.T) {
 			}
 		}
 	}
-	if stages < 5 {
-		t.Fatalf("found %d iotpipe services, want init, bridge, processor and both sinks", stages)
+	if stages < 7 {
+		t.Fatalf("found %d iotpipe services, want init, bridge, processor, both sinks, alert and notify", stages)
 	}
 }
 
