@@ -390,7 +390,7 @@ func (p *Processor) session(ctx context.Context, first bool) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return &sessionError{fmt.Errorf("initialise the transactional producer: %w", err)}
+		return &sessionError{fmt.Errorf("initialise the transactional producer (transactional id %s): %w", p.cfg.TransactionalID(), err)}
 	}
 	if first {
 		p.devRetention = p.rawRetention(ctx, adm)
