@@ -270,7 +270,8 @@ func (d *demoRun) start(name string, args ...string) (*demoChild, error) {
 // left to init, which creates those principals and their ACLs with
 // --kafka-acls). Nothing changes when they are not set.
 func demoKafkaEnv(name string, getenv func(string) string) []string {
-	stage := map[string]string{"bridge": "BRIDGE", "processor": "PROCESSOR", "sink lake": "SINK_LAKE", "sink timescale": "SINK_TIMESCALE"}
+	stage := map[string]string{"bridge": "BRIDGE", "processor": "PROCESSOR", "sink lake": "SINK_LAKE", "sink timescale": "SINK_TIMESCALE",
+		"notify": "NOTIFY", "shadow-consumer": "SHADOW_CONSUMER"}
 	if name == "init" {
 		for _, st := range stage {
 			if getenv("IOTPIPE_KAFKA_"+st+"_PASSWORD") != "" {
@@ -413,7 +414,8 @@ func (d *demoRun) run(ctx context.Context) error {
 	// The groups init grants the stages' principals (with --kafka-acls)
 	// are the demo's.
 	ini, err := d.start("init", "init", "--processor-group", o.groupPrefix+"-processor",
-		"--sink-lake-group", o.groupPrefix+"-sink-lake", "--sink-timescale-group", o.groupPrefix+"-sink-timescale")
+		"--sink-lake-group", o.groupPrefix+"-sink-lake", "--sink-timescale-group", o.groupPrefix+"-sink-timescale",
+		"--shadow-consumer-group", o.groupPrefix+"-shadow", "--notify-group", o.groupPrefix+"-notify")
 	if err != nil {
 		return err
 	}
