@@ -102,7 +102,7 @@ func (e *Env) KafkaConfig(t testing.TB, principal string) kafkax.Config {
 		t.Fatalf("testenv: unknown Kafka principal %q (want %s or one of %v)", principal, Admin, kafkaacl.Stages)
 	}
 	if len(s.PlainStageBrokers) > 0 {
-		c.Brokers, c.TLS, c.SASL = s.PlainStageBrokers, kafkax.TLS{}, kafkax.SASL{}
+		c.Brokers, c.TLS, c.SASL = s.PlainStageBrokers, kafkax.TLS{}, kafkax.DefaultConfig("").SASL // no username: no SASL
 		return c
 	}
 	e.ensureTestPrincipals(t)
