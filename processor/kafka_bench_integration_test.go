@@ -289,6 +289,17 @@ func exactlyOnceRound(b *testing.B, env *testenv.Env, topic string, stallOK bool
 			for name, check := range p.Checks() {
 				fmt.Fprintf(&sb, "; readiness %s: %v", name, check(context.Background()))
 			}
+			// The input's end (high watermark) against its last stable
+			// offset (what read_committed may read up to).
+			if lso, err := adm.ListCommittedOffsets(context.Background(), topic); err == nil {
+				lso.Each(func(o kadm.ListedOffset) {
+					e, _ := ends.Lookup(topic, o.Partition)
+					fmt.Fprintf(&sb, "; %s/%d: end %d, last stable %d", topic, o.Partition, e.Offset, o.Offset)
+				})
+			}
+			if offs, err := adm.FetchOffsets(context.Background(), group); err == nil {
+				offs.Each(func(o kadm.OffsetResponse) { fmt.Fprintf(&sb, "; committed %s/%d: %d", o.Topic, o.Partition, o.At) })
+			}
 			b.Logf("STALL: the processor (group %s) took no record of %s within %s of its start; transactions committed %v%s",
 				group, topic, firstRecordWait, testutil.ToFloat64(p.m.txns.WithLabelValues("committed")), sb.String())
 			cancel()
@@ -316,9 +327,6 @@ func exactlyOnceRound(b *testing.B, env *testenv.Env, topic string, stallOK bool
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
-	// The round's own topics go now: the next rounds should not share the
-	// broker with them.
-	_, _ = env.KafkaAdmin(b).DeleteTopics(testenv.Context(b, time.Minute), topics.Metrics, topics.DLQ, topics.Changelog, topics.Readings)
 	return r
 }
 
