@@ -151,6 +151,9 @@ type KafkaSec struct {
 	Unit      string  `json:"unit"`
 	Ratio     float64 `json:"ratio"` // sasl_ssl / plaintext
 	Cost      float64 `json:"cost"`  // 1 − ratio: the share of throughput SASL_SSL costs
+	// PairedRatio is the median of each round's sasl_ssl / plaintext (the
+	// two run back to back): the figure a drift of the load disturbs least.
+	PairedRatio float64 `json:"paired_ratio"`
 	// Spread of each side's rounds: (max − min) / median, in %.
 	SASLSSLSpreadPct   float64 `json:"sasl_ssl_spread_pct"`
 	PlaintextSpreadPct float64 `json:"plaintext_spread_pct"`
@@ -181,6 +184,7 @@ func kafkaSecFrom(bs []Bench, bench, unit, cpuUnit string, goal float64) *KafkaS
 	k.SASLSSLCPUMicros, _ = Get(bs, sn, cpuUnit)
 	k.PlaintextCPUMicros, _ = Get(bs, pn, cpuUnit)
 	k.CPURatio = ratio(k.SASLSSLCPUMicros, k.PlaintextCPUMicros)
+	k.PairedRatio, _ = Get(bs, sn, "paired-ratio")
 	rounds, _ := Get(bs, sn, "rounds")
 	k.Rounds = int(rounds)
 	k.GoalMet = k.Ratio >= goal

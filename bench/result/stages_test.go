@@ -178,7 +178,7 @@ func TestKafkaSecFrom(t *testing.T) {
 		t.Fatal("no figures")
 	}
 	if k.SASLSSL != 45000 || k.Plaintext != 50000 || !near(k.Ratio, 0.9) || !near(k.Cost, 0.1) || k.Rounds != 3 ||
-		k.SASLSSLSpreadPct != 8 || k.PlaintextSpreadPct != 4 || k.SASLSSLCPUMicros != 12.5 || k.PlaintextCPUMicros != 11 || !near(k.CPURatio, 12.5/11) {
+		k.SASLSSLSpreadPct != 8 || k.PairedRatio != 0.92 || k.PlaintextSpreadPct != 4 || k.SASLSSLCPUMicros != 12.5 || k.PlaintextCPUMicros != 11 || !near(k.CPURatio, 12.5/11) {
 		t.Errorf("figures: %+v", k)
 	}
 	if !k.GoalMet {

@@ -212,6 +212,6 @@ func (f *File) PrintMarkdown(w io.Writer) error {
 // kafkaSecLabel describes a SASL_SSL-vs-PLAINTEXT row: what, the rounds
 // and each side's spread.
 func kafkaSecLabel(what string, k *KafkaSec) string {
-	return fmt.Sprintf("%s, Kafka over SASL_SSL vs PLAINTEXT (one broker, medians of %d warm interleaved rounds, spread %.0f %% vs %.0f %%)",
-		what, k.Rounds, k.SASLSSLSpreadPct, k.PlaintextSpreadPct)
+	return fmt.Sprintf("%s, Kafka over SASL_SSL vs PLAINTEXT (one broker, medians of %d warm interleaved rounds, spread %.0f %% vs %.0f %%; median of the rounds' ratios %.2f)",
+		what, k.Rounds, k.SASLSSLSpreadPct, k.PlaintextSpreadPct, k.PairedRatio)
 }
