@@ -306,13 +306,164 @@ func waitOffsets(b *testing.B, adm *kadm.Client, topic string, want int) {
 //	go test -tags integration -run '^$' -bench BridgeDrain -benchtime 1x -cpuprofile cpu.out ./bridge/
 func BenchmarkBridgeDrain(b *testing.B) { benchDrain(b, testenv.Load(b)) }
 
-// BenchmarkBridgeDrainKafkaPlaintext is BenchmarkBridgeDrain against a
-// private Kafka broker with a PLAINTEXT listener and no authorization
-// (IOTPIPE_KAFKA_SECURITY=plaintext): the baseline of what SASL_SSL costs
-// the bridge, in the same run (go test -bench 'BridgeDrain'). The private
-// broker starts cold: see BenchmarkKafkaExactlyOncePlaintext.
-func BenchmarkBridgeDrainKafkaPlaintext(b *testing.B) {
-	benchDrain(b, testenv.StartPrivateWith(b, []string{"IOTPIPE_KAFKA_SECURITY=plaintext"}, "kafka").Env)
+// BenchmarkBridgeDrainKafkaSec measures what SASL_SSL costs the bridge:
+// BenchmarkBridgeDrain's drain over the SASL_SSL listener (SCRAM-SHA-512,
+// TLS) and over a PLAINTEXT listener of the same private broker
+// (testenv.StartKafkaSecBench: one JVM, one page cache, the same ACLs),
+// from the same Mosquitto, so that nothing but the Kafka client transport
+// differs. Each variant has its own persistent session and share group;
+// every round the fleet publishes the load once while both bridges are
+// offline (each session queues a copy), then each drains its copy into a
+// topic of its own round, in turn. Warm, interleaved, repeated: a warm-up
+// round (a fifth of the load, not counted) first, then
+// IOTPIPE_BENCH_REPEATS rounds (default and minimum 3), the order
+// alternating (SASL_SSL, PLAINTEXT, PLAINTEXT, SASL_SSL, ...). Reported per
+// listener (sub-benchmarks sasl_ssl and plaintext): the median msgs/s
+// (from the bridge's start until every record is in Kafka) and
+// cpu-µs/msg (this process, which runs nothing else meanwhile) of the
+// rounds, their spread ((max − min) / median of msgs/s, in %) and the
+// number of rounds; the cost is 1 − sasl_ssl / plaintext msgs/s
+// (bench/result). Load: IOTPIPE_BENCH_MESSAGES (default 100000) from 1000
+// devices.
+//
+//	go test -tags integration -run '^$' -bench '^BenchmarkBridgeDrainKafkaSec$' -benchtime 1x ./bridge/
+func BenchmarkBridgeDrainKafkaSec(b *testing.B) {
+	n, rounds := 100_000, 3
+	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_MESSAGES")); err == nil && v > 0 {
+		n = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_REPEATS")); err == nil && v > rounds {
+		rounds = v
+	}
+	sasl, plain := testenv.StartKafkaSecBench(b)
+	prefix := sasl.MQTTPrefix(b)
+	template := prefix + "/{device_id}/telemetry"
+	dlq := envTopic(b, sasl)
+	type variant struct {
+		name string
+		cfg  Config
+	}
+	var variants []*variant
+	for _, v := range []struct {
+		name string
+		env  *testenv.Env
+	}{{"sasl_ssl", sasl}, {"plaintext", plain}} {
+		clientID := testenv.Name(b, "bridge")
+		b.Cleanup(func() { endSessionTB(b, sasl, clientID) })
+		cfg := DefaultConfig()
+		cfg.MQTT.URLs, cfg.MQTT.ClientID = []string{sasl.MQTTURL}, clientID
+		cfg.MQTT.Username, cfg.MQTT.Password = sasl.MQTTUsername, sasl.MQTTPassword
+		cfg.MQTT.ShareGroup, cfg.MQTT.SessionExpiry = testenv.Name(b, "share"), 10*time.Minute
+		cfg.Kafka = v.env.KafkaConfig(b, testenv.Bridge)
+		cfg.TopicDLQ, cfg.TopicTemplate = dlq, template
+		variants = append(variants, &variant{v.name, cfg})
+	}
+	adm := sasl.KafkaAdmin(b)
+	// drain runs v's bridge into a new topic until it holds want records.
+	drain := func(v *variant, want int) (msgsPerS, cpuPerMsg float64) {
+		cfg := v.cfg
+		cfg.TopicRaw = envTopic(b, sasl)
+		br, err := New(cfg, service.Deps{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		start, cpu0 := time.Now(), processCPU()
+		go func() { done <- br.Run(ctx) }()
+		if want > 0 {
+			waitOffsets(b, adm, cfg.TopicRaw, want)
+		} else {
+			for br.MQTTReady(ctx) != nil {
+				time.Sleep(10 * time.Millisecond) // polling for readiness
+			}
+		}
+		el, cpu := time.Since(start), processCPU()-cpu0
+		cancel()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+		_, _ = adm.DeleteTopics(testenv.Context(b, time.Minute), cfg.TopicRaw)
+		if want == 0 {
+			return 0, 0
+		}
+		return float64(want) / el.Seconds(), float64(cpu.Microseconds()) / float64(want)
+	}
+	publish := func(msgs int) int {
+		sim, err := devicesim.New(func() devicesim.Config {
+			c := devicesim.DefaultConfig()
+			c.URL, c.Username, c.Password = sasl.MQTTURL, sasl.MQTTUsername, sasl.MQTTPassword
+			c.Devices, c.MessagesPerDevice = 1000, max(msgs/1000, 1)
+			c.TopicTemplate, c.Rate, c.ProgressInterval = template, 0, 0
+			c.ValidKinds = devicesim.AllValidKinds()
+			return c
+		}(), service.Deps{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := sim.Run(testenv.Context(b, 10*time.Minute)); err != nil {
+			b.Fatal(err)
+		}
+		if st := sim.Stats(); st.Refused > 0 || st.NoSubscribers > 0 || st.Acked == 0 {
+			b.Fatalf("publisher: acked %d, refused %d, no subscribers %d", st.Acked, st.Refused, st.NoSubscribers)
+		}
+		return int(sim.Stats().Acked)
+	}
+	// Sessions and subscriptions first (then offline), and the warm-up.
+	for _, v := range variants {
+		drain(v, 0)
+	}
+	acked := publish(n / 5)
+	for _, v := range variants {
+		r, c := drain(v, acked)
+		b.Logf("warm-up over %s (not counted): %d msgs, %.0f msgs/s, %.2f cpu-µs/msg", v.name, acked, r, c)
+	}
+	rates, cpus := map[string][]float64{}, map[string][]float64{}
+	b.ResetTimer()
+	for i := range rounds {
+		acked := publish(n)
+		order := variants
+		if i%2 == 1 {
+			order = []*variant{variants[1], variants[0]}
+		}
+		for _, v := range order {
+			r, c := drain(v, acked)
+			rates[v.name] = append(rates[v.name], r)
+			cpus[v.name] = append(cpus[v.name], c)
+			b.Logf("round %d over %s: %d msgs, %.0f msgs/s, %.2f cpu-µs/msg", i+1, v.name, acked, r, c)
+		}
+	}
+	b.StopTimer()
+	// The ratio of each round's pair (both listeners, back to back), whose
+	// median a drift of the machine's load disturbs least.
+	var pairs []float64
+	for i := range rates["sasl_ssl"] {
+		pairs = append(pairs, rates["sasl_ssl"][i]/rates["plaintext"][i])
+	}
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			if v.name == "sasl_ssl" {
+				b.ReportMetric(median(pairs), "paired-ratio")
+			}
+			b.ReportMetric(median(rates[v.name]), "msgs/s")
+			b.ReportMetric(median(cpus[v.name]), "cpu-µs/msg")
+			b.ReportMetric(spread(rates[v.name]), "spread-%")
+			b.ReportMetric(float64(len(rates[v.name])), "rounds")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+	s, p := median(rates["sasl_ssl"]), median(rates["plaintext"])
+	b.Logf("bridge over SASL_SSL / PLAINTEXT: %.3f (median of the rounds' ratios %.3f; %.0f vs %.0f msgs/s, medians of %d rounds; spread %.1f %% vs %.1f %%; cpu-µs/msg %.2f vs %.2f): SASL_SSL costs %.1f %%",
+		s/p, median(pairs), s, p, rounds, spread(rates["sasl_ssl"]), spread(rates["plaintext"]), median(cpus["sasl_ssl"]), median(cpus["plaintext"]), 100*(1-s/p))
+}
+
+// processCPU is the user+system CPU time of this process.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func benchDrain(b *testing.B, env *testenv.Env) {
@@ -571,6 +722,15 @@ func connectedAt(b *testing.B, logPath string) time.Time {
 	}
 	b.Fatalf("no \"mqtt connected\" line in %s", logPath)
 	return time.Time{}
+}
+
+// spread is (max − min) / median of xs, in percent.
+func spread(xs []float64) float64 {
+	m := median(xs)
+	if m == 0 {
+		return 0
+	}
+	return 100 * (slices.Max(xs) - slices.Min(xs)) / m
 }
 
 // median of xs (0 for none).

@@ -195,11 +195,18 @@ func (n *Notifier) consume(ctx context.Context) error {
 		if fs.IsClientClosed() {
 			return errors.New("kafka client closed")
 		}
+		var denied error
 		fs.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) {
+			if kafkax.IsSecurity(err) && denied == nil {
+				denied = kafkax.FetchError(n.cfg.Group, t, err)
+			} else if !errors.Is(err, context.Canceled) {
 				n.log.Warn("kafka fetch error", "topic", t, "partition", p, "err", err)
 			}
 		})
+		if denied != nil { // an ACL or the credentials: retrying does not cure it; stop, naming the setting
+			cl.AllowRebalance()
+			return denied
+		}
 		var items []item
 		var bad []*kgo.Record
 		last := map[tp]int64{}
@@ -289,6 +296,7 @@ func (n *Notifier) seekStored(ctx context.Context, offs map[string]map[int32]kgo
 			}
 		}
 	}
+	n.log.Info("partitions assigned", "assigned", offs)
 	return offs, nil
 }
 

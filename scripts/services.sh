@@ -628,6 +628,10 @@ ready_mqtt() {
 # users. IOTPIPE_KAFKA_SECURITY=plaintext (for a private broker of the PLAINTEXT-vs-SASL_SSL benchmark
 # only) runs the old PLAINTEXT listeners without authorisation.
 KAFKA_SECURITY=${IOTPIPE_KAFKA_SECURITY:-sasl_ssl}
+# IOTPIPE_KAFKA_PLAINTEXT_PORT (single node, SASL_SSL only): a second client listener, PLAINTEXT, on the
+# same broker, for the private broker of the SASL_SSL-vs-PLAINTEXT benchmark only (both transports warm
+# in one JVM). Its clients are User:ANONYMOUS, allowed only what an ACL grants (nothing by default).
+KAFKA_PLAINTEXT_PORT=${IOTPIPE_KAFKA_PLAINTEXT_PORT:-}
 
 kafka_secure() { [[ $KAFKA_SECURITY == sasl_ssl ]]; }
 
@@ -668,13 +672,17 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 EOF
     return 0
   fi
+  local plain='' plainmap=''
+  if [[ -n $KAFKA_PLAINTEXT_PORT ]]; then
+    plain=",PLAINTEXT://$HOST:$KAFKA_PLAINTEXT_PORT" plainmap=",PLAINTEXT:PLAINTEXT"
+  fi
   cat <<EOF
 # Clients and brokers: SASL_SSL with SCRAM-SHA-512; the controller quorum: SASL_SSL with PLAIN.
-listeners=SASL_SSL://$HOST:$port,CONTROLLER://$HOST:$cport
-advertised.listeners=SASL_SSL://$HOST:$port
+listeners=SASL_SSL://$HOST:$port,CONTROLLER://$HOST:$cport$plain
+advertised.listeners=SASL_SSL://$HOST:$port$plain
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=SASL_SSL
-listener.security.protocol.map=CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL
+listener.security.protocol.map=CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL$plainmap
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 sasl.mechanism.controller.protocol=PLAIN
 # PLAIN (over TLS) knows the admin only: for kcat, whose librdkafka 2.0.2 fails SCRAM against Kafka
@@ -893,7 +901,7 @@ kafka_cluster_id() { # [FILE]
 
 start_kafka() {
   local d=$STATE_DIR/kafka cmd=()
-  require_free_ports kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+  require_free_ports kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" ${KAFKA_PLAINTEXT_PORT:+"$KAFKA_PLAINTEXT_PORT"}
   configure_kafka
   kafka_check_format "$d"
   if [[ ! -f $d/data/meta.properties ]]; then
@@ -1994,6 +2002,7 @@ cmd_env() {
   env_line IOTPIPE_MQTT_BROKER_PID_FILE "$STATE_DIR/mqtt/pid"
   env_line IOTPIPE_KAFKA_BROKERS "$(kafka_brokers)"
   if kafka_multi; then env_line IOTPIPE_KAFKA_NODES "$KAFKA_N"; fi
+  if [[ -n $KAFKA_PLAINTEXT_PORT ]]; then env_line IOTPIPE_KAFKA_PLAINTEXT_BROKERS "$HOST:$KAFKA_PLAINTEXT_PORT"; fi
   kafka_env_lines
   env_line IOTPIPE_PG_DSN "$(pg_dsn "$PG_OWNER" "$PG_OWNER_PASS" "$PG_DB")"
   env_line IOTPIPE_PG_WRITER_DSN "$(pg_dsn "$PG_WRITER" "$PG_WRITER_PASS" "$PG_DB")"
@@ -2074,6 +2083,10 @@ main() {
   check_port_value IOTPIPE_S3_PORT "$S3_PORT"
   (($#)) || usage
   kafka_layout "$1"
+  if [[ -n $KAFKA_PLAINTEXT_PORT ]]; then
+    check_port_value IOTPIPE_KAFKA_PLAINTEXT_PORT "$KAFKA_PLAINTEXT_PORT"
+    { ! kafka_multi && kafka_secure; } || die "IOTPIPE_KAFKA_PLAINTEXT_PORT: a second (PLAINTEXT) listener is for a single SASL_SSL node only"
+  fi
   pg_locate
   local verb=$1
   shift

@@ -228,9 +228,18 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if fs.IsClientClosed() {
 			return errors.New("shadow consumer: kafka client closed")
 		}
+		var denied error
 		fs.EachError(func(t string, p int32, err error) {
-			c.log.Warn("kafka fetch error", "topic", t, "partition", p, "err", err)
+			if kafkax.IsSecurity(err) && denied == nil {
+				denied = kafkax.FetchError(c.cfg.Group, t, err)
+			} else {
+				c.log.Warn("kafka fetch error", "topic", t, "partition", p, "err", err)
+			}
 		})
+		if denied != nil { // an ACL or the credentials: retrying does not cure it; stop, naming the setting
+			cl.AllowRebalance()
+			return denied
+		}
 		recs := fs.Records()
 		if len(recs) > 0 {
 			// The batch in hand is finished even when ctx ends meanwhile.

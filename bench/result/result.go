@@ -110,7 +110,8 @@ type Bridge struct {
 	// TLS: the bridge over mutual TLS against itself over plaintext
 	// (BenchmarkBridgeTLS, same run).
 	TLS *BridgeTLS `json:"tls,omitempty"`
-	// KafkaSec: BenchmarkBridgeDrain over SASL_SSL against a PLAINTEXT broker.
+	// KafkaSec: BenchmarkBridgeDrainKafkaSec, the bridge over SASL_SSL
+	// against PLAINTEXT (one broker, interleaved rounds).
 	KafkaSec   *KafkaSec  `json:"kafka_sec,omitempty"`
 	Benchmarks Benchmarks `json:"benchmarks,omitempty"`
 	Error      string     `json:"error,omitempty"`
@@ -165,7 +166,8 @@ type Processor struct {
 	Ratio                      float64 `json:"ratio"`
 	GoalReadingsPerSPerCore    float64 `json:"goal_readings_per_s_per_core"`
 	GoalMet                    bool    `json:"goal_met"`
-	// KafkaSec: the same over SASL_SSL against a PLAINTEXT broker.
+	// KafkaSec: BenchmarkKafkaExactlyOnceSec, the processor over SASL_SSL
+	// against PLAINTEXT (one broker, interleaved rounds).
 	KafkaSec   *KafkaSec  `json:"kafka_sec,omitempty"`
 	Benchmarks Benchmarks `json:"benchmarks,omitempty"`
 	Error      string     `json:"error,omitempty"`

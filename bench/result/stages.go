@@ -14,28 +14,31 @@ const (
 	BridgePipeline = BridgeBench + "/pipeline"
 	BridgeTLSBench = "BenchmarkBridgeTLS"
 	ProcessorBench = "BenchmarkKafkaExactlyOnce"
-	// The same against a private PLAINTEXT broker: what SASL_SSL costs (#15).
-	ProcessorPlaintextBench = "BenchmarkKafkaExactlyOncePlaintext"
-	BridgeDrainBench        = "BenchmarkBridgeDrain"
-	BridgeDrainPlainBench   = "BenchmarkBridgeDrainKafkaPlaintext"
-	GoalKafkaSecBridge      = 0.85 // SASL_SSL costs the bridge ≤ 15 %
-	GoalKafkaSecProcessor   = 0.90 // SASL_SSL costs the processor ≤ 10 %
-	ProcessorCeilingBench   = "BenchmarkKafkaCeilingDecode"
-	TimescaleBench          = "BenchmarkReadings"
-	LakeBench               = "BenchmarkSink"
-	LakeCeilingBench        = "BenchmarkEncode/sensor-resolution"
-	LakeWorstCaseBench      = "BenchmarkEncode/full-precision"
-	DecodeBench             = "BenchmarkDecode/metrics_object/epoch_ms"
-	DecodeRawBench          = "BenchmarkDecodeRaw/RawDecoder"
-	WindowUpdateBench       = "BenchmarkWindowUpdate"
-	TaskHandleBench         = "BenchmarkTaskHandle"
-	StateBytesPerKeyBench   = "BenchmarkStateBytesPerKey"
-	StateBytes10HzBench     = "BenchmarkStateBytesPerKey10Hz"
-	DefaultBridgeVariant    = "lz4" // bridge.DefaultCompression
-	bridgeVariantPrefix     = BridgeBench + "/bridge-"
-	timescalePsqlCopy       = TimescaleBench + "/psql_copy"
-	timescaleInterleaved    = TimescaleBench + "/interleaved"
-	timescaleSinkEndToEnd   = TimescaleBench + "/sink_e2e"
+	// What SASL_SSL costs (#15): each stage over the SASL_SSL and the
+	// PLAINTEXT listener of one private broker, warm, interleaved rounds;
+	// sub-benchmarks KafkaSecSASL and KafkaSecPlain.
+	ProcessorSecBench     = "BenchmarkKafkaExactlyOnceSec"
+	BridgeDrainSecBench   = "BenchmarkBridgeDrainKafkaSec"
+	KafkaSecSASL          = "/sasl_ssl"
+	KafkaSecPlain         = "/plaintext"
+	GoalKafkaSecBridge    = 0.85 // SASL_SSL costs the bridge ≤ 15 %
+	GoalKafkaSecProcessor = 0.90 // SASL_SSL costs the processor ≤ 10 %
+	ProcessorCeilingBench = "BenchmarkKafkaCeilingDecode"
+	TimescaleBench        = "BenchmarkReadings"
+	LakeBench             = "BenchmarkSink"
+	LakeCeilingBench      = "BenchmarkEncode/sensor-resolution"
+	LakeWorstCaseBench    = "BenchmarkEncode/full-precision"
+	DecodeBench           = "BenchmarkDecode/metrics_object/epoch_ms"
+	DecodeRawBench        = "BenchmarkDecodeRaw/RawDecoder"
+	WindowUpdateBench     = "BenchmarkWindowUpdate"
+	TaskHandleBench       = "BenchmarkTaskHandle"
+	StateBytesPerKeyBench = "BenchmarkStateBytesPerKey"
+	StateBytes10HzBench   = "BenchmarkStateBytesPerKey10Hz"
+	DefaultBridgeVariant  = "lz4" // bridge.DefaultCompression
+	bridgeVariantPrefix   = BridgeBench + "/bridge-"
+	timescalePsqlCopy     = TimescaleBench + "/psql_copy"
+	timescaleInterleaved  = TimescaleBench + "/interleaved"
+	timescaleSinkEndToEnd = TimescaleBench + "/sink_e2e"
 )
 
 // missing collects the figures a stage could not find.
@@ -92,7 +95,7 @@ func BridgeFrom(bs []Bench, messages int, compression string) *Bridge {
 	r.SpreadPct, _ = Get(bs, name, "spread-%")
 	r.CeilingSpreadPct, _ = Get(bs, BridgePipeline, "spread-%")
 	r.TLS = bridgeTLSFrom(bs, messages, &m)
-	r.KafkaSec = kafkaSecFrom(bs, BridgeDrainBench, BridgeDrainPlainBench, "msgs/s", GoalKafkaSecBridge)
+	r.KafkaSec = kafkaSecFrom(bs, BridgeDrainSecBench, "msgs/s", "cpu-µs/msg", GoalKafkaSecBridge)
 	r.Error = m.err()
 	r.GoalMet = r.Error == "" && r.Ratio >= r.GoalRatio
 	r.TLS.GoalMet = r.Error == "" && r.TLS.Ratio >= r.TLS.GoalRatio && r.TLS.DrainRatio >= r.TLS.GoalRatio
@@ -130,7 +133,7 @@ func ProcessorFrom(bs []Bench, readings int) *Processor {
 	r.MicrosPerReading = m.get(bs, ProcessorBench, "µs/reading")
 	r.ChangelogBytesPerReading, _ = Get(bs, ProcessorBench, "changelog-B/reading")
 	r.Transactions, _ = Get(bs, ProcessorBench, "txns")
-	r.KafkaSec = kafkaSecFrom(bs, ProcessorBench, ProcessorPlaintextBench, "readings/s", GoalKafkaSecProcessor)
+	r.KafkaSec = kafkaSecFrom(bs, ProcessorSecBench, "readings/s", "cpu-µs/reading", GoalKafkaSecProcessor)
 	r.CeilingReadingsPerSPerCore = m.get(bs, ProcessorCeilingBench, "readings/s")
 	r.CeilingMicrosPerReading = m.get(bs, ProcessorCeilingBench, "µs/reading")
 	r.Ratio = ratio(r.ReadingsPerSPerCore, r.CeilingReadingsPerSPerCore)
@@ -139,25 +142,51 @@ func ProcessorFrom(bs []Bench, readings int) *Processor {
 	return r
 }
 
-// KafkaSec is a stage over SASL_SSL against itself over PLAINTEXT (a
-// private broker without authorization), in the same run.
+// KafkaSec is a stage over the SASL_SSL listener against itself over
+// the PLAINTEXT listener of the same private broker, in the same run:
+// medians of warm, interleaved rounds.
 type KafkaSec struct {
-	SASLSSL   float64 `json:"sasl_ssl"`
-	Plaintext float64 `json:"plaintext"`
+	SASLSSL   float64 `json:"sasl_ssl"`  // median throughput over SASL_SSL, in Unit
+	Plaintext float64 `json:"plaintext"` // the same over PLAINTEXT
 	Unit      string  `json:"unit"`
 	Ratio     float64 `json:"ratio"` // sasl_ssl / plaintext
-	GoalRatio float64 `json:"goal_ratio"`
-	GoalMet   bool    `json:"goal_met"`
+	Cost      float64 `json:"cost"`  // 1 − ratio: the share of throughput SASL_SSL costs
+	// PairedRatio is the median of each round's sasl_ssl / plaintext (the
+	// two run back to back): the figure a drift of the load disturbs least.
+	PairedRatio float64 `json:"paired_ratio"`
+	// Spread of each side's rounds: (max − min) / median, in %.
+	SASLSSLSpreadPct   float64 `json:"sasl_ssl_spread_pct"`
+	PlaintextSpreadPct float64 `json:"plaintext_spread_pct"`
+	// CPU µs per message or reading of the stage's process, medians.
+	SASLSSLCPUMicros   float64 `json:"sasl_ssl_cpu_us"`
+	PlaintextCPUMicros float64 `json:"plaintext_cpu_us"`
+	CPURatio           float64 `json:"cpu_ratio"` // sasl_ssl / plaintext (lower is better)
+	Rounds             int     `json:"rounds"`    // of each side, warm-up not counted
+	GoalRatio          float64 `json:"goal_ratio"`
+	GoalMet            bool    `json:"goal_met"`
 }
 
-// kafkaSecFrom is nil when the run has not both benchmarks.
-func kafkaSecFrom(bs []Bench, secure, plain, unit string, goal float64) *KafkaSec {
-	s, ok1 := Get(bs, secure, unit)
-	p, ok2 := Get(bs, plain, unit)
+// kafkaSecFrom reads bench's sub-benchmarks; nil when the run has not
+// both.
+func kafkaSecFrom(bs []Bench, bench, unit, cpuUnit string, goal float64) *KafkaSec {
+	sn, pn := bench+KafkaSecSASL, bench+KafkaSecPlain
+	s, ok1 := Get(bs, sn, unit)
+	p, ok2 := Get(bs, pn, unit)
 	if !ok1 || !ok2 {
 		return nil
 	}
 	k := &KafkaSec{SASLSSL: s, Plaintext: p, Unit: unit, Ratio: ratio(s, p), GoalRatio: goal}
+	if k.Ratio > 0 {
+		k.Cost = 1 - k.Ratio
+	}
+	k.SASLSSLSpreadPct, _ = Get(bs, sn, "spread-%")
+	k.PlaintextSpreadPct, _ = Get(bs, pn, "spread-%")
+	k.SASLSSLCPUMicros, _ = Get(bs, sn, cpuUnit)
+	k.PlaintextCPUMicros, _ = Get(bs, pn, cpuUnit)
+	k.CPURatio = ratio(k.SASLSSLCPUMicros, k.PlaintextCPUMicros)
+	k.PairedRatio, _ = Get(bs, sn, "paired-ratio")
+	rounds, _ := Get(bs, sn, "rounds")
+	k.Rounds = int(rounds)
 	k.GoalMet = k.Ratio >= goal
 	return k
 }

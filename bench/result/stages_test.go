@@ -169,3 +169,25 @@ func TestEndToEndFromAndFinish(t *testing.T) {
 		t.Errorf("failed %v, %+v", f.Failed, f.EndToEnd)
 	}
 }
+
+// The SASL_SSL-vs-PLAINTEXT figures come from the two sub-benchmarks;
+// without them there are none.
+func TestKafkaSecFrom(t *testing.T) {
+	k := kafkaSecFrom(parseFile(t, "kafkasec.txt"), ProcessorSecBench, "readings/s", "cpu-µs/reading", GoalKafkaSecProcessor)
+	if k == nil {
+		t.Fatal("no figures")
+	}
+	if k.SASLSSL != 45000 || k.Plaintext != 50000 || !near(k.Ratio, 0.9) || !near(k.Cost, 0.1) || k.Rounds != 3 ||
+		k.SASLSSLSpreadPct != 8 || k.PairedRatio != 0.92 || k.PlaintextSpreadPct != 4 || k.SASLSSLCPUMicros != 12.5 || k.PlaintextCPUMicros != 11 || !near(k.CPURatio, 12.5/11) {
+		t.Errorf("figures: %+v", k)
+	}
+	if !k.GoalMet {
+		t.Errorf("a cost of 10 %% meets the processor's goal (≤ 10 %%): %+v", k)
+	}
+	if k := kafkaSecFrom(parseFile(t, "kafkasec.txt"), ProcessorSecBench, "readings/s", "cpu-µs/reading", 0.95); k.GoalMet {
+		t.Errorf("a cost of 10 %% meets a goal of ≤ 5 %%")
+	}
+	if k := kafkaSecFrom(parseFile(t, "processor.txt"), ProcessorSecBench, "readings/s", "cpu-µs/reading", GoalKafkaSecProcessor); k != nil {
+		t.Errorf("figures without the benchmark: %+v", k)
+	}
+}

@@ -153,7 +153,7 @@ func run() int {
 		timed("bridge", func() {
 			// The bridge against its ceiling, then over mutual TLS against
 			// itself over plaintext (interleaved rounds, medians).
-			bs, err := r.goTest(ctx, goBench{pkg: "./bridge/", pattern: "^(" + result.BridgeBench + "|" + result.BridgeTLSBench + "|" + result.BridgeDrainBench + "|" + result.BridgeDrainPlainBench + ")$", benchtime: "1x",
+			bs, err := r.goTest(ctx, goBench{pkg: "./bridge/", pattern: "^(" + result.BridgeBench + "|" + result.BridgeTLSBench + "|" + result.BridgeDrainSecBench + ")$", benchtime: "1x",
 				env: []string{"IOTPIPE_BENCH_MESSAGES=" + strconv.Itoa(sz.BridgeMessages), "IOTPIPE_BENCH_REPEATS=" + strconv.Itoa(bridgeTLSRounds)}})
 			f.Bridge = result.BridgeFrom(bs, sz.BridgeMessages, result.DefaultBridgeVariant)
 			result.WithRunError(err, &f.Bridge.Error, &f.Bridge.GoalMet)
@@ -162,7 +162,7 @@ func run() int {
 	if selected["processor"] {
 		timed("processor", func() {
 			// -cpu 1: GOMAXPROCS=1, so readings/s is per core.
-			bs, err := r.goTest(ctx, goBench{pkg: "./processor/", pattern: "^(" + result.ProcessorCeilingBench + "|" + result.ProcessorBench + "|" + result.ProcessorPlaintextBench + ")$",
+			bs, err := r.goTest(ctx, goBench{pkg: "./processor/", pattern: "^(" + result.ProcessorCeilingBench + "|" + result.ProcessorBench + "|" + result.ProcessorSecBench + ")$",
 				benchtime: "1x", cpu: "1", env: []string{"IOTPIPE_BENCH_READINGS=" + strconv.Itoa(sz.ProcessorReadings)}})
 			f.Processor = result.ProcessorFrom(bs, sz.ProcessorReadings)
 			result.WithRunError(err, &f.Processor.Error, &f.Processor.GoalMet)

@@ -273,7 +273,7 @@ func (d *demoRun) start(name string, args ...string) (*demoChild, error) {
 // --kafka-acls). Nothing changes when they are not set.
 func demoKafkaEnv(name string, getenv func(string) string) []string {
 	stage := map[string]string{"bridge": "BRIDGE", "processor": "PROCESSOR", "sink lake": "SINK_LAKE", "sink timescale": "SINK_TIMESCALE",
-		"alert": "ALERT", "notify": "NOTIFY"}
+		"alert": "ALERT", "notify": "NOTIFY", "shadow-consumer": "SHADOW_CONSUMER"}
 	if name == "init" {
 		for _, st := range stage {
 			if getenv("IOTPIPE_KAFKA_"+st+"_PASSWORD") != "" {
@@ -417,7 +417,7 @@ func (d *demoRun) run(ctx context.Context) error {
 	// are the demo's.
 	ini, err := d.start("init", "init", "--processor-group", o.groupPrefix+"-processor",
 		"--sink-lake-group", o.groupPrefix+"-sink-lake", "--sink-timescale-group", o.groupPrefix+"-sink-timescale",
-		"--alert-group", o.groupPrefix+"-alert", "--notify-group", o.groupPrefix+"-notify")
+		"--alert-group", o.groupPrefix+"-alert", "--shadow-consumer-group", o.groupPrefix+"-shadow", "--notify-group", o.groupPrefix+"-notify")
 	if err != nil {
 		return err
 	}

@@ -231,6 +231,15 @@ func (d *demoProc) checkTLS(t *testing.T, env *testenv.Env, ctx context.Context,
 		!strings.Contains(string(b), `"msg":"mqtt subscribed"`) {
 		t.Errorf("the bridge did not start on %s:\n%s", tlsURL, tail(filepath.Join(logs, "bridge.log"), 5))
 	}
+	// The shadow consumer runs as its own Kafka principal (demoKafkaEnv),
+	// which init's ACLs let into its group and topic only.
+	sc := filepath.Join(logs, "shadow-consumer.log")
+	testenv.Eventually(t, 30*time.Second, 200*time.Millisecond, func() error {
+		if b, _ := os.ReadFile(sc); !strings.Contains(string(b), `"msg":"partitions assigned"`) {
+			return fmt.Errorf("the shadow consumer has not joined its group:\n%s", tail(sc, 5))
+		}
+		return nil
+	})
 	if b, _ := os.ReadFile(filepath.Join(logs, "simulate.log")); !strings.Contains(string(b), "format realistic, "+tlsURL+" as") {
 		t.Errorf("the simulator did not start on %s:\n%s", tlsURL, tail(filepath.Join(logs, "simulate.log"), 5))
 	}

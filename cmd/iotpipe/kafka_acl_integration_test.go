@@ -11,6 +11,7 @@ package main
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ import (
 type aclFixture struct {
 	env                                    *testenv.Env
 	raw, readings, metrics, dlq, changelog string
-	alerts, alertChangelog                 string
+	alerts, alertChangelog, shadow         string
 	schema                                 string
 	groups                                 map[string]string // by stage
 	users                                  map[string]kafkaacl.Credentials
@@ -37,7 +38,7 @@ func newACLFixture(t *testing.T) *aclFixture {
 	env := testenv.Load(t)
 	f := &aclFixture{env: env, raw: env.Topic(t, 2, nil), readings: env.Topic(t, 2, nil), metrics: env.Topic(t, 2, nil),
 		dlq: env.Topic(t, 1, nil), changelog: env.Topic(t, 2, map[string]string{"cleanup.policy": "compact"}),
-		alerts: env.Topic(t, 2, nil), alertChangelog: env.Topic(t, 2, map[string]string{"cleanup.policy": "compact"}),
+		alerts: env.Topic(t, 2, nil), alertChangelog: env.Topic(t, 2, map[string]string{"cleanup.policy": "compact"}), shadow: env.Topic(t, 2, nil),
 		schema: env.Schema(t), groups: map[string]string{}, users: map[string]kafkaacl.Credentials{}}
 	id := testenv.Name(t, "u")
 	vars := map[string]string{}
@@ -62,7 +63,7 @@ func newACLFixture(t *testing.T) *aclFixture {
 		"IOTPIPE_PROCESSOR_GROUP": f.groups[kafkaacl.StageProcessor], "IOTPIPE_SINK_LAKE_GROUP": f.groups[kafkaacl.StageSinkLake],
 		"IOTPIPE_SINK_TIMESCALE_GROUP": f.groups[kafkaacl.StageSinkTimescale],
 		"IOTPIPE_NOTIFY_GROUP":         f.groups[kafkaacl.StageNotify], "IOTPIPE_SHADOW_CONSUMER_GROUP": f.groups[kafkaacl.StageShadow],
-		"IOTPIPE_TOPIC_ALERTS": f.alerts, "IOTPIPE_TOPIC_SHADOW": env.Topic(t, 2, nil),
+		"IOTPIPE_TOPIC_ALERTS": f.alerts, "IOTPIPE_TOPIC_SHADOW": f.shadow,
 		"IOTPIPE_TOPIC_ALERT_CHANGELOG": f.alertChangelog, "IOTPIPE_ALERT_GROUP": f.groups[kafkaacl.StageAlert],
 	} {
 		vars[k] = v
@@ -90,7 +91,18 @@ func (f *aclFixture) as(t *testing.T, stage, who string) []string {
 	if strings.HasPrefix(stage, "sink") {
 		raw = "IOTPIPE_TOPIC_READINGS=" + f.readings
 	}
-	return append(testenv.KafkaConfigEnv(c), append(f.env.Environ()[:0:0],
+	var extra []string
+	switch stage {
+	case "notify":
+		extra = []string{"IOTPIPE_TOPIC_ALERTS=" + f.alerts}
+	case "shadow-consumer":
+		dsn := os.Getenv("IOTPIPE_PG_REGISTRY_DSN") // scripts/services.sh env
+		if dsn == "" {
+			t.Fatal("IOTPIPE_PG_REGISTRY_DSN is not set: eval \"$(scripts/services.sh env)\"")
+		}
+		extra = []string{"IOTPIPE_TOPIC_SHADOW=" + f.shadow, "IOTPIPE_PG_REGISTRY_DSN=" + dsn}
+	}
+	return append(append(testenv.KafkaConfigEnv(c), extra...), append(f.env.Environ()[:0:0],
 		raw, "IOTPIPE_TOPIC_READINGS="+f.readings, "IOTPIPE_TOPIC_METRICS="+f.metrics,
 		"IOTPIPE_TOPIC_DLQ="+f.dlq, "IOTPIPE_TOPIC_PROCESSOR_CHANGELOG="+f.changelog, "IOTPIPE_TOPIC_ALERTS="+f.alerts,
 		"IOTPIPE_GROUP="+f.groups[stage], "IOTPIPE_INSTANCE_ID="+f.groups[stage]+"-0",
@@ -154,7 +166,7 @@ func TestKafkaACLProcessor(t *testing.T) {
 	f.runs(t, "restored state", "processor")
 	// The bridge's principal may write raw but not read it, join the
 	// group or use a transactional id.
-	f.denied(t, kafkaacl.StageBridge, "Kafka denied", "processor")
+	f.denied(t, kafkaacl.StageBridge, "initialise the transactional producer (transactional id iotpipe-processor."+f.groups[kafkaacl.StageProcessor], "processor")
 }
 
 func TestKafkaACLSinkLake(t *testing.T) {
@@ -180,6 +192,22 @@ func TestKafkaACLAlert(t *testing.T) {
 	f.denied(t, kafkaacl.StageProcessor, "use of the transactional id", "alert")
 	// The notify principal may not even read raw nor join the alert group.
 	f.denied(t, kafkaacl.StageNotify, "Kafka denied", "alert")
+}
+
+func TestKafkaACLNotify(t *testing.T) {
+	f := newACLFixture(t)
+	f.runs(t, "partitions assigned", "notify")
+	// The shadow consumer's principal reads another topic: it may not
+	// read the alerts.
+	f.denied(t, kafkaacl.StageShadow, "read (consume) topic "+f.alerts+" in consumer group "+f.groups[kafkaacl.StageNotify], "notify")
+}
+
+func TestKafkaACLShadowConsumer(t *testing.T) {
+	f := newACLFixture(t)
+	f.runs(t, "partitions assigned", "shadow-consumer")
+	// notify's principal reads the alerts: it may not read the shadow
+	// requests.
+	f.denied(t, kafkaacl.StageNotify, "read (consume) topic "+f.shadow+" in consumer group "+f.groups[kafkaacl.StageShadow], "shadow-consumer")
 }
 
 // bucket is a bucket of this test handed to the lake's S3 key (made on

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/notify"
 )
@@ -69,6 +70,7 @@ SIGTERM/SIGINT: stops consuming, finishes the deliveries in flight, exits 0.`,
 		f.String(&c.MQTTUser, "mqtt-username", "MQTT user name")
 		f.Secret(&c.MQTTPassword, "mqtt-password", "MQTT password")
 	},
+	kafka: func(c *notify.Config) *kafkax.Config { return &c.Kafka },
 	describe: func(c *notify.Config, o *service.Options) string {
 		return fmt.Sprintf("kafka %v group %s, topic %s, postgres schema %s, group wait %s, rate %d per %s, retries %d (%s..%s), http %q",
 			c.Kafka.Brokers, c.Group, c.TopicAlerts, c.Schema, c.GroupWait, c.RateLimit, c.RatePeriod, c.MaxAttempts, c.RetryMin, c.RetryMax, listenAddr(o))

@@ -22,8 +22,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/certs"
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
@@ -288,5 +291,122 @@ func TestCheckConfigShowsNoSecret(t *testing.T) {
 				t.Errorf("%v prints a secret:\n%s", args, out.String())
 			}
 		}
+	}
+}
+
+// TestKafkaWrongPasswordNamesTheSetting: a stage whose SASL password Kafka
+// refuses stops at once (exit 2) with one line naming
+// --kafka-sasl-password and its variable and the principal, never the
+// password; the same settings with the right password run.
+func TestKafkaWrongPasswordNamesTheSetting(t *testing.T) {
+	env := testenv.Load(t)
+	kc := env.KafkaConfig(t, testenv.Processor)
+	wrong := "not-" + kc.SASL.Password
+	vars := map[string]string{}
+	for _, kv := range testenv.KafkaConfigEnv(kc) {
+		k, v, _ := strings.Cut(kv, "=")
+		vars[k] = v
+	}
+	vars["IOTPIPE_KAFKA_SASL_PASSWORD"] = wrong
+	for k, v := range map[string]string{
+		"IOTPIPE_HTTP_ADDR": "127.0.0.1:0", "IOTPIPE_GROUP": env.Group(t), "IOTPIPE_INSTANCE_ID": "p0",
+		"IOTPIPE_TOPIC_RAW": env.Topic(t, 1, nil), "IOTPIPE_TOPIC_METRICS": env.Topic(t, 1, nil), "IOTPIPE_TOPIC_READINGS": "-",
+		"IOTPIPE_TOPIC_DLQ": env.Topic(t, 1, nil), "IOTPIPE_TOPIC_PROCESSOR_CHANGELOG": env.Topic(t, 1, map[string]string{"cleanup.policy": "compact"}),
+	} {
+		vars[k] = v
+	}
+	var out, errOut bytes.Buffer
+	start := time.Now()
+	code := Run(testenv.Context(t, time.Minute), Env{Stdout: &out, Stderr: &errOut, Getenv: func(k string) string { return vars[k] }}, []string{"processor"})
+	lines := strings.Split(strings.TrimSpace(errOut.String()), "\n")
+	last := lines[len(lines)-1]
+	t.Logf("processor with a wrong password: exit %d after %s: %s", code, time.Since(start).Round(time.Millisecond), last)
+	if code != ExitUsage {
+		t.Fatalf("exit %d, want %d; stderr:\n%s", code, ExitUsage, errOut.String())
+	}
+	for _, want := range []string{"--kafka-sasl-password (IOTPIPE_KAFKA_SASL_PASSWORD)", `principal "` + kc.SASL.Username + `"`, "SASL_AUTHENTICATION_FAILED"} {
+		if !strings.Contains(last, want) {
+			t.Errorf("last line lacks %q: %s", want, last)
+		}
+	}
+	if strings.Contains(errOut.String()+out.String(), wrong) {
+		t.Errorf("the output shows the password:\n%s", errOut.String())
+	}
+}
+
+// TestKafkaPlaintextRefused: the services' Kafka has no listener a client
+// without TLS can use. A Kafka request sent in plaintext to the client
+// listener gets no Kafka response (the broker, expecting a TLS
+// ClientHello, closes the connection or answers with a TLS alert), so
+// franz-go without TLS (with or without SASL and the right password)
+// gets no metadata; over TLS without credentials the broker refuses
+// every request before authentication.
+func TestKafkaPlaintextRefused(t *testing.T) {
+	env := testenv.Load(t)
+	admin := env.KafkaConfig(t, testenv.Admin)
+	if !admin.TLS.Enabled || !admin.SASL.Enabled() {
+		t.Fatalf("the services' Kafka is not SASL_SSL (tls %v, principal %q)", admin.TLS.Enabled, admin.SASL.Username)
+	}
+	t.Run("raw ApiVersions in plaintext", func(t *testing.T) {
+		for _, addr := range admin.Brokers {
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatalf("dial %s: %v", addr, err)
+			}
+			// ApiVersions v0, correlation id 7, client id "plain": the first
+			// request every Kafka client sends.
+			req := []byte{0, 18, 0, 0, 0, 0, 0, 7, 0, 5, 'p', 'l', 'a', 'i', 'n'}
+			msg := append([]byte{0, 0, 0, byte(len(req))}, req...)
+			if _, err := c.Write(msg); err != nil {
+				t.Logf("%s: write refused: %v", addr, err)
+				c.Close()
+				continue
+			}
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := io.ReadAll(io.LimitReader(c, 1<<16))
+			c.Close()
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("%s: no answer and no close within 10s: the listener waits for more plaintext", addr)
+			}
+			// A Kafka response starts with its length and then correlation
+			// id 7; a TLS alert record starts with 0x15 0x03.
+			if len(resp) >= 8 && resp[4] == 0 && resp[5] == 0 && resp[6] == 0 && resp[7] == 7 {
+				t.Fatalf("%s answered a plaintext ApiVersions request: % x", addr, resp[:8])
+			}
+			if len(resp) > 0 && resp[0] != 0x15 {
+				t.Fatalf("%s answered a plaintext request with neither a close nor a TLS alert: % x", addr, resp[:min(len(resp), 16)])
+			}
+			t.Logf("%s: plaintext request: %d bytes back (% x), then closed (%v)", addr, len(resp), resp[:min(len(resp), 7)], err)
+		}
+	})
+	ping := func(t *testing.T, c kafkax.Config) error {
+		cl, err := kgo.NewClient(c.Opts(kgo.RetryTimeout(5 * time.Second))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		_, err = kafkax.Ping(testenv.Context(t, 15*time.Second), kadm.NewClient(cl))
+		return err
+	}
+	for _, tc := range []struct {
+		name string
+		c    kafkax.Config
+	}{
+		{"PLAINTEXT", func() kafkax.Config { c := admin; c.TLS, c.SASL = kafkax.TLS{}, kafkax.SASL{}; return c }()},
+		{"SASL_PLAINTEXT with the right password", func() kafkax.Config { c := admin; c.TLS = kafkax.TLS{}; return c }()},
+		{"SSL without credentials", func() kafkax.Config { c := admin; c.SASL = kafkax.SASL{}; return c }()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ping(t, tc.c)
+			if err == nil {
+				t.Fatal("got the cluster's metadata")
+			}
+			t.Logf("refused: %v", err)
+		})
+	}
+	// The control: the same client over SASL_SSL gets the metadata.
+	if err := ping(t, admin); err != nil {
+		t.Fatalf("over SASL_SSL: %v", err)
 	}
 }

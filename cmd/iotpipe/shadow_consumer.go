@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/shadowconsumer"
 )
@@ -48,6 +49,7 @@ SIGTERM/SIGINT: finish the batch in hand, leave the group, exit 0.`,
 		f.Int(&c.Limits.MaxDepth, "shadow-max-depth", "deepest nesting of objects and arrays in a document")
 		f.Int(&c.Limits.MaxKeys, "shadow-max-keys", "most keys in a document, counted through every level")
 	},
+	kafka: func(c *shadowconsumer.Config) *kafkax.Config { return &c.Kafka },
 	describe: func(c *shadowconsumer.Config, o *service.Options) string {
 		return fmt.Sprintf("kafka %s topic %s group %s → schema %s; metrics on %q", strings.Join(c.Kafka.Brokers, ","), c.Topic, c.Group, c.Schema, listenAddr(o))
 	},

@@ -47,6 +47,11 @@ type KafkaSecurity struct {
 	Username, Password string
 	// Stages are the stages' credentials, keyed by Bridge, Processor, ...
 	Stages map[string]kafkaacl.Credentials
+	// PlainStageBrokers, when set, is a PLAINTEXT listener of the same
+	// brokers: KafkaConfig gives every stage principal these brokers
+	// without TLS or SASL (User:ANONYMOUS, with the stages' test grants),
+	// while the admin stays on SASL_SSL (StartKafkaSecBench).
+	PlainStageBrokers []string
 }
 
 // loadKafkaSecurity reads IOTPIPE_KAFKA_TLS, _CA_FILE, _SASL_* and the
@@ -95,7 +100,11 @@ func (e *Env) KafkaConfig(t testing.TB, principal string) kafkax.Config {
 	}
 	cred, ok := s.Stages[principal]
 	if !ok {
-		t.Fatalf("testenv: unknown Kafka principal %q (want %s, %s, %s, %s or %s)", principal, Admin, Bridge, Processor, SinkLake, SinkTimescale)
+		t.Fatalf("testenv: unknown Kafka principal %q (want %s or one of %v)", principal, Admin, kafkaacl.Stages)
+	}
+	if len(s.PlainStageBrokers) > 0 {
+		c.Brokers, c.TLS, c.SASL = s.PlainStageBrokers, kafkax.TLS{}, kafkax.DefaultConfig("").SASL // no username: no SASL
+		return c
 	}
 	e.ensureTestPrincipals(t)
 	c.SASL = kafkax.SASL{Mechanism: kafkax.MechanismSCRAMSHA512, Username: testUser(cred.User), Password: cred.Password}
@@ -182,14 +191,24 @@ func (e *Env) ensureTestPrincipals(t testing.TB) {
 	for st, c := range e.KafkaSec.Stages {
 		users[st] = kafkaacl.Credentials{User: testUser(c.User), Password: c.Password}
 	}
-	ps := kafkaacl.StagePrincipals(kafkaacl.PipelineNames{
-		Raw: "*", Readings: "*", Metrics: "*", DLQ: "*", Changelog: "*",
-		ProcessorGroup: "*", LakeGroup: "*", TimescaleGroup: "*",
-		Alerts: "*", Shadow: "*", NotifyGroup: "*", ShadowGroup: "*",
-		TransactionalIDPrefix: "iotpipe-processor.", // processor.Config.TransactionalID
-		AlertChangelog:        "*", AlertGroup: "*",
-		AlertTransactionalIDPrefix: "iotpipe-alert.", // alert.TransactionalIDPrefix
-	}, users)
+	e.ensurePrincipals(t, kafkaacl.StagePrincipals(testNames, users))
+	principalsDone[key] = true
+}
+
+// testNames are the names of the test principals' grants: every topic
+// and group (each test names its own).
+var testNames = kafkaacl.PipelineNames{
+	Raw: "*", Readings: "*", Metrics: "*", DLQ: "*", Changelog: "*",
+	ProcessorGroup: "*", LakeGroup: "*", TimescaleGroup: "*",
+	Alerts: "*", Shadow: "*", NotifyGroup: "*", ShadowGroup: "*",
+	TransactionalIDPrefix: "iotpipe-processor.", // processor.Config.TransactionalID
+	AlertChangelog:        "*", AlertGroup: "*",
+	AlertTransactionalIDPrefix: "iotpipe-alert.", // alert.TransactionalIDPrefix
+}
+
+// ensurePrincipals creates ps's users and grants as the admin.
+func (e *Env) ensurePrincipals(t testing.TB, ps []kafkaacl.Principal) {
+	t.Helper()
 	admin := e.KafkaConfig(t, Admin)
 	cl, err := kgo.NewClient(admin.Opts()...)
 	if err != nil {
@@ -199,9 +218,8 @@ func (e *Env) ensureTestPrincipals(t testing.TB) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := kafkaacl.EnsurePrincipals(ctx, kadm.NewClient(cl), admin, ps); err != nil {
-		t.Fatalf("testenv: the stages' test principals on %s: %v", key, admin.Explain(err))
+		t.Fatalf("testenv: Kafka principals on %s: %v", strings.Join(e.KafkaBrokers, ","), admin.Explain(err))
 	}
-	principalsDone[key] = true
 }
 
 // KafkaVars is KafkaEnv as a map, for tests that keep their variables in
