@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"slices"
+	"unique"
 
 	"github.com/DataDog/sketches-go/ddsketch/mapping"
 )
@@ -150,7 +151,7 @@ func spliceBins(b []byte, i, j int, r []byte) []byte {
 // first and last identities (every reading of the window carried the
 // metric); only an aggregate that missed one holds its own (ext.edges).
 type agg struct {
-	name        string
+	name        unique.Handle[string] // the metric name, interned (8 bytes, shared by every window)
 	count       int64
 	min, max    float64
 	wmean, m2   float64 // Welford running mean and sum of squared deviations
@@ -171,6 +172,15 @@ type aggExt struct {
 	// which differ from its window's.
 	own         bool
 	first, last tseq
+}
+
+// metric returns the metric name ("" for an aggregate without one, as
+// tests build).
+func (a *agg) metric() string {
+	if a.name == (unique.Handle[string]{}) {
+		return ""
+	}
+	return a.name.Value()
 }
 
 // sum returns the exactly rounded sum.

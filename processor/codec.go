@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"unicode/utf8"
+	"unique"
 
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/DataDog/sketches-go/ddsketch/store"
@@ -218,8 +219,9 @@ const (
 )
 
 func appendAgg(b []byte, a *agg, start int64) []byte {
-	b = binary.AppendUvarint(b, uint64(len(a.name)))
-	b = append(b, a.name...)
+	name := a.metric()
+	b = binary.AppendUvarint(b, uint64(len(name)))
+	b = append(b, name...)
 	b = binary.AppendVarint(b, a.count)
 	p := a.partials()
 	b = binary.AppendUvarint(b, uint64(len(p)))
@@ -320,7 +322,7 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 	dw.aggs = make([]agg, 0, n)
 	for range n {
 		var a agg
-		a.name = string(r.bytes(r.count()))
+		a.name = unique.Make(string(r.bytes(r.count())))
 		a.count = r.varint()
 		np := r.count()
 		var buf [8]float64
@@ -347,14 +349,14 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 		for _, _, _, _, ok := it.next(); ok; _, _, _, _, ok = it.next() {
 		}
 		if it.bad && r.err == nil {
-			r.err = fmt.Errorf("%w: sketch bins of %q", ErrBadState, a.name)
+			r.err = fmt.Errorf("%w: sketch bins of %q", ErrBadState, a.metric())
 		}
 		if r.err != nil {
 			return nil, r.err
 		}
 		dw.aggs = append(dw.aggs, a)
 	}
-	if r.err == nil && !slices.IsSortedFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.name, b.name) }) {
+	if r.err == nil && !slices.IsSortedFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.metric(), b.metric()) }) {
 		r.err = fmt.Errorf("%w: metrics out of order", ErrBadState)
 	}
 	if r.err == nil && len(r.b) != 0 {
@@ -440,7 +442,7 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 	n := r.count()
 	for range n {
 		var a agg
-		a.name = string(r.bytes(r.count()))
+		a.name = unique.Make(string(r.bytes(r.count())))
 		a.count = r.varint()
 		np := r.count()
 		p := make([]float64, 0, np)
@@ -467,12 +469,12 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 		}
 		bins, err := decodeSketch(sk)
 		if err != nil {
-			return nil, fmt.Errorf("%w: sketch of %q: %v", ErrBadState, a.name, err)
+			return nil, fmt.Errorf("%w: sketch of %q: %v", ErrBadState, a.metric(), err)
 		}
 		a.bins = bins
 		dw.aggs = append(dw.aggs, a)
 	}
-	slices.SortStableFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.name, b.name) })
+	slices.SortStableFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.metric(), b.metric()) })
 	if r.err == nil && len(r.b) != 0 {
 		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
 	}

@@ -10,6 +10,7 @@ import (
 	"math"
 	"slices"
 	"time"
+	"unique"
 
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -530,7 +531,7 @@ func (dw *devWin) aggFor(e *Engine, name string) *agg {
 	// Devices report a handful of metrics, in the same order every time.
 	i := 0
 	for ; i < len(dw.aggs); i++ {
-		if c := cmp.Compare(dw.aggs[i].name, name); c >= 0 {
+		if c := cmp.Compare(dw.aggs[i].metric(), name); c >= 0 {
 			if c == 0 {
 				return &dw.aggs[i]
 			}
@@ -550,24 +551,11 @@ func (dw *devWin) aggFor(e *Engine, name string) *agg {
 			copy(aggs, dw.aggs)
 			dw.aggs = aggs
 		}
-		dw.aggs = slices.Insert(dw.aggs, i, agg{name: dw.d.internName(name)})
+		dw.aggs = slices.Insert(dw.aggs, i, agg{name: unique.Make(name)})
 		e.openAggs++
 		e.stats.WindowsOpened++
 	}
 	return &dw.aggs[i]
-}
-
-// internName returns name, sharing the string of an aggregate of another
-// of d's windows when one has it (a decoded reading's names are its own).
-func (d *device) internName(name string) string {
-	for _, w := range d.wins {
-		for i := range w.aggs {
-			if w.aggs[i].name == name {
-				return w.aggs[i].name
-			}
-		}
-	}
-	return name
 }
 
 // queue marks dw for re-emission when it was already emitted.
@@ -802,7 +790,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		a.revision++
 		m := &e.metric
 		*m = schemas.WindowMetric{
-			DeviceID: dw.d.id, Metric: a.name, WindowStart: ws, WindowEnd: we,
+			DeviceID: dw.d.id, Metric: a.metric(), WindowStart: ws, WindowEnd: we,
 			Count: a.count, Sum: a.sum(), Min: a.min, Max: a.max, Mean: a.mean(), Stddev: a.stddev(),
 			First: a.first, Last: a.last,
 			P50: a.quantile(0.50), P95: a.quantile(0.95), P99: a.quantile(0.99),
