@@ -38,7 +38,7 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 			if len(v) == 0 || v[0] != wantV {
 				t.Fatalf("%s: %s window record %x, want version %d", phase, dev, v, wantV)
 			}
-			orig := eng.devs[dev].wins[0]
+			orig := eng.dev(dev).wins[0]
 			dw, err := decodeDevWin(v, orig.start)
 			if err != nil {
 				t.Fatalf("%s: decode %s: %v", phase, dev, err)
@@ -49,7 +49,7 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 				t.Errorf("%s: %s decoded %+v, want %+v", phase, dev, *dw, *orig)
 			}
 		}
-		if got := eng.devs["dirty"].wins[0].ignored; got != 5 {
+		if got := eng.dev("dirty").wins[0].ignored; got != 5 {
 			t.Fatalf("%s: dirty window ignored %d, want 5 (2 + 3; the re-send adds nothing)", phase, got)
 		}
 		return recs
@@ -79,7 +79,7 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, dev := range []string{"clean", "dirty"} {
-		dw := fresh.devs[dev].wins[0]
+		dw := fresh.dev(dev).wins[0]
 		want := map[string]int32{"clean": 0, "dirty": 5}[dev]
 		if dw.ignored != want || !dw.closed || dw.late != 1 {
 			t.Errorf("restored %s: ignored %d closed %v late %d, want %d true 1", dev, dw.ignored, dw.closed, dw.late, want)

@@ -147,7 +147,7 @@ type Engine struct {
 	size, lateness, idle, retention, skew int64 // µs
 	devRetention                          int64 // µs; see SetDeviceRetention
 
-	devs    map[string]*device
+	devs    devIndex  // the devices by id
 	devList []*device // the same devices, for iteration; device.idx is the position
 
 	// floor, from a changelog written by the per-partition watermark
@@ -272,7 +272,6 @@ func NewEngine(cfg WindowConfig) (*Engine, error) {
 		retention:    cfg.LateRetention.Microseconds(),
 		skew:         cfg.MaxFutureSkew.Microseconds(),
 		devRetention: DefaultDeviceRetention.Microseconds(),
-		devs:         make(map[string]*device),
 	}, nil
 }
 
@@ -346,10 +345,13 @@ func (e *Engine) newDevice(id string, t int64) *device {
 	if e.hasFloor && e.floor > d.closeTo {
 		d.closeTo = e.floor
 	}
-	e.devs[id] = d
 	e.devList = append(e.devList, d)
+	e.devs.put(e.devList, d)
 	return d
 }
+
+// dev returns the device with id, or nil.
+func (e *Engine) dev(id string) *device { return e.devs.get(e.devList, id) }
 
 // inc adds 1 to a per-window counter, which stops at its largest value.
 func inc(p *int32) {
@@ -359,11 +361,16 @@ func inc(p *int32) {
 }
 
 func (e *Engine) removeDevice(d *device) {
+	e.devs.del(e.devList, d)
 	last := e.devList[len(e.devList)-1]
+	if last != d {
+		from := last.idx
+		last.idx = d.idx
+		e.devs.moved(last, from)
+	}
 	e.devList[d.idx] = last
-	last.idx = d.idx
+	e.devList[len(e.devList)-1] = nil
 	e.devList = e.devList[:len(e.devList)-1]
-	delete(e.devs, d.id)
 	d.deleted = true
 	e.markDevDirty(d)
 }
@@ -423,7 +430,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 	}
 	start := floorDiv(t, e.size) * e.size
 	end := start + e.size
-	d := e.devs[r.DeviceID]
+	d := e.dev(r.DeviceID)
 	if d == nil {
 		if e.hasFloor && end <= e.floor {
 			e.stats.Late++
@@ -1001,11 +1008,11 @@ var ErrBadState = errors.New("invalid processor state record")
 // restoreDevice returns the device being restored, creating a placeholder
 // (clock unknown until its own record comes) when needed.
 func (e *Engine) restoreDevice(id string) *device {
-	d := e.devs[id]
+	d := e.dev(id)
 	if d == nil {
 		d = &device{id: id, idx: int32(len(e.devList)), maxEvent: math.MinInt64, closeTo: math.MinInt64, next: math.MaxInt64, dueAt: math.MaxInt64}
-		e.devs[id] = d
 		e.devList = append(e.devList, d)
+		e.devs.put(e.devList, d)
 	}
 	return d
 }
@@ -1040,7 +1047,7 @@ func (e *Engine) Restore(key, value []byte) error {
 		return nil
 	case kind == keyDevice:
 		if value == nil {
-			if d := e.devs[id]; d != nil {
+			if d := e.dev(id); d != nil {
 				d.maxEvent, d.closeTo, d.lastInput = math.MinInt64, math.MinInt64, 0
 			}
 			return nil
@@ -1056,7 +1063,7 @@ func (e *Engine) Restore(key, value []byte) error {
 		if len(value) > 0 && value[0] == stateVersion4 {
 			// Decoded by FinishRestore, with its chunks; what an earlier
 			// record of the key restored is replaced.
-			if d := e.devs[id]; d != nil {
+			if d := e.dev(id); d != nil {
 				if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
 					d.wins = slices.Delete(d.wins, i, i+1)
 				}
@@ -1067,7 +1074,7 @@ func (e *Engine) Restore(key, value []byte) error {
 			e.restWins[wk] = bytes.Clone(value)
 			return nil
 		}
-		d := e.devs[id]
+		d := e.dev(id)
 		if value == nil {
 			if d != nil {
 				if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
@@ -1146,8 +1153,7 @@ func (e *Engine) FinishRestore(now time.Time) error {
 		}
 		if d.maxEvent == math.MinInt64 {
 			if len(d.wins) == 0 {
-				delete(e.devs, d.id)
-				continue
+				continue // forgotten (the index is rebuilt below)
 			}
 			d.maxEvent = d.wins[len(d.wins)-1].start // only late-count summaries left
 		}
@@ -1167,6 +1173,7 @@ func (e *Engine) FinishRestore(now time.Time) error {
 	}
 	clear(e.devList[len(kept):])
 	e.devList = kept
+	e.devs.reset(kept)
 	e.dirtyWins = e.dirtyWins[:0]
 	e.dirtyDevs = e.dirtyDevs[:0]
 	return nil
