@@ -105,25 +105,93 @@ func (it *binIter) next() (k uint32, c uint64, at, cat int, ok bool) {
 // addBin counts one value of bin key k into the bins string b.
 func addBin(b []byte, k uint32) []byte {
 	var tmp [3 * binary.MaxVarintLen64]byte
+	i, j, r := binEdit(b, k, tmp[:0])
+	return spliceBins(b, i, j, r)
+}
+
+// binEdit returns the edit that counts one value of bin key k into the
+// bins string b: replace b[i:j] with r (built in tmp).
+func binEdit(b []byte, k uint32, tmp []byte) (i, j int, r []byte) {
 	it := binIter{b: b}
 	prev := uint32(0)
 	for {
 		key, c, at, cat, ok := it.next()
 		switch {
 		case !ok:
-			r := binary.AppendUvarint(tmp[:0], uint64(k-prev))
-			return spliceBins(b, len(b), len(b), append(r, 1))
+			r = binary.AppendUvarint(tmp, uint64(k-prev))
+			return len(b), len(b), append(r, 1)
 		case key == k:
-			return spliceBins(b, cat, it.pos, binary.AppendUvarint(tmp[:0], c+1))
+			return cat, it.pos, binary.AppendUvarint(tmp, c+1)
 		case key > k:
 			// A new entry before this one, whose delta shrinks.
-			r := binary.AppendUvarint(tmp[:0], uint64(k-prev))
+			r = binary.AppendUvarint(tmp, uint64(k-prev))
 			r = append(r, 1)
 			r = binary.AppendUvarint(r, uint64(key-k))
-			return spliceBins(b, at, cat, r)
+			return at, cat, r
 		}
 		prev = key
 	}
+}
+
+// A device window's sketch bins and identities share one byte string
+// (devWin.ids.b), one allocation per window: for each aggregate, in
+// dw.aggs order, uvarint(length) and its bins string; then, from
+// ids.off, the identity string, which grows at its end.
+
+// binsSection returns where aggregate i's bins are in the window buffer:
+// the offset of its length, of its bins, and their length.
+func (dw *devWin) binsSection(i int) (hdr, at, n int) {
+	b := dw.ids.b
+	p := 0
+	for j := 0; ; j++ {
+		l, k := binary.Uvarint(b[p:])
+		if j == i {
+			return p, p + k, int(l)
+		}
+		p += k + int(l)
+	}
+}
+
+// bins returns aggregate i's sketch bins (see binIter).
+func (dw *devWin) bins(i int) []byte {
+	_, at, n := dw.binsSection(i)
+	return dw.ids.b[at : at+n : at+n]
+}
+
+// addBin counts one value of bin key k into aggregate i's bins.
+func (dw *devWin) addBin(i int, k uint32) {
+	hdr, at, n := dw.binsSection(i)
+	var tmp [3 * binary.MaxVarintLen64]byte
+	x, y, r := binEdit(dw.ids.b[at:at+n], k, tmp[:0])
+	if len(r) == y-x {
+		copy(dw.ids.b[at+x:], r)
+		return
+	}
+	nn := n + len(r) - (y - x)
+	b := spliceBins(dw.ids.b, at+x, at+y, r)
+	var h [binary.MaxVarintLen64]byte
+	hb := binary.AppendUvarint(h[:0], uint64(nn))
+	dw.ids.b = spliceBins(b, hdr, at, hb)
+	dw.ids.off += int32(nn - n + len(hb) - (at - hdr))
+}
+
+// insertBins adds an empty bins section for a new aggregate at position i
+// of dw.aggs (before it is inserted there).
+func (dw *devWin) insertBins(i int) {
+	p := int(dw.ids.off)
+	if i < len(dw.aggs) {
+		p, _, _ = dw.binsSection(i)
+	}
+	dw.ids.b = spliceBins(dw.ids.b, p, p, []byte{0})
+	dw.ids.off++
+}
+
+// setBins puts the bins sections (as binsSection reads them) before dw's
+// identities, which must be the whole buffer.
+func (dw *devWin) setBins(sections []byte) {
+	b := make([]byte, 0, len(sections)+len(dw.ids.b))
+	dw.ids.b = append(append(b, sections...), dw.ids.b...)
+	dw.ids.off = int32(len(sections))
 }
 
 // spliceBins replaces b[i:j] with r, growing b by a quarter when needed
@@ -158,7 +226,6 @@ type agg struct {
 	first, last float64
 	p           [2]float64 // the exact sum's partials while there are at most two
 	ext         *aggExt    // rare parts; nil when none is needed
-	bins        []byte     // sketch bins, see binIter
 	revision    int32      // revision of the last emission; 0 = never emitted
 	np          uint8      // partials in p; 3 = in ext.partials
 	changed     bool       // updated since the last emission
@@ -229,7 +296,8 @@ func (a *agg) setEdges(f, l tseq) {
 	a.ext.own, a.ext.first, a.ext.last = true, f, l
 }
 
-// add folds one value with identity id in. f and l are a's first and last
+// add folds one value with identity id in (its sketch bin is counted by
+// devWin.addBin). f and l are a's first and last
 // identities before it (meaningless while count is 0); own tells whether
 // a's identities must be its own after it (its window's differ).
 func (a *agg) add(v float64, id, f, l tseq, own bool) {
@@ -258,7 +326,6 @@ func (a *agg) add(v float64, id, f, l tseq, own bool) {
 	d := v - a.wmean
 	a.wmean += d / float64(a.count)
 	a.m2 += d * (v - a.wmean)
-	a.bins = addBin(a.bins, binKey(v)) // NaN never reaches an aggregate
 	a.changed = true
 	a.touched = true
 }
@@ -278,14 +345,14 @@ func (a *agg) stddev() float64 {
 // window's sorted values: the representative value of the bin holding
 // that rank, clamped to [min, max] (a bin's representative can lie just
 // outside them). It gives what DDSketch's stores gave for the same bins.
-func (a *agg) quantile(q float64) float64 {
-	if a.count == 0 || len(a.bins) == 0 {
+func (a *agg) quantile(bins []byte, q float64) float64 {
+	if a.count == 0 || len(bins) == 0 {
 		return 0
 	}
 	rank := uint64(math.Floor(q * float64(a.count-1)))
 	var n uint64
 	var k uint32
-	it := binIter{b: a.bins}
+	it := binIter{b: bins}
 	for key, c, _, _, ok := it.next(); ok; key, c, _, _, ok = it.next() {
 		k = key
 		if n += c; n > rank {

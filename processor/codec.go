@@ -199,7 +199,7 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 	}
 	// The identities: the bytes in this record, then how many chunk
 	// records hold the rest (see Engine.sendIDs).
-	ids := dw.ids.b
+	ids := dw.ids.ids()
 	if dw.chunks > 0 {
 		ids = nil
 	}
@@ -208,7 +208,7 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 	b = binary.AppendUvarint(b, uint64(dw.chunks))
 	b = binary.AppendUvarint(b, uint64(len(dw.aggs)))
 	for i := range dw.aggs {
-		b = appendAgg(b, &dw.aggs[i], dw.start)
+		b = appendAgg(b, &dw.aggs[i], dw.bins(i), dw.start)
 	}
 	return b
 }
@@ -218,7 +218,7 @@ const (
 	aggOwn     = 2
 )
 
-func appendAgg(b []byte, a *agg, start int64) []byte {
+func appendAgg(b []byte, a *agg, bins []byte, start int64) []byte {
 	name := a.metric()
 	b = binary.AppendUvarint(b, uint64(len(name)))
 	b = append(b, name...)
@@ -247,8 +247,8 @@ func appendAgg(b []byte, a *agg, start int64) []byte {
 			b = binary.AppendVarint(b, v)
 		}
 	}
-	b = binary.AppendUvarint(b, uint64(len(a.bins)))
-	return append(b, a.bins...)
+	b = binary.AppendUvarint(b, uint64(len(bins)))
+	return append(b, bins...)
 }
 
 func decodeDevWin(v []byte, start int64) (*devWin, error) {
@@ -320,6 +320,7 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 	}
 	n := r.count()
 	dw.aggs = make([]agg, 0, n)
+	var sections []byte
 	for range n {
 		var a agg
 		a.name = unique.Make(string(r.bytes(r.count())))
@@ -344,8 +345,10 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 			}
 			a.setEdges(tseq{start + e[0], e[1] - 1}, tseq{start + e[2], e[3] - 1})
 		}
-		a.bins = slices.Clone(r.bytes(r.count()))
-		it := binIter{b: a.bins}
+		bins := r.bytes(r.count())
+		sections = binary.AppendUvarint(sections, uint64(len(bins)))
+		sections = append(sections, bins...)
+		it := binIter{b: bins}
 		for _, _, _, _, ok := it.next(); ok; _, _, _, _, ok = it.next() {
 		}
 		if it.bad && r.err == nil {
@@ -359,6 +362,7 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 	if r.err == nil && !slices.IsSortedFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.metric(), b.metric()) }) {
 		r.err = fmt.Errorf("%w: metrics out of order", ErrBadState)
 	}
+	dw.setBins(sections)
 	if r.err == nil && len(r.b) != 0 {
 		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
 	}
@@ -374,7 +378,7 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 	var firstSeen, lastSeen, dups, late, resets, actRev int64
 	defer func() {
 		dw.setCounters(dups, late, resets, actRev)
-		if len(dw.ids.b) == 0 {
+		if dw.ids.empty() {
 			dw.ids.first.t, dw.ids.last.t = firstSeen, lastSeen
 		}
 	}()
@@ -440,6 +444,7 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 		return nil, err
 	}
 	n := r.count()
+	var binsOf [][]byte
 	for range n {
 		var a agg
 		a.name = unique.Make(string(r.bytes(r.count())))
@@ -471,10 +476,23 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: sketch of %q: %v", ErrBadState, a.metric(), err)
 		}
-		a.bins = bins
 		dw.aggs = append(dw.aggs, a)
+		binsOf = append(binsOf, bins)
 	}
-	slices.SortStableFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.metric(), b.metric()) })
+	order := make([]int, len(dw.aggs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(i, j int) int { return cmp.Compare(dw.aggs[i].metric(), dw.aggs[j].metric()) })
+	aggs := make([]agg, 0, len(dw.aggs))
+	var sections []byte
+	for _, i := range order {
+		aggs = append(aggs, dw.aggs[i])
+		sections = binary.AppendUvarint(sections, uint64(len(binsOf[i])))
+		sections = append(sections, binsOf[i]...)
+	}
+	dw.aggs = aggs
+	dw.setBins(sections)
 	if r.err == nil && len(r.b) != 0 {
 		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
 	}

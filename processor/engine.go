@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"container/heap"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -471,7 +472,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 		}
 	}
 	id := tseq{t, seq}
-	wf, wl, had := dw.ids.first, dw.ids.last, len(dw.ids.b) > 0
+	wf, wl, had := dw.ids.first, dw.ids.last, !dw.ids.empty()
 	switch dw.ids.add(id, dw.start, &e.scratch) {
 	case idDuplicate:
 		e.stats.Duplicates++
@@ -498,7 +499,8 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 	// missed one of the window's readings: then it keeps its own.
 	for i := range r.Measurements {
 		m := &r.Measurements[i]
-		a := dw.aggFor(e, m.Name)
+		ai := dw.aggFor(e, m.Name)
+		a := &dw.aggs[ai]
 		f, l := a.edges(wf, wl)
 		own := a.ext != nil && a.ext.own
 		if a.touched && !own {
@@ -508,6 +510,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 			own = true // new in a window with earlier readings
 		}
 		a.add(m.Value, id, f, l, own)
+		dw.addBin(ai, binKey(m.Value)) // NaN never reaches an aggregate
 	}
 	for i := range dw.aggs {
 		a := &dw.aggs[i]
@@ -533,14 +536,16 @@ const (
 	idSeqReset // new identity, but its seq is already used in the window
 )
 
-func (dw *devWin) aggFor(e *Engine, name string) *agg {
+// aggFor returns the position in dw.aggs of the aggregate of metric name,
+// adding it when needed.
+func (dw *devWin) aggFor(e *Engine, name string) int {
 	// Devices report a handful of metrics: a sorted slice beats a map.
 	// Devices report a handful of metrics, in the same order every time.
 	i := 0
 	for ; i < len(dw.aggs); i++ {
 		if c := cmp.Compare(dw.aggs[i].metric(), name); c >= 0 {
 			if c == 0 {
-				return &dw.aggs[i]
+				return i
 			}
 			break
 		}
@@ -558,11 +563,12 @@ func (dw *devWin) aggFor(e *Engine, name string) *agg {
 			copy(aggs, dw.aggs)
 			dw.aggs = aggs
 		}
+		dw.insertBins(i)
 		dw.aggs = slices.Insert(dw.aggs, i, agg{name: unique.Make(name)})
 		e.openAggs++
 		e.stats.WindowsOpened++
 	}
-	return &dw.aggs[i]
+	return i
 }
 
 // queue marks dw for re-emission when it was already emitted.
@@ -787,8 +793,12 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	ws := time.UnixMicro(dw.start).UTC()
 	we := time.UnixMicro(dw.start + e.size).UTC()
 	at := now.UTC().Truncate(time.Microsecond)
+	sec := 0 // the offset of aggregate i's bins section
 	for i := range dw.aggs {
 		a := &dw.aggs[i]
+		bl, k := binary.Uvarint(dw.ids.b[sec:])
+		bins := dw.ids.b[sec+k : sec+k+int(bl)]
+		sec += k + int(bl)
 		if !a.changed {
 			continue
 		}
@@ -800,7 +810,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 			DeviceID: dw.d.id, Metric: a.metric(), WindowStart: ws, WindowEnd: we,
 			Count: a.count, Sum: a.sum(), Min: a.min, Max: a.max, Mean: a.mean(), Stddev: a.stddev(),
 			First: a.first, Last: a.last,
-			P50: a.quantile(0.50), P95: a.quantile(0.95), P99: a.quantile(0.99),
+			P50: a.quantile(bins, 0.50), P95: a.quantile(bins, 0.95), P99: a.quantile(bins, 0.99),
 			FirstTime: time.UnixMicro(f.t).UTC(), LastTime: time.UnixMicro(l.t).UTC(),
 			Revision: int64(a.revision), EmittedAt: at,
 		}
@@ -813,7 +823,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	dw.actChanged = false
 	dw.actRev++
 	if !dw.closed {
-		dw.gaps = seqGaps(dw.ids.b, dw.start)
+		dw.gaps = seqGaps(dw.ids.ids(), dw.start)
 	}
 	ac := &e.activity
 	*ac = schemas.Activity{
@@ -968,7 +978,8 @@ var chunkMinBase int32 = 512
 // sendIDs writes, for this commit, the identity chunks of dw that are due
 // (see chunkMinBase); kb is dw's key.
 func (e *Engine) sendIDs(kb []byte, dw *devWin, fn func(key, value []byte)) []byte {
-	n := int32(len(dw.ids.b))
+	ids := dw.ids.ids()
+	n := int32(len(ids))
 	if n < chunkMinBase {
 		kb = e.dropChunks(kb, dw, 1, fn) // in the window record
 		dw.idsBase, dw.idsSent = n, n
@@ -979,12 +990,12 @@ func (e *Engine) sendIDs(kb []byte, dw *devWin, fn func(key, value []byte)) []by
 	case dw.idsSent == 0 || dw.chunks == 0 || dw.chunks == maxChunks || n-dw.idsBase > dw.idsBase:
 		kb = e.dropChunks(kb, dw, 2, fn)
 		kb = appendChunkKey(kb, 1)
-		fn(kb, appendChunk(nil, dw.ids.b))
+		fn(kb, appendChunk(nil, ids))
 		dw.chunks, dw.idsBase = 1, n
 	case n > dw.idsSent:
 		dw.chunks++
 		kb = appendChunkKey(kb, dw.chunks)
-		fn(kb, appendChunk(nil, dw.ids.b[dw.idsSent:]))
+		fn(kb, appendChunk(nil, ids[dw.idsSent:]))
 	}
 	dw.idsSent = n
 	return kb[:k]

@@ -123,21 +123,30 @@ func encodeIDs(b []byte, ids []tseq, start int64) ([]byte, idCursor) {
 // idSet is the identity string of a device window with what makes the
 // common case (an identity after every other) cheap. first and last are
 // kept when the window closes (the activity record's first/last seen).
+// The string is b[off:]: b starts with the window's sketch bins (see
+// devWin.binsSection), one allocation for both.
 type idSet struct {
 	b           []byte
+	off         int32 // where the identities start in b
 	first, last tseq  // the smallest and largest identity (b not empty)
 	gap         int64 // the time gap before last
 	maxSeq      int64 // the largest seq, −1 if none
 }
 
+// ids returns the identity string.
+func (s *idSet) ids() []byte { return s.b[s.off:] }
+
+// empty reports whether there is no identity.
+func (s *idSet) empty() bool { return len(s.b) == int(s.off) }
+
 // add records an identity; see devWin.addID.
 func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
-	if len(s.b) > 0 && id == s.last {
+	if !s.empty() && id == s.last {
 		return idDuplicate
 	}
 	res := idNew
 	if id.seq >= 0 && id.seq <= s.maxSeq {
-		it := newIDIter(s.b, start)
+		it := newIDIter(s.ids(), start)
 		for x, ok := it.next(); ok; x, ok = it.next() {
 			if x.seq == id.seq && x.t != id.t {
 				res = idSeqReset
@@ -146,7 +155,7 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 		}
 	}
 	switch {
-	case len(s.b) == 0:
+	case s.empty():
 		var c idCursor
 		s.b, c = appendID(s.b, idCursor{t: start}, id)
 		s.first, s.gap = id, c.gap
@@ -161,7 +170,7 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 		s.b = append(s.b, e...)
 		s.gap = c.gap
 	default:
-		ids, _ := decodeIDs((*scratch)[:0], s.b, start)
+		ids, _ := decodeIDs((*scratch)[:0], s.ids(), start)
 		*scratch = ids
 		i, found := slices.BinarySearchFunc(ids, id, cmpTseq)
 		if found {
@@ -170,7 +179,7 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 		ids = slices.Insert(ids, i, id)
 		*scratch = ids
 		var c idCursor
-		s.b, c = encodeIDs(s.b[:0], ids, start)
+		s.b, c = encodeIDs(s.b[:s.off], ids, start)
 		s.first, s.last, s.gap = ids[0], ids[len(ids)-1], c.gap
 		s.maxSeq = max(s.maxSeq, id.seq)
 		return res
@@ -180,7 +189,7 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 	return res
 }
 
-// load sets s to the identity string b, checking it.
+// load sets s to the identity string b (no bins before it), checking it.
 func (s *idSet) load(b []byte, start int64) error {
 	*s = idSet{b: b, maxSeq: -1}
 	it := newIDIter(b, start)
@@ -205,7 +214,7 @@ func (s *idSet) load(b []byte, start int64) error {
 // count returns the number of identities.
 func (s *idSet) count() int {
 	n := 0
-	it := newIDIter(s.b, 0)
+	it := newIDIter(s.ids(), 0)
 	for _, ok := it.next(); ok; _, ok = it.next() {
 		n++
 	}
@@ -213,12 +222,14 @@ func (s *idSet) count() int {
 }
 
 // growBytes returns b with room for at least n more bytes, allocating
-// about that much (append and slices.Grow double small slices).
+// about that much (append and slices.Grow double small slices) and
+// taking the whole of the allocation's size class as capacity.
 func growBytes(b []byte, n int) []byte {
 	if cap(b)-len(b) >= n {
 		return b
 	}
-	nb := make([]byte, len(b), len(b)+n)
-	copy(nb, b)
-	return nb
+	// Growing an empty slice to exactly len+n rounds the capacity up to
+	// the size class (runtime.growslice) without doubling.
+	nb := slices.Grow([]byte(nil), len(b)+n)
+	return append(nb, b...)
 }

@@ -13,8 +13,8 @@ func TestStateLayout(t *testing.T) {
 		name      string
 		got, want uintptr
 	}{
-		{"agg", unsafe.Sizeof(agg{}), 120},
-		{"devWin", unsafe.Sizeof(devWin{}), 168},
+		{"agg", unsafe.Sizeof(agg{}), 96},
+		{"devWin", unsafe.Sizeof(devWin{}), 176},
 		{"device", unsafe.Sizeof(device{}), 96},
 	} {
 		if c.got != c.want {
