@@ -136,7 +136,7 @@ func binEdit(b []byte, k uint32, tmp []byte) (i, j int, r []byte) {
 // A device window's sketch bins and identities share one byte string
 // (devWin.ids.b), one allocation per window: for each aggregate, in
 // dw.aggs order, uvarint(length) and its bins string; then, from
-// ids.off, the identity string, which grows at its end.
+// dw.idsOff, the identity string, which grows at its end.
 
 // binsSection returns where aggregate i's bins are in the window buffer:
 // the offset of its length, of its bins, and their length.
@@ -172,18 +172,18 @@ func (dw *devWin) addBin(i int, k uint32) {
 	var h [binary.MaxVarintLen64]byte
 	hb := binary.AppendUvarint(h[:0], uint64(nn))
 	dw.ids.b = spliceBins(b, hdr, at, hb)
-	dw.ids.off += int32(nn - n + len(hb) - (at - hdr))
+	dw.idsOff += int32(nn - n + len(hb) - (at - hdr))
 }
 
 // insertBins adds an empty bins section for a new aggregate at position i
 // of dw.aggs (before it is inserted there).
 func (dw *devWin) insertBins(i int) {
-	p := int(dw.ids.off)
+	p := int(dw.idsOff)
 	if i < len(dw.aggs) {
 		p, _, _ = dw.binsSection(i)
 	}
 	dw.ids.b = spliceBins(dw.ids.b, p, p, []byte{0})
-	dw.ids.off++
+	dw.idsOff++
 }
 
 // setBins puts the bins sections (as binsSection reads them) before dw's
@@ -191,7 +191,7 @@ func (dw *devWin) insertBins(i int) {
 func (dw *devWin) setBins(sections []byte) {
 	b := make([]byte, 0, len(sections)+len(dw.ids.b))
 	dw.ids.b = append(append(b, sections...), dw.ids.b...)
-	dw.ids.off = int32(len(sections))
+	dw.idsOff = int32(len(sections))
 }
 
 // spliceBins replaces b[i:j] with r, growing b by a quarter when needed

@@ -81,10 +81,10 @@ func TestChangelogChunks(t *testing.T) {
 		got := restoreLog(t, log, t0)
 		for _, dev := range []string{"fast", "slow"} {
 			want, have := eng.dev(dev).wins[0], got.dev(dev).wins[0]
-			if !bytes.Equal(want.ids.ids(), have.ids.ids()) || want.ids.first != have.ids.first || want.ids.last != have.ids.last ||
+			if !bytes.Equal(want.idBytes(), have.idBytes()) || want.first() != have.first() || want.ids.last != have.ids.last ||
 				want.ids.maxSeq != have.ids.maxSeq || want.aggs[0].count != have.aggs[0].count || want.aggs[0].sum() != have.aggs[0].sum() ||
 				!bytes.Equal(want.bins(0), have.bins(0)) || want.messages != have.messages {
-				t.Fatalf("commit %d: %s restored with %d identity bytes, %d values; want %d, %d", c, dev, len(have.ids.ids()), have.aggs[0].count, len(want.ids.ids()), want.aggs[0].count)
+				t.Fatalf("commit %d: %s restored with %d identity bytes, %d values; want %d, %d", c, dev, len(have.idBytes()), have.aggs[0].count, len(want.idBytes()), want.aggs[0].count)
 			}
 		}
 		fast := eng.dev("fast").wins[0]
@@ -98,8 +98,8 @@ func TestChangelogChunks(t *testing.T) {
 		}
 	}
 	fast := eng.dev("fast").wins[0]
-	if len(fast.ids.ids()) < 20000 {
-		t.Fatalf("identity string %d bytes: the test wants a large window", len(fast.ids.ids()))
+	if len(fast.idBytes()) < 20000 {
+		t.Fatalf("identity string %d bytes: the test wants a large window", len(fast.idBytes()))
 	}
 	// Steady state: most commits write a chunk plus the window record,
 	// far below the identity string; over the window, all commits
@@ -107,7 +107,7 @@ func TestChangelogChunks(t *testing.T) {
 	total, small := 0, 0
 	for _, n := range perCommit {
 		total += n
-		if n < len(fast.ids.ids())/4 {
+		if n < len(fast.idBytes())/4 {
 			small++
 		}
 	}
@@ -116,15 +116,15 @@ func TestChangelogChunks(t *testing.T) {
 		compacted += len(k) + len(v)
 	}
 	t.Logf("identity string %d B; commits wrote %d B in all (%d B average, %d of %d below a quarter of the string); compacted changelog %d B",
-		len(fast.ids.ids()), total, total/len(perCommit), small, len(perCommit), compacted)
+		len(fast.idBytes()), total, total/len(perCommit), small, len(perCommit), compacted)
 	if small < len(perCommit)*3/4 {
 		t.Errorf("only %d of %d commits wrote less than a quarter of the identity string", small, len(perCommit))
 	}
-	if total > 12*len(fast.ids.ids()) {
-		t.Errorf("commits wrote %d B in all for a %d B identity string", total, len(fast.ids.ids()))
+	if total > 12*len(fast.idBytes()) {
+		t.Errorf("commits wrote %d B in all for a %d B identity string", total, len(fast.idBytes()))
 	}
-	if compacted > 3*len(fast.ids.ids()) {
-		t.Errorf("compacted changelog %d B for a %d B identity string", compacted, len(fast.ids.ids()))
+	if compacted > 3*len(fast.idBytes()) {
+		t.Errorf("compacted changelog %d B for a %d B identity string", compacted, len(fast.idBytes()))
 	}
 	// The log as written, and as the log cleaner may leave it (older
 	// values removed only below some offset), restore in log order to the
@@ -147,8 +147,8 @@ func TestChangelogChunks(t *testing.T) {
 		if err := got.FinishRestore(t0); err != nil {
 			t.Fatalf("cleaned below %d: %v", cut, err)
 		}
-		if have := got.dev("fast").wins[0]; !bytes.Equal(have.ids.ids(), want.ids.ids()) || have.aggs[0].count != want.aggs[0].count {
-			t.Fatalf("cleaned below %d: %d identity bytes, %d values; want %d, %d", cut, len(have.ids.ids()), have.aggs[0].count, len(want.ids.ids()), want.aggs[0].count)
+		if have := got.dev("fast").wins[0]; !bytes.Equal(have.idBytes(), want.idBytes()) || have.aggs[0].count != want.aggs[0].count {
+			t.Fatalf("cleaned below %d: %d identity bytes, %d values; want %d, %d", cut, len(have.idBytes()), have.aggs[0].count, len(want.idBytes()), want.aggs[0].count)
 		}
 	}
 

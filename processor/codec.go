@@ -183,7 +183,7 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 	if dw.closed {
 		flags |= flagClosed
 	}
-	if dw.actChanged {
+	if dw.is(wActChanged) {
 		flags |= flagActChanged
 	}
 	if dw.emitted {
@@ -191,7 +191,7 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 	}
 	b = append(b, flags)
 	for _, v := range []int64{dw.messages, int64(dw.dups), int64(dw.late), int64(dw.resets), int64(dw.ignored),
-		dw.ids.first.t - dw.start, dw.ids.last.t - dw.start, dw.gaps, int64(dw.actRev)} {
+		dw.ids.firstT - dw.start, dw.ids.last.t - dw.start, dw.gaps, int64(dw.actRev)} {
 		b = binary.AppendVarint(b, v)
 	}
 	if dw.closed {
@@ -199,7 +199,7 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 	}
 	// The identities: the bytes in this record, then how many chunk
 	// records hold the rest (see Engine.sendIDs).
-	ids := dw.ids.ids()
+	ids := dw.idBytes()
 	if dw.chunks > 0 {
 		ids = nil
 	}
@@ -268,8 +268,8 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 		return nil, fmt.Errorf("%w: version %d", ErrBadState, version)
 	}
 	flags := r.byte()
-	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0,
-		actChanged: flags&flagActChanged != 0, emitted: flags&flagEmitted != 0}
+	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0, emitted: flags&flagEmitted != 0}
+	dw.set(wActChanged, flags&flagActChanged != 0)
 	var firstSeen, lastSeen, dups, late, resets, actRev, ignored int64
 	for _, p := range []*int64{&dw.messages, &dups, &late, &resets, &ignored,
 		&firstSeen, &lastSeen, &dw.gaps, &actRev} {
@@ -277,7 +277,7 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 	}
 	dw.setCounters(dups, late, resets, actRev)
 	dw.ignored = clamp32(ignored)
-	dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
+	dw.ids.firstT, dw.ids.last.t = start+firstSeen, start+lastSeen
 	if ignored < 0 && r.err == nil {
 		r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
 	}
@@ -316,7 +316,7 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 	}
 	dw.idsBase, dw.idsSent, dw.chunks = int32(base), int32(len(ids)), uint8(nc)
 	if len(ids) == 0 {
-		dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
+		dw.ids.firstT, dw.ids.last.t = start+firstSeen, start+lastSeen
 	}
 	n := r.count()
 	dw.aggs = make([]agg, 0, n)
@@ -373,17 +373,18 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 // the version byte) into the compact state.
 func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 	flags := r.byte()
-	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0, actChanged: flags&flagActChanged != 0}
+	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0}
+	dw.set(wActChanged, flags&flagActChanged != 0)
 	var ids []tseq
 	var firstSeen, lastSeen, dups, late, resets, actRev int64
 	defer func() {
 		dw.setCounters(dups, late, resets, actRev)
-		if dw.ids.empty() {
-			dw.ids.first.t, dw.ids.last.t = firstSeen, lastSeen
+		if dw.noIDs() {
+			dw.ids.firstT, dw.ids.last.t = firstSeen, lastSeen
 		}
 	}()
 	if version == stateVersion1 {
-		dw.legacy = true
+		dw.set(wLegacy, true)
 		for _, p := range []*int64{&dw.messages, &dups, &late, &firstSeen, &lastSeen, &dw.gaps, &actRev} {
 			*p = r.varint()
 		}
@@ -464,7 +465,7 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 			*p = r.varint()
 		}
 		a.revision = clamp32(rev)
-		if f != dw.ids.first || l != dw.ids.last {
+		if f != dw.first() || l != dw.ids.last {
 			a.setEdges(f, l)
 		}
 		a.changed = r.byte() == 1

@@ -44,8 +44,8 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 				t.Fatalf("%s: decode %s: %v", phase, dev, err)
 			}
 			if dw.closed != closed || dw.ignored != orig.ignored || dw.messages != orig.messages || dw.dups != orig.dups ||
-				dw.resets != orig.resets || dw.ids.first.t != orig.ids.first.t || dw.ids.last.t != orig.ids.last.t ||
-				dw.actRev != orig.actRev || dw.ids.count() != orig.ids.count() || (!closed && dw.ids.last != orig.ids.last) || len(dw.aggs) != len(orig.aggs) {
+				dw.resets != orig.resets || dw.ids.firstT != orig.ids.firstT || dw.ids.last.t != orig.ids.last.t ||
+				dw.actRev != orig.actRev || dw.idCount() != orig.idCount() || (!closed && dw.ids.last != orig.ids.last) || len(dw.aggs) != len(orig.aggs) {
 				t.Errorf("%s: %s decoded %+v, want %+v", phase, dev, *dw, *orig)
 			}
 		}
@@ -90,7 +90,7 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 // A version 4 record that is cut short or holds a negative ignored count
 // is ErrBadState; so is an unknown version.
 func TestDevWinIgnoredFieldsCorrupt(t *testing.T) {
-	dw := &devWin{start: 0, messages: 2, ignored: 4, ids: idSet{first: tseq{1, 0}, last: tseq{2, 0}}, actRev: 1, closed: true}
+	dw := &devWin{start: 0, messages: 2, ignored: 4, ids: idSet{firstT: 1, last: tseq{2, 0}}, actRev: 1, closed: true}
 	v := appendDevWin(nil, dw)
 	if v[0] != stateVersion4 {
 		t.Fatalf("version %d", v[0])

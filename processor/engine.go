@@ -233,13 +233,32 @@ type devWin struct {
 	// record, up to idsSent in chunk records 1..chunks (see
 	// Engine.sendIDs); idsSent 0 = to be written whole.
 	idsBase, idsSent int32
+	idsOff           int32 // where the identities start in ids.b (after the bins)
 	chunks           uint8
 
 	emitted, closed bool
-	legacy          bool // restored from a version 1 record (emitted not known yet)
-	actChanged      bool
+	fl              winFlags // the rarer flags, packed (TestStateLayout)
+}
 
-	dirty, queued, deleted bool
+// winFlags are flags of a devWin.
+type winFlags uint8
+
+const (
+	wLegacy     winFlags = 1 << iota // restored from a version 1 record (emitted not known yet)
+	wActChanged                      // the activity record changed since its last emission
+	wDirty                           // in Engine.dirtyWins
+	wQueued                          // to be re-emitted at the next Advance
+	wDeleted                         // forgotten: a tombstone is due
+)
+
+func (dw *devWin) is(f winFlags) bool { return dw.fl&f != 0 }
+
+func (dw *devWin) set(f winFlags, on bool) {
+	if on {
+		dw.fl |= f
+	} else {
+		dw.fl &^= f
+	}
 }
 
 // tseq is a reading's identity within its device: event time and seq (−1
@@ -455,7 +474,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 		e.lateDev = d
 		if dw != nil {
 			inc(&dw.late)
-			dw.actChanged = true
+			dw.set(wActChanged, true)
 			e.queue(dw)
 			e.markDirty(dw)
 		}
@@ -472,12 +491,12 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 		}
 	}
 	id := tseq{t, seq}
-	wf, wl, had := dw.ids.first, dw.ids.last, !dw.ids.empty()
-	switch dw.ids.add(id, dw.start, &e.scratch) {
+	wf, wl, had := dw.first(), dw.ids.last, !dw.noIDs()
+	switch dw.ids.add(id, dw.start, dw.idsOff, &e.scratch) {
 	case idDuplicate:
 		e.stats.Duplicates++
 		inc(&dw.dups)
-		dw.actChanged = true
+		dw.set(wActChanged, true)
 		e.queue(dw)
 		e.markDirty(dw)
 		return Duplicate
@@ -494,7 +513,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 	// Only here, past dedup: a re-sent message's ignored fields count once.
 	dw.ignored = int32(min(int64(dw.ignored)+int64(r.IgnoredFields), math.MaxInt32))
 	e.stats.IgnoredFields += int64(r.IgnoredFields)
-	dw.actChanged = true
+	dw.set(wActChanged, true)
 	// An aggregate's first/last identities are its window's unless it
 	// missed one of the window's readings: then it keeps its own.
 	for i := range r.Measurements {
@@ -504,7 +523,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 		f, l := a.edges(wf, wl)
 		own := a.ext != nil && a.ext.own
 		if a.touched && !own {
-			f, l = dw.ids.first, dw.ids.last // a second value in one reading
+			f, l = dw.first(), dw.ids.last // a second value in one reading
 		}
 		if a.count == 0 && had {
 			own = true // new in a window with earlier readings
@@ -518,7 +537,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 			a.touched = false
 			continue
 		}
-		if had && (a.ext == nil || !a.ext.own) && (dw.ids.first != wf || dw.ids.last != wl) {
+		if had && (a.ext == nil || !a.ext.own) && (dw.first() != wf || dw.ids.last != wl) {
 			a.setEdges(wf, wl) // the window's edges moved without it
 		}
 	}
@@ -573,15 +592,15 @@ func (dw *devWin) aggFor(e *Engine, name string) int {
 
 // queue marks dw for re-emission when it was already emitted.
 func (e *Engine) queue(dw *devWin) {
-	if dw.emitted && !dw.queued {
-		dw.queued = true
+	if dw.emitted && !dw.is(wQueued) {
+		dw.set(wQueued, true)
 		e.attend(dw.d)
 	}
 }
 
 func (e *Engine) markDirty(dw *devWin) {
-	if !dw.dirty {
-		dw.dirty = true
+	if !dw.is(wDirty) {
+		dw.set(wDirty, true)
 		e.dirtyWins = append(e.dirtyWins, dw)
 	}
 }
@@ -647,7 +666,7 @@ func (e *Engine) AdvanceAt(wall, clock time.Time, emit func(*Emission)) {
 			switch {
 			case !dw.emitted && end <= w:
 				e.pending = append(e.pending, pendingEmit{dw: dw, delay: w - end, first: true})
-			case dw.emitted && dw.queued:
+			case dw.emitted && dw.is(wQueued):
 				e.pending = append(e.pending, pendingEmit{dw: dw})
 			}
 			if (!dw.closed && end <= d.closeTo) || (dw.closed && end+e.lateness+e.retention <= w) {
@@ -663,7 +682,7 @@ func (e *Engine) AdvanceAt(wall, clock time.Time, emit func(*Emission)) {
 	})
 	for _, p := range e.pending {
 		p.dw.emitted = true
-		p.dw.queued = false
+		p.dw.set(wQueued, false)
 		e.emitDevWin(p.dw, now, time.Duration(p.delay)*time.Microsecond, emit)
 	}
 	for _, d := range e.settle {
@@ -675,7 +694,7 @@ func (e *Engine) AdvanceAt(wall, clock time.Time, emit func(*Emission)) {
 				e.closeDevWin(dw)
 			}
 			if dw.closed && end+e.lateness+e.retention <= w {
-				dw.deleted = true
+				dw.set(wDeleted, true)
 				e.devWins--
 				e.markDirty(dw)
 				continue
@@ -785,7 +804,7 @@ func (e *Engine) closeDevWin(dw *devWin) {
 	dw.closed = true
 	e.openAggs -= len(dw.aggs)
 	e.stats.WindowsClosed += int64(len(dw.aggs))
-	dw.aggs, dw.ids = nil, idSet{first: dw.ids.first, last: dw.ids.last, maxSeq: -1}
+	dw.aggs, dw.ids, dw.idsOff = nil, idSet{firstT: dw.ids.firstT, last: dw.ids.last, maxSeq: -1}, 0
 	e.markDirty(dw)
 }
 
@@ -802,7 +821,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		if !a.changed {
 			continue
 		}
-		f, l := a.edges(dw.ids.first, dw.ids.last)
+		f, l := a.edges(dw.first(), dw.ids.last)
 		a.changed = false
 		a.revision++
 		m := &e.metric
@@ -817,13 +836,13 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		e.stats.MetricsEmitted++
 		emit(&Emission{Metric: m, Delay: delay})
 	}
-	if !dw.actChanged {
+	if !dw.is(wActChanged) {
 		return
 	}
-	dw.actChanged = false
+	dw.set(wActChanged, false)
 	dw.actRev++
 	if !dw.closed {
-		dw.gaps = seqGaps(dw.ids.ids(), dw.start)
+		dw.gaps = seqGaps(dw.idBytes(), dw.start)
 	}
 	ac := &e.activity
 	*ac = schemas.Activity{
@@ -832,7 +851,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		IgnoredFields: int64(dw.ignored), Revision: int64(dw.actRev), EmittedAt: at,
 	}
 	if dw.messages > 0 {
-		ac.FirstSeen = time.UnixMicro(dw.ids.first.t).UTC()
+		ac.FirstSeen = time.UnixMicro(dw.ids.firstT).UTC()
 		ac.LastSeen = time.UnixMicro(dw.ids.last.t).UTC()
 	}
 	e.stats.ActivityEmitted++
@@ -936,12 +955,12 @@ func (e *Engine) Changes(fn func(key, value []byte)) {
 	clear(e.dirtyDevs)
 	e.dirtyDevs = e.dirtyDevs[:0]
 	for _, dw := range e.dirtyWins {
-		dw.dirty = false
+		dw.set(wDirty, false)
 		kb = appendStateKey(kb[:0], dw.start, dw.d.id)
-		if dw.deleted || dw.closed {
+		if dw.is(wDeleted) || dw.closed {
 			kb = e.dropChunks(kb, dw, 1, fn)
 		}
-		if dw.deleted {
+		if dw.is(wDeleted) {
 			fn(kb, nil)
 			continue
 		}
@@ -978,7 +997,7 @@ var chunkMinBase int32 = 512
 // sendIDs writes, for this commit, the identity chunks of dw that are due
 // (see chunkMinBase); kb is dw's key.
 func (e *Engine) sendIDs(kb []byte, dw *devWin, fn func(key, value []byte)) []byte {
-	ids := dw.ids.ids()
+	ids := dw.idBytes()
 	n := int32(len(ids))
 	if n < chunkMinBase {
 		kb = e.dropChunks(kb, dw, 1, fn) // in the window record
@@ -1148,11 +1167,11 @@ func (e *Engine) FinishRestore(now time.Time) error {
 	for _, d := range e.devList {
 		noRecord := d.maxEvent == math.MinInt64 // an old changelog, or a device tombstone
 		for _, dw := range d.wins {
-			if dw.legacy {
+			if dw.is(wLegacy) {
 				// Written by the per-partition watermark version: it had
 				// emitted the windows its watermark had passed.
 				dw.emitted = dw.closed || (e.hasFloor && dw.start+e.size <= e.legacyWM)
-				dw.legacy = false
+				dw.set(wLegacy, false)
 			}
 			if noRecord && dw.messages > 0 && (d.maxEvent == math.MinInt64 || dw.ids.last.t > d.maxEvent) {
 				d.maxEvent = dw.ids.last.t

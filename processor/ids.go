@@ -123,30 +123,53 @@ func encodeIDs(b []byte, ids []tseq, start int64) ([]byte, idCursor) {
 // idSet is the identity string of a device window with what makes the
 // common case (an identity after every other) cheap. first and last are
 // kept when the window closes (the activity record's first/last seen).
-// The string is b[off:]: b starts with the window's sketch bins (see
-// devWin.binsSection), one allocation for both.
+// The string is b[off:], off being devWin.idsOff: b starts with the
+// window's sketch bins (see devWin.binsSection), one allocation for both.
+// The smallest identity is the string's first (devWin.first), only its
+// time is kept (for a closed window, whose string is dropped).
 type idSet struct {
-	b           []byte
-	off         int32 // where the identities start in b
-	first, last tseq  // the smallest and largest identity (b not empty)
-	gap         int64 // the time gap before last
-	maxSeq      int64 // the largest seq, −1 if none
+	b      []byte
+	firstT int64 // the time of the smallest identity
+	last   tseq  // the largest identity (the string not empty)
+	gap    int64 // the time gap before last
+	maxSeq int64 // the largest seq, −1 if none
 }
 
-// ids returns the identity string.
-func (s *idSet) ids() []byte { return s.b[s.off:] }
+// idBytes returns dw's identity string.
+func (dw *devWin) idBytes() []byte { return dw.ids.b[dw.idsOff:] }
 
-// empty reports whether there is no identity.
-func (s *idSet) empty() bool { return len(s.b) == int(s.off) }
+// noIDs reports whether dw holds no identity.
+func (dw *devWin) noIDs() bool { return len(dw.ids.b) == int(dw.idsOff) }
 
-// add records an identity; see devWin.addID.
-func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
-	if !s.empty() && id == s.last {
+// first returns dw's smallest identity (its time only when dw holds no
+// identity string).
+func (dw *devWin) first() tseq {
+	it := newIDIter(dw.idBytes(), dw.start)
+	if x, ok := it.next(); ok {
+		return x
+	}
+	return tseq{dw.ids.firstT, -1}
+}
+
+// idCount returns the number of identities.
+func (dw *devWin) idCount() int {
+	n := 0
+	it := newIDIter(dw.idBytes(), 0)
+	for _, ok := it.next(); ok; _, ok = it.next() {
+		n++
+	}
+	return n
+}
+
+// add records an identity in the string s.b[off:]; see devWin.addID.
+func (s *idSet) add(id tseq, start int64, off int32, scratch *[]tseq) idResult {
+	empty := len(s.b) == int(off)
+	if !empty && id == s.last {
 		return idDuplicate
 	}
 	res := idNew
 	if id.seq >= 0 && id.seq <= s.maxSeq {
-		it := newIDIter(s.ids(), start)
+		it := newIDIter(s.b[off:], start)
 		for x, ok := it.next(); ok; x, ok = it.next() {
 			if x.seq == id.seq && x.t != id.t {
 				res = idSeqReset
@@ -155,10 +178,10 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 		}
 	}
 	switch {
-	case s.empty():
+	case empty:
 		var c idCursor
 		s.b, c = appendID(s.b, idCursor{t: start}, id)
-		s.first, s.gap = id, c.gap
+		s.firstT, s.gap = id.t, c.gap
 	case cmpTseq(id, s.last) > 0:
 		var tmp [2 * binary.MaxVarintLen64]byte
 		e, c := appendID(tmp[:0], idCursor{s.last.t, s.last.seq + 1, s.gap}, id)
@@ -170,7 +193,7 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 		s.b = append(s.b, e...)
 		s.gap = c.gap
 	default:
-		ids, _ := decodeIDs((*scratch)[:0], s.ids(), start)
+		ids, _ := decodeIDs((*scratch)[:0], s.b[off:], start)
 		*scratch = ids
 		i, found := slices.BinarySearchFunc(ids, id, cmpTseq)
 		if found {
@@ -179,8 +202,8 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 		ids = slices.Insert(ids, i, id)
 		*scratch = ids
 		var c idCursor
-		s.b, c = encodeIDs(s.b[:s.off], ids, start)
-		s.first, s.last, s.gap = ids[0], ids[len(ids)-1], c.gap
+		s.b, c = encodeIDs(s.b[:off], ids, start)
+		s.firstT, s.last, s.gap = ids[0].t, ids[len(ids)-1], c.gap
 		s.maxSeq = max(s.maxSeq, id.seq)
 		return res
 	}
@@ -199,7 +222,7 @@ func (s *idSet) load(b []byte, start int64) error {
 			return fmt.Errorf("%w: identities out of order", ErrBadState)
 		}
 		if n == 0 {
-			s.first = x
+			s.firstT = x.t
 		}
 		s.last, s.gap = x, it.c.gap
 		n++
@@ -209,16 +232,6 @@ func (s *idSet) load(b []byte, start int64) error {
 		return fmt.Errorf("%w: identities truncated", ErrBadState)
 	}
 	return nil
-}
-
-// count returns the number of identities.
-func (s *idSet) count() int {
-	n := 0
-	it := newIDIter(s.ids(), 0)
-	for _, ok := it.next(); ok; _, ok = it.next() {
-		n++
-	}
-	return n
 }
 
 // growBytes returns b with room for at least n more bytes, allocating

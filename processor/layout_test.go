@@ -14,7 +14,7 @@ func TestStateLayout(t *testing.T) {
 		got, want uintptr
 	}{
 		{"agg", unsafe.Sizeof(agg{}), 96},
-		{"devWin", unsafe.Sizeof(devWin{}), 176},
+		{"devWin", unsafe.Sizeof(devWin{}), 160},
 		{"device", unsafe.Sizeof(device{}), 96},
 	} {
 		if c.got != c.want {
