@@ -220,17 +220,25 @@ func spliceBins(b []byte, i, j int, r []byte) []byte {
 // metric); only an aggregate that missed one holds its own (ext.edges).
 type agg struct {
 	name        unique.Handle[string] // the metric name, interned (8 bytes, shared by every window)
-	count       int64
 	min, max    float64
 	wmean, m2   float64 // Welford running mean and sum of squared deviations
 	first, last float64
 	p           [2]float64 // the exact sum's partials while there are at most two
 	ext         *aggExt    // rare parts; nil when none is needed
-	revision    int32      // revision of the last emission; 0 = never emitted
-	np          uint8      // partials in p; 3 = in ext.partials
-	changed     bool       // updated since the last emission
-	touched     bool       // updated by the reading being added (Engine.Add only)
+	// The count and the revision of the last emission (0 = never
+	// emitted) keep their low bits here and the rest in ext (exact; the
+	// revision stops at math.MaxInt32 as before), so that an agg is 88
+	// bytes (TestStateLayout).
+	cnt uint32
+	rev uint16
+	st  uint8 // partials in p (bits 0–1; 3 = in ext.partials), aggChangedBit, aggTouchedBit
 }
+
+const (
+	aggNPMask     = 3
+	aggChangedBit = 4 // updated since the last emission
+	aggTouchedBit = 8 // updated by the reading being added (Engine.AddAt only)
+)
 
 // aggExt holds what most aggregates do not need.
 type aggExt struct {
@@ -239,6 +247,63 @@ type aggExt struct {
 	// which differ from its window's.
 	own         bool
 	first, last tseq
+	cntHi       uint32 // count >> 32
+	revHi       uint16 // revision >> 16
+}
+
+func (a *agg) extra() *aggExt {
+	if a.ext == nil {
+		a.ext = &aggExt{}
+	}
+	return a.ext
+}
+
+// count returns the number of values.
+func (a *agg) count() int64 {
+	c := int64(a.cnt)
+	if a.ext != nil {
+		c += int64(a.ext.cntHi) << 32
+	}
+	return c
+}
+
+func (a *agg) setCount(c int64) {
+	a.cnt = uint32(c)
+	if c>>32 != 0 || a.ext != nil {
+		a.extra().cntHi = uint32(c >> 32)
+	}
+}
+
+// revision returns the revision of the last emission.
+func (a *agg) revision() int32 {
+	r := int32(a.rev)
+	if a.ext != nil {
+		r += int32(a.ext.revHi) << 16
+	}
+	return r
+}
+
+func (a *agg) setRevision(r int32) {
+	a.rev = uint16(r)
+	if r>>16 != 0 || a.ext != nil {
+		a.extra().revHi = uint16(r >> 16)
+	}
+}
+
+func (a *agg) np() uint8 { return a.st & aggNPMask }
+
+func (a *agg) setNP(n uint8) { a.st = a.st&^aggNPMask | n }
+
+func (a *agg) changed() bool { return a.st&aggChangedBit != 0 }
+
+func (a *agg) touched() bool { return a.st&aggTouchedBit != 0 }
+
+func (a *agg) setBit(bit uint8, on bool) {
+	if on {
+		a.st |= bit
+	} else {
+		a.st &^= bit
+	}
 }
 
 // metric returns the metric name ("" for an aggregate without one, as
@@ -254,29 +319,27 @@ func (a *agg) metric() string {
 func (a *agg) sum() float64 { return sumPartials(a.partials()) }
 
 func (a *agg) partials() []float64 {
-	if a.np > 2 {
+	if a.np() > 2 {
 		return a.ext.partials
 	}
-	return a.p[:a.np]
+	return a.p[:a.np()]
 }
 
 func (a *agg) setPartials(p []float64) {
 	if len(p) <= 2 {
-		if a.np > 2 {
+		if a.np() > 2 {
 			a.ext.partials = nil
 		}
-		a.np = uint8(copy(a.p[:], p))
+		a.setNP(uint8(copy(a.p[:], p)))
 		return
 	}
-	if a.ext == nil {
-		a.ext = &aggExt{}
-	}
-	if a.np <= 2 {
-		a.ext.partials = slices.Clone(p)
+	x := a.extra()
+	if a.np() <= 2 {
+		x.partials = slices.Clone(p)
 	} else {
-		a.ext.partials = append(a.ext.partials[:0], p...)
+		x.partials = append(x.partials[:0], p...)
 	}
-	a.np = 3
+	a.setNP(3)
 }
 
 // edges returns the identities of a's first and last readings; wf and wl
@@ -301,8 +364,11 @@ func (a *agg) setEdges(f, l tseq) {
 // identities before it (meaningless while count is 0); own tells whether
 // a's identities must be its own after it (its window's differ).
 func (a *agg) add(v float64, id, f, l tseq, own bool) {
-	a.count++
-	if a.count == 1 {
+	if a.cnt++; a.cnt == 0 {
+		a.extra().cntHi++
+	}
+	n := a.count()
+	if n == 1 {
 		a.min, a.max = v, v
 		a.first, a.last = v, v
 		f, l = id, id
@@ -324,21 +390,20 @@ func (a *agg) add(v float64, id, f, l tseq, own bool) {
 	var buf [8]float64
 	a.setPartials(addPartials(append(buf[:0], a.partials()...), v))
 	d := v - a.wmean
-	a.wmean += d / float64(a.count)
+	a.wmean += d / float64(n)
 	a.m2 += d * (v - a.wmean)
-	a.changed = true
-	a.touched = true
+	a.st |= aggChangedBit | aggTouchedBit
 }
 
 // mean is the exactly rounded sum divided by the count.
-func (a *agg) mean() float64 { return a.sum() / float64(a.count) }
+func (a *agg) mean() float64 { return a.sum() / float64(a.count()) }
 
 // stddev is the population standard deviation, sqrt(m2/n).
 func (a *agg) stddev() float64 {
-	if a.count < 2 || a.m2 <= 0 {
+	if a.count() < 2 || a.m2 <= 0 {
 		return 0
 	}
-	return math.Sqrt(a.m2 / float64(a.count))
+	return math.Sqrt(a.m2 / float64(a.count()))
 }
 
 // quantile estimates the value of rank floor(q·(count−1)) among the
@@ -346,10 +411,10 @@ func (a *agg) stddev() float64 {
 // that rank, clamped to [min, max] (a bin's representative can lie just
 // outside them). It gives what DDSketch's stores gave for the same bins.
 func (a *agg) quantile(bins []byte, q float64) float64 {
-	if a.count == 0 || len(bins) == 0 {
+	if a.count() == 0 || len(bins) == 0 {
 		return 0
 	}
-	rank := uint64(math.Floor(q * float64(a.count-1)))
+	rank := uint64(math.Floor(q * float64(a.count()-1)))
 	var n uint64
 	var k uint32
 	it := binIter{b: bins}

@@ -82,9 +82,9 @@ func TestChangelogChunks(t *testing.T) {
 		for _, dev := range []string{"fast", "slow"} {
 			want, have := eng.dev(dev).wins[0], got.dev(dev).wins[0]
 			if !bytes.Equal(want.idBytes(), have.idBytes()) || want.first() != have.first() || want.ids.last != have.ids.last ||
-				want.ids.maxSeq != have.ids.maxSeq || want.aggs[0].count != have.aggs[0].count || want.aggs[0].sum() != have.aggs[0].sum() ||
+				want.ids.maxSeq != have.ids.maxSeq || want.aggs[0].count() != have.aggs[0].count() || want.aggs[0].sum() != have.aggs[0].sum() ||
 				!bytes.Equal(want.bins(0), have.bins(0)) || want.messages != have.messages {
-				t.Fatalf("commit %d: %s restored with %d identity bytes, %d values; want %d, %d", c, dev, len(have.idBytes()), have.aggs[0].count, len(want.idBytes()), want.aggs[0].count)
+				t.Fatalf("commit %d: %s restored with %d identity bytes, %d values; want %d, %d", c, dev, len(have.idBytes()), have.aggs[0].count(), len(want.idBytes()), want.aggs[0].count())
 			}
 		}
 		fast := eng.dev("fast").wins[0]
@@ -147,8 +147,8 @@ func TestChangelogChunks(t *testing.T) {
 		if err := got.FinishRestore(t0); err != nil {
 			t.Fatalf("cleaned below %d: %v", cut, err)
 		}
-		if have := got.dev("fast").wins[0]; !bytes.Equal(have.idBytes(), want.idBytes()) || have.aggs[0].count != want.aggs[0].count {
-			t.Fatalf("cleaned below %d: %d identity bytes, %d values; want %d, %d", cut, len(have.idBytes()), have.aggs[0].count, len(want.idBytes()), want.aggs[0].count)
+		if have := got.dev("fast").wins[0]; !bytes.Equal(have.idBytes(), want.idBytes()) || have.aggs[0].count() != want.aggs[0].count() {
+			t.Fatalf("cleaned below %d: %d identity bytes, %d values; want %d, %d", cut, len(have.idBytes()), have.aggs[0].count(), len(want.idBytes()), want.aggs[0].count())
 		}
 	}
 

@@ -222,7 +222,7 @@ func appendAgg(b []byte, a *agg, bins []byte, start int64) []byte {
 	name := a.metric()
 	b = binary.AppendUvarint(b, uint64(len(name)))
 	b = append(b, name...)
-	b = binary.AppendVarint(b, a.count)
+	b = binary.AppendVarint(b, a.count())
 	p := a.partials()
 	b = binary.AppendUvarint(b, uint64(len(p)))
 	for _, x := range p {
@@ -231,9 +231,9 @@ func appendAgg(b []byte, a *agg, bins []byte, start int64) []byte {
 	for _, f := range []float64{a.min, a.max, a.wmean, a.m2, a.first, a.last} {
 		b = appendF(b, f)
 	}
-	b = binary.AppendVarint(b, int64(a.revision))
+	b = binary.AppendVarint(b, int64(a.revision()))
 	var fl byte
-	if a.changed {
+	if a.changed() {
 		fl |= aggChanged
 	}
 	own := a.ext != nil && a.ext.own
@@ -324,7 +324,11 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 	for range n {
 		var a agg
 		a.name = unique.Make(string(r.bytes(r.count())))
-		a.count = r.varint()
+		if c := r.varint(); c >= 0 {
+			a.setCount(c)
+		} else if r.err == nil {
+			r.err = fmt.Errorf("%w: negative count", ErrBadState)
+		}
 		np := r.count()
 		var buf [8]float64
 		p := buf[:0]
@@ -335,9 +339,9 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 		for _, p := range []*float64{&a.min, &a.max, &a.wmean, &a.m2, &a.first, &a.last} {
 			*p = r.f64()
 		}
-		a.revision = clamp32(r.varint())
+		a.setRevision(clamp32(r.varint()))
 		fl := r.byte()
-		a.changed = fl&aggChanged != 0
+		a.setBit(aggChangedBit, fl&aggChanged != 0)
 		if fl&aggOwn != 0 {
 			var e [4]int64
 			for i := range e {
@@ -449,7 +453,11 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 	for range n {
 		var a agg
 		a.name = unique.Make(string(r.bytes(r.count())))
-		a.count = r.varint()
+		if c := r.varint(); c >= 0 {
+			a.setCount(c)
+		} else if r.err == nil {
+			r.err = fmt.Errorf("%w: negative count", ErrBadState)
+		}
 		np := r.count()
 		p := make([]float64, 0, np)
 		for range np {
@@ -464,11 +472,11 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 		for _, p := range []*int64{&f.t, &f.seq, &l.t, &l.seq, &rev} {
 			*p = r.varint()
 		}
-		a.revision = clamp32(rev)
+		a.setRevision(clamp32(rev))
 		if f != dw.first() || l != dw.ids.last {
 			a.setEdges(f, l)
 		}
-		a.changed = r.byte() == 1
+		a.setBit(aggChangedBit, r.byte() == 1)
 		sk := r.bytes(r.count())
 		if r.err != nil {
 			return nil, r.err

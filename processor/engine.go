@@ -522,10 +522,10 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 		a := &dw.aggs[ai]
 		f, l := a.edges(wf, wl)
 		own := a.ext != nil && a.ext.own
-		if a.touched && !own {
+		if a.touched() && !own {
 			f, l = dw.first(), dw.ids.last // a second value in one reading
 		}
-		if a.count == 0 && had {
+		if a.count() == 0 && had {
 			own = true // new in a window with earlier readings
 		}
 		a.add(m.Value, id, f, l, own)
@@ -533,8 +533,8 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 	}
 	for i := range dw.aggs {
 		a := &dw.aggs[i]
-		if a.touched {
-			a.touched = false
+		if a.touched() {
+			a.setBit(aggTouchedBit, false)
 			continue
 		}
 		if had && (a.ext == nil || !a.ext.own) && (dw.first() != wf || dw.ids.last != wl) {
@@ -818,20 +818,20 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		bl, k := binary.Uvarint(dw.ids.b[sec:])
 		bins := dw.ids.b[sec+k : sec+k+int(bl)]
 		sec += k + int(bl)
-		if !a.changed {
+		if !a.changed() {
 			continue
 		}
 		f, l := a.edges(dw.first(), dw.ids.last)
-		a.changed = false
-		a.revision++
+		a.setBit(aggChangedBit, false)
+		a.setRevision(a.revision() + 1)
 		m := &e.metric
 		*m = schemas.WindowMetric{
 			DeviceID: dw.d.id, Metric: a.metric(), WindowStart: ws, WindowEnd: we,
-			Count: a.count, Sum: a.sum(), Min: a.min, Max: a.max, Mean: a.mean(), Stddev: a.stddev(),
+			Count: a.count(), Sum: a.sum(), Min: a.min, Max: a.max, Mean: a.mean(), Stddev: a.stddev(),
 			First: a.first, Last: a.last,
 			P50: a.quantile(bins, 0.50), P95: a.quantile(bins, 0.95), P99: a.quantile(bins, 0.99),
 			FirstTime: time.UnixMicro(f.t).UTC(), LastTime: time.UnixMicro(l.t).UTC(),
-			Revision: int64(a.revision), EmittedAt: at,
+			Revision: int64(a.revision()), EmittedAt: at,
 		}
 		e.stats.MetricsEmitted++
 		emit(&Emission{Metric: m, Delay: delay})
