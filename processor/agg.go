@@ -203,7 +203,7 @@ func spliceBins(b []byte, i, j int, r []byte) []byte {
 		return b
 	}
 	if need := len(b) + len(r) - (j - i); need > cap(b) {
-		b = growBytes(b, max(need-len(b), len(b)/4+1))
+		b = growBytes(b, max(need-len(b), len(b)/8+1))
 	}
 	return slices.Replace(b, i, j, r...)
 }

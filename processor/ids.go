@@ -188,7 +188,7 @@ func (s *idSet) add(id tseq, start int64, off int32, scratch *[]tseq) idResult {
 		if len(s.b)+len(e) > cap(s.b) {
 			// Grow by a quarter, not double: the slack stays for the
 			// window's life.
-			s.b = growBytes(s.b, max(len(e), len(s.b)/4))
+			s.b = growBytes(s.b, max(len(e), len(s.b)/8))
 		}
 		s.b = append(s.b, e...)
 		s.gap = c.gap
