@@ -141,14 +141,14 @@ func (dw *devWin) idBytes() []byte { return dw.ids.b[dw.idsOff:] }
 // noIDs reports whether dw holds no identity.
 func (dw *devWin) noIDs() bool { return len(dw.ids.b) == int(dw.idsOff) }
 
-// first returns dw's smallest identity (its time only when dw holds no
-// identity string).
+// first returns dw's smallest identity (its time, and seq 0, when dw
+// holds no identity string, as a restored closed window).
 func (dw *devWin) first() tseq {
 	it := newIDIter(dw.idBytes(), dw.start)
 	if x, ok := it.next(); ok {
 		return x
 	}
-	return tseq{dw.ids.firstT, -1}
+	return tseq{dw.ids.firstT, 0}
 }
 
 // idCount returns the number of identities.
