@@ -375,11 +375,12 @@ func (a *agg) add(v float64, id, f, l tseq, own bool) {
 	} else {
 		a.min = math.Min(a.min, v)
 		a.max = math.Max(a.max, v)
-		if cmpTseq(id, f) < 0 {
-			a.first, f = v, id
-		}
+		// f ≤ l: at most one of them moves, and f is not read when id is
+		// after l (AddAt passes a zero f then).
 		if cmpTseq(id, l) > 0 {
 			a.last, l = v, id
+		} else if cmpTseq(id, f) < 0 {
+			a.first, f = v, id
 		}
 	}
 	if own {

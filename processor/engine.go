@@ -491,7 +491,15 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 		}
 	}
 	id := tseq{t, seq}
-	wf, wl, had := dw.first(), dw.ids.last, !dw.noIDs()
+	wl, had := dw.ids.last, !dw.noIDs()
+	// The window's smallest identity is decoded only when needed: a
+	// reading after the window's last (the common case) leaves it as it
+	// is, and agg.add then compares with the last only.
+	appended := had && cmpTseq(id, wl) > 0
+	var wf tseq
+	if !appended {
+		wf = dw.first()
+	}
 	switch dw.ids.add(id, dw.start, dw.idsOff, &e.scratch) {
 	case idDuplicate:
 		e.stats.Duplicates++
@@ -518,7 +526,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 	// missed one of the window's readings: then it keeps its own.
 	for i := range r.Measurements {
 		m := &r.Measurements[i]
-		ai := dw.aggFor(e, m.Name)
+		ai := dw.aggFor(e, m.Name, i)
 		a := &dw.aggs[ai]
 		f, l := a.edges(wf, wl)
 		own := a.ext != nil && a.ext.own
@@ -537,8 +545,13 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 			a.setBit(aggTouchedBit, false)
 			continue
 		}
-		if had && (a.ext == nil || !a.ext.own) && (dw.first() != wf || dw.ids.last != wl) {
-			a.setEdges(wf, wl) // the window's edges moved without it
+		if had && (a.ext == nil || !a.ext.own) {
+			if appended {
+				wf, appended = dw.first(), false // unchanged by the append
+			}
+			if dw.ids.last != wl || dw.first() != wf {
+				a.setEdges(wf, wl) // the window's edges moved without it
+			}
 		}
 	}
 	e.stats.Accepted++
@@ -556,10 +569,14 @@ const (
 )
 
 // aggFor returns the position in dw.aggs of the aggregate of metric name,
-// adding it when needed.
-func (dw *devWin) aggFor(e *Engine, name string) int {
-	// Devices report a handful of metrics: a sorted slice beats a map.
-	// Devices report a handful of metrics, in the same order every time.
+// adding it when needed; hint is where it probably is (the measurement's
+// position in its reading).
+func (dw *devWin) aggFor(e *Engine, name string, hint int) int {
+	// Devices report a handful of metrics, in the same order every time:
+	// a sorted slice beats a map.
+	if hint < len(dw.aggs) && dw.aggs[hint].metric() == name {
+		return hint
+	}
 	i := 0
 	for ; i < len(dw.aggs); i++ {
 		if c := cmp.Compare(dw.aggs[i].metric(), name); c >= 0 {
