@@ -600,11 +600,24 @@ func (dw *devWin) aggFor(e *Engine, name string, hint int) int {
 			dw.aggs = aggs
 		}
 		dw.insertBins(i)
-		dw.aggs = slices.Insert(dw.aggs, i, agg{name: unique.Make(name)})
+		dw.aggs = slices.Insert(dw.aggs, i, agg{name: dw.d.metricHandle(name)})
 		e.openAggs++
 		e.stats.WindowsOpened++
 	}
 	return i
+}
+
+// metricHandle returns the interned name, taken from an aggregate of
+// another of d's windows when one has it (cheaper than unique.Make).
+func (d *device) metricHandle(name string) unique.Handle[string] {
+	for _, w := range d.wins {
+		for i := range w.aggs {
+			if w.aggs[i].metric() == name {
+				return w.aggs[i].name
+			}
+		}
+	}
+	return unique.Make(name)
 }
 
 // queue marks dw for re-emission when it was already emitted.
@@ -830,6 +843,10 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	we := time.UnixMicro(dw.start + e.size).UTC()
 	at := now.UTC().Truncate(time.Microsecond)
 	sec := 0 // the offset of aggregate i's bins section
+	var wf tseq
+	if len(dw.aggs) > 0 {
+		wf = dw.first()
+	}
 	for i := range dw.aggs {
 		a := &dw.aggs[i]
 		bl, k := binary.Uvarint(dw.ids.b[sec:])
@@ -838,7 +855,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		if !a.changed() {
 			continue
 		}
-		f, l := a.edges(dw.first(), dw.ids.last)
+		f, l := a.edges(wf, dw.ids.last)
 		a.setBit(aggChangedBit, false)
 		a.setRevision(a.revision() + 1)
 		m := &e.metric
