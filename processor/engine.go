@@ -166,8 +166,6 @@ type Engine struct {
 	hasWM bool
 	minWM int64 // the smallest device watermark at the last Advance
 
-	restoredAt int64 // µs: the idle-clock time of FinishRestore (see idleFrom)
-
 	lateDev *device // the device of the last Late outcome
 	// chunks and restWins hold the identity chunk records and the version
 	// 4 window records read by Restore until FinishRestore decodes them:
@@ -200,55 +198,20 @@ type device struct {
 	// good (never lowered).
 	closeTo int64
 	// lastInput is the idle-clock time of the device's last reading (µs;
-	// stored, for DeviceRetention); its current silence counts from there,
-	// or from the restore if later and no reading came since (see
-	// Engine.idleFrom).
-	lastInput int64
-	wins      []*devWin // held windows, by start
-	// dueAt/dueGen: its entry in the due heap (see plan).
+	// stored, for DeviceRetention); idleFrom is when its current silence
+	// started counting: lastInput, or the restore time if later (memory
+	// only).
+	lastInput, idleFrom int64
+	wins                []*devWin // held windows, by start
+	// next is the smallest watermark at which Advance has work for the
+	// device (see plan); dueAt/dueGen its entry in the due heap.
+	next  int64
 	dueAt int64
 	idx   int32 // position in Engine.devList
 	// dueGen wraps at 256: a stale heap entry that matches again only
 	// makes Advance visit the device and plan it anew.
-	dueGen      uint8
-	dirty, attn bool
-	fl          devFlags // TestStateLayout: 80 bytes
-}
-
-// devFlags are flags of a device.
-type devFlags uint8
-
-const (
-	devDeleted     devFlags = 1 << iota // forgotten: a tombstone is due
-	devFromRestore                      // no reading since FinishRestore
-)
-
-// idleFrom is when d's current silence started counting (µs on the idle
-// clock): its last reading, or the restore if later and no reading came
-// since.
-func (e *Engine) idleFrom(d *device) int64 {
-	if d.fl&devFromRestore != 0 {
-		return max(d.lastInput, e.restoredAt)
-	}
-	return d.lastInput
-}
-
-// nextWork is the smallest watermark at which Advance has work for d: a
-// window to emit, close or forget.
-func (e *Engine) nextWork(d *device) int64 {
-	next := int64(math.MaxInt64)
-	for _, dw := range d.wins {
-		end := dw.start + e.size
-		switch {
-		case !dw.emitted:
-			next = min(next, end)
-		case !dw.closed && end <= d.maxEvent:
-			next = min(next, end+e.lateness)
-		case dw.closed:
-			next = min(next, end+e.lateness+e.retention)
-		}
-	}
-	return next
+	dueGen               uint8
+	dirty, deleted, attn bool
 }
 
 // devWin is the state of one device in one window: its metric aggregates,
@@ -379,7 +342,7 @@ func floorDiv(a, b int64) int64 {
 // the wall clock, so neither is this bound).
 func (e *Engine) watermark(d *device, now int64) int64 {
 	w := d.maxEvent - e.lateness
-	if q := now - e.idleFrom(d) - e.idle; q > 0 && d.maxEvent+q > w {
+	if q := now - d.idleFrom - e.idle; q > 0 && d.maxEvent+q > w {
 		w = d.maxEvent + q
 	}
 	return min(w, now+e.skew)
@@ -398,7 +361,7 @@ func (e *Engine) raiseClose(d *device, now int64) {
 }
 
 func (e *Engine) newDevice(id string, t int64) *device {
-	d := &device{id: id, idx: int32(len(e.devList)), maxEvent: t, closeTo: t - 2*e.lateness, dueAt: math.MaxInt64}
+	d := &device{id: id, idx: int32(len(e.devList)), maxEvent: t, closeTo: t - 2*e.lateness, next: math.MaxInt64, dueAt: math.MaxInt64}
 	if e.hasFloor && e.floor > d.closeTo {
 		d.closeTo = e.floor
 	}
@@ -428,7 +391,7 @@ func (e *Engine) removeDevice(d *device) {
 	e.devList[d.idx] = last
 	e.devList[len(e.devList)-1] = nil
 	e.devList = e.devList[:len(e.devList)-1]
-	d.fl |= devDeleted
+	d.deleted = true
 	e.markDevDirty(d)
 }
 
@@ -497,14 +460,13 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 		d = e.newDevice(r.DeviceID, t)
 	} else {
 		// What the device's silence closed until now stays closed.
-		if e.watermark(d, nowUS) >= e.nextWork(d) {
+		if e.watermark(d, nowUS) >= d.next {
 			e.attend(d)
 		}
 		e.raiseClose(d, nowUS)
 	}
 	seenUS := max(seen.UnixMicro(), nowUS)
-	d.lastInput = seenUS
-	d.fl &^= devFromRestore
+	d.lastInput, d.idleFrom = seenUS, seenUS
 	e.markDevDirty(d)
 	dw := d.win(start)
 	if end <= d.closeTo {
@@ -524,7 +486,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 	}
 	if t > d.maxEvent {
 		d.maxEvent = t
-		if t-e.lateness >= e.nextWork(d) {
+		if t-e.lateness >= d.next {
 			e.attend(d)
 		}
 	}
@@ -707,7 +669,7 @@ func (e *Engine) AdvanceAt(wall, clock time.Time, emit func(*Emission)) {
 	nowUS := clock.UnixMicro()
 	for len(e.due) > 0 && e.due[0].at <= nowUS {
 		it := heap.Pop(&e.due).(dueItem)
-		if d := it.d; d.fl&devDeleted == 0 && d.dueGen == it.gen {
+		if d := it.d; !d.deleted && d.dueGen == it.gen {
 			d.dueAt = math.MaxInt64
 			e.attend(d)
 		}
@@ -777,7 +739,7 @@ func (e *Engine) AdvanceAt(wall, clock time.Time, emit func(*Emission)) {
 	}
 	for _, d := range e.attn {
 		d.attn = false
-		if d.fl&devDeleted == 0 {
+		if !d.deleted {
 			e.plan(d, nowUS)
 		}
 	}
@@ -796,17 +758,29 @@ func (e *Engine) attend(d *device) {
 }
 
 // plan works out, after an Advance visited d, the smallest watermark at
-// which d has work again (nextWork: a window to emit, close or forget), and
+// which d has work again (d.next: a window to emit, close or forget), and
 // when d's silence alone would get it there or past the device retention:
 // that wall-clock time goes into the heap (an earlier entry stays, and the
 // device is re-planned when it fires).
 func (e *Engine) plan(d *device, now int64) {
-	next := e.nextWork(d)
+	next := int64(math.MaxInt64)
+	for _, dw := range d.wins {
+		end := dw.start + e.size
+		switch {
+		case !dw.emitted:
+			next = min(next, end)
+		case !dw.closed && end <= d.maxEvent:
+			next = min(next, end+e.lateness)
+		case dw.closed:
+			next = min(next, end+e.lateness+e.retention)
+		}
+	}
+	d.next = next
 	at := d.lastInput + e.devRetention + 1
 	if next != math.MaxInt64 {
 		// Idle: watermark = maxEvent + (now − idleFrom − idle), at most
 		// now + skew.
-		idleAt := e.idleFrom(d) + e.idle + max(1, next-d.maxEvent)
+		idleAt := d.idleFrom + e.idle + max(1, next-d.maxEvent)
 		at = min(at, max(idleAt, next-e.skew))
 	}
 	at = max(at, now+1)
@@ -1005,7 +979,7 @@ func (e *Engine) Changes(fn func(key, value []byte)) {
 	for _, d := range e.dirtyDevs {
 		d.dirty = false
 		kb = appendDeviceKey(kb[:0], d.id)
-		if d.fl&devDeleted != 0 {
+		if d.deleted {
 			fn(kb, nil)
 			continue
 		}
@@ -1100,7 +1074,7 @@ var ErrBadState = errors.New("invalid processor state record")
 func (e *Engine) restoreDevice(id string) *device {
 	d := e.dev(id)
 	if d == nil {
-		d = &device{id: id, idx: int32(len(e.devList)), maxEvent: math.MinInt64, closeTo: math.MinInt64, dueAt: math.MaxInt64}
+		d = &device{id: id, idx: int32(len(e.devList)), maxEvent: math.MinInt64, closeTo: math.MinInt64, next: math.MaxInt64, dueAt: math.MaxInt64}
 		e.devList = append(e.devList, d)
 		e.devs.put(e.devList, d)
 	}
@@ -1222,7 +1196,6 @@ func (e *Engine) FinishRestore(now time.Time) error {
 	}
 	e.restWins, e.chunks = nil, nil
 	nowUS := now.UnixMicro()
-	e.restoredAt = nowUS
 	e.openAggs, e.devWins = 0, 0
 	kept := e.devList[:0]
 	for _, d := range e.devList {
@@ -1257,7 +1230,7 @@ func (e *Engine) FinishRestore(now time.Time) error {
 		if d.lastInput == 0 {
 			d.lastInput = nowUS
 		}
-		d.fl |= devFromRestore
+		d.idleFrom = max(d.lastInput, nowUS)
 		d.idx = int32(len(kept))
 		kept = append(kept, d)
 		e.attend(d)

@@ -15,7 +15,7 @@ func TestStateLayout(t *testing.T) {
 	}{
 		{"agg", unsafe.Sizeof(agg{}), 88},
 		{"devWin", unsafe.Sizeof(devWin{}), 160},
-		{"device", unsafe.Sizeof(device{}), 80},
+		{"device", unsafe.Sizeof(device{}), 96},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s: %d bytes, want %d", c.name, c.got, c.want)
