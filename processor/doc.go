@@ -159,13 +159,13 @@
 //
 // State grows with the open device × metric × window aggregates (the
 // OpenKeys of an Engine; about BytesPerKeyEstimate bytes each at 1 Hz with
-// two metrics per device: 291 B in memory and 161 B in the changelog,
-// measured by BenchmarkStateBytesPerKey; 589 B and 438 B at 10 Hz; 183 B
+// two metrics per device: 299 B in memory and 161 B in the changelog,
+// measured by BenchmarkStateBytesPerKey; 597 B and 438 B at 10 Hz; 186 B
 // and 117 B with five metrics per device, whose device and window parts
 // the metrics share), a small activity summary per device window for
-// LateRetention, and the devices: a device's clock is ~95 B plus its id
+// LateRetention, and the devices: a device's clock is ~110 B plus its id
 // (struct, index slot, lists; by size), and a silent device keeps its
-// newest window until it returns or the device retention passes (607 B in
+// newest window until it returns or the device retention passes (623 B in
 // memory, 275 B in the changelog for 20 s of 1 Hz readings of two metrics:
 // BenchmarkStateBytesPerIdleDevice); those windows count in OpenKeys. A
 // window is 160 B plus one byte string holding its metrics' sketch bins
