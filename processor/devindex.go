@@ -6,30 +6,38 @@ import "hash/maphash"
 // probing) of positions in Engine.devList, 4 bytes a slot at a load of at
 // most 3/4 (5–11 bytes a device), where a map[string]*device took ~50 (a
 // 24-byte slot, key and pointer, at Go's load factor and growth). The id is
-// kept once, in the device.
+// kept once, in the device. A slot holds the position + 1 in its low bits
+// (below len(slots), which the load bound keeps it under) and high bits of
+// the id's hash above them, so that a probe past another device's slot
+// rarely has to read that device.
 type devIndex struct {
 	seed  maphash.Seed
-	slots []int32 // devList position + 1; 0 = empty; len a power of two
+	slots []uint32 // 0 = empty; len a power of two
+	low   uint32   // len(slots) − 1: the mask of the position bits
 	n     int
 }
 
-func (x *devIndex) home(id string) int {
-	return int(maphash.String(x.seed, id)) & (len(x.slots) - 1)
-}
+func (x *devIndex) hash(id string) uint64 { return maphash.String(x.seed, id) }
+
+// tag is the part of a slot that comes from the hash h.
+func (x *devIndex) tag(h uint64) uint32 { return uint32(h>>32) &^ x.low }
 
 // get returns the device with id, or nil.
 func (x *devIndex) get(list []*device, id string) *device {
 	if x.n == 0 {
 		return nil
 	}
-	mask := len(x.slots) - 1
-	for i := x.home(id); ; i = (i + 1) & mask {
+	h := x.hash(id)
+	t := x.tag(h)
+	for i := uint32(h) & x.low; ; i = (i + 1) & x.low {
 		s := x.slots[i]
 		if s == 0 {
 			return nil
 		}
-		if d := list[s-1]; d.id == id {
-			return d
+		if s&^x.low == t {
+			if d := list[s&x.low-1]; d.id == id {
+				return d
+			}
 		}
 	}
 }
@@ -47,12 +55,12 @@ func (x *devIndex) put(list []*device, d *device) {
 }
 
 func (x *devIndex) insert(d *device) {
-	mask := len(x.slots) - 1
-	i := x.home(d.id)
+	h := x.hash(d.id)
+	i := uint32(h) & x.low
 	for x.slots[i] != 0 {
-		i = (i + 1) & mask
+		i = (i + 1) & x.low
 	}
-	x.slots[i] = d.idx + 1
+	x.slots[i] = x.tag(h) | uint32(d.idx+1)
 }
 
 // rebuild makes a table of size slots holding every device of list.
@@ -60,7 +68,8 @@ func (x *devIndex) rebuild(list []*device, size int) {
 	if x.seed == (maphash.Seed{}) {
 		x.seed = maphash.MakeSeed()
 	}
-	x.slots = make([]int32, size)
+	x.slots = make([]uint32, size)
+	x.low = uint32(size - 1)
 	x.n = 0
 	for _, d := range list {
 		x.insert(d)
@@ -78,10 +87,9 @@ func (x *devIndex) reset(list []*device) {
 }
 
 // find returns the slot holding position idx of the device with id.
-func (x *devIndex) find(id string, idx int32) int {
-	mask := len(x.slots) - 1
-	for i := x.home(id); ; i = (i + 1) & mask {
-		if x.slots[i] == idx+1 {
+func (x *devIndex) find(id string, idx int32) uint32 {
+	for i := uint32(x.hash(id)) & x.low; ; i = (i + 1) & x.low {
+		if x.slots[i]&x.low == uint32(idx+1) {
 			return i
 		}
 	}
@@ -90,10 +98,9 @@ func (x *devIndex) find(id string, idx int32) int {
 // del removes d (present, at its position in list), shifting back the
 // entries after it that probed past its slot.
 func (x *devIndex) del(list []*device, d *device) {
-	mask := len(x.slots) - 1
 	i := x.find(d.id, d.idx)
-	for j := (i + 1) & mask; x.slots[j] != 0; j = (j + 1) & mask {
-		k := x.home(list[x.slots[j]-1].id)
+	for j := (i + 1) & x.low; x.slots[j] != 0; j = (j + 1) & x.low {
+		k := uint32(x.hash(list[x.slots[j]&x.low-1].id)) & x.low
 		// Move the entry at j to the hole at i unless its home lies
 		// cyclically in (i, j].
 		if (i <= j && (k <= i || k > j)) || (i > j && k <= i && k > j) {
@@ -107,5 +114,6 @@ func (x *devIndex) del(list []*device, d *device) {
 
 // moved records that d, found at position from, is now at d.idx.
 func (x *devIndex) moved(d *device, from int32) {
-	x.slots[x.find(d.id, from)] = d.idx + 1
+	i := x.find(d.id, from)
+	x.slots[i] = x.slots[i]&^x.low | uint32(d.idx+1)
 }
