@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"slices"
+	"unique"
 
 	"github.com/DataDog/sketches-go/ddsketch/mapping"
 )
@@ -104,25 +105,93 @@ func (it *binIter) next() (k uint32, c uint64, at, cat int, ok bool) {
 // addBin counts one value of bin key k into the bins string b.
 func addBin(b []byte, k uint32) []byte {
 	var tmp [3 * binary.MaxVarintLen64]byte
+	i, j, r := binEdit(b, k, tmp[:0])
+	return spliceBins(b, i, j, r)
+}
+
+// binEdit returns the edit that counts one value of bin key k into the
+// bins string b: replace b[i:j] with r (built in tmp).
+func binEdit(b []byte, k uint32, tmp []byte) (i, j int, r []byte) {
 	it := binIter{b: b}
 	prev := uint32(0)
 	for {
 		key, c, at, cat, ok := it.next()
 		switch {
 		case !ok:
-			r := binary.AppendUvarint(tmp[:0], uint64(k-prev))
-			return spliceBins(b, len(b), len(b), append(r, 1))
+			r = binary.AppendUvarint(tmp, uint64(k-prev))
+			return len(b), len(b), append(r, 1)
 		case key == k:
-			return spliceBins(b, cat, it.pos, binary.AppendUvarint(tmp[:0], c+1))
+			return cat, it.pos, binary.AppendUvarint(tmp, c+1)
 		case key > k:
 			// A new entry before this one, whose delta shrinks.
-			r := binary.AppendUvarint(tmp[:0], uint64(k-prev))
+			r = binary.AppendUvarint(tmp, uint64(k-prev))
 			r = append(r, 1)
 			r = binary.AppendUvarint(r, uint64(key-k))
-			return spliceBins(b, at, cat, r)
+			return at, cat, r
 		}
 		prev = key
 	}
+}
+
+// A device window's sketch bins and identities share one byte string
+// (devWin.ids.b), one allocation per window: for each aggregate, in
+// dw.aggs order, uvarint(length) and its bins string; then, from
+// dw.idsOff, the identity string, which grows at its end.
+
+// binsSection returns where aggregate i's bins are in the window buffer:
+// the offset of its length, of its bins, and their length.
+func (dw *devWin) binsSection(i int) (hdr, at, n int) {
+	b := dw.ids.b
+	p := 0
+	for j := 0; ; j++ {
+		l, k := binary.Uvarint(b[p:])
+		if j == i {
+			return p, p + k, int(l)
+		}
+		p += k + int(l)
+	}
+}
+
+// bins returns aggregate i's sketch bins (see binIter).
+func (dw *devWin) bins(i int) []byte {
+	_, at, n := dw.binsSection(i)
+	return dw.ids.b[at : at+n : at+n]
+}
+
+// addBin counts one value of bin key k into aggregate i's bins.
+func (dw *devWin) addBin(i int, k uint32) {
+	hdr, at, n := dw.binsSection(i)
+	var tmp [3 * binary.MaxVarintLen64]byte
+	x, y, r := binEdit(dw.ids.b[at:at+n], k, tmp[:0])
+	if len(r) == y-x {
+		copy(dw.ids.b[at+x:], r)
+		return
+	}
+	nn := n + len(r) - (y - x)
+	b := spliceBins(dw.ids.b, at+x, at+y, r)
+	var h [binary.MaxVarintLen64]byte
+	hb := binary.AppendUvarint(h[:0], uint64(nn))
+	dw.ids.b = spliceBins(b, hdr, at, hb)
+	dw.idsOff += int32(nn - n + len(hb) - (at - hdr))
+}
+
+// insertBins adds an empty bins section for a new aggregate at position i
+// of dw.aggs (before it is inserted there).
+func (dw *devWin) insertBins(i int) {
+	p := int(dw.idsOff)
+	if i < len(dw.aggs) {
+		p, _, _ = dw.binsSection(i)
+	}
+	dw.ids.b = spliceBins(dw.ids.b, p, p, []byte{0})
+	dw.idsOff++
+}
+
+// setBins puts the bins sections (as binsSection reads them) before dw's
+// identities, which must be the whole buffer.
+func (dw *devWin) setBins(sections []byte) {
+	b := make([]byte, 0, len(sections)+len(dw.ids.b))
+	dw.ids.b = append(append(b, sections...), dw.ids.b...)
+	dw.idsOff = int32(len(sections))
 }
 
 // spliceBins replaces b[i:j] with r, growing b by a quarter when needed
@@ -134,7 +203,7 @@ func spliceBins(b []byte, i, j int, r []byte) []byte {
 		return b
 	}
 	if need := len(b) + len(r) - (j - i); need > cap(b) {
-		b = growBytes(b, max(need-len(b), len(b)/4+1))
+		b = growBytes(b, max(need-len(b), len(b)/8+1))
 	}
 	return slices.Replace(b, i, j, r...)
 }
@@ -150,19 +219,26 @@ func spliceBins(b []byte, i, j int, r []byte) []byte {
 // first and last identities (every reading of the window carried the
 // metric); only an aggregate that missed one holds its own (ext.edges).
 type agg struct {
-	name        string
-	count       int64
+	name        unique.Handle[string] // the metric name, interned (8 bytes, shared by every window)
 	min, max    float64
 	wmean, m2   float64 // Welford running mean and sum of squared deviations
 	first, last float64
 	p           [2]float64 // the exact sum's partials while there are at most two
 	ext         *aggExt    // rare parts; nil when none is needed
-	bins        []byte     // sketch bins, see binIter
-	revision    int32      // revision of the last emission; 0 = never emitted
-	np          uint8      // partials in p; 3 = in ext.partials
-	changed     bool       // updated since the last emission
-	touched     bool       // updated by the reading being added (Engine.Add only)
+	// The count and the revision of the last emission (0 = never
+	// emitted) keep their low bits here and the rest in ext (exact; the
+	// revision stops at math.MaxInt32 as before), so that an agg is 88
+	// bytes (TestStateLayout).
+	cnt uint32
+	rev uint16
+	st  uint8 // partials in p (bits 0–1; 3 = in ext.partials), aggChangedBit, aggTouchedBit
 }
+
+const (
+	aggNPMask     = 3
+	aggChangedBit = 4 // updated since the last emission
+	aggTouchedBit = 8 // updated by the reading being added (Engine.AddAt only)
+)
 
 // aggExt holds what most aggregates do not need.
 type aggExt struct {
@@ -171,35 +247,99 @@ type aggExt struct {
 	// which differ from its window's.
 	own         bool
 	first, last tseq
+	cntHi       uint32 // count >> 32
+	revHi       uint16 // revision >> 16
+}
+
+func (a *agg) extra() *aggExt {
+	if a.ext == nil {
+		a.ext = &aggExt{}
+	}
+	return a.ext
+}
+
+// count returns the number of values.
+func (a *agg) count() int64 {
+	c := int64(a.cnt)
+	if a.ext != nil {
+		c += int64(a.ext.cntHi) << 32
+	}
+	return c
+}
+
+func (a *agg) setCount(c int64) {
+	a.cnt = uint32(c)
+	if c>>32 != 0 || a.ext != nil {
+		a.extra().cntHi = uint32(c >> 32)
+	}
+}
+
+// revision returns the revision of the last emission.
+func (a *agg) revision() int32 {
+	r := int32(a.rev)
+	if a.ext != nil {
+		r += int32(a.ext.revHi) << 16
+	}
+	return r
+}
+
+func (a *agg) setRevision(r int32) {
+	a.rev = uint16(r)
+	if r>>16 != 0 || a.ext != nil {
+		a.extra().revHi = uint16(r >> 16)
+	}
+}
+
+func (a *agg) np() uint8 { return a.st & aggNPMask }
+
+func (a *agg) setNP(n uint8) { a.st = a.st&^aggNPMask | n }
+
+func (a *agg) changed() bool { return a.st&aggChangedBit != 0 }
+
+func (a *agg) touched() bool { return a.st&aggTouchedBit != 0 }
+
+func (a *agg) setBit(bit uint8, on bool) {
+	if on {
+		a.st |= bit
+	} else {
+		a.st &^= bit
+	}
+}
+
+// metric returns the metric name ("" for an aggregate without one, as
+// tests build).
+func (a *agg) metric() string {
+	if a.name == (unique.Handle[string]{}) {
+		return ""
+	}
+	return a.name.Value()
 }
 
 // sum returns the exactly rounded sum.
 func (a *agg) sum() float64 { return sumPartials(a.partials()) }
 
 func (a *agg) partials() []float64 {
-	if a.np > 2 {
+	if a.np() > 2 {
 		return a.ext.partials
 	}
-	return a.p[:a.np]
+	return a.p[:a.np()]
 }
 
 func (a *agg) setPartials(p []float64) {
 	if len(p) <= 2 {
-		if a.np > 2 {
+		if a.np() > 2 {
 			a.ext.partials = nil
 		}
-		a.np = uint8(copy(a.p[:], p))
+		a.setNP(uint8(copy(a.p[:], p)))
 		return
 	}
-	if a.ext == nil {
-		a.ext = &aggExt{}
-	}
-	if a.np <= 2 {
-		a.ext.partials = slices.Clone(p)
+	x := a.extra()
+	if a.np() <= 2 {
+		x.partials = slices.Clone(p)
 	} else {
-		a.ext.partials = append(a.ext.partials[:0], p...)
+		x.partials = append(x.partials[:0], p...)
 	}
-	a.np = 3
+	a.setNP(3)
 }
 
 // edges returns the identities of a's first and last readings; wf and wl
@@ -219,23 +359,28 @@ func (a *agg) setEdges(f, l tseq) {
 	a.ext.own, a.ext.first, a.ext.last = true, f, l
 }
 
-// add folds one value with identity id in. f and l are a's first and last
+// add folds one value with identity id in (its sketch bin is counted by
+// devWin.addBin). f and l are a's first and last
 // identities before it (meaningless while count is 0); own tells whether
 // a's identities must be its own after it (its window's differ).
 func (a *agg) add(v float64, id, f, l tseq, own bool) {
-	a.count++
-	if a.count == 1 {
+	if a.cnt++; a.cnt == 0 {
+		a.extra().cntHi++
+	}
+	n := a.count()
+	if n == 1 {
 		a.min, a.max = v, v
 		a.first, a.last = v, v
 		f, l = id, id
 	} else {
 		a.min = math.Min(a.min, v)
 		a.max = math.Max(a.max, v)
-		if cmpTseq(id, f) < 0 {
-			a.first, f = v, id
-		}
+		// f ≤ l: at most one of them moves, and f is not read when id is
+		// after l (AddAt passes a zero f then).
 		if cmpTseq(id, l) > 0 {
 			a.last, l = v, id
+		} else if cmpTseq(id, f) < 0 {
+			a.first, f = v, id
 		}
 	}
 	if own {
@@ -246,36 +391,34 @@ func (a *agg) add(v float64, id, f, l tseq, own bool) {
 	var buf [8]float64
 	a.setPartials(addPartials(append(buf[:0], a.partials()...), v))
 	d := v - a.wmean
-	a.wmean += d / float64(a.count)
+	a.wmean += d / float64(n)
 	a.m2 += d * (v - a.wmean)
-	a.bins = addBin(a.bins, binKey(v)) // NaN never reaches an aggregate
-	a.changed = true
-	a.touched = true
+	a.st |= aggChangedBit | aggTouchedBit
 }
 
 // mean is the exactly rounded sum divided by the count.
-func (a *agg) mean() float64 { return a.sum() / float64(a.count) }
+func (a *agg) mean() float64 { return a.sum() / float64(a.count()) }
 
 // stddev is the population standard deviation, sqrt(m2/n).
 func (a *agg) stddev() float64 {
-	if a.count < 2 || a.m2 <= 0 {
+	if a.count() < 2 || a.m2 <= 0 {
 		return 0
 	}
-	return math.Sqrt(a.m2 / float64(a.count))
+	return math.Sqrt(a.m2 / float64(a.count()))
 }
 
 // quantile estimates the value of rank floor(q·(count−1)) among the
 // window's sorted values: the representative value of the bin holding
 // that rank, clamped to [min, max] (a bin's representative can lie just
 // outside them). It gives what DDSketch's stores gave for the same bins.
-func (a *agg) quantile(q float64) float64 {
-	if a.count == 0 || len(a.bins) == 0 {
+func (a *agg) quantile(bins []byte, q float64) float64 {
+	if a.count() == 0 || len(bins) == 0 {
 		return 0
 	}
-	rank := uint64(math.Floor(q * float64(a.count-1)))
+	rank := uint64(math.Floor(q * float64(a.count()-1)))
 	var n uint64
 	var k uint32
-	it := binIter{b: a.bins}
+	it := binIter{b: bins}
 	for key, c, _, _, ok := it.next(); ok; key, c, _, _, ok = it.next() {
 		k = key
 		if n += c; n > rank {

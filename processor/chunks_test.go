@@ -80,14 +80,14 @@ func TestChangelogChunks(t *testing.T) {
 
 		got := restoreLog(t, log, t0)
 		for _, dev := range []string{"fast", "slow"} {
-			want, have := eng.devs[dev].wins[0], got.devs[dev].wins[0]
-			if !bytes.Equal(want.ids.b, have.ids.b) || want.ids.first != have.ids.first || want.ids.last != have.ids.last ||
-				want.ids.maxSeq != have.ids.maxSeq || want.aggs[0].count != have.aggs[0].count || want.aggs[0].sum() != have.aggs[0].sum() ||
-				!bytes.Equal(want.aggs[0].bins, have.aggs[0].bins) || want.messages != have.messages {
-				t.Fatalf("commit %d: %s restored with %d identity bytes, %d values; want %d, %d", c, dev, len(have.ids.b), have.aggs[0].count, len(want.ids.b), want.aggs[0].count)
+			want, have := eng.dev(dev).wins[0], got.dev(dev).wins[0]
+			if !bytes.Equal(want.idBytes(), have.idBytes()) || want.first() != have.first() || want.ids.last != have.ids.last ||
+				want.ids.maxSeq != have.ids.maxSeq || want.aggs[0].count() != have.aggs[0].count() || want.aggs[0].sum() != have.aggs[0].sum() ||
+				!bytes.Equal(want.bins(0), have.bins(0)) || want.messages != have.messages {
+				t.Fatalf("commit %d: %s restored with %d identity bytes, %d values; want %d, %d", c, dev, len(have.idBytes()), have.aggs[0].count(), len(want.idBytes()), want.aggs[0].count())
 			}
 		}
-		fast := eng.devs["fast"].wins[0]
+		fast := eng.dev("fast").wins[0]
 		for k := range log {
 			if kind, _, dev, n, _ := parseKey([]byte(k)); kind == keyChunk && (dev != "fast" || n > fast.chunks) {
 				t.Fatalf("commit %d: chunk %d of %s in the changelog, the window counts %d", c, n, dev, fast.chunks)
@@ -97,9 +97,9 @@ func TestChangelogChunks(t *testing.T) {
 			t.Fatalf("commit %d: an out-of-order identity, yet %d chunks kept (want chunk 1 rewritten whole)", c, fast.chunks)
 		}
 	}
-	fast := eng.devs["fast"].wins[0]
-	if len(fast.ids.b) < 20000 {
-		t.Fatalf("identity string %d bytes: the test wants a large window", len(fast.ids.b))
+	fast := eng.dev("fast").wins[0]
+	if len(fast.idBytes()) < 20000 {
+		t.Fatalf("identity string %d bytes: the test wants a large window", len(fast.idBytes()))
 	}
 	// Steady state: most commits write a chunk plus the window record,
 	// far below the identity string; over the window, all commits
@@ -107,7 +107,7 @@ func TestChangelogChunks(t *testing.T) {
 	total, small := 0, 0
 	for _, n := range perCommit {
 		total += n
-		if n < len(fast.ids.b)/4 {
+		if n < len(fast.idBytes())/4 {
 			small++
 		}
 	}
@@ -116,20 +116,20 @@ func TestChangelogChunks(t *testing.T) {
 		compacted += len(k) + len(v)
 	}
 	t.Logf("identity string %d B; commits wrote %d B in all (%d B average, %d of %d below a quarter of the string); compacted changelog %d B",
-		len(fast.ids.b), total, total/len(perCommit), small, len(perCommit), compacted)
+		len(fast.idBytes()), total, total/len(perCommit), small, len(perCommit), compacted)
 	if small < len(perCommit)*3/4 {
 		t.Errorf("only %d of %d commits wrote less than a quarter of the identity string", small, len(perCommit))
 	}
-	if total > 12*len(fast.ids.b) {
-		t.Errorf("commits wrote %d B in all for a %d B identity string", total, len(fast.ids.b))
+	if total > 12*len(fast.idBytes()) {
+		t.Errorf("commits wrote %d B in all for a %d B identity string", total, len(fast.idBytes()))
 	}
-	if compacted > 3*len(fast.ids.b) {
-		t.Errorf("compacted changelog %d B for a %d B identity string", compacted, len(fast.ids.b))
+	if compacted > 3*len(fast.idBytes()) {
+		t.Errorf("compacted changelog %d B for a %d B identity string", compacted, len(fast.idBytes()))
 	}
 	// The log as written, and as the log cleaner may leave it (older
 	// values removed only below some offset), restore in log order to the
 	// same state.
-	want := eng.devs["fast"].wins[0]
+	want := eng.dev("fast").wins[0]
 	for cut := 0; cut <= len(full); cut += len(full)/7 + 1 {
 		latest := map[string]int{}
 		for i, kv := range full[:cut] {
@@ -147,8 +147,8 @@ func TestChangelogChunks(t *testing.T) {
 		if err := got.FinishRestore(t0); err != nil {
 			t.Fatalf("cleaned below %d: %v", cut, err)
 		}
-		if have := got.devs["fast"].wins[0]; !bytes.Equal(have.ids.b, want.ids.b) || have.aggs[0].count != want.aggs[0].count {
-			t.Fatalf("cleaned below %d: %d identity bytes, %d values; want %d, %d", cut, len(have.ids.b), have.aggs[0].count, len(want.ids.b), want.aggs[0].count)
+		if have := got.dev("fast").wins[0]; !bytes.Equal(have.idBytes(), want.idBytes()) || have.aggs[0].count() != want.aggs[0].count() {
+			t.Fatalf("cleaned below %d: %d identity bytes, %d values; want %d, %d", cut, len(have.idBytes()), have.aggs[0].count(), len(want.idBytes()), want.aggs[0].count())
 		}
 	}
 
@@ -157,7 +157,7 @@ func TestChangelogChunks(t *testing.T) {
 	eng.Add(&schemas.Reading{DeviceID: "fast", EventTime: t0.Add(61 * time.Second), Seq: seq, HasSeq: true,
 		Measurements: []schemas.Measurement{{Name: "v", Value: 1}}}, t0.Add(61*time.Second))
 	eng.Advance(t0.Add(time.Hour), func(*Emission) {})
-	if w := eng.devs["fast"].win(t0.UnixMicro()); w != nil && !w.closed {
+	if w := eng.dev("fast").win(t0.UnixMicro()); w != nil && !w.closed {
 		t.Fatalf("window [0 s, 60 s) still open")
 	}
 	commitLog(eng, log, nil)

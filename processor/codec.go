@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"unicode/utf8"
+	"unique"
 
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/DataDog/sketches-go/ddsketch/store"
@@ -182,7 +183,7 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 	if dw.closed {
 		flags |= flagClosed
 	}
-	if dw.actChanged {
+	if dw.is(wActChanged) {
 		flags |= flagActChanged
 	}
 	if dw.emitted {
@@ -190,7 +191,7 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 	}
 	b = append(b, flags)
 	for _, v := range []int64{dw.messages, int64(dw.dups), int64(dw.late), int64(dw.resets), int64(dw.ignored),
-		dw.ids.first.t - dw.start, dw.ids.last.t - dw.start, dw.gaps, int64(dw.actRev)} {
+		dw.ids.firstT - dw.start, dw.ids.last.t - dw.start, dw.gaps, int64(dw.actRev)} {
 		b = binary.AppendVarint(b, v)
 	}
 	if dw.closed {
@@ -198,7 +199,7 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 	}
 	// The identities: the bytes in this record, then how many chunk
 	// records hold the rest (see Engine.sendIDs).
-	ids := dw.ids.b
+	ids := dw.idBytes()
 	if dw.chunks > 0 {
 		ids = nil
 	}
@@ -207,7 +208,7 @@ func appendDevWin(b []byte, dw *devWin) []byte {
 	b = binary.AppendUvarint(b, uint64(dw.chunks))
 	b = binary.AppendUvarint(b, uint64(len(dw.aggs)))
 	for i := range dw.aggs {
-		b = appendAgg(b, &dw.aggs[i], dw.start)
+		b = appendAgg(b, &dw.aggs[i], dw.bins(i), dw.start)
 	}
 	return b
 }
@@ -217,10 +218,11 @@ const (
 	aggOwn     = 2
 )
 
-func appendAgg(b []byte, a *agg, start int64) []byte {
-	b = binary.AppendUvarint(b, uint64(len(a.name)))
-	b = append(b, a.name...)
-	b = binary.AppendVarint(b, a.count)
+func appendAgg(b []byte, a *agg, bins []byte, start int64) []byte {
+	name := a.metric()
+	b = binary.AppendUvarint(b, uint64(len(name)))
+	b = append(b, name...)
+	b = binary.AppendVarint(b, a.count())
 	p := a.partials()
 	b = binary.AppendUvarint(b, uint64(len(p)))
 	for _, x := range p {
@@ -229,9 +231,9 @@ func appendAgg(b []byte, a *agg, start int64) []byte {
 	for _, f := range []float64{a.min, a.max, a.wmean, a.m2, a.first, a.last} {
 		b = appendF(b, f)
 	}
-	b = binary.AppendVarint(b, int64(a.revision))
+	b = binary.AppendVarint(b, int64(a.revision()))
 	var fl byte
-	if a.changed {
+	if a.changed() {
 		fl |= aggChanged
 	}
 	own := a.ext != nil && a.ext.own
@@ -245,8 +247,8 @@ func appendAgg(b []byte, a *agg, start int64) []byte {
 			b = binary.AppendVarint(b, v)
 		}
 	}
-	b = binary.AppendUvarint(b, uint64(len(a.bins)))
-	return append(b, a.bins...)
+	b = binary.AppendUvarint(b, uint64(len(bins)))
+	return append(b, bins...)
 }
 
 func decodeDevWin(v []byte, start int64) (*devWin, error) {
@@ -266,8 +268,8 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 		return nil, fmt.Errorf("%w: version %d", ErrBadState, version)
 	}
 	flags := r.byte()
-	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0,
-		actChanged: flags&flagActChanged != 0, emitted: flags&flagEmitted != 0}
+	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0, emitted: flags&flagEmitted != 0}
+	dw.set(wActChanged, flags&flagActChanged != 0)
 	var firstSeen, lastSeen, dups, late, resets, actRev, ignored int64
 	for _, p := range []*int64{&dw.messages, &dups, &late, &resets, &ignored,
 		&firstSeen, &lastSeen, &dw.gaps, &actRev} {
@@ -275,7 +277,7 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 	}
 	dw.setCounters(dups, late, resets, actRev)
 	dw.ignored = clamp32(ignored)
-	dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
+	dw.ids.firstT, dw.ids.last.t = start+firstSeen, start+lastSeen
 	if ignored < 0 && r.err == nil {
 		r.err = fmt.Errorf("%w: negative ignored fields", ErrBadState)
 	}
@@ -314,14 +316,19 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 	}
 	dw.idsBase, dw.idsSent, dw.chunks = int32(base), int32(len(ids)), uint8(nc)
 	if len(ids) == 0 {
-		dw.ids.first.t, dw.ids.last.t = start+firstSeen, start+lastSeen
+		dw.ids.firstT, dw.ids.last.t = start+firstSeen, start+lastSeen
 	}
 	n := r.count()
 	dw.aggs = make([]agg, 0, n)
+	var sections []byte
 	for range n {
 		var a agg
-		a.name = string(r.bytes(r.count()))
-		a.count = r.varint()
+		a.name = unique.Make(string(r.bytes(r.count())))
+		if c := r.varint(); c >= 0 {
+			a.setCount(c)
+		} else if r.err == nil {
+			r.err = fmt.Errorf("%w: negative count", ErrBadState)
+		}
 		np := r.count()
 		var buf [8]float64
 		p := buf[:0]
@@ -332,9 +339,9 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 		for _, p := range []*float64{&a.min, &a.max, &a.wmean, &a.m2, &a.first, &a.last} {
 			*p = r.f64()
 		}
-		a.revision = clamp32(r.varint())
+		a.setRevision(clamp32(r.varint()))
 		fl := r.byte()
-		a.changed = fl&aggChanged != 0
+		a.setBit(aggChangedBit, fl&aggChanged != 0)
 		if fl&aggOwn != 0 {
 			var e [4]int64
 			for i := range e {
@@ -342,21 +349,24 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 			}
 			a.setEdges(tseq{start + e[0], e[1] - 1}, tseq{start + e[2], e[3] - 1})
 		}
-		a.bins = slices.Clone(r.bytes(r.count()))
-		it := binIter{b: a.bins}
+		bins := r.bytes(r.count())
+		sections = binary.AppendUvarint(sections, uint64(len(bins)))
+		sections = append(sections, bins...)
+		it := binIter{b: bins}
 		for _, _, _, _, ok := it.next(); ok; _, _, _, _, ok = it.next() {
 		}
 		if it.bad && r.err == nil {
-			r.err = fmt.Errorf("%w: sketch bins of %q", ErrBadState, a.name)
+			r.err = fmt.Errorf("%w: sketch bins of %q", ErrBadState, a.metric())
 		}
 		if r.err != nil {
 			return nil, r.err
 		}
 		dw.aggs = append(dw.aggs, a)
 	}
-	if r.err == nil && !slices.IsSortedFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.name, b.name) }) {
+	if r.err == nil && !slices.IsSortedFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.metric(), b.metric()) }) {
 		r.err = fmt.Errorf("%w: metrics out of order", ErrBadState)
 	}
+	dw.setBins(sections)
 	if r.err == nil && len(r.b) != 0 {
 		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
 	}
@@ -367,17 +377,18 @@ func decodeDevWinChunks(v []byte, start int64, chunk func(uint8) ([]byte, bool))
 // the version byte) into the compact state.
 func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 	flags := r.byte()
-	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0, actChanged: flags&flagActChanged != 0}
+	dw := &devWin{start: start, ids: idSet{maxSeq: -1}, closed: flags&flagClosed != 0}
+	dw.set(wActChanged, flags&flagActChanged != 0)
 	var ids []tseq
 	var firstSeen, lastSeen, dups, late, resets, actRev int64
 	defer func() {
 		dw.setCounters(dups, late, resets, actRev)
-		if len(dw.ids.b) == 0 {
-			dw.ids.first.t, dw.ids.last.t = firstSeen, lastSeen
+		if dw.noIDs() {
+			dw.ids.firstT, dw.ids.last.t = firstSeen, lastSeen
 		}
 	}()
 	if version == stateVersion1 {
-		dw.legacy = true
+		dw.set(wLegacy, true)
 		for _, p := range []*int64{&dw.messages, &dups, &late, &firstSeen, &lastSeen, &dw.gaps, &actRev} {
 			*p = r.varint()
 		}
@@ -438,10 +449,15 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 		return nil, err
 	}
 	n := r.count()
+	var binsOf [][]byte
 	for range n {
 		var a agg
-		a.name = string(r.bytes(r.count()))
-		a.count = r.varint()
+		a.name = unique.Make(string(r.bytes(r.count())))
+		if c := r.varint(); c >= 0 {
+			a.setCount(c)
+		} else if r.err == nil {
+			r.err = fmt.Errorf("%w: negative count", ErrBadState)
+		}
 		np := r.count()
 		p := make([]float64, 0, np)
 		for range np {
@@ -456,23 +472,36 @@ func decodeDevWinV123(r reader, version byte, start int64) (*devWin, error) {
 		for _, p := range []*int64{&f.t, &f.seq, &l.t, &l.seq, &rev} {
 			*p = r.varint()
 		}
-		a.revision = clamp32(rev)
-		if f != dw.ids.first || l != dw.ids.last {
+		a.setRevision(clamp32(rev))
+		if f != dw.first() || l != dw.ids.last {
 			a.setEdges(f, l)
 		}
-		a.changed = r.byte() == 1
+		a.setBit(aggChangedBit, r.byte() == 1)
 		sk := r.bytes(r.count())
 		if r.err != nil {
 			return nil, r.err
 		}
 		bins, err := decodeSketch(sk)
 		if err != nil {
-			return nil, fmt.Errorf("%w: sketch of %q: %v", ErrBadState, a.name, err)
+			return nil, fmt.Errorf("%w: sketch of %q: %v", ErrBadState, a.metric(), err)
 		}
-		a.bins = bins
 		dw.aggs = append(dw.aggs, a)
+		binsOf = append(binsOf, bins)
 	}
-	slices.SortStableFunc(dw.aggs, func(a, b agg) int { return cmp.Compare(a.name, b.name) })
+	order := make([]int, len(dw.aggs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(i, j int) int { return cmp.Compare(dw.aggs[i].metric(), dw.aggs[j].metric()) })
+	aggs := make([]agg, 0, len(dw.aggs))
+	var sections []byte
+	for _, i := range order {
+		aggs = append(aggs, dw.aggs[i])
+		sections = binary.AppendUvarint(sections, uint64(len(binsOf[i])))
+		sections = append(sections, binsOf[i]...)
+	}
+	dw.aggs = aggs
+	dw.setBins(sections)
 	if r.err == nil && len(r.b) != 0 {
 		r.err = fmt.Errorf("%w: %d trailing bytes", ErrBadState, len(r.b))
 	}

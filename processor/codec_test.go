@@ -38,18 +38,18 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 			if len(v) == 0 || v[0] != wantV {
 				t.Fatalf("%s: %s window record %x, want version %d", phase, dev, v, wantV)
 			}
-			orig := eng.devs[dev].wins[0]
+			orig := eng.dev(dev).wins[0]
 			dw, err := decodeDevWin(v, orig.start)
 			if err != nil {
 				t.Fatalf("%s: decode %s: %v", phase, dev, err)
 			}
 			if dw.closed != closed || dw.ignored != orig.ignored || dw.messages != orig.messages || dw.dups != orig.dups ||
-				dw.resets != orig.resets || dw.ids.first.t != orig.ids.first.t || dw.ids.last.t != orig.ids.last.t ||
-				dw.actRev != orig.actRev || dw.ids.count() != orig.ids.count() || (!closed && dw.ids.last != orig.ids.last) || len(dw.aggs) != len(orig.aggs) {
+				dw.resets != orig.resets || dw.ids.firstT != orig.ids.firstT || dw.ids.last.t != orig.ids.last.t ||
+				dw.actRev != orig.actRev || dw.idCount() != orig.idCount() || (!closed && dw.ids.last != orig.ids.last) || len(dw.aggs) != len(orig.aggs) {
 				t.Errorf("%s: %s decoded %+v, want %+v", phase, dev, *dw, *orig)
 			}
 		}
-		if got := eng.devs["dirty"].wins[0].ignored; got != 5 {
+		if got := eng.dev("dirty").wins[0].ignored; got != 5 {
 			t.Fatalf("%s: dirty window ignored %d, want 5 (2 + 3; the re-send adds nothing)", phase, got)
 		}
 		return recs
@@ -79,7 +79,7 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, dev := range []string{"clean", "dirty"} {
-		dw := fresh.devs[dev].wins[0]
+		dw := fresh.dev(dev).wins[0]
 		want := map[string]int32{"clean": 0, "dirty": 5}[dev]
 		if dw.ignored != want || !dw.closed || dw.late != 1 {
 			t.Errorf("restored %s: ignored %d closed %v late %d, want %d true 1", dev, dw.ignored, dw.closed, dw.late, want)
@@ -90,7 +90,7 @@ func TestDevWinIgnoredFieldsCodec(t *testing.T) {
 // A version 4 record that is cut short or holds a negative ignored count
 // is ErrBadState; so is an unknown version.
 func TestDevWinIgnoredFieldsCorrupt(t *testing.T) {
-	dw := &devWin{start: 0, messages: 2, ignored: 4, ids: idSet{first: tseq{1, 0}, last: tseq{2, 0}}, actRev: 1, closed: true}
+	dw := &devWin{start: 0, messages: 2, ignored: 4, ids: idSet{firstT: 1, last: tseq{2, 0}}, actRev: 1, closed: true}
 	v := appendDevWin(nil, dw)
 	if v[0] != stateVersion4 {
 		t.Fatalf("version %d", v[0])

@@ -159,18 +159,20 @@
 //
 // State grows with the open device × metric × window aggregates (the
 // OpenKeys of an Engine; about BytesPerKeyEstimate bytes each at 1 Hz with
-// two metrics per device: 386 B in memory and 161 B in the changelog,
-// measured by BenchmarkStateBytesPerKey; 732 B and 438 B at 10 Hz; 256 B
+// two metrics per device: 299 B in memory and 161 B in the changelog,
+// measured by BenchmarkStateBytesPerKey; 597 B and 438 B at 10 Hz; 186 B
 // and 117 B with five metrics per device, whose device and window parts
 // the metrics share), a small activity summary per device window for
-// LateRetention, and the devices: a device's clock is ~150 B plus its id
-// (struct, map entry, heap entry; by size), and a silent device keeps its
-// newest window until it returns or the device retention passes (781 B in
+// LateRetention, and the devices: a device's clock is ~110 B plus its id
+// (struct, index slot, lists; by size), and a silent device keeps its
+// newest window until it returns or the device retention passes (623 B in
 // memory, 275 B in the changelog for 20 s of 1 Hz readings of two metrics:
-// BenchmarkStateBytesPerIdleDevice); those windows count in OpenKeys. Per
-// window, a metric costs ~130 B plus ~2 B per occupied sketch bin, and the
-// window's identities ~1 B per reading at a steady rate (2 B while the
-// gaps between readings vary by up to ±2 s). At Config.MaxKeys the processor closes the
-// oldest open windows early (their later readings are late: DLQ, counted);
+// BenchmarkStateBytesPerIdleDevice); those windows count in OpenKeys. A
+// window is 160 B plus one byte string holding its metrics' sketch bins
+// (~2 B per occupied bin) and its identities (~1 B per reading at a steady
+// rate, 2 B while the gaps between readings vary by up to ±2 s); a metric
+// adds 88 B (TestStateLayout pins the sizes). At Config.MaxKeys the
+// processor closes the oldest open windows early (their later readings
+// are late: DLQ, counted);
 // the newest windows of long-silent devices are usually the oldest.
 package processor

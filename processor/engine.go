@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"cmp"
 	"container/heap"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
 	"math"
 	"slices"
 	"time"
+	"unique"
 
 	"github.com/iotpipe/iotpipe/internal/config"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -146,7 +148,7 @@ type Engine struct {
 	size, lateness, idle, retention, skew int64 // µs
 	devRetention                          int64 // µs; see SetDeviceRetention
 
-	devs    map[string]*device
+	devs    devIndex  // the devices by id
 	devList []*device // the same devices, for iteration; device.idx is the position
 
 	// floor, from a changelog written by the per-partition watermark
@@ -231,13 +233,32 @@ type devWin struct {
 	// record, up to idsSent in chunk records 1..chunks (see
 	// Engine.sendIDs); idsSent 0 = to be written whole.
 	idsBase, idsSent int32
+	idsOff           int32 // where the identities start in ids.b (after the bins)
 	chunks           uint8
 
 	emitted, closed bool
-	legacy          bool // restored from a version 1 record (emitted not known yet)
-	actChanged      bool
+	fl              winFlags // the rarer flags, packed (TestStateLayout)
+}
 
-	dirty, queued, deleted bool
+// winFlags are flags of a devWin.
+type winFlags uint8
+
+const (
+	wLegacy     winFlags = 1 << iota // restored from a version 1 record (emitted not known yet)
+	wActChanged                      // the activity record changed since its last emission
+	wDirty                           // in Engine.dirtyWins
+	wQueued                          // to be re-emitted at the next Advance
+	wDeleted                         // forgotten: a tombstone is due
+)
+
+func (dw *devWin) is(f winFlags) bool { return dw.fl&f != 0 }
+
+func (dw *devWin) set(f winFlags, on bool) {
+	if on {
+		dw.fl |= f
+	} else {
+		dw.fl &^= f
+	}
 }
 
 // tseq is a reading's identity within its device: event time and seq (−1
@@ -271,7 +292,6 @@ func NewEngine(cfg WindowConfig) (*Engine, error) {
 		retention:    cfg.LateRetention.Microseconds(),
 		skew:         cfg.MaxFutureSkew.Microseconds(),
 		devRetention: DefaultDeviceRetention.Microseconds(),
-		devs:         make(map[string]*device),
 	}, nil
 }
 
@@ -345,10 +365,13 @@ func (e *Engine) newDevice(id string, t int64) *device {
 	if e.hasFloor && e.floor > d.closeTo {
 		d.closeTo = e.floor
 	}
-	e.devs[id] = d
 	e.devList = append(e.devList, d)
+	e.devs.put(e.devList, d)
 	return d
 }
+
+// dev returns the device with id, or nil.
+func (e *Engine) dev(id string) *device { return e.devs.get(e.devList, id) }
 
 // inc adds 1 to a per-window counter, which stops at its largest value.
 func inc(p *int32) {
@@ -358,11 +381,16 @@ func inc(p *int32) {
 }
 
 func (e *Engine) removeDevice(d *device) {
+	e.devs.del(e.devList, d)
 	last := e.devList[len(e.devList)-1]
+	if last != d {
+		from := last.idx
+		last.idx = d.idx
+		e.devs.moved(last, from)
+	}
 	e.devList[d.idx] = last
-	last.idx = d.idx
+	e.devList[len(e.devList)-1] = nil
 	e.devList = e.devList[:len(e.devList)-1]
-	delete(e.devs, d.id)
 	d.deleted = true
 	e.markDevDirty(d)
 }
@@ -422,7 +450,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 	}
 	start := floorDiv(t, e.size) * e.size
 	end := start + e.size
-	d := e.devs[r.DeviceID]
+	d := e.dev(r.DeviceID)
 	if d == nil {
 		if e.hasFloor && end <= e.floor {
 			e.stats.Late++
@@ -446,7 +474,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 		e.lateDev = d
 		if dw != nil {
 			inc(&dw.late)
-			dw.actChanged = true
+			dw.set(wActChanged, true)
 			e.queue(dw)
 			e.markDirty(dw)
 		}
@@ -463,12 +491,20 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 		}
 	}
 	id := tseq{t, seq}
-	wf, wl, had := dw.ids.first, dw.ids.last, len(dw.ids.b) > 0
-	switch dw.ids.add(id, dw.start, &e.scratch) {
+	wl, had := dw.ids.last, !dw.noIDs()
+	// The window's smallest identity is decoded only when needed: a
+	// reading after the window's last (the common case) leaves it as it
+	// is, and agg.add then compares with the last only.
+	appended := had && cmpTseq(id, wl) > 0
+	var wf tseq
+	if !appended {
+		wf = dw.first()
+	}
+	switch dw.ids.add(id, dw.start, dw.idsOff, &e.scratch) {
 	case idDuplicate:
 		e.stats.Duplicates++
 		inc(&dw.dups)
-		dw.actChanged = true
+		dw.set(wActChanged, true)
 		e.queue(dw)
 		e.markDirty(dw)
 		return Duplicate
@@ -485,30 +521,37 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 	// Only here, past dedup: a re-sent message's ignored fields count once.
 	dw.ignored = int32(min(int64(dw.ignored)+int64(r.IgnoredFields), math.MaxInt32))
 	e.stats.IgnoredFields += int64(r.IgnoredFields)
-	dw.actChanged = true
+	dw.set(wActChanged, true)
 	// An aggregate's first/last identities are its window's unless it
 	// missed one of the window's readings: then it keeps its own.
 	for i := range r.Measurements {
 		m := &r.Measurements[i]
-		a := dw.aggFor(e, m.Name)
+		ai := dw.aggFor(e, m.Name, i)
+		a := &dw.aggs[ai]
 		f, l := a.edges(wf, wl)
 		own := a.ext != nil && a.ext.own
-		if a.touched && !own {
-			f, l = dw.ids.first, dw.ids.last // a second value in one reading
+		if a.touched() && !own {
+			f, l = dw.first(), dw.ids.last // a second value in one reading
 		}
-		if a.count == 0 && had {
+		if a.count() == 0 && had {
 			own = true // new in a window with earlier readings
 		}
 		a.add(m.Value, id, f, l, own)
+		dw.addBin(ai, binKey(m.Value)) // NaN never reaches an aggregate
 	}
 	for i := range dw.aggs {
 		a := &dw.aggs[i]
-		if a.touched {
-			a.touched = false
+		if a.touched() {
+			a.setBit(aggTouchedBit, false)
 			continue
 		}
-		if had && (a.ext == nil || !a.ext.own) && (dw.ids.first != wf || dw.ids.last != wl) {
-			a.setEdges(wf, wl) // the window's edges moved without it
+		if had && (a.ext == nil || !a.ext.own) {
+			if appended {
+				wf, appended = dw.first(), false // unchanged by the append
+			}
+			if dw.ids.last != wl || dw.first() != wf {
+				a.setEdges(wf, wl) // the window's edges moved without it
+			}
 		}
 	}
 	e.stats.Accepted++
@@ -525,14 +568,20 @@ const (
 	idSeqReset // new identity, but its seq is already used in the window
 )
 
-func (dw *devWin) aggFor(e *Engine, name string) *agg {
-	// Devices report a handful of metrics: a sorted slice beats a map.
-	// Devices report a handful of metrics, in the same order every time.
+// aggFor returns the position in dw.aggs of the aggregate of metric name,
+// adding it when needed; hint is where it probably is (the measurement's
+// position in its reading).
+func (dw *devWin) aggFor(e *Engine, name string, hint int) int {
+	// Devices report a handful of metrics, in the same order every time:
+	// a sorted slice beats a map.
+	if hint < len(dw.aggs) && dw.aggs[hint].metric() == name {
+		return hint
+	}
 	i := 0
 	for ; i < len(dw.aggs); i++ {
-		if c := cmp.Compare(dw.aggs[i].name, name); c >= 0 {
+		if c := cmp.Compare(dw.aggs[i].metric(), name); c >= 0 {
 			if c == 0 {
-				return &dw.aggs[i]
+				return i
 			}
 			break
 		}
@@ -550,37 +599,38 @@ func (dw *devWin) aggFor(e *Engine, name string) *agg {
 			copy(aggs, dw.aggs)
 			dw.aggs = aggs
 		}
-		dw.aggs = slices.Insert(dw.aggs, i, agg{name: dw.d.internName(name)})
+		dw.insertBins(i)
+		dw.aggs = slices.Insert(dw.aggs, i, agg{name: dw.d.metricHandle(name)})
 		e.openAggs++
 		e.stats.WindowsOpened++
 	}
-	return &dw.aggs[i]
+	return i
 }
 
-// internName returns name, sharing the string of an aggregate of another
-// of d's windows when one has it (a decoded reading's names are its own).
-func (d *device) internName(name string) string {
+// metricHandle returns the interned name, taken from an aggregate of
+// another of d's windows when one has it (cheaper than unique.Make).
+func (d *device) metricHandle(name string) unique.Handle[string] {
 	for _, w := range d.wins {
 		for i := range w.aggs {
-			if w.aggs[i].name == name {
+			if w.aggs[i].metric() == name {
 				return w.aggs[i].name
 			}
 		}
 	}
-	return name
+	return unique.Make(name)
 }
 
 // queue marks dw for re-emission when it was already emitted.
 func (e *Engine) queue(dw *devWin) {
-	if dw.emitted && !dw.queued {
-		dw.queued = true
+	if dw.emitted && !dw.is(wQueued) {
+		dw.set(wQueued, true)
 		e.attend(dw.d)
 	}
 }
 
 func (e *Engine) markDirty(dw *devWin) {
-	if !dw.dirty {
-		dw.dirty = true
+	if !dw.is(wDirty) {
+		dw.set(wDirty, true)
 		e.dirtyWins = append(e.dirtyWins, dw)
 	}
 }
@@ -646,7 +696,7 @@ func (e *Engine) AdvanceAt(wall, clock time.Time, emit func(*Emission)) {
 			switch {
 			case !dw.emitted && end <= w:
 				e.pending = append(e.pending, pendingEmit{dw: dw, delay: w - end, first: true})
-			case dw.emitted && dw.queued:
+			case dw.emitted && dw.is(wQueued):
 				e.pending = append(e.pending, pendingEmit{dw: dw})
 			}
 			if (!dw.closed && end <= d.closeTo) || (dw.closed && end+e.lateness+e.retention <= w) {
@@ -662,7 +712,7 @@ func (e *Engine) AdvanceAt(wall, clock time.Time, emit func(*Emission)) {
 	})
 	for _, p := range e.pending {
 		p.dw.emitted = true
-		p.dw.queued = false
+		p.dw.set(wQueued, false)
 		e.emitDevWin(p.dw, now, time.Duration(p.delay)*time.Microsecond, emit)
 	}
 	for _, d := range e.settle {
@@ -674,7 +724,7 @@ func (e *Engine) AdvanceAt(wall, clock time.Time, emit func(*Emission)) {
 				e.closeDevWin(dw)
 			}
 			if dw.closed && end+e.lateness+e.retention <= w {
-				dw.deleted = true
+				dw.set(wDeleted, true)
 				e.devWins--
 				e.markDirty(dw)
 				continue
@@ -784,7 +834,7 @@ func (e *Engine) closeDevWin(dw *devWin) {
 	dw.closed = true
 	e.openAggs -= len(dw.aggs)
 	e.stats.WindowsClosed += int64(len(dw.aggs))
-	dw.aggs, dw.ids = nil, idSet{first: dw.ids.first, last: dw.ids.last, maxSeq: -1}
+	dw.aggs, dw.ids, dw.idsOff = nil, idSet{firstT: dw.ids.firstT, last: dw.ids.last, maxSeq: -1}, 0
 	e.markDirty(dw)
 }
 
@@ -792,33 +842,41 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 	ws := time.UnixMicro(dw.start).UTC()
 	we := time.UnixMicro(dw.start + e.size).UTC()
 	at := now.UTC().Truncate(time.Microsecond)
+	sec := 0 // the offset of aggregate i's bins section
+	var wf tseq
+	if len(dw.aggs) > 0 {
+		wf = dw.first()
+	}
 	for i := range dw.aggs {
 		a := &dw.aggs[i]
-		if !a.changed {
+		bl, k := binary.Uvarint(dw.ids.b[sec:])
+		bins := dw.ids.b[sec+k : sec+k+int(bl)]
+		sec += k + int(bl)
+		if !a.changed() {
 			continue
 		}
-		f, l := a.edges(dw.ids.first, dw.ids.last)
-		a.changed = false
-		a.revision++
+		f, l := a.edges(wf, dw.ids.last)
+		a.setBit(aggChangedBit, false)
+		a.setRevision(a.revision() + 1)
 		m := &e.metric
 		*m = schemas.WindowMetric{
-			DeviceID: dw.d.id, Metric: a.name, WindowStart: ws, WindowEnd: we,
-			Count: a.count, Sum: a.sum(), Min: a.min, Max: a.max, Mean: a.mean(), Stddev: a.stddev(),
+			DeviceID: dw.d.id, Metric: a.metric(), WindowStart: ws, WindowEnd: we,
+			Count: a.count(), Sum: a.sum(), Min: a.min, Max: a.max, Mean: a.mean(), Stddev: a.stddev(),
 			First: a.first, Last: a.last,
-			P50: a.quantile(0.50), P95: a.quantile(0.95), P99: a.quantile(0.99),
+			P50: a.quantile(bins, 0.50), P95: a.quantile(bins, 0.95), P99: a.quantile(bins, 0.99),
 			FirstTime: time.UnixMicro(f.t).UTC(), LastTime: time.UnixMicro(l.t).UTC(),
-			Revision: int64(a.revision), EmittedAt: at,
+			Revision: int64(a.revision()), EmittedAt: at,
 		}
 		e.stats.MetricsEmitted++
 		emit(&Emission{Metric: m, Delay: delay})
 	}
-	if !dw.actChanged {
+	if !dw.is(wActChanged) {
 		return
 	}
-	dw.actChanged = false
+	dw.set(wActChanged, false)
 	dw.actRev++
 	if !dw.closed {
-		dw.gaps = seqGaps(dw.ids.b, dw.start)
+		dw.gaps = seqGaps(dw.idBytes(), dw.start)
 	}
 	ac := &e.activity
 	*ac = schemas.Activity{
@@ -827,7 +885,7 @@ func (e *Engine) emitDevWin(dw *devWin, now time.Time, delay time.Duration, emit
 		IgnoredFields: int64(dw.ignored), Revision: int64(dw.actRev), EmittedAt: at,
 	}
 	if dw.messages > 0 {
-		ac.FirstSeen = time.UnixMicro(dw.ids.first.t).UTC()
+		ac.FirstSeen = time.UnixMicro(dw.ids.firstT).UTC()
 		ac.LastSeen = time.UnixMicro(dw.ids.last.t).UTC()
 	}
 	e.stats.ActivityEmitted++
@@ -931,12 +989,12 @@ func (e *Engine) Changes(fn func(key, value []byte)) {
 	clear(e.dirtyDevs)
 	e.dirtyDevs = e.dirtyDevs[:0]
 	for _, dw := range e.dirtyWins {
-		dw.dirty = false
+		dw.set(wDirty, false)
 		kb = appendStateKey(kb[:0], dw.start, dw.d.id)
-		if dw.deleted || dw.closed {
+		if dw.is(wDeleted) || dw.closed {
 			kb = e.dropChunks(kb, dw, 1, fn)
 		}
-		if dw.deleted {
+		if dw.is(wDeleted) {
 			fn(kb, nil)
 			continue
 		}
@@ -973,7 +1031,8 @@ var chunkMinBase int32 = 512
 // sendIDs writes, for this commit, the identity chunks of dw that are due
 // (see chunkMinBase); kb is dw's key.
 func (e *Engine) sendIDs(kb []byte, dw *devWin, fn func(key, value []byte)) []byte {
-	n := int32(len(dw.ids.b))
+	ids := dw.idBytes()
+	n := int32(len(ids))
 	if n < chunkMinBase {
 		kb = e.dropChunks(kb, dw, 1, fn) // in the window record
 		dw.idsBase, dw.idsSent = n, n
@@ -984,12 +1043,12 @@ func (e *Engine) sendIDs(kb []byte, dw *devWin, fn func(key, value []byte)) []by
 	case dw.idsSent == 0 || dw.chunks == 0 || dw.chunks == maxChunks || n-dw.idsBase > dw.idsBase:
 		kb = e.dropChunks(kb, dw, 2, fn)
 		kb = appendChunkKey(kb, 1)
-		fn(kb, appendChunk(nil, dw.ids.b))
+		fn(kb, appendChunk(nil, ids))
 		dw.chunks, dw.idsBase = 1, n
 	case n > dw.idsSent:
 		dw.chunks++
 		kb = appendChunkKey(kb, dw.chunks)
-		fn(kb, appendChunk(nil, dw.ids.b[dw.idsSent:]))
+		fn(kb, appendChunk(nil, ids[dw.idsSent:]))
 	}
 	dw.idsSent = n
 	return kb[:k]
@@ -1013,11 +1072,11 @@ var ErrBadState = errors.New("invalid processor state record")
 // restoreDevice returns the device being restored, creating a placeholder
 // (clock unknown until its own record comes) when needed.
 func (e *Engine) restoreDevice(id string) *device {
-	d := e.devs[id]
+	d := e.dev(id)
 	if d == nil {
 		d = &device{id: id, idx: int32(len(e.devList)), maxEvent: math.MinInt64, closeTo: math.MinInt64, next: math.MaxInt64, dueAt: math.MaxInt64}
-		e.devs[id] = d
 		e.devList = append(e.devList, d)
+		e.devs.put(e.devList, d)
 	}
 	return d
 }
@@ -1052,7 +1111,7 @@ func (e *Engine) Restore(key, value []byte) error {
 		return nil
 	case kind == keyDevice:
 		if value == nil {
-			if d := e.devs[id]; d != nil {
+			if d := e.dev(id); d != nil {
 				d.maxEvent, d.closeTo, d.lastInput = math.MinInt64, math.MinInt64, 0
 			}
 			return nil
@@ -1068,7 +1127,7 @@ func (e *Engine) Restore(key, value []byte) error {
 		if len(value) > 0 && value[0] == stateVersion4 {
 			// Decoded by FinishRestore, with its chunks; what an earlier
 			// record of the key restored is replaced.
-			if d := e.devs[id]; d != nil {
+			if d := e.dev(id); d != nil {
 				if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
 					d.wins = slices.Delete(d.wins, i, i+1)
 				}
@@ -1079,7 +1138,7 @@ func (e *Engine) Restore(key, value []byte) error {
 			e.restWins[wk] = bytes.Clone(value)
 			return nil
 		}
-		d := e.devs[id]
+		d := e.dev(id)
 		if value == nil {
 			if d != nil {
 				if i := slices.IndexFunc(d.wins, func(w *devWin) bool { return w.start == start }); i >= 0 {
@@ -1142,11 +1201,11 @@ func (e *Engine) FinishRestore(now time.Time) error {
 	for _, d := range e.devList {
 		noRecord := d.maxEvent == math.MinInt64 // an old changelog, or a device tombstone
 		for _, dw := range d.wins {
-			if dw.legacy {
+			if dw.is(wLegacy) {
 				// Written by the per-partition watermark version: it had
 				// emitted the windows its watermark had passed.
 				dw.emitted = dw.closed || (e.hasFloor && dw.start+e.size <= e.legacyWM)
-				dw.legacy = false
+				dw.set(wLegacy, false)
 			}
 			if noRecord && dw.messages > 0 && (d.maxEvent == math.MinInt64 || dw.ids.last.t > d.maxEvent) {
 				d.maxEvent = dw.ids.last.t
@@ -1158,8 +1217,7 @@ func (e *Engine) FinishRestore(now time.Time) error {
 		}
 		if d.maxEvent == math.MinInt64 {
 			if len(d.wins) == 0 {
-				delete(e.devs, d.id)
-				continue
+				continue // forgotten (the index is rebuilt below)
 			}
 			d.maxEvent = d.wins[len(d.wins)-1].start // only late-count summaries left
 		}
@@ -1179,6 +1237,7 @@ func (e *Engine) FinishRestore(now time.Time) error {
 	}
 	clear(e.devList[len(kept):])
 	e.devList = kept
+	e.devs.reset(kept)
 	e.dirtyWins = e.dirtyWins[:0]
 	e.dirtyDevs = e.dirtyDevs[:0]
 	return nil

@@ -123,21 +123,53 @@ func encodeIDs(b []byte, ids []tseq, start int64) ([]byte, idCursor) {
 // idSet is the identity string of a device window with what makes the
 // common case (an identity after every other) cheap. first and last are
 // kept when the window closes (the activity record's first/last seen).
+// The string is b[off:], off being devWin.idsOff: b starts with the
+// window's sketch bins (see devWin.binsSection), one allocation for both.
+// The smallest identity is the string's first (devWin.first), only its
+// time is kept (for a closed window, whose string is dropped).
 type idSet struct {
-	b           []byte
-	first, last tseq  // the smallest and largest identity (b not empty)
-	gap         int64 // the time gap before last
-	maxSeq      int64 // the largest seq, −1 if none
+	b      []byte
+	firstT int64 // the time of the smallest identity
+	last   tseq  // the largest identity (the string not empty)
+	gap    int64 // the time gap before last
+	maxSeq int64 // the largest seq, −1 if none
 }
 
-// add records an identity; see devWin.addID.
-func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
-	if len(s.b) > 0 && id == s.last {
+// idBytes returns dw's identity string.
+func (dw *devWin) idBytes() []byte { return dw.ids.b[dw.idsOff:] }
+
+// noIDs reports whether dw holds no identity.
+func (dw *devWin) noIDs() bool { return len(dw.ids.b) == int(dw.idsOff) }
+
+// first returns dw's smallest identity (its time, and seq 0, when dw
+// holds no identity string, as a restored closed window).
+func (dw *devWin) first() tseq {
+	it := newIDIter(dw.idBytes(), dw.start)
+	if x, ok := it.next(); ok {
+		return x
+	}
+	return tseq{dw.ids.firstT, 0}
+}
+
+// idCount returns the number of identities.
+func (dw *devWin) idCount() int {
+	n := 0
+	it := newIDIter(dw.idBytes(), 0)
+	for _, ok := it.next(); ok; _, ok = it.next() {
+		n++
+	}
+	return n
+}
+
+// add records an identity in the string s.b[off:]; see devWin.addID.
+func (s *idSet) add(id tseq, start int64, off int32, scratch *[]tseq) idResult {
+	empty := len(s.b) == int(off)
+	if !empty && id == s.last {
 		return idDuplicate
 	}
 	res := idNew
 	if id.seq >= 0 && id.seq <= s.maxSeq {
-		it := newIDIter(s.b, start)
+		it := newIDIter(s.b[off:], start)
 		for x, ok := it.next(); ok; x, ok = it.next() {
 			if x.seq == id.seq && x.t != id.t {
 				res = idSeqReset
@@ -146,22 +178,22 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 		}
 	}
 	switch {
-	case len(s.b) == 0:
+	case empty:
 		var c idCursor
 		s.b, c = appendID(s.b, idCursor{t: start}, id)
-		s.first, s.gap = id, c.gap
+		s.firstT, s.gap = id.t, c.gap
 	case cmpTseq(id, s.last) > 0:
 		var tmp [2 * binary.MaxVarintLen64]byte
 		e, c := appendID(tmp[:0], idCursor{s.last.t, s.last.seq + 1, s.gap}, id)
 		if len(s.b)+len(e) > cap(s.b) {
 			// Grow by a quarter, not double: the slack stays for the
 			// window's life.
-			s.b = growBytes(s.b, max(len(e), len(s.b)/4))
+			s.b = growBytes(s.b, max(len(e), len(s.b)/8))
 		}
 		s.b = append(s.b, e...)
 		s.gap = c.gap
 	default:
-		ids, _ := decodeIDs((*scratch)[:0], s.b, start)
+		ids, _ := decodeIDs((*scratch)[:0], s.b[off:], start)
 		*scratch = ids
 		i, found := slices.BinarySearchFunc(ids, id, cmpTseq)
 		if found {
@@ -170,8 +202,8 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 		ids = slices.Insert(ids, i, id)
 		*scratch = ids
 		var c idCursor
-		s.b, c = encodeIDs(s.b[:0], ids, start)
-		s.first, s.last, s.gap = ids[0], ids[len(ids)-1], c.gap
+		s.b, c = encodeIDs(s.b[:off], ids, start)
+		s.firstT, s.last, s.gap = ids[0].t, ids[len(ids)-1], c.gap
 		s.maxSeq = max(s.maxSeq, id.seq)
 		return res
 	}
@@ -180,7 +212,7 @@ func (s *idSet) add(id tseq, start int64, scratch *[]tseq) idResult {
 	return res
 }
 
-// load sets s to the identity string b, checking it.
+// load sets s to the identity string b (no bins before it), checking it.
 func (s *idSet) load(b []byte, start int64) error {
 	*s = idSet{b: b, maxSeq: -1}
 	it := newIDIter(b, start)
@@ -190,7 +222,7 @@ func (s *idSet) load(b []byte, start int64) error {
 			return fmt.Errorf("%w: identities out of order", ErrBadState)
 		}
 		if n == 0 {
-			s.first = x
+			s.firstT = x.t
 		}
 		s.last, s.gap = x, it.c.gap
 		n++
@@ -202,23 +234,15 @@ func (s *idSet) load(b []byte, start int64) error {
 	return nil
 }
 
-// count returns the number of identities.
-func (s *idSet) count() int {
-	n := 0
-	it := newIDIter(s.b, 0)
-	for _, ok := it.next(); ok; _, ok = it.next() {
-		n++
-	}
-	return n
-}
-
 // growBytes returns b with room for at least n more bytes, allocating
-// about that much (append and slices.Grow double small slices).
+// about that much (append and slices.Grow double small slices) and
+// taking the whole of the allocation's size class as capacity.
 func growBytes(b []byte, n int) []byte {
 	if cap(b)-len(b) >= n {
 		return b
 	}
-	nb := make([]byte, len(b), len(b)+n)
-	copy(nb, b)
-	return nb
+	// Growing an empty slice to exactly len+n rounds the capacity up to
+	// the size class (runtime.growslice) without doubling.
+	nb := slices.Grow([]byte(nil), len(b)+n)
+	return append(nb, b...)
 }
