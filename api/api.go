@@ -87,6 +87,13 @@ func (a *API) Open(ctx context.Context) error {
 		return &config.FieldError{Field: "DSN", Err: err}
 	}
 	pc.MaxConns = int32(a.cfg.MaxConns)
+	// Every connection is opened at start (in the background) and kept,
+	// unless the DSN says otherwise (pool_min_conns): a connection opened
+	// on demand costs a request tens of milliseconds (TLS and SCRAM), which
+	// the first requests after a start or an idle spell would pay.
+	if pc.MinConns == 0 {
+		pc.MinConns = pc.MaxConns
+	}
 	// The outbox trigger leaves the NOTIFY to us (migration
 	// 0013_outbox_notify): PostgreSQL serialises notifying commits
 	// through their WAL flush. outboxWritten wakes the relay after each
