@@ -257,6 +257,18 @@ func exactlyOnceRound(b *testing.B, env *testenv.Env, topic string, stallOK bool
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The whole input must still be there: records deleted from its start
+	// (the broker's time retention, should the topic not keep them) are
+	// never read, and a new group starting after them waits for ever.
+	starts, err := adm.ListStartOffsets(tctx, topic)
+	if err != nil {
+		b.Fatal(err)
+	}
+	starts.Each(func(o kadm.ListedOffset) {
+		if o.Offset != 0 {
+			b.Fatalf("input %s/%d starts at offset %d (end %d): the broker deleted records of it (retention.ms?)", topic, o.Partition, o.Offset, ends[topic][o.Partition].Offset)
+		}
+	})
 	var start time.Time
 	var cpu0 time.Duration
 	var offs kadm.OffsetResponses
@@ -300,10 +312,13 @@ func exactlyOnceRound(b *testing.B, env *testenv.Env, topic string, stallOK bool
 			}
 			// The input's end (high watermark) against its last stable
 			// offset (what read_committed may read up to).
+			// and its start now (records deleted by retention are never read).
 			if lso, err := adm.ListCommittedOffsets(context.Background(), topic); err == nil {
+				now, _ := adm.ListStartOffsets(context.Background(), topic)
 				lso.Each(func(o kadm.ListedOffset) {
 					e, _ := ends.Lookup(topic, o.Partition)
-					fmt.Fprintf(&sb, "; %s/%d: end %d, last stable %d", topic, o.Partition, e.Offset, o.Offset)
+					st, _ := now.Lookup(topic, o.Partition)
+					fmt.Fprintf(&sb, "; %s/%d: start %d, end %d, last stable %d", topic, o.Partition, st.Offset, e.Offset, o.Offset)
 				})
 			}
 			if offs, err := adm.FetchOffsets(context.Background(), group); err == nil {
