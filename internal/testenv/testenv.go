@@ -201,11 +201,23 @@ func (e *Env) KafkaAdmin(t testing.TB) *kadm.Client {
 
 // Topic creates a topic with a unique name and the given partitions,
 // deleted when the test ends, and returns its name.
+//
+// Its records are never deleted by age (retention.ms -1 unless configs
+// sets it): tests write fixed event times (e.g. 2026-11-27) as record
+// timestamps, and the broker's time retention (7 days) deletes a segment
+// whose newest timestamp is older at its next check (every 5 minutes),
+// the active segment included. The topic then reads as empty: its start
+// offset moves to its end, and a new consumer group starts there and
+// waits for ever (issue 19's "stalled" exactly-once benchmark).
 func (e *Env) Topic(t testing.TB, partitions int32, configs map[string]string) string {
 	t.Helper()
 	name := Name(t, "t")
 	adm := e.KafkaAdmin(t)
 	cfg := map[string]*string{}
+	if _, ok := configs["retention.ms"]; !ok {
+		keep := "-1"
+		cfg["retention.ms"] = &keep
+	}
 	for k, v := range configs {
 		cfg[k] = &v
 	}

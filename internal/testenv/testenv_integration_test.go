@@ -155,3 +155,47 @@ func TestPrivateKafkaRestart(t *testing.T) {
 		t.Fatalf("private kafka uses the shared address %v", p.KafkaBrokers)
 	}
 }
+
+// TestTopicKeepsOldRecords: tests write fixed, historical event times as
+// record timestamps; the broker's 7-day time retention would delete them
+// at its next check (every 5 minutes), leaving the topic empty under the
+// test (issue 19's stalled exactly-once benchmark). env.Topic turns time
+// retention off unless the test sets retention.ms itself.
+func TestTopicKeepsOldRecords(t *testing.T) {
+	env := testenv.Load(t)
+	adm := env.KafkaAdmin(t)
+	ctx := testenv.Context(t, 60*time.Second)
+	dflt, own := env.Topic(t, 1, nil), env.Topic(t, 1, map[string]string{"retention.ms": "3600000"})
+	rcs, err := adm.DescribeTopicConfigs(ctx, dflt, own)
+	if err != nil {
+		t.Fatalf("describe topic configs: %v", err)
+	}
+	want := map[string]string{dflt: "-1", own: "3600000"}
+	for _, rc := range rcs {
+		if rc.Err != nil {
+			t.Fatalf("describe %s: %v", rc.Name, rc.Err)
+		}
+		got := "(unset)"
+		for _, c := range rc.Configs {
+			if c.Key == "retention.ms" {
+				got = c.MaybeValue()
+			}
+		}
+		if got != want[rc.Name] {
+			t.Errorf("topic %s: retention.ms %s, want %s", rc.Name, got, want[rc.Name])
+		}
+	}
+	// A record a month old is still there and read from offset 0.
+	old := time.Now().Add(-30 * 24 * time.Hour)
+	prod := env.Kafka(t, kgo.DefaultProduceTopic(dflt))
+	if err := prod.ProduceSync(ctx, &kgo.Record{Value: []byte("old"), Timestamp: old}).FirstErr(); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, dflt)
+	if err != nil {
+		t.Fatalf("list start offsets: %v", err)
+	}
+	if o, _ := starts.Lookup(dflt, 0); o.Offset != 0 {
+		t.Errorf("topic %s starts at offset %d, want 0", dflt, o.Offset)
+	}
+}
