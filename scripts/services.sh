@@ -602,6 +602,21 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 EOF
 }
 
+# mqtt_reload_running: a Mosquitto of an older checkout still running gets this checkout's ACL
+# (e.g. narrower device topics): the files are rewritten and, when the ACL or the configuration
+# changed, the broker rereads them on SIGHUP (the ACL and password files are reloaded that way;
+# a changed listener needs `down` and `up`).
+mqtt_reload_running() {
+  local pid=$1 before after
+  before=$(cat "$STATE_DIR/mqtt/acl" "$STATE_DIR/mqtt/mosquitto.conf" 2>/dev/null | sha256sum)
+  configure_mqtt
+  after=$(cat "$STATE_DIR/mqtt/acl" "$STATE_DIR/mqtt/mosquitto.conf" 2>/dev/null | sha256sum)
+  if [[ $before != "$after" ]]; then
+    say "mqtt: the ACL or configuration of the running broker (pid $pid) changed; reloading it (SIGHUP)"
+    kill -HUP "$pid"
+  fi
+}
+
 start_mqtt() {
   require_free_ports mqtt "$MQTT_PORT" "$MQTT_TLS_PORT"
   configure_mqtt
@@ -1825,6 +1840,7 @@ cmd_up() {
     if pid=$(svc_pid "$svc"); then
       check_running_port "$svc" "$(svc_port "$svc")"
       if [[ $svc == postgres ]]; then pg_upgrade_running; fi
+      if [[ $svc == mqtt ]]; then mqtt_reload_running "$pid"; fi
       if [[ $svc == kafka ]] && [[ $(cat "$STATE_DIR/kafka/security" 2>/dev/null || echo plaintext) != "$KAFKA_SECURITY" ]]; then
         # A broker of an older checkout (PLAINTEXT) still running: it can never answer the
         # readiness check of this one. Stop it; the start below formats it for $KAFKA_SECURITY.

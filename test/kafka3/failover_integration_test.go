@@ -89,7 +89,7 @@ func TestBrokerFailoverUnderLoad(t *testing.T) {
 		return string(out), cmd.ProcessState.ExitCode()
 	}
 	out, code := initRun()
-	if code != 0 || strings.Count(out, ": created") != 8 || // seven topics (with telemetry.alerts and devices.shadow) and the bucket
+	if code != 0 || strings.Count(out, ": created") != 9 || // eight topics (with telemetry.alerts, devices.shadow and the alert changelog) and the bucket
 		!strings.Contains(out, "kafka: 3 live brokers; new topics: replication factor 3, min.insync.replicas 2") {
 		t.Fatalf("first init (exit %d):\n%s", code, out)
 	}
