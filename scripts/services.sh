@@ -547,6 +547,9 @@ topic write devices/+/shadow/get/accepted
 pattern write devices/%u/telemetry
 pattern write devices/%u/shadow/update
 pattern write devices/%u/shadow/get
+# Tests only (compose's deploy/mosquitto/acl has no such line): concurrent test runs on this one
+# broker keep apart by a level after the device id, devices/<CN>/<run>/telemetry.
+pattern write devices/%u/+/telemetry
 pattern read devices/%u/config
 pattern read devices/%u/shadow/#
 
