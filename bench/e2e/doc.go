@@ -5,7 +5,7 @@
 // # Isolation
 //
 // A run has a fresh id (e2e-<8 hex>) that names everything it creates:
-// the Kafka topics <id>.raw, .metrics, .dlq and .changelog (6 partitions,
+// the Kafka topics <id>.raw, .readings, .metrics, .dlq and .changelog (6 partitions,
 // made by `iotpipe init`), the PostgreSQL schema bench_<id>, the bucket
 // <id>, the consumer groups <id>-processor, -sink-timescale and
 // -sink-lake, the MQTT topics devices/<id>/{device_id}/telemetry (ceiling:
@@ -114,11 +114,14 @@
 // note says so and the suite's table prints "n/a".
 //
 // Lag, sampled every second, in records (= device messages): the bridge
-// backlog (simulator acked − records in raw+dlq), and for the processor,
-// TimescaleDB sink and lake sink groups the raw-topic records after their
-// committed offsets (end offsets − committed, from kadm; for the
-// TimescaleDB sink from its sink_offsets table, which it writes with the
-// rows: its Kafka commits are only occasional). The bridge backlog is
+// backlog (simulator acked − records in raw+dlq); for the processor the
+// raw-topic records after its committed offsets (end offsets − committed,
+// from kadm); for the TimescaleDB and lake sinks, which read the
+// processor's readings topic as in a deployment, the processor's lag plus
+// the readings after their own offsets up to the topic's last stable
+// offset, less one per partition for a transaction's commit marker (the
+// TimescaleDB sink's offsets from its sink_offsets table, which it writes
+// with the rows: its Kafka commits are only occasional). The bridge backlog is
 // floored at 0, so duplicates in raw (broker redelivery) can hide it. The lake sink
 // commits only after a file is uploaded, so its lag has a saw-tooth of up
 // to lake max age (10 s) of input. Step.MaxLagRecords is the largest sum of

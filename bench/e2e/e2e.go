@@ -41,6 +41,11 @@ type Options struct {
 	// FixedRate, when > 0, is the fixed offered load in messages/s
 	// instead; a note says so when it exceeds the highest sustained step.
 	FixedRate float64
+	// ProfileSeconds, when > 0, starts the stages with --debug-pprof and
+	// takes a CPU profile of this many seconds of each stage (bridge,
+	// processor, both sinks) during the fixed phase, starting a quarter of
+	// the way in; the files are LogDir/cpu-<stage>.pprof (Result.Profiles).
+	ProfileSeconds int
 	// Log receives progress lines (nil: discarded).
 	Log io.Writer
 }
@@ -62,7 +67,17 @@ type Result struct {
 	MaxSustainableRatio    float64 `json:"max_sustainable_ratio_to_ceiling"`
 	Steps                  []Step  `json:"steps"`
 	Processes              []Proc  `json:"processes"`
-	Count                  Count   `json:"count_check"`
+	// PipelineCPUMicrosPerMsg is the CPU µs per device message at the
+	// fixed load of the pipeline's own processes together: bridge,
+	// processor, both sinks, Kafka, PostgreSQL and the object store (not
+	// the simulator, not Mosquitto: both are in the ceiling too).
+	// PipelineCPUCores is their CPU cores. Goal (#19): ≤ 60 µs.
+	PipelineCPUMicrosPerMsg float64 `json:"pipeline_cpu_us_per_msg"`
+	PipelineCPUCores        float64 `json:"pipeline_cpu_cores"`
+	// Profiles are the CPU profiles taken with Options.ProfileSeconds, by
+	// stage name.
+	Profiles map[string]string `json:"profiles,omitempty"`
+	Count    Count             `json:"count_check"`
 
 	// RunID names everything the run created (topics, schema, bucket,
 	// groups, MQTT topics and client ids, device ids).
@@ -157,9 +172,12 @@ type Step struct {
 
 // Proc is the resource use of one process over the fixed-load phase.
 type Proc struct {
-	Name         string  `json:"name"`
-	CPUCores     float64 `json:"cpu_cores"` // CPU seconds per wall second
-	PeakRSSBytes int64   `json:"peak_rss_bytes"`
+	Name     string  `json:"name"`
+	CPUCores float64 `json:"cpu_cores"` // CPU seconds per wall second
+	// CPUMicrosPerMsg is CPU µs per device message at the fixed load
+	// (CPUCores / fixed_msgs_per_s; 0 for the ceiling's processes).
+	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg,omitempty"`
+	PeakRSSBytes    int64   `json:"peak_rss_bytes"`
 	// Pids is how many processes were added up (PostgreSQL: postmaster
 	// and backends).
 	Pids int `json:"pids"`

@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +36,30 @@ func TestRunTiny(t *testing.T) {
 		}
 		o = DefaultOptions(size == "quick")
 		o.Binary, o.Log = testenv.Binary(t), logWriter{t}
+	}
+	// Profiling runs: a fixed load of IOTPIPE_E2E_FIXED_RATE msg/s for
+	// IOTPIPE_E2E_FIXED_DURATION, with CPU profiles of
+	// IOTPIPE_E2E_PROFILE_SECONDS of each stage (Options.ProfileSeconds).
+	if v := os.Getenv("IOTPIPE_E2E_FIXED_RATE"); v != "" {
+		rate, err := strconv.ParseFloat(v, 64)
+		if err != nil || rate <= 0 {
+			t.Fatalf("IOTPIPE_E2E_FIXED_RATE=%q: want msg/s > 0", v)
+		}
+		o.FixedRate = rate
+	}
+	if v := os.Getenv("IOTPIPE_E2E_FIXED_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			t.Fatalf("IOTPIPE_E2E_FIXED_DURATION=%q: want a positive duration", v)
+		}
+		o.FixedDuration = d
+	}
+	if v := os.Getenv("IOTPIPE_E2E_PROFILE_SECONDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("IOTPIPE_E2E_PROFILE_SECONDS=%q: want seconds > 0", v)
+		}
+		o.ProfileSeconds = n
 	}
 	ctx := testenv.Context(t, 2*time.Hour)
 	res, err := Run(ctx, o)

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -365,6 +367,7 @@ func (r *runner) run(ctx context.Context) error {
 	r.res.FixedMsgsPerS = fixed.AchievedMsgsPerS
 	r.res.FixedRatioToCeiling = fixed.AchievedMsgsPerS / r.res.BrokerCeilingMsgsPerS
 	r.res.LatencyP50S, r.res.LatencyP99S, r.res.LatencySamples = fixed.LatencyP50S, fixed.LatencyP99S, fixed.LatencySamples
+	r.res.PipelineCPUCores, r.res.PipelineCPUMicrosPerMsg = pipelineCPU(r.res.Processes, fixed.AchievedMsgsPerS)
 	if fixed.LatencySamples == 0 {
 		r.note("fixed: no latency samples (no probe-device row became queryable while the phase ran): latency_p50_s and latency_p99_s are not measured")
 	}
@@ -662,12 +665,11 @@ func (r *runner) ceiling(ctx context.Context) error {
 // each is ready.
 func (r *runner) startStages(ctx context.Context) error {
 	n := r.n
-	// The sinks store the raw topic (--topic-readings names it; the sinks
-	// no longer read --topic-raw), so that the lag accounting by raw
-	// offsets (lagNow) holds; the processor writes its accepted readings to
-	// n.readings all the same, so its cost is measured.
+	// The topology of a deployment: the sinks store the processor's
+	// accepted readings (n.readings, written in its transactions), so the
+	// latency to a queryable row includes the processor's commit interval.
 	topics := []string{"--topic-metrics", n.metrics, "--topic-dlq", n.dlq}
-	sinkTopics := append([]string{"--topic-readings", n.raw}, topics...)
+	sinkTopics := append([]string{"--topic-readings", n.readings}, topics...)
 	topics = append([]string{"--topic-raw", n.raw}, topics...)
 	stages := []struct {
 		name string
@@ -693,7 +695,11 @@ func (r *runner) startStages(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		c, err := r.cs.start(s.name, r.o.Binary, false, append(s.args, "--http-addr", addr, "--log-format", "json")...)
+		args := append(s.args, "--http-addr", addr, "--log-format", "json")
+		if r.o.ProfileSeconds > 0 {
+			args = append(args, "--debug-pprof")
+		}
+		c, err := r.cs.start(s.name, r.o.Binary, false, args...)
 		if err != nil {
 			return err
 		}
@@ -741,12 +747,46 @@ func (r *runner) lagNow(ctx context.Context) (s lagSample, raw, dlq int64, err e
 			dlq += lo.Offset
 		}
 	})
+	// The sinks read the processor's readings topic: their lag is the
+	// processor's (raw records it has not committed) plus the readings it
+	// committed that they have not (one record per accepted message, up to
+	// the last stable offset). A transaction's commit marker takes one
+	// offset after its records, so a sink that has everything can stand
+	// one offset before the LSO on each partition: that one is forgiven
+	// (the count check counts the rows themselves).
+	lso, err := r.adm.ListCommittedOffsets(ctx, r.n.readings)
+	if err != nil {
+		return s, 0, 0, err
+	}
+	if err := lso.Error(); err != nil {
+		return s, 0, 0, err
+	}
+	readEnd := map[int32]int64{}
+	lso.Each(func(lo kadm.ListedOffset) { readEnd[lo.Partition] = lo.Offset })
+	sinkLag := func(next func(p int32) int64) int64 {
+		var n int64
+		for p, end := range readEnd {
+			n += max(0, end-next(p)-1)
+		}
+		return n
+	}
+	procOffs, err := r.adm.FetchOffsets(ctx, r.n.gProcessor)
+	if err != nil {
+		return s, 0, 0, fmt.Errorf("offsets of %s: %w", r.n.gProcessor, err)
+	}
+	for p, end := range rawEnd {
+		var at int64
+		if o, ok := procOffs.Lookup(r.n.raw, p); ok && o.Err == nil && o.At > 0 {
+			at = o.At
+		}
+		s.Processor += max(0, end-at)
+	}
 	// The TimescaleDB sink's own offsets are in sink_offsets, written with
 	// the rows; it commits to Kafka only now and then, for monitoring.
 	if r.pg != nil {
 		next := map[int32]int64{}
 		rows, err := r.pg.Query(ctx, "SELECT partition, next_offset FROM "+pgx.Identifier{r.n.schema, "sink_offsets"}.Sanitize()+
-			" WHERE consumer_group = $1 AND topic = $2", r.n.gTimescale, r.n.raw)
+			" WHERE consumer_group = $1 AND topic = $2", r.n.gTimescale, r.n.readings)
 		if err != nil {
 			return s, 0, 0, fmt.Errorf("sink_offsets: %w", err)
 		}
@@ -761,26 +801,18 @@ func (r *runner) lagNow(ctx context.Context) (s lagSample, raw, dlq int64, err e
 		if err := rows.Err(); err != nil {
 			return s, 0, 0, fmt.Errorf("sink_offsets: %w", err)
 		}
-		for p, end := range rawEnd {
-			s.Timescale += max(0, end-next[p])
-		}
+		s.Timescale = s.Processor + sinkLag(func(p int32) int64 { return next[p] })
 	}
-	for _, g := range []struct {
-		group string
-		v     *int64
-	}{{r.n.gProcessor, &s.Processor}, {r.n.gLake, &s.Lake}} {
-		offs, err := r.adm.FetchOffsets(ctx, g.group)
-		if err != nil {
-			return s, 0, 0, fmt.Errorf("offsets of %s: %w", g.group, err)
-		}
-		for p, end := range rawEnd {
-			var at int64
-			if o, ok := offs.Lookup(r.n.raw, p); ok && o.Err == nil && o.At > 0 {
-				at = o.At
-			}
-			*g.v += max(0, end-at)
-		}
+	lakeOffs, err := r.adm.FetchOffsets(ctx, r.n.gLake)
+	if err != nil {
+		return s, 0, 0, fmt.Errorf("offsets of %s: %w", r.n.gLake, err)
 	}
+	s.Lake = s.Processor + sinkLag(func(p int32) int64 {
+		if o, ok := lakeOffs.Lookup(r.n.readings, p); ok && o.Err == nil && o.At > 0 {
+			return o.At
+		}
+		return 0
+	})
 	acked := r.ackedDone.Load()
 	if a := r.simAddr.Load(); a != nil {
 		if n, err := simAcked(ctx, *a); err == nil {
@@ -839,6 +871,9 @@ func (r *runner) phase(ctx context.Context, name string, offered float64, dur ti
 	mctx, stopMon := context.WithCancel(ctx)
 	defer func() { stopMon(); monDone.Wait() }()
 	monDone.Go(func() { mon.run(mctx) })
+	if monitorProcs && r.o.ProfileSeconds > 0 {
+		monDone.Go(func() { r.profile(mctx, dur/4) })
+	}
 
 	t0 := time.Now()
 	a0, err := simAcked(ctx, addr)
@@ -960,4 +995,79 @@ func (r *runner) watchList(sim *child) []watched {
 		ws = append(ws, w)
 	}
 	return ws
+}
+
+// pipelineStages are the processes whose CPU makes
+// Result.PipelineCPUMicrosPerMsg: the pipeline's own, not the load's
+// (simulator) nor the broker's (Mosquitto, in the ceiling as well).
+var pipelineStages = map[string]bool{"bridge": true, "processor": true, "sink timescale": true, "sink lake": true,
+	"kafka": true, "postgresql": true, "versitygw": true}
+
+// pipelineCPU fills each process's CPU µs per message at rate msg/s and
+// returns the pipeline's CPU cores and µs per message.
+func pipelineCPU(ps []Proc, rate float64) (cores, perMsg float64) {
+	if !(rate > 0) {
+		return 0, 0
+	}
+	for i := range ps {
+		ps[i].CPUMicrosPerMsg = ps[i].CPUCores * 1e6 / rate
+		if pipelineStages[ps[i].Name] {
+			cores += ps[i].CPUCores
+		}
+	}
+	return cores, cores * 1e6 / rate
+}
+
+// profile waits delay, then takes a CPU profile of Options.ProfileSeconds
+// of every stage at once (their /debug/pprof/profile) into LogDir.
+func (r *runner) profile(ctx context.Context, delay time.Duration) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(delay):
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for name, addr := range r.addrs {
+		wg.Go(func() {
+			path := filepath.Join(r.res.LogDir, "cpu-"+strings.ReplaceAll(name, " ", "-")+".pprof")
+			err := fetchProfile(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, r.o.ProfileSeconds), path,
+				time.Duration(r.o.ProfileSeconds+30)*time.Second)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				r.note("profile of %s: %v", name, err)
+				return
+			}
+			if r.res.Profiles == nil {
+				r.res.Profiles = map[string]string{}
+			}
+			r.res.Profiles[name] = path
+			r.logf("profile of %s: %s (go tool pprof -top %s)", name, path, path)
+		})
+	}
+	wg.Wait()
+}
+
+// fetchProfile stores the body of url in path.
+func fetchProfile(ctx context.Context, u, path string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", u, err)
+	}
+	return os.WriteFile(path, b, 0o644)
 }

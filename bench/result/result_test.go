@@ -62,12 +62,13 @@ func TestFieldNamesAreStable(t *testing.T) {
 		"machine":   "cores cpu_model gomaxprocs kernel load_avg_end load_avg_start memory_bytes",
 		"versions":  "commit dirty go java kafka kcat mosquitto postgresql timescaledb versitygw",
 		"bridge":    "allocs_per_msg benchmarks ceiling_cpu_us_per_msg ceiling_msgs_per_s ceiling_spread_pct compression cpu_ratio cpu_us_per_msg goal_met goal_ratio messages msgs_per_s ratio rounds spread_pct tls variants",
-		"processor": "benchmarks ceiling_readings_per_s_per_core ceiling_us_per_reading changelog_bytes_per_reading goal_met goal_readings_per_s_per_core ratio readings readings_per_s_per_core transactions us_per_reading",
+		"processor": "benchmarks ceiling_readings_per_s_per_core ceiling_us_per_reading changelog_bytes_per_reading goal_met goal_ratio goal_ratio_met goal_readings_per_s_per_core ratio readings readings_per_s_per_core transactions us_per_reading",
 		"timescale": "benchmarks ceiling_rows_per_s db_path_ceiling_rows_per_s db_path_goal_met db_path_ratio db_path_rows_per_s goal_met goal_ratio ratio readings rows rows_per_s",
 		"lake":      "benchmarks ceiling_rows_per_s goal_met goal_rows_per_cpu_s goal_x_smaller parquet_bytes_per_reading ratio rawjson_bytes_per_reading readings rows_per_cpu_s rows_per_s worst_case_x_smaller x_smaller",
 		"micro":     "benchmarks decode_allocs_per_op decode_ns_per_op decode_raw_ns_per_op state_bytes_per_key task_handle_ns_per_op window_update_allocs_per_op window_update_ns_per_op",
 		"end_to_end": "broker_ceiling_msgs_per_s count_check devices fixed_duration_s fixed_msgs_per_s fixed_offered_msgs_per_s fixed_ratio_to_ceiling goal_met goal_ratio " +
-			"latency_p50_s latency_p99_s max_sustainable_msgs_per_s max_sustainable_ratio_to_ceiling processes ratio steps",
+			"goal_latency_p99_s goal_pipeline_cpu_us_per_msg latency_goal_met latency_p50_s latency_p99_s max_sustainable_msgs_per_s max_sustainable_ratio_to_ceiling " +
+			"pipeline_cpu_cores pipeline_cpu_goal_met pipeline_cpu_us_per_msg processes ratio steps",
 	}
 	var bridge map[string]json.RawMessage
 	if err := json.Unmarshal(top["bridge"], &bridge); err != nil {
@@ -121,7 +122,7 @@ func TestEndToEndWithoutResult(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(data), `"end_to_end":{"ratio":0,"goal_ratio":0.5,"goal_met":false,"error":"e2e: not implemented yet"}`) {
+	if !strings.Contains(string(data), `"end_to_end":{"ratio":0,"goal_ratio":0.5,"goal_met":false,"goal_pipeline_cpu_us_per_msg":60,"pipeline_cpu_goal_met":false,"goal_latency_p99_s":1,"latency_goal_met":false,"error":"e2e: not implemented yet"}`) {
 		t.Errorf("json: %s", data)
 	}
 }
@@ -138,9 +139,9 @@ func TestTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := buf.String()
-	for _, s := range []string{"stage", "ceiling", "bridge", "36,852", "7,882", "4.68×", "≥ 1.00×", "yes",
+	for _, s := range []string{"stage", "ceiling", "bridge", "36,852", "7,882", "4.68×", "≥ 1.20×", "yes",
 		"processor", "192,858", "1,068,060", "≥ 500,000/s", "NO", "timescale", "FAILED", "timescale: go test ./sink/timescale/", "lake", "13.37× smaller", "≥ 8.00× smaller",
-		"end_to_end", "7,200", "9,000", "0.80×", "input = output", "micro", "0.4 / 1.9"} {
+		"end_to_end", "7,200", "9,000", "0.80×", "input = output", "micro", "0.4 / 1.9", "p99 ≤ 1.00 s", "≤ 60.0", "ratio to consume+decode", "≥ 0.80×"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("table lacks %q:\n%s", s, out)
 		}

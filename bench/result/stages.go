@@ -128,7 +128,7 @@ func bridgeTLSFrom(bs []Bench, messages int, m *missing) *BridgeTLS {
 // ProcessorFrom fills the processor figures (benchmarks run with -cpu 1).
 func ProcessorFrom(bs []Bench, readings int) *Processor {
 	var m missing
-	r := &Processor{Readings: readings, GoalReadingsPerSPerCore: GoalProcessorPerCore, Benchmarks: Collect(bs)}
+	r := &Processor{Readings: readings, GoalReadingsPerSPerCore: GoalProcessorPerCore, GoalRatio: GoalProcessorRatio, Benchmarks: Collect(bs)}
 	r.ReadingsPerSPerCore = m.get(bs, ProcessorBench, "readings/s")
 	r.MicrosPerReading = m.get(bs, ProcessorBench, "µs/reading")
 	r.ChangelogBytesPerReading, _ = Get(bs, ProcessorBench, "changelog-B/reading")
@@ -139,6 +139,7 @@ func ProcessorFrom(bs []Bench, readings int) *Processor {
 	r.Ratio = ratio(r.ReadingsPerSPerCore, r.CeilingReadingsPerSPerCore)
 	r.Error = m.err()
 	r.GoalMet = r.Error == "" && r.ReadingsPerSPerCore >= r.GoalReadingsPerSPerCore
+	r.GoalRatioMet = r.Error == "" && r.Ratio >= r.GoalRatio
 	return r
 }
 
@@ -244,7 +245,7 @@ func MicroFrom(bs []Bench) *Micro {
 
 // EndToEndFrom wraps the e2e result (res may be nil when the run failed).
 func EndToEndFrom(res *e2e.Result, runErr error) *EndToEnd {
-	r := &EndToEnd{Result: res, GoalRatio: GoalEndToEndRatio}
+	r := &EndToEnd{Result: res, GoalRatio: GoalEndToEndRatio, GoalCPUMicrosPerMsg: GoalEndToEndCPUMicros, GoalLatencyP99S: GoalEndToEndLatencyP99S}
 	if res != nil {
 		r.Ratio = res.MaxSustainableRatio
 		if r.Ratio == 0 && res.BrokerCeilingMsgsPerS > 0 {
@@ -255,6 +256,8 @@ func EndToEndFrom(res *e2e.Result, runErr error) *EndToEnd {
 		r.Error = runErr.Error()
 	}
 	r.GoalMet = r.Error == "" && res != nil && res.Count.OK && r.Ratio >= r.GoalRatio
+	r.CPUGoalMet = r.Error == "" && res != nil && res.PipelineCPUMicrosPerMsg > 0 && res.PipelineCPUMicrosPerMsg <= r.GoalCPUMicrosPerMsg
+	r.LatencyGoalMet = r.Error == "" && res != nil && res.LatencySamples > 0 && res.LatencyP99S <= r.GoalLatencyP99S
 	return r
 }
 

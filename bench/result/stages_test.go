@@ -19,7 +19,7 @@ func TestBridgeFrom(t *testing.T) {
 	if b.MsgsPerS != 36852 || b.CPUMicrosPerMsg != 12 || b.AllocsPerMsg != 47.7 || b.CeilingMsgsPerS != 7882 || b.CeilingCPUMicrosMsg != 26 {
 		t.Errorf("figures: %+v", b)
 	}
-	if !near(b.Ratio, 36852.0/7882) || !b.GoalMet || b.GoalRatio != 1 {
+	if !near(b.Ratio, 36852.0/7882) || !b.GoalMet || b.GoalRatio != GoalBridgeRatio {
 		t.Errorf("ratio %v goal %v met %v", b.Ratio, b.GoalRatio, b.GoalMet)
 	}
 	if len(b.Variants) != 4 || b.Variants["zstd"].MsgsPerS != 17675 {

@@ -94,6 +94,7 @@ func (f *File) Rows() []Row {
 	if p := f.Processor; p != nil {
 		failed("processor", p.Error)
 		add(Row{"processor", "readings/s per core, exactly-once, vs consume+decode", Num(p.ReadingsPerSPerCore), Num(p.CeilingReadingsPerSPerCore), times(p.Ratio), "≥ " + Num(p.GoalReadingsPerSPerCore) + "/s", met(p.GoalMet)})
+		add(Row{"processor", "ratio to consume+decode (the line above)", "", "", times(p.Ratio), "≥ " + times(p.GoalRatio), met(p.GoalRatioMet)})
 		if k := p.KafkaSec; k != nil {
 			add(Row{"processor", kafkaSecLabel("readings/s per core", k), Num(k.SASLSSL), Num(k.Plaintext), times(k.Ratio), "≥ " + times(k.GoalRatio), met(k.GoalMet)})
 			add(Row{"processor", "CPU µs/reading, Kafka over SASL_SSL vs PLAINTEXT (lower is better)", Num(k.SASLSSLCPUMicros), Num(k.PlaintextCPUMicros), times(k.CPURatio), "", ""})
@@ -122,11 +123,12 @@ func (f *File) Rows() []Row {
 			if r.LatencySamples == 0 {
 				lat = "n/a (0 samples)"
 			}
-			add(Row{"end_to_end", "latency event → queryable row p50 / p99 (s)", lat, "", "", "", ""})
+			add(Row{"end_to_end", "latency event → queryable row p50 / p99 (s)", lat, "", "", "p99 ≤ " + Num(e.GoalLatencyP99S) + " s", met(e.LatencyGoalMet)})
+			add(Row{"end_to_end", "CPU µs/msg at fixed load: bridge, processor, sinks, Kafka, PostgreSQL, object store", Num(r.PipelineCPUMicrosPerMsg), "", "", "≤ " + Num(e.GoalCPUMicrosPerMsg), met(e.CPUGoalMet)})
 			c := r.Count
 			add(Row{"end_to_end", "count check: acked → raw + DLQ / readings rows / lake rows", fmt.Sprintf("%s → %s + %s / %s / %s", Num(float64(c.PublishedAcked)), Num(float64(c.RawRecords)), Num(float64(c.DLQRecords)), Num(float64(c.ReadingsRows)), Num(float64(c.LakeRows))), "", "", "input = output", met(c.OK)})
 			for _, p := range r.Processes {
-				add(Row{"end_to_end", "process " + p.Name + ": CPU cores / peak RSS MiB", Num(p.CPUCores) + " / " + Num(float64(p.PeakRSSBytes)/(1<<20)), "", "", "", ""})
+				add(Row{"end_to_end", "process " + p.Name + ": CPU cores / CPU µs per msg / peak RSS MiB", Num(p.CPUCores) + " / " + Num(p.CPUMicrosPerMsg) + " / " + Num(float64(p.PeakRSSBytes)/(1<<20)), "", "", "", ""})
 			}
 		}
 	}

@@ -80,6 +80,7 @@ func parseStage[C any, PC validating[C], S service.Stage](sc *stageCmd[C, S], en
 	f.Group("Metrics and health")
 	f.String(&st.opts.Addr, "http-addr", "address of /metrics, /healthz and /readyz (host:port; empty disables)")
 	f.Int(&st.opts.PortOffset, "http-port-offset", "added to the port of --http-addr: set it once (IOTPIPE_HTTP_PORT_OFFSET) to move every stage of a pipeline, e.g. 100 gives 9201-9205")
+	f.Bool(&st.opts.Pprof, "debug-pprof", "also serve Go's profiles (net/http/pprof) under /debug/pprof/ on --http-addr, e.g. go tool pprof http://ADDR/debug/pprof/profile?seconds=30; keep --http-addr private when on")
 	f.Duration(&st.opts.DebugStopDelay, "debug-stop-delay", "testing only: pass SIGTERM on to the stage this long after it came (drain tests scrape /metrics meanwhile)")
 	bindLog(f, &st.log)
 	err := f.Parse(args, env.Stdout)

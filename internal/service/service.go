@@ -5,6 +5,7 @@
 //   - It listens on Options.Addr before the stage starts, so a port in use
 //     fails at once, with a *config.FieldError for field "Addr" (the command
 //     names --http-addr), and the stage never runs.
+//   - With Options.Pprof it also serves /debug/pprof/ (net/http/pprof).
 //   - It serves /metrics (Options.Registry), /healthz (200 while the process
 //     runs) and /readyz (200 when every check of Stage.Checks passes, 503
 //     with the failing ones otherwise) from before the stage starts until
@@ -26,6 +27,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strconv"
 	"time"
@@ -83,6 +85,10 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Log receives the lifecycle messages (nil: discard).
 	Log *slog.Logger
+	// Pprof also serves net/http/pprof's profiles under /debug/pprof/ on
+	// Addr (off by default: a profile exposes the process's internals, so
+	// keep Addr on a private interface when it is on).
+	Pprof bool
 	// DebugStopDelay, for drain tests only, passes the stop signal on to
 	// the stage this long after it came (the stage keeps working, and the
 	// endpoints keep answering, meanwhile). 0: at once.
@@ -165,7 +171,11 @@ func Run(ctx context.Context, stage Stage, opts Options) error {
 			return &config.FieldError{Field: "Addr", Err: err}
 		}
 	}
-	srv := &http.Server{Handler: Handler(opts.Registry, stage.Checks(), opts.CheckTimeout), ReadHeaderTimeout: 5 * time.Second}
+	h := Handler(opts.Registry, stage.Checks(), opts.CheckTimeout)
+	if opts.Pprof {
+		h = withPprof(h)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	var served chan error // nil (never ready) without a listener
 	if ln != nil {
 		served = make(chan error, 1)
@@ -219,6 +229,19 @@ func waitStop(done <-chan error, timeout time.Duration, log *slog.Logger) error 
 		log.Error("hard stop", "error", err)
 		return err
 	}
+}
+
+// withPprof serves net/http/pprof's handlers under /debug/pprof/ and
+// everything else with h.
+func withPprof(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", h)
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // Handler returns the HTTP handler with /metrics (reg), /healthz and

@@ -250,3 +250,37 @@ func TestPortOffset(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Profiles are served only when Options.Pprof asks for them; the usual
+// endpoints answer either way.
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		addr := freeAddr(t)
+		st := newFake()
+		close(st.release)
+		opts := options(addr)
+		opts.Pprof = on
+		ctx, stop := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- Run(ctx, st, opts) }()
+		waitClosed(t, st.started, "stage start")
+		base := "http://" + addr
+		code, body := get(t, base+"/debug/pprof/cmdline")
+		if on && (code != 200 || !strings.Contains(body, "service.test")) {
+			t.Errorf("pprof on: /debug/pprof/cmdline %d %q", code, body)
+		}
+		if !on && code != http.StatusNotFound {
+			t.Errorf("pprof off: /debug/pprof/cmdline %d, want 404", code)
+		}
+		if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
+			t.Errorf("pprof %t: healthz %d %q", on, code, body)
+		}
+		if code, _ := get(t, base+"/metrics"); code != 200 {
+			t.Errorf("pprof %t: metrics %d", on, code)
+		}
+		stop()
+		if err := <-done; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	}
+}
