@@ -1574,6 +1574,13 @@ max_connections = 200
 timezone = 'UTC'
 log_timezone = 'UTC'
 log_line_prefix = '%m [%p] %q%u@%d '
+# Write-heavy tuning (the readings table takes tens of thousands of rows/s; docs/OPERATIONS.md):
+# index pages of the current chunk stay in shared buffers, and checkpoints (each followed by
+# full-page images of every page touched again) are rarer. The compose image's timescaledb-tune
+# sets shared_buffers from the container's memory the same way.
+shared_buffers = 512MB
+max_wal_size = 4GB
+checkpoint_timeout = 15min
 $preload
 EOF
 }

@@ -46,6 +46,10 @@ type Options struct {
 	// processor, both sinks) during the fixed phase, starting a quarter of
 	// the way in; the files are LogDir/cpu-<stage>.pprof (Result.Profiles).
 	ProfileSeconds int
+	// StageArgs are extra command-line arguments by stage name ("bridge",
+	// "processor", "sink timescale", "sink lake"), after the benchmark's
+	// own: for trying a setting (e.g. "--kafka-linger", "20ms").
+	StageArgs map[string][]string
 	// Log receives progress lines (nil: discarded).
 	Log io.Writer
 }

@@ -61,6 +61,25 @@ func TestRunTiny(t *testing.T) {
 		}
 		o.ProfileSeconds = n
 	}
+	if v := os.Getenv("IOTPIPE_E2E_DEVICES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("IOTPIPE_E2E_DEVICES=%q: want a fleet size > 0", v)
+		}
+		o.Devices = n
+	}
+	// IOTPIPE_E2E_STAGE_ARGS="bridge=--kafka-linger=20ms;processor=--commit-interval=250ms"
+	// passes extra arguments to stages (Options.StageArgs).
+	if v := os.Getenv("IOTPIPE_E2E_STAGE_ARGS"); v != "" {
+		o.StageArgs = map[string][]string{}
+		for _, part := range strings.Split(v, ";") {
+			name, args, ok := strings.Cut(part, "=")
+			if !ok {
+				t.Fatalf("IOTPIPE_E2E_STAGE_ARGS: %q is not stage=--flag=value,...", part)
+			}
+			o.StageArgs[name] = append(o.StageArgs[name], strings.Split(args, ",")...)
+		}
+	}
 	ctx := testenv.Context(t, 2*time.Hour)
 	res, err := Run(ctx, o)
 	if res != nil {

@@ -695,7 +695,7 @@ func (r *runner) startStages(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		args := append(s.args, "--http-addr", addr, "--log-format", "json")
+		args := append(append(s.args, "--http-addr", addr, "--log-format", "json"), r.o.StageArgs[s.name]...)
 		if r.o.ProfileSeconds > 0 {
 			args = append(args, "--debug-pprof")
 		}

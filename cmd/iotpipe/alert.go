@@ -40,6 +40,7 @@ transaction in progress, leaves the group and exits 0.`,
 	shutdown: func(c *alert.Config) *time.Duration { return &c.ShutdownTimeout },
 	bind: func(f *Flags, c *alert.Config) {
 		bindKafka(f, &c.Kafka)
+		bindKafkaFetch(f, &c.Kafka.Fetch)
 		f.Group("Consumer group")
 		f.String(&c.Group, "group", "consumer group; alert stages in one group split the input partitions")
 		f.String(&c.InstanceID, "instance-id", "name of this alert stage in the group, unique among running ones and stable across its restarts (static membership; also names its transactional id)")

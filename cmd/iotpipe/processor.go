@@ -36,6 +36,7 @@ group and exits 0.`,
 	shutdown: func(c *processor.Config) *time.Duration { return &c.ShutdownTimeout },
 	bind: func(f *Flags, c *processor.Config) {
 		bindKafka(f, &c.Kafka)
+		bindKafkaFetch(f, &c.Kafka.Fetch)
 		f.Group("Consumer group")
 		f.String(&c.Group, "group", "consumer group; processors in one group split the raw topic's partitions")
 		f.String(&c.InstanceID, "instance-id", "name of this processor in the group, unique among running ones and stable across its restarts (static membership; also names its transactional id)")

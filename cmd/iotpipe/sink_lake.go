@@ -34,6 +34,7 @@ uploads, commits and exits 0.`,
 	shutdown: func(c *lake.Config) *time.Duration { return &c.ShutdownTimeout },
 	bind: func(f *Flags, c *lake.Config) {
 		bindKafka(f, &c.Kafka)
+		bindKafkaFetch(f, &c.Kafka.Fetch)
 		f.Group("Consumer group")
 		f.String(&c.Group, "group", "Kafka consumer group; run more copies with the same group to scale out")
 		f.String(&c.RawTopic, "topic-readings", "topic of the processor's accepted readings (each device message once), written to the readings dataset (- to skip; naming the raw topic stores every raw record, re-sends and redeliveries included)")

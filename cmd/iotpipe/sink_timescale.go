@@ -37,6 +37,7 @@ SIGTERM/SIGINT: writes the batch in hand (or rolls it back), exits 0.`,
 	bind: func(f *Flags, c *timescale.Config) {
 		f.Alias("drain-timeout", "shutdown-timeout")
 		bindKafka(f, &c.Kafka)
+		bindKafkaFetch(f, &c.Kafka.Fetch)
 		f.Group("Consumer group")
 		f.String(&c.Group, "group", "Kafka consumer group; also the key of the sink's offsets in sink_offsets")
 		f.String(&c.InstanceID, "instance-id", "static group member id (KIP-345), unique and stable per replica (a restart takes its partitions back at once); empty: dynamic membership")

@@ -195,6 +195,13 @@ func bindKafka(f *Flags, c *kafkax.Config) {
 	f.String(&c.TLS.ServerName, "kafka-server-name", "name the brokers' certificates must hold; empty checks each broker's host")
 }
 
+// bindKafkaFetch binds a consumer's fetch tuning onto c (consumer stages
+// only).
+func bindKafkaFetch(f *Flags, c *kafkax.Fetch) {
+	f.Int(&c.MinBytes, "kafka-fetch-min-bytes", "a fetch waits until the broker has this many bytes for it (or --kafka-fetch-max-wait passed); larger means fewer, bigger fetches (0: answer at once)")
+	f.Duration(&c.MaxWait, "kafka-fetch-max-wait", "longest a fetch waits for --kafka-fetch-min-bytes (0: 5s); bounds the latency it adds")
+}
+
 // bindKafkaPassword is the one place the Kafka SASL password is bound: a
 // secret, never printed by --check-config or logged.
 func bindKafkaPassword(f *Flags, p *string) {

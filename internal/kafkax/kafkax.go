@@ -50,6 +50,22 @@ type Config struct {
 	SASL SASL
 	// TLS encrypts the connection and checks the brokers' certificate.
 	TLS TLS
+	// Fetch tunes a consumer's fetch requests (zero values: franz-go's
+	// defaults, an answer as soon as one byte is there).
+	Fetch Fetch
+}
+
+// Fetch tunes how a consumer batches its reads: the broker answers a fetch
+// once MinBytes are there or MaxWait has passed. A consumer of a steady
+// stream then makes a few large fetches a second instead of hundreds of
+// small ones (CPU on both sides, each over TLS), at the cost of up to
+// MaxWait of latency.
+type Fetch struct {
+	// MinBytes is the least a broker gathers before answering (0: 1 byte).
+	MinBytes int
+	// MaxWait is the longest a broker waits for MinBytes (0: 5s; at least
+	// 10ms).
+	MaxWait time.Duration
 }
 
 // SASL is the client's Kafka principal.
@@ -128,6 +144,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	p.Check(c.DialTimeout <= 0, "DialTimeout", "must be positive")
+	p.Check(c.Fetch.MinBytes < 0 || c.Fetch.MinBytes > 64<<20, "Fetch.MinBytes", "must be between 0 and 64 MiB")
+	p.Check(c.Fetch.MaxWait != 0 && (c.Fetch.MaxWait < 10*time.Millisecond || c.Fetch.MaxWait > time.Minute), "Fetch.MaxWait",
+		"must be 0 (default) or between 10ms and 1m")
 	switch c.SASL.Mechanism {
 	case MechanismSCRAMSHA512, MechanismPlain:
 	default:
@@ -204,6 +223,12 @@ func (c *Config) Opts(extra ...kgo.Opt) []kgo.Opt {
 	}
 	if m := c.Mechanism(); m != nil {
 		opts = append(opts, kgo.SASL(m))
+	}
+	if c.Fetch.MinBytes > 0 {
+		opts = append(opts, kgo.FetchMinBytes(int32(c.Fetch.MinBytes)))
+	}
+	if c.Fetch.MaxWait > 0 {
+		opts = append(opts, kgo.FetchMaxWait(c.Fetch.MaxWait))
 	}
 	return append(opts, extra...)
 }

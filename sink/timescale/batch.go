@@ -63,6 +63,7 @@ type batch struct {
 
 	srcs     []source
 	readings []readingRow
+	order    []int32 // scratch for readingSource's sorted rows
 	metrics  []schemas.WindowMetric
 	activity []schemas.Activity
 	alerts   []*schemas.Alert

@@ -112,7 +112,8 @@ func TestReadingSource(t *testing.T) {
 	b.add(rawRec(t, 1, "d1", 2), time.Now())
 	b.add(metRec(2, "d1", 1_764_252_000_000_000, 1), time.Now())
 	b.add(rawRec(t, 3, "d2", 3), time.Now())
-	src := &readingSource{b: b, idxs: []int{0, 1, 2}, vals: make([]any, len(readingCols))}
+	b.add(rawRec(t, 4, "d0", 1), time.Now())
+	src := &readingSource{b: b, idxs: []int{0, 1, 2, 3}, vals: make([]any, len(readingCols))}
 	var got []string
 	for src.Next() {
 		v, _ := src.Values()
@@ -121,7 +122,8 @@ func TestReadingSource(t *testing.T) {
 			t.Errorf("seq = %v, want NULL for a reading without seq", v[4])
 		}
 	}
-	if strings.Join(got, " ") != "d1/m0 d1/m1 d2/m0 d2/m1 d2/m2" {
+	// Sorted by device and metric (then time), not in arrival order.
+	if strings.Join(got, " ") != "d0/m0 d1/m0 d1/m1 d2/m0 d2/m1 d2/m2" {
 		t.Fatalf("rows = %v", got)
 	}
 	src = &readingSource{b: b, idxs: []int{2}, vals: make([]any, len(readingCols))}
