@@ -95,11 +95,26 @@ const (
 	DefaultShutdownTimeout    = 15 * time.Second
 )
 
+// DefaultFetch is the processor's fetch tuning: its input is a steady
+// stream, and answering each fetch as soon as a byte is there made it
+// fetch hundreds of times a second in small pieces (each over TLS, on both
+// sides). Gathering up to 64 KiB for at most 50 ms cut the processor's CPU
+// per message by ~20 % and Kafka's by ~20 % in the end-to-end benchmark at
+// 12,000 msg/s (#19), and adds at most 50 ms to a reading's way, next to
+// the commit interval's 500 ms.
+var DefaultFetch = kafkax.Fetch{MinBytes: 64 << 10, MaxWait: 50 * time.Millisecond}
+
+func defaultKafka() kafkax.Config {
+	k := kafkax.DefaultConfig("iotpipe-processor")
+	k.Fetch = DefaultFetch
+	return k
+}
+
 // DefaultConfig returns every default of Config; InstanceID is the host
 // name.
 func DefaultConfig() Config {
 	return Config{
-		Kafka:      kafkax.DefaultConfig("iotpipe-processor"),
+		Kafka:      defaultKafka(),
 		Group:      DefaultGroup,
 		InstanceID: kafkax.HostInstanceID(),
 		Topics: Topics{Raw: schemas.TopicRaw, Metrics: schemas.TopicMetrics, DLQ: schemas.TopicDLQ,

@@ -101,13 +101,13 @@
 // on its /metrics) over the phase, i.e. messages the broker took
 // responsibility for, per second.
 //
-// Latency from event time to queryable row: every 200 ms a separate
+// Latency from event time to queryable row: every 100 ms a separate
 // PostgreSQL connection (the read-only role) asks for the readings rows
 // (metric temperature) of 5 probe devices newer than the last one it saw;
 // a row's latency is the start of the first query that returned it minus
 // its event time (the simulator stamps the event time when it publishes,
 // on the same clock). The poll interval bounds the resolution (latencies
-// are over-estimated by up to 200 ms plus the query time). p50/p99 are
+// are over-estimated by up to 100 ms plus the query time). p50/p99 are
 // nearest-rank percentiles over all samples of the phase. A phase without
 // samples (no probe row became queryable while it ran) has
 // LatencySamples 0 and p50/p99 0, which means not measured, not 0 s: a

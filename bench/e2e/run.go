@@ -37,7 +37,7 @@ const (
 	lateness       = 2 * time.Second
 	idleTimeout    = 5 * time.Second
 	lakeMaxAge     = 10 * time.Second
-	pollInterval   = 200 * time.Millisecond
+	pollInterval   = 100 * time.Millisecond
 	progressEvery  = 5 * time.Second
 	stopWait       = 45 * time.Second
 	readyTimeout   = 90 * time.Second

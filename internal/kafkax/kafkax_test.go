@@ -3,6 +3,7 @@ package kafkax
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/iotpipe/iotpipe/internal/config"
 )
@@ -22,6 +23,9 @@ func TestValidateSecurity(t *testing.T) {
 		{"CA file without TLS", func(c *Config) { c.TLS.CAFile = "/ca.crt" }, "TLS.Enabled"},
 		{"missing CA file", func(c *Config) { c.TLS = TLS{Enabled: true, CAFile: "/does/not/exist.crt"} }, "TLS.CAFile"},
 		{"cert without key", func(c *Config) { c.TLS = TLS{Enabled: true, CertFile: "/c.crt"} }, "TLS.KeyFile"},
+		{"fetch tuned", func(c *Config) { c.Fetch = Fetch{MinBytes: 64 << 10, MaxWait: 50 * time.Millisecond} }, ""},
+		{"fetch wait below 10ms", func(c *Config) { c.Fetch.MaxWait = 5 * time.Millisecond }, "Fetch.MaxWait"},
+		{"fetch min bytes negative", func(c *Config) { c.Fetch.MinBytes = -1 }, "Fetch.MinBytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig("x")
