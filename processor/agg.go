@@ -59,6 +59,29 @@ func binKey(v float64) uint32 {
 	}
 }
 
+// binCache memoises binKey for recent values, by their bits (direct
+// mapped): sensors repeat values (their resolution is coarse: a
+// temperature in tenths of a degree), and the logarithm is most of what a
+// value costs the sketch. A hit returns exactly what binKey returns.
+type binCache [binCacheSize]struct {
+	bits uint64
+	key  uint32 // 0: empty (binKey never returns 0)
+}
+
+const binCacheSize = 1024 // a power of two
+
+// key returns binKey(v).
+func (c *binCache) key(v float64) uint32 {
+	b := math.Float64bits(v)
+	e := &c[(b*0x9E3779B97F4A7C15)>>(64-10)]
+	if e.key != 0 && e.bits == b {
+		return e.key
+	}
+	k := binKey(v)
+	e.bits, e.key = b, k
+	return k
+}
+
 // binValue is the representative value of the bin with key k.
 func binValue(k uint32) float64 {
 	switch {

@@ -156,3 +156,24 @@ func TestAddBinsSplice(t *testing.T) {
 		t.Fatalf("%d bins read (bad %v), want %d", n, it.bad, len(want))
 	}
 }
+
+// TestBinCache: the memoised bin key is binKey's, for repeated values,
+// values whose cache slots collide, zeros of both signs and extremes.
+func TestBinCache(t *testing.T) {
+	var c binCache
+	vals := []float64{0, math.Copysign(0, -1), 1e-320, -1e-320, math.MaxFloat64, -math.MaxFloat64, math.SmallestNonzeroFloat64}
+	for _, vs := range sketchCases() {
+		vals = append(vals, vs...)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 100_000 {
+		vals = append(vals, math.Round(rng.NormFloat64()*300)/10)
+	}
+	for pass := range 2 {
+		for _, v := range vals {
+			if got, want := c.key(v), binKey(v); got != want {
+				t.Fatalf("pass %d: key(%v) = %d, binKey %d", pass, v, got, want)
+			}
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -196,8 +197,13 @@ func procRounds(b *testing.B, side string) *procMeasurement {
 
 // ceilingRound reads the whole input in a new consumer group,
 // read_committed, decoding each record.
-func ceilingRound(b *testing.B, env *testenv.Env, topic string) roundResult {
+func ceilingRound(b *testing.B, env *testenv.Env, topic string) (r roundResult) {
 	b.Helper()
+	pprof.Do(context.Background(), pprof.Labels("round", "ceiling"), func(context.Context) { r = ceilingRun(b, env, topic) })
+	return r
+}
+
+func ceilingRun(b *testing.B, env *testenv.Env, topic string) roundResult {
 	cl := env.Kafka(b, kgo.ConsumerGroup(env.Group(b)), kgo.ConsumeTopics(topic), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	defer cl.Close()
@@ -357,7 +363,10 @@ func exactlyOnceRound(b *testing.B, env *testenv.Env, topic string, stallOK bool
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	// Labelled (as are the goroutines its Kafka client starts) so that a
+	// -cpuprofile of the benchmark tells the processor apart from the
+	// ceiling: go tool pprof -tagfocus round=processor.
+	go pprof.Do(ctx, pprof.Labels("round", "processor"), func(ctx context.Context) { done <- p.Run(ctx) })
 	adm := env.KafkaAdmin(b)
 	began := time.Now()
 	tctx := testenv.Context(b, 10*time.Minute)
