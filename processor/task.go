@@ -27,6 +27,10 @@ type task struct {
 	// belongs to the producer; the task never touches it again, and a slab
 	// is freed once the producer is done with all of its records.
 	slab []kgo.Record
+	// n counts what the hottest metrics count until flush adds it to them
+	// (after each poll's records: a Prometheus counter is an atomic
+	// operation per call).
+	n struct{ in, accepted, duplicates, ignored int64 }
 }
 
 // slabRecords is how many records a slab holds (about 40 KB).
@@ -58,11 +62,35 @@ func newTask(partition int32, eng *Engine, topics Topics, m *metrics) *task {
 		clock: ingestclock.New(eng.cfg.HeartbeatExpiry)}
 }
 
-// handle processes one input record at wall-clock time now. A heartbeat
-// moves the partition's ingest clock and is not a reading: not counted as
-// input, not copied, not dead-lettered (its offset is consumed like any
-// other's).
+// handle processes one input record at wall-clock time now (see
+// handleRec) and updates the metrics.
 func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
+	t.handleRec(rec, now, out)
+	t.flush()
+}
+
+// flush adds what handleRec counted to the metrics.
+func (t *task) flush() {
+	if t.n.in > 0 {
+		t.m.recordsIn.Add(float64(t.n.in))
+	}
+	if t.n.accepted > 0 {
+		t.m.accepted.Add(float64(t.n.accepted))
+	}
+	if t.n.duplicates > 0 {
+		t.m.duplicates.Add(float64(t.n.duplicates))
+	}
+	if t.n.ignored > 0 {
+		t.m.ignoredFields.Add(float64(t.n.ignored))
+	}
+	t.n = struct{ in, accepted, duplicates, ignored int64 }{}
+}
+
+// handleRec processes one input record at wall-clock time now; call flush
+// after the last. A heartbeat moves the partition's ingest clock and is
+// not a reading: not counted as input, not copied, not dead-lettered (its
+// offset is consumed like any other's).
+func (t *task) handleRec(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 	if schemas.IsHeartbeat(rec.Headers) {
 		h, err := schemas.DecodeHeartbeat(rec.Value)
 		if err != nil {
@@ -73,7 +101,7 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 		t.clock.Observe(h)
 		return
 	}
-	t.m.recordsIn.Inc()
+	t.n.in++
 	if err := t.dec.Decode(rec.Value, &t.r); err != nil {
 		t.m.rejected(schemas.ReasonInvalidRecord)
 		out(t.deadLetter(rec, schemas.ReasonInvalidRecord, err.Error(), now))
@@ -91,8 +119,8 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 	}
 	switch t.eng.AddAt(&t.r, now, clock, seen) {
 	case Accepted:
-		t.m.accepted.Inc()
-		t.m.ignoredFields.Add(float64(t.r.IgnoredFields))
+		t.n.accepted++
+		t.n.ignored += int64(t.r.IgnoredFields)
 		if t.topics.Readings != SkipTopic {
 			// Keyed by device id like the input, so with as many
 			// partitions it lands in the same partition number.
@@ -105,7 +133,7 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 			out(c)
 		}
 	case Duplicate:
-		t.m.duplicates.Inc()
+		t.n.duplicates++
 	case Late:
 		t.m.rejected(schemas.ReasonLate)
 		out(t.deadLetter(rec, schemas.ReasonLate, t.eng.lateError(&t.r), now))
