@@ -29,7 +29,8 @@ type task struct {
 	// per slabRecords records and per arenaChunk bytes instead of one or
 	// more each. What is handed to out belongs to the producer; the task
 	// never touches it again, and a slab or chunk is freed once the
-	// producer is done with all of it.
+	// producer is done with all of it (a slab keeps the fetched input its
+	// copies point to until then: at most slabRecords records' worth).
 	slab  []kgo.Record
 	arena []byte
 	// hdr: the headers of metrics records, one slice for all (records'
