@@ -59,6 +59,29 @@ func binKey(v float64) uint32 {
 	}
 }
 
+// binCache memoises binKey for recent values, by their bits (direct
+// mapped): sensors repeat values (their resolution is coarse: a
+// temperature in tenths of a degree), and the logarithm is most of what a
+// value costs the sketch. A hit returns exactly what binKey returns.
+type binCache [binCacheSize]struct {
+	bits uint64
+	key  uint32 // 0: empty (binKey never returns 0)
+}
+
+const binCacheSize = 1024 // a power of two
+
+// key returns binKey(v).
+func (c *binCache) key(v float64) uint32 {
+	b := math.Float64bits(v)
+	e := &c[(b*0x9E3779B97F4A7C15)>>(64-10)]
+	if e.key != 0 && e.bits == b {
+		return e.key
+	}
+	k := binKey(v)
+	e.bits, e.key = b, k
+	return k
+}
+
 // binValue is the representative value of the bin with key k.
 func binValue(k uint32) float64 {
 	switch {
@@ -110,8 +133,60 @@ func addBin(b []byte, k uint32) []byte {
 }
 
 // binEdit returns the edit that counts one value of bin key k into the
-// bins string b: replace b[i:j] with r (built in tmp).
+// bins string b: replace b[i:j] with r (built in tmp). It is binEditIter
+// with the walk inlined and one-byte varints read directly (a value's
+// hottest path); a string that is not well formed goes to binEditIter.
 func binEdit(b []byte, k uint32, tmp []byte) (i, j int, r []byte) {
+	key, pos := uint32(0), 0
+	for pos < len(b) {
+		at := pos
+		d := uint64(b[pos])
+		if d < 0x80 {
+			pos++
+		} else {
+			var n int
+			if d, n = binary.Uvarint(b[pos:]); n <= 0 {
+				return binEditIter(b, k, tmp)
+			}
+			pos += n
+		}
+		if d >= binKeyLimit || uint64(key)+d >= binKeyLimit || (d == 0 && at > 0) || pos >= len(b) {
+			return binEditIter(b, k, tmp)
+		}
+		cat := pos
+		c := uint64(b[pos])
+		if c < 0x80 {
+			pos++
+		} else {
+			var n int
+			if c, n = binary.Uvarint(b[pos:]); n <= 0 {
+				return binEditIter(b, k, tmp)
+			}
+			pos += n
+		}
+		if c == 0 {
+			return binEditIter(b, k, tmp)
+		}
+		switch nk := key + uint32(d); {
+		case nk == k:
+			return cat, pos, binary.AppendUvarint(tmp, c+1)
+		case nk > k:
+			// A new entry before this one, whose delta shrinks.
+			r = binary.AppendUvarint(tmp, uint64(k-key))
+			r = append(r, 1)
+			r = binary.AppendUvarint(r, uint64(nk-k))
+			return at, cat, r
+		default:
+			key = nk
+		}
+	}
+	r = binary.AppendUvarint(tmp, uint64(k-key))
+	return len(b), len(b), append(r, 1)
+}
+
+// binEditIter is binEdit by binIter: a string that is not well formed is
+// taken to end before its first bad entry.
+func binEditIter(b []byte, k uint32, tmp []byte) (i, j int, r []byte) {
 	it := binIter{b: b}
 	prev := uint32(0)
 	for {

@@ -156,3 +156,76 @@ func TestAddBinsSplice(t *testing.T) {
 		t.Fatalf("%d bins read (bad %v), want %d", n, it.bad, len(want))
 	}
 }
+
+// TestBinCache: the memoised bin key is binKey's, for repeated values,
+// values whose cache slots collide, zeros of both signs and extremes.
+func TestBinCache(t *testing.T) {
+	var c binCache
+	vals := []float64{0, math.Copysign(0, -1), 1e-320, -1e-320, math.MaxFloat64, -math.MaxFloat64, math.SmallestNonzeroFloat64}
+	for _, vs := range sketchCases() {
+		vals = append(vals, vs...)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 100_000 {
+		vals = append(vals, math.Round(rng.NormFloat64()*300)/10)
+	}
+	for pass := range 2 {
+		for _, v := range vals {
+			if got, want := c.key(v), binKey(v); got != want {
+				t.Fatalf("pass %d: key(%v) = %d, binKey %d", pass, v, got, want)
+			}
+		}
+	}
+}
+
+// TestBinEditFast: binEdit and binEditIter agree on well-formed strings
+// (built by counting random values, up to multi-byte counts and deltas)
+// and on corrupt ones.
+func TestBinEditFast(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	check := func(b []byte, k uint32) {
+		t.Helper()
+		var t1, t2 [3 * binary.MaxVarintLen64]byte
+		i1, j1, r1 := binEdit(b, k, t1[:0])
+		i2, j2, r2 := binEditIter(b, k, t2[:0])
+		if i1 != i2 || j1 != j2 || !slices.Equal(r1, r2) {
+			t.Fatalf("bins %x key %d: binEdit %d %d %x, binEditIter %d %d %x", b, k, i1, j1, r1, i2, j2, r2)
+		}
+	}
+	for range 200 {
+		var b []byte
+		scale := []float64{1, 100, 1e6}[rng.IntN(3)]
+		for range rng.IntN(600) {
+			k := binKey(rng.NormFloat64() * scale)
+			check(b, k)
+			b = addBin(b, k)
+		}
+		for range 20 {
+			check(b, binKey(rng.NormFloat64()*scale))
+		}
+		if len(b) > 0 {
+			c := slices.Clone(b)
+			c[rng.IntN(len(c))] = byte(rng.IntN(256))
+			check(c, binKey(rng.NormFloat64()*scale))
+			check(b[:rng.IntN(len(b))], binKey(rng.NormFloat64()*scale))
+		}
+	}
+	check([]byte{0x80}, binZeroKey)
+	check([]byte{5, 0}, binZeroKey)
+	check([]byte{5, 1, 0, 1}, binZeroKey)
+}
+
+// BenchmarkBinEdit: counting a value into a bins string of 17 bins (a
+// sensor's minute).
+func BenchmarkBinEdit(b *testing.B) {
+	var bins []byte
+	vals := make([]uint32, 64)
+	for i := range vals {
+		vals[i] = binKey(40 + float64(i%17))
+		bins = addBin(bins, vals[i])
+	}
+	var tmp [3 * binary.MaxVarintLen64]byte
+	for i := 0; b.Loop(); i++ {
+		binEdit(bins, vals[i%len(vals)], tmp[:0])
+	}
+}

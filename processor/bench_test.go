@@ -78,8 +78,9 @@ func BenchmarkTaskHandle(b *testing.B) {
 			tk = newT()
 			b.StartTimer()
 		}
-		tk.handle(recs[i%len(recs)], now, out)
+		tk.handleRec(recs[i%len(recs)], now, out)
 		if i%1000 == 999 {
+			tk.flush()
 			tk.advance(now, out)
 		}
 	}

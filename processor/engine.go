@@ -175,6 +175,7 @@ type Engine struct {
 	chunks   map[chunkKey][]byte
 	restWins map[chunkKey][]byte // n = 0
 	scratch  []tseq              // identities, for an out-of-order insert
+	bins     *binCache           // memoised sketch bin keys (allocated by NewEngine)
 
 	attn     []*device // devices with work at the next Advance
 	due      dueHeap   // devices waiting for a wall-clock time
@@ -292,6 +293,7 @@ func NewEngine(cfg WindowConfig) (*Engine, error) {
 		retention:    cfg.LateRetention.Microseconds(),
 		skew:         cfg.MaxFutureSkew.Microseconds(),
 		devRetention: DefaultDeviceRetention.Microseconds(),
+		bins:         new(binCache),
 	}, nil
 }
 
@@ -537,7 +539,7 @@ func (e *Engine) AddAt(r *schemas.Reading, wall, clock, seen time.Time) Outcome 
 			own = true // new in a window with earlier readings
 		}
 		a.add(m.Value, id, f, l, own)
-		dw.addBin(ai, binKey(m.Value)) // NaN never reaches an aggregate
+		dw.addBin(ai, e.bins.key(m.Value)) // NaN never reaches an aggregate
 	}
 	for i := range dw.aggs {
 		a := &dw.aggs[i]

@@ -272,8 +272,9 @@ func (p *Processor) Restored(t *task, now time.Time) error { return t.eng.Finish
 // keeps the open windows under the cap.
 func (p *Processor) Process(t *task, recs []*kgo.Record, now time.Time, out func(*kgo.Record)) {
 	for _, r := range recs {
-		t.handle(r, now, out)
+		t.handleRec(r, now, out)
 	}
+	t.flush()
 	p.enforceCap(now, out)
 }
 

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -22,6 +23,65 @@ type task struct {
 	dec       schemas.RawDecoder
 	r         schemas.Reading
 	clock     ingestclock.Clock
+	// slab holds the next output records (readings copies, metrics,
+	// changelog), and arena the bytes of the records the task encodes
+	// (keys and values of metrics and changelog records): one allocation
+	// per slabRecords records and per arenaChunk bytes instead of one or
+	// more each. What is handed to out belongs to the producer; the task
+	// never touches it again, and a slab or chunk is freed once the
+	// producer is done with all of it (a slab keeps the fetched input its
+	// copies point to until then: at most slabRecords records' worth).
+	slab  []kgo.Record
+	arena []byte
+	// hdr: the headers of metrics records, one slice for all (records'
+	// headers are only read).
+	hdr []kgo.RecordHeader
+	// n counts what the hottest metrics count until flush adds it to them
+	// (after each poll's records: a Prometheus counter is an atomic
+	// operation per call).
+	n struct{ in, accepted, duplicates, ignored int64 }
+}
+
+// slabRecords is how many records a slab holds (about 40 KB);
+// arenaChunk the size of an arena chunk.
+const (
+	slabRecords = 256
+	arenaChunk  = 64 << 10
+)
+
+// record returns a zero record from the slab.
+func (t *task) record() *kgo.Record {
+	if len(t.slab) == 0 {
+		t.slab = make([]kgo.Record, slabRecords)
+	}
+	r := &t.slab[0]
+	t.slab = t.slab[1:]
+	return r
+}
+
+// room starts a new arena chunk unless the current one has need bytes
+// free (what was handed out stays in the old chunk).
+func (t *task) room(need int) {
+	if cap(t.arena)-len(t.arena) < need {
+		t.arena = make([]byte, 0, max(arenaChunk, need))
+	}
+}
+
+// copyBytes returns a copy of b in the arena.
+func (t *task) copyBytes(b []byte) []byte {
+	t.room(len(b))
+	n := len(t.arena)
+	t.arena = append(t.arena, b...)
+	return t.arena[n:len(t.arena):len(t.arena)]
+}
+
+// encode returns what enc appends to an empty slice, in the arena; need
+// is about what it appends (more is fine: the arena then grows).
+func (t *task) encode(need int, enc func([]byte) []byte) []byte {
+	t.room(need)
+	n := len(t.arena)
+	t.arena = enc(t.arena)
+	return t.arena[n:len(t.arena):len(t.arena)]
 }
 
 // Topics names the topics a processor reads and writes.
@@ -50,11 +110,35 @@ func newTask(partition int32, eng *Engine, topics Topics, m *metrics) *task {
 		clock: ingestclock.New(eng.cfg.HeartbeatExpiry)}
 }
 
-// handle processes one input record at wall-clock time now. A heartbeat
-// moves the partition's ingest clock and is not a reading: not counted as
-// input, not copied, not dead-lettered (its offset is consumed like any
-// other's).
+// handle processes one input record at wall-clock time now (see
+// handleRec) and updates the metrics.
 func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
+	t.handleRec(rec, now, out)
+	t.flush()
+}
+
+// flush adds what handleRec counted to the metrics.
+func (t *task) flush() {
+	if t.n.in > 0 {
+		t.m.recordsIn.Add(float64(t.n.in))
+	}
+	if t.n.accepted > 0 {
+		t.m.accepted.Add(float64(t.n.accepted))
+	}
+	if t.n.duplicates > 0 {
+		t.m.duplicates.Add(float64(t.n.duplicates))
+	}
+	if t.n.ignored > 0 {
+		t.m.ignoredFields.Add(float64(t.n.ignored))
+	}
+	t.n = struct{ in, accepted, duplicates, ignored int64 }{}
+}
+
+// handleRec processes one input record at wall-clock time now; call flush
+// after the last. A heartbeat moves the partition's ingest clock and is
+// not a reading: not counted as input, not copied, not dead-lettered (its
+// offset is consumed like any other's).
+func (t *task) handleRec(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 	if schemas.IsHeartbeat(rec.Headers) {
 		h, err := schemas.DecodeHeartbeat(rec.Value)
 		if err != nil {
@@ -65,7 +149,7 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 		t.clock.Observe(h)
 		return
 	}
-	t.m.recordsIn.Inc()
+	t.n.in++
 	if err := t.dec.Decode(rec.Value, &t.r); err != nil {
 		t.m.rejected(schemas.ReasonInvalidRecord)
 		out(t.deadLetter(rec, schemas.ReasonInvalidRecord, err.Error(), now))
@@ -83,16 +167,17 @@ func (t *task) handle(rec *kgo.Record, now time.Time, out func(*kgo.Record)) {
 	}
 	switch t.eng.AddAt(&t.r, now, clock, seen) {
 	case Accepted:
-		t.m.accepted.Inc()
-		t.m.ignoredFields.Add(float64(t.r.IgnoredFields))
+		t.n.accepted++
+		t.n.ignored += int64(t.r.IgnoredFields)
 		if t.topics.Readings != SkipTopic {
 			// Keyed by device id like the input, so with as many
 			// partitions it lands in the same partition number.
-			out(&kgo.Record{Topic: t.topics.Readings, Key: rec.Key, Value: rec.Value,
-				Headers: rec.Headers, Timestamp: rec.Timestamp})
+			c := t.record()
+			c.Topic, c.Key, c.Value, c.Headers, c.Timestamp = t.topics.Readings, rec.Key, rec.Value, rec.Headers, rec.Timestamp
+			out(c)
 		}
 	case Duplicate:
-		t.m.duplicates.Inc()
+		t.n.duplicates++
 	case Late:
 		t.m.rejected(schemas.ReasonLate)
 		out(t.deadLetter(rec, schemas.ReasonLate, t.eng.lateError(&t.r), now))
@@ -118,27 +203,28 @@ func (t *task) deadLetter(rec *kgo.Record, reason schemas.Reason, msg string, no
 // advance lets the engine emit what the watermark allows at now, and
 // appends the metrics records to out.
 func (t *task) advance(now time.Time, out func(*kgo.Record)) {
+	if t.hdr == nil {
+		t.hdr = slices.Clip(schemas.RecordHeaders(""))
+	}
 	t.eng.AdvanceAt(now, t.clock.At(now), func(em *Emission) {
-		var v []byte
-		var key string
-		var ws time.Time
+		r := t.record()
+		r.Topic, r.Headers = t.topics.Metrics, t.hdr
 		if em.Metric != nil {
-			v = schemas.AppendMetric(make([]byte, 0, 512), em.Metric)
-			key, ws = em.Metric.DeviceID, em.Metric.WindowStart
+			r.Value = t.encode(512, func(b []byte) []byte { return schemas.AppendMetric(b, em.Metric) })
+			r.Key = t.encode(len(em.Metric.DeviceID), func(b []byte) []byte { return append(b, em.Metric.DeviceID...) })
+			r.Timestamp = em.Metric.WindowStart
 			t.m.emitted.WithLabelValues("metric").Inc()
 			if em.Metric.Revision == 1 {
 				t.m.emitDelay.Observe(now.Sub(em.Metric.WindowEnd).Seconds())
 			}
 		} else {
-			v = schemas.AppendActivity(make([]byte, 0, 320), em.Activity)
-			key, ws = em.Activity.DeviceID, em.Activity.WindowStart
+			r.Value = t.encode(320, func(b []byte) []byte { return schemas.AppendActivity(b, em.Activity) })
+			r.Key = t.encode(len(em.Activity.DeviceID), func(b []byte) []byte { return append(b, em.Activity.DeviceID...) })
+			r.Timestamp = em.Activity.WindowStart
 			t.m.emitted.WithLabelValues("activity").Inc()
 			t.m.seqResets.Add(float64(em.NewSeqResets))
 		}
-		out(&kgo.Record{
-			Topic: t.topics.Metrics, Key: []byte(key), Value: v, Timestamp: ws,
-			Headers: schemas.RecordHeaders(""),
-		})
+		out(r)
 	})
 }
 
@@ -147,9 +233,10 @@ func (t *task) advance(now time.Time, out func(*kgo.Record)) {
 // partition.
 func (t *task) changes(out func(*kgo.Record)) {
 	t.eng.Changes(func(k, v []byte) {
-		r := &kgo.Record{Topic: t.topics.Changelog, Partition: t.partition, Key: append([]byte(nil), k...)}
+		r := t.record()
+		r.Topic, r.Partition, r.Key = t.topics.Changelog, t.partition, t.copyBytes(k)
 		if v != nil {
-			r.Value = append([]byte(nil), v...)
+			r.Value = t.copyBytes(v)
 			t.m.changelogBytes.Add(float64(len(k) + len(v)))
 		}
 		out(r)

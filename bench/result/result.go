@@ -22,6 +22,7 @@ const (
 	GoalBridgeTLSRatio         = 0.85    // bridge msgs/s over mutual TLS ≥ 0.85× over plaintext: TLS costs ≤ 15 % (#14)
 	GoalProcessorPerCore       = 500_000 // processor readings/s on one core, exactly-once (#4)
 	GoalProcessorRatio         = 0.8     // processor readings/s ≥ 0.8× its consume+decode ceiling (#19)
+	GoalProcessorCPURatio      = 0.8     // processor readings per CPU-second ≥ 0.8× its consume+decode ceiling's (#19)
 	GoalLakeRowsPerCPUSecond   = 300_000 // lake sink rows per CPU-second (#5)
 	GoalLakeSmallerThanRawJSON = 8.0     // lake Parquet ≥ 8× smaller than telemetry.raw JSON (#5)
 	GoalTimescaleRatio         = 0.8     // TimescaleDB sink rows/s ≥ 0.8× psql \copy (#6)
@@ -178,6 +179,14 @@ type Processor struct {
 	KafkaSec   *KafkaSec  `json:"kafka_sec,omitempty"`
 	Benchmarks Benchmarks `json:"benchmarks,omitempty"`
 	Error      string     `json:"error,omitempty"`
+
+	// Readings per CPU-second of the benchmark's process (medians of warm,
+	// interleaved rounds), which other load on the shared machine disturbs
+	// far less than readings/s; CPURatio is the median of each round's
+	// ceiling cpu-µs/reading over the processor's (0 in older runs).
+	ReadingsPerCPUSecond        float64 `json:"readings_per_cpu_s,omitempty"`
+	CeilingReadingsPerCPUSecond float64 `json:"ceiling_readings_per_cpu_s,omitempty"`
+	CPURatio                    float64 `json:"cpu_ratio,omitempty"`
 }
 
 // Timescale: BenchmarkReadings of sink/timescale. The whole sink (Kafka

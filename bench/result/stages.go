@@ -137,6 +137,9 @@ func ProcessorFrom(bs []Bench, readings int) *Processor {
 	r.CeilingReadingsPerSPerCore = m.get(bs, ProcessorCeilingBench, "readings/s")
 	r.CeilingMicrosPerReading = m.get(bs, ProcessorCeilingBench, "µs/reading")
 	r.Ratio = ratio(r.ReadingsPerSPerCore, r.CeilingReadingsPerSPerCore)
+	r.ReadingsPerCPUSecond, _ = Get(bs, ProcessorBench, "readings/cpu-s")
+	r.CeilingReadingsPerCPUSecond, _ = Get(bs, ProcessorCeilingBench, "readings/cpu-s")
+	r.CPURatio, _ = Get(bs, ProcessorBench, "cpu-ratio")
 	r.Error = m.err()
 	r.GoalMet = r.Error == "" && r.ReadingsPerSPerCore >= r.GoalReadingsPerSPerCore
 	r.GoalRatioMet = r.Error == "" && r.Ratio >= r.GoalRatio

@@ -191,3 +191,19 @@ func TestKafkaSecFrom(t *testing.T) {
 		t.Errorf("figures without the benchmark: %+v", k)
 	}
 }
+
+func TestProcessorFromWarm(t *testing.T) {
+	p := ProcessorFrom(parseFile(t, "processor_warm.txt"), 1500000)
+	if p.Error != "" {
+		t.Fatal(p.Error)
+	}
+	if p.ReadingsPerSPerCore != 466466 || p.CeilingReadingsPerSPerCore != 1140750 || p.Transactions != 6 {
+		t.Errorf("figures: %+v", p)
+	}
+	if p.ReadingsPerCPUSecond != 528037 || p.CeilingReadingsPerCPUSecond != 1147142 || p.CPURatio != 0.462 {
+		t.Errorf("per CPU-second: %+v", p)
+	}
+	if old := ProcessorFrom(parseFile(t, "processor.txt"), 100000); old.ReadingsPerCPUSecond != 0 || old.CPURatio != 0 || old.Error != "" {
+		t.Errorf("an older run has no per CPU-second figures: %+v", old)
+	}
+}

@@ -95,6 +95,9 @@ func (f *File) Rows() []Row {
 		failed("processor", p.Error)
 		add(Row{"processor", "readings/s per core, exactly-once, vs consume+decode", Num(p.ReadingsPerSPerCore), Num(p.CeilingReadingsPerSPerCore), times(p.Ratio), "≥ " + Num(p.GoalReadingsPerSPerCore) + "/s", met(p.GoalMet)})
 		add(Row{"processor", "ratio to consume+decode (the line above)", "", "", times(p.Ratio), "≥ " + times(p.GoalRatio), met(p.GoalRatioMet)})
+		if p.ReadingsPerCPUSecond > 0 {
+			add(Row{"processor", "readings per CPU-second, exactly-once, vs consume+decode (ratio: median of the rounds' pairs)", Num(p.ReadingsPerCPUSecond), Num(p.CeilingReadingsPerCPUSecond), times(p.CPURatio), "≥ " + times(GoalProcessorCPURatio), met(p.CPURatio >= GoalProcessorCPURatio)})
+		}
 		if k := p.KafkaSec; k != nil {
 			add(Row{"processor", kafkaSecLabel("readings/s per core", k), Num(k.SASLSSL), Num(k.Plaintext), times(k.Ratio), "≥ " + times(k.GoalRatio), met(k.GoalMet)})
 			add(Row{"processor", "CPU µs/reading, Kafka over SASL_SSL vs PLAINTEXT (lower is better)", Num(k.SASLSSLCPUMicros), Num(k.PlaintextCPUMicros), times(k.CPURatio), "", ""})
