@@ -247,6 +247,9 @@ func (pt changelogPartitioner) ForTopic(topic string) kgo.TopicPartitioner {
 	return pt.byKey.ForTopic(topic)
 }
 
+// txnLinger is how long outputs wait to fill a batch inside a transaction.
+const txnLinger = 100 * time.Millisecond
+
 func (r *Runtime[T]) sessionOpts() []kgo.Opt {
 	c := &r.cfg
 	return c.Kafka.Opts(
@@ -259,6 +262,12 @@ func (r *Runtime[T]) sessionOpts() []kgo.Opt {
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RecordPartitioner(changelogPartitioner{changelog: c.Changelog, byKey: kgo.StickyKeyPartitioner(nil)}),
 		kgo.MaxBufferedRecords(1<<20),
+		// Outputs are visible only once the transaction commits, and the
+		// commit flushes whatever waits: lingering inside a transaction
+		// costs no latency, and it makes a few large produce requests per
+		// transaction instead of one every 10 ms (franz-go's default),
+		// less CPU per record here and in the broker (#19).
+		kgo.ProducerLinger(txnLinger),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			r.mu.Lock()
 			defer r.mu.Unlock()
