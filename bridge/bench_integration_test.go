@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -299,11 +301,17 @@ func waitOffsets(b *testing.B, adm *kadm.Client, topic string, want int) {
 }
 
 // BenchmarkBridgeDrain drains a queued load through a bridge running in
-// this process, so that -cpuprofile and -memprofile show where the
-// bridge's time and allocations go (the fleet publishes before the timer
-// starts, while the bridge is offline).
+// this process, so that profiles show where the bridge's time and
+// allocations go (the fleet publishes before the timer starts, while the
+// bridge is offline). -cpuprofile and -memprofile include the publishing
+// fleet; for the drain alone set IOTPIPE_BENCH_CPUPROFILE to a file
+// (a CPU profile of the drain only) and IOTPIPE_BENCH_MEMPROFILE to a
+// file prefix (<prefix>.before and <prefix>.after, heap profiles taken
+// around the drain: `go tool pprof -sample_index=alloc_objects -base
+// <prefix>.before <prefix>.after` shows what the drain allocated).
 //
-//	go test -tags integration -run '^$' -bench BridgeDrain -benchtime 1x -cpuprofile cpu.out ./bridge/
+//	IOTPIPE_BENCH_CPUPROFILE=/tmp/cpu.out go test -tags integration -run '^$' -bench '^BenchmarkBridgeDrain$' -benchtime 1x ./bridge/
+//	go tool pprof -top /tmp/cpu.out
 func BenchmarkBridgeDrain(b *testing.B) { benchDrain(b, testenv.Load(b)) }
 
 // BenchmarkBridgeDrainKafkaSec measures what SASL_SSL costs the bridge:
@@ -518,6 +526,7 @@ func benchDrain(b *testing.B, env *testenv.Env) {
 		b.Fatal(err)
 	}
 	adm := env.KafkaAdmin(b)
+	stopProfiles := startDrainProfiles(b)
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
@@ -525,11 +534,55 @@ func benchDrain(b *testing.B, env *testenv.Env) {
 	waitOffsets(b, adm, s.raw, int(sim.Stats().Acked))
 	el := time.Since(start)
 	b.StopTimer()
+	stopProfiles()
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(sim.Stats().Acked)/el.Seconds(), "msgs/s")
+}
+
+// startDrainProfiles starts the profiles IOTPIPE_BENCH_CPUPROFILE and
+// IOTPIPE_BENCH_MEMPROFILE ask for (see BenchmarkBridgeDrain); the
+// returned function ends them.
+func startDrainProfiles(b *testing.B) (stop func()) {
+	cpuPath, memPrefix := os.Getenv("IOTPIPE_BENCH_CPUPROFILE"), os.Getenv("IOTPIPE_BENCH_MEMPROFILE")
+	writeHeap := func(path string) {
+		runtime.GC() // the heap profile is as of the last GC
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if memPrefix != "" {
+		writeHeap(memPrefix + ".before")
+	}
+	var cpu *os.File
+	if cpuPath != "" {
+		f, err := os.Create(cpuPath)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		cpu = f
+	}
+	return func() {
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			_ = cpu.Close()
+			b.Logf("CPU profile of the drain: %s", cpuPath)
+		}
+		if memPrefix != "" {
+			writeHeap(memPrefix + ".after")
+			b.Logf("heap profiles around the drain: %s.before, %s.after", memPrefix, memPrefix)
+		}
+	}
 }
 
 // BenchmarkBridgeTLS measures what mutual TLS costs: the bridge draining a

@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/eclipse/paho.golang/paho/session/state"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -100,6 +100,13 @@ type Bridge struct {
 	holding   atomic.Bool
 	heldUntil atomic.Int64
 
+	// conn is the MQTT connection dialled last: the one whose messages
+	// onPublish handles (autopaho waits for a connection's goroutines to
+	// end before it dials again). session is paho's session state, with
+	// the acknowledgements left to release (see conn.go).
+	conn    atomic.Pointer[bufferedConn]
+	session ackSession
+
 	hb   *heartbeater // see heartbeat.go
 	ping *pinger      // the MQTT keep-alive, which also times the heartbeats' round trips
 }
@@ -135,6 +142,9 @@ func New(cfg Config, deps service.Deps) (*Bridge, error) {
 		stopCh: make(chan struct{}),
 		fatal:  make(chan error, 1),
 		hb:     newHeartbeater(reg, cfg.MQTT.ReceiveMaximum),
+		// One session state for every connection (autopaho would make
+		// one too), so that a resumed session keeps its packet ids.
+		session: ackSession{state.NewInMemory()},
 	}
 	b.rt = b.routes()
 	b.routeNames = routesSummary(b.rt)
@@ -303,13 +313,8 @@ func (b *Bridge) shutdown(cm *autopaho.ConnectionManager, kcl *kgo.Client) {
 	go func() { b.pending.Wait(); close(drained) }()
 	select {
 	case <-drained:
-		// paho sends released acknowledgements every AckInterval.
-		t := time.NewTimer(3*b.cfg.MQTT.AckInterval + 20*time.Millisecond)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
+		// The released PUBACKs are in the connection's buffer: closing
+		// it (Disconnect) writes them out before the DISCONNECT.
 	case <-ctx.Done():
 		b.log.Warn("shutdown timeout: leaving in-flight messages unacknowledged for redelivery",
 			"in_flight", len(b.slots), "timeout", b.cfg.ShutdownTimeout)
@@ -440,10 +445,11 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 			b.log.Warn("mqtt connect failed", "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
-			ClientID:                   mc.ClientID,
-			EnableManualAcknowledgment: true,
-			PingHandler:                b.ping,
-			SendAcksInterval:           mc.AckInterval,
+			ClientID: mc.ClientID,
+			// Automatic acknowledgements, which ackSession turns into
+			// nothing: release writes the PUBACKs (see conn.go).
+			Session:     b.session,
+			PingHandler: b.ping,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) { return b.onPublish(kcl, pr) },
 			},
@@ -453,83 +459,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 			},
 		},
 	}
-	if mc.AckInterval == 0 {
-		cfg.SendAcksInterval = time.Millisecond
-	}
 	return cfg
-}
-
-// bufferedConn buffers both directions of the MQTT connection. paho
-// reads each packet with several small reads (fixed header, length,
-// body) and writes each PUBACK with its own write: one system call each
-// on a bare connection, which the profile showed as the bridge's largest
-// cost. Reads go through a bufio.Reader (only paho's reader goroutine
-// reads). Writes are appended to a buffer that a flusher goroutine
-// writes out at once: writes made while one flush is under way go out
-// together in the next. Close flushes what is pending first.
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-
-	mu      sync.Mutex
-	pending []byte
-	err     error
-	closed  bool
-	wake    chan struct{}
-	done    chan struct{}
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-func (c *bufferedConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err != nil {
-		return 0, c.err
-	}
-	if c.closed {
-		return 0, net.ErrClosed
-	}
-	c.pending = append(c.pending, p...)
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-	return len(p), nil
-}
-
-func (c *bufferedConn) flusher() {
-	defer close(c.done)
-	var out []byte
-	for range c.wake {
-		c.mu.Lock()
-		out, c.pending = c.pending, out[:0]
-		c.mu.Unlock()
-		if len(out) == 0 {
-			continue
-		}
-		if _, err := c.Conn.Write(out); err != nil {
-			c.mu.Lock()
-			c.err = err
-			c.mu.Unlock()
-		}
-	}
-}
-
-func (c *bufferedConn) Close() error {
-	c.mu.Lock()
-	if !c.closed {
-		c.closed = true
-		close(c.wake) // the flusher writes what is pending, then ends
-	}
-	c.mu.Unlock()
-	t := time.NewTimer(2 * time.Second)
-	select {
-	case <-c.done:
-	case <-t.C: // a write stuck on a dead peer: closing unblocks it
-	}
-	t.Stop()
-	return c.Conn.Close()
 }
 
 // dial connects to u, over TLS for mqtts:// (the CA and client files
@@ -558,8 +488,8 @@ func (b *Bridge) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL
 		}
 		conn = tconn
 	}
-	c := &bufferedConn{Conn: conn, r: bufio.NewReaderSize(conn, 64<<10), wake: make(chan struct{}, 1), done: make(chan struct{})}
-	go c.flusher()
+	c := newBufferedConn(conn, b.cfg.MQTT.AckInterval)
+	b.conn.Store(c)
 	return c, nil
 }
 
@@ -677,7 +607,7 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	} else {
 		rec = b.unexpectedTopic(p, now)
 	}
-	e := b.win.push(p, pr.Client, now.UnixNano())
+	e := b.win.push(p, b.conn.Load(), now.UnixNano())
 	var promise func(*kgo.Record, error)
 	promise = func(r *kgo.Record, err error) {
 		switch {
@@ -717,12 +647,20 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 }
 
 // release ends one message's stay in the in-flight window: its PUBACK
-// (if any) is handed to paho, in receive order, and its slot freed.
+// (if any) is written to the connection that delivered it, in receive
+// order, and its slot freed.
 func (b *Bridge) release(e *inflight) {
 	if e.ack {
 		// An error here means the connection that delivered the message
 		// is gone; the broker redelivers it.
-		_ = e.cli.Ack(e.p)
+		switch e.p.QoS {
+		case 1:
+			_ = e.conn.puback(e.p.PacketID)
+		case 2:
+			if b.conn.Load() == e.conn && e.conn.writableErr() == nil {
+				_ = b.session.ackLater(e.p.Packet())
+			}
+		}
 	}
 	b.m.inFlight.Dec()
 	<-b.slots

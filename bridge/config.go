@@ -23,7 +23,7 @@ const (
 	DefaultShareGroup       = "iotpipe"
 	DefaultSessionExpiry    = 24 * time.Hour
 	DefaultReceiveMaximum   = 1000
-	DefaultAckInterval      = 5 * time.Millisecond
+	DefaultAckInterval      = 0
 	DefaultKeepAlive        = 30 * time.Second
 	DefaultConnectTimeout   = 10 * time.Second
 	DefaultReconnectMin     = 500 * time.Millisecond
@@ -100,7 +100,11 @@ type MQTTConfig struct {
 	// down, and the bound on duplicates after a crash.
 	ReceiveMaximum int
 	// AckInterval is how often acknowledgements (PUBACKs), released in
-	// receive order, are sent.
+	// receive order once Kafka stored their records, are sent: 0 writes
+	// them as soon as they are released, together with those released
+	// while the previous write was under way; a positive interval waits
+	// that long after each write to the broker so that more go out
+	// together (fewer writes, later PUBACKs).
 	AckInterval time.Duration
 	// KeepAlive is the MQTT keep-alive period.
 	KeepAlive time.Duration

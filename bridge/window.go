@@ -10,10 +10,10 @@ import (
 // yet acknowledged to it.
 type inflight struct {
 	p    *paho.Publish
-	cli  *paho.Client
-	done bool  // Kafka answered (or the message is given up for redelivery)
-	ack  bool  // Kafka stored its record: send the PUBACK
-	at   int64 // receive time (UnixNano), for the heartbeats
+	conn *bufferedConn // the connection that delivered p
+	done bool          // Kafka answered (or the message is given up for redelivery)
+	ack  bool          // Kafka stored its record: send the PUBACK
+	at   int64         // receive time (UnixNano), for the heartbeats
 }
 
 // window holds the messages in flight in the order the broker delivered
@@ -41,8 +41,8 @@ type window struct {
 
 // push appends a message; the caller holds one of the slots, so the ring
 // has room.
-func (w *window) push(p *paho.Publish, cli *paho.Client, at int64) *inflight {
-	e := &inflight{p: p, cli: cli, at: at}
+func (w *window) push(p *paho.Publish, conn *bufferedConn, at int64) *inflight {
+	e := &inflight{p: p, conn: conn, at: at}
 	w.mu.Lock()
 	w.ring[(w.head+w.size)%len(w.ring)] = e
 	w.size++
