@@ -73,15 +73,23 @@ type Bridge struct {
 	dec     *schemas.Decoder
 	reading schemas.Reading
 
+	// rawHeaders are the first headers of every raw record
+	// (schemas.RecordHeaders without the MQTT topic); see telemetry.
+	rawHeaders []kgo.RecordHeader
+
 	// rt is the route table (see routes.go); routeNames describes it.
 	rt         []route
 	routeNames string
 
-	slots    chan struct{} // in-flight limit: one token per message taken and not yet acknowledged to the broker
-	win      window        // the messages holding a slot, in receive order
-	pending  sync.WaitGroup
-	stopping atomic.Bool
-	stopCh   chan struct{}
+	slots chan struct{} // in-flight limit: one token per message taken and not yet acknowledged to the broker
+	win   window        // the messages holding a slot, in receive order
+	// promise (b.produced) and releaseFn (b.release) as func values made
+	// once, not per message.
+	promise   func(*kgo.Record, error)
+	releaseFn func(*inflight)
+	pending   sync.WaitGroup
+	stopping  atomic.Bool
+	stopCh    chan struct{}
 	// active is the registry's set of active devices (nil unless
 	// Config.Registry.Require).
 	active *registry.ActiveSet
@@ -146,6 +154,8 @@ func New(cfg Config, deps service.Deps) (*Bridge, error) {
 		// one too), so that a resumed session keeps its packet ids.
 		session: ackSession{state.NewInMemory()},
 	}
+	b.promise, b.releaseFn = b.produced, b.release
+	b.rawHeaders = schemas.RecordHeaders("")
 	b.rt = b.routes()
 	b.routeNames = routesSummary(b.rt)
 	b.ping = newPinger(b.heldBack)
@@ -596,54 +606,59 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	b.m.inFlight.Inc()
 	b.pending.Add(1)
 
-	// isRaw: the record is a route's output, not a dead letter; if Kafka
-	// refuses it for good, the message goes to the DLQ (kafka_rejected).
+	// The message's entry in the window holds its record (see inflight).
+	e := b.win.push(p, b.conn.Load(), now)
 	var rec *kgo.Record
-	isRaw := false
 	if rt := match(b.rt, p.Topic); rt != nil {
 		var dead bool
-		rec, dead = rt.handle(p, now)
-		isRaw = !dead
+		rec, dead = rt.handle(e, now)
+		e.isRaw = !dead
 	} else {
 		rec = b.unexpectedTopic(p, now)
 	}
-	e := b.win.push(p, b.conn.Load(), now.UnixNano())
-	var promise func(*kgo.Record, error)
-	promise = func(r *kgo.Record, err error) {
-		switch {
-		case err == nil:
-			if isRaw {
-				b.producedRaw.Add(1)
-				b.m.producedRaw.Inc()
-			} else {
-				b.producedDLQ.Add(1)
-				b.m.producedDLQ.Inc()
-			}
-			b.acked.Add(1)
-			e.ack = p.QoS > 0
-			b.m.produceLatency.Observe(time.Since(now).Seconds())
-		case errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-			b.noteUnacked(p)
-		case isRaw:
-			// Kafka refused the reading for good: keep it in the DLQ.
-			b.m.produceErrors.WithLabelValues("raw").Inc()
-			b.log.Error("kafka refused a raw record; sending it to the DLQ", "mqtt_topic", p.Topic, "err", err)
-			isRaw = false
-			dl := b.deadLetter(p, &schemas.RejectError{Reason: ReasonKafkaRejected, Detail: err.Error()}, now)
-			kcl.Produce(context.Background(), dl, promise)
-			return
-		default:
-			b.m.produceErrors.WithLabelValues("dlq").Inc()
-			b.noteUnacked(p)
-			select {
-			case b.fatal <- fmt.Errorf("%w (topic %s, mqtt topic %q): %w", ErrDLQRejected, b.cfg.TopicDLQ, p.Topic, err):
-			default:
-			}
-		}
-		b.win.complete(e, b.release)
-	}
-	kcl.Produce(context.Background(), rec, promise)
+	rec.Context = e
+	kcl.Produce(context.Background(), rec, b.promise)
 	return true, nil
+}
+
+// produced is the promise of every message's record (b.promise): the
+// record's Context is the message's window entry.
+func (b *Bridge) produced(r *kgo.Record, err error) {
+	e := r.Context.(*inflight)
+	p := e.p
+	switch {
+	case err == nil:
+		if e.isRaw {
+			b.producedRaw.Add(1)
+			b.m.producedRaw.Inc()
+		} else {
+			b.producedDLQ.Add(1)
+			b.m.producedDLQ.Inc()
+		}
+		b.acked.Add(1)
+		e.ack = p.QoS > 0
+		b.m.produceLatency.Observe(time.Since(e.now).Seconds())
+	case errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		b.noteUnacked(p)
+	case e.isRaw:
+		// Kafka refused the reading for good (isRaw: the record is a
+		// route's output, not a dead letter): keep it in the DLQ.
+		b.m.produceErrors.WithLabelValues("raw").Inc()
+		b.log.Error("kafka refused a raw record; sending it to the DLQ", "mqtt_topic", p.Topic, "err", err)
+		e.isRaw = false
+		dl := b.deadLetter(p, &schemas.RejectError{Reason: ReasonKafkaRejected, Detail: err.Error()}, e.now)
+		dl.Context = e
+		b.kcl.Load().Produce(context.Background(), dl, b.promise)
+		return
+	default:
+		b.m.produceErrors.WithLabelValues("dlq").Inc()
+		b.noteUnacked(p)
+		select {
+		case b.fatal <- fmt.Errorf("%w (topic %s, mqtt topic %q): %w", ErrDLQRejected, b.cfg.TopicDLQ, p.Topic, err):
+		default:
+		}
+	}
+	b.win.complete(e, b.releaseFn)
 }
 
 // release ends one message's stay in the in-flight window: its PUBACK

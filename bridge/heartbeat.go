@@ -98,7 +98,7 @@ func (w *window) oldest() int64 {
 	if w.size == 0 {
 		return 0
 	}
-	return w.ring[w.head].at
+	return w.ring[w.head].now.UnixNano()
 }
 
 // stalled reports whether the ingest path may be stalled at now (noting
