@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/iotpipe/iotpipe/internal/certs"
@@ -546,11 +547,18 @@ func benchDrain(b *testing.B, env *testenv.Env) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
-	_, cancel, done = run()
+	br, cancel, done := run()
 	waitOffsets(b, adm, s.raw, int(sim.Stats().Acked))
 	el := time.Since(start)
 	b.StopTimer()
 	stopProfiles()
+	// The mean time from receiving a message to Kafka's acknowledgement:
+	// with the in-flight limit, it bounds the rate (limit / latency).
+	var lat dto.Metric
+	if err := br.m.produceLatency.Write(&lat); err == nil && lat.GetHistogram().GetSampleCount() > 0 {
+		h := lat.GetHistogram()
+		b.ReportMetric(1000*h.GetSampleSum()/float64(h.GetSampleCount()), "produce-ms")
+	}
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)

@@ -81,6 +81,11 @@ type Bridge struct {
 	rt         []route
 	routeNames string
 
+	// ready is closed (and started set) once Run's checks passed: until
+	// then onPublish holds messages back.
+	ready   chan struct{}
+	started atomic.Bool
+
 	slots chan struct{} // in-flight limit: one token per message taken and not yet acknowledged to the broker
 	win   window        // the messages holding a slot, in receive order
 	// promise (b.produced) and releaseFn (b.release) as func values made
@@ -148,6 +153,7 @@ func New(cfg Config, deps service.Deps) (*Bridge, error) {
 		slots:  make(chan struct{}, cfg.MQTT.ReceiveMaximum),
 		win:    window{ring: make([]*inflight, cfg.MQTT.ReceiveMaximum)},
 		stopCh: make(chan struct{}),
+		ready:  make(chan struct{}),
 		fatal:  make(chan error, 1),
 		hb:     newHeartbeater(reg, cfg.MQTT.ReceiveMaximum),
 		// One session state for every connection (autopaho would make
@@ -220,10 +226,11 @@ func (b *Bridge) kafkaOpts() []kgo.Opt {
 	)
 }
 
-// Run connects to Kafka and the MQTT broker and moves messages until ctx
-// is cancelled; then it drains (see Config.ShutdownTimeout) and returns
-// nil. It returns an error when a topic is missing or Kafka refuses a
-// dead letter (ErrDLQRejected).
+// Run connects to Kafka and the MQTT broker (both at once; no message is
+// produced before the topics are found) and moves messages until ctx is
+// cancelled; then it drains (see Config.ShutdownTimeout) and returns nil.
+// It returns an error when a topic is missing or Kafka refuses a dead
+// letter (ErrDLQRejected); messages taken meanwhile stay unacknowledged.
 func (b *Bridge) Run(ctx context.Context) error {
 	kcl, err := kgo.NewClient(b.kafkaOpts()...)
 	if err != nil {
@@ -232,24 +239,10 @@ func (b *Bridge) Run(ctx context.Context) error {
 	defer kcl.Close()
 	b.kcl.Store(kcl)
 
-	if err := b.checkTopics(ctx, kcl); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-
-	if b.cfg.Registry.Require {
-		stop, err := b.startRegistry(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		defer stop()
-	}
-
+	// The MQTT connection is made while the topics (and the registry) are
+	// checked, as the connections to Kafka are: messages that arrive
+	// meanwhile wait in onPublish until the checks pass (b.ready), and are
+	// left unacknowledged for redelivery if they fail.
 	var subs sync.WaitGroup
 	mqttCtx, mqttCancel := context.WithCancel(context.Background())
 	defer mqttCancel()
@@ -257,30 +250,71 @@ func (b *Bridge) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	b.log.Info("bridge started", "mqtt", b.cfg.MQTT.URLs, "client_id", b.cfg.MQTT.ClientID,
-		"filters", b.cfg.Subscriptions(), "raw", b.cfg.TopicRaw, "dlq", b.cfg.TopicDLQ,
-		"receive_maximum", b.cfg.MQTT.ReceiveMaximum, "heartbeat_interval", b.cfg.HeartbeatInterval)
-	hbCtx, hbCancel := context.WithCancel(context.Background())
-	hbDone := make(chan struct{})
-	go func() {
-		defer close(hbDone)
-		if b.cfg.HeartbeatInterval > 0 {
-			b.runHeartbeats(hbCtx, kcl)
+	stopRegistry, runErr := b.prepare(ctx, kcl)
+	if runErr == nil && ctx.Err() == nil {
+		b.started.Store(true)
+		close(b.ready)
+		b.log.Info("bridge started", "mqtt", b.cfg.MQTT.URLs, "client_id", b.cfg.MQTT.ClientID,
+			"filters", b.cfg.Subscriptions(), "raw", b.cfg.TopicRaw, "dlq", b.cfg.TopicDLQ,
+			"receive_maximum", b.cfg.MQTT.ReceiveMaximum, "heartbeat_interval", b.cfg.HeartbeatInterval)
+		hbCtx, hbCancel := context.WithCancel(context.Background())
+		hbDone := make(chan struct{})
+		go func() {
+			defer close(hbDone)
+			if b.cfg.HeartbeatInterval > 0 {
+				b.runHeartbeats(hbCtx, kcl)
+			}
+		}()
+		select {
+		case <-ctx.Done():
+		case runErr = <-b.fatal:
+			b.log.Error("bridge stopping on a fatal error", "err", runErr)
 		}
-	}()
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-b.fatal:
-		b.log.Error("bridge stopping on a fatal error", "err", runErr)
+		hbCancel()
+		<-hbDone
 	}
-	hbCancel()
-	<-hbDone
 	b.shutdown(cm, kcl)
 	mqttCancel()
 	subs.Wait()
+	if stopRegistry != nil {
+		stopRegistry()
+	}
 	return runErr
+}
+
+// prepare checks the topics and, in strict mode, loads the registry (see
+// startRegistry; stop ends what it started). It returns early, with the
+// error, on a fatal error of the MQTT connection, and with neither when
+// ctx ends.
+func (b *Bridge) prepare(ctx context.Context, kcl *kgo.Client) (stop func(), err error) {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err = b.checkTopics(cctx, kcl)
+		if err == nil && b.cfg.Registry.Require {
+			stop, err = b.startRegistry(cctx)
+		}
+	}()
+	select {
+	case <-done:
+	case fatal := <-b.fatal:
+		b.log.Error("bridge stopping on a fatal error", "err", fatal)
+		cancel()
+		<-done
+		err = fatal
+	}
+	if err != nil || ctx.Err() != nil {
+		if stop != nil {
+			stop()
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return stop, nil
 }
 
 // startRegistry loads the registry's active devices (failing Run when it
@@ -559,6 +593,17 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	if isSys(p.Topic) { // the broker's statistics (QoS 0): not a device message
 		b.stats.handle(p.Topic, p.Payload)
 		return true, nil
+	}
+	if !b.started.Load() {
+		// Run's checks have not passed yet: hold back (as for a slot).
+		b.holding.Store(true)
+		b.hb.stall()
+		select {
+		case <-b.ready:
+		case <-b.stopCh:
+		}
+		b.heldUntil.Store(time.Now().UnixNano())
+		b.holding.Store(false)
 	}
 	if b.stopping.Load() {
 		b.noteUnacked(p)
