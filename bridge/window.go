@@ -102,4 +102,4 @@ func (e *inflight) reset() {
 
 // maxKeptBuf is the largest record buffer a window entry keeps for its
 // next message.
-const maxKeptBuf = 8 << 10
+const maxKeptBuf = 4 << 10
