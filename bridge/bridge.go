@@ -710,7 +710,7 @@ func (b *Bridge) produced(r *kgo.Record, err error) {
 // (if any) is written to the connection that delivered it, in receive
 // order, and its slot freed.
 func (b *Bridge) release(e *inflight) {
-	if e.ack {
+	if e.ack && e.conn != nil {
 		// An error here means the connection that delivered the message
 		// is gone; the broker redelivers it.
 		switch e.p.QoS {
