@@ -44,9 +44,13 @@ import (
 // as medians of the rounds: messages/s, CPU µs per message of the
 // consuming processes (from /proc), for the bridge heap allocations per
 // message (go_memstats_mallocs_total at the end of the drain, less that of
-// a bridge that started and drained nothing), the spread ((max − min) / median of
-// msgs/s, in %) and the number of rounds. Load: IOTPIPE_BENCH_MESSAGES
-// (default 100000) from 1000 devices.
+// a bridge that started and drained nothing), the spread ((max − min) /
+// median of msgs/s, in %) and the number of rounds. Load:
+// IOTPIPE_BENCH_MESSAGES (default 100000) from 1000 devices. Each round
+// logs (-v) the bridge's time to its MQTT connection and the messages it
+// received and got redelivered (DUP): Mosquitto before 2.0.13 redelivers
+// messages whose PUBACK it had received (docs/brokers.md), and such a
+// round moves more than the load (the offsets count the duplicates).
 //
 //	go test -tags integration -run '^$' -bench BridgeVsPipeline -benchtime 1x ./bridge/
 func BenchmarkBridgeVsPipeline(b *testing.B) {
@@ -146,6 +150,9 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 	type figures struct {
 		rate, cpu, allocs float64
 		startup           time.Duration // the bridge's, from its start to its MQTT connection
+		// the bridge's messages received (redeliveries included) and
+		// redelivered (DUP) during the drain
+		received, redelivered float64
 	}
 	// drain runs one consumer until its copy of the load (total messages)
 	// is in Kafka.
@@ -156,6 +163,7 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 		var mallocs func() float64
 		var stop func()
 		var startup func() time.Duration
+		var addrOf string
 		if tg.name == "pipeline" {
 			// -C: exit after the load, so that its buffered stdout
 			// reaches kcat.
@@ -181,6 +189,7 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			}
 		} else {
 			addr := freeAddr(b)
+			addrOf = addr
 			p := startBench(b, bin, append(bridgeArgs(tg, topic), "--http-addr", addr))
 			cpu = func() time.Duration { return procCPU(b, p.Pid()) }
 			mallocs = func() float64 { return metric(b, addr, "go_memstats_mallocs_total") - idleMallocs[tg.name] }
@@ -195,6 +204,8 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 		}
 		if startup != nil {
 			f.startup = startup()
+			f.received = metric(b, addrOf, "iotpipe_bridge_received_total")
+			f.redelivered = metric(b, addrOf, "iotpipe_bridge_redelivered_total")
 		}
 		stop()
 		return f
@@ -215,8 +226,8 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			tg := targets[(r+i)%len(targets)]
 			f := drain(tg, total)
 			got[tg.name] = append(got[tg.name], f)
-			b.Logf("round %d, %d of %d: %s drained %d at %.0f msg/s, %.2f CPU µs/msg, %.1f allocs/msg (bridge: MQTT connection %s after its start)",
-				r+1, i+1, len(targets), tg.name, total, f.rate, f.cpu, f.allocs, f.startup.Round(time.Millisecond))
+			b.Logf("round %d, %d of %d: %s drained %d at %.0f msg/s, %.2f CPU µs/msg, %.1f allocs/msg (bridge: MQTT connection %s after its start, %.0f received, %.0f redelivered)",
+				r+1, i+1, len(targets), tg.name, total, f.rate, f.cpu, f.allocs, f.startup.Round(time.Millisecond), f.received, f.redelivered)
 		}
 	}
 	meds := map[string]float64{}

@@ -20,7 +20,7 @@ import (
 // through several small writes. The bridge already releases messages in
 // receive order (window), so it writes the PUBACKs itself: paho runs with
 // automatic acknowledgements, ackSession turns paho's immediate ones into
-// nothing, and release appends the four bytes of each PUBACK to the
+// nothing, and release appends the six bytes of each PUBACK to the
 // connection that delivered the message, which writes them out at once
 // (with whatever else was released meanwhile). A PUBACK still leaves only
 // after Kafka acknowledged the message's record.
@@ -68,8 +68,8 @@ func (c *bufferedConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// puback queues the PUBACK (success, no properties: the two-byte form of
-// MQTT v5 section 3.4.2.1) of the QoS 1 message with packet id id. It
+// puback queues the PUBACK (reason code 0 Success, no properties; the
+// bytes paho writes) of the QoS 1 message with packet id id. It
 // fails once the connection is closed or broken: the broker then
 // redelivers the message on the next connection.
 func (c *bufferedConn) puback(id uint16) error {
@@ -78,7 +78,7 @@ func (c *bufferedConn) puback(id uint16) error {
 	if err := c.writableLocked(); err != nil {
 		return err
 	}
-	c.pending = append(c.pending, packets.PUBACK<<4, 2, byte(id>>8), byte(id))
+	c.pending = append(c.pending, packets.PUBACK<<4, 4, byte(id>>8), byte(id), 0, 0)
 	c.signal()
 	return nil
 }

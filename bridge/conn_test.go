@@ -9,7 +9,8 @@ import (
 	"time"
 )
 
-// bufferedConn writes PUBACKs in the compact MQTT v5 form, in the order
+// bufferedConn writes PUBACKs as paho does (reason code and an empty
+// property length), in the order
 // they were queued and after what was written before them, with or
 // without an interval between writes; Close writes what is pending, and
 // nothing is accepted after it.
@@ -33,7 +34,7 @@ func TestBufferedConnPubacks(t *testing.T) {
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}
-		want := []byte{0xc0, 0x00, 0x40, 0x02, 0x00, 0x01, 0x40, 0x02, 0x12, 0x34, 0x40, 0x02, 0xff, 0xff}
+		want := []byte{0xc0, 0x00, 0x40, 0x04, 0x00, 0x01, 0x00, 0x00, 0x40, 0x04, 0x12, 0x34, 0x00, 0x00, 0x40, 0x04, 0xff, 0xff, 0x00, 0x00}
 		select {
 		case b := <-got:
 			if !bytes.Equal(b, want) {
