@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/iotpipe/iotpipe/internal/certs"
@@ -40,9 +43,14 @@ import (
 // that no variant is always measured first or last. Reported per consumer,
 // as medians of the rounds: messages/s, CPU µs per message of the
 // consuming processes (from /proc), for the bridge heap allocations per
-// message (go_memstats_mallocs_total), the spread ((max − min) / median of
-// msgs/s, in %) and the number of rounds. Load: IOTPIPE_BENCH_MESSAGES
-// (default 100000) from 1000 devices.
+// message (go_memstats_mallocs_total at the end of the drain, less that of
+// a bridge that started and drained nothing), the spread ((max − min) /
+// median of msgs/s, in %) and the number of rounds. Load:
+// IOTPIPE_BENCH_MESSAGES (default 100000) from 1000 devices. Each round
+// logs (-v) the bridge's time to its MQTT connection and the messages it
+// received and got redelivered (DUP): Mosquitto before 2.0.13 redelivers
+// messages whose PUBACK it had received (docs/brokers.md), and such a
+// round moves more than the load (the offsets count the duplicates).
 //
 //	go test -tags integration -run '^$' -bench BridgeVsPipeline -benchtime 1x ./bridge/
 func BenchmarkBridgeVsPipeline(b *testing.B) {
@@ -89,7 +97,12 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 		return append([]string{"-h", host, "-p", port, "-u", env.MQTTUsername, "-P", env.MQTTPassword, "-V", "5",
 			"-q", "1", "-c", "-i", tg.clientID, "-x", "600", "-t", "$share/" + tg.group + "/" + filter}, extra...)
 	}
-	// 1. Create every session and subscription, then go offline.
+	// 1. Create every session and subscription, then go offline. A
+	// bridge's allocations per message are those of its drain less those
+	// of a start that drains nothing (idleMallocs): by the time the
+	// bridge has subscribed and serves its metrics, much of the queue may
+	// be drained already.
+	idleMallocs := map[string]float64{}
 	for _, tg := range targets {
 		if tg.name == "pipeline" {
 			if out, err := exec.Command("mosquitto_sub", subArgs(tg, "-E")...).CombinedOutput(); err != nil {
@@ -97,7 +110,9 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			}
 			continue
 		}
-		p := startBench(b, bin, append(bridgeArgs(tg, envTopic(b, env)), "--http-addr", ""))
+		addr := freeAddr(b)
+		p := startBench(b, bin, append(bridgeArgs(tg, envTopic(b, env)), "--http-addr", addr))
+		idleMallocs[tg.name] = metric(b, addr, "go_memstats_mallocs_total")
 		p.Stop(time.Minute)
 	}
 	// publish publishes a load of size messages once: every session queues
@@ -132,7 +147,13 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 		return int(st.Acked)
 	}
 	adm := env.KafkaAdmin(b)
-	type figures struct{ rate, cpu, allocs float64 }
+	type figures struct {
+		rate, cpu, allocs float64
+		startup           time.Duration // the bridge's, from its start to its MQTT connection
+		// the bridge's messages received (redeliveries included) and
+		// redelivered (DUP) during the drain
+		received, redelivered float64
+	}
 	// drain runs one consumer until its copy of the load (total messages)
 	// is in Kafka.
 	drain := func(tg target, total int) figures {
@@ -141,6 +162,8 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 		var cpu func() time.Duration
 		var mallocs func() float64
 		var stop func()
+		var startup func() time.Duration
+		var addrOf string
 		if tg.name == "pipeline" {
 			// -C: exit after the load, so that its buffered stdout
 			// reaches kcat.
@@ -166,10 +189,11 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			}
 		} else {
 			addr := freeAddr(b)
+			addrOf = addr
 			p := startBench(b, bin, append(bridgeArgs(tg, topic), "--http-addr", addr))
 			cpu = func() time.Duration { return procCPU(b, p.Pid()) }
-			base := metric(b, addr, "go_memstats_mallocs_total")
-			mallocs = func() float64 { return metric(b, addr, "go_memstats_mallocs_total") - base }
+			mallocs = func() float64 { return metric(b, addr, "go_memstats_mallocs_total") - idleMallocs[tg.name] }
+			startup = func() time.Duration { return connectedAt(b, p.LogPath()).Sub(start) }
 			stop = func() { p.Stop(time.Minute) }
 		}
 		waitOffsets(b, adm, topic, total)
@@ -177,6 +201,11 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 		f := figures{rate: float64(total) / el.Seconds(), cpu: float64(cpu().Microseconds()) / float64(total)}
 		if mallocs != nil {
 			f.allocs = mallocs() / float64(total)
+		}
+		if startup != nil {
+			f.startup = startup()
+			f.received = metric(b, addrOf, "iotpipe_bridge_received_total")
+			f.redelivered = metric(b, addrOf, "iotpipe_bridge_redelivered_total")
 		}
 		stop()
 		return f
@@ -197,7 +226,8 @@ func BenchmarkBridgeVsPipeline(b *testing.B) {
 			tg := targets[(r+i)%len(targets)]
 			f := drain(tg, total)
 			got[tg.name] = append(got[tg.name], f)
-			b.Logf("round %d, %d of %d: %s drained %d at %.0f msg/s, %.2f CPU µs/msg", r+1, i+1, len(targets), tg.name, total, f.rate, f.cpu)
+			b.Logf("round %d, %d of %d: %s drained %d at %.0f msg/s, %.2f CPU µs/msg, %.1f allocs/msg (bridge: MQTT connection %s after its start, %.0f received, %.0f redelivered)",
+				r+1, i+1, len(targets), tg.name, total, f.rate, f.cpu, f.allocs, f.startup.Round(time.Millisecond), f.received, f.redelivered)
 		}
 	}
 	meds := map[string]float64{}
@@ -299,11 +329,17 @@ func waitOffsets(b *testing.B, adm *kadm.Client, topic string, want int) {
 }
 
 // BenchmarkBridgeDrain drains a queued load through a bridge running in
-// this process, so that -cpuprofile and -memprofile show where the
-// bridge's time and allocations go (the fleet publishes before the timer
-// starts, while the bridge is offline).
+// this process, so that profiles show where the bridge's time and
+// allocations go (the fleet publishes before the timer starts, while the
+// bridge is offline). -cpuprofile and -memprofile include the publishing
+// fleet; for the drain alone set IOTPIPE_BENCH_CPUPROFILE to a file
+// (a CPU profile of the drain only) and IOTPIPE_BENCH_MEMPROFILE to a
+// file prefix (<prefix>.before and <prefix>.after, heap profiles taken
+// around the drain: `go tool pprof -sample_index=alloc_objects -base
+// <prefix>.before <prefix>.after` shows what the drain allocated).
 //
-//	go test -tags integration -run '^$' -bench BridgeDrain -benchtime 1x -cpuprofile cpu.out ./bridge/
+//	IOTPIPE_BENCH_CPUPROFILE=/tmp/cpu.out go test -tags integration -run '^$' -bench '^BenchmarkBridgeDrain$' -benchtime 1x ./bridge/
+//	go tool pprof -top /tmp/cpu.out
 func BenchmarkBridgeDrain(b *testing.B) { benchDrain(b, testenv.Load(b)) }
 
 // BenchmarkBridgeDrainKafkaSec measures what SASL_SSL costs the bridge:
@@ -518,18 +554,73 @@ func benchDrain(b *testing.B, env *testenv.Env) {
 		b.Fatal(err)
 	}
 	adm := env.KafkaAdmin(b)
+	stopProfiles := startDrainProfiles(b)
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
-	_, cancel, done = run()
+	start, cpu0 := time.Now(), processCPU()
+	br, cancel, done := run()
 	waitOffsets(b, adm, s.raw, int(sim.Stats().Acked))
-	el := time.Since(start)
+	el, cpu := time.Since(start), processCPU()-cpu0
 	b.StopTimer()
+	stopProfiles()
+	// The mean time from receiving a message to Kafka's acknowledgement:
+	// with the in-flight limit, it bounds the rate (limit / latency).
+	var lat dto.Metric
+	if err := br.m.produceLatency.Write(&lat); err == nil && lat.GetHistogram().GetSampleCount() > 0 {
+		h := lat.GetHistogram()
+		b.ReportMetric(1000*h.GetSampleSum()/float64(h.GetSampleCount()), "produce-ms")
+	}
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(sim.Stats().Acked)/el.Seconds(), "msgs/s")
+	// This process runs nothing but the bridge (and the offset polling)
+	// during the drain.
+	b.ReportMetric(float64(cpu.Microseconds())/float64(sim.Stats().Acked), "cpu-µs/msg")
+}
+
+// startDrainProfiles starts the profiles IOTPIPE_BENCH_CPUPROFILE and
+// IOTPIPE_BENCH_MEMPROFILE ask for (see BenchmarkBridgeDrain); the
+// returned function ends them.
+func startDrainProfiles(b *testing.B) (stop func()) {
+	cpuPath, memPrefix := os.Getenv("IOTPIPE_BENCH_CPUPROFILE"), os.Getenv("IOTPIPE_BENCH_MEMPROFILE")
+	writeHeap := func(path string) {
+		runtime.GC() // the heap profile is as of the last GC
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if memPrefix != "" {
+		writeHeap(memPrefix + ".before")
+	}
+	var cpu *os.File
+	if cpuPath != "" {
+		f, err := os.Create(cpuPath)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		cpu = f
+	}
+	return func() {
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			_ = cpu.Close()
+			b.Logf("CPU profile of the drain: %s", cpuPath)
+		}
+		if memPrefix != "" {
+			writeHeap(memPrefix + ".after")
+			b.Logf("heap profiles around the drain: %s.before, %s.after", memPrefix, memPrefix)
+		}
+	}
 }
 
 // BenchmarkBridgeTLS measures what mutual TLS costs: the bridge draining a

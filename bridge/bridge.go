@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/eclipse/paho.golang/paho/session/state"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -73,15 +73,28 @@ type Bridge struct {
 	dec     *schemas.Decoder
 	reading schemas.Reading
 
+	// rawHeaders are the first headers of every raw record
+	// (schemas.RecordHeaders without the MQTT topic); see telemetry.
+	rawHeaders []kgo.RecordHeader
+
 	// rt is the route table (see routes.go); routeNames describes it.
 	rt         []route
 	routeNames string
 
-	slots    chan struct{} // in-flight limit: one token per message taken and not yet acknowledged to the broker
-	win      window        // the messages holding a slot, in receive order
-	pending  sync.WaitGroup
-	stopping atomic.Bool
-	stopCh   chan struct{}
+	// ready is closed (and started set) once Run's checks passed: until
+	// then onPublish holds messages back.
+	ready   chan struct{}
+	started atomic.Bool
+
+	slots chan struct{} // in-flight limit: one token per message taken and not yet acknowledged to the broker
+	win   window        // the messages holding a slot, in receive order
+	// promise (b.produced) and releaseFn (b.release) as func values made
+	// once, not per message.
+	promise   func(*kgo.Record, error)
+	releaseFn func(*inflight)
+	pending   sync.WaitGroup
+	stopping  atomic.Bool
+	stopCh    chan struct{}
 	// active is the registry's set of active devices (nil unless
 	// Config.Registry.Require).
 	active *registry.ActiveSet
@@ -99,6 +112,13 @@ type Bridge struct {
 	// it last stopped waiting (UnixNano). See pinger.
 	holding   atomic.Bool
 	heldUntil atomic.Int64
+
+	// conn is the MQTT connection dialled last: the one whose messages
+	// onPublish handles (autopaho waits for a connection's goroutines to
+	// end before it dials again). session is paho's session state, with
+	// the acknowledgements left to release (see conn.go).
+	conn    atomic.Pointer[bufferedConn]
+	session ackSession
 
 	hb   *heartbeater // see heartbeat.go
 	ping *pinger      // the MQTT keep-alive, which also times the heartbeats' round trips
@@ -133,9 +153,15 @@ func New(cfg Config, deps service.Deps) (*Bridge, error) {
 		slots:  make(chan struct{}, cfg.MQTT.ReceiveMaximum),
 		win:    window{ring: make([]*inflight, cfg.MQTT.ReceiveMaximum)},
 		stopCh: make(chan struct{}),
+		ready:  make(chan struct{}),
 		fatal:  make(chan error, 1),
 		hb:     newHeartbeater(reg, cfg.MQTT.ReceiveMaximum),
+		// One session state for every connection (autopaho would make
+		// one too), so that a resumed session keeps its packet ids.
+		session: ackSession{state.NewInMemory()},
 	}
+	b.promise, b.releaseFn = b.produced, b.release
+	b.rawHeaders = schemas.RecordHeaders("")
 	b.rt = b.routes()
 	b.routeNames = routesSummary(b.rt)
 	b.ping = newPinger(b.heldBack)
@@ -200,10 +226,11 @@ func (b *Bridge) kafkaOpts() []kgo.Opt {
 	)
 }
 
-// Run connects to Kafka and the MQTT broker and moves messages until ctx
-// is cancelled; then it drains (see Config.ShutdownTimeout) and returns
-// nil. It returns an error when a topic is missing or Kafka refuses a
-// dead letter (ErrDLQRejected).
+// Run connects to Kafka and the MQTT broker (both at once; no message is
+// produced before the topics are found) and moves messages until ctx is
+// cancelled; then it drains (see Config.ShutdownTimeout) and returns nil.
+// It returns an error when a topic is missing or Kafka refuses a dead
+// letter (ErrDLQRejected); messages taken meanwhile stay unacknowledged.
 func (b *Bridge) Run(ctx context.Context) error {
 	kcl, err := kgo.NewClient(b.kafkaOpts()...)
 	if err != nil {
@@ -212,24 +239,10 @@ func (b *Bridge) Run(ctx context.Context) error {
 	defer kcl.Close()
 	b.kcl.Store(kcl)
 
-	if err := b.checkTopics(ctx, kcl); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-
-	if b.cfg.Registry.Require {
-		stop, err := b.startRegistry(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		defer stop()
-	}
-
+	// The MQTT connection is made while the topics (and the registry) are
+	// checked, as the connections to Kafka are: messages that arrive
+	// meanwhile wait in onPublish until the checks pass (b.ready), and are
+	// left unacknowledged for redelivery if they fail.
 	var subs sync.WaitGroup
 	mqttCtx, mqttCancel := context.WithCancel(context.Background())
 	defer mqttCancel()
@@ -237,30 +250,71 @@ func (b *Bridge) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	b.log.Info("bridge started", "mqtt", b.cfg.MQTT.URLs, "client_id", b.cfg.MQTT.ClientID,
-		"filters", b.cfg.Subscriptions(), "raw", b.cfg.TopicRaw, "dlq", b.cfg.TopicDLQ,
-		"receive_maximum", b.cfg.MQTT.ReceiveMaximum, "heartbeat_interval", b.cfg.HeartbeatInterval)
-	hbCtx, hbCancel := context.WithCancel(context.Background())
-	hbDone := make(chan struct{})
-	go func() {
-		defer close(hbDone)
-		if b.cfg.HeartbeatInterval > 0 {
-			b.runHeartbeats(hbCtx, kcl)
+	stopRegistry, runErr := b.prepare(ctx, kcl)
+	if runErr == nil && ctx.Err() == nil {
+		b.started.Store(true)
+		close(b.ready)
+		b.log.Info("bridge started", "mqtt", b.cfg.MQTT.URLs, "client_id", b.cfg.MQTT.ClientID,
+			"filters", b.cfg.Subscriptions(), "raw", b.cfg.TopicRaw, "dlq", b.cfg.TopicDLQ,
+			"receive_maximum", b.cfg.MQTT.ReceiveMaximum, "heartbeat_interval", b.cfg.HeartbeatInterval)
+		hbCtx, hbCancel := context.WithCancel(context.Background())
+		hbDone := make(chan struct{})
+		go func() {
+			defer close(hbDone)
+			if b.cfg.HeartbeatInterval > 0 {
+				b.runHeartbeats(hbCtx, kcl)
+			}
+		}()
+		select {
+		case <-ctx.Done():
+		case runErr = <-b.fatal:
+			b.log.Error("bridge stopping on a fatal error", "err", runErr)
 		}
-	}()
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-b.fatal:
-		b.log.Error("bridge stopping on a fatal error", "err", runErr)
+		hbCancel()
+		<-hbDone
 	}
-	hbCancel()
-	<-hbDone
 	b.shutdown(cm, kcl)
 	mqttCancel()
 	subs.Wait()
+	if stopRegistry != nil {
+		stopRegistry()
+	}
 	return runErr
+}
+
+// prepare checks the topics and, in strict mode, loads the registry (see
+// startRegistry; stop ends what it started). It returns early, with the
+// error, on a fatal error of the MQTT connection, and with neither when
+// ctx ends.
+func (b *Bridge) prepare(ctx context.Context, kcl *kgo.Client) (stop func(), err error) {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err = b.checkTopics(cctx, kcl)
+		if err == nil && b.cfg.Registry.Require {
+			stop, err = b.startRegistry(cctx)
+		}
+	}()
+	select {
+	case <-done:
+	case fatal := <-b.fatal:
+		b.log.Error("bridge stopping on a fatal error", "err", fatal)
+		cancel()
+		<-done
+		err = fatal
+	}
+	if err != nil || ctx.Err() != nil {
+		if stop != nil {
+			stop()
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return stop, nil
 }
 
 // startRegistry loads the registry's active devices (failing Run when it
@@ -303,13 +357,8 @@ func (b *Bridge) shutdown(cm *autopaho.ConnectionManager, kcl *kgo.Client) {
 	go func() { b.pending.Wait(); close(drained) }()
 	select {
 	case <-drained:
-		// paho sends released acknowledgements every AckInterval.
-		t := time.NewTimer(3*b.cfg.MQTT.AckInterval + 20*time.Millisecond)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
+		// The released PUBACKs are in the connection's buffer: closing
+		// it (Disconnect) writes them out before the DISCONNECT.
 	case <-ctx.Done():
 		b.log.Warn("shutdown timeout: leaving in-flight messages unacknowledged for redelivery",
 			"in_flight", len(b.slots), "timeout", b.cfg.ShutdownTimeout)
@@ -440,10 +489,11 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 			b.log.Warn("mqtt connect failed", "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
-			ClientID:                   mc.ClientID,
-			EnableManualAcknowledgment: true,
-			PingHandler:                b.ping,
-			SendAcksInterval:           mc.AckInterval,
+			ClientID: mc.ClientID,
+			// Automatic acknowledgements, which ackSession turns into
+			// nothing: release writes the PUBACKs (see conn.go).
+			Session:     b.session,
+			PingHandler: b.ping,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) { return b.onPublish(kcl, pr) },
 			},
@@ -453,83 +503,7 @@ func (b *Bridge) mqttConfig(kcl *kgo.Client, ctx context.Context, subs *sync.Wai
 			},
 		},
 	}
-	if mc.AckInterval == 0 {
-		cfg.SendAcksInterval = time.Millisecond
-	}
 	return cfg
-}
-
-// bufferedConn buffers both directions of the MQTT connection. paho
-// reads each packet with several small reads (fixed header, length,
-// body) and writes each PUBACK with its own write: one system call each
-// on a bare connection, which the profile showed as the bridge's largest
-// cost. Reads go through a bufio.Reader (only paho's reader goroutine
-// reads). Writes are appended to a buffer that a flusher goroutine
-// writes out at once: writes made while one flush is under way go out
-// together in the next. Close flushes what is pending first.
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-
-	mu      sync.Mutex
-	pending []byte
-	err     error
-	closed  bool
-	wake    chan struct{}
-	done    chan struct{}
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-func (c *bufferedConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err != nil {
-		return 0, c.err
-	}
-	if c.closed {
-		return 0, net.ErrClosed
-	}
-	c.pending = append(c.pending, p...)
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-	return len(p), nil
-}
-
-func (c *bufferedConn) flusher() {
-	defer close(c.done)
-	var out []byte
-	for range c.wake {
-		c.mu.Lock()
-		out, c.pending = c.pending, out[:0]
-		c.mu.Unlock()
-		if len(out) == 0 {
-			continue
-		}
-		if _, err := c.Conn.Write(out); err != nil {
-			c.mu.Lock()
-			c.err = err
-			c.mu.Unlock()
-		}
-	}
-}
-
-func (c *bufferedConn) Close() error {
-	c.mu.Lock()
-	if !c.closed {
-		c.closed = true
-		close(c.wake) // the flusher writes what is pending, then ends
-	}
-	c.mu.Unlock()
-	t := time.NewTimer(2 * time.Second)
-	select {
-	case <-c.done:
-	case <-t.C: // a write stuck on a dead peer: closing unblocks it
-	}
-	t.Stop()
-	return c.Conn.Close()
 }
 
 // dial connects to u, over TLS for mqtts:// (the CA and client files
@@ -558,8 +532,8 @@ func (b *Bridge) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL
 		}
 		conn = tconn
 	}
-	c := &bufferedConn{Conn: conn, r: bufio.NewReaderSize(conn, 64<<10), wake: make(chan struct{}, 1), done: make(chan struct{})}
-	go c.flusher()
+	c := newBufferedConn(conn, b.cfg.MQTT.AckInterval)
+	b.conn.Store(c)
 	return c, nil
 }
 
@@ -620,6 +594,17 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 		b.stats.handle(p.Topic, p.Payload)
 		return true, nil
 	}
+	if !b.started.Load() {
+		// Run's checks have not passed yet: hold back (as for a slot).
+		b.holding.Store(true)
+		b.hb.stall()
+		select {
+		case <-b.ready:
+		case <-b.stopCh:
+		}
+		b.heldUntil.Store(time.Now().UnixNano())
+		b.holding.Store(false)
+	}
 	if b.stopping.Load() {
 		b.noteUnacked(p)
 		return true, nil
@@ -666,63 +651,76 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	b.m.inFlight.Inc()
 	b.pending.Add(1)
 
-	// isRaw: the record is a route's output, not a dead letter; if Kafka
-	// refuses it for good, the message goes to the DLQ (kafka_rejected).
+	// The message's entry in the window holds its record (see inflight).
+	e := b.win.push(p, b.conn.Load(), now)
 	var rec *kgo.Record
-	isRaw := false
 	if rt := match(b.rt, p.Topic); rt != nil {
 		var dead bool
-		rec, dead = rt.handle(p, now)
-		isRaw = !dead
+		rec, dead = rt.handle(e, now)
+		e.isRaw = !dead
 	} else {
 		rec = b.unexpectedTopic(p, now)
 	}
-	e := b.win.push(p, pr.Client, now.UnixNano())
-	var promise func(*kgo.Record, error)
-	promise = func(r *kgo.Record, err error) {
-		switch {
-		case err == nil:
-			if isRaw {
-				b.producedRaw.Add(1)
-				b.m.producedRaw.Inc()
-			} else {
-				b.producedDLQ.Add(1)
-				b.m.producedDLQ.Inc()
-			}
-			b.acked.Add(1)
-			e.ack = p.QoS > 0
-			b.m.produceLatency.Observe(time.Since(now).Seconds())
-		case errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-			b.noteUnacked(p)
-		case isRaw:
-			// Kafka refused the reading for good: keep it in the DLQ.
-			b.m.produceErrors.WithLabelValues("raw").Inc()
-			b.log.Error("kafka refused a raw record; sending it to the DLQ", "mqtt_topic", p.Topic, "err", err)
-			isRaw = false
-			dl := b.deadLetter(p, &schemas.RejectError{Reason: ReasonKafkaRejected, Detail: err.Error()}, now)
-			kcl.Produce(context.Background(), dl, promise)
-			return
-		default:
-			b.m.produceErrors.WithLabelValues("dlq").Inc()
-			b.noteUnacked(p)
-			select {
-			case b.fatal <- fmt.Errorf("%w (topic %s, mqtt topic %q): %w", ErrDLQRejected, b.cfg.TopicDLQ, p.Topic, err):
-			default:
-			}
-		}
-		b.win.complete(e, b.release)
-	}
-	kcl.Produce(context.Background(), rec, promise)
+	rec.Context = e
+	kcl.Produce(context.Background(), rec, b.promise)
 	return true, nil
 }
 
+// produced is the promise of every message's record (b.promise): the
+// record's Context is the message's window entry.
+func (b *Bridge) produced(r *kgo.Record, err error) {
+	e := r.Context.(*inflight)
+	p := e.p
+	switch {
+	case err == nil:
+		if e.isRaw {
+			b.producedRaw.Add(1)
+			b.m.producedRaw.Inc()
+		} else {
+			b.producedDLQ.Add(1)
+			b.m.producedDLQ.Inc()
+		}
+		b.acked.Add(1)
+		e.ack = p.QoS > 0
+		b.m.produceLatency.Observe(time.Since(e.now).Seconds())
+	case errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		b.noteUnacked(p)
+	case e.isRaw:
+		// Kafka refused the reading for good (isRaw: the record is a
+		// route's output, not a dead letter): keep it in the DLQ.
+		b.m.produceErrors.WithLabelValues("raw").Inc()
+		b.log.Error("kafka refused a raw record; sending it to the DLQ", "mqtt_topic", p.Topic, "err", err)
+		e.isRaw = false
+		dl := b.deadLetter(p, &schemas.RejectError{Reason: ReasonKafkaRejected, Detail: err.Error()}, e.now)
+		dl.Context = e
+		b.kcl.Load().Produce(context.Background(), dl, b.promise)
+		return
+	default:
+		b.m.produceErrors.WithLabelValues("dlq").Inc()
+		b.noteUnacked(p)
+		select {
+		case b.fatal <- fmt.Errorf("%w (topic %s, mqtt topic %q): %w", ErrDLQRejected, b.cfg.TopicDLQ, p.Topic, err):
+		default:
+		}
+	}
+	b.win.complete(e, b.releaseFn)
+}
+
 // release ends one message's stay in the in-flight window: its PUBACK
-// (if any) is handed to paho, in receive order, and its slot freed.
+// (if any) is written to the connection that delivered it, in receive
+// order, and its slot freed.
 func (b *Bridge) release(e *inflight) {
-	if e.ack {
+	if e.ack && e.conn != nil {
 		// An error here means the connection that delivered the message
 		// is gone; the broker redelivers it.
-		_ = e.cli.Ack(e.p)
+		switch e.p.QoS {
+		case 1:
+			_ = e.conn.puback(e.p.PacketID)
+		case 2:
+			if b.conn.Load() == e.conn && e.conn.writableErr() == nil {
+				_ = b.session.ackLater(e.p.Packet())
+			}
+		}
 	}
 	b.m.inFlight.Dec()
 	<-b.slots

@@ -64,7 +64,8 @@
 //     record (acks=all, idempotent producer, unlimited retries, no delivery
 //     timeout), whether the record went to the raw topic or to the DLQ
 //     (unexpected topics included).
-//     paho sends PUBACKs in receive order, every MQTTConfig.AckInterval.
+//     The bridge writes PUBACKs in receive order (see
+//     MQTTConfig.AckInterval).
 //     A message the bridge dies holding is redelivered by the broker to
 //     the same session when the bridge reconnects.
 //   - Duplicates are possible: after a crash or a lost connection,

@@ -46,9 +46,10 @@ const maxHeartbeatPartitions = 10000
 //   - the bridge is busy: half its in-flight slots or more are taken, or
 //     it holds back reading. The broker queues messages for it, and still
 //     answers pings, when its in-flight count reaches the Receive Maximum;
-//     that count includes the PUBACKs the bridge has released but paho
-//     not yet sent (every MQTT.AckInterval), so the bridge's own count can
-//     be lower: half the limit leaves room for them;
+//     that count includes the PUBACKs the bridge has released but not
+//     yet written or the broker not yet read (see MQTT.AckInterval), so
+//     the bridge's own count can be lower: half the limit leaves room for
+//     them;
 //   - a ping has been unanswered for longer than an interval (a broker
 //     that is frozen, or a link that is);
 //   - a produce (a message's or the previous heartbeat's) has been
@@ -97,7 +98,7 @@ func (w *window) oldest() int64 {
 	if w.size == 0 {
 		return 0
 	}
-	return w.ring[w.head].at
+	return w.ring[w.head].now.UnixNano()
 }
 
 // stalled reports whether the ingest path may be stalled at now (noting

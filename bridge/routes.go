@@ -38,12 +38,13 @@ import (
 // would write it to Kafka twice.
 
 // route sends the messages whose topic matches filter to handle, which
-// returns the record to produce and whether it is a dead letter.
+// returns the record to produce and whether it is a dead letter. A handler
+// may build the record in the message's window entry (e.rec, e.hdr, e.buf).
 type route struct {
 	name   string
 	filter string
 	levels []string
-	handle func(p *paho.Publish, now time.Time) (rec *kgo.Record, dead bool)
+	handle func(e *inflight, now time.Time) (rec *kgo.Record, dead bool)
 }
 
 // routes returns the route table of b.
@@ -74,7 +75,8 @@ const (
 // the broker's ACL binds to the device's certificate), for the shadow
 // consumer to judge and answer; the same PUBACK-after-Kafka guarantee as
 // telemetry.
-func (b *Bridge) shadowRequest(p *paho.Publish, now time.Time) (*kgo.Record, bool) {
+func (b *Bridge) shadowRequest(e *inflight, now time.Time) (*kgo.Record, bool) {
+	p := e.p
 	levels := strings.Split(p.Topic, "/")
 	id := levels[1]
 	if err := certs.CheckDeviceID(id); err != nil {
@@ -90,7 +92,7 @@ func (b *Bridge) shadowRequest(p *paho.Publish, now time.Time) (*kgo.Record, boo
 	}, false
 }
 
-func newRoute(name, filter string, handle func(*paho.Publish, time.Time) (*kgo.Record, bool)) route {
+func newRoute(name, filter string, handle func(*inflight, time.Time) (*kgo.Record, bool)) route {
 	return route{name: name, filter: filter, levels: strings.Split(filter, "/"), handle: handle}
 }
 
@@ -120,8 +122,12 @@ func (b *Bridge) unexpectedTopic(p *paho.Publish, now time.Time) *kgo.Record {
 }
 
 // telemetry is the handler of the telemetry route: decode the payload
-// into a telemetry.raw record, or a dead letter with the reason.
-func (b *Bridge) telemetry(p *paho.Publish, now time.Time) (*kgo.Record, bool) {
+// into a telemetry.raw record, or a dead letter with the reason. The raw
+// record is schemas.RawRecord's, built in e: its key, MQTT topic header
+// and value share e.buf, its headers e.hdr (no allocation once e's
+// buffers have grown to the messages' size).
+func (b *Bridge) telemetry(e *inflight, now time.Time) (*kgo.Record, bool) {
+	p := e.p
 	if err := b.dec.Decode(p.Topic, p.Payload, now, &b.reading); err != nil {
 		return b.deadLetter(p, err, now), true
 	}
@@ -132,10 +138,20 @@ func (b *Bridge) telemetry(p *paho.Publish, now time.Time) (*kgo.Record, bool) {
 	if b.reading.IgnoredFields > 0 {
 		b.m.ignore(&b.reading.IgnoredBy)
 	}
-	value := schemas.AppendRaw(make([]byte, 0, 64+len(p.Payload)), &b.reading)
-	rec := schemas.RawRecord(value, &b.reading, p.Topic)
-	rec.Topic = b.cfg.TopicRaw
-	return rec, false
+	buf := e.buf[:0]
+	if need := len(b.reading.DeviceID) + len(p.Topic) + 64 + 2*len(p.Payload); cap(buf) < need {
+		buf = make([]byte, 0, need)
+	}
+	buf = append(buf, b.reading.DeviceID...)
+	nk := len(buf)
+	buf = append(buf, p.Topic...)
+	nt := len(buf)
+	buf = schemas.AppendRaw(buf, &b.reading)
+	e.buf = buf
+	e.hdr[0], e.hdr[1] = b.rawHeaders[0], b.rawHeaders[1]
+	e.hdr[2] = kgo.RecordHeader{Key: schemas.HeaderMQTTTopic, Value: buf[nk:nt:nt]}
+	e.rec = kgo.Record{Topic: b.cfg.TopicRaw, Key: buf[:nk:nk], Value: buf[nt:], Timestamp: b.reading.EventTime, Headers: e.hdr[:]}
+	return &e.rec, false
 }
 
 // matchFilter reports whether topic matches the filter split into levels,

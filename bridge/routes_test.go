@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -152,9 +153,9 @@ func TestRoutes(t *testing.T) {
 		p := &paho.Publish{Topic: tc.topic, Payload: []byte(tc.payload)}
 		rt := match(b.rt, tc.topic)
 		if rt == nil {
-			rt = &route{handle: func(p *paho.Publish, now time.Time) (*kgo.Record, bool) { return b.unexpectedTopic(p, now), true }}
+			rt = &route{handle: func(e *inflight, now time.Time) (*kgo.Record, bool) { return b.unexpectedTopic(e.p, now), true }}
 		}
-		rec, dead := rt.handle(p, now)
+		rec, dead := rt.handle(&inflight{p: p}, now)
 		if rec.Topic != tc.topicOut || dead != (tc.topicOut == "dlq") {
 			t.Errorf("%s: record to %s (dead %v), want %s", tc.topic, rec.Topic, dead, tc.topicOut)
 			continue
@@ -180,5 +181,56 @@ func TestRoutes(t *testing.T) {
 		if n := testutil.ToFloat64(b.m.ignored.WithLabelValues(reason)); n != want {
 			t.Errorf("ignored_fields_total{%s} = %v, want %v", reason, n, want)
 		}
+	}
+}
+
+// The telemetry handler builds in the message's window entry the record
+// schemas.RawRecord would make, and the entry's next message reuses its
+// room without disturbing a record of another entry.
+func TestTelemetryRecordInEntry(t *testing.T) {
+	cfg := validConfig()
+	cfg.TopicRaw = "raw"
+	b, err := New(cfg, service.Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 27, 14, 0, 0, 0, time.UTC)
+	want := func(topic, payload string) *kgo.Record {
+		var r schemas.Reading
+		if err := b.dec.Decode(topic, []byte(payload), now, &r); err != nil {
+			t.Fatal(err)
+		}
+		rec := schemas.RawRecord(schemas.AppendRaw(nil, &r), &r, topic)
+		rec.Topic = "raw"
+		return rec
+	}
+	same := func(got, want *kgo.Record) bool {
+		return got.Topic == want.Topic && string(got.Key) == string(want.Key) && string(got.Value) == string(want.Value) &&
+			got.Timestamp.Equal(want.Timestamp) && reflect.DeepEqual(got.Headers, want.Headers)
+	}
+	b.win = window{ring: make([]*inflight, 2)}
+	msgs := []struct{ topic, payload string }{
+		{"devices/d1/telemetry", `{"ts":"2026-11-27T13:59:58Z","temp":21.5}`},
+		{"devices/device-two/telemetry", `{"ts":"2026-11-27T13:59:59Z","metrics":{"temp":21.6,"hum":40}}`},
+		{"devices/d3/telemetry", `{"ts":"2026-11-27T14:00:00Z","temp":21.7,"fw":"1.2.3"}`},
+	}
+	var recs []*kgo.Record
+	var entries []*inflight
+	for i, m := range msgs {
+		e := b.win.push(&paho.Publish{Topic: m.topic, Payload: []byte(m.payload), PacketID: uint16(i + 1)}, nil, now)
+		rec, dead := b.telemetry(e, now)
+		if dead || !same(rec, want(m.topic, m.payload)) {
+			t.Fatalf("%s: record %+v (dead %v), want %+v", m.topic, rec, dead, want(m.topic, m.payload))
+		}
+		recs, entries = append(recs, rec), append(entries, e)
+		if i == 0 {
+			b.win.complete(e, func(*inflight) {}) // frees the first entry for the third message
+		}
+	}
+	if entries[2] != entries[0] {
+		t.Fatalf("the third message did not reuse the released entry")
+	}
+	if !same(recs[1], want(msgs[1].topic, msgs[1].payload)) {
+		t.Fatalf("the second record changed when the third was built: %+v", recs[1])
 	}
 }

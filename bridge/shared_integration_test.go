@@ -3,10 +3,12 @@
 package bridge
 
 import (
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/iotpipe/iotpipe/internal/devicesim"
+	"github.com/iotpipe/iotpipe/internal/service"
 	"github.com/iotpipe/iotpipe/internal/testenv"
 )
 
@@ -107,3 +109,47 @@ func TestBrokerSharedOfflineMemberKeepsItsShare(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// A bridge whose raw topic does not exist connects to MQTT while it checks
+// the topics (Run makes both connections at once), so the broker hands it
+// the messages queued for its session; it must take none of them: Run
+// returns ErrMissingTopic, nothing is produced, and the same session with
+// the right topic then delivers every message.
+func TestBridgeMissingTopicLeavesMessagesQueued(t *testing.T) {
+	env := testenv.Load(t)
+	s := newSetup(t, env)
+	cfg := s.config(t, "")
+	r := startBridge(t, cfg)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	e := newExpect()
+	st := s.fleet(t, env, func(c *devicesim.Config) {
+		c.Devices = 20
+		c.MessagesPerDevice = 20
+		c.Rate = 0
+		c.ValidKinds = devicesim.AllValidKinds()
+	}, e)
+
+	bad := cfg
+	bad.TopicRaw = testenv.Name(t, "missing")
+	b, err := New(bad, service.Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := b.Run(testenv.Context(t, time.Minute)); !errors.Is(err, ErrMissingTopic) {
+		t.Fatalf("Run with a missing raw topic returned %v, want ErrMissingTopic", err)
+	}
+	// Unacked: messages the broker handed over while the topics were
+	// checked, left unacknowledged.
+	if bs := b.Stats(); bs.ProducedRaw != 0 || bs.ProducedDLQ != 0 || bs.Connections == 0 || bs.Unacked == 0 {
+		t.Fatalf("bridge with a missing topic: %+v, want a connection, messages left unacknowledged and nothing produced", bs)
+	}
+	t.Logf("Run returned ErrMissingTopic after %s", time.Since(start).Round(time.Millisecond))
+
+	startBridge(t, cfg) // stopped when the test ends
+	g := s.readAll(t, env, e, time.Minute)
+	g.check(t, e, false)
+	t.Logf("%d messages queued; all %d arrived through the right topic after the failed start", st.Acked, g.rawN+g.dlqN)
+}

@@ -1,19 +1,34 @@
 package bridge
 
 import (
+	"context"
 	"sync"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // inflight is one message the bridge took from the broker and has not
-// yet acknowledged to it.
+// yet acknowledged to it. It is also the storage of the message's record
+// and that record's Context (context.Background() otherwise), so that one
+// promise function (Bridge.produced) finds the message of a record.
+// Entries belong to the window's ring and are reused once released: a
+// message needs no allocation of the bridge's own (rec, hdr and buf keep
+// their capacity).
 type inflight struct {
-	p    *paho.Publish
-	cli  *paho.Client
-	done bool  // Kafka answered (or the message is given up for redelivery)
-	ack  bool  // Kafka stored its record: send the PUBACK
-	at   int64 // receive time (UnixNano), for the heartbeats
+	context.Context
+
+	p     *paho.Publish
+	conn  *bufferedConn // the connection that delivered p
+	now   time.Time     // receive time
+	done  bool          // Kafka answered (or the message is given up for redelivery)
+	ack   bool          // Kafka stored its record: send the PUBACK
+	isRaw bool          // its record is a route's output, not a dead letter
+
+	rec kgo.Record          // the record of a route that builds it here (telemetry)
+	hdr [3]kgo.RecordHeader // rec's headers
+	buf []byte              // rec's key, value and header bytes
 }
 
 // window holds the messages in flight in the order the broker delivered
@@ -40,11 +55,17 @@ type window struct {
 }
 
 // push appends a message; the caller holds one of the slots, so the ring
-// has room.
-func (w *window) push(p *paho.Publish, cli *paho.Client, at int64) *inflight {
-	e := &inflight{p: p, cli: cli, at: at}
+// has room. The entry it returns is the message's until complete releases
+// it.
+func (w *window) push(p *paho.Publish, conn *bufferedConn, now time.Time) *inflight {
 	w.mu.Lock()
-	w.ring[(w.head+w.size)%len(w.ring)] = e
+	i := (w.head + w.size) % len(w.ring)
+	e := w.ring[i]
+	if e == nil {
+		e = &inflight{Context: context.Background()}
+		w.ring[i] = e
+	}
+	e.p, e.conn, e.now = p, conn, now
 	w.size++
 	w.mu.Unlock()
 	return e
@@ -61,9 +82,24 @@ func (w *window) complete(e *inflight, release func(*inflight)) {
 		if !f.done {
 			return
 		}
-		w.ring[w.head] = nil
 		w.head = (w.head + 1) % len(w.ring)
 		w.size--
 		release(f)
+		f.reset()
 	}
 }
+
+// reset empties a released entry for its next message, keeping the
+// capacity of its buffers and dropping its references (the payload, the
+// connection).
+func (e *inflight) reset() {
+	buf := e.buf[:0]
+	if cap(buf) > maxKeptBuf {
+		buf = nil // a rare large message: do not keep its room for good
+	}
+	*e = inflight{Context: e.Context, buf: buf}
+}
+
+// maxKeptBuf is the largest record buffer a window entry keeps for its
+// next message.
+const maxKeptBuf = 4 << 10

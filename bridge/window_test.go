@@ -3,6 +3,7 @@ package bridge
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 )
@@ -11,7 +12,7 @@ func TestWindowReleasesInReceiveOrder(t *testing.T) {
 	w := window{ring: make([]*inflight, 4)}
 	var released []uint16
 	rel := func(e *inflight) { released = append(released, e.p.PacketID) }
-	push := func(id uint16) *inflight { return w.push(&paho.Publish{PacketID: id}, nil, 0) }
+	push := func(id uint16) *inflight { return w.push(&paho.Publish{PacketID: id}, nil, time.Time{}) }
 
 	a, b, c := push(1), push(2), push(3)
 	w.complete(c, rel)
