@@ -87,6 +87,9 @@ type Bridge struct {
 	started atomic.Bool
 
 	slots chan struct{} // in-flight limit: one token per message taken and not yet acknowledged to the broker
+	// flushing is set while a flush started by onPublish runs (see
+	// flushIfBusy).
+	flushing atomic.Bool
 	win   window        // the messages holding a slot, in receive order
 	// promise (b.produced) and releaseFn (b.release) as func values made
 	// once, not per message.
@@ -663,8 +666,32 @@ func (b *Bridge) onPublish(kcl *kgo.Client, pr paho.PublishReceived) (bool, erro
 	}
 	rec.Context = e
 	kcl.Produce(context.Background(), rec, b.promise)
+	b.flushIfBusy(kcl)
 	return true, nil
 }
+
+// flushIfBusy sends the buffered records at once, without waiting for
+// Linger, while half or more of the in-flight slots are taken. Linger
+// makes a few large produce requests out of a moderate flow (less CPU in
+// the bridge and in the broker), but a message holds its slot until its
+// record is acknowledged, so at full speed lingering would cap the rate
+// at slots / Linger. One flush at a time, in its own goroutine: onPublish
+// never waits for it.
+func (b *Bridge) flushIfBusy(kcl *kgo.Client) {
+	if 2*len(b.slots) < cap(b.slots) || !b.flushing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer b.flushing.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), flushWait)
+		defer cancel()
+		_ = kcl.Flush(ctx) // errors reach each record's promise
+	}()
+}
+
+// flushWait bounds one flushIfBusy; the records' own delivery timeout
+// decides their fate.
+const flushWait = 30 * time.Second
 
 // produced is the promise of every message's record (b.promise): the
 // record's Context is the message's window entry.
