@@ -90,7 +90,7 @@ type Bridge struct {
 	// flushing is set while a flush started by onPublish runs (see
 	// flushIfBusy).
 	flushing atomic.Bool
-	win   window        // the messages holding a slot, in receive order
+	win      window // the messages holding a slot, in receive order
 	// promise (b.produced) and releaseFn (b.release) as func values made
 	// once, not per message.
 	promise   func(*kgo.Record, error)
