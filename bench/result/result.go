@@ -249,6 +249,9 @@ type Micro struct {
 	StateChangelogBytesPerKey     float64 `json:"state_changelog_bytes_per_key"`
 	StateBytesPerKey10Hz          float64 `json:"state_bytes_per_key_10hz"`
 	StateChangelogBytesPerKey10Hz float64 `json:"state_changelog_bytes_per_key_10hz"`
+	// StateEngineBytes is the empty engine's memory, the same whatever
+	// the keys (state_bytes_per_key counts what grows with them).
+	StateEngineBytes float64 `json:"state_engine_bytes,omitempty"`
 }
 
 // EndToEnd is the e2e benchmark's result as it is, plus the ratio to the

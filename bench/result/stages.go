@@ -242,6 +242,7 @@ func MicroFrom(bs []Bench) *Micro {
 	r.StateChangelogBytesPerKey, _ = Get(bs, StateBytesPerKeyBench, "changelog-bytes/key")
 	r.StateBytesPerKey10Hz, _ = Get(bs, StateBytes10HzBench, "bytes/key")
 	r.StateChangelogBytesPerKey10Hz, _ = Get(bs, StateBytes10HzBench, "changelog-bytes/key")
+	r.StateEngineBytes, _ = Get(bs, StateBytesPerKeyBench, "engine-bytes")
 	r.Error = m.err()
 	return r
 }
