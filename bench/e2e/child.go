@@ -153,9 +153,14 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// httpGet returns the body of a 200 answer.
+// httpGet returns the body of a 200 answer within 2 s.
 func httpGet(ctx context.Context, url string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	return httpGetWithin(ctx, url, 2*time.Second)
+}
+
+// httpGetWithin returns the body of a 200 answer within timeout.
+func httpGetWithin(ctx context.Context, url string, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

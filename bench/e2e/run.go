@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -775,11 +774,7 @@ func (r *runner) lagNow(ctx context.Context) (s lagSample, raw, dlq int64, err e
 		return s, 0, 0, fmt.Errorf("offsets of %s: %w", r.n.gProcessor, err)
 	}
 	for p, end := range rawEnd {
-		var at int64
-		if o, ok := procOffs.Lookup(r.n.raw, p); ok && o.Err == nil && o.At > 0 {
-			at = o.At
-		}
-		s.Processor += max(0, end-at)
+		s.Processor += max(0, end-committedAt(procOffs, r.n.raw, p))
 	}
 	// The TimescaleDB sink's own offsets are in sink_offsets, written with
 	// the rows; it commits to Kafka only now and then, for monitoring.
@@ -807,12 +802,7 @@ func (r *runner) lagNow(ctx context.Context) (s lagSample, raw, dlq int64, err e
 	if err != nil {
 		return s, 0, 0, fmt.Errorf("offsets of %s: %w", r.n.gLake, err)
 	}
-	s.Lake = s.Processor + sinkLag(func(p int32) int64 {
-		if o, ok := lakeOffs.Lookup(r.n.readings, p); ok && o.Err == nil && o.At > 0 {
-			return o.At
-		}
-		return 0
-	})
+	s.Lake = s.Processor + sinkLag(func(p int32) int64 { return committedAt(lakeOffs, r.n.readings, p) })
 	acked := r.ackedDone.Load()
 	if a := r.simAddr.Load(); a != nil {
 		if n, err := simAcked(ctx, *a); err == nil {
@@ -997,6 +987,14 @@ func (r *runner) watchList(sim *child) []watched {
 	return ws
 }
 
+// committedAt is a group's committed offset on topic/p (0 when none).
+func committedAt(offs kadm.OffsetResponses, topic string, p int32) int64 {
+	if o, ok := offs.Lookup(topic, p); ok && o.Err == nil && o.At > 0 {
+		return o.At
+	}
+	return 0
+}
+
 // pipelineStages are the processes whose CPU makes
 // Result.PipelineCPUMicrosPerMsg: the pipeline's own, not the load's
 // (simulator) nor the broker's (Mosquitto, in the ceiling as well).
@@ -1051,21 +1049,7 @@ func (r *runner) profile(ctx context.Context, delay time.Duration) {
 
 // fetchProfile stores the body of url in path.
 func fetchProfile(ctx context.Context, u, path string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", u, resp.Status)
-	}
-	b, err := io.ReadAll(resp.Body)
+	b, err := httpGetWithin(ctx, u, timeout)
 	if err != nil {
 		return fmt.Errorf("GET %s: %w", u, err)
 	}
