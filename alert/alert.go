@@ -54,15 +54,7 @@ func New(cfg Config, deps service.Deps) (*Stage, error) {
 		reg = prometheus.NewRegistry()
 	}
 	st := &Stage{cfg: cfg, log: deps.Logger(), m: newMetrics(reg), res: int64(cfg.NoDataResolution), applied: &ruleSet{}}
-	rt, err := eos.New[*task](eos.Config{
-		Kafka: cfg.Kafka, Group: cfg.Group, InstanceID: cfg.InstanceID, TransactionalID: cfg.TransactionalID(),
-		Inputs: cfg.inputs(), Changelog: cfg.Topics.Changelog,
-		CommitInterval: cfg.CommitInterval, MaxPollRecords: cfg.MaxPollRecords,
-		TransactionTimeout: cfg.TransactionTimeout, SessionTimeout: cfg.SessionTimeout,
-		RestoreTimeout: cfg.RestoreTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
-		StallAfter: cfg.StallAfter, DebugCommitDelay: cfg.DebugCommitDelay,
-		Namespace: "iotpipe", Subsystem: "alert",
-	}, st, st.log, reg)
+	rt, err := eos.New[*task](cfg.runtimeConfig(), st, st.log, reg)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/iotpipe/iotpipe/internal/config"
+	"github.com/iotpipe/iotpipe/internal/eos"
 	"github.com/iotpipe/iotpipe/internal/kafkax"
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/schemas/migrations"
@@ -160,18 +161,23 @@ func (c *Config) Validate() error {
 	p.Check(c.RulesRefresh < time.Second, "RulesRefresh", "must be at least 1s")
 	p.Check(c.NoDataResolution < time.Millisecond, "NoDataResolution", "must be at least 1ms")
 	p.Check(c.HeartbeatExpiry <= 0, "HeartbeatExpiry", "must be positive")
-	if c.CommitInterval < time.Millisecond || c.CommitInterval > time.Minute {
-		p.Add("CommitInterval", "%s: must be between 1ms and 1m", c.CommitInterval)
-	}
-	p.Check(c.MaxPollRecords < 1, "MaxPollRecords", "must be at least 1")
 	p.Check(c.MaxSeries < 1, "MaxSeries", "must be at least 1")
-	p.Check(c.TransactionTimeout < time.Second, "TransactionTimeout", "must be at least 1s")
-	p.Check(c.SessionTimeout < time.Second, "SessionTimeout", "must be at least 1s")
-	p.Check(c.RestoreTimeout <= 0, "RestoreTimeout", "must be positive")
-	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
-	p.Check(c.StallAfter < 0, "StallAfter", "must not be negative (0: never report a stall)")
-	p.Check(c.DebugCommitDelay < 0, "DebugCommitDelay", "must not be negative")
+	rc := c.runtimeConfig()
+	rc.CheckSettings(&p)
 	return p.Err()
+}
+
+// runtimeConfig is the exactly-once runtime's Config from c.
+func (c *Config) runtimeConfig() eos.Config {
+	return eos.Config{
+		Kafka: c.Kafka, Group: c.Group, InstanceID: c.InstanceID, TransactionalID: c.TransactionalID(),
+		Inputs: c.inputs(), Changelog: c.Topics.Changelog,
+		CommitInterval: c.CommitInterval, MaxPollRecords: c.MaxPollRecords,
+		TransactionTimeout: c.TransactionTimeout, SessionTimeout: c.SessionTimeout,
+		RestoreTimeout: c.RestoreTimeout, ShutdownTimeout: c.ShutdownTimeout,
+		StallAfter: c.StallAfter, DebugCommitDelay: c.DebugCommitDelay,
+		Namespace: "iotpipe", Subsystem: "alert",
+	}
 }
 
 // inputs are the topics consumed.

@@ -148,18 +148,23 @@ func (c *Config) Validate() error {
 		c.Topics.Readings == c.Topics.DLQ || c.Topics.Readings == c.Topics.Changelog),
 		"Topics.Readings", "must be a topic of its own")
 	p.Nested("Window", c.Window.Validate())
-	if c.CommitInterval < time.Millisecond || c.CommitInterval > time.Minute {
-		p.Add("CommitInterval", "%s: must be between 1ms and 1m", c.CommitInterval)
-	}
-	p.Check(c.MaxPollRecords < 1, "MaxPollRecords", "must be at least 1")
 	p.Check(c.MaxKeys < 1, "MaxKeys", "must be at least 1")
-	p.Check(c.TransactionTimeout < time.Second, "TransactionTimeout", "must be at least 1s")
-	p.Check(c.SessionTimeout < time.Second, "SessionTimeout", "must be at least 1s")
-	p.Check(c.RestoreTimeout <= 0, "RestoreTimeout", "must be positive")
-	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
-	p.Check(c.StallAfter < 0, "StallAfter", "must not be negative (0: never report a stall)")
-	p.Check(c.DebugCommitDelay < 0, "DebugCommitDelay", "must not be negative")
+	rc := c.runtimeConfig()
+	rc.CheckSettings(&p)
 	return p.Err()
+}
+
+// runtimeConfig is the exactly-once runtime's Config from c.
+func (c *Config) runtimeConfig() eos.Config {
+	return eos.Config{
+		Kafka: c.Kafka, Group: c.Group, InstanceID: c.InstanceID, TransactionalID: c.TransactionalID(),
+		Inputs: []string{c.Topics.Raw}, Changelog: c.Topics.Changelog,
+		CommitInterval: c.CommitInterval, MaxPollRecords: c.MaxPollRecords,
+		TransactionTimeout: c.TransactionTimeout, SessionTimeout: c.SessionTimeout,
+		RestoreTimeout: c.RestoreTimeout, ShutdownTimeout: c.ShutdownTimeout,
+		StallAfter: c.StallAfter, DebugCommitDelay: c.DebugCommitDelay,
+		Namespace: "iotpipe", Subsystem: "processor",
+	}
 }
 
 // TransactionalID is the transactional id the processor uses.
@@ -195,15 +200,7 @@ func New(cfg Config, deps service.Deps) (*Processor, error) {
 		reg = prometheus.NewRegistry()
 	}
 	p := &Processor{cfg: cfg, log: deps.Logger(), m: newMetrics(reg), bytesKey: BytesPerKeyEstimate, devRetention: DefaultDeviceRetention}
-	rt, err := eos.New[*task](eos.Config{
-		Kafka: cfg.Kafka, Group: cfg.Group, InstanceID: cfg.InstanceID, TransactionalID: cfg.TransactionalID(),
-		Inputs: []string{cfg.Topics.Raw}, Changelog: cfg.Topics.Changelog,
-		CommitInterval: cfg.CommitInterval, MaxPollRecords: cfg.MaxPollRecords,
-		TransactionTimeout: cfg.TransactionTimeout, SessionTimeout: cfg.SessionTimeout,
-		RestoreTimeout: cfg.RestoreTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
-		StallAfter: cfg.StallAfter, DebugCommitDelay: cfg.DebugCommitDelay,
-		Namespace: "iotpipe", Subsystem: "processor",
-	}, p, p.log, reg)
+	rt, err := eos.New[*task](cfg.runtimeConfig(), p, p.log, reg)
 	if err != nil {
 		return nil, err
 	}

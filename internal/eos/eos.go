@@ -111,6 +111,23 @@ func (c *Config) Validate() error {
 	return p.Err()
 }
 
+// CheckSettings adds to p what is out of range among the runtime settings
+// a stage exposes to its users, under the same field names (every
+// exactly-once stage names them alike in its own Config): the stage's
+// Validate calls it with the Config it will give New.
+func (c *Config) CheckSettings(p *config.Problems) {
+	if c.CommitInterval < time.Millisecond || c.CommitInterval > time.Minute {
+		p.Add("CommitInterval", "%s: must be between 1ms and 1m", c.CommitInterval)
+	}
+	p.Check(c.MaxPollRecords < 1, "MaxPollRecords", "must be at least 1")
+	p.Check(c.TransactionTimeout < time.Second, "TransactionTimeout", "must be at least 1s")
+	p.Check(c.SessionTimeout < time.Second, "SessionTimeout", "must be at least 1s")
+	p.Check(c.RestoreTimeout <= 0, "RestoreTimeout", "must be positive")
+	p.Check(c.ShutdownTimeout <= 0, "ShutdownTimeout", "must be positive")
+	p.Check(c.StallAfter < 0, "StallAfter", "must not be negative (0: never report a stall)")
+	p.Check(c.DebugCommitDelay < 0, "DebugCommitDelay", "must not be negative")
+}
+
 // Partition names one input partition: the unit of state.
 type Partition struct {
 	Topic     string
